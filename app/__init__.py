@@ -1,0 +1,1 @@
+"""The DiffuseTV HTTP API. Never imports torch or `diffusion`."""

@@ -1,0 +1,38 @@
+"""PNG encoding under the determinism contract: Pillow, 8-bit RGB, default compression, no timestamps,
+and a tEXt chunk `parameters` of compact JSON with sorted keys."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+PARAMETERS_KEY = "parameters"
+
+
+def parameters_json(parameters: dict[str, Any]) -> str:
+    return json.dumps(parameters, sort_keys=True, separators=(",", ":"))
+
+
+def encode_png(pixels: np.ndarray, parameters: dict[str, Any]) -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes carrying the parameters."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PARAMETERS_KEY, parameters_json(parameters))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_parameters(png: bytes) -> dict[str, Any]:
+    with Image.open(io.BytesIO(png)) as image:
+        return json.loads(image.text[PARAMETERS_KEY])
+
+
+def decode_png(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image.convert("RGB"))

@@ -1,0 +1,80 @@
+"""The `diffusetv` command: sample, train, publish, models, data. Heavy imports happen per command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+EXIT_USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffusetv", description="Serve and train a DDIM diffusion model.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample", help="generate images from seeds into a PNG")
+    p.add_argument("--model", default=None, help="NAME or NAME@VERSION (default: $DIFFUSETV_MODEL or emoji32)")
+    p.add_argument("--seed", type=int, required=True, help="first seed, 0..2^53-1")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps, 1..1000 (default 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM, 1 = DDPM-like (default 0)")
+    p.add_argument("--n", type=int, default=1, help="images: seeds S..S+n-1 in a grid of ceil(sqrt(n)) columns")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(run="diffusetv.commands:sample")
+
+    p = sub.add_parser("train", help="train a model (resumable)")
+    p.add_argument("--data", required=True, help="a folder of images or an .npz of uint8 (N, H, W, 3) images")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--steps", type=int, required=True, help="total optimiser steps; --resume continues towards it")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--widths", default="32,64,96,128", help="U-Net widths, comma-separated")
+    p.add_argument("--block-depth", type=int, default=2)
+    p.add_argument("--schedule", default="offset_cosine", choices=["offset_cosine", "cosine", "linear"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--sample-every", type=int, default=1000, help="steps between EMA sample grids (0: never)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(run="diffusetv.commands:train")
+
+    p = sub.add_parser("publish", help="put a run's EMA weights into the model store as the next version")
+    p.add_argument("run_dir")
+    p.add_argument("--name", required=True)
+    p.set_defaults(run="diffusetv.commands:publish")
+
+    p = sub.add_parser("models", help="list the model store, or verify every digest")
+    p.add_argument("action", nargs="?", choices=["list", "verify"], default="list")
+    p.set_defaults(run="diffusetv.commands:models")
+
+    p = sub.add_parser("data", help="build a data set")
+    p.add_argument("dataset", choices=["emoji"])
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--font", default=None, help="path of NotoColorEmoji.ttf")
+    p.add_argument("--out", required=True, help=".npz file to write")
+    p.set_defaults(run="diffusetv.commands:data")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    module_name, func_name = args.run.split(":")
+    import importlib
+
+    from diffusetv.errors import UserError, user_errors
+
+    try:
+        with user_errors():
+            command = getattr(importlib.import_module(module_name), func_name)
+            return int(command(args) or 0)
+    except UserError as exc:
+        print(f"diffusetv {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"diffusetv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

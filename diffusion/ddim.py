@@ -1,0 +1,113 @@
+"""DDIM sampling (Song et al. 2020) over the Keras example's time grid.
+
+`ddim_step` is pure: all randomness is passed in. The loop draws each sample's noise from its own
+CPU `torch.Generator(seed)` (x_T first, then one draw per step when eta > 0), so a sample never
+depends on the other samples in its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from diffusion.schedule import Schedule, offset_cosine
+
+Scalar = float | torch.Tensor
+# eps_model(x_t, noise_rate) -> predicted noise; noise_rate is (B, 1, 1, 1).
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ddim_step(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_bar_t: Scalar,
+    alpha_bar_prev: Scalar,
+    eta: Scalar,
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM step from x_t to x_prev (DDIM paper, eq. 12). Returns (x_prev, x0_pred)."""
+    a_t = torch.as_tensor(alpha_bar_t, dtype=x_t.dtype, device=x_t.device)
+    a_prev = torch.as_tensor(alpha_bar_prev, dtype=x_t.dtype, device=x_t.device)
+    eta = torch.as_tensor(eta, dtype=x_t.dtype, device=x_t.device)
+    x0_pred = (x_t - torch.sqrt(1 - a_t) * eps) / torch.sqrt(a_t)  # "predicted x0"
+    # Eq. 16: sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
+    # (clamped at 0 so that eta = 0 also runs the ODE backwards, a_prev < a_t, for DDIM inversion)
+    sigma = eta * torch.sqrt((1 - a_prev) / (1 - a_t)) * torch.sqrt(torch.clamp(1 - a_t / a_prev, min=0))
+    direction = torch.sqrt(torch.clamp(1 - a_prev - sigma**2, min=0)) * eps  # "direction pointing to x_t"
+    x_prev = torch.sqrt(a_prev) * x0_pred + direction  # Eq. 12
+    if bool((eta > 0).any()):
+        if noise is None:
+            raise ValueError("ddim_step needs `noise` when eta > 0")
+        x_prev = x_prev + sigma * noise  # Eq. 12: "random noise"
+    return x_prev, x0_pred
+
+
+def time_grid(steps: int) -> list[tuple[float, float]]:
+    """Keras example: step k = 0..N-1 runs at t_k = 1 - k/N and moves to t_k - 1/N."""
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    return [(1.0 - k / steps, 1.0 - (k + 1) / steps) for k in range(steps)]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What the sampling loop yields after each step: k in 1..steps and the x0 prediction."""
+
+    step: int
+    steps: int
+    x0_pred: torch.Tensor  # (B, C, H, W), normalised model space
+    x: torch.Tensor  # x at the next time
+
+
+def generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+
+def draw(gens: Sequence[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    """One standard-normal draw of `shape` per generator, stacked: (B, *shape), float32 on the CPU."""
+    return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
+
+
+def sample_loop(
+    eps_model: EpsModel,
+    seeds: Sequence[int],
+    steps: int,
+    shape: tuple[int, int, int],
+    eta: Scalar | Sequence[float] = 0.0,
+    schedule: Schedule = offset_cosine,
+    device: torch.device | str = "cpu",
+    x_T: torch.Tensor | None = None,
+) -> Iterator[Step]:
+    """DDIM from each seed's x_T; yields every step's x0 prediction (for progress, previews, cancel)."""
+    gens = generators(seeds)
+    noise = draw(gens, shape)  # x_T: first draw of each sample's generator
+    x = (noise if x_T is None else x_T).to(device)
+    etas = torch.as_tensor(eta, dtype=torch.float64).reshape(-1)
+    etas = etas.expand(len(seeds)) if etas.numel() == 1 else etas
+    eta_b = etas.reshape(-1, 1, 1, 1).to(device=device, dtype=x.dtype)
+    stochastic = etas > 0
+    for k, (t, t_next) in enumerate(time_grid(steps)):
+        signal, noise_rate = schedule(t)
+        signal_next, _ = schedule(t_next)
+        rates = torch.full((len(seeds), 1, 1, 1), float(noise_rate), dtype=x.dtype, device=device)
+        eps = eps_model(x, rates)
+        step_noise = None
+        if bool(stochastic.any()):
+            # Only samples with eta > 0 consume a draw, so an eta = 0 sample's stream is unchanged.
+            step_noise = torch.zeros_like(x, device="cpu")
+            for i in torch.nonzero(stochastic).flatten().tolist():
+                step_noise[i] = torch.randn(shape, generator=gens[i], dtype=torch.float32)
+            step_noise = step_noise.to(device)
+        x, x0 = ddim_step(x, eps, float(signal) ** 2, float(signal_next) ** 2, eta_b, step_noise)
+        yield Step(k + 1, steps, x0, x)
+
+
+def sample(eps_model: EpsModel, seeds: Sequence[int], steps: int, shape: tuple[int, int, int], **kwargs) -> torch.Tensor:
+    """Run the loop to the end and return the last step's x0 prediction (normalised model space)."""
+    last = None
+    for last in sample_loop(eps_model, seeds, steps, shape, **kwargs):
+        pass
+    assert last is not None
+    return last.x0_pred

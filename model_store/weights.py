@@ -1,0 +1,95 @@
+"""Load and save model weights (safetensors). Imports torch: only the worker and the CLI use this."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from diffusion.unet import UNet, UNetConfig
+from model_store.errors import ModelStoreError
+from model_store.manifest import MANIFEST, WEIGHTS, Manifest, read_verified_weights, sha256_bytes
+from model_store.store import Store
+
+
+def load_model(manifest: Manifest, device: str | torch.device = "cpu") -> UNet:
+    """Build the U-Net from the manifest's config and load its verified EMA weights, in eval mode."""
+    data = read_verified_weights(manifest)  # the same bytes are hashed and parsed
+    try:
+        state = load_safetensors(data)
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise ModelStoreError(f"{manifest.weights_path}: not a readable safetensors file ({exc})") from None
+    net = UNet(UNetConfig.from_dict(manifest.config))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelStoreError(f"{manifest.weights_path}: weights do not fit the config ({exc})") from None
+    return net.to(device).eval()
+
+
+def save_model(
+    store: Store,
+    name: str,
+    net: UNet,
+    schedule: str,
+    mean: list[float],
+    std: list[float],
+    training: dict,
+) -> Manifest:
+    """Write the weights and manifest as the next version of `name`, atomically."""
+    version = store.next_version(name)
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    data = save_safetensors(state)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        config=net.config.to_dict(),
+        schedule=schedule,
+        mean=list(mean),
+        std=list(std),
+        sha256=sha256_bytes(data),
+        training=training,
+    )
+    final = store.root / name / str(version)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=final.parent))
+    try:
+        (tmp / WEIGHTS).write_bytes(data)
+        (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+        os.rename(tmp, final)  # fails if the version appeared meanwhile: never overwrite a model
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelStoreError(f"cannot write {final}: {exc.strerror or exc}") from None
+    return store.resolve(f"{name}@{version}")
+
+
+def publish_run(store: Store, run_dir: Path, name: str) -> Manifest:
+    """Take a training run's EMA weights (checkpoint.pt, read with weights_only=True) into the store."""
+    run_file, checkpoint = run_dir / "run.json", run_dir / "checkpoint.pt"
+    if not run_file.is_file() or not checkpoint.is_file():
+        raise ModelStoreError(f"{run_dir}: not a training run (needs run.json and checkpoint.pt)")
+    run = json.loads(run_file.read_text())
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    net = UNet(UNetConfig.from_dict(run["unet"]))
+    net.load_state_dict(payload["ema"])
+    cfg = run["config"]
+    training = {
+        "steps": int(payload["step"]),
+        "elapsed_s": round(float(payload["elapsed_s"]), 1),
+        "batch_size": cfg["batch_size"],
+        "learning_rate": cfg["learning_rate"],
+        "weight_decay": cfg["weight_decay"],
+        "ema": {"max": cfg["ema_max"], "warmup_power": cfg["ema_power"]},
+        "seed": cfg["seed"],
+        "data": run["data"],
+        "hardware": run["hardware"],
+        "recipe": cfg.get("recipe", {}),
+    }
+    norm = run["normalization"]
+    return save_model(store, name, net, cfg["schedule"], norm["mean"], norm["std"], training)

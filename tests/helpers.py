@@ -1,0 +1,45 @@
+"""Test helpers: tiny models and the CLI as a real process (importable as `helpers`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"image_size": 16, "widths": (8, 16), "block_depth": 1}
+
+
+def make_tiny_net(seed: int = 0, image_size: int = 16):
+    """A small U-Net whose zero-initialised head is randomised, so that it predicts non-trivial noise."""
+    import torch
+
+    from diffusion.unet import UNet, UNetConfig
+
+    torch.manual_seed(seed)
+    net = UNet(UNetConfig(image_size, widths=TINY["widths"], block_depth=TINY["block_depth"]))
+    with torch.no_grad():
+        net.head.weight.normal_(0, 0.3)
+        net.head.bias.normal_(0, 0.1)
+        for name, buf in net.named_buffers():
+            if name.endswith("running_var"):
+                buf.uniform_(0.5, 2.0)
+            elif name.endswith("running_mean"):
+                buf.normal_(0, 0.1)
+    return net.eval()
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `diffusetv ARGS` in a fresh interpreter, with this test's environment."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffusetv.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"diffusetv {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc

@@ -1,0 +1,1 @@
+"""The DiffuseTV worker: loads models once, runs DDIM, encodes PNGs."""

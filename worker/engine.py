@@ -1,0 +1,87 @@
+"""An engine: one loaded model on one device type at one precision, ready to run DDIM.
+
+The engine key (model digest, seed, steps, eta, device type, precision) fixes the PNG bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from diffusion.ddim import Step, sample_loop
+from diffusion.denoiser import Denoiser
+from diffusion.schedule import get_schedule
+from model_store import Manifest, ModelStoreError, Store
+from model_store.weights import load_model
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+CUDA_CHUNK = 16  # on CUDA every network call has exactly this many rows (kernels vary with batch size)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' picks CUDA when present; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelStoreError("device 'cuda' asked for, but no CUDA GPU is available")
+    if device not in ("cpu", "cuda"):
+        raise ModelStoreError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return device
+
+
+def check_precision(device: str, precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ModelStoreError(f"unknown precision {precision!r}: use fp32 or bf16")
+    if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ModelStoreError("this GPU does not support bf16")
+
+
+@dataclass
+class Engine:
+    manifest: Manifest
+    denoiser: Denoiser
+    device: str
+    precision: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        cfg = self.manifest.config
+        return (int(cfg.get("channels", 3)), int(cfg["image_size"]), int(cfg["image_size"]))
+
+    def run(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> Iterator[Step]:
+        """DDIM for a batch; yields each step (x0 predictions in model space)."""
+        schedule = get_schedule(self.manifest.schedule)
+        return sample_loop(self.denoiser, seeds, steps, self.shape, eta=list(etas), schedule=schedule, device=self.device)
+
+    def generate(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> np.ndarray:
+        """(B, H, W, 3) uint8 final images."""
+        last = None
+        for last in self.run(seeds, steps, etas):
+            pass
+        assert last is not None
+        return self.pixels(last.x0_pred)
+
+    def pixels(self, x0: torch.Tensor) -> np.ndarray:
+        return self.denoiser.to_pixels(x0)
+
+    def parameters(self, seed: int, steps: int, eta: float) -> dict:
+        """The PNG `parameters` chunk: the engine key, plus the model's name and version."""
+        m = self.manifest
+        return {
+            "seed": seed, "steps": steps, "eta": eta, "model": m.name, "version": m.version,
+            "digest": m.digest, "device": self.device, "precision": self.precision,
+        }
+
+
+def load_engine(ref: str, store: Store | None = None, device: str = "auto", precision: str = "fp32") -> Engine:
+    store = store or Store()
+    device = resolve_device(device)
+    check_precision(device, precision)
+    manifest = store.resolve(ref)
+    net = load_model(manifest, device)
+    chunk = CUDA_CHUNK if device == "cuda" else None
+    denoiser = Denoiser(net, manifest.mean, manifest.std, chunk=chunk, autocast_dtype=PRECISIONS[precision])
+    return Engine(manifest, denoiser, device, precision)
