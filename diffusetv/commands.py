@@ -53,9 +53,16 @@ def train(args: argparse.Namespace) -> int:
 
     widths = tuple(int(w) for w in args.widths.split(","))
     cfg = TrainConfig(
-        data=args.data, steps=args.steps, image_size=args.image_size, batch_size=args.batch_size,
-        widths=widths, block_depth=args.block_depth, schedule=args.schedule, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, sample_every=args.sample_every,
+        data=args.data,
+        steps=args.steps,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        widths=widths,
+        block_depth=args.block_depth,
+        schedule=args.schedule,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        sample_every=args.sample_every,
         recipe={"command": "diffusetv " + " ".join(sys.argv[1:])},
     )
     state = run_training(cfg, args.out, resume=args.resume)
@@ -89,10 +96,11 @@ def models(args: argparse.Namespace) -> int:
         print(f"no models in {store.root}")
     for m in rows:
         latest = store.versions(m.name)[-1] == m.version
-        mark = " (default)" if latest and default in (m.name, m.ref) or default == m.ref else ""
+        mark = " (default)" if (latest and default in (m.name, m.ref)) or default == m.ref else ""
         cfg = m.config
-        print(f"{m.ref:24} {cfg['image_size']}x{cfg['image_size']}  widths={cfg['widths']}  "
-              f"sha256:{m.digest[:12]}{mark}")
+        print(
+            f"{m.ref:24} {cfg['image_size']}x{cfg['image_size']}  widths={cfg['widths']}  sha256:{m.digest[:12]}{mark}"
+        )
     return 0
 
 
@@ -100,6 +108,8 @@ def data(args: argparse.Namespace) -> int:
     from diffusion import emoji
 
     arrays = emoji.write(args.out, args.font or emoji.DEFAULT_FONT, args.size)
-    print(f"wrote {args.out}: {len(arrays['train'])} train + {len(arrays['heldout'])} held-out images "
-          f"of {args.size}x{args.size}")
+    print(
+        f"wrote {args.out}: {len(arrays['train'])} train + {len(arrays['heldout'])} held-out images "
+        f"of {args.size}x{args.size}"
+    )
     return 0

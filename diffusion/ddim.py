@@ -7,6 +7,7 @@ depends on the other samples in its batch.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -104,10 +105,14 @@ def sample_loop(
         yield Step(k + 1, steps, x0, x)
 
 
-def sample(eps_model: EpsModel, seeds: Sequence[int], steps: int, shape: tuple[int, int, int], **kwargs) -> torch.Tensor:
+def last_step(steps: Iterator[Step]) -> Step:
+    """Run a sampling loop to its end."""
+    (last,) = deque(steps, maxlen=1)
+    return last
+
+
+def sample(
+    eps_model: EpsModel, seeds: Sequence[int], steps: int, shape: tuple[int, int, int], **kwargs
+) -> torch.Tensor:
     """Run the loop to the end and return the last step's x0 prediction (normalised model space)."""
-    last = None
-    for last in sample_loop(eps_model, seeds, steps, shape, **kwargs):
-        pass
-    assert last is not None
-    return last.x0_pred
+    return last_step(sample_loop(eps_model, seeds, steps, shape, **kwargs)).x0_pred

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -30,14 +30,14 @@ def offset_cosine(t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cos(angle), torch.sin(angle)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _linear_alpha_bars() -> torch.Tensor:
     # Ho et al. 2020: beta_i linear from 1e-4 to 0.02; alpha_bar_i = prod_{j<=i} (1 - beta_j); alpha_bar_0 = 1.
     betas = torch.linspace(1e-4, 0.02, DISCRETE_STEPS, dtype=torch.float64)
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - betas, dim=0)])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cosine_alpha_bars(s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     # Nichol & Dhariwal 2021, eq. 17: f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2), alpha_bar = f(t)/f(0),
     # taken through betas clipped to <= 0.999 (their sec. 3.2) so that alpha_bar never reaches 0.

@@ -65,8 +65,20 @@ class TrainConfig:
         return UNetConfig(self.image_size, widths=tuple(self.widths), block_depth=self.block_depth)
 
     # Changing these would make a resumed run a different run.
-    FIXED = ("data", "image_size", "batch_size", "widths", "block_depth", "schedule", "learning_rate",
-             "weight_decay", "ema_max", "ema_power", "seed", "npz_key")
+    FIXED = (
+        "data",
+        "image_size",
+        "batch_size",
+        "widths",
+        "block_depth",
+        "schedule",
+        "learning_rate",
+        "weight_decay",
+        "ema_max",
+        "ema_power",
+        "seed",
+        "npz_key",
+    )
 
 
 @dataclass
@@ -89,9 +101,7 @@ def epoch_batch(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     return perm[offset * batch_size : (offset + 1) * batch_size]
 
 
-def diffusion_loss(
-    model: UNet, images: torch.Tensor, schedule_name: str, rng: torch.Generator
-) -> torch.Tensor:
+def diffusion_loss(model: UNet, images: torch.Tensor, schedule_name: str, rng: torch.Generator) -> torch.Tensor:
     """MAE between the true and predicted noise at uniform t (Keras example's train_step)."""
     b = images.shape[0]
     noises = torch.randn(images.shape, generator=rng)
@@ -215,8 +225,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
     trim_loss_log(log_path, state.step)
     new_log = not log_path.exists()
     state.model.train()
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=None if progress is None else not progress,
-               unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        disable=None if progress is None else not progress,
+        unit="step",
+        dynamic_ncols=True,
+    )
     with log_path.open("a", newline="") as log:
         writer = csv.writer(log)
         if new_log:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffusion.ddim import Step, sample_loop
+from diffusion.ddim import Step, last_step, sample_loop
 from diffusion.denoiser import Denoiser
 from diffusion.schedule import get_schedule
 from model_store import Manifest, ModelStoreError, Store
@@ -54,15 +54,12 @@ class Engine:
     def run(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> Iterator[Step]:
         """DDIM for a batch; yields each step (x0 predictions in model space)."""
         schedule = get_schedule(self.manifest.schedule)
-        return sample_loop(self.denoiser, seeds, steps, self.shape, eta=list(etas), schedule=schedule, device=self.device)
+        etas = list(etas)
+        return sample_loop(self.denoiser, seeds, steps, self.shape, eta=etas, schedule=schedule, device=self.device)
 
     def generate(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> np.ndarray:
         """(B, H, W, 3) uint8 final images."""
-        last = None
-        for last in self.run(seeds, steps, etas):
-            pass
-        assert last is not None
-        return self.pixels(last.x0_pred)
+        return self.pixels(last_step(self.run(seeds, steps, etas)).x0_pred)
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         return self.denoiser.to_pixels(x0)
@@ -71,8 +68,14 @@ class Engine:
         """The PNG `parameters` chunk: the engine key, plus the model's name and version."""
         m = self.manifest
         return {
-            "seed": seed, "steps": steps, "eta": eta, "model": m.name, "version": m.version,
-            "digest": m.digest, "device": self.device, "precision": self.precision,
+            "seed": seed,
+            "steps": steps,
+            "eta": eta,
+            "model": m.name,
+            "version": m.version,
+            "digest": m.digest,
+            "device": self.device,
+            "precision": self.precision,
         }
 
 

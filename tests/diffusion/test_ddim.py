@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_tiny_net
 from diffusion.ddim import ddim_step, sample, sample_loop, time_grid
 from diffusion.denoiser import Denoiser
 from diffusion.schedule import offset_cosine
+from helpers import make_tiny_net
 
 
 def reference_step(x, eps, a_t, a_prev, eta, z):
@@ -35,8 +35,13 @@ def test_ddim_step_per_sample_eta_and_tensor_alpha_bars():
     rng = np.random.default_rng(2)
     x, eps, z = (rng.standard_normal((2, 3, 4, 4)) for _ in range(3))
     etas = np.array([0.0, 1.0]).reshape(2, 1, 1, 1)
-    got, _ = ddim_step(*(torch.from_numpy(a) for a in (x, eps)), torch.tensor(0.2, dtype=torch.float64),
-                       torch.tensor(0.4, dtype=torch.float64), torch.from_numpy(etas), torch.from_numpy(z))
+    got, _ = ddim_step(
+        *(torch.from_numpy(a) for a in (x, eps)),
+        torch.tensor(0.2, dtype=torch.float64),
+        torch.tensor(0.4, dtype=torch.float64),
+        torch.from_numpy(etas),
+        torch.from_numpy(z),
+    )
     for i, eta in enumerate([0.0, 1.0]):
         want, _ = reference_step(x[i], eps[i], 0.2, 0.4, eta, z[i])
         assert np.linalg.norm(got[i].numpy() - want) / np.linalg.norm(want) <= 1e-10
@@ -139,5 +144,4 @@ def test_unpadded_batch_of_one_differs_which_is_why_we_pad():
     assert torch.equal(pair[0], batched[0])
     padded = Denoiser(net, [0.0] * 3, [1.0] * 3)(x[:1], v[:1].sqrt())
     assert torch.equal(padded[0], batched[0])
-    if torch.equal(single[0], batched[0]):
-        pytest.skip("on this CPU a batch of one already matches; padding is harmless")
+    print("unpadded batch of one, max |diff|:", (single[0] - batched[0]).abs().max().item())

@@ -20,7 +20,7 @@ def test_rates_are_unit_norm_float64_and_monotone(name):
 
 
 def test_offset_cosine_end_points():
-    signal, noise = offset_cosine(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    signal, _noise = offset_cosine(torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert abs(signal[0].item() - 0.95) <= 1e-12
     assert abs(signal[1].item() - 0.02) <= 1e-12
     mid_angle = (math.acos(0.95) + math.acos(0.02)) / 2  # the angle is linear in t

@@ -1,0 +1,119 @@
+"""`diffusetv` as a user runs it: separate processes, real files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from app.core.png import decode_png, read_parameters
+from diffusion.grid import tile
+from helpers import run_cli
+
+
+def sample(tmp_path, name, *args):
+    out = tmp_path / name
+    run_cli("sample", "--model", "tiny", "--steps", "10", "--out", str(out), *args)
+    return out.read_bytes()
+
+
+def test_sample_is_deterministic_across_processes(tiny_store, tmp_path):
+    a = sample(tmp_path, "a.png", "--seed", "42")
+    b = sample(tmp_path, "b.png", "--seed", "42")
+    assert a == b
+    other = sample(tmp_path, "c.png", "--seed", "43")
+    assert not np.array_equal(decode_png(other), decode_png(a))
+    manifest = tiny_store.resolve("tiny")
+    assert read_parameters(a) == {
+        "seed": 42,
+        "steps": 10,
+        "eta": 0.0,
+        "model": "tiny",
+        "version": 1,
+        "digest": manifest.digest,
+        "device": "cpu",
+        "precision": "fp32",
+    }
+    assert b'tEXtparameters\x00{"device":"cpu","digest":' in a  # compact JSON, sorted keys
+
+
+def test_eta_above_zero_is_still_deterministic(tiny_store, tmp_path):
+    a = sample(tmp_path, "a.png", "--seed", "7", "--eta", "0.8")
+    b = sample(tmp_path, "b.png", "--seed", "7", "--eta", "0.8")
+    c = sample(tmp_path, "c.png", "--seed", "7")
+    assert a == b
+    assert not np.array_equal(decode_png(a), decode_png(c))
+
+
+def test_grid_tiles_equal_the_images_sampled_alone(tiny_store, tmp_path):
+    grid_png = sample(tmp_path, "grid.png", "--seed", "100", "--n", "8", "--eta", "0.5")
+    grid = decode_png(grid_png)
+    assert grid.shape == (3 * 16, 3 * 16, 3)  # ceil(sqrt(8)) = 3 columns, 3 rows, no padding
+    assert read_parameters(grid_png)["n"] == 8
+    for i in (0, 3, 7):
+        alone = decode_png(sample(tmp_path, f"alone{i}.png", "--seed", str(100 + i), "--eta", "0.5"))
+        assert np.array_equal(tile(grid, i, (16, 16), 3), alone), f"tile {i} differs from seed {100 + i} alone"
+    assert (tile(grid, 8, (16, 16), 3) == 255).all()  # the empty cell
+
+
+def test_user_errors_are_one_line_without_traceback(tiny_store, tmp_path):
+    cases = {
+        ("--model", "../x"): "bad model reference",
+        ("--model", "missing"): "not found",
+        ("--steps", "0"): "--steps",
+        ("--eta", "1.5"): "--eta",
+        ("--seed", str(2**53)): "--seed",
+    }
+    for args, message in cases.items():
+        base = {"--model": "tiny", "--seed": "1", "--steps": "5"}
+        base.update(dict(zip(args[::2], args[1::2], strict=True)))
+        flat = [x for kv in base.items() for x in kv]
+        proc = run_cli("sample", *flat, "--out", str(tmp_path / "x.png"), check=False)
+        assert proc.returncode == 2, args
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_models_lists_and_verifies(tiny_store):
+    listing = run_cli("models").stdout
+    assert "tiny@1" in listing and "(default)" in listing
+    verified = run_cli("models", "verify").stdout
+    assert "ok  tiny@1" in verified and "1 model(s) verified" in verified
+
+
+@pytest.mark.slow
+def test_train_then_publish_then_sample(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    monkeypatch.setenv("DIFFUSETV_MODEL_STORE", str(store))
+    images = np.full((20, 16, 16, 3), 255, dtype=np.uint8)
+    images[:, 4:12, 4:12] = [200, 40, 40]
+    np.savez(tmp_path / "d.npz", train=images)
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--image-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--widths",
+        "8,16",
+        "--block-depth",
+        "1",
+        "--sample-every",
+        "0",
+        "--out",
+        str(run),
+    ]
+    run_cli(*args, "--steps", "5")
+    assert "--resume" in run_cli(*args, "--steps", "10", check=False).stderr
+    run_cli(*args, "--steps", "10", "--resume")
+    out = run_cli("publish", str(run), "--name", "squares").stdout
+    assert "published squares@1" in out
+    manifest = json.loads((store / "squares" / "1" / "model.json").read_text())
+    assert manifest["training"]["steps"] == 10 and manifest["config"]["widths"] == [8, 16]
+    assert manifest["normalization"]["mean"][0] > manifest["normalization"]["mean"][1]
+    run_cli("publish", str(run), "--name", "squares")
+    assert (store / "squares" / "2" / "ema.safetensors").is_file()
+    run_cli("sample", "--model", "squares@2", "--seed", "1", "--steps", "3", "--out", str(tmp_path / "s.png"))
+    assert decode_png((tmp_path / "s.png").read_bytes()).shape == (16, 16, 3)

@@ -1,0 +1,42 @@
+"""The import rules of DESIGN.md: `app` never imports torch or `diffusion`; `diffusion` imports nothing of ours."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OURS = {"app", "worker", "diffusion", "model_store", "diffusetv", "bench"}
+
+
+def imported_top_levels(package: str) -> dict[str, set[str]]:
+    found = {}
+    for file in (REPO / package).rglob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module.split(".")[0])
+        found[str(file.relative_to(REPO))] = names
+    return found
+
+
+def test_diffusion_imports_nothing_of_ours():
+    for file, names in imported_top_levels("diffusion").items():
+        assert not (names & (OURS - {"diffusion"})), f"{file} imports {names & OURS}"
+
+
+def test_app_never_imports_torch_or_diffusion_or_worker():
+    for file, names in imported_top_levels("app").items():
+        assert not (names & {"torch", "diffusion", "worker", "safetensors"}), f"{file} imports {names}"
+
+
+def test_app_core_imports_neither_fastapi_nor_torch():
+    for file, names in imported_top_levels("app/core").items():
+        assert not (names & {"fastapi", "starlette", "torch"}), f"{file} imports {names}"
+
+
+def test_importing_app_and_the_store_loads_no_torch():
+    code = "import sys, app, app.core.png, model_store; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
