@@ -43,3 +43,14 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subproce
     if check and proc.returncode != 0:
         raise AssertionError(f"diffusetv {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a system dependency is missing; under CI=true, fail instead."""
+    import pytest
+
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"missing dependency in CI: {reason}")
+    pytest.skip(reason)
