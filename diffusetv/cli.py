@@ -1,4 +1,4 @@
-"""The `diffusetv` command: sample, train, publish, models, data. Heavy imports happen per command."""
+"""The `diffusetv` command: sample, train, publish, models, data, features, eval. Heavy imports happen per command."""
 
 from __future__ import annotations
 
@@ -48,12 +48,48 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["list", "verify"], default="list")
     p.set_defaults(run="diffusetv.commands:models")
 
+    p = sub.add_parser("api", help="run the HTTP API (uvicorn)")
+    p.add_argument("--host", default=None, help="bind address (default $DIFFUSETV_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default $DIFFUSETV_PORT or 8000)")
+    p.set_defaults(run="diffusetv.commands:api")
+
+    p = sub.add_parser("worker", help="run a worker: load the model once, then run queued jobs")
+    p.add_argument(
+        "--model", action="append", default=None, help="model to serve (repeatable; default $DIFFUSETV_MODEL)"
+    )
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.set_defaults(run="diffusetv.commands:worker")
+
+    p = sub.add_parser("up", help="the local stack: Redis (embedded unless DIFFUSETV_REDIS_URL), a worker, the API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(run="diffusetv.commands:up")
+
     p = sub.add_parser("data", help="build a data set")
     p.add_argument("dataset", choices=["emoji"])
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--font", default=None, help="path of NotoColorEmoji.ttf")
     p.add_argument("--out", required=True, help=".npz file to write")
     p.set_defaults(run="diffusetv.commands:data")
+
+    p = sub.add_parser("features", help="train the KID feature extractor on a train split and publish it")
+    p.add_argument("--data", required=True, help=".npz with a `train` array of uint8 (N, H, W, 3) images")
+    p.add_argument("--name", default="emoji32-features", help="store name; the next version is written")
+    p.add_argument("--steps", type=int, default=800, help="optimiser steps (default 800)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run="diffusetv.commands:features")
+
+    p = sub.add_parser("eval", help="KID of a model's samples against the held-out split, with reference figures")
+    p.add_argument("--model", default=None, help="NAME or NAME@VERSION (default: $DIFFUSETV_MODEL or emoji32)")
+    p.add_argument("--data", required=True, help=".npz with `train` and `heldout` arrays")
+    p.add_argument("--features", default="emoji32-features", help="a feature CNN in the store, or `inception`")
+    p.add_argument("--n", type=int, default=500, help="samples, from seeds 0..n-1 (default 500)")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps, eta 0 (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the noise images, the untrained network and the subsets")
+    p.add_argument("--subsets", type=int, default=100, help="KID subsets (default 100)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(run="diffusetv.commands:evaluate")
     return parser
 
 

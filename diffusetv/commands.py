@@ -98,9 +98,8 @@ def models(args: argparse.Namespace) -> int:
         latest = store.versions(m.name)[-1] == m.version
         mark = " (default)" if (latest and default in (m.name, m.ref)) or default == m.ref else ""
         cfg = m.config
-        print(
-            f"{m.ref:24} {cfg['image_size']}x{cfg['image_size']}  widths={cfg['widths']}  sha256:{m.digest[:12]}{mark}"
-        )
+        shape = f"{cfg['image_size']}x{cfg['image_size']}  widths={cfg['widths']}" if m.kind == "ddim-unet" else m.kind
+        print(f"{m.ref:24} {shape}  sha256:{m.digest[:12]}{mark}")
     return 0
 
 
@@ -112,4 +111,131 @@ def data(args: argparse.Namespace) -> int:
         f"wrote {args.out}: {len(arrays['train'])} train + {len(arrays['heldout'])} held-out images "
         f"of {args.size}x{args.size}"
     )
+    return 0
+
+
+def settings(**overrides):
+    """The validated service settings; an invalid environment is a one-line error."""
+    from pydantic import ValidationError
+
+    from app.core.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"DIFFUSETV_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"invalid settings: {problems}") from None
+
+
+def api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    s = settings(host=args.host, port=args.port)
+    from app.main import create_app
+
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=5)
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    from worker.heartbeat import EngineConflict
+    from worker.main import run
+
+    s = settings()
+    try:
+        return run(s, models=args.model, burst=args.burst)
+    except EngineConflict as exc:
+        raise UserError(str(exc)) from None
+
+
+def up(args: argparse.Namespace) -> int:
+    from diffusetv.up import up as run_up
+
+    settings(host=args.host, port=args.port)
+    return run_up(args.host, args.port)
+
+
+def features(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from diffusion.data import load_npz
+    from diffusion.features import OBJECTIVE, train_feature_extractor
+    from model_store import Store
+    from model_store.features import save_feature_net
+
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1 (got {args.steps})")
+    images = load_npz(Path(args.data), "train")
+    started = time.perf_counter()
+    with tqdm(total=args.steps, unit="step", dynamic_ncols=True) as bar:
+
+        def progress(step: int, loss: float) -> None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+        net = train_feature_extractor(images, args.steps, args.seed, progress=progress)
+    elapsed = time.perf_counter() - started
+    training = {
+        "command": "diffusetv " + " ".join(sys.argv[1:]),
+        "data": {"path": str(args.data), "split": "train", "images": len(images)},
+        "steps": args.steps,
+        "seed": args.seed,
+        "objective": OBJECTIVE,
+        "features": "global average pool of the last convolution (post-ReLU, not L2-normalised)",
+        "elapsed_s": round(elapsed, 1),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+    manifest = save_feature_net(Store(), args.name, net, training)
+    print(f"published {manifest.ref} ({manifest.digest[:12]}) to {manifest.path} after {elapsed:.0f} s of training")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    if not 2 <= args.n <= 100_000:
+        raise UserError(f"--n must be in 2..100000 (got {args.n})")
+    if not 1 <= args.steps <= 1000:
+        raise UserError(f"--steps must be in 1..1000 (got {args.steps})")
+    if args.subsets < 1:
+        raise UserError(f"--subsets must be >= 1 (got {args.subsets})")
+    from diffusion import evaluate as ev
+    from diffusion.data import load_npz
+    from diffusion.features import FeatureError
+    from model_store.features import load_extractor
+    from worker.engine import load_engine
+
+    train, heldout = load_npz(Path(args.data), "train"), load_npz(Path(args.data), "heldout")
+    try:
+        extractor = load_extractor(args.features)
+    except FeatureError as exc:
+        raise UserError(str(exc)) from None
+    engine = load_engine(args.model or default_model(), device=args.device)
+    m = engine.manifest
+    untrained = ev.untrained_generator(m.config, m.mean, m.std, m.schedule, args.steps, args.seed, engine.device)
+    try:
+        result = ev.evaluate(
+            lambda seeds: engine.generate(seeds, args.steps, [0.0] * len(seeds)),
+            untrained,
+            extractor.extract,
+            train,
+            heldout,
+            args.n,
+            seed=args.seed,
+            model_label=f"{m.ref} ({args.steps} steps)",
+            features=extractor.name,
+            subsets=args.subsets,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(
+            json.dumps({"model": m.ref, "digest": m.digest, "steps": args.steps, "seed": args.seed, **result.to_json()})
+        )
+    else:
+        print(ev.format_table(result))
     return 0

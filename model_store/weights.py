@@ -17,9 +17,17 @@ from model_store.errors import ModelStoreError
 from model_store.manifest import MANIFEST, WEIGHTS, Manifest, read_verified_weights, sha256_bytes
 from model_store.store import Store
 
+UNET_KIND = "ddim-unet"
+
+
+def require_kind(manifest: Manifest, kind: str) -> None:
+    if manifest.kind != kind:
+        raise ModelStoreError(f"{manifest.ref} is of kind {manifest.kind!r}, not {kind!r}: it cannot be loaded as one")
+
 
 def load_model(manifest: Manifest, device: str | torch.device = "cpu") -> UNet:
     """Build the U-Net from the manifest's config and load its verified EMA weights, in eval mode."""
+    require_kind(manifest, UNET_KIND)
     data = read_verified_weights(manifest)  # the same bytes are hashed and parsed
     try:
         state = load_safetensors(data)
@@ -36,13 +44,14 @@ def load_model(manifest: Manifest, device: str | torch.device = "cpu") -> UNet:
 def save_model(
     store: Store,
     name: str,
-    net: UNet,
+    net: torch.nn.Module,
     schedule: str,
     mean: list[float],
     std: list[float],
     training: dict,
+    kind: str = UNET_KIND,
 ) -> Manifest:
-    """Write the weights and manifest as the next version of `name`, atomically."""
+    """Write the weights and manifest as the next version of `name`, atomically. `net.config` has `to_dict()`."""
     version = store.next_version(name)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     data = save_safetensors(state)
@@ -55,6 +64,7 @@ def save_model(
         std=list(std),
         sha256=sha256_bytes(data),
         training=training,
+        kind=kind,
     )
     final = store.root / name / str(version)
     final.parent.mkdir(parents=True, exist_ok=True)

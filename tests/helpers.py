@@ -54,3 +54,8 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"missing dependency in CI: {reason}")
     pytest.skip(reason)
+
+
+# The service's processes, as the end-to-end tests start them and as docker-compose.yml runs them.
+API_COMMAND = ["diffusetv", "api"]
+WORKER_COMMAND = ["diffusetv", "worker"]

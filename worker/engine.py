@@ -15,7 +15,7 @@ from diffusion.ddim import Step, last_step, sample_loop
 from diffusion.denoiser import Denoiser
 from diffusion.schedule import get_schedule
 from model_store import Manifest, ModelStoreError, Store
-from model_store.weights import load_model
+from model_store.weights import UNET_KIND, load_model, require_kind
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 CUDA_CHUNK = 16  # on CUDA every network call has exactly this many rows (kernels vary with batch size)
@@ -84,6 +84,7 @@ def load_engine(ref: str, store: Store | None = None, device: str = "auto", prec
     device = resolve_device(device)
     check_precision(device, precision)
     manifest = store.resolve(ref)
+    require_kind(manifest, UNET_KIND)  # a feature extractor, say, is not a DDIM model
     net = load_model(manifest, device)
     chunk = CUDA_CHUNK if device == "cuda" else None
     denoiser = Denoiser(net, manifest.mean, manifest.std, chunk=chunk, autocast_dtype=PRECISIONS[precision])

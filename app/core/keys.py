@@ -1,0 +1,43 @@
+"""Every Redis key DiffuseTV uses, built from one prefix in one place (as rq's `rq:job:` + id)."""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "diffusetv:"
+JOB_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def job(job_id: str) -> str:
+    """Hash: the job record (status, params, model, progress, timestamps, result metadata)."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def png(job_id: str) -> str:
+    """String: the result's PNG bytes, kept RESULT_TTL seconds."""
+    return f"{PREFIX}png:{job_id}"
+
+
+def queue_name(model_ref: str) -> str:
+    """The RQ queue of one model version (`name@version`); RQ stores it under `rq:queue:<name>`."""
+    return f"{PREFIX}generate:{model_ref}"
+
+
+def worker(worker_id: str) -> str:
+    """String with TTL 2 x HEARTBEAT_S: a live worker's JSON heartbeat (models, engine, pid)."""
+    return f"{PREFIX}worker:{worker_id}"
+
+
+WORKERS_PATTERN = f"{PREFIX}worker:*"
+
+
+def engine(model_ref: str) -> str:
+    """String with TTL 2 x HEARTBEAT_S: the engine (`device/precision`) that serves a model version."""
+    return f"{PREFIX}engine:{model_ref}"
+
+
+METRICS = f"{PREFIX}metrics"  # hash of worker counters
+
+
+def valid_job_id(job_id: str) -> bool:
+    return JOB_ID_RE.fullmatch(job_id) is not None

@@ -1,0 +1,72 @@
+"""Service settings: environment variables with the prefix DIFFUSETV_, validated at start-up."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_store.refs import parse_ref
+from model_store.store import BUNDLED
+
+
+class Settings(BaseSettings):
+    """One place for every knob of the API and the worker (DESIGN.md, Processes)."""
+
+    model_config = SettingsConfigDict(env_prefix="DIFFUSETV_", extra="ignore", frozen=True)
+
+    redis_url: str | None = Field(None, description="Redis to use; unset means `diffusetv up` starts one")
+    model: str = Field("emoji32", description="default model reference, NAME or NAME@VERSION")
+    model_store: Path = Field(BUNDLED, description="where models live")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
+    max_batch_size: int = Field(16, ge=1, le=256)
+    max_batch_wait_ms: int = Field(5, ge=0, le=10_000)
+    result_ttl: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds a result and its job are kept")
+    job_timeout: int = Field(600, ge=5, le=86_400, description="seconds before a running job fails")
+    max_queue: int = Field(1000, ge=1, le=1_000_000, description="queued jobs before 429")
+    max_retries: int = Field(2, ge=0, le=10, description="re-runs after a worker death")
+    heartbeat_s: int = Field(5, ge=1, le=300, description="worker heartbeat period; the TTL is twice this")
+    api_keys: str | None = Field(None, description="comma-separated bearer keys; unset means open")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65_535)
+
+    @field_validator("model")
+    @classmethod
+    def _model_ref(cls, value: str) -> str:
+        parse_ref(value)  # raises on a malformed reference
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @model_validator(mode="after")
+    def _keys(self) -> Settings:
+        for key in self.keys:
+            if len(key) < 16:
+                raise ValueError("every API key must be at least 16 characters")
+        return self
+
+    @property
+    def keys(self) -> list[str]:
+        return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+
+    @property
+    def heartbeat_ttl(self) -> int:
+        return 2 * self.heartbeat_s
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,51 @@
+"""The DiffuseTV API: app, middleware, error handlers, routers."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+import redis as redis_lib
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.core.redis import connect_sync
+from app.core.settings import Settings, get_settings
+from app.limits import BodySizeLimit
+from app.routes import jobs, system
+from model_store import Store
+
+REDIS_RETRY_AFTER_S = 2
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.settings = settings
+        app.state.store = Store(settings.model_store)
+        app.state.redis = connect_sync(settings.redis_url or "redis://127.0.0.1:6379/0")
+        yield
+        app.state.redis.close()
+
+    app = FastAPI(
+        title="DiffuseTV",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Deterministic DDIM image generation: POST a seed, get a PNG.",
+    )
+    app.add_middleware(BodySizeLimit)
+    app.include_router(jobs.router)
+    app.include_router(system.router)
+
+    @app.exception_handler(redis_lib.ConnectionError)
+    @app.exception_handler(redis_lib.TimeoutError)
+    async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "Redis is unavailable; retry later"}, 503, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)}
+        )
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,107 @@
+"""Generation jobs: submit, look up (optionally waiting), fetch the PNG, cancel."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+
+from app import schemas
+from app.core import keys
+from app.core.jobs import FINAL, JobStatus, read_record
+from app.deps import RedisDep, SettingsDep, StoreDep
+from app.queueing import cancel, queue_position, resolve_model, submit
+from app.views import job_view
+
+router = APIRouter(tags=["jobs"])
+POLL_S = 0.05
+MAX_WAIT_S = 30.0
+Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds until the job ends")]
+
+
+def load_record(redis, job_id: str) -> dict[str, str]:
+    """The job's record; 404 for a malformed id (Redis untouched) or an unknown or expired one."""
+    if not keys.valid_job_id(job_id):
+        raise HTTPException(404, "no such job")
+    record = read_record(redis, job_id)
+    if record is None:
+        raise HTTPException(404, "no such job")
+    return record
+
+
+def wait_for_end(redis, job_id: str, wait: float) -> dict[str, str]:
+    deadline = time.monotonic() + wait
+    record = load_record(redis, job_id)
+    while record["status"] not in FINAL and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        record = load_record(redis, job_id)
+    return record
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 weak comparison for If-None-Match."""
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def view(redis, record: dict[str, str]) -> schemas.Job:
+    position = queue_position(redis, record) if record["status"] == JobStatus.QUEUED.value else None
+    return job_view(record, position)
+
+
+@router.post("/generate", status_code=202, response_model=schemas.Job)
+def generate(
+    body: schemas.GenerateRequest, response: Response, redis: RedisDep, settings: SettingsDep, store: StoreDep
+) -> schemas.Job:
+    """Queue a DDIM generation job; poll `Location` for it."""
+    manifest = resolve_model(store, body.model, settings)
+    job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return view(redis, load_record(redis, job_id))
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.Job)
+def get_job(job_id: str, redis: RedisDep, wait: Wait = 0) -> schemas.Job:
+    """The job's status, progress and result link; with `wait`, block until it ends (at most 30 s)."""
+    return view(redis, wait_for_end(redis, job_id, wait))
+
+
+@router.get(
+    "/jobs/{job_id}/image.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}},
+        304: {"description": "not modified"},
+        409: {"description": "not succeeded"},
+    },
+)
+def get_image(
+    job_id: str,
+    redis: RedisDep,
+    settings: SettingsDep,
+    wait: Wait = 0,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The PNG of a succeeded job; ETag is its sha256. 409 while it has not succeeded."""
+    record = wait_for_end(redis, job_id, wait)
+    if record["status"] != JobStatus.SUCCEEDED.value:
+        raise HTTPException(409, f"job is {record['status']}; the image exists once it has succeeded")
+    etag = f'"{record["sha256"]}"'
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={settings.result_ttl}, immutable"}
+    if if_none_match and etag_matches(if_none_match, etag):
+        return Response(status_code=304, headers=headers)
+    png = redis.get(keys.png(job_id))
+    if png is None:
+        raise HTTPException(404, "the result has expired")
+    return Response(png, media_type="image/png", headers=headers)
+
+
+@router.delete("/jobs/{job_id}", status_code=202, response_model=schemas.Job)
+def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> schemas.Job:
+    """Cancel a queued job, or stop a running one at its next step. 409 once it has ended."""
+    record = load_record(redis, job_id)
+    if not cancel(redis, record, repr(time.time())):
+        raise HTTPException(409, f"job already {read_record(redis, job_id)['status']}")
+    redis.expire(keys.job(job_id), settings.result_ttl)
+    return view(redis, load_record(redis, job_id))

@@ -1,0 +1,86 @@
+"""The HTTP boundary's typed models: strict requests (no strings for ints, no unknown fields)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**53 - 1  # the largest integer a JavaScript number holds exactly
+
+Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED, description="noise seed, 0..2^53-1", examples=[42])]
+Steps = Annotated[int, Field(strict=True, ge=1, le=1000, description="DDIM steps, 1..1000")]
+Eta = Annotated[float, Field(ge=0.0, le=1.0, description="0 = deterministic DDIM, 1 = DDPM-like (scales sigma)")]
+ModelRef = Annotated[
+    str | None,
+    Field(None, max_length=80, description="NAME or NAME@VERSION; the default model when absent", examples=["emoji32"]),
+]
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: Seed
+    steps: Steps = 50
+    eta: Eta = 0.0
+    model: ModelRef = None
+    previews: bool = Field(False, strict=True, description="stream x0 previews as events")
+
+
+class Params(BaseModel):
+    seed: int
+    steps: int
+    eta: float
+    previews: bool = False
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: int
+    digest: str = Field(description="sha256 of the weights")
+
+
+class Engine(BaseModel):
+    device: str = Field(description="cpu or cuda")
+    precision: str = Field(description="fp32 or bf16")
+
+
+class Progress(BaseModel):
+    step: int
+    steps: int
+
+
+class Job(BaseModel):
+    id: str = Field(description="32 hex characters")
+    status: str = Field(description="queued, running, succeeded, failed or canceled")
+    params: Params
+    model: ModelInfo
+    engine: Engine | None = None
+    progress: Progress | None = None
+    queue_position: int | None = Field(None, description="0 = next, while queued")
+    batch_size: int | None = Field(None, description="how many jobs shared the model run")
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+    image_url: str | None = Field(None, description="the PNG, once succeeded")
+
+
+class ModelEntry(BaseModel):
+    name: str
+    version: int
+    ref: str
+    digest: str
+    image_size: int
+    schedule: str
+    default: bool
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelEntry]
+
+
+class Health(BaseModel):
+    status: str
+    detail: dict = Field(default_factory=dict)

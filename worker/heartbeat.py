@@ -1,0 +1,75 @@
+"""The worker's heartbeat: a key with TTL 2 x HEARTBEAT_S listing its loaded models and engine.
+
+`/readyz` reads these keys to tell a live worker with its model loaded from a dead one. The same
+thread refreshes the engine claim of each model (one engine per model per Redis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+from app.core import keys
+
+log = logging.getLogger("diffusetv.worker")
+
+
+class EngineConflict(RuntimeError):
+    pass
+
+
+def engine_id(device: str, precision: str) -> str:
+    return f"{device}/{precision}"
+
+
+def claim_engines(redis, model_refs: list[str], engine: str, ttl: int) -> None:
+    """Refuse to serve a model whose queue another engine (device/precision) serves."""
+    for ref in model_refs:
+        redis.set(keys.engine(ref), engine, nx=True, ex=ttl)
+        current = redis.get(keys.engine(ref))
+        if current is not None and current.decode() != engine:
+            raise EngineConflict(
+                f"model {ref} is already served by {current.decode()} workers on this Redis; this worker is "
+                f"{engine}. All workers of one model share one device type and precision (see docs/DETERMINISM.md)"
+            )
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, redis, worker_id: str, model_refs: list[str], engine: str, period_s: int) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.redis, self.worker_id, self.model_refs = redis, worker_id, model_refs
+        self.engine, self.period_s = engine, period_s
+        self.stopped = threading.Event()
+        self.info = {
+            "id": worker_id,
+            "models": model_refs,
+            "engine": engine,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": time.time(),
+        }
+
+    def beat(self) -> None:
+        ttl = 2 * self.period_s
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(keys.worker(self.worker_id), json.dumps({**self.info, "at": time.time()}), ex=ttl)
+        for ref in self.model_refs:
+            pipe.set(keys.engine(ref), self.engine, ex=ttl)
+        pipe.execute()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.period_s):
+            try:
+                self.beat()
+            except Exception as exc:  # Redis away: keep trying, the TTL tells the API we are gone
+                log.warning("heartbeat failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        with contextlib.suppress(Exception):
+            self.redis.delete(keys.worker(self.worker_id))

@@ -1,0 +1,94 @@
+"""`diffusetv worker`: load the model once, then run jobs from its RQ queue in this process.
+
+No fork per job (a SimpleWorker), RQ's JSON serializer, and only `worker.jobs` functions: a job
+naming any other function fails without being imported or run.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+
+import redis as redis_lib
+from rq import Queue, SimpleWorker
+from rq.serializers import JSONSerializer
+
+from app.core import keys
+from app.core.redis import connect_sync, wait_for_redis
+from app.core.settings import Settings, get_settings
+from model_store import Store
+from worker import jobs, registry
+from worker.engine import load_engine
+from worker.heartbeat import Heartbeat, claim_engines, engine_id
+
+log = logging.getLogger("diffusetv.worker")
+
+
+class DiffuseWorker(SimpleWorker):
+    """An RQ SimpleWorker that runs nothing but `worker.jobs` functions."""
+
+    def execute_job(self, job, queue):
+        if job.func_name not in jobs.ALLOWED:
+            message = f"refused: {job.func_name!r} is not one of {sorted(jobs.ALLOWED)}"
+            log.error("job %s %s", job.id, message)
+            execution = self.prepare_execution(job)
+            self.handle_job_failure(job, queue, queue.started_job_registry, message, execution)
+            self.set_state("idle")
+            return
+        super().execute_job(job, queue)
+
+
+def load(settings: Settings, refs: list[str]) -> list[str]:
+    """Load each model once; returns their exact refs (name@version)."""
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    store = Store(settings.model_store)
+    loaded = []
+    for ref in refs:
+        started = time.perf_counter()
+        engine = load_engine(ref, store, settings.device, settings.precision)
+        exact = engine.manifest.ref
+        registry.ENGINES[exact] = engine
+        loaded.append(exact)
+        log.info(
+            "loaded %s (%s) on %s/%s in %.2f s",
+            exact,
+            engine.manifest.digest[:12],
+            engine.device,
+            engine.precision,
+            time.perf_counter() - started,
+        )
+    return loaded
+
+
+def run(settings: Settings | None = None, models: list[str] | None = None, burst: bool = False) -> int:
+    settings = settings or get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not settings.redis_url:
+        raise SystemExit("diffusetv worker: set DIFFUSETV_REDIS_URL (or run `diffusetv up` for a local stack)")
+    refs = load(settings, models or [settings.model])
+    first = next(iter(registry.ENGINES.values()))
+    engine = engine_id(first.device, first.precision)
+    conn = connect_sync(settings.redis_url, socket_timeout=None)
+    wait_for_redis(conn, log)
+    claim_engines(conn, refs, engine, settings.heartbeat_ttl)
+    worker_id = uuid.uuid4().hex[:12]
+    heartbeat = Heartbeat(conn, worker_id, refs, engine, settings.heartbeat_s)
+    heartbeat.beat()
+    heartbeat.start()
+    queues = [Queue(keys.queue_name(ref), connection=conn, serializer=JSONSerializer) for ref in refs]
+    worker = DiffuseWorker(queues, name=f"diffusetv-{worker_id}", connection=conn, serializer=JSONSerializer)
+    log.info("worker %s serving %s", worker_id, ", ".join(refs))
+    try:
+        while True:
+            try:
+                worker.work(burst=burst, logging_level="WARNING")
+                return 0
+            except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+                log.warning("lost Redis (%s); reconnecting", exc)
+                wait_for_redis(conn, log)
+    finally:
+        heartbeat.stop()
