@@ -30,6 +30,10 @@ def sample(args: argparse.Namespace) -> int:
     from diffusion.grid import grid_columns, make_grid
     from worker.engine import load_engine
 
+    if os.environ.get("DIFFUSETV_TORCH_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
     engine = load_engine(args.model or default_model(), device=args.device, precision=args.precision)
     seeds = list(range(args.seed, args.seed + args.n))
     images = engine.generate(seeds, args.steps, [args.eta] * args.n)

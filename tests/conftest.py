@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from helpers import make_tiny_net
+
+# Tests run beside other processes (workers, APIs, the CLI) on small machines: one torch thread each
+# keeps them from oversubscribing the cores. Results do not depend on it (see docs/DETERMINISM.md).
+os.environ.setdefault("DIFFUSETV_TORCH_THREADS", "1")
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
 
 
 @pytest.fixture
@@ -20,3 +31,30 @@ def tiny_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("DIFFUSETV_MODEL_STORE", str(store.root))
     monkeypatch.setenv("DIFFUSETV_MODEL", "tiny")
     return store
+
+
+@pytest.fixture
+def redis_server():
+    """A real redis-server on a free port, for this test only."""
+    from stack import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def stack(tiny_store, redis_server, tmp_path):
+    """Redis, `diffusetv worker` and `diffusetv api` as real processes, serving `tiny@1`; ready."""
+    from stack import Stack, free_port, stack_env
+
+    s = Stack(stack_env(redis_server.url, tiny_store.root), free_port(), tmp_path)
+    s.env["DIFFUSETV_PORT"] = str(s.port)
+    s.redis = redis_server
+    s.start_worker()
+    s.start_api()
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop_all()

@@ -18,7 +18,8 @@ from model_store import Manifest, ModelStoreError, Store
 from model_store.weights import UNET_KIND, load_model, require_kind
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-CUDA_CHUNK = 16  # on CUDA every network call has exactly this many rows (kernels vary with batch size)
+CUDA_CHUNK = 16  # rows in every network call on CUDA (cuDNN kernels vary with the batch size)
+CPU_CHUNK = 1  # rows in every network call on the CPU (see diffusion.denoiser.Denoiser)
 
 
 def resolve_device(device: str) -> str:
@@ -86,6 +87,9 @@ def load_engine(ref: str, store: Store | None = None, device: str = "auto", prec
     manifest = store.resolve(ref)
     require_kind(manifest, UNET_KIND)  # a feature extractor, say, is not a DDIM model
     net = load_model(manifest, device)
-    chunk = CUDA_CHUNK if device == "cuda" else None
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = False  # the same kernels on every call
+        torch.backends.cudnn.deterministic = True
+    chunk = CUDA_CHUNK if device == "cuda" else CPU_CHUNK
     denoiser = Denoiser(net, manifest.mean, manifest.std, chunk=chunk, autocast_dtype=PRECISIONS[precision])
     return Engine(manifest, denoiser, device, precision)

@@ -123,25 +123,26 @@ def test_each_sample_has_its_own_noise_stream():
     assert not torch.equal(sample(denoiser, [5], 6, shape, eta=0.0)[0], alone[0]), "eta must matter"
 
 
+@pytest.mark.parametrize("chunk", [1, 4])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_a_seed_is_bit_identical_alone_or_in_any_batch(eta):
-    denoiser = Denoiser(make_tiny_net(), [0.5] * 3, [0.25] * 3)
+def test_a_seed_is_bit_identical_alone_or_in_any_batch(eta, chunk):
+    denoiser = Denoiser(make_tiny_net(), [0.5] * 3, [0.25] * 3, chunk=chunk)
     shape = (3, 16, 16)
     alone = [sample(denoiser, [s], 8, shape, eta=eta)[0] for s in range(8)]
-    for batch in ([0, 1, 2, 3, 4, 5, 6, 7], [7, 3], [3, 0, 6]):
+    for batch in ([0, 1, 2, 3, 4, 5, 6, 7], [7, 3], [3, 0, 6], [5, 4, 3, 2, 1]):
         together = sample(denoiser, batch, 8, shape, eta=eta)
         for row, seed in enumerate(batch):
             assert torch.equal(together[row], alone[seed]), f"seed {seed} changed in batch {batch}"
 
 
-def test_unpadded_batch_of_one_differs_which_is_why_we_pad():
-    """Documents the kernel effect that Denoiser's padding exists for; see docs/DETERMINISM.md."""
-    net = make_tiny_net()
-    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(3))
-    v = torch.full((8, 1, 1, 1), 0.4)
-    with torch.inference_mode():
-        batched, single, pair = net(x, v), net(x[:1], v[:1]), net(x[:2], v[:2])
-    assert torch.equal(pair[0], batched[0])
-    padded = Denoiser(net, [0.0] * 3, [1.0] * 3)(x[:1], v[:1].sqrt())
-    assert torch.equal(padded[0], batched[0])
-    print("unpadded batch of one, max |diff|:", (single[0] - batched[0]).abs().max().item())
+def test_outputs_do_not_depend_on_the_thread_count():
+    denoiser = Denoiser(make_tiny_net(image_size=32), [0.5] * 3, [0.25] * 3)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(sample(denoiser, [11, 12], 6, (3, 32, 32), eta=0.5))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])

@@ -12,7 +12,6 @@ from diffusion.features import (
     FeatureError,
     augment,
     inception_extractor,
-    to_unit,
     train_feature_extractor,
 )
 from diffusion.kid import kid
@@ -21,7 +20,7 @@ from model_store import Store
 from model_store.features import load_extractor
 from model_store.store import BUNDLED
 
-SMALL = {"batch_size": 16, "widths": (8, 16)}
+SMALL = {"batch_size": 16, "widths": (8, 16)}  # a fast network for the tests that do not need it to learn
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +49,13 @@ def test_augmentation_is_seeded_and_fills_with_white():
 
 def test_training_is_deterministic_and_learns(discs):
     losses = []
-    a = train_feature_extractor(discs, 30, seed=1, **SMALL, progress=lambda step, loss: losses.append(loss))
-    b = train_feature_extractor(discs, 30, seed=1, **SMALL)
+    kw = {"batch_size": 32, "learning_rate": 1e-2, "widths": (16, 32)}
+    a = train_feature_extractor(discs, 80, seed=1, **kw, progress=lambda step, loss: losses.append(loss))
+    b = train_feature_extractor(discs, 80, seed=1, **kw)
     assert a.state_dict().keys() == b.state_dict().keys()
     for name, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[name]), name
-    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert len(losses) == 80 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])  # from about ln(24) = 3.2
     assert a.config.classes == len(discs) and not a.training
 
 

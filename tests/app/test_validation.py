@@ -1,0 +1,121 @@
+"""The API's input handling, in process against a real Redis (no worker needed)."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.settings import Settings
+from app.main import create_app
+
+
+@pytest.fixture
+def client(tiny_store, redis_server):
+    settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"seed": 1, "steps": 0}, "steps"),
+        ({"seed": 1, "steps": 1001}, "steps"),
+        ({"seed": 1, "eta": -0.1}, "eta"),
+        ({"seed": 1, "eta": 1.5}, "eta"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**53}, "seed"),
+        ({"seed": "42"}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"seed": 1, "steps": "50"}, "steps"),
+        ({"seed": 1, "colour": "red"}, "colour"),
+        ({}, "seed"),
+        ({"seed": 1, "model": "nope"}, "model"),
+        ({"seed": 1, "model": "../etc"}, "model"),
+        ({"seed": 1, "previews": "yes"}, "previews"),
+    ],
+)
+def test_bad_bodies_are_422_naming_the_field(client, body, field):
+    r = client.post("/generate", json=body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert any(field in err["loc"] for err in detail), detail
+
+
+def test_unknown_model_names_the_available_ones(client):
+    r = client.post("/generate", json={"seed": 1, "model": "nope"})
+    assert "tiny@1" in r.json()["detail"][0]["msg"]
+
+
+def test_missing_and_malformed_bodies(client):
+    assert client.post("/generate").status_code == 422
+    r = client.post("/generate", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_body_over_64_kib_is_413(client):
+    r = client.post("/generate", content=b'{"seed": 1, "x": "' + b"a" * 70_000 + b'"}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_accepted_job_and_its_defaults(client):
+    r = client.post("/generate", json={"seed": 2**53 - 1})
+    assert r.status_code == 202
+    job = r.json()
+    assert r.headers["Location"] == f"/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["queue_position"] == 0
+    assert job["params"] == {"seed": 2**53 - 1, "steps": 50, "eta": 0.0, "previews": False}
+    assert job["model"]["name"] == "tiny" and len(job["model"]["digest"]) == 64
+    second = client.post("/generate", json={"seed": 3, "steps": 5, "eta": 1}).json()
+    assert client.get(f"/jobs/{second['id']}").json()["queue_position"] == 1
+
+
+@pytest.mark.parametrize("job_id", ["nope", "0" * 31, "G" * 32, "0" * 33, "..%2F..%2Fetc"])
+def test_malformed_and_unknown_ids_are_404(client, job_id):
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+    assert client.get(f"/jobs/{'a' * 32}").status_code == 404
+    assert client.delete(f"/jobs/{'a' * 32}").status_code == 404
+
+
+def test_image_of_an_unfinished_job_is_409_and_cancel_twice_is_409(client):
+    job = client.post("/generate", json={"seed": 5}).json()
+    assert client.get(f"/jobs/{job['id']}/image.png").status_code == 409
+    r = client.delete(f"/jobs/{job['id']}")
+    assert r.status_code == 202 and r.json()["status"] == "canceled"
+    assert client.delete(f"/jobs/{job['id']}").status_code == 409
+
+
+def test_queue_full_is_429_with_retry_after(tiny_store, redis_server):
+    settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny", max_queue=2)
+    with TestClient(create_app(settings)) as c:
+        assert [c.post("/generate", json={"seed": i}).status_code for i in range(3)] == [202, 202, 429]
+        r = c.post("/generate", json={"seed": 9})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
+def test_models_and_openapi(client):
+    models = client.get("/models").json()
+    assert models["default"] == "tiny@1"
+    assert [m["ref"] for m in models["models"]] == ["tiny@1"] and models["models"][0]["default"]
+    schema = client.get("/openapi.json").json()
+    props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert props["steps"]["maximum"] == 1000 and props["steps"]["default"] == 50
+    assert props["seed"]["maximum"] == 2**53 - 1 and props["seed"]["description"]
+    assert schema["components"]["schemas"]["GenerateRequest"]["additionalProperties"] is False
+
+
+def test_readyz_is_503_without_a_worker(client):
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["detail"]["serving"] == 0
+    assert client.get("/healthz").status_code == 200
+
+
+def test_redis_down_is_503_with_retry_after(tiny_store):
+    from stack import free_port
+
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", model_store=tiny_store.root, model="tiny")
+    with TestClient(create_app(settings)) as c:
+        for call in (lambda: c.post("/generate", json={"seed": 1}), lambda: c.get(f"/jobs/{'a' * 32}"),
+                     lambda: c.get("/readyz")):
+            r = call()
+            assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+            assert r.json() == {"detail": "Redis is unavailable; retry later"}
