@@ -23,8 +23,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	@echo "The HTTP service (diffusetv up) is not built yet. Meanwhile, generate from the command line:"
-	@echo "  $(BIN)/diffusetv sample --seed 0 --steps 50 --out sample.png"
+	$(BIN)/diffusetv up --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,88 @@
+"""`diffusetv up` (what `make run` starts): embedded Redis, a worker and the API; Ctrl-C leaves nothing."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.core.png import read_parameters
+from helpers import REPO
+from stack import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below pid, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_serves_the_readme_curl_line_and_ctrl_c_stops_everything(tiny_store, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DIFFUSETV_REDIS_URL"}
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    if Path("/usr/bin/redis-server").exists():  # prove the bundled binary is used, not the system's
+        shim = tmp_path / "bin"
+        shim.mkdir()
+        env["PATH"] = f"{Path(sys.executable).parent}:{shim}"
+        for tool in ("curl", "sh", "bash"):
+            (shim / tool).symlink_to(f"/usr/bin/{tool}")
+    up = subprocess.Popen([sys.executable, "-m", "diffusetv.cli", "up", "--port", str(port)], env=env, cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            assert line, "up exited:\n" + "".join(lines)
+            lines.append(line)
+            if "Ctrl-C stops everything" in line:
+                break
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{port}/" in output and "embedded" in output
+        curl = next(line.strip() for line in lines if line.strip().startswith("curl "))
+        subprocess.run(["bash", "-c", curl], cwd=tmp_path, env=env, check=True, timeout=60)
+        png = (tmp_path / "seed42.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and read_parameters(png)["seed"] == 42
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+        children = descendants(up.pid)
+        assert len(children) >= 3  # redis-server, worker, api
+    finally:
+        up.send_signal(signal.SIGINT)
+        rest, _ = up.communicate(timeout=30)
+    assert up.returncode == 0, rest
+    time.sleep(0.5)
+    assert not [pid for pid in children if alive(pid)], "processes left behind"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz")
+
+
+def test_makefile_run_starts_up_on_the_port():
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^run: .*\n\t\$\(BIN\)/diffusetv up --port \$\(PORT\)", makefile, re.M)
