@@ -45,6 +45,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": "Redis is unavailable; retry later"}, 503, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)}
         )
 
+    @app.exception_handler(redis_lib.exceptions.OutOfMemoryError)
+    async def redis_full(request: Request, exc: Exception) -> JSONResponse:
+        # maxmemory with noeviction: refuse new work rather than lose accepted work
+        return JSONResponse(
+            {"detail": "Redis is full; retry later"}, 503, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)}
+        )
+
     return app
 
 

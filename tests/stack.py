@@ -52,9 +52,23 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-                "--loglevel", "warning"]
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--loglevel",
+            "warning",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import redis
 
@@ -96,8 +110,14 @@ class Stack:
 
     def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen(cli(command), env={**self.env, **env}, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cli(command),
+            env={**self.env, **env},
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         self.procs[name] = proc
         return proc
 
@@ -139,5 +159,12 @@ class Stack:
 
 def stack_env(redis_url: str, store: Path, model: str = "tiny", **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFUSETV_")}
-    return {**env, "DIFFUSETV_REDIS_URL": redis_url, "DIFFUSETV_MODEL_STORE": str(store), "DIFFUSETV_MODEL": model,
-            "DIFFUSETV_TORCH_THREADS": "1", "DIFFUSETV_HEARTBEAT_S": "1", **extra}
+    return {
+        **env,
+        "DIFFUSETV_REDIS_URL": redis_url,
+        "DIFFUSETV_MODEL_STORE": str(store),
+        "DIFFUSETV_MODEL": model,
+        "DIFFUSETV_TORCH_THREADS": "1",
+        "DIFFUSETV_HEARTBEAT_S": "1",
+        **extra,
+    }

@@ -49,8 +49,16 @@ def test_lifecycle_png_and_cli_identity(stack, tiny_store, tmp_path):
         assert "immutable" in png.headers["cache-control"]
         params = read_parameters(png.content)
         digest = tiny_store.resolve("tiny").digest
-        assert params == {"seed": 1234, "steps": 1000, "eta": 0.3, "model": "tiny", "version": 1, "digest": digest,
-                          "device": "cpu", "precision": "fp32"}
+        assert params == {
+            "seed": 1234,
+            "steps": 1000,
+            "eta": 0.3,
+            "model": "tiny",
+            "version": 1,
+            "digest": digest,
+            "device": "cpu",
+            "precision": "fp32",
+        }
         assert decode_png(png.content).shape == (16, 16, 3)
     out = tmp_path / "cli.png"
     run_cli("sample", "--model", "tiny", "--seed", "1234", "--steps", "1000", "--eta", "0.3", "--out", str(out))

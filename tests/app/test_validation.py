@@ -52,8 +52,9 @@ def test_missing_and_malformed_bodies(client):
 
 
 def test_body_over_64_kib_is_413(client):
-    r = client.post("/generate", content=b'{"seed": 1, "x": "' + b"a" * 70_000 + b'"}',
-                    headers={"Content-Type": "application/json"})
+    r = client.post(
+        "/generate", content=b'{"seed": 1, "x": "' + b"a" * 70_000 + b'"}', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413
 
 
@@ -114,8 +115,25 @@ def test_redis_down_is_503_with_retry_after(tiny_store):
 
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", model_store=tiny_store.root, model="tiny")
     with TestClient(create_app(settings)) as c:
-        for call in (lambda: c.post("/generate", json={"seed": 1}), lambda: c.get(f"/jobs/{'a' * 32}"),
-                     lambda: c.get("/readyz")):
+        for call in (
+            lambda: c.post("/generate", json={"seed": 1}),
+            lambda: c.get(f"/jobs/{'a' * 32}"),
+            lambda: c.get("/readyz"),
+        ):
             r = call()
             assert r.status_code == 503 and r.headers["Retry-After"] == "2"
             assert r.json() == {"detail": "Redis is unavailable; retry later"}
+
+
+def test_a_full_redis_is_503_and_the_job_is_not_half_made(client, redis_server):
+    import redis
+
+    r = redis.Redis(port=redis_server.port)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", max(1, r.info("memory")["used_memory"] - 1024))
+    try:
+        resp = client.post("/generate", json={"seed": 1})
+        assert resp.status_code == 503 and resp.json()["detail"] == "Redis is full; retry later"
+    finally:
+        r.config_set("maxmemory", 0)
+    assert r.llen("rq:queue:diffusetv:generate:tiny@1") == 0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from stack import free_port
 
 from app.core.png import read_parameters
 from helpers import REPO
-from stack import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +53,14 @@ def test_up_serves_the_readme_curl_line_and_ctrl_c_stops_everything(tiny_store, 
         env["PATH"] = f"{Path(sys.executable).parent}:{shim}"
         for tool in ("curl", "sh", "bash"):
             (shim / tool).symlink_to(f"/usr/bin/{tool}")
-    up = subprocess.Popen([sys.executable, "-m", "diffusetv.cli", "up", "--port", str(port)], env=env, cwd=tmp_path,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "diffusetv.cli", "up", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     try:
         deadline = time.monotonic() + 90
