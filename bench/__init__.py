@@ -1,0 +1,1 @@
+"""Benchmarks and measurements, each with its own entry point (`python -m bench.<name>`); not tests."""
