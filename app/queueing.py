@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
 from app.core import keys
-from app.core.jobs import GENERATE_FUNC, JobSpec, JobStatus, new_job_id, new_record, transition
+from app.core.jobs import GENERATE_FUNC, JobSpec, JobStatus, new_job_id, new_record, read_record, transition
 from app.core.settings import Settings
 from model_store import Manifest, ModelStoreError, Store
 
@@ -65,6 +69,25 @@ def queue_position(redis, record: dict[str, str]) -> int | None:
     model = json.loads(record["model"])
     position = redis.lpos(queue_for(redis, f"{model['name']}@{model['version']}").key, record["id"])
     return int(position) if position is not None else None
+
+
+def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
+    """A job our record calls queued or running, but that RQ has failed (timeout, refused, crash), is failed."""
+    if record["status"] not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+        return record
+    try:
+        job = Job.fetch(record["id"], connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return record
+    if job.get_status(refresh=False) not in (RQStatus.FAILED, RQStatus.STOPPED, RQStatus.CANCELED):
+        return record
+    result = job.latest_result()
+    detail = (result.exc_string or "").strip().splitlines()[-1:] if result else []
+    error = f"the worker failed the job: {detail[0] if detail else 'no details'}"
+    fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
+    if transition(redis, record["id"], (JobStatus.QUEUED, JobStatus.RUNNING), fields):
+        redis.expire(keys.job(record["id"]), ttl)
+    return read_record(redis, record["id"]) or record
 
 
 def cancel(redis, record: dict[str, str], finished_at: str) -> bool:

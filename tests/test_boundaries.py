@@ -37,6 +37,15 @@ def test_app_core_imports_neither_fastapi_nor_torch():
         assert not (names & {"fastapi", "starlette", "torch"}), f"{file} imports {names}"
 
 
-def test_importing_app_and_the_store_loads_no_torch():
-    code = "import sys, app, app.core.png, model_store; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_importing_the_api_loads_no_torch():
+    code = (
+        "import sys, app.main, app.core.png, model_store; "
+        "bad = [m for m in ('torch', 'diffusion', 'worker', 'safetensors') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_app_core_loads_no_fastapi():
+    code = "import sys, app.core.jobs, app.core.keys, app.core.settings, app.core.png; assert 'fastapi' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

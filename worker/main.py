@@ -14,12 +14,14 @@ import uuid
 import redis as redis_lib
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
+from rq.worker import WorkerStatus
 
 from app.core import keys
 from app.core.redis import connect_sync, wait_for_redis
 from app.core.settings import Settings, get_settings
 from model_store import Store
 from worker import jobs, registry
+from worker.batch import fail
 from worker.engine import load_engine
 from worker.heartbeat import Heartbeat, claim_engines, engine_id
 
@@ -33,9 +35,10 @@ class DiffuseWorker(SimpleWorker):
         if job.func_name not in jobs.ALLOWED:
             message = f"refused: {job.func_name!r} is not one of {sorted(jobs.ALLOWED)}"
             log.error("job %s %s", job.id, message)
+            fail(self.connection, [job.id], message, get_settings().result_ttl)
             execution = self.prepare_execution(job)
             self.handle_job_failure(job, queue, queue.started_job_registry, message, execution)
-            self.set_state("idle")
+            self.set_state(WorkerStatus.IDLE)
             return
         super().execute_job(job, queue)
 

@@ -11,7 +11,7 @@ from app import schemas
 from app.core import keys
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
-from app.queueing import cancel, queue_position, resolve_model, submit
+from app.queueing import cancel, queue_position, reconcile, resolve_model, submit
 from app.views import job_view
 
 router = APIRouter(tags=["jobs"])
@@ -30,12 +30,12 @@ def load_record(redis, job_id: str) -> dict[str, str]:
     return record
 
 
-def wait_for_end(redis, job_id: str, wait: float) -> dict[str, str]:
+def wait_for_end(redis, job_id: str, wait: float, ttl: int) -> dict[str, str]:
     deadline = time.monotonic() + wait
-    record = load_record(redis, job_id)
+    record = reconcile(redis, load_record(redis, job_id), ttl)
     while record["status"] not in FINAL and time.monotonic() < deadline:
         time.sleep(POLL_S)
-        record = load_record(redis, job_id)
+        record = reconcile(redis, load_record(redis, job_id), ttl)
     return record
 
 
@@ -62,9 +62,9 @@ def generate(
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
-def get_job(job_id: str, redis: RedisDep, wait: Wait = 0) -> schemas.Job:
+def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, wait: Wait = 0) -> schemas.Job:
     """The job's status, progress and result link; with `wait`, block until it ends (at most 30 s)."""
-    return view(redis, wait_for_end(redis, job_id, wait))
+    return view(redis, wait_for_end(redis, job_id, wait, settings.result_ttl))
 
 
 @router.get(
@@ -84,7 +84,7 @@ def get_image(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The PNG of a succeeded job; ETag is its sha256. 409 while it has not succeeded."""
-    record = wait_for_end(redis, job_id, wait)
+    record = wait_for_end(redis, job_id, wait, settings.result_ttl)
     if record["status"] != JobStatus.SUCCEEDED.value:
         raise HTTPException(409, f"job is {record['status']}; the image exists once it has succeeded")
     etag = f'"{record["sha256"]}"'

@@ -140,3 +140,29 @@ def test_api_survives_redis_going_away_and_recovers(stack):
         stack.wait_ready(timeout=30)
         job = c.post("/generate", json={"seed": 1, "steps": 5}).json()
         assert c.get(f"/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+
+
+def test_worker_runs_only_worker_jobs_functions(stack, tmp_path):
+    import redis
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from app.core import keys
+    from app.core.jobs import JobSpec, new_record, new_job_id
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+    conn = redis.Redis.from_url(stack.redis.url)
+    job_id = new_job_id()
+    spec = JobSpec(job_id, 1, 5, 0.0, "tiny@1", "0" * 64)
+    conn.hset(keys.job(job_id), mapping=new_record(spec, {"name": "tiny", "version": 1, "digest": "0" * 64}))
+    queue = Queue(keys.queue_name("tiny@1"), connection=conn, serializer=JSONSerializer)
+    rq_job = queue.enqueue_call("os.remove", args=[str(victim)], job_id=job_id)
+    with stack.client() as c:
+        job = c.get(f"/jobs/{job_id}", params={"wait": 20}).json()
+        assert job["status"] == "failed" and "refused" in job["error"] and "os.remove" in job["error"]
+        healthy = c.post("/generate", json={"seed": 4, "steps": 5}).json()
+        assert c.get(f"/jobs/{healthy['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+    assert victim.read_text() == "still here"
+    rq_job.refresh()
+    assert rq_job.get_status() == "failed"

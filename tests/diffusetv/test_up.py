@@ -92,3 +92,9 @@ def test_up_serves_the_readme_curl_line_and_ctrl_c_stops_everything(tiny_store, 
 def test_makefile_run_starts_up_on_the_port():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^run: .*\n\t\$\(BIN\)/diffusetv up --port \$\(PORT\)", makefile, re.M)
+
+
+def test_readme_curl_line_is_the_one_up_prints():
+    from diffusetv.up import curl_line
+
+    assert curl_line("http://127.0.0.1:8000") in (REPO / "README.md").read_text()
