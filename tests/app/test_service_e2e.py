@@ -148,7 +148,7 @@ def test_worker_runs_only_worker_jobs_functions(stack, tmp_path):
     from rq.serializers import JSONSerializer
 
     from app.core import keys
-    from app.core.jobs import JobSpec, new_record, new_job_id
+    from app.core.jobs import JobSpec, new_job_id, new_record
 
     victim = tmp_path / "victim.txt"
     victim.write_text("still here")
