@@ -10,11 +10,15 @@ from app.queueing import queue_for
 from model_store import Store
 
 COUNTERS = {
-    "model_runs": ("diffusetv_model_runs", "Batched model runs (one DDIM loop each)"),
+    "batches": ("diffusetv_batches", "Batched model runs: one DDIM loop each"),
+    "runs": ("diffusetv_runs", "Samples computed (one per engine key; identical requests share one)"),
     "image_steps": ("diffusetv_image_steps", "Image-steps computed by workers"),
-    "run_seconds": ("diffusetv_run_seconds", "Seconds spent in model runs"),
+    "run_seconds": ("diffusetv_run_seconds", "Seconds workers spent in batches"),
+    "cache_hits": ("diffusetv_cache_hits", "Requests answered from the result cache"),
+    "joined": ("diffusetv_joined", "Requests that joined an identical run already queued or running"),
+    "jobs_failed": ("diffusetv_jobs_failed", "Jobs failed by workers"),
 }
-JOB_STATUSES = ("succeeded", "failed", "canceled")
+RUN_OUTCOMES = ("succeeded", "canceled")
 
 
 class RedisCollector:
@@ -27,11 +31,17 @@ class RedisCollector:
             c = CounterMetricFamily(name, doc)
             c.add_metric([], raw.get(field, 0.0))
             yield c
-        jobs = CounterMetricFamily("diffusetv_jobs", "Jobs finished by workers, by status", labels=["status"])
-        for status in JOB_STATUSES:
-            jobs.add_metric([status], raw.get(f"jobs_{status}", 0.0))
-        yield jobs
-        queued = GaugeMetricFamily("diffusetv_queue_length", "Jobs waiting, by model", labels=["model"])
+        outcomes = CounterMetricFamily(
+            "diffusetv_run_outcomes", "Runs finished by workers, by outcome", labels=["outcome"]
+        )
+        for outcome in RUN_OUTCOMES:
+            outcomes.add_metric([outcome], raw.get(f"runs_{outcome}", 0.0))
+        yield outcomes
+        sizes = CounterMetricFamily("diffusetv_batch_size", "Batches by the number of runs in them", labels=["size"])
+        for field in sorted((f for f in raw if f.startswith("batch_size:")), key=lambda f: int(f.split(":")[1])):
+            sizes.add_metric([field.split(":")[1]], raw[field])
+        yield sizes
+        queued = GaugeMetricFamily("diffusetv_queue_length", "Runs waiting, by model", labels=["model"])
         for m in self.store.list():
             if m.kind == "ddim-unet":
                 queued.add_metric([m.ref], queue_for(self.redis, m.ref).count)

@@ -13,7 +13,7 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from app.core import keys
+from app.core import keys, runs
 from app.core.jobs import GENERATE_FUNC, JobSpec, JobStatus, new_job_id, new_record, read_record, transition
 from app.core.settings import Settings
 from model_store import Manifest, ModelStoreError, Store
@@ -39,16 +39,37 @@ def resolve_model(store: Store, ref: str | None, settings: Settings) -> Manifest
         ) from None
 
 
+def current_engine(redis, model_ref: str) -> str:
+    """`device/precision` of the workers serving the model, or PENDING_ENGINE while none has claimed it."""
+    engine = redis.get(keys.engine(model_ref))
+    return engine.decode() if engine else runs.PENDING_ENGINE
+
+
 def submit(
     redis, settings: Settings, manifest: Manifest, seed: int, steps: int, eta: float, previews: bool, owner: str = ""
 ) -> str:
-    """Create the job record and enqueue it; 429 when the model's queue is full."""
+    """Answer from the result cache, join an identical run in flight, or queue a new run (429 when full)."""
+    engine = current_engine(redis, manifest.ref)
+    model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
+    run_key = runs.engine_key(manifest.digest, seed, steps, eta, engine)
+    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.digest, previews, run_key)
+    if engine != runs.PENDING_ENGINE and (hit := runs.cached(redis, run_key)):
+        answered = answer_from_cache(redis, settings, spec, model, owner, hit)
+        if answered:
+            return answered
     queue = queue_for(redis, manifest.ref)
     if queue.count >= settings.max_queue:
         raise HTTPException(429, "the queue is full; retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
-    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.digest, previews)
-    model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
     redis.hset(keys.job(spec.job_id), mapping=new_record(spec, model, owner))
+    role, leader, status = runs.subscribe(redis, run_key, spec.job_id)
+    if role == "follow":  # an identical run is queued or running: wait for it, run nothing new
+        redis.hset(keys.job(spec.job_id), "leader", leader)
+        if status == JobStatus.RUNNING.value:
+            transition(
+                redis, spec.job_id, (JobStatus.QUEUED,), {"status": JobStatus.RUNNING, "started_at": repr(time.time())}
+            )
+        redis.hincrby(keys.METRICS, "joined", 1)
+        return spec.job_id
     try:
         queue.enqueue_call(
             GENERATE_FUNC,
@@ -59,15 +80,46 @@ def submit(
             failure_ttl=settings.result_ttl,
         )
     except Exception:
-        redis.delete(keys.job(spec.job_id))
+        redis.delete(keys.job(spec.job_id), keys.run(run_key), keys.run_jobs(run_key))
         raise
+    return spec.job_id
+
+
+def answer_from_cache(redis, settings: Settings, spec: JobSpec, model: dict, owner: str, hit: dict) -> str | None:
+    """A new job, already succeeded, whose PNG is a copy of the cached result: no model work, no queue.
+
+    None when the cached PNG expired meanwhile."""
+    if not redis.copy(keys.png(hit["job"]), keys.png(spec.job_id), replace=True):
+        return None
+    source = read_record(redis, hit["job"]) or {}
+    now = repr(time.time())
+    record = new_record(spec, model, owner)
+    record.update(
+        {
+            "status": JobStatus.SUCCEEDED.value,
+            "started_at": now,
+            "finished_at": now,
+            "cached": "1",
+            "sha256": hit["sha256"],
+            "engine": source.get("engine", ""),
+            "batch_size": source.get("batch_size", ""),
+            "progress": source.get("progress", ""),
+        }
+    )
+    pipe = redis.pipeline(transaction=True)
+    pipe.expire(keys.png(spec.job_id), settings.result_ttl)
+    pipe.hset(keys.job(spec.job_id), mapping={k: v for k, v in record.items() if v is not None})
+    pipe.expire(keys.job(spec.job_id), settings.result_ttl)
+    pipe.hincrby(keys.METRICS, "cache_hits", 1)
+    pipe.execute()
     return spec.job_id
 
 
 def queue_position(redis, record: dict[str, str]) -> int | None:
     """0-based place in the model's queue, or None when not waiting there."""
     model = json.loads(record["model"])
-    position = redis.lpos(queue_for(redis, f"{model['name']}@{model['version']}").key, record["id"])
+    leader = record.get("leader") or record["id"]  # a job waiting for an identical run waits in its place
+    position = redis.lpos(queue_for(redis, f"{model['name']}@{model['version']}").key, leader)
     return int(position) if position is not None else None
 
 
@@ -91,7 +143,8 @@ def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
 
 
 def cancel(redis, record: dict[str, str], finished_at: str) -> bool:
-    """queued/running -> canceled. A queued job also leaves the RQ queue; a running one stops at its next step."""
+    """queued/running -> canceled. The run it waited for stops only when no other job waits for it:
+    a queued run then leaves the RQ queue, a running one leaves its batch at the next step."""
     old = transition(
         redis,
         record["id"],
@@ -100,7 +153,14 @@ def cancel(redis, record: dict[str, str], finished_at: str) -> bool:
     )
     if old not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
         return False
-    if old == JobStatus.QUEUED.value:
-        model = json.loads(record["model"])
-        queue_for(redis, f"{model['name']}@{model['version']}").remove(record["id"])
+    run_key = record.get("run") or ""
+    others = [j for j in runs.job_ids(redis, run_key) if j != record["id"]] if run_key else []
+    statuses = [redis.hget(keys.job(j), "status") for j in others]
+    if any(s in (JobStatus.QUEUED.value.encode(), JobStatus.RUNNING.value.encode()) for s in statuses):
+        return True  # someone else still waits for this run
+    leader = (redis.hget(keys.run(run_key), "leader") or b"").decode() if run_key else record["id"]
+    if run_key:
+        runs.set_status(redis, run_key, "canceled")  # a new identical request starts a fresh run
+    model = json.loads(record["model"])
+    queue_for(redis, f"{model['name']}@{model['version']}").remove(leader or record["id"])
     return True

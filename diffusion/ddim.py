@@ -8,7 +8,7 @@ depends on the other samples in its batch.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +71,62 @@ def draw(gens: Sequence[torch.Generator], shape: tuple[int, ...]) -> torch.Tenso
     return torch.stack([torch.randn(shape, generator=g, dtype=torch.float32) for g in gens])
 
 
+class DDIMRun:
+    """DDIM from each seed's x_T over the time grid; iterating yields every step's x0 prediction.
+
+    Rows can leave between steps (`drop`), e.g. a canceled job: the others are unaffected, since each
+    row has its own noise stream and the network's output for a row does not depend on its batch.
+    """
+
+    def __init__(
+        self,
+        eps_model: EpsModel,
+        seeds: Sequence[int],
+        steps: int,
+        shape: tuple[int, int, int],
+        eta: Scalar | Sequence[float] = 0.0,
+        schedule: Schedule = offset_cosine,
+        device: torch.device | str = "cpu",
+        x_T: torch.Tensor | None = None,
+    ) -> None:
+        self.eps_model, self.steps, self.shape, self.schedule, self.device = eps_model, steps, shape, schedule, device
+        self.gens = generators(seeds)
+        noise = draw(self.gens, shape)  # x_T: the first draw of each sample's generator
+        self.x = (noise if x_T is None else x_T).to(device)
+        etas = torch.as_tensor(eta, dtype=torch.float64).reshape(-1)
+        self.etas = etas.expand(len(seeds)).clone() if etas.numel() == 1 else etas.clone()
+        self.rows = list(range(len(seeds)))  # original index of each current row
+
+    def drop(self, rows: Sequence[int]) -> None:
+        """Remove current rows (indices into the current batch) from the rest of the run."""
+        keep = [i for i in range(len(self.rows)) if i not in set(rows)]
+        self.x = self.x[keep]
+        self.gens = [self.gens[i] for i in keep]
+        self.etas = self.etas[keep]
+        self.rows = [self.rows[i] for i in keep]
+
+    def __iter__(self) -> Iterator[Step]:
+        for k, (t, t_next) in enumerate(time_grid(self.steps)):
+            if not self.rows:
+                return
+            signal, noise_rate = self.schedule(t)
+            signal_next, _ = self.schedule(t_next)
+            x = self.x
+            rates = torch.full((x.shape[0], 1, 1, 1), float(noise_rate), dtype=x.dtype, device=x.device)
+            eps = self.eps_model(x, rates)
+            stochastic = self.etas > 0
+            step_noise = None
+            if bool(stochastic.any()):
+                # Only samples with eta > 0 draw, so an eta = 0 sample's stream is unchanged.
+                step_noise = torch.zeros(x.shape, dtype=torch.float32)
+                for i in torch.nonzero(stochastic).flatten().tolist():
+                    step_noise[i] = torch.randn(self.shape, generator=self.gens[i], dtype=torch.float32)
+                step_noise = step_noise.to(x.device)
+            eta_b = self.etas.reshape(-1, 1, 1, 1).to(device=x.device, dtype=x.dtype)
+            self.x, x0 = ddim_step(x, eps, float(signal) ** 2, float(signal_next) ** 2, eta_b, step_noise)
+            yield Step(k + 1, self.steps, x0, self.x)
+
+
 def sample_loop(
     eps_model: EpsModel,
     seeds: Sequence[int],
@@ -80,32 +136,12 @@ def sample_loop(
     schedule: Schedule = offset_cosine,
     device: torch.device | str = "cpu",
     x_T: torch.Tensor | None = None,
-) -> Iterator[Step]:
-    """DDIM from each seed's x_T; yields every step's x0 prediction (for progress, previews, cancel)."""
-    gens = generators(seeds)
-    noise = draw(gens, shape)  # x_T: first draw of each sample's generator
-    x = (noise if x_T is None else x_T).to(device)
-    etas = torch.as_tensor(eta, dtype=torch.float64).reshape(-1)
-    etas = etas.expand(len(seeds)) if etas.numel() == 1 else etas
-    eta_b = etas.reshape(-1, 1, 1, 1).to(device=device, dtype=x.dtype)
-    stochastic = etas > 0
-    for k, (t, t_next) in enumerate(time_grid(steps)):
-        signal, noise_rate = schedule(t)
-        signal_next, _ = schedule(t_next)
-        rates = torch.full((len(seeds), 1, 1, 1), float(noise_rate), dtype=x.dtype, device=device)
-        eps = eps_model(x, rates)
-        step_noise = None
-        if bool(stochastic.any()):
-            # Only samples with eta > 0 consume a draw, so an eta = 0 sample's stream is unchanged.
-            step_noise = torch.zeros_like(x, device="cpu")
-            for i in torch.nonzero(stochastic).flatten().tolist():
-                step_noise[i] = torch.randn(shape, generator=gens[i], dtype=torch.float32)
-            step_noise = step_noise.to(device)
-        x, x0 = ddim_step(x, eps, float(signal) ** 2, float(signal_next) ** 2, eta_b, step_noise)
-        yield Step(k + 1, steps, x0, x)
+) -> DDIMRun:
+    """DDIM from each seed's x_T; iterate it for every step's x0 prediction (progress, previews, cancel)."""
+    return DDIMRun(eps_model, seeds, steps, shape, eta, schedule, device, x_T)
 
 
-def last_step(steps: Iterator[Step]) -> Step:
+def last_step(steps: Iterable[Step]) -> Step:
     """Run a sampling loop to its end."""
     (last,) = deque(steps, maxlen=1)
     return last

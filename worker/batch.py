@@ -1,8 +1,9 @@
-"""Run a batch of generation jobs on one engine, keeping each job's own lifecycle.
+"""Run a batch of model runs on one engine, keeping each job's own lifecycle.
 
-Each job: queued -> running (progress at most ~10 writes/s) -> succeeded with its PNG, or canceled
-between steps, or failed. A canceled job leaves the batch; the others are not affected, since a
-sample's output does not depend on its batch mates.
+A batch holds runs (app.core.runs): each is one sample, one engine key, and the jobs waiting for it.
+Every job goes queued -> running (progress at most ~10 writes/s) -> succeeded with its PNG, or is
+canceled between steps, or fails. A run whose jobs were all canceled leaves the batch at the next
+step; the others are unaffected, since a sample's output does not depend on its batch mates.
 """
 
 from __future__ import annotations
@@ -14,118 +15,149 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.core import keys
+from app.core import keys, runs
 from app.core.jobs import JobSpec, JobStatus, transition
 from app.core.png import encode_png
 from worker.engine import Engine
 
 log = logging.getLogger("diffusetv.worker")
 PROGRESS_INTERVAL_S = 0.1
+ACTIVE = (JobStatus.QUEUED.value.encode(), JobStatus.RUNNING.value.encode())
 
 
 @dataclass
-class Slot:
-    spec: JobSpec
+class Run:
+    spec: JobSpec  # the leading job's spec: seed, steps, eta
+    cache_key: str
     active: bool = True
     last_progress: float = field(default=0.0)
+
+    @property
+    def key(self) -> str:
+        return self.spec.run_key or self.spec.job_id  # a job without a run key is a run of its own
+
+    def job_ids(self, redis) -> list[str]:
+        return runs.job_ids(redis, self.spec.run_key) if self.spec.run_key else [self.spec.job_id]
 
 
 def log_line(**fields) -> None:
     log.info(json.dumps({"event": "job", **fields}, sort_keys=True))
 
 
-def start(redis, slots: list[Slot], engine: Engine) -> list[Slot]:
-    """queued -> running for each job; those canceled meanwhile are dropped."""
+def active_jobs(redis, batch: list[Run]) -> list[list[str]]:
+    """For each run, the ids of its jobs still queued or running."""
+    ids = [run.job_ids(redis) for run in batch]
+    pipe = redis.pipeline(transaction=False)
+    for job_ids in ids:
+        for job_id in job_ids:
+            pipe.hget(keys.job(job_id), "status")
+    statuses = iter(pipe.execute())
+    return [[j for j in job_ids if next(statuses) in ACTIVE] for job_ids in ids]
+
+
+def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
+    """queued -> running for every job of every run; runs nobody waits for any more are dropped."""
     now = repr(time.time())
     engine_json = json.dumps({"device": engine.device, "precision": engine.precision})
-    running = []
-    for slot in slots:
-        fields = {
-            "status": JobStatus.RUNNING,
-            "started_at": now,
-            "engine": engine_json,
-            "batch_size": str(len(slots)),
-            "progress": json.dumps({"step": 0, "steps": slot.spec.steps}),
-        }
-        old = transition(redis, slot.spec.job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields)
-        if old in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
-            running.append(slot)
-        else:
-            log_line(id=slot.spec.job_id, status=old or "missing", skipped=True)
-    return running
+    kept = []
+    for run, job_ids in zip(batch, active_jobs(redis, batch), strict=True):
+        if not job_ids:
+            log_line(id=run.spec.job_id, status="canceled", skipped=True)
+            continue
+        if run.spec.run_key:
+            runs.set_status(redis, run.spec.run_key, "running")
+        for job_id in job_ids:
+            fields = {
+                "status": JobStatus.RUNNING,
+                "started_at": now,
+                "engine": engine_json,
+                "progress": json.dumps({"step": 0, "steps": run.spec.steps}),
+            }
+            transition(redis, job_id, (JobStatus.QUEUED,), fields)
+        kept.append(run)
+    return kept
 
 
-def still_running(redis, slots: list[Slot]) -> list[bool]:
-    pipe = redis.pipeline(transaction=False)
-    for slot in slots:
-        pipe.hget(keys.job(slot.spec.job_id), "status")
-    return [s == JobStatus.RUNNING.value.encode() for s in pipe.execute()]
-
-
-def report_progress(redis, slots: list[Slot], step: int, steps: int) -> None:
+def report_progress(redis, batch: list[Run], waiting: list[list[str]], step: int, steps: int) -> None:
     now = time.monotonic()
     pipe = redis.pipeline(transaction=False)
     wrote = False
-    for slot in slots:
-        if slot.active and (now - slot.last_progress >= PROGRESS_INTERVAL_S or step == steps):
-            pipe.hset(keys.job(slot.spec.job_id), "progress", json.dumps({"step": step, "steps": steps}))
-            slot.last_progress, wrote = now, True
+    for run, job_ids in zip(batch, waiting, strict=True):
+        if run.active and (now - run.last_progress >= PROGRESS_INTERVAL_S or step == steps):
+            for job_id in job_ids:
+                pipe.hset(keys.job(job_id), "progress", json.dumps({"step": step, "steps": steps}))
+            run.last_progress, wrote = now, True
     if wrote:
         pipe.execute()
 
 
-def finish(redis, slot: Slot, png: bytes, ttl: int) -> None:
-    job_id = slot.spec.job_id
-    redis.set(keys.png(job_id), png, ex=ttl)
+def finish(redis, run: Run, png: bytes, batch_size: int, ttl: int) -> int:
+    """Close the run (no job can join it now), then give every waiting job the PNG. Returns how many got it."""
+    if run.spec.run_key:
+        runs.set_status(redis, run.spec.run_key, "done")
+    sha256 = hashlib.sha256(png).hexdigest()
     fields = {
         "status": JobStatus.SUCCEEDED,
         "finished_at": repr(time.time()),
-        "sha256": hashlib.sha256(png).hexdigest(),
+        "sha256": sha256,
+        "batch_size": str(batch_size),
     }
-    if transition(redis, job_id, (JobStatus.RUNNING,), fields) != JobStatus.RUNNING.value:
-        redis.delete(keys.png(job_id))  # canceled at the last moment: keep nothing
-        slot.active = False
-        return
-    redis.expire(keys.job(job_id), ttl)
+    delivered = []
+    for job_id in run.job_ids(redis):
+        redis.set(keys.png(job_id), png, ex=ttl)
+        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields) in (
+            JobStatus.QUEUED.value,
+            JobStatus.RUNNING.value,
+        ):
+            redis.expire(keys.job(job_id), ttl)
+            delivered.append(job_id)
+        else:
+            redis.delete(keys.png(job_id))  # canceled at the last moment: keep nothing
+    if delivered:
+        redis.set(keys.cache(run.cache_key), json.dumps({"job": delivered[0], "sha256": sha256}), ex=ttl)
+    if run.spec.run_key:
+        redis.delete(keys.run(run.spec.run_key), keys.run_jobs(run.spec.run_key))
+    return len(delivered)
 
 
 def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) -> dict[str, str]:
-    """Run the jobs together; returns each job id's final status."""
+    """Run the runs led by `specs` together; returns each leading job id's outcome."""
     steps = specs[0].steps
     if any(s.steps != steps for s in specs):
         raise ValueError("a batch shares one step count")
     started = time.monotonic()
-    slots = start(redis, [Slot(s) for s in specs], engine)
-    outcome = {s.job_id: "skipped" for s in specs}
-    if not slots:
+    engine_id = f"{engine.device}/{engine.precision}"
+    batch = [Run(s, runs.engine_key(s.digest, s.seed, s.steps, s.eta, engine_id)) for s in specs]
+    outcome = {s.job_id: "canceled" for s in specs}
+    batch = start(redis, batch, engine)
+    if not batch:
         return outcome
+    size = len(batch)
+    sampler = engine.run([r.spec.seed for r in batch], steps, [r.spec.eta for r in batch])
+    live = list(batch)  # the runs still in the sampler, in its row order
     last = None
-    for last in engine.run([s.spec.seed for s in slots], steps, [s.spec.eta for s in slots]):
-        flags = still_running(redis, slots)
-        for slot, alive in zip(slots, flags, strict=True):
-            if slot.active and not alive:
-                slot.active = False  # canceled: its row finishes with the batch but nothing is kept
-                outcome[slot.spec.job_id] = JobStatus.CANCELED.value
-        if not any(s.active for s in slots):
+    for last in sampler:
+        waiting = active_jobs(redis, live)
+        gone = [i for i, job_ids in enumerate(waiting) if not job_ids]
+        for i in gone:
+            live[i].active = False
+        if gone and len(gone) < len(live):
+            sampler.drop(gone)  # nobody waits for these any more: they leave the batch
+        live, waiting = [r for r in live if r.active], [w for w in waiting if w]
+        if not live:
             break
-        report_progress(redis, slots, last.step, steps)
-    if last is not None and last.step == steps:
+        report_progress(redis, live, waiting, last.step, steps)
+    if last is not None and last.step == steps and live:
         pixels = engine.pixels(last.x0_pred)
-        for i, slot in enumerate(slots):
-            if slot.active:
-                params = engine.parameters(slot.spec.seed, steps, slot.spec.eta)
-                finish(redis, slot, encode_png(pixels[i], params), result_ttl)
-                outcome[slot.spec.job_id] = JobStatus.SUCCEEDED.value if slot.active else JobStatus.CANCELED.value
-    elapsed = time.monotonic() - started
-    pipe = redis.pipeline(transaction=False)
-    pipe.hincrby(keys.METRICS, "model_runs", 1)
-    pipe.hincrby(keys.METRICS, "image_steps", steps * len(slots))
-    pipe.hincrbyfloat(keys.METRICS, "run_seconds", elapsed)
-    for status in outcome.values():
-        pipe.hincrby(keys.METRICS, f"jobs_{status}", 1)
-    pipe.execute()
-    for slot in slots:
-        s = slot.spec
+        for i, run in enumerate(live):
+            png = encode_png(pixels[i], engine.parameters(run.spec.seed, steps, run.spec.eta))
+            outcome[run.spec.job_id] = "succeeded" if finish(redis, run, png, size, result_ttl) else "canceled"
+    for run in batch:
+        if not run.active and run.spec.run_key:
+            runs.set_status(redis, run.spec.run_key, "canceled")
+    count(redis, size, steps, outcome, time.monotonic() - started)
+    for run in batch:
+        s = run.spec
         log_line(
             id=s.job_id,
             status=outcome[s.job_id],
@@ -133,16 +165,37 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
             steps=steps,
             eta=s.eta,
             model=s.model_ref,
-            batch_size=len(slots),
-            seconds=round(elapsed, 3),
+            batch_size=size,
+            seconds=round(time.monotonic() - started, 3),
         )
     return outcome
 
 
-def fail(redis, job_ids: Sequence[str], error: str, ttl: int) -> None:
+def count(redis, size: int, steps: int, outcome: dict[str, str], seconds: float) -> None:
+    pipe = redis.pipeline(transaction=False)
+    pipe.hincrby(keys.METRICS, "batches", 1)
+    pipe.hincrby(keys.METRICS, f"batch_size:{size}", 1)
+    pipe.hincrby(keys.METRICS, "runs", size)
+    pipe.hincrby(keys.METRICS, "image_steps", steps * size)
+    pipe.hincrbyfloat(keys.METRICS, "run_seconds", seconds)
+    for status in outcome.values():
+        pipe.hincrby(keys.METRICS, f"runs_{status}", 1)
+    pipe.execute()
+
+
+def fail_jobs(redis, job_ids: Sequence[str], error: str, ttl: int) -> None:
     """Mark jobs failed with a clear error (from queued or running)."""
     for job_id in job_ids:
         fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
         if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields):
             redis.expire(keys.job(job_id), ttl)
-    redis.hincrby(keys.METRICS, "jobs_failed", len(job_ids))
+            redis.hincrby(keys.METRICS, "jobs_failed", 1)
+
+
+def fail(redis, specs: Sequence[JobSpec], error: str, ttl: int) -> None:
+    """Fail every job waiting for the runs these specs lead, and close the runs."""
+    for spec in specs:
+        job_ids = runs.job_ids(redis, spec.run_key) if spec.run_key else []
+        fail_jobs(redis, job_ids or [spec.job_id], error, ttl)
+        if spec.run_key:
+            redis.delete(keys.run(spec.run_key), keys.run_jobs(spec.run_key))

@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-from rq import get_current_job
+from rq import Queue, get_current_job
+from rq.serializers import JSONSerializer
 
 from app.core.jobs import JobSpec
 from app.core.settings import get_settings
 from worker import registry
 from worker.batch import fail, run_batch
+from worker.collect import gather, settle
 
 
 def generate(**kwargs) -> dict:
-    """Run one queued generation job (RQ job function). The PNG goes to Redis; RQ keeps the outcome."""
+    """Run a queued generation job, batched with compatible queued jobs (RQ job function)."""
     spec = JobSpec(**kwargs)
     job = get_current_job()
     redis = job.connection
-    ttl = get_settings().result_ttl
+    settings = get_settings()
     engine = registry.get(spec.model_ref)
     if engine.manifest.digest != spec.digest:
-        fail(redis, [spec.job_id], f"model {spec.model_ref} changed on this worker (digest mismatch)", ttl)
+        fail(redis, [spec], f"model {spec.model_ref} changed on this worker (digest mismatch)", settings.result_ttl)
         raise RuntimeError("model digest mismatch")
+    queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
+    claimed = gather(redis, queue, spec.steps, settings.max_batch_size - 1, settings.max_batch_wait_ms)
+    specs = [spec] + [s for _, s in claimed]
     try:
-        outcome = run_batch(redis, engine, [spec], ttl)
+        outcome = run_batch(redis, engine, specs, settings.result_ttl)
     except Exception as exc:
-        fail(redis, [spec.job_id], f"{type(exc).__name__}: {exc}", ttl)
+        error = f"{type(exc).__name__}: {exc}"
+        fail(redis, specs, error, settings.result_ttl)
+        settle(redis, [j for j, _ in claimed], ok=False, error=error, ttl=settings.result_ttl)
         raise
-    return {"status": outcome[spec.job_id]}
+    settle(redis, [j for j, _ in claimed], ok=True, error="", ttl=settings.result_ttl)
+    return {"status": outcome[spec.job_id], "batch": len(specs)}
 
 
 ALLOWED = {f"{__name__}.{name}" for name in ("generate",)}

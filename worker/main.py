@@ -21,7 +21,7 @@ from app.core.redis import connect_sync, wait_for_redis
 from app.core.settings import Settings, get_settings
 from model_store import Store
 from worker import jobs, registry
-from worker.batch import fail
+from worker.batch import fail_jobs
 from worker.engine import load_engine
 from worker.heartbeat import Heartbeat, claim_engines, engine_id
 
@@ -35,7 +35,7 @@ class DiffuseWorker(SimpleWorker):
         if job.func_name not in jobs.ALLOWED:
             message = f"refused: {job.func_name!r} is not one of {sorted(jobs.ALLOWED)}"
             log.error("job %s %s", job.id, message)
-            fail(self.connection, [job.id], message, get_settings().result_ttl)
+            fail_jobs(self.connection, [job.id], message, get_settings().result_ttl)
             execution = self.prepare_execution(job)
             self.handle_job_failure(job, queue, queue.started_job_registry, message, execution)
             self.set_state(WorkerStatus.IDLE)

@@ -63,11 +63,12 @@ class JobSpec:
     model_ref: str  # name@version
     digest: str
     previews: bool = False
+    run_key: str = ""  # the model run it leads (app.core.runs)
 
     def to_kwargs(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "seed": self.seed, "steps": self.steps, "eta": self.eta,
-            "model_ref": self.model_ref, "digest": self.digest, "previews": self.previews,
+            "model_ref": self.model_ref, "digest": self.digest, "previews": self.previews, "run_key": self.run_key,
         }  # fmt: skip
 
 
@@ -79,6 +80,7 @@ def new_record(spec: JobSpec, model: dict, owner: str = "", now: float | None = 
         "params": json.dumps({"seed": spec.seed, "steps": spec.steps, "eta": spec.eta, "previews": spec.previews}),
         "model": json.dumps(model),
         "owner": owner,
+        "run": spec.run_key,
         "created_at": repr(now if now is not None else time.time()),
         "attempts": "0",
     }

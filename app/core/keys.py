@@ -36,7 +36,22 @@ def engine(model_ref: str) -> str:
     return f"{PREFIX}engine:{model_ref}"
 
 
-METRICS = f"{PREFIX}metrics"  # hash of worker counters
+def run(run_key: str) -> str:
+    """Hash: a model run (status queued/running/done/canceled, leader job id), by engine key."""
+    return f"{PREFIX}run:{run_key}"
+
+
+def run_jobs(run_key: str) -> str:
+    """Set: the ids of the jobs waiting for a run."""
+    return f"{PREFIX}run:{run_key}:jobs"
+
+
+def cache(cache_key: str) -> str:
+    """String with TTL RESULT_TTL: JSON {job, sha256} of the job whose PNG holds this engine key's result."""
+    return f"{PREFIX}cache:{cache_key}"
+
+
+METRICS = f"{PREFIX}metrics"  # hash of worker and API counters
 
 
 def valid_job_id(job_id: str) -> bool:

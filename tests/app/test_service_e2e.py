@@ -82,7 +82,12 @@ def test_same_request_same_bytes_across_workers_and_304(stack):
         stack.procs["worker"].terminate()
         stack.procs["worker"].wait(20)
         stack.start_worker("worker2")  # a second worker process, started fresh
+        import redis
+
+        conn = redis.Redis.from_url(stack.redis.url)
+        conn.delete(*conn.keys("diffusetv:cache:*"))  # make the second worker compute it again
         second = c.post("/generate", json={"seed": 77, "steps": 20}).json()
+        assert second["status"] == "queued"
         b = c.get(f"/jobs/{second['id']}/image.png", params={"wait": 30})
         assert second["id"] != first["id"]
         assert b.status_code == 200 and a.content == b.content and a.headers["etag"] == b.headers["etag"]
@@ -166,3 +171,22 @@ def test_worker_runs_only_worker_jobs_functions(stack, tmp_path):
     assert victim.read_text() == "still here"
     rq_job.refresh()
     assert rq_job.get_status() == "failed"
+
+
+def test_cancel_inside_a_batch_leaves_the_others_intact(stack, tmp_path):
+    with stack.client() as c:
+        blocker = c.post("/generate", json={"seed": 1, "steps": 400}).json()
+        wait_status(c, blocker["id"], {"running"})
+        jobs = [c.post("/generate", json={"seed": s, "steps": 1000, "eta": e}).json()
+                for s, e in ((10, 0.0), (11, 0.5), (12, 1.0))]
+        for job in jobs:
+            wait_status(c, job["id"], {"running"})
+        assert c.delete(f"/jobs/{jobs[1]['id']}").status_code == 202
+        done = [c.get(f"/jobs/{j['id']}", params={"wait": 30}).json() for j in (jobs[0], jobs[2])]
+        assert [d["status"] for d in done] == ["succeeded", "succeeded"]
+        assert [d["batch_size"] for d in done] == [3, 3]
+        assert c.get(f"/jobs/{jobs[1]['id']}").json()["status"] == "canceled"
+        png = c.get(f"/jobs/{jobs[2]['id']}/image.png").content
+    out = tmp_path / "alone.png"
+    run_cli("sample", "--model", "tiny", "--seed", "12", "--steps", "1000", "--eta", "1.0", "--out", str(out))
+    assert out.read_bytes() == png

@@ -146,3 +146,16 @@ def test_outputs_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+
+
+def test_dropping_a_row_mid_run_leaves_the_others_unchanged():
+    denoiser = Denoiser(make_tiny_net(), [0.5] * 3, [0.25] * 3)
+    shape = (3, 16, 16)
+    full = sample(denoiser, [1, 2, 3], 10, shape, eta=[0.0, 0.5, 1.0])
+    run = sample_loop(denoiser, [1, 2, 3], 10, shape, eta=[0.0, 0.5, 1.0])
+    for step in run:
+        if step.step == 4:
+            run.drop([1])  # seed 2 leaves after step 4
+            assert run.rows == [0, 2]
+    assert torch.equal(step.x0_pred[0], full[0]) and torch.equal(step.x0_pred[1], full[2])
+    assert step.x0_pred.shape[0] == 2

@@ -1,0 +1,166 @@
+"""Against diffusers: our engine and diffusers' DDIMPipeline on networks of the closest configuration.
+
+    python -m bench.diffusers_cmp [--repeats N] [--steps N] [--threads N] [--json FILE] [--quick]
+
+Theirs: `DDIMPipeline` with a `UNet2DModel` (sample_size 32, block_out_channels (32, 64, 96, 128),
+layers_per_block 2, DownBlock2D/UpBlock2D only, no attention) and a `DDIMScheduler`, random weights,
+`output_type="np"`, a seeded generator, under `torch.inference_mode()`. Ours: the worker's engine
+at fp32 (bench.engine). The two networks differ in FLOPs per image-step, so the comparison is in
+achieved GFLOP/s (FLOPs/image-step x image-steps/s), at batch 1 and 16. Needs `diffusers`
+(`pip install 'diffusetv[bench]'`).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from bench.engine import engine_rate
+from bench.flops import module_flops, torch_threads, unet_flops
+from bench.models import bench_engine
+from bench.report import fmt, median, table, timings
+
+BATCHES = (1, 16)
+DEFAULTS = {"repeats": 3, "steps": 20}
+QUICK = {"repeats": 2, "steps": 2}
+WIDTHS = (32, 64, 96, 128)
+
+DIFFERENCES = [
+    "no attention on either side (UNet2DModel add_attention=False); remaining differences in the networks:",
+    "  time: diffusers embeds the timestep (sinusoidal, then a 2-layer MLP) and adds a projection of it in every"
+    " resnet; ours concatenates a 32-dim sinusoidal embedding of the noise variance to the input channels once",
+    "  norm: diffusers GroupNorm(32)+SiLU before both convs of a resnet; ours BatchNorm (no affine) before the first",
+    "  resampling: diffusers stride-2 conv down, nearest + 3x3 conv up; ours 2x2 average pool, bilinear (no conv)",
+    "  depth: diffusers up blocks hold layers_per_block+1 = 3 resnets (ours 2); its conv_in is 3x3 (ours 1x1)",
+    "  sampler: diffusers DDIM over 1000 discrete linear-beta steps, one generator for the batch, oneDNN kernels,"
+    " whole batch per call; ours offset-cosine continuous time, a generator per seed, native kernels, one row per call",
+]
+
+
+def require_diffusers():
+    try:
+        import diffusers
+    except ImportError:
+        raise SystemExit("bench diffusers: needs diffusers (pip install 'diffusetv[bench]')") from None
+    return diffusers
+
+
+def their_unet(image_size: int = 32, seed: int = 0):
+    """diffusers' UNet2DModel closest to our default U-Net, with random weights, in eval mode."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    levels = len(WIDTHS)
+    return UNet2DModel(
+        sample_size=image_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=WIDTHS,
+        layers_per_block=2,
+        down_block_types=("DownBlock2D",) * levels,
+        up_block_types=("UpBlock2D",) * levels,
+        add_attention=False,
+    ).eval()
+
+
+def their_pipeline(unet):
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def their_flops(unet) -> int:
+    size = unet.config.sample_size
+    return module_flops(unet, (torch.randn(1, unet.config.in_channels, size, size), torch.tensor(500)))
+
+
+def pipeline_rate(pipe, batch: int, steps: int, repeats: int) -> float:
+    """Median image-steps/s of the pipeline for `batch` images, after one short warm-up run."""
+
+    def call(n: int) -> None:
+        with torch.inference_mode():
+            generator = torch.Generator("cpu").manual_seed(0)
+            pipe(batch_size=batch, generator=generator, num_inference_steps=n, output_type="np")
+
+    call(min(steps, 2))
+    return batch * steps / median(timings(lambda: call(steps), repeats))
+
+
+def run(
+    repeats: int = DEFAULTS["repeats"],
+    steps: int = DEFAULTS["steps"],
+    threads: int | None = None,
+    batches: Sequence[int] = BATCHES,
+) -> dict:
+    diffusers = require_diffusers()
+    with torch_threads(threads) as n_threads:
+        engine = bench_engine("fp32")
+        ours_flops = unet_flops(engine.denoiser.net)
+        unet = their_unet()
+        theirs_flops = their_flops(unet)
+        pipe = their_pipeline(unet)
+        rows = []
+        for batch in batches:
+            ours = engine_rate(engine, batch, steps, repeats)
+            theirs = pipeline_rate(pipe, batch, steps, repeats)
+            ours_g, theirs_g = ours_flops * ours / 1e9, theirs_flops * theirs / 1e9
+            rows.append(
+                {
+                    "batch": batch,
+                    "ours_image_steps_per_s": ours,
+                    "theirs_image_steps_per_s": theirs,
+                    "ours_gflops": ours_g,
+                    "theirs_gflops": theirs_g,
+                    "ratio_gflops": ours_g / theirs_g,
+                    "ratio_image_steps": ours / theirs,
+                }
+            )
+    return {
+        "threads": n_threads,
+        "steps": steps,
+        "repeats": repeats,
+        "diffusers": diffusers.__version__,
+        "ours_flops_per_image_step": ours_flops,
+        "theirs_flops_per_image_step": theirs_flops,
+        "ours_parameters": sum(p.numel() for p in engine.denoiser.net.parameters()),
+        "theirs_parameters": sum(p.numel() for p in unet.parameters()),
+        "rows": rows,
+    }
+
+
+def format_result(res: dict) -> str:
+    headers = ["batch", "ours img-steps/s", "ours GFLOP/s", "theirs img-steps/s", "theirs GFLOP/s", "ours/theirs"]
+    rows = [
+        [
+            r["batch"],
+            fmt(r["ours_image_steps_per_s"]),
+            fmt(r["ours_gflops"]),
+            fmt(r["theirs_image_steps_per_s"]),
+            fmt(r["theirs_gflops"]),
+            f"{r['ratio_gflops']:.2f}x",
+        ]
+        for r in res["rows"]
+    ]
+    notes = [
+        f"ours: worker engine fp32, {res['ours_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, "
+        f"{res['ours_parameters']:,} parameters",
+        f"theirs: diffusers {res['diffusers']} DDIMPipeline + UNet2DModel, "
+        f"{res['theirs_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, {res['theirs_parameters']:,} parameters",
+        f"ours/theirs is in GFLOP/s; {res['steps']} steps, eta 0, median of {res['repeats']}, {res['threads']} threads",
+        *DIFFERENCES,
+    ]
+    return table("Against diffusers (DDIM, same steps and batch)", headers, rows, notes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(["diffusers", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

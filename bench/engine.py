@@ -1,0 +1,164 @@
+"""Engine efficiency: image-steps/s of DDIM as the worker runs it, against the machine's matmul rate.
+
+    python -m bench.engine [--repeats N] [--steps N] [--threads N] [--json FILE] [--quick]
+
+The engine is `worker.engine.Engine` (via `load_engine`) serving the default U-Net with random
+weights: on the CPU it calls the network one row at a time on native kernels (the determinism
+settings, docs/DETERMINISM.md). The raw line is the bare U-Net forward (oneDNN, the whole batch in
+one call, no padding) at the same batch sizes, so the cost of those settings shows. Efficiency is
+FLOPs/image-step x image-steps/s / fp32 matmul FLOP/s, all measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from bench.flops import matmul_gflops, torch_threads, unet_flops
+from bench.models import bench_engine
+from bench.report import fmt, median, table, timings
+from diffusion.unet import UNetConfig
+
+BATCHES = (1, 2, 4, 8, 16, 32)
+PRECISIONS = ("fp32", "bf16")
+DEFAULTS = {"repeats": 3, "steps": 20}
+QUICK = {"repeats": 2, "steps": 2, "batches": (1, 4), "matmul_runs": 3}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def engine_rate(engine, batch: int, steps: int, repeats: int) -> float:
+    """Median image-steps/s of `Engine.generate` for `batch` seeds, after one short warm-up run."""
+    seeds, etas = list(range(batch)), [0.0] * batch
+    engine.generate(seeds, min(steps, 2), etas)
+    seconds = median(timings(lambda: engine.generate(seeds, steps, etas), repeats))
+    return batch * steps / seconds
+
+
+def raw_rate(net: torch.nn.Module, batch: int, steps: int, repeats: int, precision: str) -> float:
+    """Median image-steps/s of `steps` bare forwards at `batch` rows: oneDNN (torch's default), no padding."""
+    cfg = net.config
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size, generator=gen)
+    variance = torch.full((batch, 1, 1, 1), 0.5)
+    dtype = AUTOCAST[precision]
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+    def forwards(n: int) -> None:
+        for _ in range(n):
+            net(x, variance)
+
+    with torch.inference_mode(), autocast:
+        forwards(1)
+        seconds = median(timings(lambda: forwards(steps), repeats))
+    return batch * steps / seconds
+
+
+def run(
+    repeats: int = DEFAULTS["repeats"],
+    steps: int = DEFAULTS["steps"],
+    threads: int | None = None,
+    batches: Sequence[int] = BATCHES,
+    precisions: Sequence[str] = PRECISIONS,
+    config: UNetConfig | None = None,
+    matmul_runs: int | None = None,
+) -> dict:
+    """Measure the engine and the raw network at each batch and precision; returns JSON-able results."""
+    with torch_threads(threads) as n_threads:
+        mm = matmul_gflops(n_threads, **({"runs": matmul_runs} if matmul_runs else {}))
+        rows = []
+        flops = None
+        for precision in precisions:
+            engine = bench_engine(precision, config)
+            net = engine.denoiser.net
+            flops = flops or unet_flops(net)
+            if not torch.backends.mkldnn.enabled:
+                raise RuntimeError("oneDNN is switched off in this process: the raw line would not be the default")
+            for batch in batches:
+                for path in ("engine", "raw"):
+                    if path == "engine":
+                        rate = engine_rate(engine, batch, steps, repeats)
+                    else:
+                        rate = raw_rate(net, batch, steps, repeats, precision)
+                    gflops = flops * rate / 1e9
+                    rows.append(
+                        {
+                            "path": path,
+                            "precision": precision,
+                            "batch": batch,
+                            "image_steps_per_s": rate,
+                            "gflops": gflops,
+                            "efficiency": gflops / mm,
+                        }
+                    )
+    baseline = next(r for r in rows if r["path"] == "engine" and r["batch"] == min(batches))
+    for r in rows:
+        r["vs_baseline"] = r["image_steps_per_s"] / baseline["image_steps_per_s"]
+    return {
+        "threads": n_threads,
+        "steps": steps,
+        "repeats": repeats,
+        "config": (config or UNetConfig(32)).to_dict(),
+        "flops_per_image_step": flops,
+        "matmul_gflops": mm,
+        "baseline": f"engine {baseline['precision']} batch {baseline['batch']}",
+        "rows": rows,
+        "summary": summary(rows),
+    }
+
+
+def summary(rows: list[dict]) -> dict:
+    """For each path and precision: the efficiency at the smallest batch and at the best batch."""
+    out: dict[str, dict] = {}
+    for key in dict.fromkeys((r["path"], r["precision"]) for r in rows):
+        mine = [r for r in rows if (r["path"], r["precision"]) == key]
+        first = min(mine, key=lambda r: r["batch"])
+        best = max(mine, key=lambda r: r["efficiency"])
+        out[f"{key[0]} {key[1]}"] = {
+            "batch": first["batch"],
+            "efficiency": first["efficiency"],
+            "best_batch": best["batch"],
+            "best_efficiency": best["efficiency"],
+        }
+    return out
+
+
+def format_result(res: dict) -> str:
+    rows = [
+        [
+            r["path"],
+            r["precision"],
+            r["batch"],
+            fmt(r["image_steps_per_s"]),
+            f"{r['vs_baseline']:.2f}x",
+            fmt(r["gflops"]),
+            f"{100 * r['efficiency']:.1f}%",
+        ]
+        for r in res["rows"]
+    ]
+    headers = ["path", "precision", "batch", "img-steps/s", "vs base", "GFLOP/s", "of matmul"]
+    notes = [
+        f"{res['flops_per_image_step'] / 1e9:.3f} GFLOP per image-step (FlopCounterMode, 2 per multiply-add); "
+        f"fp32 matmul {fmt(res['matmul_gflops'])} GFLOP/s at {res['threads']} threads (same run)",
+        f"{res['steps']} DDIM steps per run, median of {res['repeats']}; base = {res['baseline']}",
+        "engine: worker.engine.Engine, native CPU kernels, one row per network call (the determinism settings)",
+        "raw: the bare U-Net forward, oneDNN, the whole batch in one call; bf16 is measured against the fp32 matmul",
+    ]
+    for key, s in res["summary"].items():
+        notes.append(
+            f"{key}: {100 * s['efficiency']:.1f}% at batch {s['batch']}, "
+            f"best {100 * s['best_efficiency']:.1f}% at batch {s['best_batch']}"
+        )
+    return table("Engine efficiency (image-steps/s of DDIM)", headers, rows, notes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(["engine", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

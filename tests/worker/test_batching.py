@@ -1,0 +1,137 @@
+"""Dynamic batching, the result cache and shared runs, with a real Redis and a worker run in process."""
+
+import json
+
+import pytest
+import redis as redis_lib
+from fastapi.testclient import TestClient
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from app.core import keys
+from app.core.png import encode_png
+from app.core.settings import Settings, get_settings
+from app.main import create_app
+from worker import registry
+from worker.engine import load_engine
+from worker.main import DiffuseWorker
+
+
+@pytest.fixture
+def service(tiny_store, redis_server, monkeypatch):
+    """An API client and a `work()` that runs the queue dry in this process (as `rq worker --burst`)."""
+    monkeypatch.setenv("DIFFUSETV_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("DIFFUSETV_MAX_BATCH_WAIT_MS", "0")
+    get_settings.cache_clear()
+    settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny")
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    engine = load_engine("tiny", tiny_store, device="cpu")
+    registry.ENGINES["tiny@1"] = engine
+    conn.set(keys.engine("tiny@1"), "cpu/fp32")
+
+    def work():
+        queue = Queue(keys.queue_name("tiny@1"), connection=conn, serializer=JSONSerializer)
+        DiffuseWorker([queue], connection=conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
+
+    with TestClient(create_app(settings)) as client:
+        client.work, client.redis, client.engine = work, conn, engine
+        yield client
+    registry.ENGINES.clear()
+    get_settings.cache_clear()
+
+
+def metrics(conn) -> dict[str, float]:
+    return {k.decode(): float(v) for k, v in conn.hgetall(keys.METRICS).items()}
+
+
+def alone_png(engine, seed, steps, eta) -> bytes:
+    return encode_png(engine.generate([seed], steps, [eta])[0], engine.parameters(seed, steps, eta))
+
+
+def test_a_batch_of_8_mixed_seeds_and_etas_equals_one_by_one(service):
+    requests = [{"seed": s, "steps": 12, "eta": e} for s, e in zip([5, 900, 3, 2**53 - 1, 17, 0, 64, 8],
+                                                                   [0, 1, 0.3, 0, 0.7, 1, 0, 0.5], strict=True)]
+    ids = [service.post("/generate", json=r).json()["id"] for r in requests]
+    service.work()
+    for job_id, r in zip(ids, requests, strict=True):
+        job = service.get(f"/jobs/{job_id}").json()
+        assert job["status"] == "succeeded" and job["batch_size"] == 8, job
+        png = service.get(f"/jobs/{job_id}/image.png").content
+        assert png == alone_png(service.engine, r["seed"], 12, float(r["eta"])), r
+    m = metrics(service.redis)
+    assert m["batches"] == 1 and m["batch_size:8"] == 1 and m["runs"] == 8
+
+
+def test_batches_group_by_steps_and_respect_the_size_limit(service, monkeypatch):
+    monkeypatch.setenv("DIFFUSETV_MAX_BATCH_SIZE", "4")
+    get_settings.cache_clear()
+    five = [service.post("/generate", json={"seed": i, "steps": 5}).json()["id"] for i in range(5)]
+    seven = [service.post("/generate", json={"seed": i, "steps": 7}).json()["id"] for i in range(3)]
+    service.work()
+    sizes = lambda ids: sorted(service.get(f"/jobs/{i}").json()["batch_size"] for i in ids)  # noqa: E731
+    assert sizes(five) == [1, 4, 4, 4, 4]
+    assert sizes(seven) == [3, 3, 3]
+    assert metrics(service.redis)["batches"] == 3
+
+
+def test_a_repeated_request_is_answered_from_the_cache(service):
+    first = service.post("/generate", json={"seed": 42, "steps": 8, "eta": 0.5}).json()
+    service.work()
+    png = service.get(f"/jobs/{first['id']}/image.png")
+    again = service.post("/generate", json={"seed": 42, "steps": 8, "eta": 0.5})
+    assert again.status_code == 202
+    job = again.json()
+    assert job["id"] != first["id"] and job["status"] == "succeeded" and job["batch_size"] == 1
+    repeat = service.get(f"/jobs/{job['id']}/image.png")
+    assert repeat.content == png.content and repeat.headers["etag"] == png.headers["etag"]
+    assert service.redis.llen("rq:queue:" + keys.queue_name("tiny@1")) == 0
+    other_eta = service.post("/generate", json={"seed": 42, "steps": 8, "eta": 0.4}).json()
+    assert other_eta["status"] == "queued"  # another engine key: not a hit
+    m = metrics(service.redis)
+    assert m["cache_hits"] == 1 and m["runs"] == 1
+
+
+def test_eight_identical_concurrent_requests_make_one_model_run(service):
+    ids = [service.post("/generate", json={"seed": 7, "steps": 9}).json()["id"] for _ in range(8)]
+    assert service.redis.llen("rq:queue:" + keys.queue_name("tiny@1")) == 1
+    assert [service.get(f"/jobs/{i}").json()["queue_position"] for i in ids] == [0] * 8
+    service.work()
+    pngs = {service.get(f"/jobs/{i}/image.png").content for i in ids}
+    assert len(pngs) == 1
+    m = metrics(service.redis)
+    assert m["runs"] == 1 and m["batches"] == 1 and m["joined"] == 7
+    assert "diffusetv_runs_total 1.0" in service.get("/metrics").text
+
+
+def test_canceling_one_of_identical_requests_keeps_the_run_for_the_other(service):
+    a = service.post("/generate", json={"seed": 3, "steps": 6}).json()
+    b = service.post("/generate", json={"seed": 3, "steps": 6}).json()
+    assert service.delete(f"/jobs/{a['id']}").json()["status"] == "canceled"
+    assert service.redis.llen("rq:queue:" + keys.queue_name("tiny@1")) == 1  # the run still waits
+    service.work()
+    assert service.get(f"/jobs/{b['id']}").json()["status"] == "succeeded"
+    assert service.get(f"/jobs/{a['id']}").json()["status"] == "canceled"
+    assert service.get(f"/jobs/{a['id']}/image.png").status_code == 409
+
+
+def test_canceling_every_waiting_job_withdraws_the_run(service):
+    a = service.post("/generate", json={"seed": 4, "steps": 6}).json()
+    b = service.post("/generate", json={"seed": 4, "steps": 6}).json()
+    service.delete(f"/jobs/{a['id']}")
+    service.delete(f"/jobs/{b['id']}")
+    assert service.redis.llen("rq:queue:" + keys.queue_name("tiny@1")) == 0
+    c = service.post("/generate", json={"seed": 4, "steps": 6}).json()  # a fresh run, not the canceled one
+    assert c["status"] == "queued"
+    service.work()
+    assert service.get(f"/jobs/{c['id']}").json()["status"] == "succeeded"
+    assert metrics(service.redis)["runs"] == 1
+
+
+def test_claimed_jobs_finish_their_rq_lifecycle(service):
+    ids = [service.post("/generate", json={"seed": i, "steps": 4}).json()["id"] for i in range(3)]
+    service.work()
+    from rq.job import Job
+
+    statuses = [Job.fetch(i, connection=service.redis, serializer=JSONSerializer).get_status() for i in ids]
+    assert statuses == ["finished"] * 3
+    assert json.loads(service.redis.hget(keys.job(ids[1]), "progress")) == {"step": 4, "steps": 4}
