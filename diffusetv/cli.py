@@ -1,4 +1,4 @@
-"""The `diffusetv` command: sample, train, publish, models, data, features, eval. Heavy imports happen per command."""
+"""The `diffusetv` command: sample, train, publish, models, data, features, eval, bench. Heavy imports happen per command."""
 
 from __future__ import annotations
 
@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(run="diffusetv.commands:evaluate")
+
+    from bench.options import add_arguments as add_bench_arguments  # argparse only: nothing heavy
+
+    p = sub.add_parser("bench", help="benchmarks: engine efficiency, against diffusers, through the API")
+    add_bench_arguments(p)
+    p.set_defaults(run="diffusetv.commands:bench")
     return parser
 
 

@@ -243,3 +243,14 @@ def evaluate(args: argparse.Namespace) -> int:
     else:
         print(ev.format_table(result))
     return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from bench.__main__ import run as run_bench
+    from bench.options import validate
+
+    problem = validate(args)
+    if problem:
+        raise UserError(problem)
+    run_bench(args)
+    return 0

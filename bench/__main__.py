@@ -1,0 +1,60 @@
+"""`python -m bench [engine|diffusers|service|all]`: run benchmarks, print their tables, optionally write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from bench.options import parser, validate
+
+MODULES = {"engine": "bench.engine", "diffusers": "bench.diffusers_cmp", "service": "bench.service"}
+SERVICE_ONLY = ("clients", "requests", "store", "model")
+
+
+def settings(module, args: argparse.Namespace, name: str) -> dict:
+    """The keyword arguments of `module.run`: its defaults, then --quick's, then what was given."""
+    kwargs = dict(module.DEFAULTS)
+    if args.quick:
+        kwargs.update(module.QUICK)
+    given = {"repeats": args.repeats, "steps": args.steps, "threads": args.threads}
+    if name == "service":
+        given |= {k: getattr(args, k) for k in SERVICE_ONLY}
+    kwargs.update({k: v for k, v in given.items() if v is not None})
+    return kwargs
+
+
+def run(args: argparse.Namespace) -> dict:
+    from bench.report import format_machine, machine, write_json
+
+    names = list(MODULES) if args.suite == "all" else [args.suite]
+    info = machine()
+    if args.threads:
+        info["torch_threads"] = args.threads
+    print(format_machine(info), flush=True)
+    results = {}
+    for name in names:
+        module = importlib.import_module(MODULES[name])
+        kwargs = settings(module, args, name)
+        results[name] = module.run(**kwargs)
+        print("\n" + module.format_result(results[name]), flush=True)
+    data = {"machine": info, "quick": bool(args.quick), "results": results}
+    if args.json:
+        write_json(args.json, data)
+        print(f"\nwrote {args.json}")
+    return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    problem = validate(args)
+    if problem:
+        print(f"bench: error: {problem}", file=sys.stderr)
+        return 2
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
