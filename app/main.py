@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from app.core.redis import connect_sync
 from app.core.settings import Settings, get_settings
 from app.limits import BodySizeLimit
+from app.reaper import Reaper
 from app.routes import jobs, system
 from model_store import Store
 
@@ -25,7 +26,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.store = Store(settings.model_store)
         app.state.redis = connect_sync(settings.redis_url or "redis://127.0.0.1:6379/0")
+        reaper = Reaper(app.state.redis, settings)
+        reaper.start()
         yield
+        reaper.stop()
         app.state.redis.close()
 
     app = FastAPI(

@@ -27,18 +27,31 @@ PRECISIONS = ("fp32", "bf16")
 DEFAULTS = {"repeats": 3, "steps": 20}
 QUICK = {"repeats": 2, "steps": 2, "batches": (1, 4), "matmul_runs": 3}
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
+RUN_BUDGET_S = 20.0  # a timed run longer than this at the asked steps runs fewer steps (bf16 on native kernels)
 
 
-def engine_rate(engine, batch: int, steps: int, repeats: int) -> float:
-    """Median image-steps/s of `Engine.generate` for `batch` seeds, after one short warm-up run."""
+def capped_steps(warmup_s: float, warmup_steps: int, steps: int, budget_s: float) -> int:
+    """`steps`, cut so that one timed run should take about `budget_s` at most (never below 2)."""
+    per_step = warmup_s / warmup_steps
+    if per_step * steps <= budget_s:
+        return steps
+    return max(min(steps, 2), int(budget_s / per_step))
+
+
+def engine_rate(engine, batch: int, steps: int, repeats: int, budget_s: float = RUN_BUDGET_S) -> tuple[float, int]:
+    """Median image-steps/s of `Engine.generate` for `batch` seeds after one short warm-up run; and the steps run."""
     seeds, etas = list(range(batch)), [0.0] * batch
-    engine.generate(seeds, min(steps, 2), etas)
+    warm = min(steps, 2)
+    (warmup_s,) = timings(lambda: engine.generate(seeds, warm, etas), 1)
+    steps = capped_steps(warmup_s, warm, steps, budget_s)
     seconds = median(timings(lambda: engine.generate(seeds, steps, etas), repeats))
-    return batch * steps / seconds
+    return batch * steps / seconds, steps
 
 
-def raw_rate(net: torch.nn.Module, batch: int, steps: int, repeats: int, precision: str) -> float:
-    """Median image-steps/s of `steps` bare forwards at `batch` rows: oneDNN (torch's default), no padding."""
+def raw_rate(
+    net: torch.nn.Module, batch: int, steps: int, repeats: int, precision: str, budget_s: float = RUN_BUDGET_S
+) -> tuple[float, int]:
+    """Median image-steps/s of `steps` bare forwards at `batch` rows (oneDNN, torch's default, no padding)."""
     cfg = net.config
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size, generator=gen)
@@ -51,9 +64,10 @@ def raw_rate(net: torch.nn.Module, batch: int, steps: int, repeats: int, precisi
             net(x, variance)
 
     with torch.inference_mode(), autocast:
-        forwards(1)
+        (warmup_s,) = timings(lambda: forwards(1), 1)
+        steps = capped_steps(warmup_s, 1, steps, budget_s)
         seconds = median(timings(lambda: forwards(steps), repeats))
-    return batch * steps / seconds
+    return batch * steps / seconds, steps
 
 
 def run(
@@ -79,15 +93,16 @@ def run(
             for batch in batches:
                 for path in ("engine", "raw"):
                     if path == "engine":
-                        rate = engine_rate(engine, batch, steps, repeats)
+                        rate, ran = engine_rate(engine, batch, steps, repeats)
                     else:
-                        rate = raw_rate(net, batch, steps, repeats, precision)
+                        rate, ran = raw_rate(net, batch, steps, repeats, precision)
                     gflops = flops * rate / 1e9
                     rows.append(
                         {
                             "path": path,
                             "precision": precision,
                             "batch": batch,
+                            "steps": ran,
                             "image_steps_per_s": rate,
                             "gflops": gflops,
                             "efficiency": gflops / mm,
@@ -131,6 +146,7 @@ def format_result(res: dict) -> str:
             r["path"],
             r["precision"],
             r["batch"],
+            r["steps"],
             fmt(r["image_steps_per_s"]),
             f"{r['vs_baseline']:.2f}x",
             fmt(r["gflops"]),
@@ -138,11 +154,12 @@ def format_result(res: dict) -> str:
         ]
         for r in res["rows"]
     ]
-    headers = ["path", "precision", "batch", "img-steps/s", "vs base", "GFLOP/s", "of matmul"]
+    headers = ["path", "precision", "batch", "steps", "img-steps/s", "vs base", "GFLOP/s", "of matmul"]
     notes = [
         f"{res['flops_per_image_step'] / 1e9:.3f} GFLOP per image-step (FlopCounterMode, 2 per multiply-add); "
         f"fp32 matmul {fmt(res['matmul_gflops'])} GFLOP/s at {res['threads']} threads (same run)",
-        f"{res['steps']} DDIM steps per run, median of {res['repeats']}; base = {res['baseline']}",
+        f"up to {res['steps']} steps (network calls) per timed run, fewer where a run would pass "
+        f"{RUN_BUDGET_S:.0f} s; median of {res['repeats']}; base = {res['baseline']}",
         "engine: worker.engine.Engine, native CPU kernels, one row per network call (the determinism settings)",
         "raw: the bare U-Net forward, oneDNN, the whole batch in one call; bf16 is measured against the fp32 matmul",
     ]

@@ -14,7 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", nargs="?", choices=SUITES, default="all", help="which benchmark (default: all)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats; medians are reported (default 3)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20; service 50)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads, here and in the worker (default: all)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads, here and in the worker (default: all)"
+    )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny repeats, steps, batches and loads")
     service = parser.add_argument_group("service")

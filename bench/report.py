@@ -85,7 +85,7 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], 
 def fmt(x: float, digits: int = 3) -> str:
     """A number with `digits` significant figures, without an exponent for everyday magnitudes."""
     if x == 0 or 1e-3 <= abs(x) < 1e6:
-        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
+        return f"{x:.{digits}g}" if abs(x) < 10**digits else f"{x:.0f}"
     return f"{x:.{digits - 1}e}"
 
 

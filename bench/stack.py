@@ -105,9 +105,8 @@ class LocalStack:
         self._start("worker", [*cli, "worker"])
         self._start("api", [*cli, "api"])
         if not wait_http(f"{self.base}/readyz", self.procs, READY_TIMEOUT_S):
-            raise RuntimeError(
-                f"the stack did not become ready\n--- worker\n{self.log_tail('worker')}\n--- api\n{self.log_tail('api')}"
-            )
+            logs = "".join(f"\n--- {name}\n{self.log_tail(name)}" for name in ("worker", "api"))
+            raise RuntimeError(f"the stack did not become ready{logs}")
         return self
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The `diffusetv` command: sample, train, publish, models, data, features, eval, bench. Heavy imports happen per command."""
+"""The `diffusetv` command: sample, train, publish, models, data, features, eval, bench. Heavy imports per command."""
 
 from __future__ import annotations
 

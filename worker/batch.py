@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from app.core import keys, runs
 from app.core.jobs import JobSpec, JobStatus, transition
 from app.core.png import encode_png
+from worker import registry
 from worker.engine import Engine
 
 log = logging.getLogger("diffusetv.worker")
@@ -65,7 +66,7 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
             log_line(id=run.spec.job_id, status="canceled", skipped=True)
             continue
         if run.spec.run_key:
-            runs.set_status(redis, run.spec.run_key, "running")
+            runs.mark_running(redis, run.spec.run_key, registry.WORKER_ID, run.spec.job_id)
         for job_id in job_ids:
             fields = {
                 "status": JobStatus.RUNNING,
@@ -116,7 +117,7 @@ def finish(redis, run: Run, png: bytes, batch_size: int, ttl: int) -> int:
     if delivered:
         redis.set(keys.cache(run.cache_key), json.dumps({"job": delivered[0], "sha256": sha256}), ex=ttl)
     if run.spec.run_key:
-        redis.delete(keys.run(run.spec.run_key), keys.run_jobs(run.spec.run_key))
+        runs.close(redis, run.spec.run_key)
     return len(delivered)
 
 
@@ -154,7 +155,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
             outcome[run.spec.job_id] = "succeeded" if finish(redis, run, png, size, result_ttl) else "canceled"
     for run in batch:
         if not run.active and run.spec.run_key:
-            runs.set_status(redis, run.spec.run_key, "canceled")
+            runs.close(redis, run.spec.run_key, "canceled")
     count(redis, size, steps, outcome, time.monotonic() - started)
     for run in batch:
         s = run.spec
@@ -198,4 +199,4 @@ def fail(redis, specs: Sequence[JobSpec], error: str, ttl: int) -> None:
         job_ids = runs.job_ids(redis, spec.run_key) if spec.run_key else []
         fail_jobs(redis, job_ids or [spec.job_id], error, ttl)
         if spec.run_key:
-            redis.delete(keys.run(spec.run_key), keys.run_jobs(spec.run_key))
+            runs.close(redis, spec.run_key)

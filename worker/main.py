@@ -79,6 +79,7 @@ def run(settings: Settings | None = None, models: list[str] | None = None, burst
     wait_for_redis(conn, log)
     claim_engines(conn, refs, engine, settings.heartbeat_ttl)
     worker_id = uuid.uuid4().hex[:12]
+    registry.WORKER_ID = worker_id
     heartbeat = Heartbeat(conn, worker_id, refs, engine, settings.heartbeat_s)
     heartbeat.beat()
     heartbeat.start()

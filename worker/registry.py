@@ -5,6 +5,7 @@ from __future__ import annotations
 from worker.engine import Engine
 
 ENGINES: dict[str, Engine] = {}
+WORKER_ID = ""  # this process's worker id, named in its heartbeat key and in the runs it computes
 
 
 def get(model_ref: str) -> Engine:

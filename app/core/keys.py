@@ -51,6 +51,8 @@ def cache(cache_key: str) -> str:
     return f"{PREFIX}cache:{cache_key}"
 
 
+RUNNING = f"{PREFIX}running"  # set of the run keys a worker is computing now (the reaper watches them)
+REAPER_LOCK = f"{PREFIX}reaper"  # string with TTL: the one API instance that reaps dead workers' runs
 METRICS = f"{PREFIX}metrics"  # hash of worker and API counters
 
 

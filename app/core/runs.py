@@ -46,6 +46,25 @@ def set_status(redis, run_key: str, status: str) -> None:
     redis.hset(keys.run(run_key), "status", status)
 
 
+def mark_running(redis, run_key: str, worker_id: str, rq_job_id: str) -> None:
+    """A worker starts computing the run: the reaper re-queues it if that worker's heartbeat stops."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.hset(keys.run(run_key), mapping={"status": "running", "worker": worker_id, "rq_job": rq_job_id})
+    pipe.sadd(keys.RUNNING, run_key)
+    pipe.execute()
+
+
+def close(redis, run_key: str, status: str | None = None) -> None:
+    """The run is over: forget it (or keep it marked `status`, e.g. canceled), and stop watching it."""
+    pipe = redis.pipeline(transaction=True)
+    if status:
+        pipe.hset(keys.run(run_key), "status", status)
+    else:
+        pipe.delete(keys.run(run_key), keys.run_jobs(run_key))
+    pipe.srem(keys.RUNNING, run_key)
+    pipe.execute()
+
+
 def job_ids(redis, run_key: str) -> list[str]:
     return sorted(v.decode() for v in redis.smembers(keys.run_jobs(run_key)))
 

@@ -177,8 +177,10 @@ def test_cancel_inside_a_batch_leaves_the_others_intact(stack, tmp_path):
     with stack.client() as c:
         blocker = c.post("/generate", json={"seed": 1, "steps": 400}).json()
         wait_status(c, blocker["id"], {"running"})
-        jobs = [c.post("/generate", json={"seed": s, "steps": 1000, "eta": e}).json()
-                for s, e in ((10, 0.0), (11, 0.5), (12, 1.0))]
+        jobs = [
+            c.post("/generate", json={"seed": s, "steps": 1000, "eta": e}).json()
+            for s, e in ((10, 0.0), (11, 0.5), (12, 1.0))
+        ]
         for job in jobs:
             wait_status(c, job["id"], {"running"})
         assert c.delete(f"/jobs/{jobs[1]['id']}").status_code == 202

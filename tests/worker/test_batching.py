@@ -49,8 +49,10 @@ def alone_png(engine, seed, steps, eta) -> bytes:
 
 
 def test_a_batch_of_8_mixed_seeds_and_etas_equals_one_by_one(service):
-    requests = [{"seed": s, "steps": 12, "eta": e} for s, e in zip([5, 900, 3, 2**53 - 1, 17, 0, 64, 8],
-                                                                   [0, 1, 0.3, 0, 0.7, 1, 0, 0.5], strict=True)]
+    requests = [
+        {"seed": s, "steps": 12, "eta": e}
+        for s, e in zip([5, 900, 3, 2**53 - 1, 17, 0, 64, 8], [0, 1, 0.3, 0, 0.7, 1, 0, 0.5], strict=True)
+    ]
     ids = [service.post("/generate", json=r).json()["id"] for r in requests]
     service.work()
     for job_id, r in zip(ids, requests, strict=True):

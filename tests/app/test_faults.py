@@ -1,0 +1,147 @@
+"""Fault injection with real processes and a real Redis: dead workers, Redis restarts, SIGTERM, a full queue.
+
+The stack runs with DIFFUSETV_HEARTBEAT_S=1, so a worker's heartbeat key lives 2 s and the reaper
+passes every second.
+"""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import redis as redis_lib
+
+from app.core import keys
+from stack import RedisServer, Stack, free_port, stack_env
+
+pytestmark = pytest.mark.slow
+HEARTBEAT_TTL_S = 2
+SLACK_S = 3.0  # reaper period (1 s) + polling + process scheduling on a loaded 2-core machine
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def status(c, job_id):
+    return c.get(f"/jobs/{job_id}").json()
+
+
+def busy_worker_pid(conn, job_id) -> int:
+    """The pid of the worker computing the job's run, from its heartbeat."""
+    run_key = conn.hget(keys.job(job_id), "run").decode()
+    worker_id = wait_for(lambda: conn.hget(keys.run(run_key), "worker"), 10, "the run to start").decode()
+    return json.loads(conn.get(keys.worker(worker_id)))["pid"]
+
+
+def undisturbed_png(stack, body) -> bytes:
+    conn = redis_lib.Redis.from_url(stack.redis.url)
+    conn.delete(*conn.keys("diffusetv:cache:*") or ["-"])
+    with stack.client() as c:
+        job = c.post("/generate", json=body).json()
+        return c.get(f"/jobs/{job['id']}/image.png", params={"wait": 30}).content
+
+
+def test_sigkill_of_the_busy_worker_with_a_second_alive(stack):
+    stack.start_worker("worker2")
+    stack.wait_ready()
+    conn = redis_lib.Redis.from_url(stack.redis.url)
+    body = {"seed": 31, "steps": 1000, "eta": 0.5}
+    with stack.client() as c:
+        job = c.post("/generate", json=body).json()
+        wait_for(lambda: status(c, job["id"])["status"] == "running", 20, "running")
+        pid = busy_worker_pid(conn, job["id"])
+        started = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        first_run_s = 10.0  # generous bound for one 1000-step run of the tiny model here
+        done = c.get(f"/jobs/{job['id']}", params={"wait": 30}).json()
+        assert done["status"] == "succeeded", done
+        assert time.monotonic() - started <= HEARTBEAT_TTL_S + first_run_s + SLACK_S
+        png = c.get(f"/jobs/{job['id']}/image.png").content
+    assert png == undisturbed_png(stack, body)
+    assert float(conn.hget(keys.METRICS, "requeued")) == 1
+
+
+def test_sigkill_of_the_only_worker_requeues_and_a_new_worker_finishes(stack):
+    conn = redis_lib.Redis.from_url(stack.redis.url)
+    with stack.client() as c:
+        job = c.post("/generate", json={"seed": 32, "steps": 1000}).json()
+        wait_for(lambda: status(c, job["id"])["status"] == "running", 20, "running")
+        os.kill(busy_worker_pid(conn, job["id"]), signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: status(c, job["id"])["status"] == "queued", HEARTBEAT_TTL_S + SLACK_S, "queued again")
+        assert time.monotonic() - killed <= HEARTBEAT_TTL_S + SLACK_S
+        requeued = status(c, job["id"])
+        assert requeued["queue_position"] == 0 and requeued["progress"] is None
+        stack.start_worker("worker-back")
+        assert c.get(f"/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+
+
+def test_redis_restart_with_aof_loses_no_accepted_job(tiny_store, tmp_path):
+    server = RedisServer(appendonly=True).start()
+    s = Stack(stack_env(server.url, tiny_store.root), free_port(), tmp_path)
+    s.env["DIFFUSETV_PORT"] = str(s.port)
+    s.start_api()
+    try:
+        with s.client() as c:
+            wait_for(lambda: _up(c), 30, "the API")
+            accepted = [c.post("/generate", json={"seed": 100 + i, "steps": 20}).json()["id"] for i in range(5)]
+            server.stop()  # SIGTERM: an AOF Redis loses nothing it acknowledged (appendfsync always)
+            gap = c.post("/generate", json={"seed": 1})
+            assert gap.status_code == 503 and gap.headers["Retry-After"]
+            server.start()
+            wait_for(lambda: c.post("/generate", json={"seed": 2, "steps": 20}).status_code == 202, 30, "recovery")
+            s.start_worker()
+            for job_id in accepted:
+                assert c.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded", job_id
+    finally:
+        s.stop_all()
+        server.cleanup()
+
+
+def _up(c) -> bool:
+    try:
+        c.get("/healthz")
+        return True
+    except Exception:
+        return False
+
+
+def test_sigterm_of_a_busy_worker_loses_nothing(stack):
+    with stack.client() as c:
+        jobs = [c.post("/generate", json={"seed": 40 + i, "steps": 600}).json()["id"] for i in range(3)]
+        wait_for(lambda: status(c, jobs[0])["status"] == "running", 20, "running")
+        stack.procs["worker"].send_signal(signal.SIGTERM)
+        assert stack.procs["worker"].wait(30) == 0
+        after = [status(c, j)["status"] for j in jobs]
+        assert "running" not in after, after
+        stack.start_worker("worker2")
+        for job_id in jobs:
+            assert c.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded"
+
+
+def test_a_full_queue_refuses_with_429_and_every_accepted_job_finishes(tiny_store, redis_server, tmp_path):
+    s = Stack(stack_env(redis_server.url, tiny_store.root, DIFFUSETV_MAX_QUEUE="3"), free_port(), tmp_path)
+    s.env["DIFFUSETV_PORT"] = str(s.port)
+    s.redis = redis_server
+    s.start_api()
+    try:
+        with s.client() as c:
+            wait_for(lambda: _up(c), 30, "the API")
+            answers = [c.post("/generate", json={"seed": 200 + i, "steps": 10}) for i in range(8)]
+            codes = [a.status_code for a in answers]
+            assert codes.count(202) == 3 and codes.count(429) == 5, codes
+            assert all(int(a.headers["Retry-After"]) > 0 for a in answers if a.status_code == 429)
+            s.start_worker()
+            for a in answers:
+                if a.status_code == 202:
+                    assert c.get(f"/jobs/{a.json()['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+    finally:
+        s.stop_all()
