@@ -60,7 +60,8 @@ def request_image(client: httpx.Client, seed: int, steps: int, deadline: float) 
     """POST /generate, long-poll the job until it ends, fetch the PNG; bounded by MAX_POLLS and `deadline`."""
     started = time.perf_counter()
     r = client.post("/generate", json={"seed": seed, "steps": steps})
-    r.raise_for_status()
+    if r.status_code != 202:
+        raise RuntimeError(f"POST /generate answered {r.status_code}: {r.text[:500]}")
     job = r.json()
     at_once = job["status"] == "succeeded"
     for _ in range(MAX_POLLS):

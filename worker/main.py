@@ -32,8 +32,13 @@ class DiffuseWorker(SimpleWorker):
     """An RQ SimpleWorker that runs nothing but `worker.jobs` functions."""
 
     def execute_job(self, job, queue):
-        if job.func_name not in jobs.ALLOWED:
-            message = f"refused: {job.func_name!r} is not one of {sorted(jobs.ALLOWED)}"
+        try:
+            func_name = job.func_name
+        except Exception:  # not JSON (a pickle, say): it is never deserialized any other way
+            func_name = None
+        if func_name not in jobs.ALLOWED:
+            what = repr(func_name) if func_name else "a payload that is not a JSON job"
+            message = f"refused: {what} is not one of {sorted(jobs.ALLOWED)}"
             log.error("job %s %s", job.id, message)
             fail_jobs(self.connection, [job.id], message, get_settings().result_ttl)
             execution = self.prepare_execution(job)

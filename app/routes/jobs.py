@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from app import schemas
+from app.auth import OwnerDep
 from app.core import keys
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
@@ -20,22 +22,22 @@ MAX_WAIT_S = 30.0
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds until the job ends")]
 
 
-def load_record(redis, job_id: str) -> dict[str, str]:
-    """The job's record; 404 for a malformed id (Redis untouched) or an unknown or expired one."""
+def load_record(redis, job_id: str, owner: str) -> dict[str, str]:
+    """The job's record; 404 for a malformed id (Redis untouched), an unknown or expired one, or another key's."""
     if not keys.valid_job_id(job_id):
         raise HTTPException(404, "no such job")
     record = read_record(redis, job_id)
-    if record is None:
+    if record is None or not hmac.compare_digest(record.get("owner", ""), owner):
         raise HTTPException(404, "no such job")
     return record
 
 
-def wait_for_end(redis, job_id: str, wait: float, ttl: int) -> dict[str, str]:
+def wait_for_end(redis, job_id: str, owner: str, wait: float, ttl: int) -> dict[str, str]:
     deadline = time.monotonic() + wait
-    record = reconcile(redis, load_record(redis, job_id), ttl)
+    record = reconcile(redis, load_record(redis, job_id, owner), ttl)
     while record["status"] not in FINAL and time.monotonic() < deadline:
         time.sleep(POLL_S)
-        record = reconcile(redis, load_record(redis, job_id), ttl)
+        record = reconcile(redis, load_record(redis, job_id, owner), ttl)
     return record
 
 
@@ -52,19 +54,24 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
 
 @router.post("/generate", status_code=202, response_model=schemas.Job)
 def generate(
-    body: schemas.GenerateRequest, response: Response, redis: RedisDep, settings: SettingsDep, store: StoreDep
+    body: schemas.GenerateRequest,
+    response: Response,
+    redis: RedisDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    owner: OwnerDep,
 ) -> schemas.Job:
     """Queue a DDIM generation job; poll `Location` for it."""
     manifest = resolve_model(store, body.model, settings)
-    job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews)
+    job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews, owner)
     response.headers["Location"] = f"/jobs/{job_id}"
-    return view(redis, load_record(redis, job_id))
+    return view(redis, load_record(redis, job_id, owner))
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
-def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, wait: Wait = 0) -> schemas.Job:
+def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep, wait: Wait = 0) -> schemas.Job:
     """The job's status, progress and result link; with `wait`, block until it ends (at most 30 s)."""
-    return view(redis, wait_for_end(redis, job_id, wait, settings.result_ttl))
+    return view(redis, wait_for_end(redis, job_id, owner, wait, settings.result_ttl))
 
 
 @router.get(
@@ -80,11 +87,12 @@ def get_image(
     job_id: str,
     redis: RedisDep,
     settings: SettingsDep,
+    owner: OwnerDep,
     wait: Wait = 0,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The PNG of a succeeded job; ETag is its sha256. 409 while it has not succeeded."""
-    record = wait_for_end(redis, job_id, wait, settings.result_ttl)
+    record = wait_for_end(redis, job_id, owner, wait, settings.result_ttl)
     if record["status"] != JobStatus.SUCCEEDED.value:
         raise HTTPException(409, f"job is {record['status']}; the image exists once it has succeeded")
     etag = f'"{record["sha256"]}"'
@@ -98,10 +106,10 @@ def get_image(
 
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=schemas.Job)
-def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep) -> schemas.Job:
+def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> schemas.Job:
     """Cancel a queued job, or stop a running one at its next step. 409 once it has ended."""
-    record = load_record(redis, job_id)
+    record = load_record(redis, job_id, owner)
     if not cancel(redis, record, repr(time.time())):
         raise HTTPException(409, f"job already {read_record(redis, job_id)['status']}")
     redis.expire(keys.job(job_id), settings.result_ttl)
-    return view(redis, load_record(redis, job_id))
+    return view(redis, load_record(redis, job_id, owner))

