@@ -10,10 +10,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from stack import free_port
 
 from app.core.png import read_parameters
 from helpers import REPO
+from stack import free_port
 
 pytestmark = pytest.mark.slow
 
