@@ -1,7 +1,4 @@
-"""The benchmark suite's command-line options, shared by `python -m bench` and `diffusetv bench`.
-
-Imports nothing heavy: `diffusetv` builds its parser from this module before any command runs.
-"""
+"""The benchmark suite's command-line options (`python -m bench`; `diffusetv bench` declares the same ones)."""
 
 from __future__ import annotations
 

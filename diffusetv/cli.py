@@ -91,10 +91,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(run="diffusetv.commands:evaluate")
 
-    from bench.options import add_arguments as add_bench_arguments  # argparse only: nothing heavy
-
+    # The same options as `python -m bench` (bench/options.py; a test keeps the two in step).
     p = sub.add_parser("bench", help="benchmarks: engine efficiency, against diffusers, through the API")
-    add_bench_arguments(p)
+    p.add_argument("suite", nargs="?", choices=["engine", "diffusers", "service", "all"], default="all")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats; medians are reported (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20; service 50)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads, here and in the worker (default: all)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--quick", action="store_true", help="a smoke run: tiny repeats, steps, batches and loads")
+    p.add_argument("--store", default=None, help="service: model store (default: a temporary one, random weights)")
+    p.add_argument("--model", default=None, help="service: model to serve (default: benchnet, or emoji32 with --store)")
+    p.add_argument("--clients", type=int, default=None, help="service: concurrent clients (default 16)")
+    p.add_argument("--requests", type=int, default=None, help="service: images per throughput round (default 32)")
     p.set_defaults(run="diffusetv.commands:bench")
     return parser
 

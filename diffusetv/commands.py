@@ -246,8 +246,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
-    from bench.__main__ import run as run_bench
-    from bench.options import validate
+    try:
+        from bench.__main__ import run as run_bench
+        from bench.options import validate
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench":
+            raise
+        raise UserError("the `bench` package is not installed here: reinstall diffusetv (pip install -e .)") from None
 
     problem = validate(args)
     if problem:

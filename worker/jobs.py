@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rq import Queue, get_current_job
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
 
 from app.core.jobs import JobSpec
 from app.core.settings import get_settings
@@ -27,6 +28,11 @@ def generate(**kwargs) -> dict:
     specs = [spec] + [s for _, s in claimed]
     try:
         outcome = run_batch(redis, engine, specs, settings.result_ttl)
+    except JobTimeoutException:
+        error = f"timed out after {settings.job_timeout} s (DIFFUSETV_JOB_TIMEOUT)"
+        fail(redis, specs, error, settings.result_ttl)
+        settle(redis, [j for j, _ in claimed], ok=False, error=error, ttl=settings.result_ttl)
+        raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         fail(redis, specs, error, settings.result_ttl)

@@ -145,3 +145,32 @@ def test_a_full_queue_refuses_with_429_and_every_accepted_job_finishes(tiny_stor
                     assert c.get(f"/jobs/{a.json()['id']}", params={"wait": 30}).json()["status"] == "succeeded"
     finally:
         s.stop_all()
+
+
+def test_job_timeout_fails_a_stuck_job_with_a_clear_error(tiny_store, redis_server, tmp_path):
+    import torch
+
+    from diffusion.unet import UNet, UNetConfig
+    from model_store.weights import save_model
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(32))  # the full-size network: 1000 steps take far longer than 5 s here
+    torch.nn.init.normal_(net.head.weight, std=0.1)
+    save_model(tiny_store, "slow", net, "offset_cosine", [0.5] * 3, [0.25] * 3, {})
+    env = stack_env(redis_server.url, tiny_store.root, model="slow", DIFFUSETV_JOB_TIMEOUT="5")
+    s = Stack(env, free_port(), tmp_path)
+    s.env["DIFFUSETV_PORT"] = str(s.port)
+    s.start_worker()
+    s.start_api()
+    try:
+        s.wait_ready()
+        with s.client() as c:
+            job = c.post("/generate", json={"seed": 1, "steps": 1000}).json()
+            started = time.monotonic()
+            done = wait_for(lambda: (j := status(c, job["id"]))["status"] in ("failed", "succeeded") and j, 30, "end")
+            assert done["status"] == "failed" and done["error"] == "timed out after 5 s (DIFFUSETV_JOB_TIMEOUT)"
+            assert time.monotonic() - started < 5 + SLACK_S + 2
+            quick = c.post("/generate", json={"seed": 2, "steps": 2}).json()
+            assert c.get(f"/jobs/{quick['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+    finally:
+        s.stop_all()

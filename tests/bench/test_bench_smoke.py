@@ -97,3 +97,18 @@ def test_service_bench_against_a_real_stack():
     assert res["cache"]["fresh_s"] > 0 and res["cache"]["repeat_s"] > 0
     assert res["concurrent_gflops"] > 0 and res["concurrent_efficiency"] > 0
     assert "Through the API" in service.format_result(res)
+
+
+def test_diffusetv_bench_takes_the_same_options_as_python_m_bench():
+    from bench.options import parser as bench_parser
+    from diffusetv.cli import _parser
+
+    def options(p) -> dict[str, tuple]:
+        return {
+            a.dest: (tuple(a.option_strings), a.choices and tuple(a.choices), a.default, a.type, a.nargs)
+            for a in p._actions
+            if a.dest != "help"
+        }
+
+    sub = next(a for a in _parser()._actions if a.dest == "command").choices["bench"]
+    assert options(sub) == options(bench_parser())
