@@ -41,9 +41,8 @@ def capped_steps(warmup_s: float, warmup_steps: int, steps: int, budget_s: float
 def engine_rate(engine, batch: int, steps: int, repeats: int, budget_s: float = RUN_BUDGET_S) -> tuple[float, int]:
     """Median image-steps/s of `Engine.generate` for `batch` seeds after one short warm-up run; and the steps run."""
     seeds, etas = list(range(batch)), [0.0] * batch
-    warm = min(steps, 2)
-    (warmup_s,) = timings(lambda: engine.generate(seeds, warm, etas), 1)
-    steps = capped_steps(warmup_s, warm, steps, budget_s)
+    (warmup_s,) = timings(lambda: engine.generate(seeds, 1, etas), 1)
+    steps = capped_steps(warmup_s, 1, steps, budget_s)
     seconds = median(timings(lambda: engine.generate(seeds, steps, etas), repeats))
     return batch * steps / seconds, steps
 

@@ -75,9 +75,10 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[object]], 
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(row: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        cells = (c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        return "  ".join(cells).rstrip()
 
-    rule = "-" * len(line(cells[0]))
+    rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
     body = [title, rule, line(cells[0]), rule, *(line(r) for r in cells[1:]), rule]
     return "\n".join(body + [f"  {n}" for n in notes])
 

@@ -1,0 +1,73 @@
+"""The reaper, pass by pass, against a real Redis: re-queue a dead worker's run, then give up."""
+
+import json
+
+import pytest
+import redis as redis_lib
+from fastapi.testclient import TestClient
+
+from app.core import keys, runs
+from app.core.jobs import JobStatus, transition
+from app.core.settings import Settings
+from app.main import create_app
+from app.reaper import Reaper, reap_once
+
+
+@pytest.fixture
+def setup(tiny_store, redis_server):
+    settings = Settings(
+        redis_url=redis_server.url, model_store=tiny_store.root, model="tiny", max_retries=2, heartbeat_s=300
+    )  # the app's own reaper thread stays idle; the test calls reap_once
+    with TestClient(create_app(settings)) as client:
+        yield client, redis_lib.Redis.from_url(redis_server.url), settings
+
+
+def take(conn, job_id: str, worker: str) -> str:
+    """What a worker does when it starts a run: off the queue, marked running under its id."""
+    queue_key = "rq:queue:" + keys.queue_name("tiny@1")
+    assert conn.lrem(queue_key, 1, job_id) == 1
+    run_key = conn.hget(keys.job(job_id), "run").decode()
+    runs.mark_running(conn, run_key, worker, job_id)
+    transition(
+        conn,
+        job_id,
+        (JobStatus.QUEUED,),
+        {"status": JobStatus.RUNNING, "progress": json.dumps({"step": 3, "steps": 5})},
+    )
+    return run_key
+
+
+def test_requeue_twice_then_fail(setup):
+    client, conn, settings = setup
+    job_id = client.post("/generate", json={"seed": 1, "steps": 5}).json()["id"]
+    follower = client.post("/generate", json={"seed": 1, "steps": 5}).json()["id"]
+    for death in (1, 2):
+        run_key = take(conn, job_id, f"dead-{death}")
+        assert reap_once(conn, settings) == [run_key]
+        for j in (job_id, follower):
+            job = client.get(f"/jobs/{j}").json()
+            assert job["status"] == "queued" and job["queue_position"] == 0 and job["progress"] is None
+        assert conn.lrange("rq:queue:" + keys.queue_name("tiny@1"), 0, -1) == [job_id.encode()]
+    take(conn, job_id, "dead-3")
+    reap_once(conn, settings)
+    for j in (job_id, follower):
+        job = client.get(f"/jobs/{j}").json()
+        assert job["status"] == "failed" and "died 3 times" in job["error"]
+    assert not conn.smembers(keys.RUNNING)
+
+
+def test_a_live_worker_is_left_alone(setup):
+    client, conn, settings = setup
+    job_id = client.post("/generate", json={"seed": 2, "steps": 5}).json()["id"]
+    conn.set(keys.worker("alive"), "{}", ex=60)
+    take(conn, job_id, "alive")
+    assert reap_once(conn, settings) == []
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
+
+
+def test_one_reaper_at_a_time(setup):
+    _, conn, settings = setup
+    a, b = Reaper(conn, settings), Reaper(conn, settings)
+    assert a.holds_lock() and not b.holds_lock() and a.holds_lock()
+    conn.delete(keys.REAPER_LOCK)
+    assert b.holds_lock() and not a.holds_lock()

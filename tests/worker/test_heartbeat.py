@@ -1,0 +1,29 @@
+"""Heartbeats and the one-engine-per-model rule, against a real Redis."""
+
+import json
+
+import pytest
+import redis as redis_lib
+
+from app.core import keys
+from worker.heartbeat import EngineConflict, Heartbeat, claim_engines
+
+
+def test_a_second_engine_is_refused(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    claim_engines(conn, ["m@1"], "cpu/fp32", ttl=10)
+    claim_engines(conn, ["m@1"], "cpu/fp32", ttl=10)  # the same engine: welcome
+    with pytest.raises(EngineConflict, match="already served by cpu/fp32"):
+        claim_engines(conn, ["m@1"], "cuda/bf16", ttl=10)
+    claim_engines(conn, ["other@1"], "cuda/bf16", ttl=10)  # another model may use another engine
+
+
+def test_heartbeat_lists_models_and_expires(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    beat = Heartbeat(conn, "w1", ["m@1"], "cpu/fp32", period_s=1)
+    beat.beat()
+    info = json.loads(conn.get(keys.worker("w1")))
+    assert info["models"] == ["m@1"] and info["engine"] == "cpu/fp32"
+    assert 0 < conn.ttl(keys.worker("w1")) <= 2 and 0 < conn.ttl(keys.engine("m@1")) <= 2
+    beat.stop()
+    assert conn.get(keys.worker("w1")) is None
