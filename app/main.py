@@ -8,11 +8,11 @@ import redis as redis_lib
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.core.redis import connect_sync
+from app.core.redis import connect_async, connect_sync
 from app.core.settings import Settings, get_settings
 from app.limits import BodySizeLimit
 from app.reaper import Reaper
-from app.routes import jobs, system
+from app.routes import events, jobs, system
 from model_store import Store
 
 REDIS_RETRY_AFTER_S = 2
@@ -26,11 +26,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.store = Store(settings.model_store)
         app.state.redis = connect_sync(settings.redis_url or "redis://127.0.0.1:6379/0")
+        app.state.aredis = connect_async(settings.redis_url or "redis://127.0.0.1:6379/0")
         reaper = Reaper(app.state.redis, settings)
         reaper.start()
         yield
         reaper.stop()
         app.state.redis.close()
+        await app.state.aredis.aclose()
 
     app = FastAPI(
         title="DiffuseTV",
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit)
     app.include_router(jobs.router)
+    app.include_router(events.router)
     app.include_router(system.router)
 
     @app.exception_handler(redis_lib.ConnectionError)

@@ -13,8 +13,20 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from app.core import keys, runs
-from app.core.jobs import GENERATE_FUNC, JobSpec, JobStatus, new_job_id, new_record, read_record, transition
+from app.core import events, keys, runs
+from app.core.jobs import (
+    GENERATE_FUNC,
+    INTERPOLATE_FUNC,
+    InterpolateSpec,
+    JobSpec,
+    JobStatus,
+    expire,
+    new_interpolation_record,
+    new_job_id,
+    new_record,
+    read_record,
+    transition,
+)
 from app.core.settings import Settings
 from model_store import Manifest, ModelStoreError, Store
 
@@ -61,6 +73,7 @@ def submit(
     if queue.count >= settings.max_queue:
         raise HTTPException(429, "the queue is full; retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
     redis.hset(keys.job(spec.job_id), mapping=new_record(spec, model, owner))
+    events.emit(redis, spec.job_id, events.STATUS, {"status": JobStatus.QUEUED.value})
     role, leader, status = runs.subscribe(redis, run_key, spec.job_id)
     if role == "follow":  # an identical run is queued or running: wait for it, run nothing new
         redis.hset(keys.job(spec.job_id), "leader", leader)
@@ -81,6 +94,32 @@ def submit(
         )
     except Exception:
         redis.delete(keys.job(spec.job_id), keys.run(run_key), keys.run_jobs(run_key))
+        raise
+    return spec.job_id
+
+
+def submit_interpolation(
+    redis, settings: Settings, manifest: Manifest, seed_a: int, seed_b: int, frames: int, steps: int, owner: str = ""
+) -> str:
+    """Queue an interpolation job (429 when the model's queue is full)."""
+    queue = queue_for(redis, manifest.ref)
+    if queue.count >= settings.max_queue:
+        raise HTTPException(429, "the queue is full; retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+    spec = InterpolateSpec(new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.digest)
+    model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
+    redis.hset(keys.job(spec.job_id), mapping=new_interpolation_record(spec, model, owner))
+    events.emit(redis, spec.job_id, events.STATUS, {"status": JobStatus.QUEUED.value})
+    try:
+        queue.enqueue_call(
+            INTERPOLATE_FUNC,
+            kwargs=spec.to_kwargs(),
+            job_id=spec.job_id,
+            timeout=settings.job_timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.result_ttl,
+        )
+    except Exception:
+        redis.delete(keys.job(spec.job_id), keys.events(spec.job_id))
         raise
     return spec.job_id
 
@@ -109,7 +148,8 @@ def answer_from_cache(redis, settings: Settings, spec: JobSpec, model: dict, own
     pipe = redis.pipeline(transaction=True)
     pipe.expire(keys.png(spec.job_id), settings.result_ttl)
     pipe.hset(keys.job(spec.job_id), mapping={k: v for k, v in record.items() if v is not None})
-    pipe.expire(keys.job(spec.job_id), settings.result_ttl)
+    events.emit(pipe, spec.job_id, events.STATUS, {"status": JobStatus.SUCCEEDED.value})
+    expire(pipe, spec.job_id, settings.result_ttl)
     pipe.hincrby(keys.METRICS, "cache_hits", 1)
     pipe.execute()
     return spec.job_id
@@ -138,7 +178,7 @@ def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
     error = f"the worker failed the job: {detail[0] if detail else 'no details'}"
     fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
     if transition(redis, record["id"], (JobStatus.QUEUED, JobStatus.RUNNING), fields):
-        redis.expire(keys.job(record["id"]), ttl)
+        expire(redis, record["id"], ttl)
     return read_record(redis, record["id"]) or record
 
 

@@ -18,7 +18,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from app.core import keys, runs
-from app.core.jobs import JobStatus, transition
+from app.core.jobs import JobStatus, expire, transition
 from app.core.settings import Settings
 
 log = logging.getLogger("diffusetv.reaper")
@@ -45,7 +45,7 @@ def fail_jobs(redis, job_ids: list[str], error: str, ttl: int) -> None:
     for job_id in job_ids:
         fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
         if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields):
-            redis.expire(keys.job(job_id), ttl)
+            expire(redis, job_id, ttl)
             redis.hincrby(keys.METRICS, "jobs_failed", 1)
 
 

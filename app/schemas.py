@@ -27,11 +27,28 @@ class GenerateRequest(BaseModel):
     previews: bool = Field(False, strict=True, description="stream x0 previews as events")
 
 
+class InterpolateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed_a: Seed
+    seed_b: Seed
+    frames: int = Field(8, strict=True, ge=2, le=32, description="interpolation points, both ends included")
+    steps: Steps = 50
+    model: ModelRef = None
+
+
 class Params(BaseModel):
     seed: int
     steps: int
     eta: float
     previews: bool = False
+
+
+class InterpolateParams(BaseModel):
+    seed_a: int
+    seed_b: int
+    frames: int
+    steps: int
 
 
 class ModelInfo(BaseModel):
@@ -52,8 +69,9 @@ class Progress(BaseModel):
 
 class Job(BaseModel):
     id: str = Field(description="32 hex characters")
+    kind: str = Field("generate", description="generate or interpolate")
     status: str = Field(description="queued, running, succeeded, failed or canceled")
-    params: Params
+    params: Params | InterpolateParams
     model: ModelInfo
     engine: Engine | None = None
     progress: Progress | None = None
@@ -63,7 +81,9 @@ class Job(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     error: str | None = None
-    image_url: str | None = Field(None, description="the PNG, once succeeded")
+    image_url: str | None = Field(None, description="the PNG (animated for an interpolation), once succeeded")
+    strip_url: str | None = Field(None, description="an interpolation's frames side by side, once succeeded")
+    events_url: str = Field(description="Server-Sent Events of this job")
 
 
 class ModelEntry(BaseModel):

@@ -20,8 +20,10 @@ def job_view(record: dict[str, str], queue_position: int | None = None) -> schem
     engine = json.loads(record["engine"]) if record.get("engine") else None
     progress = json.loads(record["progress"]) if record.get("progress") else None
     succeeded = status == JobStatus.SUCCEEDED.value
+    kind = record.get("kind") or "generate"
     return schemas.Job(
         id=record["id"],
+        kind=kind,
         status=status,
         params=json.loads(record["params"]),
         model=json.loads(record["model"]),
@@ -34,4 +36,6 @@ def job_view(record: dict[str, str], queue_position: int | None = None) -> schem
         finished_at=iso(record.get("finished_at")),
         error=record.get("error") or None,
         image_url=f"/jobs/{record['id']}/image.png" if succeeded else None,
+        strip_url=f"/jobs/{record['id']}/strip.png" if succeeded and kind == "interpolate" else None,
+        events_url=f"/jobs/{record['id']}/events",
     )

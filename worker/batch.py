@@ -8,15 +8,19 @@ step; the others are unaffected, since a sample's output does not depend on its 
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.core import keys, runs
-from app.core.jobs import JobSpec, JobStatus, transition
+from PIL import Image
+
+from app.core import events, keys, runs
+from app.core.jobs import JobSpec, JobStatus, expire, transition
 from app.core.png import encode_png
 from worker import registry
 from worker.engine import Engine
@@ -79,17 +83,46 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
     return kept
 
 
-def report_progress(redis, batch: list[Run], waiting: list[list[str]], step: int, steps: int) -> None:
+def report_progress(
+    redis, batch: list[Run], waiting: list[list[str]], step: int, steps: int, force: bool, ttl: int
+) -> None:
+    """Progress on the job records and their event streams: at most every PROGRESS_INTERVAL_S, and on `force`."""
     now = time.monotonic()
     pipe = redis.pipeline(transaction=False)
     wrote = False
+    progress = {"step": step, "steps": steps}
     for run, job_ids in zip(batch, waiting, strict=True):
-        if run.active and (now - run.last_progress >= PROGRESS_INTERVAL_S or step == steps):
+        if run.active and (force or now - run.last_progress >= PROGRESS_INTERVAL_S or step == steps):
             for job_id in job_ids:
-                pipe.hset(keys.job(job_id), "progress", json.dumps({"step": step, "steps": steps}))
+                pipe.hset(keys.job(job_id), "progress", json.dumps(progress))
+                events.emit(pipe, job_id, events.PROGRESS, progress, ttl)
             run.last_progress, wrote = now, True
     if wrote:
         pipe.execute()
+
+
+def preview_url(pixels) -> str:
+    """A small PNG data URL of one x0 prediction (no metadata: it is not a result)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int) -> None:
+    """The step's x0 of each run, to the jobs that asked for previews. Reads only: the bytes stay the same."""
+    pipe = redis.pipeline(transaction=False)
+    for job_ids in waiting:
+        for job_id in job_ids:
+            pipe.hget(keys.job(job_id), "params")
+    wants = iter(pipe.execute())
+    pipe = redis.pipeline(transaction=False)
+    for i, job_ids in enumerate(waiting):
+        asking = [j for j in job_ids if json.loads(next(wants) or b"{}").get("previews")]
+        if asking:
+            url = preview_url(engine.pixels(x0[i : i + 1])[0])
+            for job_id in asking:
+                events.emit(pipe, job_id, events.PREVIEW, {"step": step, "steps": batch[i].spec.steps, "url": url}, ttl)
+    pipe.execute()
 
 
 def finish(redis, run: Run, png: bytes, batch_size: int, ttl: int) -> int:
@@ -110,7 +143,7 @@ def finish(redis, run: Run, png: bytes, batch_size: int, ttl: int) -> int:
             JobStatus.QUEUED.value,
             JobStatus.RUNNING.value,
         ):
-            redis.expire(keys.job(job_id), ttl)
+            expire(redis, job_id, ttl)
             delivered.append(job_id)
         else:
             redis.delete(keys.png(job_id))  # canceled at the last moment: keep nothing
@@ -136,6 +169,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
     size = len(batch)
     sampler = engine.run([r.spec.seed for r in batch], steps, [r.spec.eta for r in batch])
     live = list(batch)  # the runs still in the sampler, in its row order
+    preview_at = events.preview_steps(steps)
     last = None
     for last in sampler:
         waiting = active_jobs(redis, live)
@@ -147,7 +181,10 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
         live, waiting = [r for r in live if r.active], [w for w in waiting if w]
         if not live:
             break
-        report_progress(redis, live, waiting, last.step, steps)
+        preview = last.step in preview_at
+        report_progress(redis, live, waiting, last.step, steps, preview, result_ttl)
+        if preview:
+            send_previews(redis, engine, live, waiting, last.x0_pred, last.step, result_ttl)
     if last is not None and last.step == steps and live:
         pixels = engine.pixels(last.x0_pred)
         for i, run in enumerate(live):
@@ -189,7 +226,7 @@ def fail_jobs(redis, job_ids: Sequence[str], error: str, ttl: int) -> None:
     for job_id in job_ids:
         fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
         if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields):
-            redis.expire(keys.job(job_id), ttl)
+            expire(redis, job_id, ttl)
             redis.hincrby(keys.METRICS, "jobs_failed", 1)
 
 

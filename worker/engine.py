@@ -5,13 +5,13 @@ The engine key (model digest, seed, steps, eta, device type, precision) fixes th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from diffusion.ddim import Step, last_step, sample_loop
+from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
 from diffusion.schedule import get_schedule
 from model_store import Manifest, ModelStoreError, Store
@@ -52,11 +52,16 @@ class Engine:
         cfg = self.manifest.config
         return (int(cfg.get("channels", 3)), int(cfg["image_size"]), int(cfg["image_size"]))
 
-    def run(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> Iterator[Step]:
-        """DDIM for a batch; yields each step (x0 predictions in model space)."""
+    def run(self, seeds: Sequence[int], steps: int, etas: Sequence[float], x_T: torch.Tensor | None = None) -> DDIMRun:
+        """DDIM for a batch; iterate it for each step (x0 predictions in model space)."""
         schedule = get_schedule(self.manifest.schedule)
-        etas = list(etas)
-        return sample_loop(self.denoiser, seeds, steps, self.shape, eta=etas, schedule=schedule, device=self.device)
+        return sample_loop(
+            self.denoiser, seeds, steps, self.shape, eta=list(etas), schedule=schedule, device=self.device, x_T=x_T
+        )
+
+    def initial_noise(self, seed: int) -> torch.Tensor:
+        """x_T of a seed: the first draw of its generator, exactly as a generation job draws it."""
+        return draw(generators([seed]), self.shape)[0]
 
     def generate(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> np.ndarray:
         """(B, H, W, 3) uint8 final images."""

@@ -6,10 +6,10 @@ from rq import Queue, get_current_job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
-from app.core.jobs import JobSpec
+from app.core.jobs import InterpolateSpec, JobSpec
 from app.core.settings import get_settings
 from worker import registry
-from worker.batch import fail, run_batch
+from worker.batch import fail, fail_jobs, run_batch
 from worker.collect import gather, settle
 
 
@@ -42,4 +42,30 @@ def generate(**kwargs) -> dict:
     return {"status": outcome[spec.job_id], "batch": len(specs)}
 
 
-ALLOWED = {f"{__name__}.{name}" for name in ("generate",)}
+def interpolate(**kwargs) -> dict:
+    """Render an interpolation job: every frame in one batch, then an animated PNG and a strip (RQ job function)."""
+    from worker.interpolation import run_interpolation
+
+    spec = InterpolateSpec(**kwargs)
+    job = get_current_job()
+    settings = get_settings()
+    engine = registry.get(spec.model_ref)
+    try:
+        if engine.manifest.digest != spec.digest:
+            raise RuntimeError(f"model {spec.model_ref} changed on this worker (digest mismatch)")
+        status = run_interpolation(job.connection, engine, spec, settings.result_ttl)
+    except JobTimeoutException:
+        fail_jobs(
+            job.connection,
+            [spec.job_id],
+            f"timed out after {settings.job_timeout} s (DIFFUSETV_JOB_TIMEOUT)",
+            settings.result_ttl,
+        )
+        raise
+    except Exception as exc:
+        fail_jobs(job.connection, [spec.job_id], f"{type(exc).__name__}: {exc}", settings.result_ttl)
+        raise
+    return {"status": status}
+
+
+ALLOWED = {f"{__name__}.{name}" for name in ("generate", "interpolate")}

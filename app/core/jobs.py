@@ -16,6 +16,7 @@ from typing import Any
 from app.core import keys
 
 GENERATE_FUNC = "worker.jobs.generate"
+INTERPOLATE_FUNC = "worker.jobs.interpolate"
 
 
 class JobStatus(StrEnum):
@@ -32,20 +33,26 @@ class JobStatus(StrEnum):
 
 FINAL = frozenset(s.value for s in JobStatus if s.final)
 
-# KEYS[1] = job hash; ARGV = n_allowed, allowed..., then field/value pairs. Returns the old status,
-# and writes only when it was one of the allowed ones.
+# KEYS[1] = job hash, KEYS[2] = its event stream; ARGV = status event JSON ('' for none), max stream
+# length, n_allowed, allowed..., then field/value pairs. Returns the old status, and writes (the fields,
+# then the status event) only when it was one of the allowed ones: an event never lies about a status.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
-local n = tonumber(ARGV[1])
-for i = 2, n + 1 do
+local n = tonumber(ARGV[3])
+for i = 4, n + 3 do
   if current == ARGV[i] then
-    redis.call('HSET', KEYS[1], unpack(ARGV, n + 2))
+    redis.call('HSET', KEYS[1], unpack(ARGV, n + 4))
+    if ARGV[1] ~= '' then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', 'status', 'data', ARGV[1])
+      if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], 2592000) end
+    end
     return current
   end
 end
 return current
 """
+MAX_EVENTS = 1000  # per job: statuses, progress (<= ~10/s) and at most 11 previews fit with room to spare
 
 
 def new_job_id() -> str:
@@ -72,6 +79,39 @@ class JobSpec:
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class InterpolateSpec:
+    """An interpolation job: DDIM (eta 0) from `frames` points on the great circle between two seeds' noises."""
+
+    job_id: str
+    seed_a: int
+    seed_b: int
+    frames: int
+    steps: int
+    model_ref: str
+    digest: str
+
+    def to_kwargs(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "seed_a": self.seed_a, "seed_b": self.seed_b, "frames": self.frames,
+            "steps": self.steps, "model_ref": self.model_ref, "digest": self.digest,
+        }  # fmt: skip
+
+
+def new_interpolation_record(spec: InterpolateSpec, model: dict, owner: str = "") -> dict[str, str]:
+    params = {"seed_a": spec.seed_a, "seed_b": spec.seed_b, "frames": spec.frames, "steps": spec.steps}
+    return {
+        "id": spec.job_id,
+        "kind": "interpolate",
+        "status": JobStatus.QUEUED.value,
+        "params": json.dumps(params),
+        "model": json.dumps(model),
+        "owner": owner,
+        "created_at": repr(time.time()),
+        "attempts": "0",
+    }
+
+
 def new_record(spec: JobSpec, model: dict, owner: str = "", now: float | None = None) -> dict[str, str]:
     """The hash fields of a freshly queued job."""
     return {
@@ -94,8 +134,26 @@ def transition(redis, job_id: str, allowed: tuple[JobStatus, ...], fields: dict[
     flat: list[Any] = []
     for k, v in fields.items():
         flat += [k, v.value if isinstance(v, JobStatus) else v]
-    old = redis.eval(_TRANSITION, 1, keys.job(job_id), len(allowed), *(s.value for s in allowed), *flat)
+    status = fields.get("status")
+    event = json.dumps({"status": status.value if isinstance(status, JobStatus) else status}) if status else ""
+    old = redis.eval(
+        _TRANSITION,
+        2,
+        keys.job(job_id),
+        keys.events(job_id),
+        event,
+        MAX_EVENTS,
+        len(allowed),
+        *(s.value for s in allowed),
+        *flat,
+    )
     return old.decode() if isinstance(old, bytes) else old
+
+
+def expire(redis, job_id: str, ttl: int) -> None:
+    """A finished job, its events and its results live `ttl` more seconds (RESULT_TTL), then are 404."""
+    for key in (keys.job(job_id), keys.events(job_id)):
+        redis.expire(key, ttl)
 
 
 def read_record(redis, job_id: str) -> dict[str, str] | None:

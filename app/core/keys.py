@@ -18,6 +18,16 @@ def png(job_id: str) -> str:
     return f"{PREFIX}png:{job_id}"
 
 
+def events(job_id: str) -> str:
+    """Stream: the job's events (status, progress, preview), replayable from the start while the job exists."""
+    return f"{PREFIX}events:{job_id}"
+
+
+def strip(job_id: str) -> str:
+    """String: an interpolation's frames side by side as one PNG, kept RESULT_TTL seconds."""
+    return f"{PREFIX}strip:{job_id}"
+
+
 def queue_name(model_ref: str) -> str:
     """The RQ queue of one model version (`name@version`); RQ stores it under `rq:queue:<name>`."""
     return f"{PREFIX}generate:{model_ref}"

@@ -22,6 +22,13 @@ def connect_sync(url: str, socket_timeout: float | None = SOCKET_TIMEOUT_S) -> r
     )
 
 
+def connect_async(url: str) -> redis_lib.asyncio.Redis:
+    """An asyncio client for long reads (event streams); the same bounded connect timeout."""
+    import redis.asyncio
+
+    return redis.asyncio.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=15)
+
+
 def wait_for_redis(conn: redis_lib.Redis, log: logging.Logger, max_delay_s: float = 5.0) -> None:
     """Block until Redis answers, with exponential backoff (0.1 s doubling to max_delay_s)."""
     delay = 0.1

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from app import schemas
 from app.auth import OwnerDep
 from app.core import keys
-from app.core.jobs import FINAL, JobStatus, read_record
+from app.core.jobs import FINAL, JobStatus, expire, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
-from app.queueing import cancel, queue_position, reconcile, resolve_model, submit
+from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
 
 router = APIRouter(tags=["jobs"])
@@ -68,6 +68,22 @@ def generate(
     return view(redis, load_record(redis, job_id, owner))
 
 
+@router.post("/interpolate", status_code=202, response_model=schemas.Job)
+def interpolate(
+    body: schemas.InterpolateRequest,
+    response: Response,
+    redis: RedisDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    owner: OwnerDep,
+) -> schemas.Job:
+    """Queue a seed interpolation: DDIM (eta 0) from the spherical walk between two seeds' noises."""
+    manifest = resolve_model(store, body.model, settings)
+    job_id = submit_interpolation(redis, settings, manifest, body.seed_a, body.seed_b, body.frames, body.steps, owner)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return view(redis, load_record(redis, job_id, owner))
+
+
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
 def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep, wait: Wait = 0) -> schemas.Job:
     """The job's status, progress and result link; with `wait`, block until it ends (at most 30 s)."""
@@ -93,16 +109,45 @@ def get_image(
 ) -> Response:
     """The PNG of a succeeded job; ETag is its sha256. 409 while it has not succeeded."""
     record = wait_for_end(redis, job_id, owner, wait, settings.result_ttl)
+    return png_response(redis, record, keys.png(job_id), record.get("sha256", ""), settings, if_none_match)
+
+
+def png_response(redis, record: dict[str, str], key: str, sha256: str, settings, if_none_match: str | None) -> Response:
+    """200 with the PNG (ETag = its sha256, immutable), 304 on a matching If-None-Match, 409 while not succeeded."""
     if record["status"] != JobStatus.SUCCEEDED.value:
         raise HTTPException(409, f"job is {record['status']}; the image exists once it has succeeded")
-    etag = f'"{record["sha256"]}"'
+    etag = f'"{sha256}"'
     headers = {"ETag": etag, "Cache-Control": f"public, max-age={settings.result_ttl}, immutable"}
     if if_none_match and etag_matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
-    png = redis.get(keys.png(job_id))
+    png = redis.get(key)
     if png is None:
         raise HTTPException(404, "the result has expired")
     return Response(png, media_type="image/png", headers=headers)
+
+
+@router.get(
+    "/jobs/{job_id}/strip.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}},
+        304: {"description": "not modified"},
+        409: {"description": "not succeeded"},
+    },
+)
+def get_strip(
+    job_id: str,
+    redis: RedisDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    wait: Wait = 0,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """An interpolation's frames side by side as one PNG. 404 for a generation job, 409 while not succeeded."""
+    record = wait_for_end(redis, job_id, owner, wait, settings.result_ttl)
+    if record.get("kind") != "interpolate":
+        raise HTTPException(404, "not an interpolation job")
+    return png_response(redis, record, keys.strip(job_id), record.get("strip_sha256", ""), settings, if_none_match)
 
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=schemas.Job)
@@ -111,5 +156,5 @@ def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: Owner
     record = load_record(redis, job_id, owner)
     if not cancel(redis, record, repr(time.time())):
         raise HTTPException(409, f"job already {read_record(redis, job_id)['status']}")
-    redis.expire(keys.job(job_id), settings.result_ttl)
+    expire(redis, job_id, settings.result_ttl)
     return view(redis, load_record(redis, job_id, owner))
