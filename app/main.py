@@ -7,12 +7,13 @@ from contextlib import asynccontextmanager
 import redis as redis_lib
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.core.redis import connect_async, connect_sync
 from app.core.settings import Settings, get_settings
 from app.limits import BodySizeLimit
 from app.reaper import Reaper
-from app.routes import events, jobs, system
+from app.routes import events, jobs, page, system
 from model_store import Store
 
 REDIS_RETRY_AFTER_S = 2
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(system.router)
+    app.include_router(page.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
 
     @app.exception_handler(redis_lib.ConnectionError)
     @app.exception_handler(redis_lib.TimeoutError)

@@ -1,0 +1,155 @@
+"""The web page in a real browser (Debian's chromium driven by Playwright) against a real stack."""
+
+import base64
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.png import decode_png
+from diffusion.grid import tile
+from helpers import REPO, require
+from stack import Stack, free_port, stack_env
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"
+FRESH_SEED = 2**53 - 1 - 8_675_309  # large, to show seeds survive the round trip exactly
+KEY = "page-test-key-" + "k" * 20
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require(Path(CHROMIUM).exists(), "needs Debian's chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "needs the playwright Python package")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def start_stack(tiny_store, redis_server, tmp_path, **env):
+    s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
+    s.env["DIFFUSETV_PORT"] = str(s.port)
+    s.start_worker()
+    s.start_api()
+    s.wait_ready()
+    return s
+
+
+def fetch_bytes(page, selector) -> bytes:
+    """The bytes behind an <img> (a blob URL), read inside the page."""
+    b64 = page.evaluate(
+        """async (sel) => {
+            const buf = await (await fetch(document.querySelector(sel).src)).arrayBuffer();
+            let s = ""; for (const b of new Uint8Array(buf)) s += String.fromCharCode(b);
+            return btoa(s);
+        }""",
+        selector,
+    )
+    return base64.b64decode(b64)
+
+
+def generate_in_page(page, base, key=None):
+    page.goto(base + "/")
+    page.wait_for_selector("body[data-ready='1']")
+    if key:
+        page.click("#key-box summary")
+        page.fill("#api-key", key)
+        page.click("#save-key")
+    page.fill("#seed", str(FRESH_SEED))
+    page.fill("#steps", "20")
+    page.check("#previews")
+    page.click("#generate")
+    page.wait_for_selector("body[data-done]", timeout=60_000)
+    return page.evaluate("document.body.dataset.jobId")
+
+
+def check_generation(page, stack, headers=None):
+    job_id = page.evaluate("document.body.dataset.jobId")
+    progress = page.evaluate("window.diffusetv.progress")
+    assert len(set(progress)) >= 3 and progress == sorted(progress), progress
+    assert page.eval_on_selector("#progress", "p => p.value") == 1
+    assert page.locator("#tvs li.tv img").count() >= 3
+    assert page.locator("#tvs canvas").count() == 1  # the first television shows static
+    with stack.client(headers=headers or {}) as c:
+        job = c.get(f"/jobs/{job_id}").json()
+        served = c.get(f"/jobs/{job_id}/image.png").content
+    assert job["params"]["seed"] == FRESH_SEED
+    assert fetch_bytes(page, "#result-image") == served
+    alt = page.get_attribute("#result-image", "alt")
+    assert str(FRESH_SEED) in alt
+    assert f"seed={FRESH_SEED}" in page.get_attribute("#same-again", "href")
+    assert page.locator("#history li").count() >= 1
+
+
+def test_generate_with_previews_in_a_browser(browser, tiny_store, redis_server, tmp_path):
+    stack = start_stack(tiny_store, redis_server, tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        generate_in_page(page, stack.base)
+        check_generation(page, stack)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(stack.base + "/")
+        phone.wait_for_selector("body[data-ready='1']")
+        assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        for input_id in ("seed", "steps", "eta", "model", "previews"):
+            assert phone.locator(f"label[for='{input_id}']").count() == 1, input_id
+        phone.keyboard.press("Tab")
+        assert phone.evaluate("document.activeElement !== document.body")
+    finally:
+        stack.stop_all()
+
+
+def test_interpolation_in_a_browser(browser, tiny_store, redis_server, tmp_path):
+    stack = start_stack(tiny_store, redis_server, tmp_path)
+    try:
+        page = browser.new_page()
+        page.goto(stack.base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        page.click("#tab-interpolate")
+        page.fill("#seed-a", "21")
+        page.fill("#seed-b", "22")
+        page.fill("#frames", "8")
+        page.fill("#i-steps", "20")
+        page.click("#interpolate")
+        page.wait_for_selector("body[data-interpolation-done]", timeout=60_000)
+        strip = decode_png(fetch_bytes(page, "#strip"))
+        assert strip.shape == (16, 8 * 16, 3)
+        assert page.eval_on_selector("#strip", "img => img.naturalWidth") == 8 * 16
+        with stack.client() as c:
+            ends = []
+            for seed in (21, 22):
+                job = c.post("/generate", json={"seed": seed, "steps": 20, "eta": 0}).json()
+                ends.append(decode_png(c.get(f"/jobs/{job['id']}/image.png", params={"wait": 30}).content))
+        assert np.array_equal(tile(strip, 0, (16, 16), 8), ends[0])
+        assert np.array_equal(tile(strip, 7, (16, 16), 8), ends[1])
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-interpolate.png"), full_page=True)
+    finally:
+        stack.stop_all()
+
+
+def test_the_page_with_an_api_key(browser, tiny_store, redis_server, tmp_path):
+    stack = start_stack(tiny_store, redis_server, tmp_path, DIFFUSETV_API_KEYS=KEY)
+    try:
+        page = browser.new_page()
+        page.goto(stack.base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        page.fill("#seed", "5")
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('Error')")
+        assert "key" in page.text_content("#status")
+        generate_in_page(page, stack.base, key=KEY)
+        check_generation(page, stack, headers={"Authorization": f"Bearer {KEY}"})
+    finally:
+        stack.stop_all()
