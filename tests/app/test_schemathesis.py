@@ -52,6 +52,11 @@ KNOWN_SCHEMA_GAPS: frozenset[tuple[str, int]] = frozenset(
         ("DELETE /jobs/{job_id}", 404),
         ("DELETE /jobs/{job_id}", 409),
         ("GET /jobs/{job_id}/image.png", 404),
+        ("POST /interpolate", 400),
+        ("POST /interpolate", 413),
+        ("POST /interpolate", 429),
+        ("GET /jobs/{job_id}/strip.png", 404),
+        ("GET /jobs/{job_id}/events", 404),
     }
 )
 
