@@ -17,7 +17,7 @@ $(BIN)/python:
 # torch first, from TORCH_SPEC (a CPU or CUDA build of the user's choice), then the project.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) '$(TORCH_SPEC)'
-	$(BIN)/pip install -e '.[worker,dev,embedded]'
+	$(BIN)/pip install -e '.[worker,dev,embedded,bench]'
 	touch $@
 
 install: $(STAMP)

@@ -66,14 +66,18 @@ answered: Counter[tuple[str, int]] = Counter()
 
 @pytest.fixture
 def real_job_ids(stack) -> list[str]:
-    """Ids that exist: a succeeded job, a canceled one and a long one still queued or running; plus an unknown id."""
+    """Ids that exist (succeeded, canceled, a long one queued or running, an interpolation) and an unknown one."""
     with stack.client() as c:
         done = c.post("/generate", json={"seed": 11, "steps": 2}).json()["id"]
         assert c.get(f"/jobs/{done}", params={"wait": 30}).json()["status"] == "succeeded"
         canceled = c.post("/generate", json={"seed": 12, "steps": 1000}).json()["id"]
         assert c.delete(f"/jobs/{canceled}").status_code == 202
+        interpolation = c.post("/interpolate", json={"seed_a": 14, "seed_b": 15, "frames": 2, "steps": 2})
         pending = c.post("/generate", json={"seed": 13, "steps": 1000}).json()["id"]
-    return [done, canceled, pending, uuid.uuid4().hex]
+        ids = [done, canceled, pending, uuid.uuid4().hex]
+        if interpolation.status_code == 202:  # strip.png answers 200 only for an interpolation
+            ids.append(interpolation.json()["id"])
+    return ids
 
 
 def use_real_job_id(case: schemathesis.Case, ids: list[str]) -> None:

@@ -1,0 +1,118 @@
+"""The figures in README.md and docs/MODEL.md, remade from a training run and the published model.
+
+    python -m bench.figures --run runs/emoji32 --model emoji32 --out docs/img
+
+Writes loss.png (the training curve), training.png (EMA samples at several points in training),
+samples.png (64 samples: seeds 0..63, 50 steps, eta 0) and televisions.png (the row of televisions:
+static, then the x0 prediction at every 5th step of 50, for a few seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from app.core.events import preview_steps
+from diffusion.grid import make_grid
+from model_store import Store
+from worker.engine import load_engine
+
+SCALE = 4
+
+
+def loss_plot(run: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with (run / "loss.csv").open() as f:
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    steps, losses = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+    window = 100
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    ax.plot(steps, losses, color="#c8d6f0", linewidth=0.6, label="loss per step")
+    ax.plot(steps[window - 1 :], smooth, color="#0b57d0", linewidth=1.6, label=f"mean of {window} steps")
+    ax.set_xlabel("optimiser step (batch 64)")
+    ax.set_ylabel("MAE of the predicted noise")
+    ax.set_ylim(0, max(0.3, float(np.percentile(losses, 99.5))))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def labelled(image: Image.Image, text: str) -> Image.Image:
+    canvas = Image.new("RGB", (image.width, image.height + 18), "white")
+    canvas.paste(image, (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), text, fill="black")
+    return canvas
+
+
+def training_montage(run: Path, out: Path, picks: int = 5) -> None:
+    files = sorted((run / "samples").glob("step_*.png"))
+    chosen = [files[round(i * (len(files) - 1) / (picks - 1))] for i in range(picks)] if len(files) > picks else files
+    tiles = []
+    for f in chosen:
+        img = Image.open(f).convert("RGB")
+        img = img.resize((img.width * 2, img.height * 2), Image.Resampling.NEAREST)
+        tiles.append(labelled(img, f"step {int(f.stem.split('_')[1])}"))
+    montage = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), tiles[0].height), "white")
+    x = 0
+    for t in tiles:
+        montage.paste(t, (x, 0))
+        x += t.width + 8
+    montage.save(out)
+
+
+def upscale(pixels: np.ndarray, factor: int = SCALE) -> Image.Image:
+    img = Image.fromarray(pixels)
+    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+
+
+def televisions(engine, seeds: list[int], steps: int, out: Path) -> None:
+    """Rows of static, then every preview step's x0, for each seed."""
+    rng = np.random.default_rng(0)
+    size = engine.shape[1]
+    rows = []
+    shown = sorted(preview_steps(steps))
+    for seed in seeds:
+        frames = [rng.integers(0, 256, (size, size, 1), dtype=np.uint8).repeat(3, axis=2)]
+        for step in engine.run([seed], steps, [0.0]):
+            if step.step in shown:
+                frames.append(engine.pixels(step.x0_pred)[0])
+        rows.append(frames)
+    pad = 4
+    tile = size * SCALE
+    strip = Image.new("RGB", (len(rows[0]) * (tile + pad) + pad, len(rows) * (tile + pad) + pad), (43, 43, 43))
+    for r, frames in enumerate(rows):
+        for c, frame in enumerate(frames):
+            strip.paste(upscale(frame), (pad + c * (tile + pad), pad + r * (tile + pad)))
+    strip.save(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("runs/emoji32"))
+    parser.add_argument("--model", default="emoji32")
+    parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if (args.run / "loss.csv").exists():
+        loss_plot(args.run, args.out / "loss.png")
+        training_montage(args.run, args.out / "training.png")
+    engine = load_engine(args.model, Store(), device="cpu")
+    grid = make_grid(engine.generate(list(range(64)), 50, [0.0] * 64), cols=8)
+    upscale(grid, 2).save(args.out / "samples.png")
+    televisions(engine, [3, 14, 15], 50, args.out / "televisions.png")
+    print(f"wrote figures to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
