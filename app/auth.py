@@ -10,7 +10,8 @@ import hashlib
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.deps import SettingsDep
 
@@ -29,17 +30,22 @@ def constant_time_match(token: str, keys: list[str]) -> bool:
     return matched
 
 
-def require_key(request: Request, settings: SettingsDep) -> str:
+BEARER = HTTPBearer(auto_error=False, description="one of DIFFUSETV_API_KEYS, when keys are configured")
+
+
+def require_key(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+) -> str:
     """The caller's owner id ('' when auth is off); 401 for a missing or wrong key."""
     keys = settings.keys
     if not keys:
         return ""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if credentials is None or not credentials.credentials:
         raise HTTPException(401, "missing bearer key: send 'Authorization: Bearer <key>'", headers=CHALLENGE)
-    if not constant_time_match(token.strip(), keys):
+    token = credentials.credentials.strip()
+    if not constant_time_match(token, keys):
         raise HTTPException(401, "wrong key", headers=CHALLENGE)
-    return owner_id(token.strip())
+    return owner_id(token)
 
 
 OwnerDep = Annotated[str, Depends(require_key)]

@@ -10,7 +10,9 @@ MAX_SEED = 2**53 - 1  # the largest integer a JavaScript number holds exactly
 
 Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED, description="noise seed, 0..2^53-1", examples=[42])]
 Steps = Annotated[int, Field(strict=True, ge=1, le=1000, description="DDIM steps, 1..1000")]
-Eta = Annotated[float, Field(ge=0.0, le=1.0, description="0 = deterministic DDIM, 1 = DDPM-like (scales sigma)")]
+Eta = Annotated[
+    float, Field(strict=True, ge=0.0, le=1.0, description="0 = deterministic DDIM, 1 = DDPM-like (scales sigma)")
+]
 ModelRef = Annotated[
     str | None,
     Field(None, max_length=80, description="NAME or NAME@VERSION; the default model when absent", examples=["emoji32"]),
@@ -104,3 +106,22 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: str
     detail: dict = Field(default_factory=dict)
+
+
+class Error(BaseModel):
+    detail: str
+
+
+ERROR_DESCRIPTIONS = {
+    401: "API keys are configured and the bearer key is missing or wrong",
+    404: "no such job: unknown, malformed, expired, or another key's",
+    409: "the job has not succeeded (image) or has already ended (cancel)",
+    413: "request body over 64 KiB",
+    429: "the model's queue is full; retry after Retry-After seconds",
+    503: "Redis is unreachable or full; retry after Retry-After seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for the given error statuses, all with a JSON `{"detail": ...}` body."""
+    return {code: {"model": Error, "description": ERROR_DESCRIPTIONS[code]} for code in codes}

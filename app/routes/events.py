@@ -16,6 +16,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from app import schemas
 from app.auth import OwnerDep
 from app.core import events, keys
 from app.core.jobs import FINAL, JobStatus
@@ -23,7 +24,7 @@ from app.deps import RedisDep
 from app.queueing import queue_position
 from app.routes.jobs import load_record
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 404, 503))
 STREAM_ID_RE = re.compile(r"\d{1,20}-\d{1,20}")
 BLOCK_MS = 2000
 

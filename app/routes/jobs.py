@@ -16,7 +16,7 @@ from app.deps import RedisDep, SettingsDep, StoreDep
 from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 503))
 POLL_S = 0.05
 MAX_WAIT_S = 30.0
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds until the job ends")]
@@ -52,7 +52,7 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
-@router.post("/generate", status_code=202, response_model=schemas.Job)
+@router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(413, 429))
 def generate(
     body: schemas.GenerateRequest,
     response: Response,
@@ -68,7 +68,7 @@ def generate(
     return view(redis, load_record(redis, job_id, owner))
 
 
-@router.post("/interpolate", status_code=202, response_model=schemas.Job)
+@router.post("/interpolate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(413, 429))
 def interpolate(
     body: schemas.InterpolateRequest,
     response: Response,
@@ -84,7 +84,7 @@ def interpolate(
     return view(redis, load_record(redis, job_id, owner))
 
 
-@router.get("/jobs/{job_id}", response_model=schemas.Job)
+@router.get("/jobs/{job_id}", response_model=schemas.Job, responses=schemas.error_responses(404))
 def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep, wait: Wait = 0) -> schemas.Job:
     """The job's status, progress and result link; with `wait`, block until it ends (at most 30 s)."""
     return view(redis, wait_for_end(redis, job_id, owner, wait, settings.result_ttl))
@@ -96,7 +96,7 @@ def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep
     responses={
         200: {"content": {"image/png": {}}},
         304: {"description": "not modified"},
-        409: {"description": "not succeeded"},
+        **schemas.error_responses(404, 409),
     },
 )
 def get_image(
@@ -132,7 +132,7 @@ def png_response(redis, record: dict[str, str], key: str, sha256: str, settings,
     responses={
         200: {"content": {"image/png": {}}},
         304: {"description": "not modified"},
-        409: {"description": "not succeeded"},
+        **schemas.error_responses(404, 409),
     },
 )
 def get_strip(
@@ -150,7 +150,9 @@ def get_strip(
     return png_response(redis, record, keys.strip(job_id), record.get("strip_sha256", ""), settings, if_none_match)
 
 
-@router.delete("/jobs/{job_id}", status_code=202, response_model=schemas.Job)
+@router.delete(
+    "/jobs/{job_id}", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(404, 409)
+)
 def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> schemas.Job:
     """Cancel a queued job, or stop a running one at its next step. 409 once it has ended."""
     record = load_record(redis, job_id, owner)

@@ -68,7 +68,7 @@ def readyz(redis: RedisDep, store: StoreDep, settings: SettingsDep) -> Response:
     return JSONResponse({"status": "ready", "detail": detail})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=schemas.error_responses(401, 503))
 def metrics(redis: RedisDep, store: StoreDep, owner: OwnerDep) -> Response:
     """Prometheus text: queue lengths, live workers and the workers' counters kept in Redis."""
     body, content_type = render_metrics(redis, store, live_workers(redis))

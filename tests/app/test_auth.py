@@ -80,3 +80,9 @@ def test_comparison_is_constant_time_in_the_code():
 def test_short_keys_are_refused_at_start_up():
     with pytest.raises(ValueError, match="16 characters"):
         Settings(api_keys="short")
+
+
+def test_openapi_declares_the_bearer_scheme_with_keys(client):
+    schema = client.get("/openapi.json").json()
+    assert "HTTPBearer" in schema["components"]["securitySchemes"]
+    assert "401" in schema["paths"]["/generate"]["post"]["responses"]

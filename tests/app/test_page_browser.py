@@ -1,8 +1,6 @@
 """The web page in a real browser (Debian's chromium driven by Playwright) against a real stack."""
 
 import base64
-import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +13,16 @@ from stack import Stack, free_port, stack_env
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = REPO / "test-artifacts"
 FRESH_SEED = 2**53 - 1 - 8_675_309  # large, to show seeds survive the round trip exactly
 KEY = "page-test-key-" + "k" * 20

@@ -1,8 +1,9 @@
 """Property-based tests of the live API with schemathesis: every operation of /openapi.json, real processes.
 
 The `stack` fixture starts redis-server, `diffusetv worker` and `diffusetv api` (serving the tiny model);
-schemathesis loads the schema the running API serves and sends MAX_EXAMPLES generated requests per
-operation (valid and invalid ones). Reproduce with:
+schemathesis loads the schema the running API serves and sends up to MAX_EXAMPLES generated valid requests
+to every operation, and as many invalid ones to every operation with a body or a query parameter.
+Reproduce with:
 
     .venv/bin/python -m pytest tests/app/test_schemathesis.py -m slow -v
 
@@ -12,9 +13,8 @@ What fails the test:
 - a request that violates the schema but is accepted (`negative_data_rejection`);
 - a status code that neither the operation's OpenAPI `responses` nor KNOWN_SCHEMA_GAPS lists.
 
-schemathesis's own `status_code_conformance` is not used: the API answers some documented statuses
-(docs/API.md) that the route decorators do not declare yet. Those pairs are listed in KNOWN_SCHEMA_GAPS,
-reported as a warning when they occur, and only a status outside both fails.
+A status that the operation does not declare fails the test (KNOWN_SCHEMA_GAPS would list a tolerated
+exception; it is empty).
 """
 
 from __future__ import annotations
@@ -36,29 +36,14 @@ from schemathesis.specs.openapi.checks import (
 
 pytestmark = pytest.mark.slow
 
-MAX_EXAMPLES = 50  # generated requests per operation and mode (valid, invalid): at most 800, well under 2 minutes
+MAX_EXAMPLES = 50  # per operation and mode: about 1000 requests for 11 operations, 20 s on a loaded 2-core machine
 MAX_TEST_WAIT_S = 0.5  # `?wait=` may block 30 s; generated values are clamped to this to bound the run
 REQUEST_TIMEOUT_S = 20
 REDIS_DOWN = 503
 
 # Statuses the API documents (docs/API.md, DESIGN.md) and really answers, missing from the operation's
 # OpenAPI `responses`. Remove an entry once the route declares it.
-KNOWN_SCHEMA_GAPS: frozenset[tuple[str, int]] = frozenset(
-    {
-        ("POST /generate", 400),  # a body that is not UTF-8; docs/API.md promises 422 for a malformed body
-        ("POST /generate", 413),
-        ("POST /generate", 429),
-        ("GET /jobs/{job_id}", 404),
-        ("DELETE /jobs/{job_id}", 404),
-        ("DELETE /jobs/{job_id}", 409),
-        ("GET /jobs/{job_id}/image.png", 404),
-        ("POST /interpolate", 400),
-        ("POST /interpolate", 413),
-        ("POST /interpolate", 429),
-        ("GET /jobs/{job_id}/strip.png", 404),
-        ("GET /jobs/{job_id}/events", 404),
-    }
-)
+KNOWN_SCHEMA_GAPS: frozenset[tuple[str, int]] = frozenset()  # every answered status is declared now
 
 gaps_seen: set[tuple[str, int]] = set()
 answered: Counter[tuple[str, int]] = Counter()

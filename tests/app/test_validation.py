@@ -137,3 +137,22 @@ def test_a_full_redis_is_503_and_the_job_is_not_half_made(client, redis_server):
     finally:
         r.config_set("maxmemory", 0)
     assert r.llen("rq:queue:diffusetv:generate:tiny@1") == 0
+
+
+@pytest.mark.parametrize("eta", ["0.5", True, None, [0.5]])
+def test_eta_is_strict_too(client, eta):
+    r = client.post("/generate", json={"seed": 1, "eta": eta})
+    assert r.status_code == 422 and any("eta" in e["loc"] for e in r.json()["detail"])
+
+
+def test_a_body_that_is_not_utf8_is_422(client):
+    r = client.post("/generate", content=b'{"seed": "\xe9"}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_openapi_documents_errors_and_no_bearer_scheme_without_keys(client):
+    schema = client.get("/openapi.json").json()
+    generate = schema["paths"]["/generate"]["post"]["responses"]
+    assert {"202", "413", "422", "429", "503"} <= set(generate) and "401" not in generate
+    assert {"404", "409"} <= set(schema["paths"]["/jobs/{job_id}"]["delete"]["responses"])
+    assert "securitySchemes" not in schema["components"]
