@@ -173,7 +173,10 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> tuple[TrainSta
         if changed:
             raise RunError(f"{run_dir}: cannot resume with a changed {', '.join(changed)}")
         run["config"]["steps"] = cfg.steps
-        return load_checkpoint(run_dir, cfg), run
+        state = load_checkpoint(run_dir, cfg)
+        if cfg.recipe:  # keep the history: each resume, from which step, with which command line
+            run.setdefault("resumes", []).append({"from_step": state.step, **cfg.recipe})
+        return state, run
     images = load_images(cfg.data, cfg.image_size, cfg.npz_key)
     mean, std = channel_stats(images)
     run = {

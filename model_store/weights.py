@@ -100,6 +100,7 @@ def publish_run(store: Store, run_dir: Path, name: str) -> Manifest:
         "data": run["data"],
         "hardware": run["hardware"],
         "recipe": cfg.get("recipe", {}),
+        "resumes": run.get("resumes", []),
     }
     norm = run["normalization"]
     return save_model(store, name, net, cfg["schedule"], norm["mean"], norm["std"], training)
