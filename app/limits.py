@@ -7,10 +7,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 MAX_BODY_BYTES = 64 * 1024
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 async def _send_413(send: Send) -> None:
     body = b'{"detail":"request body over 64 KiB"}'
     await send(
@@ -24,6 +20,8 @@ async def _send_413(send: Send) -> None:
 
 
 class BodySizeLimit:
+    """Reads the whole body first (at most `limit` bytes are kept), then hands it to the app."""
+
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app, self.limit = app, limit
 
@@ -35,18 +33,26 @@ class BodySizeLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             await _send_413(send)
             return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away
+                await self.app(scope, receive, send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await _send_413(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await _send_413(send)
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

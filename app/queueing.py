@@ -31,6 +31,7 @@ from app.core.settings import Settings
 from model_store import Manifest, ModelStoreError, Store
 
 QUEUE_FULL_RETRY_S = 5
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 def queue_for(redis, model_ref: str) -> Queue:
@@ -61,11 +62,12 @@ def submit(
     redis, settings: Settings, manifest: Manifest, seed: int, steps: int, eta: float, previews: bool, owner: str = ""
 ) -> str:
     """Answer from the result cache, join an identical run in flight, or queue a new run (429 when full)."""
+    eta = float(eta) + 0.0  # -0.0 is 0.0: one engine key, one set of bytes
     engine = current_engine(redis, manifest.ref)
     model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
-    run_key = runs.engine_key(manifest.digest, seed, steps, eta, engine)
-    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.digest, previews, run_key)
-    if engine != runs.PENDING_ENGINE and (hit := runs.cached(redis, run_key)):
+    key = runs.engine_key(manifest.digest, seed, steps, eta, engine)
+    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.digest, previews, key)
+    if engine != runs.PENDING_ENGINE and (hit := runs.cached(redis, key)):
         answered = answer_from_cache(redis, settings, spec, model, owner, hit)
         if answered:
             return answered
@@ -74,9 +76,8 @@ def submit(
         raise HTTPException(429, "the queue is full; retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
     redis.hset(keys.job(spec.job_id), mapping=new_record(spec, model, owner))
     events.emit(redis, spec.job_id, events.STATUS, {"status": JobStatus.QUEUED.value})
-    role, leader, status = runs.subscribe(redis, run_key, spec.job_id)
+    role, _, status = runs.subscribe(redis, key, spec.job_id)
     if role == "follow":  # an identical run is queued or running: wait for it, run nothing new
-        redis.hset(keys.job(spec.job_id), "leader", leader)
         if status == JobStatus.RUNNING.value:
             transition(
                 redis, spec.job_id, (JobStatus.QUEUED,), {"status": JobStatus.RUNNING, "started_at": repr(time.time())}
@@ -93,9 +94,18 @@ def submit(
             failure_ttl=settings.result_ttl,
         )
     except Exception:
-        redis.delete(keys.job(spec.job_id), keys.run(run_key), keys.run_jobs(run_key))
+        fail_run(redis, spec.job_id, "the job could not be queued", settings.result_ttl)
         raise
     return spec.job_id
+
+
+def fail_run(redis, run_id: str, error: str, ttl: int) -> None:
+    """Close a run as failed and fail every job still waiting for it."""
+    for job_id in runs.close(redis, run_id, "failed") or [run_id]:
+        fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
+        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields) in ACTIVE:
+            expire(redis, job_id, ttl)
+    runs.forget(redis, run_id)
 
 
 def submit_interpolation(
@@ -158,49 +168,47 @@ def answer_from_cache(redis, settings: Settings, spec: JobSpec, model: dict, own
 def queue_position(redis, record: dict[str, str]) -> int | None:
     """0-based place in the model's queue, or None when not waiting there."""
     model = json.loads(record["model"])
-    leader = record.get("leader") or record["id"]  # a job waiting for an identical run waits in its place
-    position = redis.lpos(queue_for(redis, f"{model['name']}@{model['version']}").key, leader)
+    run_id = record.get("run") or record["id"]  # a job waiting for an identical run waits in its place
+    position = redis.lpos(queue_for(redis, f"{model['name']}@{model['version']}").key, run_id)
     return int(position) if position is not None else None
 
 
 def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
-    """A job our record calls queued or running, but that RQ has failed (timeout, refused, crash), is failed."""
-    if record["status"] not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+    """A job our record calls queued or running, but whose run RQ has ended without it, is failed.
+
+    That covers a job failed by RQ itself (a refused function, a crash in the worker's own code), and
+    a run lost without a trace. A run a worker has taken is left to the reaper, which watches its worker.
+    """
+    if record["status"] not in ACTIVE:
+        return record
+    run_id = record.get("run") or record["id"]
+    if redis.sismember(keys.RUNNING, run_id):
         return record
     try:
-        job = Job.fetch(record["id"], connection=redis, serializer=JSONSerializer)
+        job = Job.fetch(run_id, connection=redis, serializer=JSONSerializer)
     except NoSuchJobError:
         return record
-    if job.get_status(refresh=False) not in (RQStatus.FAILED, RQStatus.STOPPED, RQStatus.CANCELED):
+    status = job.get_status(refresh=False)
+    if status in (RQStatus.FAILED, RQStatus.STOPPED, RQStatus.CANCELED):
+        result = job.latest_result()
+        detail = (result.exc_string or "").strip().splitlines()[-1:] if result else []
+        error = f"the worker failed the job: {detail[0] if detail else 'no details'}"
+    elif status == RQStatus.FINISHED and (read_record(redis, record["id"]) or {}).get("status") in ACTIVE:
+        error = "the job's run ended without a result"
+    else:
         return record
-    result = job.latest_result()
-    detail = (result.exc_string or "").strip().splitlines()[-1:] if result else []
-    error = f"the worker failed the job: {detail[0] if detail else 'no details'}"
-    fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
-    if transition(redis, record["id"], (JobStatus.QUEUED, JobStatus.RUNNING), fields):
-        expire(redis, record["id"], ttl)
+    fail_run(redis, run_id, error, ttl)
     return read_record(redis, record["id"]) or record
 
 
-def cancel(redis, record: dict[str, str], finished_at: str) -> bool:
+def cancel(redis, record: dict[str, str], finished_at: str, ttl: int) -> bool:
     """queued/running -> canceled. The run it waited for stops only when no other job waits for it:
     a queued run then leaves the RQ queue, a running one leaves its batch at the next step."""
-    old = transition(
-        redis,
-        record["id"],
-        (JobStatus.QUEUED, JobStatus.RUNNING),
-        {"status": JobStatus.CANCELED, "finished_at": finished_at},
-    )
-    if old not in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+    old, withdrawn = runs.cancel_job(redis, record["id"], finished_at, ttl)
+    if old not in ACTIVE:
         return False
-    run_key = record.get("run") or ""
-    others = [j for j in runs.job_ids(redis, run_key) if j != record["id"]] if run_key else []
-    statuses = [redis.hget(keys.job(j), "status") for j in others]
-    if any(s in (JobStatus.QUEUED.value.encode(), JobStatus.RUNNING.value.encode()) for s in statuses):
-        return True  # someone else still waits for this run
-    leader = (redis.hget(keys.run(run_key), "leader") or b"").decode() if run_key else record["id"]
-    if run_key:
-        runs.set_status(redis, run_key, "canceled")  # a new identical request starts a fresh run
-    model = json.loads(record["model"])
-    queue_for(redis, f"{model['name']}@{model['version']}").remove(leader or record["id"])
+    if withdrawn:
+        model = json.loads(record["model"])
+        run_id = record.get("run") or record["id"]
+        queue_for(redis, f"{model['name']}@{model['version']}").remove(run_id)
     return True

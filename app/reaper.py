@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 
 from rq import Queue
@@ -18,11 +17,16 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from app.core import keys, runs
-from app.core.jobs import JobStatus, expire, transition
+from app.core.jobs import JobStatus, transition
 from app.core.settings import Settings
+from app.queueing import fail_run
 
 log = logging.getLogger("diffusetv.reaper")
-ACTIVE = (JobStatus.QUEUED.value.encode(), JobStatus.RUNNING.value.encode())
+_LOCK = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
 
 
 def requeue_rq_job(redis, job_id: str) -> bool:
@@ -36,61 +40,46 @@ def requeue_rq_job(redis, job_id: str) -> bool:
     for member in redis.zrange(started, 0, -1):
         if member.decode().split(":")[0] == job_id:
             redis.zrem(started, member)
-    redis.lrem(queue.key, 0, job_id)  # never twice in the queue
+    redis.lrem(queue.key, 0, job_id)  # never twice in the queue (one reaper at a time holds the lock)
     queue.enqueue_job(job, at_front=True)
     return True
 
 
-def fail_jobs(redis, job_ids: list[str], error: str, ttl: int) -> None:
-    for job_id in job_ids:
-        fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
-        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields):
-            expire(redis, job_id, ttl)
-            redis.hincrby(keys.METRICS, "jobs_failed", 1)
-
-
 def reap_once(redis, settings: Settings) -> list[str]:
-    """One pass over the runs in progress; returns the run keys whose worker was found dead."""
+    """One pass over the runs workers have taken; returns the ids of those whose worker was found dead."""
     reaped = []
     for raw in redis.smembers(keys.RUNNING):
-        run_key = raw.decode()
-        run = {k.decode(): v.decode() for k, v in redis.hgetall(keys.run(run_key)).items()}
-        if not run:
-            redis.srem(keys.RUNNING, run_key)
+        run_id = raw.decode()
+        run = {k.decode(): v.decode() for k, v in redis.hgetall(keys.run(run_id)).items()}
+        if run.get("status") != "running":
+            redis.srem(keys.RUNNING, run_id)
             continue
-        if run.get("status") != "running" or redis.exists(keys.worker(run.get("worker", ""))):
+        if redis.exists(keys.worker(run.get("worker", ""))):
             continue
-        reaped.append(run_key)
-        attempts = redis.hincrby(keys.run(run_key), "deaths", 1)
-        job_ids = [j.decode() for j in redis.smembers(keys.run_jobs(run_key))]
-        statuses = [redis.hget(keys.job(j), "status") for j in job_ids]
-        waiting = [j for j, s in zip(job_ids, statuses, strict=True) if s in ACTIVE]
-        if not waiting:
-            runs.close(redis, run_key)
-            continue
-        if attempts > settings.max_retries:
+        reaped.append(run_id)
+        deaths = redis.hincrby(keys.run(run_id), "deaths", 1)
+        if deaths > settings.max_retries:
             error = (
-                f"the worker running this job died {attempts} times; giving up "
+                f"the worker running this job died {deaths} times; giving up "
                 f"(DIFFUSETV_MAX_RETRIES={settings.max_retries})"
             )
-            fail_jobs(redis, waiting, error, settings.result_ttl)
-            runs.close(redis, run_key)
-            log.warning("run %s failed after %d worker deaths", run_key[:12], attempts)
+            fail_run(redis, run_id, error, settings.result_ttl)
+            log.warning("run %s failed after %d worker deaths", run_id[:12], deaths)
             continue
-        for job_id in waiting:
+        for job_id in runs.job_ids(redis, run_id):
             transition(
                 redis,
                 job_id,
                 (JobStatus.RUNNING,),
-                {"status": JobStatus.QUEUED, "progress": "", "started_at": "", "retries": str(attempts)},
+                {"status": JobStatus.QUEUED, "progress": "", "started_at": "", "retries": str(deaths)},
             )
-        redis.hset(keys.run(run_key), mapping={"status": "queued", "worker": ""})
-        redis.srem(keys.RUNNING, run_key)
-        if not requeue_rq_job(redis, run.get("rq_job", "")):
-            fail_jobs(redis, waiting, "the job's queue entry was lost", settings.result_ttl)
-            runs.close(redis, run_key)
+        redis.hset(keys.run(run_id), mapping={"status": "queued", "worker": ""})
+        redis.srem(keys.RUNNING, run_id)
+        if not requeue_rq_job(redis, run.get("rq_job") or run_id):
+            fail_run(redis, run_id, "the job's queue entry was lost", settings.result_ttl)
+            continue
         redis.hincrby(keys.METRICS, "requeued", 1)
-        log.warning("re-queued run %s of dead worker %s (death %d)", run_key[:12], run.get("worker"), attempts)
+        log.warning("re-queued run %s of dead worker %s (death %d)", run_id[:12], run.get("worker"), deaths)
     return reaped
 
 
@@ -104,13 +93,8 @@ class Reaper(threading.Thread):
         self.stopped = threading.Event()
 
     def holds_lock(self) -> bool:
-        ttl = self.settings.heartbeat_ttl
-        if self.redis.set(keys.REAPER_LOCK, self.instance, nx=True, ex=ttl):
-            return True
-        if self.redis.get(keys.REAPER_LOCK) == self.instance.encode():
-            self.redis.expire(keys.REAPER_LOCK, ttl)
-            return True
-        return False
+        """Take the lock, or renew it if it is ours (compare and renew in one step)."""
+        return bool(self.redis.eval(_LOCK, 1, keys.REAPER_LOCK, self.instance, self.settings.heartbeat_ttl))
 
     def run(self) -> None:
         while not self.stopped.wait(self.settings.heartbeat_s):

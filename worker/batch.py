@@ -1,9 +1,10 @@
 """Run a batch of model runs on one engine, keeping each job's own lifecycle.
 
-A batch holds runs (app.core.runs): each is one sample, one engine key, and the jobs waiting for it.
-Every job goes queued -> running (progress at most ~10 writes/s) -> succeeded with its PNG, or is
-canceled between steps, or fails. A run whose jobs were all canceled leaves the batch at the next
-step; the others are unaffected, since a sample's output does not depend on its batch mates.
+A batch holds runs (app.core.runs): each is one sample, led by one queued job and shared by every job
+that asked for the same engine key meanwhile. Every job goes queued -> running (progress at most ~10
+writes/s) -> succeeded with its PNG, or is canceled between steps, or fails. A run whose jobs were all
+canceled leaves the batch at the next step; the others are unaffected, since a sample's output does not
+depend on its batch mates.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from app.core import events, keys, runs
-from app.core.jobs import JobSpec, JobStatus, expire, transition
+from app.core.jobs import JobSpec, JobStatus, deliver, expire, transition
 from app.core.png import encode_png
 from worker import registry
 from worker.engine import Engine
@@ -32,26 +33,31 @@ ACTIVE = (JobStatus.QUEUED.value.encode(), JobStatus.RUNNING.value.encode())
 
 @dataclass
 class Run:
-    spec: JobSpec  # the leading job's spec: seed, steps, eta
+    spec: JobSpec  # the leading job's spec: seed, steps, eta; its job id is the run's id
     cache_key: str
     active: bool = True
     last_progress: float = field(default=0.0)
 
     @property
-    def key(self) -> str:
-        return self.spec.run_key or self.spec.job_id  # a job without a run key is a run of its own
-
-    def job_ids(self, redis) -> list[str]:
-        return runs.job_ids(redis, self.spec.run_key) if self.spec.run_key else [self.spec.job_id]
+    def id(self) -> str:
+        return self.spec.job_id
 
 
 def log_line(**fields) -> None:
     log.info(json.dumps({"event": "job", **fields}, sort_keys=True))
 
 
+def take(redis, run_ids: Sequence[str]) -> None:
+    """Record that this worker holds these runs, before anything else: if it dies, the reaper re-queues them.
+
+    A run's id is its leading job's id, which is also its RQ job's id."""
+    for run_id in run_ids:
+        runs.mark_running(redis, run_id, registry.WORKER_ID, run_id, [run_id])
+
+
 def active_jobs(redis, batch: list[Run]) -> list[list[str]]:
     """For each run, the ids of its jobs still queued or running."""
-    ids = [run.job_ids(redis) for run in batch]
+    ids = [runs.job_ids(redis, run.id) for run in batch]
     pipe = redis.pipeline(transaction=False)
     for job_ids in ids:
         for job_id in job_ids:
@@ -60,22 +66,25 @@ def active_jobs(redis, batch: list[Run]) -> list[list[str]]:
     return [[j for j in job_ids if next(statuses) in ACTIVE] for job_ids in ids]
 
 
+def engine_json(engine: Engine) -> str:
+    return json.dumps({"device": engine.device, "precision": engine.precision})
+
+
 def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
-    """queued -> running for every job of every run; runs nobody waits for any more are dropped."""
+    """queued -> running for every job of every run; runs nobody waits for any more are closed and dropped."""
     now = repr(time.time())
-    engine_json = json.dumps({"device": engine.device, "precision": engine.precision})
     kept = []
     for run, job_ids in zip(batch, active_jobs(redis, batch), strict=True):
         if not job_ids:
-            log_line(id=run.spec.job_id, status="canceled", skipped=True)
+            runs.close(redis, run.id, "canceled")
+            runs.forget(redis, run.id)
+            log_line(id=run.id, status="canceled", skipped=True)
             continue
-        if run.spec.run_key:
-            runs.mark_running(redis, run.spec.run_key, registry.WORKER_ID, run.spec.job_id)
         for job_id in job_ids:
             fields = {
                 "status": JobStatus.RUNNING,
                 "started_at": now,
-                "engine": engine_json,
+                "engine": engine_json(engine),
                 "progress": json.dumps({"step": 0, "steps": run.spec.steps}),
             }
             transition(redis, job_id, (JobStatus.QUEUED,), fields)
@@ -125,37 +134,30 @@ def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[st
     pipe.execute()
 
 
-def finish(redis, run: Run, png: bytes, batch_size: int, ttl: int) -> int:
-    """Close the run (no job can join it now), then give every waiting job the PNG. Returns how many got it."""
-    if run.spec.run_key:
-        runs.set_status(redis, run.spec.run_key, "done")
+def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: int) -> int:
+    """Close the run (no job can join it now), then give every job still waiting the PNG. Returns how many got it."""
     sha256 = hashlib.sha256(png).hexdigest()
+    now = repr(time.time())
     fields = {
-        "status": JobStatus.SUCCEEDED,
-        "finished_at": repr(time.time()),
+        "finished_at": now,
         "sha256": sha256,
         "batch_size": str(batch_size),
+        "engine": engine_json(engine),
+        "progress": json.dumps({"step": run.spec.steps, "steps": run.spec.steps}),
     }
     delivered = []
-    for job_id in run.job_ids(redis):
-        redis.set(keys.png(job_id), png, ex=ttl)
-        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields) in (
-            JobStatus.QUEUED.value,
-            JobStatus.RUNNING.value,
-        ):
-            expire(redis, job_id, ttl)
+    for job_id in runs.close(redis, run.id, "done"):
+        if deliver(redis, job_id, png, ttl, fields):
             delivered.append(job_id)
-        else:
-            redis.delete(keys.png(job_id))  # canceled at the last moment: keep nothing
+            redis.hsetnx(keys.job(job_id), "started_at", now)  # a job that joined in the last moment
     if delivered:
         redis.set(keys.cache(run.cache_key), json.dumps({"job": delivered[0], "sha256": sha256}), ex=ttl)
-    if run.spec.run_key:
-        runs.close(redis, run.spec.run_key)
+    runs.forget(redis, run.id)
     return len(delivered)
 
 
 def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) -> dict[str, str]:
-    """Run the runs led by `specs` together; returns each leading job id's outcome."""
+    """Run the runs led by `specs` together (already taken, see `take`); returns each run's outcome."""
     steps = specs[0].steps
     if any(s.steps != steps for s in specs):
         raise ValueError("a batch shares one step count")
@@ -189,10 +191,12 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
         pixels = engine.pixels(last.x0_pred)
         for i, run in enumerate(live):
             png = encode_png(pixels[i], engine.parameters(run.spec.seed, steps, run.spec.eta))
-            outcome[run.spec.job_id] = "succeeded" if finish(redis, run, png, size, result_ttl) else "canceled"
+            outcome[run.id] = "succeeded" if finish(redis, run, png, size, engine, result_ttl) else "canceled"
     for run in batch:
-        if not run.active and run.spec.run_key:
-            runs.close(redis, run.spec.run_key, "canceled")
+        if not run.active:  # every job of it was canceled: close it, whatever joined since gets a fresh run
+            for job_id in runs.close(redis, run.id, "canceled"):
+                fail_jobs(redis, [job_id], "canceled with the run it waited for", result_ttl, quiet=True)
+            runs.forget(redis, run.id)
     count(redis, size, steps, outcome, time.monotonic() - started)
     for run in batch:
         s = run.spec
@@ -221,19 +225,21 @@ def count(redis, size: int, steps: int, outcome: dict[str, str], seconds: float)
     pipe.execute()
 
 
-def fail_jobs(redis, job_ids: Sequence[str], error: str, ttl: int) -> None:
-    """Mark jobs failed with a clear error (from queued or running)."""
+def fail_jobs(redis, job_ids: Sequence[str], error: str, ttl: int, quiet: bool = False) -> None:
+    """Mark jobs failed with a clear error (only those still queued or running)."""
     for job_id in job_ids:
         fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
-        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields):
+        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields) in (
+            JobStatus.QUEUED.value,
+            JobStatus.RUNNING.value,
+        ):
             expire(redis, job_id, ttl)
-            redis.hincrby(keys.METRICS, "jobs_failed", 1)
+            if not quiet:
+                redis.hincrby(keys.METRICS, "jobs_failed", 1)
 
 
-def fail(redis, specs: Sequence[JobSpec], error: str, ttl: int) -> None:
-    """Fail every job waiting for the runs these specs lead, and close the runs."""
-    for spec in specs:
-        job_ids = runs.job_ids(redis, spec.run_key) if spec.run_key else []
-        fail_jobs(redis, job_ids or [spec.job_id], error, ttl)
-        if spec.run_key:
-            runs.close(redis, spec.run_key)
+def fail(redis, run_ids: Sequence[str], error: str, ttl: int) -> None:
+    """Close these runs as failed, and fail every job waiting for them."""
+    for run_id in run_ids:
+        fail_jobs(redis, runs.close(redis, run_id, "failed") or [run_id], error, ttl)
+        runs.forget(redis, run_id)

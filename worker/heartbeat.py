@@ -19,6 +19,15 @@ from app.core import keys
 log = logging.getLogger("diffusetv.worker")
 
 
+# Claim the model's engine key if free, or renew it if it is ours; never overwrite another engine's claim.
+_RENEW_ENGINE = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
 class EngineConflict(RuntimeError):
     pass
 
@@ -59,7 +68,7 @@ class Heartbeat(threading.Thread):
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(keys.worker(self.worker_id), json.dumps({**self.info, "at": time.time()}), ex=ttl)
         for ref in self.model_refs:
-            pipe.set(keys.engine(ref), self.engine, ex=ttl)
+            pipe.eval(_RENEW_ENGINE, 1, keys.engine(ref), self.engine, ttl)
         pipe.execute()
 
     def run(self) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from app.core import events, keys
-from app.core.jobs import InterpolateSpec, JobStatus, expire, transition
+from app.core.jobs import InterpolateSpec, JobStatus, deliver, transition
 from app.core.png import PARAMETERS_KEY, encode_png, parameters_json
 from diffusion.grid import make_grid
 from diffusion.interpolate import interpolated_noises
@@ -77,16 +77,13 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
     params = parameters(engine, spec)
     apng = animated_png(frames, params)
     strip = encode_png(make_grid(frames, cols=spec.frames), params)
-    redis.set(keys.png(spec.job_id), apng, ex=ttl)
-    redis.set(keys.strip(spec.job_id), strip, ex=ttl)
+    redis.set(keys.strip(spec.job_id), strip, ex=ttl)  # first: a succeeded job always has its strip
     fields = {
-        "status": JobStatus.SUCCEEDED,
         "finished_at": repr(time.time()),
         "sha256": hashlib.sha256(apng).hexdigest(),
         "strip_sha256": hashlib.sha256(strip).hexdigest(),
     }
-    if transition(redis, spec.job_id, (JobStatus.RUNNING,), fields) != JobStatus.RUNNING.value:
-        redis.delete(keys.png(spec.job_id), keys.strip(spec.job_id))
+    if not deliver(redis, spec.job_id, apng, ttl, fields):
+        redis.delete(keys.strip(spec.job_id))
         return JobStatus.CANCELED.value
-    expire(redis, spec.job_id, ttl)
     return JobStatus.SUCCEEDED.value

@@ -7,9 +7,10 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
 from app.core.jobs import InterpolateSpec, JobSpec
+from app.core.runs import close, forget
 from app.core.settings import get_settings
 from worker import registry
-from worker.batch import fail, fail_jobs, run_batch
+from worker.batch import fail, run_batch, take
 from worker.collect import gather, settle
 
 
@@ -19,23 +20,25 @@ def generate(**kwargs) -> dict:
     job = get_current_job()
     redis = job.connection
     settings = get_settings()
-    engine = registry.get(spec.model_ref)
-    if engine.manifest.digest != spec.digest:
-        fail(redis, [spec], f"model {spec.model_ref} changed on this worker (digest mismatch)", settings.result_ttl)
-        raise RuntimeError("model digest mismatch")
-    queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
-    claimed = gather(redis, queue, spec.steps, settings.max_batch_size - 1, settings.max_batch_wait_ms)
-    specs = [spec] + [s for _, s in claimed]
+    take(redis, [spec.job_id])
+    claimed: list = []
+    specs = [spec]
     try:
+        engine = registry.get(spec.model_ref)
+        if engine.manifest.digest != spec.digest:
+            raise RuntimeError(f"model {spec.model_ref} changed on this worker (digest mismatch)")
+        queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
+        gather(redis, queue, spec.steps, spec.digest, settings.max_batch_size - 1, settings.max_batch_wait_ms, claimed)
+        specs = [spec] + [s for _, s in claimed]
         outcome = run_batch(redis, engine, specs, settings.result_ttl)
     except JobTimeoutException:
         error = f"timed out after {settings.job_timeout} s (DIFFUSETV_JOB_TIMEOUT)"
-        fail(redis, specs, error, settings.result_ttl)
+        fail(redis, [spec.job_id] + [s.job_id for _, s in claimed], error, settings.result_ttl)
         settle(redis, [j for j, _ in claimed], ok=False, error=error, ttl=settings.result_ttl)
         raise
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
-        fail(redis, specs, error, settings.result_ttl)
+        fail(redis, [spec.job_id] + [s.job_id for _, s in claimed], error, settings.result_ttl)
         settle(redis, [j for j, _ in claimed], ok=False, error=error, ttl=settings.result_ttl)
         raise
     settle(redis, [j for j, _ in claimed], ok=True, error="", ttl=settings.result_ttl)
@@ -49,13 +52,14 @@ def interpolate(**kwargs) -> dict:
     spec = InterpolateSpec(**kwargs)
     job = get_current_job()
     settings = get_settings()
-    engine = registry.get(spec.model_ref)
+    take(job.connection, [spec.job_id])
     try:
+        engine = registry.get(spec.model_ref)
         if engine.manifest.digest != spec.digest:
             raise RuntimeError(f"model {spec.model_ref} changed on this worker (digest mismatch)")
         status = run_interpolation(job.connection, engine, spec, settings.result_ttl)
     except JobTimeoutException:
-        fail_jobs(
+        fail(
             job.connection,
             [spec.job_id],
             f"timed out after {settings.job_timeout} s (DIFFUSETV_JOB_TIMEOUT)",
@@ -63,8 +67,10 @@ def interpolate(**kwargs) -> dict:
         )
         raise
     except Exception as exc:
-        fail_jobs(job.connection, [spec.job_id], f"{type(exc).__name__}: {exc}", settings.result_ttl)
+        fail(job.connection, [spec.job_id], f"{type(exc).__name__}: {exc}", settings.result_ttl)
         raise
+    close(job.connection, spec.job_id, "done")
+    forget(job.connection, spec.job_id)
     return {"status": status}
 
 

@@ -32,13 +32,8 @@ class DiffuseWorker(SimpleWorker):
     """An RQ SimpleWorker that runs nothing but `worker.jobs` functions."""
 
     def execute_job(self, job, queue):
-        try:
-            func_name = job.func_name
-        except Exception:  # not JSON (a pickle, say): it is never deserialized any other way
-            func_name = None
-        if func_name not in jobs.ALLOWED:
-            what = repr(func_name) if func_name else "a payload that is not a JSON job"
-            message = f"refused: {what} is not one of {sorted(jobs.ALLOWED)}"
+        message = refusal(job)
+        if message:
             log.error("job %s %s", job.id, message)
             fail_jobs(self.connection, [job.id], message, get_settings().result_ttl)
             execution = self.prepare_execution(job)
@@ -72,6 +67,37 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
     return loaded
 
 
+def refusal(job) -> str | None:
+    """Why a job must not run, or None. Only `worker.jobs` functions run, with no callbacks or dependencies:
+    RQ would import and call whatever a callback name in the job hash says."""
+    try:
+        func_name = job.func_name
+    except Exception:  # not JSON (a pickle, say): it is never deserialized any other way
+        return f"refused: a payload that is not a JSON job is not one of {sorted(jobs.ALLOWED)}"
+    if func_name not in jobs.ALLOWED:
+        return f"refused: {func_name!r} is not one of {sorted(jobs.ALLOWED)}"
+    hooks = [
+        n
+        for n in ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
+        if getattr(job, n, None)
+    ]
+    if hooks or getattr(job, "_dependency_ids", None):
+        names = ", ".join(h.strip("_") for h in hooks) or "depends_on"
+        return f"refused: callbacks or dependencies are not allowed ({names})"
+    return None
+
+
+def start_heartbeat(conn, refs: list[str], engine: str, settings: Settings) -> Heartbeat:
+    """A new worker id and its heartbeat. A new id after a lost connection lets the reaper re-queue whatever
+    the old id held, since that batch's outcome could not be written."""
+    worker_id = uuid.uuid4().hex[:12]
+    registry.WORKER_ID = worker_id
+    heartbeat = Heartbeat(conn, worker_id, refs, engine, settings.heartbeat_s)
+    heartbeat.beat()
+    heartbeat.start()
+    return heartbeat
+
+
 def run(settings: Settings | None = None, models: list[str] | None = None, burst: bool = False) -> int:
     settings = settings or get_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -83,21 +109,22 @@ def run(settings: Settings | None = None, models: list[str] | None = None, burst
     conn = connect_sync(settings.redis_url, socket_timeout=None)
     wait_for_redis(conn, log)
     claim_engines(conn, refs, engine, settings.heartbeat_ttl)
-    worker_id = uuid.uuid4().hex[:12]
-    registry.WORKER_ID = worker_id
-    heartbeat = Heartbeat(conn, worker_id, refs, engine, settings.heartbeat_s)
-    heartbeat.beat()
-    heartbeat.start()
+    heartbeat = start_heartbeat(conn, refs, engine, settings)
     queues = [Queue(keys.queue_name(ref), connection=conn, serializer=JSONSerializer) for ref in refs]
-    worker = DiffuseWorker(queues, name=f"diffusetv-{worker_id}", connection=conn, serializer=JSONSerializer)
-    log.info("worker %s serving %s", worker_id, ", ".join(refs))
+    log.info("worker %s serving %s", registry.WORKER_ID, ", ".join(refs))
     try:
         while True:
+            worker = DiffuseWorker(
+                queues, name=f"diffusetv-{registry.WORKER_ID}", connection=conn, serializer=JSONSerializer
+            )
             try:
                 worker.work(burst=burst, logging_level="WARNING")
                 return 0
             except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-                log.warning("lost Redis (%s); reconnecting", exc)
+                log.warning("lost Redis (%s); reconnecting as a new worker", exc)
+                heartbeat.stop()
                 wait_for_redis(conn, log)
+                claim_engines(conn, refs, engine, settings.heartbeat_ttl)
+                heartbeat = start_heartbeat(conn, refs, engine, settings)
     finally:
         heartbeat.stop()

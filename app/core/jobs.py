@@ -52,7 +52,34 @@ for i = 4, n + 3 do
 end
 return current
 """
-MAX_EVENTS = 1000  # per job: statuses, progress (<= ~10/s) and at most 11 previews fit with room to spare
+MAX_EVENTS = 20_000  # per job: progress (<= ~10/s) for JOB_TIMEOUT's default 600 s, statuses and previews fit
+
+
+# KEYS: job hash, its events, its PNG key. ARGV: PNG bytes, ttl, max events, status event JSON, then field/value
+# pairs. Only a queued or running job takes the result: the PNG, the fields, the event and the TTLs at once.
+_DELIVER = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if current ~= 'queued' and current ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def deliver(redis, job_id: str, png: bytes, ttl: int, fields: dict[str, str]) -> bool:
+    """Give a waiting job its PNG and mark it succeeded, atomically; False if it had ended (e.g. canceled)."""
+    flat: list[Any] = []
+    for k, v in {**fields, "status": JobStatus.SUCCEEDED.value}.items():
+        flat += [k, v]
+    event = json.dumps({"status": JobStatus.SUCCEEDED.value})
+    return bool(
+        redis.eval(
+            _DELIVER, 3, keys.job(job_id), keys.events(job_id), keys.png(job_id), png, ttl, MAX_EVENTS, event, *flat
+        )
+    )
 
 
 def new_job_id() -> str:
@@ -70,7 +97,7 @@ class JobSpec:
     model_ref: str  # name@version
     digest: str
     previews: bool = False
-    run_key: str = ""  # the model run it leads (app.core.runs)
+    run_key: str = ""  # its engine key as the API saw it (app.core.runs.engine_key)
 
     def to_kwargs(self) -> dict[str, Any]:
         return {
@@ -103,6 +130,7 @@ def new_interpolation_record(spec: InterpolateSpec, model: dict, owner: str = ""
     return {
         "id": spec.job_id,
         "kind": "interpolate",
+        "run": spec.job_id,
         "status": JobStatus.QUEUED.value,
         "params": json.dumps(params),
         "model": json.dumps(model),
@@ -120,7 +148,6 @@ def new_record(spec: JobSpec, model: dict, owner: str = "", now: float | None = 
         "params": json.dumps({"seed": spec.seed, "steps": spec.steps, "eta": spec.eta, "previews": spec.previews}),
         "model": json.dumps(model),
         "owner": owner,
-        "run": spec.run_key,
         "created_at": repr(now if now is not None else time.time()),
         "attempts": "0",
     }

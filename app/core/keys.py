@@ -46,14 +46,19 @@ def engine(model_ref: str) -> str:
     return f"{PREFIX}engine:{model_ref}"
 
 
-def run(run_key: str) -> str:
-    """Hash: a model run (status queued/running/done/canceled, leader job id), by engine key."""
-    return f"{PREFIX}run:{run_key}"
+def run(run_id: str) -> str:
+    """Hash: a model run (status, engine key, worker, RQ job), by the id of the job that led it."""
+    return f"{PREFIX}run:{run_id}"
 
 
-def run_jobs(run_key: str) -> str:
+def run_jobs(run_id: str) -> str:
     """Set: the ids of the jobs waiting for a run."""
-    return f"{PREFIX}run:{run_key}:jobs"
+    return f"{PREFIX}run:{run_id}:jobs"
+
+
+def open_run(engine_key: str) -> str:
+    """String: the id of the open (queued or running) run for an engine key, which identical requests join."""
+    return f"{PREFIX}open:{engine_key}"
 
 
 def cache(cache_key: str) -> str:
@@ -61,7 +66,7 @@ def cache(cache_key: str) -> str:
     return f"{PREFIX}cache:{cache_key}"
 
 
-RUNNING = f"{PREFIX}running"  # set of the run keys a worker is computing now (the reaper watches them)
+RUNNING = f"{PREFIX}running"  # set of the run ids a worker has taken (the reaper watches them)
 REAPER_LOCK = f"{PREFIX}reaper"  # string with TTL: the one API instance that reaps dead workers' runs
 METRICS = f"{PREFIX}metrics"  # hash of worker and API counters
 

@@ -1,8 +1,12 @@
 """Model runs: the unit of model work, shared by every job that asks for the same bytes.
 
-A run is identified by its engine key (DESIGN.md: model digest, seed, steps, eta, device type,
-precision). Jobs subscribe to runs: identical concurrent requests share one run, and a finished
-run's PNG is the result cache. A run stops early only when no job waits for it any more.
+A run computes one sample. Its id is the id of the job that led it, and it serves every job that
+asked for the same engine key (DESIGN.md: model digest, seed, steps, eta, device type, precision)
+while it was open: identical concurrent requests share one run. A finished run's PNG is the result
+cache. A run stops early only when no job waits for it any more.
+
+All run state changes are Lua scripts, so that joining, canceling, finishing and failing a run never
+interleave: a job either joins a run before it closes (and gets its result) or starts a new one.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import hashlib
 import json
 
 from app.core import keys
+from app.core.jobs import MAX_EVENTS
 
 PENDING_ENGINE = "pending"  # no worker has claimed the model yet: the engine is not known
+OPEN = ("queued", "running")
 
 
 def engine_key(digest: str, seed: int, steps: int, eta: float, engine: str) -> str:
@@ -22,51 +28,118 @@ def engine_key(digest: str, seed: int, steps: int, eta: float, engine: str) -> s
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-# KEYS: run hash, run's job set. ARGV: job id. Join a queued or running run, or lead a new one.
-_SUBSCRIBE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'queued' or status == 'running' then
-  redis.call('SADD', KEYS[2], ARGV[1])
-  return {'follow', redis.call('HGET', KEYS[1], 'leader'), status}
+# Lua helpers shared by the scripts: key names from the one prefix (see app.core.keys).
+_LUA_KEYS = f"""
+local P = '{keys.PREFIX}'
+local function job_key(id) return P .. 'job:' .. id end
+local function run_key(id) return P .. 'run:' .. id end
+local function jobs_key(id) return P .. 'run:' .. id .. ':jobs' end
+local function open_key(ek) return P .. 'open:' .. ek end
+local function active(id)
+  local s = redis.call('HGET', job_key(id), 'status')
+  return s == 'queued' or s == 'running'
 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'leader', ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[1])
-return {'lead', ARGV[1], 'queued'}
+local function close(rid, status)
+  redis.call('HSET', run_key(rid), 'status', status)
+  local ek = redis.call('HGET', run_key(rid), 'engine_key')
+  if ek and redis.call('GET', open_key(ek)) == rid then redis.call('DEL', open_key(ek)) end
+  redis.call('SREM', '{keys.RUNNING}', rid)
+end
 """
 
+# ARGV: job id, engine key. Join the open run of this engine key, or lead a new one.
+_SUBSCRIBE = (
+    _LUA_KEYS
+    + """
+local rid = redis.call('GET', open_key(ARGV[2]))
+if rid then
+  local status = redis.call('HGET', run_key(rid), 'status')
+  if status == 'queued' or status == 'running' then
+    redis.call('SADD', jobs_key(rid), ARGV[1])
+    redis.call('HSET', job_key(ARGV[1]), 'run', rid)
+    return {'follow', rid, status}
+  end
+end
+redis.call('HSET', run_key(ARGV[1]), 'status', 'queued', 'engine_key', ARGV[2])
+redis.call('SADD', jobs_key(ARGV[1]), ARGV[1])
+redis.call('HSET', job_key(ARGV[1]), 'run', ARGV[1])
+redis.call('SET', open_key(ARGV[2]), ARGV[1])
+return {'lead', ARGV[1], 'queued'}
+"""
+)
 
-def subscribe(redis, run_key: str, job_id: str) -> tuple[str, str, str]:
-    """('lead' | 'follow', leader job id, run status). Atomic against the worker closing the run."""
-    role, leader, status = redis.eval(_SUBSCRIBE, 2, keys.run(run_key), keys.run_jobs(run_key), job_id)
-    return tuple(v.decode() if isinstance(v, bytes) else v for v in (role, leader, status))
+# ARGV: run id, final run status. Close the run (nobody can join it now); returns its jobs.
+_CLOSE = (
+    _LUA_KEYS
+    + """
+close(ARGV[1], ARGV[2])
+return redis.call('SMEMBERS', jobs_key(ARGV[1]))
+"""
+)
+
+# ARGV: job id, finished_at, max events, ttl. Cancel the job; withdraw its run when nobody else waits.
+# Returns {old status or false, 1 if the run was withdrawn (its RQ job may leave the queue) else 0}.
+_CANCEL = (
+    _LUA_KEYS
+    + """
+local jk = job_key(ARGV[1])
+local current = redis.call('HGET', jk, 'status')
+if current ~= 'queued' and current ~= 'running' then return {current, 0} end
+redis.call('HSET', jk, 'status', 'canceled', 'finished_at', ARGV[2])
+local ek = P .. 'events:' .. ARGV[1]
+redis.call('XADD', ek, 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', '{"status": "canceled"}')
+redis.call('EXPIRE', jk, ARGV[4])
+redis.call('EXPIRE', ek, ARGV[4])
+local rid = redis.call('HGET', jk, 'run')
+if not rid or rid == '' then return {current, 1} end
+for _, other in ipairs(redis.call('SMEMBERS', jobs_key(rid))) do
+  if other ~= ARGV[1] and active(other) then return {current, 0} end
+end
+close(rid, 'canceled')
+redis.call('EXPIRE', run_key(rid), ARGV[4])
+redis.call('EXPIRE', jobs_key(rid), ARGV[4])
+return {current, 1}
+"""
+)
 
 
-def set_status(redis, run_key: str, status: str) -> None:
-    redis.hset(keys.run(run_key), "status", status)
+def _decode(value):
+    return value.decode() if isinstance(value, bytes) else value
 
 
-def mark_running(redis, run_key: str, worker_id: str, rq_job_id: str) -> None:
-    """A worker starts computing the run: the reaper re-queues it if that worker's heartbeat stops."""
+def subscribe(redis, engine_key_: str, job_id: str) -> tuple[str, str, str]:
+    """('lead' | 'follow', run id, run status); also records the run id on the job."""
+    return tuple(_decode(v) for v in redis.eval(_SUBSCRIBE, 0, job_id, engine_key_))
+
+
+def close(redis, run_id: str, status: str) -> list[str]:
+    """Close a run (`done`, `canceled`, `failed`): no job can join it any more. Returns the ids of its jobs."""
+    return sorted(_decode(v) for v in redis.eval(_CLOSE, 0, run_id, status))
+
+
+def forget(redis, run_id: str) -> None:
+    """Drop a closed run's keys once its jobs have their outcome."""
+    redis.delete(keys.run(run_id), keys.run_jobs(run_id))
+
+
+def cancel_job(redis, job_id: str, finished_at: str, ttl: int) -> tuple[str | None, bool]:
+    """(old status, whether the job's run was withdrawn because nobody else waits for it)."""
+    old, withdrawn = redis.eval(_CANCEL, 0, job_id, finished_at, MAX_EVENTS, ttl)
+    return _decode(old), bool(withdrawn)
+
+
+def mark_running(redis, run_id: str, worker_id: str, rq_job_id: str, members: list[str] | None = None) -> None:
+    """A worker has taken the run: the reaper re-queues it if that worker's heartbeat stops."""
     pipe = redis.pipeline(transaction=True)
-    pipe.hset(keys.run(run_key), mapping={"status": "running", "worker": worker_id, "rq_job": rq_job_id})
-    pipe.sadd(keys.RUNNING, run_key)
+    pipe.hset(keys.run(run_id), mapping={"status": "running", "worker": worker_id, "rq_job": rq_job_id})
+    if members:
+        pipe.sadd(keys.run_jobs(run_id), *members)
+    pipe.sadd(keys.RUNNING, run_id)
     pipe.execute()
 
 
-def close(redis, run_key: str, status: str | None = None) -> None:
-    """The run is over: forget it (or keep it marked `status`, e.g. canceled), and stop watching it."""
-    pipe = redis.pipeline(transaction=True)
-    if status:
-        pipe.hset(keys.run(run_key), "status", status)
-    else:
-        pipe.delete(keys.run(run_key), keys.run_jobs(run_key))
-    pipe.srem(keys.RUNNING, run_key)
-    pipe.execute()
-
-
-def job_ids(redis, run_key: str) -> list[str]:
-    return sorted(v.decode() for v in redis.smembers(keys.run_jobs(run_key)))
+def job_ids(redis, run_id: str) -> list[str]:
+    return sorted(_decode(v) for v in redis.smembers(keys.run_jobs(run_id)))
 
 
 def cached(redis, cache_key: str) -> dict | None:

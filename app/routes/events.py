@@ -19,9 +19,9 @@ from fastapi.responses import StreamingResponse
 from app import schemas
 from app.auth import OwnerDep
 from app.core import events, keys
-from app.core.jobs import FINAL, JobStatus
+from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep
-from app.queueing import queue_position
+from app.queueing import queue_position, reconcile
 from app.routes.jobs import load_record
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 404, 503))
@@ -42,8 +42,10 @@ async def stream(request: Request, job_id: str, record: dict[str, str], after: s
         batch = await aredis.xread({key: last}, count=100, block=BLOCK_MS)
         if not batch:
             yield ": keep-alive\n\n"
-            if not await aredis.exists(keys.job(job_id)):
+            current = await run_in_threadpool(read_record, redis, job_id)
+            if current is None:
                 return  # the job expired
+            await run_in_threadpool(reconcile, redis, current, request.app.state.settings.result_ttl)
             continue
         for raw_id, fields in batch[0][1]:
             entry_id, event, data = events.parse(raw_id, fields)

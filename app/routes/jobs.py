@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from app import schemas
 from app.auth import OwnerDep
 from app.core import keys
-from app.core.jobs import FINAL, JobStatus, expire, read_record
+from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
@@ -156,7 +156,6 @@ def get_strip(
 def delete_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep) -> schemas.Job:
     """Cancel a queued job, or stop a running one at its next step. 409 once it has ended."""
     record = load_record(redis, job_id, owner)
-    if not cancel(redis, record, repr(time.time())):
+    if not cancel(redis, record, repr(time.time()), settings.result_ttl):
         raise HTTPException(409, f"job already {read_record(redis, job_id)['status']}")
-    expire(redis, job_id, settings.result_ttl)
     return view(redis, load_record(redis, job_id, owner))

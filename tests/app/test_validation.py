@@ -156,3 +156,19 @@ def test_openapi_documents_errors_and_no_bearer_scheme_without_keys(client):
     assert {"202", "413", "422", "429", "503"} <= set(generate) and "401" not in generate
     assert {"404", "409"} <= set(schema["paths"]["/jobs/{job_id}"]["delete"]["responses"])
     assert "securitySchemes" not in schema["components"]
+
+
+def test_a_chunked_body_over_64_kib_is_413(client):
+    def chunks():
+        for _ in range(20):
+            yield b"x" * 4096
+
+    r = client.post("/generate", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_minus_zero_eta_is_zero(client, redis_server):
+    a = client.post("/generate", json={"seed": 77, "eta": 0.0}).json()
+    b = client.post("/generate", json={"seed": 77, "eta": -0.0}).json()
+    assert b["params"]["eta"] == 0.0 and str(b["params"]["eta"]) == "0.0"
+    assert b["queue_position"] == a["queue_position"] == 0  # the same run

@@ -49,6 +49,16 @@ def test_pickle_and_os_system_are_refused(stack, tmp_path):
     pickled_marker, system_marker = tmp_path / "unpickled", tmp_path / "system-ran"
     plant_pickled_job(conn, queue, "f" * 32, pickled_marker)
     system_job = queue.enqueue_call("os.system", args=[f"touch {system_marker}"], job_id="e" * 32)
+    callback_marker = tmp_path / "callback-ran"
+    from rq import Callback
+
+    hooked = queue.enqueue_call(
+        "worker.jobs.generate",
+        kwargs={"job_id": "d" * 32},
+        job_id="d" * 32,
+        on_failure=Callback("os.system"),
+        on_success=Callback("os.system"),
+    )
     with stack.client() as c:
         healthy = c.post("/generate", json={"seed": 9, "steps": 5}).json()
         assert c.get(f"/jobs/{healthy['id']}", params={"wait": 30}).json()["status"] == "succeeded"
@@ -56,10 +66,12 @@ def test_pickle_and_os_system_are_refused(stack, tmp_path):
     while conn.llen(queue.key) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert conn.llen(queue.key) == 0
-    assert not pickled_marker.exists() and not system_marker.exists()
+    assert not pickled_marker.exists() and not system_marker.exists() and not callback_marker.exists()
+    hooked.refresh()
+    assert hooked.get_status() == "failed"
     system_job.refresh()
     assert system_job.get_status() == "failed"
     assert stack.procs["worker"].poll() is None, "the worker must survive hostile jobs"
-    assert "refused" in stack.log("worker")
+    assert "refused" in stack.log("worker") and "callbacks or dependencies are not allowed" in stack.log("worker")
     with pytest.raises(DeserializationError):
         Job.fetch("f" * 32, connection=conn, serializer=JSONSerializer).func_name  # noqa: B018
