@@ -32,6 +32,7 @@ from model_store import Manifest, ModelStoreError, Store
 
 QUEUE_FULL_RETRY_S = 5
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+LOST_AFTER_S = 30  # a job whose run has no RQ job this long after it was made will never run
 
 
 def queue_for(redis, model_ref: str) -> Queue:
@@ -186,7 +187,10 @@ def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
         return record
     try:
         job = Job.fetch(run_id, connection=redis, serializer=JSONSerializer)
-    except NoSuchJobError:
+    except NoSuchJobError:  # queued at most a moment before its RQ job exists; later, it is lost
+        if time.time() - float(record["created_at"]) > LOST_AFTER_S:
+            fail_run(redis, run_id, "the job's run was lost before it reached the queue", ttl)
+            return read_record(redis, record["id"]) or record
         return record
     status = job.get_status(refresh=False)
     if status in (RQStatus.FAILED, RQStatus.STOPPED, RQStatus.CANCELED):
@@ -211,4 +215,5 @@ def cancel(redis, record: dict[str, str], finished_at: str, ttl: int) -> bool:
         model = json.loads(record["model"])
         run_id = record.get("run") or record["id"]
         queue_for(redis, f"{model['name']}@{model['version']}").remove(run_id)
+        redis.expire(Job.key_for(run_id), ttl)  # the RQ job will not run: let its hash go with the job
     return True

@@ -41,8 +41,8 @@ def browser():
         b.close()
 
 
-def start_stack(tiny_store, redis_server, tmp_path, **env):
-    s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
+def start_stack(store, redis_server, tmp_path, model="tiny", **env):
+    s = Stack(stack_env(redis_server.url, store.root, model=model, **env), free_port(), tmp_path)
     s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_worker()
     s.start_api()
@@ -96,8 +96,11 @@ def check_generation(page, stack, headers=None):
     assert page.locator("#history li").count() >= 1
 
 
-def test_generate_with_previews_in_a_browser(browser, tiny_store, redis_server, tmp_path):
-    stack = start_stack(tiny_store, redis_server, tmp_path)
+def test_generate_with_previews_in_a_browser(browser, redis_server, tmp_path):
+    from model_store import Store
+    from model_store.store import BUNDLED
+
+    stack = start_stack(Store(BUNDLED), redis_server, tmp_path, model="emoji32")  # the screenshot in the README
     try:
         page = browser.new_page(viewport={"width": 1000, "height": 900})
         generate_in_page(page, stack.base)
