@@ -73,8 +73,7 @@ def submit(
         if answered:
             return answered
     queue = queue_for(redis, manifest.ref)
-    if queue.count >= settings.max_queue:
-        raise HTTPException(429, "the queue is full; retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+    check_room(queue, settings)
     redis.hset(keys.job(spec.job_id), mapping=new_record(spec, model, owner))
     events.emit(redis, spec.job_id, events.STATUS, {"status": JobStatus.QUEUED.value})
     role, _, status = runs.subscribe(redis, key, spec.job_id)
@@ -85,9 +84,21 @@ def submit(
             )
         redis.hincrby(keys.METRICS, "joined", 1)
         return spec.job_id
+    enqueue(redis, queue, settings, GENERATE_FUNC, spec)
+    return spec.job_id
+
+
+def check_room(queue: Queue, settings: Settings) -> None:
+    """429 with Retry-After when the model's queue holds MAX_QUEUE runs."""
+    if queue.count >= settings.max_queue:
+        raise HTTPException(429, "the queue is full; retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+
+
+def enqueue(redis, queue: Queue, settings: Settings, func: str, spec: JobSpec | InterpolateSpec) -> None:
+    """Put the job's run on its RQ queue (JSON kwargs, the job's own id); on failure its run fails, cleanly."""
     try:
         queue.enqueue_call(
-            GENERATE_FUNC,
+            func,
             kwargs=spec.to_kwargs(),
             job_id=spec.job_id,
             timeout=settings.job_timeout,
@@ -97,7 +108,6 @@ def submit(
     except Exception:
         fail_run(redis, spec.job_id, "the job could not be queued", settings.result_ttl)
         raise
-    return spec.job_id
 
 
 def fail_run(redis, run_id: str, error: str, ttl: int) -> None:
@@ -114,24 +124,12 @@ def submit_interpolation(
 ) -> str:
     """Queue an interpolation job (429 when the model's queue is full)."""
     queue = queue_for(redis, manifest.ref)
-    if queue.count >= settings.max_queue:
-        raise HTTPException(429, "the queue is full; retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+    check_room(queue, settings)
     spec = InterpolateSpec(new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.digest)
     model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
     redis.hset(keys.job(spec.job_id), mapping=new_interpolation_record(spec, model, owner))
     events.emit(redis, spec.job_id, events.STATUS, {"status": JobStatus.QUEUED.value})
-    try:
-        queue.enqueue_call(
-            INTERPOLATE_FUNC,
-            kwargs=spec.to_kwargs(),
-            job_id=spec.job_id,
-            timeout=settings.job_timeout,
-            result_ttl=settings.result_ttl,
-            failure_ttl=settings.result_ttl,
-        )
-    except Exception:
-        redis.delete(keys.job(spec.job_id), keys.events(spec.job_id))
-        raise
+    enqueue(redis, queue, settings, INTERPOLATE_FUNC, spec)
     return spec.job_id
 
 
