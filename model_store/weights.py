@@ -69,6 +69,9 @@ def save_model(
     final = store.root / name / str(version)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a published model is readable like any file
     try:
         (tmp / WEIGHTS).write_bytes(data)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
