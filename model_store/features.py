@@ -8,13 +8,12 @@ sha256 matches. Imports torch: only the CLI uses this.
 from __future__ import annotations
 
 import torch
-from safetensors.torch import load as load_safetensors
 
 from diffusion.features import CNNExtractor, Extractor, FeatureCNN, FeatureConfig, inception_extractor
 from model_store.errors import ModelStoreError
-from model_store.manifest import Manifest, read_verified_weights
+from model_store.manifest import Manifest
 from model_store.store import Store
-from model_store.weights import require_kind, save_model
+from model_store.weights import read_state, save_model
 
 FEATURE_KIND = "feature-cnn"
 INCEPTION = "inception"
@@ -28,12 +27,7 @@ def save_feature_net(store: Store, name: str, net: FeatureCNN, training: dict) -
 
 def load_feature_net(manifest: Manifest, device: str | torch.device = "cpu") -> FeatureCNN:
     """Build the CNN from the manifest's config and load its verified weights, in eval mode."""
-    require_kind(manifest, FEATURE_KIND)
-    data = read_verified_weights(manifest)  # the same bytes are hashed and parsed
-    try:
-        state = load_safetensors(data)
-    except Exception as exc:  # safetensors raises its own error types for a bad header
-        raise ModelStoreError(f"{manifest.weights_path}: not a readable safetensors file ({exc})") from None
+    state = read_state(manifest, FEATURE_KIND)
     try:
         net = FeatureCNN(FeatureConfig.from_dict(manifest.config), manifest.mean, manifest.std)
         net.load_state_dict(state, strict=True)

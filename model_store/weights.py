@@ -25,14 +25,19 @@ def require_kind(manifest: Manifest, kind: str) -> None:
         raise ModelStoreError(f"{manifest.ref} is of kind {manifest.kind!r}, not {kind!r}: it cannot be loaded as one")
 
 
-def load_model(manifest: Manifest, device: str | torch.device = "cpu") -> UNet:
-    """Build the U-Net from the manifest's config and load its verified EMA weights, in eval mode."""
-    require_kind(manifest, UNET_KIND)
-    data = read_verified_weights(manifest)  # the same bytes are hashed and parsed
+def read_state(manifest: Manifest, kind: str) -> dict[str, torch.Tensor]:
+    """The weights of a model of `kind`, after checking their sha256: the same bytes are hashed and parsed."""
+    require_kind(manifest, kind)
+    data = read_verified_weights(manifest)
     try:
-        state = load_safetensors(data)
+        return load_safetensors(data)
     except Exception as exc:  # safetensors raises its own error types for a bad header
         raise ModelStoreError(f"{manifest.weights_path}: not a readable safetensors file ({exc})") from None
+
+
+def load_model(manifest: Manifest, device: str | torch.device = "cpu") -> UNet:
+    """Build the U-Net from the manifest's config and load its verified EMA weights, in eval mode."""
+    state = read_state(manifest, UNET_KIND)
     net = UNet(UNetConfig.from_dict(manifest.config))
     try:
         net.load_state_dict(state, strict=True)
