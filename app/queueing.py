@@ -31,7 +31,6 @@ from app.core.settings import Settings
 from model_store import Manifest, ModelStoreError, Store
 
 QUEUE_FULL_RETRY_S = 5
-ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 LOST_AFTER_S = 30  # a job whose run has no RQ job this long after it was made will never run
 
 
@@ -106,17 +105,8 @@ def enqueue(redis, queue: Queue, settings: Settings, func: str, spec: JobSpec | 
             failure_ttl=settings.result_ttl,
         )
     except Exception:
-        fail_run(redis, spec.job_id, "the job could not be queued", settings.result_ttl)
+        runs.fail_run(redis, spec.job_id, "the job could not be queued", settings.result_ttl)
         raise
-
-
-def fail_run(redis, run_id: str, error: str, ttl: int) -> None:
-    """Close a run as failed and fail every job still waiting for it."""
-    for job_id in runs.close(redis, run_id, "failed") or [run_id]:
-        fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
-        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields) in ACTIVE:
-            expire(redis, job_id, ttl)
-    runs.forget(redis, run_id)
 
 
 def submit_interpolation(
@@ -178,7 +168,7 @@ def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
     That covers a job failed by RQ itself (a refused function, a crash in the worker's own code), and
     a run lost without a trace. A run a worker has taken is left to the reaper, which watches its worker.
     """
-    if record["status"] not in ACTIVE:
+    if record["status"] not in runs.WAITING:
         return record
     run_id = record.get("run") or record["id"]
     if redis.sismember(keys.RUNNING, run_id):
@@ -187,7 +177,7 @@ def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
         job = Job.fetch(run_id, connection=redis, serializer=JSONSerializer)
     except NoSuchJobError:  # queued at most a moment before its RQ job exists; later, it is lost
         if time.time() - float(record["created_at"]) > LOST_AFTER_S:
-            fail_run(redis, run_id, "the job's run was lost before it reached the queue", ttl)
+            runs.fail_run(redis, run_id, "the job's run was lost before it reached the queue", ttl)
             return read_record(redis, record["id"]) or record
         return record
     status = job.get_status(refresh=False)
@@ -195,11 +185,11 @@ def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
         result = job.latest_result()
         detail = (result.exc_string or "").strip().splitlines()[-1:] if result else []
         error = f"the worker failed the job: {detail[0] if detail else 'no details'}"
-    elif status == RQStatus.FINISHED and (read_record(redis, record["id"]) or {}).get("status") in ACTIVE:
+    elif status == RQStatus.FINISHED and (read_record(redis, record["id"]) or {}).get("status") in runs.WAITING:
         error = "the job's run ended without a result"
     else:
         return record
-    fail_run(redis, run_id, error, ttl)
+    runs.fail_run(redis, run_id, error, ttl)
     return read_record(redis, record["id"]) or record
 
 
@@ -207,7 +197,7 @@ def cancel(redis, record: dict[str, str], finished_at: str, ttl: int) -> bool:
     """queued/running -> canceled. The run it waited for stops only when no other job waits for it:
     a queued run then leaves the RQ queue, a running one leaves its batch at the next step."""
     old, withdrawn = runs.cancel_job(redis, record["id"], finished_at, ttl)
-    if old not in ACTIVE:
+    if old not in runs.WAITING:
         return False
     if withdrawn:
         model = json.loads(record["model"])

@@ -19,7 +19,6 @@ from rq.serializers import JSONSerializer
 from app.core import keys, runs
 from app.core.jobs import JobStatus, transition
 from app.core.settings import Settings
-from app.queueing import fail_run
 
 log = logging.getLogger("diffusetv.reaper")
 _LOCK = """
@@ -63,7 +62,7 @@ def reap_once(redis, settings: Settings) -> list[str]:
                 f"the worker running this job died {deaths} times; giving up "
                 f"(DIFFUSETV_MAX_RETRIES={settings.max_retries})"
             )
-            fail_run(redis, run_id, error, settings.result_ttl)
+            runs.fail_run(redis, run_id, error, settings.result_ttl)
             log.warning("run %s failed after %d worker deaths", run_id[:12], deaths)
             continue
         for job_id in runs.job_ids(redis, run_id):
@@ -76,7 +75,7 @@ def reap_once(redis, settings: Settings) -> list[str]:
         redis.hset(keys.run(run_id), mapping={"status": "queued", "worker": ""})
         redis.srem(keys.RUNNING, run_id)
         if not requeue_rq_job(redis, run.get("rq_job") or run_id):
-            fail_run(redis, run_id, "the job's queue entry was lost", settings.result_ttl)
+            runs.fail_run(redis, run_id, "the job's queue entry was lost", settings.result_ttl)
             continue
         redis.hincrby(keys.METRICS, "requeued", 1)
         log.warning("re-queued run %s of dead worker %s (death %d)", run_id[:12], run.get("worker"), deaths)

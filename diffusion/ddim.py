@@ -127,18 +127,8 @@ class DDIMRun:
             yield Step(k + 1, self.steps, x0, self.x)
 
 
-def sample_loop(
-    eps_model: EpsModel,
-    seeds: Sequence[int],
-    steps: int,
-    shape: tuple[int, int, int],
-    eta: Scalar | Sequence[float] = 0.0,
-    schedule: Schedule = offset_cosine,
-    device: torch.device | str = "cpu",
-    x_T: torch.Tensor | None = None,
-) -> DDIMRun:
-    """DDIM from each seed's x_T; iterate it for every step's x0 prediction (progress, previews, cancel)."""
-    return DDIMRun(eps_model, seeds, steps, shape, eta, schedule, device, x_T)
+# DDIM from each seed's x_T; iterate it for every step's x0 prediction (progress, previews, cancel).
+sample_loop = DDIMRun
 
 
 def last_step(steps: Iterable[Step]) -> Step:

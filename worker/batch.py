@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from app.core import events, keys, runs
-from app.core.jobs import JobSpec, JobStatus, deliver, expire, transition
+from app.core.jobs import JobSpec, JobStatus, deliver, transition
 from app.core.png import encode_png
 from worker import registry
 from worker.engine import Engine
@@ -195,7 +195,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
     for run in batch:
         if not run.active:  # every job of it was canceled: close it, whatever joined since gets a fresh run
             for job_id in runs.close(redis, run.id, "canceled"):
-                fail_jobs(redis, [job_id], "canceled with the run it waited for", result_ttl, quiet=True)
+                runs.fail_jobs(redis, [job_id], "canceled with the run it waited for", result_ttl)
             runs.forget(redis, run.id)
     count(redis, size, steps, outcome, time.monotonic() - started)
     for run in batch:
@@ -225,21 +225,7 @@ def count(redis, size: int, steps: int, outcome: dict[str, str], seconds: float)
     pipe.execute()
 
 
-def fail_jobs(redis, job_ids: Sequence[str], error: str, ttl: int, quiet: bool = False) -> None:
-    """Mark jobs failed with a clear error (only those still queued or running)."""
-    for job_id in job_ids:
-        fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
-        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields) in (
-            JobStatus.QUEUED.value,
-            JobStatus.RUNNING.value,
-        ):
-            expire(redis, job_id, ttl)
-            if not quiet:
-                redis.hincrby(keys.METRICS, "jobs_failed", 1)
-
-
 def fail(redis, run_ids: Sequence[str], error: str, ttl: int) -> None:
     """Close these runs as failed, and fail every job waiting for them."""
     for run_id in run_ids:
-        fail_jobs(redis, runs.close(redis, run_id, "failed") or [run_id], error, ttl)
-        runs.forget(redis, run_id)
+        runs.fail_run(redis, run_id, error, ttl)

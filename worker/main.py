@@ -18,10 +18,10 @@ from rq.worker import WorkerStatus
 
 from app.core import keys
 from app.core.redis import connect_sync, wait_for_redis
+from app.core.runs import fail_jobs
 from app.core.settings import Settings, get_settings
 from model_store import Store
 from worker import jobs, registry
-from worker.batch import fail_jobs
 from worker.engine import load_engine
 from worker.heartbeat import Heartbeat, claim_engines, engine_id
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 from app.core import keys
-from app.core.jobs import MAX_EVENTS
+from app.core.jobs import MAX_EVENTS, JobStatus, expire, transition
 
+WAITING = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 PENDING_ENGINE = "pending"  # no worker has claimed the model yet: the engine is not known
-OPEN = ("queued", "running")
 
 
 def engine_key(digest: str, seed: int, steps: int, eta: float, engine: str) -> str:
@@ -28,13 +29,13 @@ def engine_key(digest: str, seed: int, steps: int, eta: float, engine: str) -> s
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-# Lua helpers shared by the scripts: key names from the one prefix (see app.core.keys).
+# Lua helpers shared by the scripts: the key names come from app.core.keys, the one place that builds them.
 _LUA_KEYS = f"""
-local P = '{keys.PREFIX}'
-local function job_key(id) return P .. 'job:' .. id end
-local function run_key(id) return P .. 'run:' .. id end
-local function jobs_key(id) return P .. 'run:' .. id .. ':jobs' end
-local function open_key(ek) return P .. 'open:' .. ek end
+local function job_key(id) return '{keys.job("")}' .. id end
+local function events_key(id) return '{keys.events("")}' .. id end
+local function run_key(id) return '{keys.run("")}' .. id end
+local function jobs_key(id) return '{keys.run("")}' .. id .. '{keys.run_jobs("").removeprefix(keys.run(""))}' end
+local function open_key(ek) return '{keys.open_run("")}' .. ek end
 local function active(id)
   local s = redis.call('HGET', job_key(id), 'status')
   return s == 'queued' or s == 'running'
@@ -86,7 +87,7 @@ local jk = job_key(ARGV[1])
 local current = redis.call('HGET', jk, 'status')
 if current ~= 'queued' and current ~= 'running' then return {current, 0} end
 redis.call('HSET', jk, 'status', 'canceled', 'finished_at', ARGV[2])
-local ek = P .. 'events:' .. ARGV[1]
+local ek = events_key(ARGV[1])
 redis.call('XADD', ek, 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', '{"status": "canceled"}')
 redis.call('EXPIRE', jk, ARGV[4])
 redis.call('EXPIRE', ek, ARGV[4])
@@ -136,6 +137,21 @@ def mark_running(redis, run_id: str, worker_id: str, rq_job_id: str, members: li
         pipe.sadd(keys.run_jobs(run_id), *members)
     pipe.sadd(keys.RUNNING, run_id)
     pipe.execute()
+
+
+def fail_jobs(redis, job_ids: list[str], error: str, ttl: int) -> None:
+    """Fail the jobs still queued or running, with a clear error; the others keep their outcome."""
+    for job_id in job_ids:
+        fields = {"status": JobStatus.FAILED, "finished_at": repr(time.time()), "error": error}
+        if transition(redis, job_id, (JobStatus.QUEUED, JobStatus.RUNNING), fields) in WAITING:
+            expire(redis, job_id, ttl)
+            redis.hincrby(keys.METRICS, "jobs_failed", 1)
+
+
+def fail_run(redis, run_id: str, error: str, ttl: int) -> None:
+    """Close a run as failed and fail every job still waiting for it."""
+    fail_jobs(redis, close(redis, run_id, "failed") or [run_id], error, ttl)
+    forget(redis, run_id)
 
 
 def job_ids(redis, run_id: str) -> list[str]:
