@@ -5,6 +5,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+# The domain errors of the model code, by module and name: matching them by name keeps `diffusetv api`
+# from importing torch (which `diffusion` needs) just to know what to catch.
+DOMAIN_ERRORS = {
+    ("diffusion.data", "DataError"),
+    ("diffusion.emoji", "FontMissing"),
+    ("diffusion.train", "RunError"),
+    ("diffusion.features", "FeatureError"),
+}
+
 
 class UserError(Exception):
     pass
@@ -15,16 +24,11 @@ def user_errors() -> Iterator[None]:
     """Turn the known domain errors into UserError."""
     from model_store.errors import ModelStoreError
 
-    known: tuple[type[Exception], ...] = (ModelStoreError,)
-    try:
-        from diffusion.data import DataError
-        from diffusion.emoji import FontMissing
-        from diffusion.train import RunError
-
-        known += (DataError, FontMissing, RunError)
-    except ImportError:  # torch-free install: only the store's errors can occur
-        pass
     try:
         yield
-    except known as exc:
+    except ModelStoreError as exc:
         raise UserError(str(exc)) from None
+    except Exception as exc:
+        if (type(exc).__module__, type(exc).__name__) in DOMAIN_ERRORS:
+            raise UserError(str(exc)) from None
+        raise

@@ -52,3 +52,13 @@ def test_app_core_loads_no_fastapi():
     )
     code = code.replace("app.core.png; ", "app.core.png, app.core.redis; ")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_api_command_loads_no_torch():
+    code = (
+        "import sys; from diffusetv.cli import _parser; from diffusetv.errors import user_errors; "
+        "import diffusetv.commands, app.main\n"
+        "with user_errors(): _parser().parse_args(['api'])\n"
+        "assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
