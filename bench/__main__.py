@@ -1,4 +1,4 @@
-"""`python -m bench [engine|diffusers|service|all]`: run benchmarks, print their tables, optionally write JSON."""
+"""`python -m bench [engine|precision|diffusers|service|gpu|all]`: run benchmarks, print their tables, write JSON."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from collections.abc import Sequence
 
 from bench.options import parser, validate
 
-MODULES = {"engine": "bench.engine", "diffusers": "bench.diffusers_cmp", "service": "bench.service"}
+MODULES = {
+    "engine": "bench.engine",
+    "precision": "bench.precision",
+    "diffusers": "bench.diffusers_cmp",
+    "service": "bench.service",
+    "gpu": "bench.gpu",
+}
+ALL = ("engine", "precision", "diffusers", "service")  # `gpu` needs a GPU: run it by name
 SERVICE_ONLY = ("clients", "requests", "store", "model")
 
 
@@ -21,6 +28,8 @@ def settings(module, args: argparse.Namespace, name: str) -> dict:
     given = {"repeats": args.repeats, "steps": args.steps, "threads": args.threads}
     if name == "service":
         given |= {k: getattr(args, k) for k in SERVICE_ONLY}
+    if "device" in module.DEFAULTS:
+        given["device"] = args.device
     kwargs.update({k: v for k, v in given.items() if v is not None})
     return kwargs
 
@@ -28,7 +37,7 @@ def settings(module, args: argparse.Namespace, name: str) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from bench.report import format_machine, machine, write_json
 
-    names = list(MODULES) if args.suite == "all" else [args.suite]
+    names = list(ALL) if args.suite == "all" else [args.suite]
     info = machine()
     if args.threads:
         info["torch_threads"] = args.threads

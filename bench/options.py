@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-SUITES = ("engine", "diffusers", "service", "all")
+SUITES = ("engine", "precision", "diffusers", "service", "gpu", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20; service 50)")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads, here and in the worker (default: all)"
+    )
+    parser.add_argument(
+        "--device", default=None, choices=("cpu", "cuda"), help="precision and gpu: where the engine runs"
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny repeats, steps, batches and loads")

@@ -1,4 +1,4 @@
-"""The network's wrapper: noise-rate conditioning, normalisation, batch padding and image output.
+"""The network's wrapper: noise-rate conditioning, normalisation, call shapes and image output.
 
 As in k-diffusion's `Denoiser`, the U-Net does not know its parameterisation: this wrapper feeds it
 the noise variance (noise_rate**2), denormalises its predictions and turns them into pixels.
@@ -13,10 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffusion.kernels import CallShapes, Probe, probe
+
+ONE_ROW = CallShapes((1,))
+
 
 @contextlib.contextmanager
 def native_cpu_kernels() -> Iterator[None]:
-    """Run CPU ops on PyTorch's native kernels instead of oneDNN's, whose results vary with the thread count."""
+    """Run CPU ops on PyTorch's native kernels instead of oneDNN's."""
     previous = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
@@ -25,21 +29,13 @@ def native_cpu_kernels() -> Iterator[None]:
         torch.backends.mkldnn.enabled = previous
 
 
-def chunk_sizes(n: int, chunk: int) -> list[int]:
-    """The network sees only calls of exactly `chunk` rows: ceil(n / chunk) of them, the last one padded."""
-    return [chunk] * -(-n // chunk)
-
-
 class Denoiser:
-    """eps(x, noise_rate) for DDIM, invariant to the batch and to the thread count by construction.
+    """eps(x, noise_rate) for DDIM, a function of each row alone: the same bits in any batch.
 
-    A sample's output must not depend on how many others share its batch, nor on how many threads
-    the worker runs. Measured on the development CPU (PyTorch 2.13): oneDNN's convolutions change
-    with both (about 2e-7 apart between 1 and 2 threads, and between batch sizes), and PyTorch's
-    native CPU convolutions change with the batch size but not with the thread count. So on the CPU
-    the network runs on native kernels (`native_cpu=True`), and every call has exactly `chunk` rows
-    (short calls are padded with zero images at the same noise level and the padding is dropped).
-    With the same call shape and the same kernels, a row's output is a function of that row alone.
+    Every network call has one of `shapes.sizes` rows (a short call is padded with zero images at
+    the same noise level, and the padding is dropped). Which sizes keep a row's bits is a property of
+    the kernels, found by `calibrate` (diffusion.kernels); until then the only size is the one given.
+    `native_cpu` runs PyTorch's own CPU kernels instead of oneDNN's (slower; for comparisons).
     """
 
     def __init__(
@@ -47,38 +43,53 @@ class Denoiser:
         net: nn.Module,
         mean: Sequence[float],
         std: Sequence[float],
-        chunk: int = 1,
-        native_cpu: bool = True,
+        shapes: CallShapes = ONE_ROW,
+        native_cpu: bool = False,
+        channels_last: bool = False,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
-        self.net = net.eval()
         self.device = next(net.parameters()).device
+        self.channels_last = channels_last
+        self.net = (net.to(memory_format=torch.channels_last) if channels_last else net).eval()
         self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        self.chunk = chunk
+        self.shapes = shapes
         self.native_cpu = native_cpu and self.device.type == "cpu"
         self.autocast_dtype = autocast_dtype
 
     def _context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
         if self.native_cpu:
             stack.enter_context(native_cpu_kernels())
         if self.autocast_dtype is not None:
             stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
         return stack
 
+    def network(self, x: torch.Tensor, noise_rate: torch.Tensor) -> torch.Tensor:
+        """One network call on exactly these rows: predicted noise, float32, contiguous."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._context():
+            out = self.net(x, noise_rate**2)  # the network is conditioned on the noise variance
+        return out.float().contiguous()
+
+    def calibrate(self, shape: Sequence[int], reference: int) -> Probe:
+        """Probe the kernels (diffusion.kernels.probe) and call with the sizes that keep a row's bits from now on."""
+        found = probe(self.network, shape, reference, self.device)
+        self.shapes = found.shapes
+        return found
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, noise_rate: torch.Tensor) -> torch.Tensor:
         outputs, start = [], 0
-        for size in chunk_sizes(x.shape[0], self.chunk):
+        for size in self.shapes.plan(x.shape[0]):
             xs, rs = x[start : start + size], noise_rate[start : start + size]
             real = xs.shape[0]
             if real < size:  # pad with zero images at the same noise level
                 xs = torch.cat([xs, xs.new_zeros((size - real, *xs.shape[1:]))])
                 rs = torch.cat([rs, rs[:1].expand(size - real, -1, -1, -1)])
-            with self._context():
-                out = self.net(xs, rs**2)  # the network is conditioned on the noise variance
-            outputs.append(out[:real].float())
+            outputs.append(self.network(xs, rs)[:real])
             start += real
         return torch.cat(outputs)
 

@@ -67,7 +67,7 @@ def active_jobs(redis, batch: list[Run]) -> list[list[str]]:
 
 
 def engine_json(engine: Engine) -> str:
-    return json.dumps({"device": engine.device, "precision": engine.precision})
+    return json.dumps({"device": engine.device, "precision": engine.precision, "kernels": engine.kernels})
 
 
 def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
@@ -162,8 +162,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
     if any(s.steps != steps for s in specs):
         raise ValueError("a batch shares one step count")
     started = time.monotonic()
-    engine_id = f"{engine.device}/{engine.precision}"
-    batch = [Run(s, runs.engine_key(s.digest, s.seed, s.steps, s.eta, engine_id)) for s in specs]
+    batch = [Run(s, runs.engine_key(s.digest, s.seed, s.steps, s.eta, engine.id)) for s in specs]
     outcome = {s.job_id: "canceled" for s in specs}
     batch = start(redis, batch, engine)
     if not batch:

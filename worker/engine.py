@@ -1,6 +1,8 @@
 """An engine: one loaded model on one device type at one precision, ready to run DDIM.
 
-The engine key (model digest, seed, steps, eta, device type, precision) fixes the PNG bytes.
+The engine key (model digest, seed, steps, eta, device type, precision) fixes the PNG bytes. At load
+the engine probes its kernels (diffusion.kernels): which call sizes keep a row's bits, and a
+fingerprint of their arithmetic, which becomes part of the engine's id (`cpu/fp32/<kernels>`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import torch
 
 from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
+from diffusion.kernels import Probe
 from diffusion.schedule import get_schedule
 from model_store import Manifest, ModelStoreError, Store
 from model_store.weights import UNET_KIND, load_model, require_kind
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-CUDA_CHUNK = 16  # rows in every network call on CUDA (cuDNN kernels vary with the batch size)
-CPU_CHUNK = 1  # rows in every network call on the CPU (see diffusion.denoiser.Denoiser)
+# The reference call: the most rows one network call has; the probe keeps the smaller sizes that agree with it.
+REFERENCE_ROWS = {"cpu": 16, "cuda": 128}
+FINGERPRINT_CHARS = 16
 
 
 def resolve_device(device: str) -> str:
@@ -40,17 +44,32 @@ def check_precision(device: str, precision: str) -> None:
         raise ModelStoreError("this GPU does not support bf16")
 
 
+def image_shape(manifest: Manifest) -> tuple[int, int, int]:
+    cfg = manifest.config
+    return (int(cfg.get("channels", 3)), int(cfg["image_size"]), int(cfg["image_size"]))
+
+
 @dataclass
 class Engine:
     manifest: Manifest
     denoiser: Denoiser
     device: str
     precision: str
+    probe: Probe
+
+    @property
+    def kernels(self) -> str:
+        """Names the arithmetic: workers with the same kernels value give the same bytes."""
+        return self.probe.fingerprint[:FINGERPRINT_CHARS]
+
+    @property
+    def id(self) -> str:
+        """`device/precision/kernels`: what a model's workers must share (worker.heartbeat, app.core.runs)."""
+        return f"{self.device}/{self.precision}/{self.kernels}"
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        cfg = self.manifest.config
-        return (int(cfg.get("channels", 3)), int(cfg["image_size"]), int(cfg["image_size"]))
+        return image_shape(self.manifest)
 
     def run(self, seeds: Sequence[int], steps: int, etas: Sequence[float], x_T: torch.Tensor | None = None) -> DDIMRun:
         """DDIM for a batch; iterate it for each step (x0 predictions in model space)."""
@@ -71,7 +90,7 @@ class Engine:
         return self.denoiser.to_pixels(x0)
 
     def parameters(self, seed: int, steps: int, eta: float) -> dict:
-        """The PNG `parameters` chunk: the engine key, plus the model's name and version."""
+        """The PNG `parameters` chunk: the engine key, plus the model's name and version and the kernels."""
         m = self.manifest
         return {
             "seed": seed,
@@ -82,6 +101,7 @@ class Engine:
             "digest": m.digest,
             "device": self.device,
             "precision": self.precision,
+            "kernels": self.kernels,
         }
 
 
@@ -95,6 +115,6 @@ def load_engine(ref: str, store: Store | None = None, device: str = "auto", prec
     if device == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels on every call
         torch.backends.cudnn.deterministic = True
-    chunk = CUDA_CHUNK if device == "cuda" else CPU_CHUNK
-    denoiser = Denoiser(net, manifest.mean, manifest.std, chunk=chunk, autocast_dtype=PRECISIONS[precision])
-    return Engine(manifest, denoiser, device, precision)
+    denoiser = Denoiser(net, manifest.mean, manifest.std, channels_last=True, autocast_dtype=PRECISIONS[precision])
+    found = denoiser.calibrate(image_shape(manifest), REFERENCE_ROWS[device])
+    return Engine(manifest, denoiser, device, precision, found)

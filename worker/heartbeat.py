@@ -32,32 +32,29 @@ class EngineConflict(RuntimeError):
     pass
 
 
-def engine_id(device: str, precision: str) -> str:
-    return f"{device}/{precision}"
-
-
-def claim_engines(redis, model_refs: list[str], engine: str, ttl: int) -> None:
-    """Refuse to serve a model whose queue another engine (device/precision) serves."""
-    for ref in model_refs:
+def claim_engines(redis, engines: dict[str, str], ttl: int) -> None:
+    """Refuse to serve a model whose queue another engine (device/precision/kernels) serves."""
+    for ref, engine in engines.items():
         redis.set(keys.engine(ref), engine, nx=True, ex=ttl)
         current = redis.get(keys.engine(ref))
         if current is not None and current.decode() != engine:
             raise EngineConflict(
                 f"model {ref} is already served by {current.decode()} workers on this Redis; this worker is "
-                f"{engine}. All workers of one model share one device type and precision (see docs/DETERMINISM.md)"
+                f"{engine}. All workers of one model share one device type, precision and kernels, whose "
+                "fingerprint changes with the CPU or GPU, the torch build and, on one thread, the thread count "
+                "(see docs/DETERMINISM.md)"
             )
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, redis, worker_id: str, model_refs: list[str], engine: str, period_s: int) -> None:
+    def __init__(self, redis, worker_id: str, engines: dict[str, str], period_s: int) -> None:
         super().__init__(name="heartbeat", daemon=True)
-        self.redis, self.worker_id, self.model_refs = redis, worker_id, model_refs
-        self.engine, self.period_s = engine, period_s
+        self.redis, self.worker_id, self.engines, self.period_s = redis, worker_id, engines, period_s
         self.stopped = threading.Event()
         self.info = {
             "id": worker_id,
-            "models": model_refs,
-            "engine": engine,
+            "models": list(engines),
+            "engines": engines,
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started_at": time.time(),
@@ -67,8 +64,8 @@ class Heartbeat(threading.Thread):
         ttl = 2 * self.period_s
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(keys.worker(self.worker_id), json.dumps({**self.info, "at": time.time()}), ex=ttl)
-        for ref in self.model_refs:
-            pipe.eval(_RENEW_ENGINE, 1, keys.engine(ref), self.engine, ttl)
+        for ref, engine in self.engines.items():
+            pipe.eval(_RENEW_ENGINE, 1, keys.engine(ref), engine, ttl)
         pipe.execute()
 
     def run(self) -> None:

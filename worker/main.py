@@ -23,7 +23,7 @@ from app.core.settings import Settings, get_settings
 from model_store import Store
 from worker import jobs, registry
 from worker.engine import load_engine
-from worker.heartbeat import Heartbeat, claim_engines, engine_id
+from worker.heartbeat import Heartbeat, claim_engines
 
 log = logging.getLogger("diffusetv.worker")
 
@@ -57,12 +57,12 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
         registry.ENGINES[exact] = engine
         loaded.append(exact)
         log.info(
-            "loaded %s (%s) on %s/%s in %.2f s",
+            "loaded %s (%s) as %s in %.2f s; network calls of %s rows",
             exact,
             engine.manifest.digest[:12],
-            engine.device,
-            engine.precision,
+            engine.id,
             time.perf_counter() - started,
+            ", ".join(map(str, engine.probe.shapes.sizes)),
         )
     return loaded
 
@@ -87,12 +87,12 @@ def refusal(job) -> str | None:
     return None
 
 
-def start_heartbeat(conn, refs: list[str], engine: str, settings: Settings) -> Heartbeat:
+def start_heartbeat(conn, engines: dict[str, str], settings: Settings) -> Heartbeat:
     """A new worker id and its heartbeat. A new id after a lost connection lets the reaper re-queue whatever
     the old id held, since that batch's outcome could not be written."""
     worker_id = uuid.uuid4().hex[:12]
     registry.WORKER_ID = worker_id
-    heartbeat = Heartbeat(conn, worker_id, refs, engine, settings.heartbeat_s)
+    heartbeat = Heartbeat(conn, worker_id, engines, settings.heartbeat_s)
     heartbeat.beat()
     heartbeat.start()
     return heartbeat
@@ -104,12 +104,11 @@ def run(settings: Settings | None = None, models: list[str] | None = None, burst
     if not settings.redis_url:
         raise SystemExit("diffusetv worker: set DIFFUSETV_REDIS_URL (or run `diffusetv up` for a local stack)")
     refs = load(settings, models or [settings.model])
-    first = next(iter(registry.ENGINES.values()))
-    engine = engine_id(first.device, first.precision)
+    engines = {ref: registry.ENGINES[ref].id for ref in refs}
     conn = connect_sync(settings.redis_url, socket_timeout=None)
     wait_for_redis(conn, log)
-    claim_engines(conn, refs, engine, settings.heartbeat_ttl)
-    heartbeat = start_heartbeat(conn, refs, engine, settings)
+    claim_engines(conn, engines, settings.heartbeat_ttl)
+    heartbeat = start_heartbeat(conn, engines, settings)
     queues = [Queue(keys.queue_name(ref), connection=conn, serializer=JSONSerializer) for ref in refs]
     log.info("worker %s serving %s", registry.WORKER_ID, ", ".join(refs))
     try:
@@ -124,7 +123,7 @@ def run(settings: Settings | None = None, models: list[str] | None = None, burst
                 log.warning("lost Redis (%s); reconnecting as a new worker", exc)
                 heartbeat.stop()
                 wait_for_redis(conn, log)
-                claim_engines(conn, refs, engine, settings.heartbeat_ttl)
-                heartbeat = start_heartbeat(conn, refs, engine, settings)
+                claim_engines(conn, engines, settings.heartbeat_ttl)
+                heartbeat = start_heartbeat(conn, engines, settings)
     finally:
         heartbeat.stop()

@@ -23,9 +23,10 @@ PENDING_ENGINE = "pending"  # no worker has claimed the model yet: the engine is
 
 
 def engine_key(digest: str, seed: int, steps: int, eta: float, engine: str) -> str:
-    """sha256 of the canonical engine key; `engine` is `device/precision`."""
-    device, _, precision = engine.partition("/")
+    """sha256 of the canonical engine key; `engine` is `device/precision/kernels` (worker.engine.Engine.id)."""
+    device, precision, kernels = [*engine.split("/", 2), "", ""][:3]
     key = {"digest": digest, "seed": seed, "steps": steps, "eta": eta, "device": device, "precision": precision}
+    key["kernels"] = kernels  # workers whose kernels differ give other bytes: their results never mix
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

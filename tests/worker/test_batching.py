@@ -27,7 +27,7 @@ def service(tiny_store, redis_server, monkeypatch):
     conn = redis_lib.Redis.from_url(redis_server.url)
     engine = load_engine("tiny", tiny_store, device="cpu")
     registry.ENGINES["tiny@1"] = engine
-    conn.set(keys.engine("tiny@1"), "cpu/fp32")
+    conn.set(keys.engine("tiny@1"), engine.id)
 
     def work():
         queue = Queue(keys.queue_name("tiny@1"), connection=conn, serializer=JSONSerializer)

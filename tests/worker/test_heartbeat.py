@@ -11,19 +11,21 @@ from worker.heartbeat import EngineConflict, Heartbeat, claim_engines
 
 def test_a_second_engine_is_refused(redis_server):
     conn = redis_lib.Redis.from_url(redis_server.url)
-    claim_engines(conn, ["m@1"], "cpu/fp32", ttl=10)
-    claim_engines(conn, ["m@1"], "cpu/fp32", ttl=10)  # the same engine: welcome
-    with pytest.raises(EngineConflict, match="already served by cpu/fp32"):
-        claim_engines(conn, ["m@1"], "cuda/bf16", ttl=10)
-    claim_engines(conn, ["other@1"], "cuda/bf16", ttl=10)  # another model may use another engine
+    claim_engines(conn, {"m@1": "cpu/fp32/aaaa"}, ttl=10)
+    claim_engines(conn, {"m@1": "cpu/fp32/aaaa"}, ttl=10)  # the same engine: welcome
+    with pytest.raises(EngineConflict, match="already served by cpu/fp32/aaaa"):
+        claim_engines(conn, {"m@1": "cuda/bf16/bbbb"}, ttl=10)
+    with pytest.raises(EngineConflict, match="this worker is cpu/fp32/cccc"):  # same device, other kernels
+        claim_engines(conn, {"m@1": "cpu/fp32/cccc"}, ttl=10)
+    claim_engines(conn, {"other@1": "cuda/bf16/bbbb"}, ttl=10)  # another model may use another engine
 
 
 def test_heartbeat_lists_models_and_expires(redis_server):
     conn = redis_lib.Redis.from_url(redis_server.url)
-    beat = Heartbeat(conn, "w1", ["m@1"], "cpu/fp32", period_s=1)
+    beat = Heartbeat(conn, "w1", {"m@1": "cpu/fp32/aaaa"}, period_s=1)
     beat.beat()
     info = json.loads(conn.get(keys.worker("w1")))
-    assert info["models"] == ["m@1"] and info["engine"] == "cpu/fp32"
+    assert info["models"] == ["m@1"] and info["engines"] == {"m@1": "cpu/fp32/aaaa"}
     assert 0 < conn.ttl(keys.worker("w1")) <= 2 and 0 < conn.ttl(keys.engine("m@1")) <= 2
     beat.stop()
     assert conn.get(keys.worker("w1")) is None
