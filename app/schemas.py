@@ -62,6 +62,9 @@ class ModelInfo(BaseModel):
 class Engine(BaseModel):
     device: str = Field(description="cpu or cuda")
     precision: str = Field(description="fp32 or bf16")
+    kernels: str = Field(
+        "", description="fingerprint of the worker's kernel arithmetic: equal kernels, equal bytes (DETERMINISM.md)"
+    )
 
 
 class Progress(BaseModel):

@@ -3,9 +3,10 @@
     python -m bench.engine [--repeats N] [--steps N] [--threads N] [--json FILE] [--quick]
 
 The engine is `worker.engine.Engine` (via `load_engine`) serving the default U-Net with random
-weights: on the CPU it calls the network one row at a time on native kernels (the determinism
-settings, docs/DETERMINISM.md). The raw line is the bare U-Net forward (oneDNN, the whole batch in
-one call, no padding) at the same batch sizes, so the cost of those settings shows. Efficiency is
+weights: oneDNN, channels-last, network calls padded to the sizes its kernel probe kept
+(diffusion.kernels; the determinism settings, docs/DETERMINISM.md), plus the DDIM arithmetic. The
+raw line is the bare U-Net forward (oneDNN, default memory format, the whole batch in one call, no
+padding) at the same batch sizes, so the cost of those settings shows. Efficiency is
 FLOPs/image-step x image-steps/s / fp32 matmul FLOP/s, all measured in the same run.
 """
 
@@ -27,7 +28,7 @@ PRECISIONS = ("fp32", "bf16")
 DEFAULTS = {"repeats": 3, "steps": 20}
 QUICK = {"repeats": 2, "steps": 2, "batches": (1, 4), "matmul_runs": 3}
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
-RUN_BUDGET_S = 20.0  # a timed run longer than this at the asked steps runs fewer steps (bf16 on native kernels)
+RUN_BUDGET_S = 20.0  # a timed run longer than this at the asked steps runs fewer steps
 
 
 def capped_steps(warmup_s: float, warmup_steps: int, steps: int, budget_s: float) -> int:
@@ -83,8 +84,10 @@ def run(
         mm = matmul_gflops(n_threads, **({"runs": matmul_runs} if matmul_runs else {}))
         rows = []
         flops = None
+        calls = {}
         for precision in precisions:
             engine = bench_engine(precision, config)
+            calls[precision] = {"sizes": list(engine.probe.shapes.sizes), "rejected": list(engine.probe.rejected)}
             net = engine.denoiser.net
             flops = flops or unet_flops(net)
             if not torch.backends.mkldnn.enabled:
@@ -119,6 +122,7 @@ def run(
         "matmul_gflops": mm,
         "baseline": f"engine {baseline['precision']} batch {baseline['batch']}",
         "rows": rows,
+        "calls": calls,
         "summary": summary(rows),
     }
 
@@ -159,9 +163,14 @@ def format_result(res: dict) -> str:
         f"fp32 matmul {fmt(res['matmul_gflops'])} GFLOP/s at {res['threads']} threads (same run)",
         f"up to {res['steps']} steps (network calls) per timed run, fewer where a run would pass "
         f"{RUN_BUDGET_S:.0f} s; median of {res['repeats']}; base = {res['baseline']}",
-        "engine: worker.engine.Engine, native CPU kernels, one row per network call (the determinism settings)",
+        "engine: worker.engine.Engine: oneDNN, channels-last, calls padded to probed sizes (the determinism settings)",
         "raw: the bare U-Net forward, oneDNN, the whole batch in one call; bf16 is measured against the fp32 matmul",
     ]
+    for precision, c in res.get("calls", {}).items():
+        notes.append(
+            f"engine {precision} network calls: {', '.join(map(str, c['sizes']))} rows "
+            f"(probe rejected: {', '.join(map(str, c['rejected'])) or 'none'})"
+        )
     for key, s in res["summary"].items():
         notes.append(
             f"{key}: {100 * s['efficiency']:.1f}% at batch {s['batch']}, "

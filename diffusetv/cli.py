@@ -92,11 +92,13 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run="diffusetv.commands:evaluate")
 
     # The same options as `python -m bench` (bench/options.py; a test keeps the two in step).
-    p = sub.add_parser("bench", help="benchmarks: engine efficiency, against diffusers, through the API")
-    p.add_argument("suite", nargs="?", choices=["engine", "diffusers", "service", "all"], default="all")
+    p = sub.add_parser("bench", help="benchmarks: engine, bf16, against diffusers, through the API, on a GPU")
+    suites = ["engine", "precision", "diffusers", "service", "gpu", "all"]
+    p.add_argument("suite", nargs="?", choices=suites, default="all")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats; medians are reported (default 3)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20; service 50)")
     p.add_argument("--threads", type=int, default=None, help="torch threads, here and in the worker (default: all)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="precision and gpu: where the engine runs")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny repeats, steps, batches and loads")
     p.add_argument("--store", default=None, help="service: model store (default: a temporary one, random weights)")

@@ -17,7 +17,7 @@ from app.queueing import cancel, queue_position, reconcile, resolve_model, submi
 from app.views import job_view
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 503))
-POLL_S = 0.05
+WAKE_S = 1.0
 MAX_WAIT_S = 30.0
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds until the job ends")]
 
@@ -33,10 +33,17 @@ def load_record(redis, job_id: str, owner: str) -> dict[str, str]:
 
 
 def wait_for_end(redis, job_id: str, owner: str, wait: float, ttl: int) -> dict[str, str]:
+    """The job's record, once it is final or `wait` seconds have passed. Wakes on the job's events (every status
+    change is one, app.core.jobs), so a finished job answers at once; at least every WAKE_S it looks anyway."""
     deadline = time.monotonic() + wait
+    stream = keys.events(job_id)
+    newest = redis.xrevrange(stream, count=1) if wait > 0 else []
+    last = newest[0][0] if newest else "0-0"  # events before the record was read are reflected in it
     record = reconcile(redis, load_record(redis, job_id, owner), ttl)
-    while record["status"] not in FINAL and time.monotonic() < deadline:
-        time.sleep(POLL_S)
+    while record["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
+        got = redis.xread({stream: last}, count=100, block=max(1, int(1000 * min(left, WAKE_S))))
+        if got:
+            last = got[0][1][-1][0]
         record = reconcile(redis, load_record(redis, job_id, owner), ttl)
     return record
 

@@ -42,7 +42,8 @@ def test_lifecycle_png_and_cli_identity(stack, tiny_store, tmp_path):
         assert statuses[0] in ("queued", "running")
         assert len(set(seen)) >= 3 and seen == sorted(seen), seen  # progress moved forward
         assert job["progress"] == {"step": 1000, "steps": 1000} and job["batch_size"] == 1
-        assert job["engine"] == {"device": "cpu", "precision": "fp32"}
+        kernels = job["engine"]["kernels"]
+        assert job["engine"] == {"device": "cpu", "precision": "fp32", "kernels": kernels} and len(kernels) == 16
         png = c.get(job["image_url"])
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert png.headers["etag"] == f'"{hashlib.sha256(png.content).hexdigest()}"'
@@ -58,6 +59,7 @@ def test_lifecycle_png_and_cli_identity(stack, tiny_store, tmp_path):
             "digest": digest,
             "device": "cpu",
             "precision": "fp32",
+            "kernels": kernels,
         }
         assert decode_png(png.content).shape == (16, 16, 3)
     out = tmp_path / "cli.png"

@@ -112,3 +112,24 @@ def test_diffusetv_bench_takes_the_same_options_as_python_m_bench():
 
     sub = next(a for a in _parser()._actions if a.dest == "command").choices["bench"]
     assert options(sub) == options(bench_parser())
+
+
+def test_precision_bench_compares_the_same_seeds():
+    from bench import precision
+
+    res = precision.run(steps=2, seeds=3, batch=2)
+    assert res["seeds"] == 3 and res["engines"]["fp32"].startswith("cpu/fp32/")
+    assert precision.psnr(*[__import__("numpy").zeros((2, 2, 3), "uint8")] * 2) == float("inf")
+    assert 10 < res["psnr_min"] <= res["psnr_median"] < 80  # bf16 is close to fp32, not equal
+    assert "bf16 against fp32" in precision.format_result(res)
+
+
+def test_gpu_bench_checks_determinism_and_sweeps_batches_on_any_device():
+    from bench import gpu
+
+    res = gpu.run(repeats=1, steps=2, size=16, batches=(1, 3), device="cpu", precisions=("fp32",))
+    (det,) = res["determinism"]
+    assert det["identical"] and det["pixels_identical"] and det["max_abs_diff"] == 0.0
+    (thr,) = res["throughput"]
+    assert [r["batch"] for r in thr["rows"]] == [1, 3] and thr["best_images_per_s"] > 0
+    assert "Images/s on cpu" in gpu.format_result(res)
