@@ -5,25 +5,28 @@
 Theirs: `DDIMPipeline` with a `UNet2DModel` (sample_size 32, block_out_channels (32, 64, 96, 128),
 layers_per_block 2, DownBlock2D/UpBlock2D only, no attention) and a `DDIMScheduler`, random weights,
 `output_type="np"`, a seeded generator, under `torch.inference_mode()`. Ours: the worker's engine
-at fp32 (bench.engine). The two networks differ in FLOPs per image-step, so the comparison is in
-achieved GFLOP/s (FLOPs/image-step x image-steps/s), at batch 1 and 16. Needs `diffusers`
-(`pip install 'diffusetv[bench]'`).
+(bench.engine), and our bare network forward without the sampler or the determinism settings (the
+ceiling of what our network does on these kernels). The two networks differ in FLOPs per image-step,
+so the comparison is in achieved GFLOP/s (FLOPs/image-step x image-steps/s), at batch 1 and 16, in
+fp32 and in bf16 (theirs under `torch.autocast`). Needs `diffusers` (`pip install 'diffusetv[bench]'`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Sequence
 
 import torch
 
-from bench.engine import engine_rate
+from bench.engine import AUTOCAST, engine_rate, raw_rate
 from bench.flops import module_flops, torch_threads, unet_flops
 from bench.models import bench_engine
 from bench.report import fmt, median, table, timings
 
 BATCHES = (1, 16)
+PRECISIONS = ("fp32", "bf16")
 DEFAULTS = {"repeats": 3, "steps": 20}
 QUICK = {"repeats": 2, "steps": 2}
 WIDTHS = (32, 64, 96, 128)
@@ -35,9 +38,8 @@ DIFFERENCES = [
     "  norm: diffusers GroupNorm(32)+SiLU before both convs of a resnet; ours BatchNorm (no affine) before the first",
     "  resampling: diffusers stride-2 conv down, nearest + 3x3 conv up; ours 2x2 average pool, bilinear (no conv)",
     "  depth: diffusers up blocks hold layers_per_block+1 = 3 resnets (ours 2); its conv_in is 3x3 (ours 1x1)",
-    "  sampler: diffusers DDIM on 1000 discrete linear-beta steps, one generator for the batch, oneDNN kernels,",
-    "    the whole batch per call; ours offset-cosine continuous time, a generator per seed, native kernels, one row",
-    "    per call (the determinism settings)",
+    "  sampler: diffusers DDIM on 1000 discrete linear-beta steps, one generator for the batch, the whole batch",
+    "    per call; ours offset-cosine continuous time, a generator per seed, calls padded to probed sizes",
 ]
 
 
@@ -80,11 +82,13 @@ def their_flops(unet) -> int:
     return module_flops(unet, (torch.randn(1, unet.config.in_channels, size, size), torch.tensor(500)))
 
 
-def pipeline_rate(pipe, batch: int, steps: int, repeats: int) -> float:
+def pipeline_rate(pipe, batch: int, steps: int, repeats: int, precision: str = "fp32") -> float:
     """Median image-steps/s of the pipeline for `batch` images, after one short warm-up run."""
+    dtype = AUTOCAST[precision]
 
     def call(n: int) -> None:
-        with torch.inference_mode():
+        autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
             generator = torch.Generator("cpu").manual_seed(0)
             pipe(batch_size=batch, generator=generator, num_inference_steps=n, output_type="np")
 
@@ -97,30 +101,36 @@ def run(
     steps: int = DEFAULTS["steps"],
     threads: int | None = None,
     batches: Sequence[int] = BATCHES,
+    precisions: Sequence[str] = PRECISIONS,
 ) -> dict:
     diffusers = require_diffusers()
     with torch_threads(threads) as n_threads:
-        engine = bench_engine("fp32")
-        ours_flops = unet_flops(engine.denoiser.net)
         unet = their_unet()
         theirs_flops = their_flops(unet)
         pipe = their_pipeline(unet)
         rows = []
-        for batch in batches:
-            ours, _ = engine_rate(engine, batch, steps, repeats, budget_s=math.inf)  # the same steps as theirs
-            theirs = pipeline_rate(pipe, batch, steps, repeats)
-            ours_g, theirs_g = ours_flops * ours / 1e9, theirs_flops * theirs / 1e9
-            rows.append(
-                {
-                    "batch": batch,
-                    "ours_image_steps_per_s": ours,
-                    "theirs_image_steps_per_s": theirs,
-                    "ours_gflops": ours_g,
-                    "theirs_gflops": theirs_g,
-                    "ratio_gflops": ours_g / theirs_g,
-                    "ratio_image_steps": ours / theirs,
-                }
-            )
+        for precision in precisions:
+            engine = bench_engine(precision)
+            ours_flops = unet_flops(engine.denoiser.net)
+            for batch in batches:
+                ours, _ = engine_rate(engine, batch, steps, repeats, budget_s=math.inf)  # the same steps as theirs
+                raw, _ = raw_rate(engine.denoiser.net, batch, steps, repeats, precision, budget_s=math.inf)
+                theirs = pipeline_rate(pipe, batch, steps, repeats, precision)
+                ours_g, theirs_g = ours_flops * ours / 1e9, theirs_flops * theirs / 1e9
+                rows.append(
+                    {
+                        "precision": precision,
+                        "batch": batch,
+                        "ours_image_steps_per_s": ours,
+                        "theirs_image_steps_per_s": theirs,
+                        "ours_gflops": ours_g,
+                        "raw_gflops": ours_flops * raw / 1e9,
+                        "theirs_gflops": theirs_g,
+                        "ratio_gflops": ours_g / theirs_g,
+                        "ratio_raw_gflops": ours_flops * raw / 1e9 / theirs_g,
+                        "ratio_image_steps": ours / theirs,
+                    }
+                )
     return {
         "threads": n_threads,
         "steps": steps,
@@ -135,24 +145,38 @@ def run(
 
 
 def format_result(res: dict) -> str:
-    headers = ["batch", "ours img-steps/s", "ours GFLOP/s", "theirs img-steps/s", "theirs GFLOP/s", "ours/theirs"]
+    headers = [
+        "precision",
+        "batch",
+        "ours img-steps/s",
+        "ours GFLOP/s",
+        "theirs img-steps/s",
+        "theirs GFLOP/s",
+        "ours/theirs",
+        "raw/theirs",
+    ]
     rows = [
         [
+            r.get("precision", "fp32"),
             r["batch"],
             fmt(r["ours_image_steps_per_s"]),
             fmt(r["ours_gflops"]),
             fmt(r["theirs_image_steps_per_s"]),
             fmt(r["theirs_gflops"]),
             f"{r['ratio_gflops']:.2f}x",
+            f"{r['ratio_raw_gflops']:.2f}x",
         ]
         for r in res["rows"]
     ]
     notes = [
-        f"ours: worker engine fp32, {res['ours_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, "
+        f"ours: worker engine, {res['ours_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, "
         f"{res['ours_parameters']:,} parameters",
+        "raw: our bare network forward, the whole batch in one call, no sampler, no padding (not deterministic "
+        "at batch 1): the ceiling of our network on these kernels",
         f"theirs: diffusers {res['diffusers']} DDIMPipeline + UNet2DModel, "
         f"{res['theirs_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, {res['theirs_parameters']:,} parameters",
-        f"ours/theirs is in GFLOP/s; {res['steps']} steps, eta 0, median of {res['repeats']}, {res['threads']} threads",
+        f"ours/theirs is in GFLOP/s; {res['steps']} steps, eta 0, median of {res['repeats']}, "
+        f"{res['threads']} threads; bf16: torch.autocast on both sides",
         *DIFFERENCES,
     ]
     return table("Against diffusers (DDIM, same steps and batch)", headers, rows, notes)

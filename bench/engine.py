@@ -5,8 +5,8 @@
 The engine is `worker.engine.Engine` (via `load_engine`) serving the default U-Net with random
 weights: oneDNN, channels-last, network calls padded to the sizes its kernel probe kept
 (diffusion.kernels; the determinism settings, docs/DETERMINISM.md), plus the DDIM arithmetic. The
-raw line is the bare U-Net forward (oneDNN, default memory format, the whole batch in one call, no
-padding) at the same batch sizes, so the cost of those settings shows. Efficiency is
+raw line is the bare U-Net forward (oneDNN, channels-last, the whole batch in one call, no padding,
+no DDIM) at the same batch sizes, so the cost of those settings shows. Efficiency is
 FLOPs/image-step x image-steps/s / fp32 matmul FLOP/s, all measured in the same run.
 """
 
@@ -51,10 +51,11 @@ def engine_rate(engine, batch: int, steps: int, repeats: int, budget_s: float = 
 def raw_rate(
     net: torch.nn.Module, batch: int, steps: int, repeats: int, precision: str, budget_s: float = RUN_BUDGET_S
 ) -> tuple[float, int]:
-    """Median image-steps/s of `steps` bare forwards at `batch` rows (oneDNN, torch's default, no padding)."""
+    """Median image-steps/s of `steps` bare forwards at `batch` rows (oneDNN, channels-last, no padding)."""
     cfg = net.config
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.channels, cfg.image_size, cfg.image_size, generator=gen)
+    x = x.contiguous(memory_format=torch.channels_last)  # as the engine calls it
     variance = torch.full((batch, 1, 1, 1), 0.5)
     dtype = AUTOCAST[precision]
     autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
@@ -164,7 +165,8 @@ def format_result(res: dict) -> str:
         f"up to {res['steps']} steps (network calls) per timed run, fewer where a run would pass "
         f"{RUN_BUDGET_S:.0f} s; median of {res['repeats']}; base = {res['baseline']}",
         "engine: worker.engine.Engine: oneDNN, channels-last, calls padded to probed sizes (the determinism settings)",
-        "raw: the bare U-Net forward, oneDNN, the whole batch in one call; bf16 is measured against the fp32 matmul",
+        "raw: the bare U-Net forward, oneDNN channels-last, the whole batch in one call (1 row: not a kept size); "
+        "bf16 is measured against the fp32 matmul",
     ]
     for precision, c in res.get("calls", {}).items():
         notes.append(

@@ -1,58 +1,67 @@
-"""Which CPU kernels keep a row's output independent of the thread count and of its batch?
+"""Which network call sizes give a row the same bits, at each thread count and on each kernel family?
 
-    python -m bench.invariance
+    python -m bench.invariance [--reference 16] [--threads 1,2,3,4]
 
-Runs the default U-Net (random weights, non-zero head) on 16 random inputs with oneDNN and with
-PyTorch's native kernels, at 1 and 2 threads and batch sizes 1, 2, 3, 8 and 16, and prints whether
-row 0 is bit-identical across them, with the largest difference. docs/DETERMINISM.md quotes it.
+Runs the kernel probe (diffusion.kernels.probe, as a worker does at start) on the default U-Net
+(random weights, non-zero head) at 32x32, for oneDNN with channels-last (the engine's setting),
+oneDNN with the default memory format, and PyTorch's native kernels, at each thread count. Prints
+the sizes kept, the reference size and the fingerprint of the arithmetic. docs/DETERMINISM.md quotes it.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
+
 import torch
 
-from diffusion.denoiser import native_cpu_kernels
-from diffusion.unet import UNet, UNetConfig
+from bench.models import random_unet
+from diffusion.denoiser import Denoiser
+from diffusion.kernels import probe
+from diffusion.unet import UNetConfig
 
-BATCHES = (1, 2, 3, 8, 16)
+FAMILIES = {
+    "oneDNN channels-last": {"channels_last": True},
+    "oneDNN": {},
+    "native": {"native_cpu": True},
+}
 
 
-def outputs(net: UNet, x: torch.Tensor, v: torch.Tensor, threads: int, native: bool) -> dict[int, torch.Tensor]:
+def ranges(sizes: Sequence[int]) -> str:
+    """1,2,3,5,7,8 -> '1-3, 5, 7-8'."""
+    out, start = [], None
+    for i, s in enumerate(sizes):
+        start = s if start is None else start
+        if i + 1 == len(sizes) or sizes[i + 1] != s + 1:
+            out.append(f"{start}-{s}" if s > start else f"{s}")
+            start = None
+    return ", ".join(out) or "none"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.invariance", description=__doc__.splitlines()[0])
+    p.add_argument("--reference", type=int, default=16, help="the largest call probed (default 16, as the worker)")
+    p.add_argument("--threads", default="1,2,3,4", help="thread counts to probe (default 1,2,3,4)")
+    args = p.parse_args(argv)
+    config = UNetConfig(32)
+    shape = (config.channels, config.image_size, config.image_size)
+    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, default U-Net 32x32")
+    print(f"{'kernels':21} {'threads':>7}  {'fingerprint':16}  {'reference':>9}  sizes that keep a row's bits")
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        with torch.inference_mode():
-            if native:
-                with native_cpu_kernels():
-                    return {b: net(x[:b], v[:b])[0] for b in BATCHES}
-            return {b: net(x[:b], v[:b])[0] for b in BATCHES}
+        for family, options in FAMILIES.items():
+            for threads in (int(t) for t in args.threads.split(",")):
+                torch.set_num_threads(threads)
+                denoiser = Denoiser(random_unet(config), [0.5] * 3, [0.25] * 3, **options)
+                found = probe(denoiser.network, shape, args.reference)
+                print(
+                    f"{family:21} {threads:>7}  {found.fingerprint[:16]}  {found.shapes.largest:>9}  "
+                    f"{ranges(found.shapes.sizes)}"
+                )
     finally:
         torch.set_num_threads(previous)
-
-
-def main() -> None:
-    torch.manual_seed(0)
-    net = UNet(UNetConfig(32)).eval()
-    torch.nn.init.normal_(net.head.weight, std=0.1)
-    x, v = torch.randn(16, 3, 32, 32), torch.full((16, 1, 1, 1), 0.5)
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"{'kernels':8} {'threads':>7}  " + "  ".join(f"b={b:<2} vs 16" for b in BATCHES[:-1]) + "   1 vs 2 threads")
-    for native in (False, True):
-        results = {t: outputs(net, x, v, t, native) for t in (1, 2)}
-        for t in (1, 2):
-            r = results[t]
-            cells = [
-                "equal     " if torch.equal(r[b], r[16]) else f"{(r[b] - r[16]).abs().max().item():.1e}   "
-                for b in BATCHES[:-1]
-            ]
-            other = results[3 - t]
-            threads = (
-                "equal"
-                if all(torch.equal(r[b], other[b]) for b in BATCHES)
-                else (f"{max((r[b] - other[b]).abs().max().item() for b in BATCHES):.1e}")
-            )
-            print(f"{'native' if native else 'oneDNN':8} {t:>7}  " + "  ".join(cells) + f"   {threads}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -75,9 +75,9 @@ def test_diffusers_bench_runs_both_sides():
     res = diffusers_cmp.run(repeats=1, steps=1, threads=1, batches=(1, 2))
     print(f"diffusers UNet2DModel: {res['theirs_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step")
     assert 0.3e9 < res["theirs_flops_per_image_step"] < 3e9 and res["ours_flops_per_image_step"] > 0
-    assert [r["batch"] for r in res["rows"]] == [1, 2]
+    assert [(r["precision"], r["batch"]) for r in res["rows"]] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
     for row in res["rows"]:
-        for key in ("ours_image_steps_per_s", "theirs_image_steps_per_s", "ours_gflops", "theirs_gflops"):
+        for key in ("ours_image_steps_per_s", "theirs_image_steps_per_s", "ours_gflops", "raw_gflops", "theirs_gflops"):
             assert row[key] > 0
         assert row["ratio_gflops"] == pytest.approx(row["ours_gflops"] / row["theirs_gflops"])
     assert "ours/theirs" in diffusers_cmp.format_result(res)
@@ -133,3 +133,12 @@ def test_gpu_bench_checks_determinism_and_sweeps_batches_on_any_device():
     (thr,) = res["throughput"]
     assert [r["batch"] for r in thr["rows"]] == [1, 3] and thr["best_images_per_s"] > 0
     assert "Images/s on cpu" in gpu.format_result(res)
+
+
+def test_invariance_prints_the_probe_of_each_kernel_family(capsys):
+    from bench import invariance
+
+    assert invariance.ranges([1, 2, 3, 5, 7, 8]) == "1-3, 5, 7-8" and invariance.ranges([]) == "none"
+    assert invariance.main(["--reference", "3", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0].strip() for line in lines[2:]] == list(invariance.FAMILIES)
