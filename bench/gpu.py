@@ -48,7 +48,11 @@ def determinism(device: str, precision: str, steps: int) -> dict:
     together = x0(engine, SEEDS, steps, ETAS)
     behind = x0(engine, OTHERS + SEEDS, steps, [0.0] * len(OTHERS) + ETAS)[len(OTHERS) :]
     again = x0(engine, SEEDS, steps, ETAS)
-    same = [torch.equal(alone, t) for t in (together, behind, again)]
+    graphs, engine.denoiser.graphs = engine.denoiser.graphs, None
+    eager = x0(engine, SEEDS, steps, ETAS)  # without CUDA graphs
+    engine.denoiser.graphs = graphs
+    runs = (together, behind, again, eager)
+    same = [torch.equal(alone, t) for t in runs]
     pixels = engine.pixels(alone)
     return {
         "precision": precision,
@@ -56,9 +60,10 @@ def determinism(device: str, precision: str, steps: int) -> dict:
         "call_sizes": list(engine.probe.shapes.sizes),
         "rejected": list(engine.probe.rejected),
         "identical": all(same),
-        "checks": dict(zip(("one batch", "behind others", "second run"), same, strict=True)),
-        "max_abs_diff": max(float((alone - t).abs().max()) for t in (together, behind, again)),
-        "pixels_identical": all((engine.pixels(t) == pixels).all() for t in (together, behind, again)),
+        "checks": dict(zip(("one batch", "behind others", "second run", "without graphs"), same, strict=True)),
+        "max_abs_diff": max(float((alone - t).abs().max()) for t in runs),
+        "pixels_identical": bool(all((engine.pixels(t) == pixels).all() for t in runs)),
+        "graphed_shapes": graphs.graphed_shapes if graphs is not None else 0,
     }
 
 
@@ -70,21 +75,25 @@ def throughput(device: str, precision: str, size: int, steps: int, batches: Sequ
         engine = load_engine(BENCH_MODEL, store, device, precision)
     flops = unet_flops(config=config)
     rows = []
-    for batch in batches:
-        seeds = list(range(batch))
-        try:
-            engine.generate(seeds, 1, [0.0] * batch)  # warm-up
-            seconds = median(timings(lambda: engine.generate(seeds, steps, [0.0] * batch), repeats))  # noqa: B023
-        except torch.OutOfMemoryError:
-            break
-        rows.append(
-            {
-                "batch": batch,
-                "images_per_s": batch / seconds,
-                "image_steps_per_s": batch * steps / seconds,
-                "tflops": flops * batch * steps / seconds / 1e12,
-            }
-        )
+    graphs = engine.denoiser.graphs
+    for mode in ("graphs", "eager") if graphs is not None else ("eager",):
+        engine.denoiser.graphs = graphs if mode == "graphs" else None
+        for batch in batches:
+            seeds = list(range(batch))
+            try:
+                engine.generate(seeds, 1, [0.0] * batch)  # warm-up (and the captures)
+                seconds = median(timings(lambda: engine.generate(seeds, steps, [0.0] * batch), repeats))  # noqa: B023
+            except torch.OutOfMemoryError:
+                break
+            rows.append(
+                {
+                    "mode": mode,
+                    "batch": batch,
+                    "images_per_s": batch / seconds,
+                    "image_steps_per_s": batch * steps / seconds,
+                    "tflops": flops * batch * steps / seconds / 1e12,
+                }
+            )
     best = max(rows, key=lambda r: r["images_per_s"])
     return {
         "precision": precision,
@@ -93,6 +102,7 @@ def throughput(device: str, precision: str, size: int, steps: int, batches: Sequ
         "largest_call": engine.probe.shapes.largest,
         "rows": rows,
         "best_batch": best["batch"],
+        "best_mode": best["mode"],
         "best_images_per_s": best["images_per_s"],
     }
 
@@ -130,40 +140,38 @@ def format_result(res: dict) -> str:
             "yes" if d["identical"] else "NO",
             f"{d['max_abs_diff']:.1e}",
             "yes" if d["pixels_identical"] else "NO",
-            len(d["call_sizes"]),
-            ",".join(map(str, d["rejected"])) or "-",
+            f"{len(d['call_sizes'])} ({d['call_sizes'][0]}..{d['call_sizes'][-1]})",
+            d["graphed_shapes"],
         ]
         for d in res["determinism"]
     ]
     out = table(
-        f"Determinism on {res['device_name']} (emoji32, 8 seeds: alone = one batch = behind 5 others = again)",
-        ["precision", "engine", "bit-identical", "max diff", "pixels", "call sizes", "rejected sizes"],
+        f"Determinism on {res['device_name']} (emoji32, 8 seeds, mixed eta)",
+        ["precision", "engine", "bit-identical", "max diff", "pixels", "kept call sizes", "graphed"],
         det,
+        [
+            "bit-identical: each seed alone = all 8 in one batch = behind 5 other seeds = a second run = "
+            "without CUDA graphs, as float tensors; pixels: the same for the uint8 images",
+            "kept call sizes: how many sizes up to the reference the kernel probe kept (smallest..largest); "
+            "graphed: call shapes replayed from a CUDA graph",
+        ],
     )
     rows = [
-        [t["precision"], r["batch"], fmt(r["images_per_s"]), fmt(r["image_steps_per_s"]), fmt(r["tflops"])]
+        [t["precision"], r["mode"], r["batch"], fmt(r["images_per_s"]), fmt(r["image_steps_per_s"]), fmt(r["tflops"])]
         for t in res["throughput"]
         for r in t["rows"]
     ]
     notes = [
         f"worker engine, random-weights default U-Net at {res['size']}x{res['size']}, {res['steps']} steps, eta 0, "
         f"median of {res['repeats']}; {res['flops_per_image_step'] / 1e9:.2f} GFLOP per image-step; "
-        f"torch {res['torch']}",
+        f"torch {res['torch']}; graphs: network calls replayed from CUDA graphs, eager: launched one by one",
     ] + [
-        f"{t['precision']}: best {fmt(t['best_images_per_s'])} images/s at batch {t['best_batch']} "
-        f"(network calls of at most {t['largest_call']} rows; engine {t['engine']})"
+        f"{t['precision']}: best {fmt(t['best_images_per_s'])} images/s at batch {t['best_batch']} ({t['best_mode']}; "
+        f"network calls of at most {t['largest_call']} rows; engine {t['engine']})"
         for t in res["throughput"]
     ]
-    return (
-        out
-        + "\n\n"
-        + table(
-            f"Images/s on {res['device_name']}",
-            ["precision", "batch", "images/s", "img-steps/s", "TFLOP/s"],
-            rows,
-            notes,
-        )
-    )
+    headers = ["precision", "mode", "batch", "images/s", "img-steps/s", "TFLOP/s"]
+    return out + "\n\n" + table(f"Images/s on {res['device_name']}", headers, rows, notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

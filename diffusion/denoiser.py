@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffusion.graphs import CUDAGraphs
 from diffusion.kernels import CallShapes, Probe, probe
 
 ONE_ROW = CallShapes((1,))
@@ -36,6 +37,7 @@ class Denoiser:
     the same noise level, and the padding is dropped). Which sizes keep a row's bits is a property of
     the kernels, found by `calibrate` (diffusion.kernels); until then the only size is the one given.
     `native_cpu` runs PyTorch's own CPU kernels instead of oneDNN's (slower; for comparisons).
+    `cuda_graphs` replays each call shape from a CUDA graph once calibrated (diffusion.graphs).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class Denoiser:
         native_cpu: bool = False,
         channels_last: bool = False,
         autocast_dtype: torch.dtype | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.device = next(net.parameters()).device
         self.channels_last = channels_last
@@ -56,6 +59,8 @@ class Denoiser:
         self.shapes = shapes
         self.native_cpu = native_cpu and self.device.type == "cpu"
         self.autocast_dtype = autocast_dtype
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.graphs: CUDAGraphs | None = None
 
     def _context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -63,7 +68,8 @@ class Denoiser:
         if self.native_cpu:
             stack.enter_context(native_cpu_kernels())
         if self.autocast_dtype is not None:
-            stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
+            # no cast cache: a CUDA graph must not capture casts cached by an earlier call
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False))
         return stack
 
     def network(self, x: torch.Tensor, noise_rate: torch.Tensor) -> torch.Tensor:
@@ -78,6 +84,8 @@ class Denoiser:
         """Probe the kernels (diffusion.kernels.probe) and call with the sizes that keep a row's bits from now on."""
         found = probe(self.network, shape, reference, self.device)
         self.shapes = found.shapes
+        if self.use_graphs:
+            self.graphs = CUDAGraphs(self.network)
         return found
 
     @torch.inference_mode()
@@ -89,7 +97,8 @@ class Denoiser:
             if real < size:  # pad with zero images at the same noise level
                 xs = torch.cat([xs, xs.new_zeros((size - real, *xs.shape[1:]))])
                 rs = torch.cat([rs, rs[:1].expand(size - real, -1, -1, -1)])
-            outputs.append(self.network(xs, rs)[:real])
+            call = self.graphs if self.graphs is not None else self.network
+            outputs.append(call(xs, rs)[:real])
             start += real
         return torch.cat(outputs)
 

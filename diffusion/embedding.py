@@ -14,13 +14,19 @@ def embedding_frequencies(dims: int = 32, max_frequency: float = 1000.0) -> torc
     return torch.exp(torch.arange(half, dtype=torch.float64) * f)
 
 
-def sinusoidal_embedding(variance: torch.Tensor, dims: int = 32, max_frequency: float = 1000.0) -> torch.Tensor:
+def sinusoidal_embedding(
+    variance: torch.Tensor, dims: int = 32, max_frequency: float = 1000.0, frequencies: torch.Tensor | None = None
+) -> torch.Tensor:
     """gamma(x) = (sin(2 pi e^{kf} x)..., cos(2 pi e^{kf} x)...): (B, 1, 1, 1) -> (B, dims, 1, 1).
 
     Computed in float64 and cast back, one sample at a time in effect (elementwise), so a sample's
-    embedding does not depend on the batch it is in.
+    embedding does not depend on the batch it is in. `frequencies`, if given, is
+    `embedding_frequencies(dims, max_frequency)` already on the device (no copy in the forward pass,
+    which a CUDA graph could not capture).
     """
-    angular = 2.0 * math.pi * embedding_frequencies(dims, max_frequency).to(variance.device)
+    if frequencies is None:
+        frequencies = embedding_frequencies(dims, max_frequency).to(variance.device)
+    angular = 2.0 * math.pi * frequencies
     x = variance.to(torch.float64).reshape(-1, 1) * angular  # (B, L)
     emb = torch.cat([torch.sin(x), torch.cos(x)], dim=1)  # (B, 2L)
     return emb.to(variance.dtype).reshape(-1, dims, 1, 1)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.embedding import sinusoidal_embedding
+from diffusion.embedding import embedding_frequencies, sinusoidal_embedding
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = config
+        # not saved with the weights (a function of the config); moves with the network to its device
+        frequencies = embedding_frequencies(config.embedding_dims, config.embedding_max_frequency)
+        self.register_buffer("frequencies", frequencies, persistent=False)
         w, depth = config.widths, config.block_depth
         self.stem = nn.Conv2d(config.channels, w[0], 1)
         width = w[0] + config.embedding_dims
@@ -94,7 +97,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_variance: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        e = sinusoidal_embedding(noise_variance, cfg.embedding_dims, cfg.embedding_max_frequency)
+        e = sinusoidal_embedding(noise_variance, cfg.embedding_dims, cfg.embedding_max_frequency, self.frequencies)
         e = e.to(x.dtype).expand(-1, -1, x.shape[2], x.shape[3])  # nearest upsampling of a 1x1 map
         x = torch.cat([self.stem(x), e], dim=1)  # (B, w0 + E, H, W)
         skips = []

@@ -115,6 +115,8 @@ def load_engine(ref: str, store: Store | None = None, device: str = "auto", prec
     if device == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels on every call
         torch.backends.cudnn.deterministic = True
-    denoiser = Denoiser(net, manifest.mean, manifest.std, channels_last=True, autocast_dtype=PRECISIONS[precision])
+    denoiser = Denoiser(
+        net, manifest.mean, manifest.std, channels_last=True, autocast_dtype=PRECISIONS[precision], cuda_graphs=True
+    )
     found = denoiser.calibrate(image_shape(manifest), REFERENCE_ROWS[device])
     return Engine(manifest, denoiser, device, precision, found)
