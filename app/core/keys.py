@@ -34,7 +34,7 @@ def queue_name(model_ref: str) -> str:
 
 
 def worker(worker_id: str) -> str:
-    """String with TTL 2 x HEARTBEAT_S: a live worker's JSON heartbeat (models, engine, pid)."""
+    """String with TTL 2 x HEARTBEAT_S: a live worker's JSON heartbeat (models, engines, pid)."""
     return f"{PREFIX}worker:{worker_id}"
 
 
@@ -42,7 +42,7 @@ WORKERS_PATTERN = f"{PREFIX}worker:*"
 
 
 def engine(model_ref: str) -> str:
-    """String with TTL 2 x HEARTBEAT_S: the engine (`device/precision`) that serves a model version."""
+    """String with TTL 2 x HEARTBEAT_S: the engine (`device/precision/kernels`) that serves a model version."""
     return f"{PREFIX}engine:{model_ref}"
 
 
