@@ -90,7 +90,7 @@ class Engine:
         return self.denoiser.to_pixels(x0)
 
     def parameters(self, seed: int, steps: int, eta: float) -> dict:
-        """The PNG `parameters` chunk: the engine key, plus the model's name and version and the kernels."""
+        """The PNG `parameters` chunk (DESIGN.md): the engine key, plus the model's name and version."""
         m = self.manifest
         return {
             "seed": seed,
@@ -101,7 +101,6 @@ class Engine:
             "digest": m.digest,
             "device": self.device,
             "precision": self.precision,
-            "kernels": self.kernels,
         }
 
 

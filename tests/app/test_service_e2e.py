@@ -59,7 +59,6 @@ def test_lifecycle_png_and_cli_identity(stack, tiny_store, tmp_path):
             "digest": digest,
             "device": "cpu",
             "precision": "fp32",
-            "kernels": kernels,
         }
         assert decode_png(png.content).shape == (16, 16, 3)
     out = tmp_path / "cli.png"
