@@ -5,8 +5,8 @@
 Theirs: `DDIMPipeline` with a `UNet2DModel` (sample_size 32, block_out_channels (32, 64, 96, 128),
 layers_per_block 2, DownBlock2D/UpBlock2D only, no attention) and a `DDIMScheduler`, random weights,
 `output_type="np"`, a seeded generator, under `torch.inference_mode()`. Ours: the worker's engine
-(bench.engine), and our bare network forward without the sampler or the determinism settings (the
-ceiling of what our network does on these kernels). The two networks differ in FLOPs per image-step,
+(bench.engine), the same with `DIFFUSETV_COMPILE=true`, and our bare eager network forward without
+the sampler or the determinism settings. The two networks differ in FLOPs per image-step,
 so the comparison is in achieved GFLOP/s (FLOPs/image-step x image-steps/s), at batch 1 and 16, in
 fp32 and in bf16 (theirs under `torch.autocast`). Needs `diffusers` (`pip install 'diffusetv[bench]'`).
 """
@@ -28,7 +28,7 @@ from bench.report import fmt, median, table, timings
 BATCHES = (1, 16)
 PRECISIONS = ("fp32", "bf16")
 DEFAULTS = {"repeats": 3, "steps": 20}
-QUICK = {"repeats": 2, "steps": 2}
+QUICK = {"repeats": 2, "steps": 2, "compile": False}
 WIDTHS = (32, 64, 96, 128)
 
 DIFFERENCES = [
@@ -102,6 +102,7 @@ def run(
     threads: int | None = None,
     batches: Sequence[int] = BATCHES,
     precisions: Sequence[str] = PRECISIONS,
+    compile: bool = True,
 ) -> dict:
     diffusers = require_diffusers()
     with torch_threads(threads) as n_threads:
@@ -111,9 +112,11 @@ def run(
         rows = []
         for precision in precisions:
             engine = bench_engine(precision)
+            compiled = bench_engine(precision, compile=True) if compile else None
             ours_flops = unet_flops(engine.denoiser.net)
             for batch in batches:
                 ours, _ = engine_rate(engine, batch, steps, repeats, budget_s=math.inf)  # the same steps as theirs
+                fast = engine_rate(compiled, batch, steps, repeats, budget_s=math.inf)[0] if compiled else math.nan
                 raw, _ = raw_rate(engine.denoiser.net, batch, steps, repeats, precision, budget_s=math.inf)
                 theirs = pipeline_rate(pipe, batch, steps, repeats, precision)
                 ours_g, theirs_g = ours_flops * ours / 1e9, theirs_flops * theirs / 1e9
@@ -128,6 +131,8 @@ def run(
                         "theirs_gflops": theirs_g,
                         "ratio_gflops": ours_g / theirs_g,
                         "ratio_raw_gflops": ours_flops * raw / 1e9 / theirs_g,
+                        "compiled_gflops": ours_flops * fast / 1e9,
+                        "ratio_compiled_gflops": ours_flops * fast / 1e9 / theirs_g,
                         "ratio_image_steps": ours / theirs,
                     }
                 )
@@ -153,6 +158,7 @@ def format_result(res: dict) -> str:
         "theirs img-steps/s",
         "theirs GFLOP/s",
         "ours/theirs",
+        "compiled/theirs",
         "raw/theirs",
     ]
     rows = [
@@ -164,6 +170,7 @@ def format_result(res: dict) -> str:
             fmt(r["theirs_image_steps_per_s"]),
             fmt(r["theirs_gflops"]),
             f"{r['ratio_gflops']:.2f}x",
+            f"{r.get('ratio_compiled_gflops', math.nan):.2f}x",
             f"{r['ratio_raw_gflops']:.2f}x",
         ]
         for r in res["rows"]
@@ -171,8 +178,8 @@ def format_result(res: dict) -> str:
     notes = [
         f"ours: worker engine, {res['ours_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, "
         f"{res['ours_parameters']:,} parameters",
-        "raw: our bare network forward, the whole batch in one call, no sampler, no padding (not deterministic "
-        "at batch 1): the ceiling of our network on these kernels",
+        "compiled: our engine with DIFFUSETV_COMPILE=true (torch.compile); raw: our bare eager network forward, "
+        "the whole batch in one call, no sampler, no padding (not deterministic at batch 1)",
         f"theirs: diffusers {res['diffusers']} DDIMPipeline + UNet2DModel, "
         f"{res['theirs_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, {res['theirs_parameters']:,} parameters",
         f"ours/theirs is in GFLOP/s; {res['steps']} steps, eta 0, median of {res['repeats']}, "

@@ -2,6 +2,7 @@
 
     python -m bench.engine [--repeats N] [--steps N] [--threads N] [--json FILE] [--quick]
 
+The `compiled` line is the same engine with `DIFFUSETV_COMPILE=true` (torch.compile; --quick skips it).
 The engine is `worker.engine.Engine` (via `load_engine`) serving the default U-Net with random
 weights: oneDNN, channels-last, network calls padded to the sizes its kernel probe kept
 (diffusion.kernels; the determinism settings, docs/DETERMINISM.md), plus the DDIM arithmetic. The
@@ -26,7 +27,7 @@ from diffusion.unet import UNetConfig
 BATCHES = (1, 2, 4, 8, 16, 32)
 PRECISIONS = ("fp32", "bf16")
 DEFAULTS = {"repeats": 3, "steps": 20}
-QUICK = {"repeats": 2, "steps": 2, "batches": (1, 4), "matmul_runs": 3}
+QUICK = {"repeats": 2, "steps": 2, "batches": (1, 4), "matmul_runs": 3, "compile": False}
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 RUN_BUDGET_S = 20.0  # a timed run longer than this at the asked steps runs fewer steps
 
@@ -79,6 +80,7 @@ def run(
     precisions: Sequence[str] = PRECISIONS,
     config: UNetConfig | None = None,
     matmul_runs: int | None = None,
+    compile: bool = True,
 ) -> dict:
     """Measure the engine and the raw network at each batch and precision; returns JSON-able results."""
     with torch_threads(threads) as n_threads:
@@ -88,15 +90,23 @@ def run(
         calls = {}
         for precision in precisions:
             engine = bench_engine(precision, config)
+            compiled = bench_engine(precision, config, compile=True) if compile else None
             calls[precision] = {"sizes": list(engine.probe.shapes.sizes), "rejected": list(engine.probe.rejected)}
+            if compiled is not None:
+                calls[f"{precision} compiled"] = {
+                    "sizes": list(compiled.probe.shapes.sizes),
+                    "rejected": list(compiled.probe.rejected),
+                }
             net = engine.denoiser.net
             flops = flops or unet_flops(net)
             if not torch.backends.mkldnn.enabled:
                 raise RuntimeError("oneDNN is switched off in this process: the raw line would not be the default")
             for batch in batches:
-                for path in ("engine", "raw"):
+                for path in ("engine", "compiled", "raw") if compiled is not None else ("engine", "raw"):
                     if path == "engine":
                         rate, ran = engine_rate(engine, batch, steps, repeats)
+                    elif path == "compiled":
+                        rate, ran = engine_rate(compiled, batch, steps, repeats)
                     else:
                         rate, ran = raw_rate(net, batch, steps, repeats, precision)
                     gflops = flops * rate / 1e9
@@ -165,6 +175,8 @@ def format_result(res: dict) -> str:
         f"up to {res['steps']} steps (network calls) per timed run, fewer where a run would pass "
         f"{RUN_BUDGET_S:.0f} s; median of {res['repeats']}; base = {res['baseline']}",
         "engine: worker.engine.Engine: oneDNN, channels-last, calls padded to probed sizes (the determinism settings)",
+        "compiled: the same engine with DIFFUSETV_COMPILE=true (torch.compile, inductor, frozen weights; call sizes "
+        "1, 2, 4, 8, 16 probed)",
         "raw: the bare U-Net forward, oneDNN channels-last, the whole batch in one call (1 row: not a kept size); "
         "bf16 is measured against the fp32 matmul",
     ]

@@ -42,9 +42,9 @@ def temporary_store(config: UNetConfig | None = None) -> Iterator[Store]:
         yield save_bench_model(Path(tmp) / "models", config)
 
 
-def bench_engine(precision: str = "fp32", config: UNetConfig | None = None):
+def bench_engine(precision: str = "fp32", config: UNetConfig | None = None, compile: bool = False):
     """The worker's engine (`worker.engine.load_engine`) on the CPU, serving the random-weights bench model."""
     from worker.engine import load_engine
 
     with temporary_store(config) as store:
-        return load_engine(BENCH_MODEL, store, "cpu", precision)
+        return load_engine(BENCH_MODEL, store, "cpu", precision, compile)

@@ -21,6 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1, help="images: seeds S..S+n-1 in a grid of ceil(sqrt(n)) columns")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the network, as DIFFUSETV_COMPILE workers do")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(run="diffusetv.commands:sample")
 

@@ -34,7 +34,9 @@ def sample(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
-    engine = load_engine(args.model or default_model(), device=args.device, precision=args.precision)
+    engine = load_engine(
+        args.model or default_model(), device=args.device, precision=args.precision, compile=args.compile
+    )
     seeds = list(range(args.seed, args.seed + args.n))
     images = engine.generate(seeds, args.steps, [args.eta] * args.n)
     parameters = engine.parameters(args.seed, args.steps, args.eta)

@@ -17,6 +17,19 @@ from diffusion.graphs import CUDAGraphs
 from diffusion.kernels import CallShapes, Probe, probe
 
 ONE_ROW = CallShapes((1,))
+COMPILE_CACHE_LIMIT = 64  # static graphs per network: more than any call-shape set
+
+
+def compiled_network(net: nn.Module) -> nn.Module:
+    """`torch.compile` for inference: frozen weights, static shapes, and room for one graph per call shape
+    (past dynamo's cache limit a shape would silently run eager, another arithmetic)."""
+    import torch._dynamo.config as dynamo
+    import torch._inductor.config as inductor
+
+    inductor.freezing = True
+    dynamo.cache_size_limit = max(dynamo.cache_size_limit, COMPILE_CACHE_LIMIT)
+    dynamo.accumulated_cache_size_limit = max(dynamo.accumulated_cache_size_limit, COMPILE_CACHE_LIMIT)
+    return torch.compile(net, dynamic=False)
 
 
 @contextlib.contextmanager
@@ -38,6 +51,8 @@ class Denoiser:
     the kernels, found by `calibrate` (diffusion.kernels); until then the only size is the one given.
     `native_cpu` runs PyTorch's own CPU kernels instead of oneDNN's (slower; for comparisons).
     `cuda_graphs` replays each call shape from a CUDA graph once calibrated (diffusion.graphs).
+    `compile` runs the network through `torch.compile` (inductor, frozen weights, one static graph
+    per call shape): fused elementwise work, another arithmetic, probed like any other.
     """
 
     def __init__(
@@ -50,6 +65,7 @@ class Denoiser:
         channels_last: bool = False,
         autocast_dtype: torch.dtype | None = None,
         cuda_graphs: bool = False,
+        compile: bool = False,
     ) -> None:
         self.device = next(net.parameters()).device
         self.channels_last = channels_last
@@ -61,6 +77,8 @@ class Denoiser:
         self.autocast_dtype = autocast_dtype
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.graphs: CUDAGraphs | None = None
+        self.compiled = compile
+        self.forward = compiled_network(self.net) if compile else self.net
 
     def _context(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -77,12 +95,12 @@ class Denoiser:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._context():
-            out = self.net(x, noise_rate**2)  # the network is conditioned on the noise variance
+            out = self.forward(x, noise_rate**2)  # the network is conditioned on the noise variance
         return out.float().contiguous()
 
-    def calibrate(self, shape: Sequence[int], reference: int) -> Probe:
+    def calibrate(self, shape: Sequence[int], reference: int, candidates: Sequence[int] | None = None) -> Probe:
         """Probe the kernels (diffusion.kernels.probe) and call with the sizes that keep a row's bits from now on."""
-        found = probe(self.network, shape, reference, self.device)
+        found = probe(self.network, shape, reference, self.device, candidates)
         self.shapes = found.shapes
         if self.use_graphs:
             self.graphs = CUDAGraphs(self.network)

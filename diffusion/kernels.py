@@ -58,7 +58,7 @@ class CallShapes:
 class Probe:
     shapes: CallShapes
     fingerprint: str  # sha256 of the probe's first row as every agreeing call computes it
-    rejected: tuple[int, ...]  # sizes whose rows differ from the reference, or depend on their position
+    rejected: tuple[int, ...]  # sizes tried whose rows differ from the reference, or depend on their position
 
 
 def probe_inputs(rows: int, shape: Sequence[int], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,22 +82,30 @@ def _agrees(network: Network, x: torch.Tensor, rates: torch.Tensor, ref: torch.T
     return torch.equal(copies, ref[:1].expand_as(copies))
 
 
-def probe(network: Network, shape: Sequence[int], reference: int, device: str | torch.device = "cpu") -> Probe:
+def probe(
+    network: Network,
+    shape: Sequence[int],
+    reference: int,
+    device: str | torch.device = "cpu",
+    candidates: Sequence[int] | None = None,
+) -> Probe:
     """Which call sizes give each row the same bits, in any position and beside any neighbours.
 
     The reference is the largest call of at most `reference` rows whose rows do not depend on their
     position or neighbours (same bits with the rows reversed, and for row 0 copied to every
     position); with 3 threads and 16 rows, say, oneDNN splits some images between two threads.
-    Every smaller size is then kept when its rows equal the reference's.
+    Every smaller size is then kept when its rows equal the reference's. `candidates` limits the
+    sizes tried (all of 1..reference by default), e.g. to powers of two when each shape is compiled.
     """
+    tried = sorted({n for n in (candidates or range(1, reference + 1)) if 1 <= n <= reference} | {reference})
     x, rates = probe_inputs(reference, shape, device)
-    for size in range(reference, 0, -1):
+    for size in reversed(tried):
         ref = network(x[:size], rates[:size])
         flipped = network(x[:size].flip(0), rates[:size].flip(0)).flip(0)
         if torch.equal(flipped, ref) and _agrees(network, x[:size], rates[:size], ref):
             break
     else:
         raise KernelsError("the network's output is not reproducible even for one row at a time")
-    sizes = [n for n in range(1, size) if _agrees(network, x[:n], rates[:n], ref)]
-    rejected = tuple(sorted(set(range(1, reference + 1)) - set(sizes) - {size}))
+    sizes = [n for n in tried if n < size and _agrees(network, x[:n], rates[:n], ref)]
+    rejected = tuple(sorted(set(tried) - set(sizes) - {size}))
     return Probe(CallShapes((*sizes, size)), _digest(ref[0]), rejected)

@@ -7,6 +7,7 @@ fingerprint of their arithmetic, which becomes part of the engine's id (`cpu/fp3
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from model_store.weights import UNET_KIND, load_model, require_kind
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # The reference call: the most rows one network call has; the probe keeps the smaller sizes that agree with it.
 REFERENCE_ROWS = {"cpu": 16, "cuda": 128}
+COMPILED_SIZES = (1, 2, 4, 8, 16)  # with `compile`, the call sizes probed (each one is a compilation)
 FINGERPRINT_CHARS = 16
 
 
@@ -104,10 +106,23 @@ class Engine:
         }
 
 
-def load_engine(ref: str, store: Store | None = None, device: str = "auto", precision: str = "fp32") -> Engine:
+def check_compile(device: str, compile: bool) -> None:
+    if not compile:
+        return
+    if device != "cpu":
+        raise ModelStoreError("compile is for the CPU engine; on CUDA the engine replays CUDA graphs instead")
+    if not (shutil.which("c++") or shutil.which("g++")):
+        raise ModelStoreError("compile needs a C++ compiler (c++ or g++ on PATH) for torch.compile on the CPU")
+
+
+def load_engine(
+    ref: str, store: Store | None = None, device: str = "auto", precision: str = "fp32", compile: bool = False
+) -> Engine:
+    """The model `ref` on `device` at `precision`, its kernels probed; `compile`: through torch.compile (CPU)."""
     store = store or Store()
     device = resolve_device(device)
     check_precision(device, precision)
+    check_compile(device, compile)
     manifest = store.resolve(ref)
     require_kind(manifest, UNET_KIND)  # a feature extractor, say, is not a DDIM model
     net = load_model(manifest, device)
@@ -115,7 +130,13 @@ def load_engine(ref: str, store: Store | None = None, device: str = "auto", prec
         torch.backends.cudnn.benchmark = False  # the same kernels on every call
         torch.backends.cudnn.deterministic = True
     denoiser = Denoiser(
-        net, manifest.mean, manifest.std, channels_last=True, autocast_dtype=PRECISIONS[precision], cuda_graphs=True
+        net,
+        manifest.mean,
+        manifest.std,
+        channels_last=True,
+        autocast_dtype=PRECISIONS[precision],
+        cuda_graphs=True,
+        compile=compile,
     )
-    found = denoiser.calibrate(image_shape(manifest), REFERENCE_ROWS[device])
+    found = denoiser.calibrate(image_shape(manifest), REFERENCE_ROWS[device], COMPILED_SIZES if compile else None)
     return Engine(manifest, denoiser, device, precision, found)

@@ -52,7 +52,7 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
     loaded = []
     for ref in refs:
         started = time.perf_counter()
-        engine = load_engine(ref, store, settings.device, settings.precision)
+        engine = load_engine(ref, store, settings.device, settings.precision, settings.compile)
         exact = engine.manifest.ref
         registry.ENGINES[exact] = engine
         loaded.append(exact)

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     model_store: Path = Field(BUNDLED, description="where models live")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = Field(False, description="CPU workers: run the network through torch.compile (needs c++)")
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
     max_batch_size: int = Field(16, ge=1, le=256)
     max_batch_wait_ms: int = Field(5, ge=0, le=10_000)

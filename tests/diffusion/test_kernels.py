@@ -84,3 +84,23 @@ def test_onednn_calls_are_padded_to_a_probed_size():
     assert out.shape == x.shape and out.is_contiguous()
     assert calls == found.shapes.plan(11) and calls[0] == 8
     assert all(size in found.shapes.sizes for size in calls)
+
+
+def test_candidates_limit_the_sizes_probed():
+    found = probe(rowwise, SHAPE, reference=16, candidates=(1, 2, 4, 8))
+    assert found.shapes.sizes == (1, 2, 4, 8, 16) and found.rejected == ()
+
+
+@pytest.mark.slow
+def test_a_compiled_network_keeps_a_seed_identical_in_any_batch():
+    """torch.compile (inductor) is another arithmetic: probed like any other, then exact across batches."""
+    from diffusion.ddim import sample
+
+    denoiser = Denoiser(make_tiny_net(), [0.5] * 3, [0.25] * 3, channels_last=True, compile=True)
+    shape = (3, 16, 16)
+    found = denoiser.calibrate(shape, reference=4, candidates=(1, 2, 4))
+    assert set(found.shapes.sizes) | set(found.rejected) == {1, 2, 4}
+    alone = [sample(denoiser, [s], 4, shape, eta=0.5)[0] for s in range(5)]
+    together = sample(denoiser, [4, 3, 2, 1, 0], 4, shape, eta=0.5)  # a full call and a padded one
+    assert all(torch.equal(together[4 - s], alone[s]) for s in range(5))
+    assert denoiser.forward is not denoiser.net  # the compiled module ran
