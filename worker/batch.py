@@ -147,11 +147,11 @@ def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: in
     }
     delivered = []
     for job_id in runs.close(redis, run.id, "done"):
-        if deliver(redis, job_id, png, ttl, fields):
+        # the first job to get the PNG also becomes the cache entry, in the same atomic step
+        entry = None if delivered else (keys.cache(run.cache_key), json.dumps({"job": job_id, "sha256": sha256}))
+        if deliver(redis, job_id, png, ttl, fields, cache=entry):
             delivered.append(job_id)
             redis.hsetnx(keys.job(job_id), "started_at", now)  # a job that joined in the last moment
-    if delivered:
-        redis.set(keys.cache(run.cache_key), json.dumps({"job": delivered[0], "sha256": sha256}), ex=ttl)
     runs.forget(redis, run.id)
     return len(delivered)
 

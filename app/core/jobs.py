@@ -55,13 +55,15 @@ return current
 MAX_EVENTS = 20_000  # per job: progress (<= ~10/s) for JOB_TIMEOUT's default 600 s, statuses and previews fit
 
 
-# KEYS: job hash, its events, its PNG key. ARGV: PNG bytes, ttl, max events, status event JSON, then field/value
-# pairs. Only a queued or running job takes the result: the PNG, the fields, the event and the TTLs at once.
+# KEYS: job hash, its events, its PNG key[, a cache key]. ARGV: PNG bytes, ttl, max events, status event JSON, the
+# cache entry (or ""), then field/value pairs. Only a queued or running job takes the result: the PNG, the fields,
+# the cache entry, the event and the TTLs at once.
 _DELIVER = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if current ~= 'queued' and current ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
+if #KEYS == 4 then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[2]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -69,17 +71,21 @@ return 1
 """
 
 
-def deliver(redis, job_id: str, png: bytes, ttl: int, fields: dict[str, str]) -> bool:
-    """Give a waiting job its PNG and mark it succeeded, atomically; False if it had ended (e.g. canceled)."""
+def deliver(
+    redis, job_id: str, png: bytes, ttl: int, fields: dict[str, str], cache: tuple[str, str] | None = None
+) -> bool:
+    """Give a waiting job its PNG and mark it succeeded, atomically; False if it had ended (e.g. canceled).
+
+    `cache` = (key, value) is written in the same step, before the job's clients can see it succeed:
+    a client that repeats its request at once is answered from the cache.
+    """
     flat: list[Any] = []
     for k, v in {**fields, "status": JobStatus.SUCCEEDED.value}.items():
         flat += [k, v]
     event = json.dumps({"status": JobStatus.SUCCEEDED.value})
-    return bool(
-        redis.eval(
-            _DELIVER, 3, keys.job(job_id), keys.events(job_id), keys.png(job_id), png, ttl, MAX_EVENTS, event, *flat
-        )
-    )
+    job_keys = [keys.job(job_id), keys.events(job_id), keys.png(job_id), *([cache[0]] if cache else [])]
+    value = cache[1] if cache else ""
+    return bool(redis.eval(_DELIVER, len(job_keys), *job_keys, png, ttl, MAX_EVENTS, event, value, *flat))
 
 
 def new_job_id() -> str:

@@ -137,3 +137,17 @@ def test_claimed_jobs_finish_their_rq_lifecycle(service):
     statuses = [Job.fetch(i, connection=service.redis, serializer=JSONSerializer).get_status() for i in ids]
     assert statuses == ["finished"] * 3
     assert json.loads(service.redis.hget(keys.job(ids[1]), "progress")) == {"step": 4, "steps": 4}
+
+
+def test_the_cache_entry_is_written_with_the_first_delivery(service):
+    """A client that sees `succeeded` and repeats its request at once must hit the cache: no window between."""
+    from app.core.jobs import deliver
+
+    conn = service.redis
+    job = service.post("/generate", json={"seed": 5, "steps": 4}).json()
+    entry = ("diffusetv:test:cache-entry", '{"job": "x"}')
+    assert deliver(conn, job["id"], b"png", 60, {"sha256": "s"}, cache=entry)
+    assert conn.get(entry[0]) == entry[1].encode() and conn.hget(keys.job(job["id"]), "status") == b"succeeded"
+    conn.delete(entry[0])
+    assert not deliver(conn, job["id"], b"png", 60, {"sha256": "s"}, cache=entry)  # already final: nothing written
+    assert conn.get(entry[0]) is None
