@@ -91,10 +91,13 @@ class Denoiser:
         return stack
 
     def network(self, x: torch.Tensor, noise_rate: torch.Tensor) -> torch.Tensor:
-        """One network call on exactly these rows: predicted noise, float32, contiguous."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        """One network call on exactly these rows: predicted noise, float32, contiguous.
+
+        The input is always a fresh tensor made under inference mode, so the probe and the sampler
+        hand the network the same kind of tensor (a compiled network is specialised on it)."""
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
         with self._context():
+            x = torch.empty_like(x, memory_format=layout).copy_(x)
             out = self.forward(x, noise_rate**2)  # the network is conditioned on the noise variance
         return out.float().contiguous()
 

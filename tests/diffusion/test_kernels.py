@@ -94,13 +94,17 @@ def test_candidates_limit_the_sizes_probed():
 @pytest.mark.slow
 def test_a_compiled_network_keeps_a_seed_identical_in_any_batch():
     """torch.compile (inductor) is another arithmetic: probed like any other, then exact across batches."""
+    from torch._dynamo.utils import counters
+
     from diffusion.ddim import sample
 
     denoiser = Denoiser(make_tiny_net(), [0.5] * 3, [0.25] * 3, channels_last=True, compile=True)
     shape = (3, 16, 16)
     found = denoiser.calibrate(shape, reference=4, candidates=(1, 2, 4))
     assert set(found.shapes.sizes) | set(found.rejected) == {1, 2, 4}
+    compiled = dict(counters["frames"])
     alone = [sample(denoiser, [s], 4, shape, eta=0.5)[0] for s in range(5)]
     together = sample(denoiser, [4, 3, 2, 1, 0], 4, shape, eta=0.5)  # a full call and a padded one
     assert all(torch.equal(together[4 - s], alone[s]) for s in range(5))
+    assert dict(counters["frames"]) == compiled, "sampling compiled anew: it ran code the probe never saw"
     assert denoiser.forward is not denoiser.net  # the compiled module ran
