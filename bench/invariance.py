@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = UNetConfig(32)
     shape = (config.channels, config.image_size, config.image_size)
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, default U-Net 32x32")
-    print(f"{'kernels':21} {'threads':>7}  {'fingerprint':16}  {'reference':>9}  sizes that keep a row's bits")
+    print(f"{'kernels':22} {'threads':>7}  {'fingerprint':16}  {'reference':>9}  sizes that keep a row's bits")
     previous = torch.get_num_threads()
     try:
         families = FAMILIES | (COMPILED if args.compiled else {})
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 candidates = COMPILED_SIZES if options.get("compile") else None
                 found = probe(denoiser.network, shape, args.reference, candidates=candidates)
                 print(
-                    f"{family:21} {threads:>7}  {found.fingerprint[:16]}  {found.shapes.largest:>9}  "
+                    f"{family:22} {threads:>7}  {found.fingerprint[:16]}  {found.shapes.largest:>9}  "
                     f"{ranges(found.shapes.sizes)}"
                 )
     finally:
