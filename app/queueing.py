@@ -53,7 +53,7 @@ def resolve_model(store: Store, ref: str | None, settings: Settings) -> Manifest
 
 
 def current_engine(redis, model_ref: str) -> str:
-    """`device/precision` of the workers serving the model, or PENDING_ENGINE while none has claimed it."""
+    """`device/precision/kernels` of the workers serving the model, or PENDING_ENGINE while none has claimed it."""
     engine = redis.get(keys.engine(model_ref))
     return engine.decode() if engine else runs.PENDING_ENGINE
 

@@ -29,6 +29,7 @@ def compiled_network(net: nn.Module) -> nn.Module:
     inductor.freezing = True
     dynamo.cache_size_limit = max(dynamo.cache_size_limit, COMPILE_CACHE_LIMIT)
     dynamo.accumulated_cache_size_limit = max(dynamo.accumulated_cache_size_limit, COMPILE_CACHE_LIMIT)
+    dynamo.fail_on_recompile_limit_hit = True  # never fall back to eager, another arithmetic, in silence
     return torch.compile(net, dynamic=False)
 
 
@@ -78,6 +79,7 @@ class Denoiser:
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
         self.graphs: CUDAGraphs | None = None
         self.compiled = compile
+        self.calibrated = False
         self.forward = compiled_network(self.net) if compile else self.net
 
     def _context(self) -> contextlib.ExitStack:
@@ -90,21 +92,29 @@ class Denoiser:
             stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False))
         return stack
 
+    def _stance(self) -> contextlib.AbstractContextManager:
+        """Once a compiled network is calibrated, compiling anew is an error: that code was never probed."""
+        if self.compiled and self.calibrated:
+            return torch.compiler.set_stance("fail_on_recompile")
+        return contextlib.nullcontext()
+
     def network(self, x: torch.Tensor, noise_rate: torch.Tensor) -> torch.Tensor:
         """One network call on exactly these rows: predicted noise, float32, contiguous.
 
         The input is always a fresh tensor made under inference mode, so the probe and the sampler
         hand the network the same kind of tensor (a compiled network is specialised on it)."""
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        with self._context():
+        with self._context(), self._stance():
             x = torch.empty_like(x, memory_format=layout).copy_(x)
             out = self.forward(x, noise_rate**2)  # the network is conditioned on the noise variance
         return out.float().contiguous()
 
     def calibrate(self, shape: Sequence[int], reference: int, candidates: Sequence[int] | None = None) -> Probe:
         """Probe the kernels (diffusion.kernels.probe) and call with the sizes that keep a row's bits from now on."""
+        self.calibrated = False
         found = probe(self.network, shape, reference, self.device, candidates)
         self.shapes = found.shapes
+        self.calibrated = True
         if self.use_graphs:
             self.graphs = CUDAGraphs(self.network)
         return found

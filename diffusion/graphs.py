@@ -9,10 +9,12 @@ whose replay differs stays eager (PyTorch docs, "CUDA Graphs"; the static-input 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
+log = logging.getLogger("diffusetv.graphs")
 Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 WARMUP_CALLS = 2  # eager calls on a side stream before capture, as the PyTorch docs require
 
@@ -32,7 +34,11 @@ class CUDAGraphs:
     def __call__(self, x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
         key = (tuple(x.shape), x.dtype, tuple(rate.shape))
         if key not in self.captured:
-            self.captured[key] = self._capture(x, rate)
+            try:
+                self.captured[key] = self._capture(x, rate)
+            except RuntimeError as exc:  # out of memory, or an op that cannot be captured: eager was probed
+                log.warning("no CUDA graph for network calls of shape %s (%s); they run eagerly", key[0], exc)
+                self.captured[key] = None
         entry = self.captured[key]
         if entry is None:
             return self.forward(x, rate)

@@ -66,10 +66,6 @@ def active_jobs(redis, batch: list[Run]) -> list[list[str]]:
     return [[j for j in job_ids if next(statuses) in ACTIVE] for job_ids in ids]
 
 
-def engine_json(engine: Engine) -> str:
-    return json.dumps({"device": engine.device, "precision": engine.precision, "kernels": engine.kernels})
-
-
 def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
     """queued -> running for every job of every run; runs nobody waits for any more are closed and dropped."""
     now = repr(time.time())
@@ -84,7 +80,7 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
             fields = {
                 "status": JobStatus.RUNNING,
                 "started_at": now,
-                "engine": engine_json(engine),
+                "engine": json.dumps(engine.record()),
                 "progress": json.dumps({"step": 0, "steps": run.spec.steps}),
             }
             transition(redis, job_id, (JobStatus.QUEUED,), fields)
@@ -142,7 +138,7 @@ def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: in
         "finished_at": now,
         "sha256": sha256,
         "batch_size": str(batch_size),
-        "engine": engine_json(engine),
+        "engine": json.dumps(engine.record()),
         "progress": json.dumps({"step": run.spec.steps, "steps": run.spec.steps}),
     }
     delivered = []

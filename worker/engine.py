@@ -73,6 +73,10 @@ class Engine:
     def shape(self) -> tuple[int, int, int]:
         return image_shape(self.manifest)
 
+    def record(self) -> dict[str, str]:
+        """A finished job's `engine`: what ran it (app.schemas.Engine)."""
+        return {"device": self.device, "precision": self.precision, "kernels": self.kernels}
+
     def run(self, seeds: Sequence[int], steps: int, etas: Sequence[float], x_T: torch.Tensor | None = None) -> DDIMRun:
         """DDIM for a batch; iterate it for each step (x0 predictions in model space)."""
         schedule = get_schedule(self.manifest.schedule)

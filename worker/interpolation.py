@@ -56,7 +56,7 @@ def parameters(engine: Engine, spec: InterpolateSpec) -> dict:
 
 def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) -> str:
     now = repr(time.time())
-    engine_json = json.dumps({"device": engine.device, "precision": engine.precision})
+    engine_json = json.dumps(engine.record())
     started = transition(redis, spec.job_id, (JobStatus.QUEUED,), {
         "status": JobStatus.RUNNING, "started_at": now, "engine": engine_json, "batch_size": str(spec.frames),
         "progress": json.dumps({"step": 0, "steps": spec.steps})})  # fmt: skip

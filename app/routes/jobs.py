@@ -36,6 +36,8 @@ def wait_for_end(redis, job_id: str, owner: str, wait: float, ttl: int) -> dict[
     """The job's record, once it is final or `wait` seconds have passed. Wakes on the job's events (every status
     change is one, app.core.jobs), so a finished job answers at once; at least every WAKE_S it looks anyway."""
     deadline = time.monotonic() + wait
+    if not keys.valid_job_id(job_id):
+        raise HTTPException(404, "no such job")  # before any Redis call, as load_record promises
     stream = keys.events(job_id)
     newest = redis.xrevrange(stream, count=1) if wait > 0 else []
     last = newest[0][0] if newest else "0-0"  # events before the record was read are reflected in it

@@ -153,9 +153,11 @@ def test_equal_kernel_fingerprints_give_equal_outputs_at_any_thread_count():
             results[n] = (fingerprint, sample(denoiser, [11, 12, 13], 6, shape, eta=0.5))
     finally:
         torch.set_num_threads(threads)
-    # measured on the development CPU: the 16-row reference is the same at 1, 2 and 3 threads
-    assert len({fp for fp, _ in results.values()}) == 1
-    assert all(torch.equal(out, results[1][1]) for _, out in results.values())
+    # workers share a model only with equal fingerprints (worker.heartbeat): those must agree to the bit.
+    # On the development CPU all three are one fingerprint (python -m bench.invariance).
+    for fingerprint, out in results.values():
+        same = [other for fp, other in results.values() if fp == fingerprint]
+        assert all(torch.equal(out, other) for other in same)
 
 
 def test_dropping_a_row_mid_run_leaves_the_others_unchanged():
