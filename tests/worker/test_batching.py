@@ -114,6 +114,10 @@ def test_canceling_one_of_identical_requests_keeps_the_run_for_the_other(service
     assert service.get(f"/jobs/{b['id']}").json()["status"] == "succeeded"
     assert service.get(f"/jobs/{a['id']}").json()["status"] == "canceled"
     assert service.get(f"/jobs/{a['id']}/image.png").status_code == 409
+    again = service.post("/generate", json={"seed": 3, "steps": 6}).json()  # the cache names b, not the canceled a
+    assert again["status"] == "succeeded"
+    png = service.get(f"/jobs/{b['id']}/image.png").content
+    assert service.get(f"/jobs/{again['id']}/image.png").content == png
 
 
 def test_canceling_every_waiting_job_withdraws_the_run(service):
