@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
 import shlex
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,36 +333,6 @@ async def load(base: str, pid: int, args: argparse.Namespace) -> tuple[Tally, di
     return tally, rss.summary(tally), time.monotonic() - began
 
 
-def tiny_unet(seed: int = 0):
-    """A small U-Net (16x16, widths 8/16) whose zero-initialised head is randomised, so its output is not trivial."""
-    import torch
-
-    from diffusion.unet import UNet, UNetConfig
-
-    torch.manual_seed(seed)
-    net = UNet(UNetConfig(16, widths=(8, 16), block_depth=1))
-    with torch.no_grad():
-        net.head.weight.normal_(0, 0.3)
-        net.head.bias.normal_(0, 0.1)
-    return net.eval()
-
-
-@contextlib.contextmanager
-def model_source(store: str | None, model: str | None) -> Iterator[tuple[Path, str]]:
-    """The given store and model, or a temporary store holding the small random-weights model."""
-    if store:
-        yield Path(store), model or "emoji32"
-        return
-    from model_store import Store
-    from model_store.weights import save_model
-
-    with tempfile.TemporaryDirectory(prefix="diffusetv-load-") as tmp:
-        root = Path(tmp) / "models"
-        training = {"note": "random weights, for load tests only"}
-        save_model(Store(root), LOAD_MODEL, tiny_unet(), "offset_cosine", [0.5] * 3, [0.25] * 3, training)
-        yield root, model or LOAD_MODEL
-
-
 def summarize(tally: Tally, rss: dict, wall_s: float, info: dict) -> dict:
     undocumented = {s: n for s, n in tally.statuses.items() if s not in DOCUMENTED}
     ended = Counter(status for status in tally.accepted.values() if status is not None)
@@ -450,13 +418,19 @@ def validate(args: argparse.Namespace) -> str | None:
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    from bench.models import model_source
     from bench.stack import LocalStack
+    from diffusion.unet import UNetConfig
 
     threads = args.threads or len(os.sched_getaffinity(0))
     info = {"command": shlex.join([sys.executable, "-m", "bench.load", *argv]), "machine": machine()}
     info["machine"]["torch_threads"] = threads
     print(f"command: {info['command']}\n{format_machine(info['machine'])}", flush=True)
-    with model_source(args.store, args.model) as (store, model), LocalStack(store, model, threads) as stack:
+    small = UNetConfig(16, widths=(8, 16), block_depth=1)  # the queue and the service are under test, not the model
+    with (
+        model_source(args.store, args.model, small, LOAD_MODEL) as (store, model),
+        LocalStack(store, model, threads) as stack,
+    ):
         pid = worker_pid(stack.env["DIFFUSETV_REDIS_URL"], stack.procs[1].pid)
         config = {"clients": args.clients, "minutes": args.minutes, "steps": args.steps, "model": model}
         print(f"stack: {stack.base}, worker pid {pid}; {config}", flush=True)

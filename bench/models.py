@@ -36,6 +36,20 @@ def save_bench_model(root: Path, config: UNetConfig | None = None, name: str = B
 
 
 @contextlib.contextmanager
+def model_source(
+    store: str | None, model: str | None, config: UNetConfig | None = None, name: str = BENCH_MODEL
+) -> Iterator[tuple[Path, str]]:
+    """(store root, model ref): the given ones, or a temporary store holding the random-weights model `name`."""
+    if store:
+        yield Path(store), model or "emoji32"
+        return
+    with tempfile.TemporaryDirectory(prefix="diffusetv-bench-") as tmp:
+        root = Path(tmp) / "models"
+        save_bench_model(root, config, name)
+        yield root, model or name
+
+
+@contextlib.contextmanager
 def temporary_store(config: UNetConfig | None = None) -> Iterator[Store]:
     """A throw-away store holding the bench model; removed on exit."""
     with tempfile.TemporaryDirectory(prefix="diffusetv-bench-") as tmp:

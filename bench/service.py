@@ -12,17 +12,14 @@ Every request but the cache's repeats uses a seed never used before in the run, 
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
@@ -151,20 +148,6 @@ def cache(base: str, repeats: int, seeds: Seeds, steps: int) -> dict:
     return {"fresh_s": f, "repeat_s": r, "ratio": r / f, "answered_at_once": hits, "pairs": repeats}
 
 
-@contextlib.contextmanager
-def model_source(store: str | None, model: str | None) -> Iterator[tuple[Path, str]]:
-    """The given store and model, or a temporary store holding the random-weights bench model."""
-    if store:
-        yield Path(store), model or "emoji32"
-        return
-    from bench.models import BENCH_MODEL, save_bench_model
-
-    with tempfile.TemporaryDirectory(prefix="diffusetv-bench-") as tmp:
-        root = Path(tmp) / "models"
-        save_bench_model(root)
-        yield root, model or BENCH_MODEL
-
-
 def run(
     repeats: int = DEFAULTS["repeats"],
     steps: int = DEFAULTS["steps"],
@@ -178,6 +161,7 @@ def run(
     import torch
 
     from bench.flops import matmul_gflops, torch_threads, unet_flops
+    from bench.models import model_source
     from bench.stack import LocalStack
     from diffusion.unet import UNetConfig
     from model_store import Store

@@ -18,6 +18,11 @@ from app.views import job_view
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 503))
 WAKE_S = 1.0
+PNG_RESPONSES = {  # the two PNG routes (image and strip) answer alike
+    200: {"content": {"image/png": {}}},
+    304: {"description": "not modified"},
+    **schemas.error_responses(404, 409),
+}
 MAX_WAIT_S = 30.0
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds until the job ends")]
 
@@ -102,11 +107,7 @@ def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep
 @router.get(
     "/jobs/{job_id}/image.png",
     response_class=Response,
-    responses={
-        200: {"content": {"image/png": {}}},
-        304: {"description": "not modified"},
-        **schemas.error_responses(404, 409),
-    },
+    responses=PNG_RESPONSES,
 )
 def get_image(
     job_id: str,
@@ -138,11 +139,7 @@ def png_response(redis, record: dict[str, str], key: str, sha256: str, settings,
 @router.get(
     "/jobs/{job_id}/strip.png",
     response_class=Response,
-    responses={
-        200: {"content": {"image/png": {}}},
-        304: {"description": "not modified"},
-        **schemas.error_responses(404, 409),
-    },
+    responses=PNG_RESPONSES,
 )
 def get_strip(
     job_id: str,
