@@ -22,7 +22,7 @@ import torch
 
 from bench.engine import AUTOCAST, engine_rate, raw_rate
 from bench.flops import module_flops, torch_threads, unet_flops
-from bench.models import bench_engine
+from bench.models import bench_engine, supported_precisions
 from bench.report import fmt, median, table, timings
 
 BATCHES = (1, 16)
@@ -96,6 +96,40 @@ def pipeline_rate(pipe, batch: int, steps: int, repeats: int, precision: str = "
     return batch * steps / median(timings(lambda: call(steps), repeats))
 
 
+def compare(engine, compiled, pipe, batch, steps, repeats, precision, ours_flops, theirs_flops) -> dict:
+    """One row: each repeat times ours, compiled, raw and theirs back to back, so that a ratio is taken
+    within a repeat (the machine's speed drifts between repeats); each figure is the median over repeats."""
+    runs: dict[str, list[float]] = {"ours": [], "compiled": [], "raw": [], "theirs": []}
+    for _ in range(repeats):
+        runs["ours"].append(ours_flops * engine_rate(engine, batch, steps, 1, budget_s=math.inf)[0] / 1e9)
+        if compiled is not None:
+            runs["compiled"].append(ours_flops * engine_rate(compiled, batch, steps, 1, budget_s=math.inf)[0] / 1e9)
+        raw, _ = raw_rate(engine.denoiser.net, batch, steps, 1, precision, budget_s=math.inf)
+        runs["raw"].append(ours_flops * raw / 1e9)
+        runs["theirs"].append(theirs_flops * pipeline_rate(pipe, batch, steps, 1, precision) / 1e9)
+
+    def ratio(name: str) -> float:
+        pairs = zip(runs[name], runs["theirs"], strict=False)
+        return median([a / b for a, b in pairs]) if runs[name] else math.nan
+
+    gflops = {name: median(values) if values else math.nan for name, values in runs.items()}
+    return {
+        "precision": precision,
+        "batch": batch,
+        "ours_image_steps_per_s": gflops["ours"] * 1e9 / ours_flops,
+        "theirs_image_steps_per_s": gflops["theirs"] * 1e9 / theirs_flops,
+        "ours_gflops": gflops["ours"],
+        "raw_gflops": gflops["raw"],
+        "theirs_gflops": gflops["theirs"],
+        "compiled_gflops": gflops["compiled"],
+        "ratio_gflops": ratio("ours"),
+        "ratio_raw_gflops": ratio("raw"),
+        "ratio_compiled_gflops": ratio("compiled"),
+        "ratio_image_steps": ratio("ours") * theirs_flops / ours_flops,
+        "runs_gflops": runs,
+    }
+
+
 def run(
     repeats: int = DEFAULTS["repeats"],
     steps: int = DEFAULTS["steps"],
@@ -110,37 +144,18 @@ def run(
         theirs_flops = their_flops(unet)
         pipe = their_pipeline(unet)
         rows = []
-        for precision in precisions:
+        for precision in supported_precisions(precisions):
             engine = bench_engine(precision)
             compiled = bench_engine(precision, compile=True) if compile else None
             ours_flops = unet_flops(engine.denoiser.net)
             for batch in batches:
-                ours, _ = engine_rate(engine, batch, steps, repeats, budget_s=math.inf)  # the same steps as theirs
-                fast = engine_rate(compiled, batch, steps, repeats, budget_s=math.inf)[0] if compiled else math.nan
-                raw, _ = raw_rate(engine.denoiser.net, batch, steps, repeats, precision, budget_s=math.inf)
-                theirs = pipeline_rate(pipe, batch, steps, repeats, precision)
-                ours_g, theirs_g = ours_flops * ours / 1e9, theirs_flops * theirs / 1e9
-                rows.append(
-                    {
-                        "precision": precision,
-                        "batch": batch,
-                        "ours_image_steps_per_s": ours,
-                        "theirs_image_steps_per_s": theirs,
-                        "ours_gflops": ours_g,
-                        "raw_gflops": ours_flops * raw / 1e9,
-                        "theirs_gflops": theirs_g,
-                        "ratio_gflops": ours_g / theirs_g,
-                        "ratio_raw_gflops": ours_flops * raw / 1e9 / theirs_g,
-                        "compiled_gflops": ours_flops * fast / 1e9,
-                        "ratio_compiled_gflops": ours_flops * fast / 1e9 / theirs_g,
-                        "ratio_image_steps": ours / theirs,
-                    }
-                )
+                rows.append(compare(engine, compiled, pipe, batch, steps, repeats, precision, ours_flops, theirs_flops))
     return {
         "threads": n_threads,
         "steps": steps,
         "repeats": repeats,
         "diffusers": diffusers.__version__,
+        "left_out": [p for p in precisions if p not in supported_precisions(precisions)],
         "ours_flops_per_image_step": ours_flops,
         "theirs_flops_per_image_step": theirs_flops,
         "ours_parameters": sum(p.numel() for p in engine.denoiser.net.parameters()),
@@ -182,8 +197,11 @@ def format_result(res: dict) -> str:
         "the whole batch in one call, no sampler, no padding (not deterministic at batch 1)",
         f"theirs: diffusers {res['diffusers']} DDIMPipeline + UNet2DModel, "
         f"{res['theirs_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, {res['theirs_parameters']:,} parameters",
-        f"ours/theirs is in GFLOP/s; {res['steps']} steps, eta 0, median of {res['repeats']}, "
-        f"{res['threads']} threads; bf16: torch.autocast on both sides",
+        f"ours/theirs is in GFLOP/s; {res['steps']} steps, eta 0, {res['threads']} threads; "
+        "bf16: torch.autocast on both sides",
+        f"each repeat times ours, compiled, raw and theirs back to back; rates and ratios are medians over "
+        f"{res['repeats']} repeats of the per-repeat figures",
+        *[f"{p}: left out, this CPU has no native {p} kernels" for p in res.get("left_out", [])],
         *DIFFERENCES,
     ]
     return table("Against diffusers (DDIM, same steps and batch)", headers, rows, notes)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from bench.flops import matmul_gflops, torch_threads, unet_flops
-from bench.models import bench_engine
+from bench.models import bench_engine, supported_precisions
 from bench.report import fmt, median, table, timings
 from diffusion.unet import UNetConfig
 
@@ -88,7 +88,7 @@ def run(
         rows = []
         flops = None
         calls = {}
-        for precision in precisions:
+        for precision in supported_precisions(precisions):
             engine = bench_engine(precision, config)
             compiled = bench_engine(precision, config, compile=True) if compile else None
             calls[precision] = {"sizes": list(engine.probe.shapes.sizes), "rejected": list(engine.probe.rejected)}
@@ -128,6 +128,7 @@ def run(
         "threads": n_threads,
         "steps": steps,
         "repeats": repeats,
+        "left_out": [p for p in precisions if p not in supported_precisions(precisions)],
         "config": (config or UNetConfig(32)).to_dict(),
         "flops_per_image_step": flops,
         "matmul_gflops": mm,
@@ -180,6 +181,7 @@ def format_result(res: dict) -> str:
         "raw: the bare U-Net forward, oneDNN channels-last, the whole batch in one call (1 row: not a kept size); "
         "bf16 is measured against the fp32 matmul",
     ]
+    notes += [f"{p}: left out, this CPU has no native {p} kernels" for p in res.get("left_out", [])]
     for precision, c in res.get("calls", {}).items():
         notes.append(
             f"engine {precision} network calls: {', '.join(map(str, c['sizes']))} rows "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -54,6 +54,13 @@ def temporary_store(config: UNetConfig | None = None) -> Iterator[Store]:
     """A throw-away store holding the bench model; removed on exit."""
     with tempfile.TemporaryDirectory(prefix="diffusetv-bench-") as tmp:
         yield save_bench_model(Path(tmp) / "models", config)
+
+
+def supported_precisions(precisions: Sequence[str], device: str = "cpu") -> list[str]:
+    """The precisions the engine offers on `device` (bf16 only with native kernels: worker.engine.bf16_supported)."""
+    from worker.engine import bf16_supported
+
+    return [p for p in precisions if p != "bf16" or bf16_supported(device)]
 
 
 def bench_engine(precision: str = "fp32", config: UNetConfig | None = None, compile: bool = False):

@@ -46,8 +46,10 @@ def run(
     model: str = DEFAULTS["model"],
     batch: int = DEFAULTS["batch"],
 ) -> dict:
-    from worker.engine import load_engine
+    from worker.engine import bf16_supported, load_engine
 
+    if not bf16_supported(device):
+        raise SystemExit(f"bench precision: the {device} here has no native bf16 kernels, so bf16 is not offered")
     seed_list = list(range(seeds))
     with torch_threads(threads) as n_threads:
         out, seconds, ids = {}, {}, {}

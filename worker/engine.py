@@ -20,6 +20,7 @@ from diffusion.kernels import Probe
 from diffusion.schedule import get_schedule
 from model_store import Manifest, ModelStoreError, Store
 from model_store.weights import UNET_KIND, load_model, require_kind
+from worker.allocator import keep_freed_memory
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # The reference call: the most rows one network call has; the probe keeps the smaller sizes that agree with it.
@@ -39,11 +40,21 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def bf16_supported(device: str) -> bool:
+    """Whether `device` has native bf16 kernels: on a CPU, oneDNN's (AVX-512 BF16 or AMX). Elsewhere bf16
+    runs emulated, several times slower than fp32 (docs/BENCHMARKS.md), so it is not offered."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(supported is not None and torch.backends.mkldnn.is_available() and supported())
+
+
 def check_precision(device: str, precision: str) -> None:
     if precision not in PRECISIONS:
         raise ModelStoreError(f"unknown precision {precision!r}: use fp32 or bf16")
-    if precision == "bf16" and device == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ModelStoreError("this GPU does not support bf16")
+    if precision == "bf16" and not bf16_supported(device):
+        what = "this GPU" if device == "cuda" else "this CPU (no AVX-512 BF16 or AMX)"
+        raise ModelStoreError(f"{what} has no native bf16 kernels; use fp32")
 
 
 def image_shape(manifest: Manifest) -> tuple[int, int, int]:
@@ -130,6 +141,7 @@ def load_engine(
     manifest = store.resolve(ref)
     require_kind(manifest, UNET_KIND)  # a feature extractor, say, is not a DDIM model
     net = load_model(manifest, device)
+    keep_freed_memory()  # network calls reuse the pages of the last call's activations (speed only)
     if device == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels on every call
         torch.backends.cudnn.deterministic = True
