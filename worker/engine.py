@@ -20,7 +20,6 @@ from diffusion.kernels import Probe
 from diffusion.schedule import get_schedule
 from model_store import Manifest, ModelStoreError, Store
 from model_store.weights import UNET_KIND, load_model, require_kind
-from worker.allocator import keep_freed_memory
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # The reference call: the most rows one network call has; the probe keeps the smaller sizes that agree with it.
@@ -41,8 +40,8 @@ def resolve_device(device: str) -> str:
 
 
 def bf16_supported(device: str) -> bool:
-    """Whether `device` has native bf16 kernels: on a CPU, oneDNN's (AVX-512 BF16 or AMX). Elsewhere bf16
-    runs emulated, several times slower than fp32 (docs/BENCHMARKS.md), so it is not offered."""
+    """Whether `device` has native bf16 kernels: on a CPU, oneDNN's (AVX-512 BF16 or AMX). Without them
+    bf16 runs on emulated kernels, slower than fp32, so it is not offered."""
     if device == "cuda":
         return torch.cuda.is_bf16_supported()
     supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
@@ -141,7 +140,6 @@ def load_engine(
     manifest = store.resolve(ref)
     require_kind(manifest, UNET_KIND)  # a feature extractor, say, is not a DDIM model
     net = load_model(manifest, device)
-    keep_freed_memory()  # network calls reuse the pages of the last call's activations (speed only)
     if device == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels on every call
         torch.backends.cudnn.deterministic = True
