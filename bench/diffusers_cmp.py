@@ -109,7 +109,7 @@ def compare(engine, compiled, pipe, batch, steps, repeats, precision, ours_flops
         runs["theirs"].append(theirs_flops * pipeline_rate(pipe, batch, steps, 1, precision) / 1e9)
 
     def ratio(name: str) -> float:
-        pairs = zip(runs[name], runs["theirs"], strict=False)
+        pairs = zip(runs[name], runs["theirs"], strict=True)
         return median([a / b for a, b in pairs]) if runs[name] else math.nan
 
     gflops = {name: median(values) if values else math.nan for name, values in runs.items()}
