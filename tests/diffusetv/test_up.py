@@ -60,6 +60,8 @@ def test_up_serves_the_readme_curl_line_and_ctrl_c_stops_everything(tiny_store, 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # a shell that runs the tests in the background ignores SIGINT in its children: give `up` a terminal's
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     try:
