@@ -83,7 +83,12 @@ def test_up_serves_the_readme_curl_line_and_ctrl_c_stops_everything(tiny_store, 
         assert len(children) >= 3  # redis-server, worker, api
     finally:
         up.send_signal(signal.SIGINT)
-        rest, _ = up.communicate(timeout=30)
+        try:
+            rest, _ = up.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.terminate()  # `up` stops its children on SIGTERM too: leave nothing behind a failure
+            up.communicate(timeout=30)
+            raise
     assert up.returncode == 0, rest
     time.sleep(0.5)
     assert not [pid for pid in children if alive(pid)], "processes left behind"
