@@ -88,15 +88,13 @@ def run(
         rows = []
         flops = None
         calls = {}
-        for precision in supported_precisions(precisions):
+        offered = supported_precisions(precisions)
+        for precision in offered:
             engine = bench_engine(precision, config)
             compiled = bench_engine(precision, config, compile=True) if compile else None
-            calls[precision] = {"sizes": list(engine.probe.shapes.sizes), "rejected": list(engine.probe.rejected)}
-            if compiled is not None:
-                calls[f"{precision} compiled"] = {
-                    "sizes": list(compiled.probe.shapes.sizes),
-                    "rejected": list(compiled.probe.rejected),
-                }
+            for name, probed in ((precision, engine), (f"{precision} compiled", compiled)):
+                if probed is not None:
+                    calls[name] = {"sizes": list(probed.probe.shapes.sizes), "rejected": list(probed.probe.rejected)}
             net = engine.denoiser.net
             flops = flops or unet_flops(net)
             if not torch.backends.mkldnn.enabled:
@@ -128,7 +126,7 @@ def run(
         "threads": n_threads,
         "steps": steps,
         "repeats": repeats,
-        "left_out": [p for p in precisions if p not in supported_precisions(precisions)],
+        "left_out": [p for p in precisions if p not in offered],
         "config": (config or UNetConfig(32)).to_dict(),
         "flops_per_image_step": flops,
         "matmul_gflops": mm,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from bench.flops import unet_flops
-from bench.models import BENCH_MODEL, temporary_store
+from bench.models import BENCH_MODEL, supported_precisions, temporary_store
 from bench.report import fmt, median, table, timings
 from diffusion.ddim import last_step
 from diffusion.unet import UNetConfig
@@ -119,6 +119,7 @@ def run(
     if threads:
         torch.set_num_threads(threads)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    precisions = supported_precisions(precisions, device)  # bf16 only where the device has native kernels
     return {
         "device": device,
         "device_name": name,

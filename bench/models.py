@@ -43,17 +43,15 @@ def model_source(
     if store:
         yield Path(store), model or "emoji32"
         return
-    with tempfile.TemporaryDirectory(prefix="diffusetv-bench-") as tmp:
-        root = Path(tmp) / "models"
-        save_bench_model(root, config, name)
-        yield root, model or name
+    with temporary_store(config, name) as temporary:
+        yield temporary.root, model or name
 
 
 @contextlib.contextmanager
-def temporary_store(config: UNetConfig | None = None) -> Iterator[Store]:
-    """A throw-away store holding the bench model; removed on exit."""
+def temporary_store(config: UNetConfig | None = None, name: str = BENCH_MODEL) -> Iterator[Store]:
+    """A throw-away store holding the bench model `name`; removed on exit."""
     with tempfile.TemporaryDirectory(prefix="diffusetv-bench-") as tmp:
-        yield save_bench_model(Path(tmp) / "models", config)
+        yield save_bench_model(Path(tmp) / "models", config, name)
 
 
 def supported_precisions(precisions: Sequence[str], device: str = "cpu") -> list[str]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench.flops import torch_threads
-from bench.report import fmt, table
+from bench.report import fmt, median, table
 
 DEFAULTS = {"repeats": 1, "steps": 50, "seeds": 64, "device": "cpu", "model": "emoji32", "batch": 16}
 QUICK = {"steps": 2, "seeds": 4}
@@ -58,7 +58,7 @@ def run(
             images(engine, seed_list[:batch], 1, batch)  # warm-up
             runs = [images(engine, seed_list, steps, batch) for _ in range(max(1, repeats))]
             out[precision] = runs[0][0]
-            seconds[precision] = sorted(s for _, s in runs)[len(runs) // 2]
+            seconds[precision] = median([s for _, s in runs])
             ids[precision] = engine.id
     values = [psnr(a, b) for a, b in zip(out["fp32"], out["bf16"], strict=True)]
     finite = sorted(v for v in values if math.isfinite(v))

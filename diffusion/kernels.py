@@ -6,12 +6,13 @@ call's shape and the thread count; the row's values never enter that choice. So 
 gives the same bits for a row as the reference call of `R` rows exactly when that shape's kernels
 agree with the reference's, and one probe per candidate shape, on any input, settles it.
 
-Measured on the development CPU (PyTorch 2.13, oneDNN, channels-last, `python -m bench.invariance`):
-at 2 or more threads every call of 2..64 rows agrees with the 16-row reference and a 1-row call
-does not (about 1e-7 apart); at 1 thread only 16 rows and more agree; the 16-row reference itself
-is the same at 1 to 16 threads. The probe keeps the agreeing sizes; the engine pads a short call up
-to the smallest of them (zero rows, dropped afterwards), and the fingerprint of the reference output
-names the arithmetic, so that workers whose kernels disagree never serve one model together.
+Which sizes agree depends on the kernels and the thread count (`python -m bench.invariance`, quoted in
+docs/DETERMINISM.md): with oneDNN at 2 threads every call of 2..16 rows agrees with the 16-row reference
+and a 1-row call does not; at 3 threads a thread boundary cuts some images, so fewer sizes agree and
+the reference shrinks to 15 rows; at 1 thread only the reference agrees. The probe keeps the agreeing
+sizes; the engine pads a short call up to the smallest of them (zero rows, dropped afterwards), and the
+fingerprint of the reference output names the arithmetic, so that workers whose kernels disagree never
+serve one model together.
 """
 
 from __future__ import annotations
