@@ -9,9 +9,26 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(TORCH_INDEX_URL)' | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-fast lint format clean
+.PHONY: python deps-run deps-test deps install run test test-fast lint format clean
+# One step at a time: the system packages go in before the virtualenv is made from the interpreter.
+.NOTPARALLEL:
 
-$(BIN)/python:
+# The interpreter the virtualenv is made from: Python 3.11 or 3.12 (what pyproject.toml admits).
+python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: no '$(PYTHON)' here; install Python 3.11 or 3.12, or name one: make $(or $(MAKECMDGOALS),run) PYTHON=python3.12" >&2; exit 2; }
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' || { echo "make: '$(PYTHON)' is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'); DiffuseTV needs 3.11 or 3.12: make $(or $(MAKECMDGOALS),run) PYTHON=python3.12 (or python3.11)" >&2; exit 2; }
+
+# The system packages each target needs (the table is diffusetv/prerequisites.py): checked every time,
+# installed with apt only when missing (as root, or with `sudo -n`).
+deps-run: python
+	@$(PYTHON) -m diffusetv.prerequisites install run
+
+deps-test: python
+	@$(PYTHON) -m diffusetv.prerequisites install test
+
+deps: deps-test
+
+$(BIN)/python: | deps-run
 	$(PYTHON) -m venv $(VENV)
 
 # torch first, from TORCH_SPEC (a CPU or CUDA build of the user's choice), then the project.
@@ -22,13 +39,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: deps-run $(STAMP)
 	$(BIN)/diffusetv up --port $(PORT)
 
-test: $(STAMP)
+test: deps-test $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: deps-test $(STAMP)
 	$(BIN)/python -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -56,6 +56,13 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_prerequisite(name: str) -> None:
+    """Skip (or, under CI=true, fail) when a system package of `diffusetv.prerequisites` is missing."""
+    from diffusetv import prerequisites
+
+    require(prerequisites.get(name).present(), prerequisites.skip_reason(name))
+
+
 # The service's processes, as the end-to-end tests start them and as docker-compose.yml runs them.
 API_COMMAND = ["diffusetv", "api"]
 WORKER_COMMAND = ["diffusetv", "worker"]

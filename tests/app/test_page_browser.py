@@ -1,18 +1,17 @@
 """The web page in a real browser (Debian's chromium driven by Playwright) against a real stack."""
 
 import base64
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from app.core.png import decode_png
+from diffusetv.prerequisites import chromium_path
 from diffusion.grid import tile
-from helpers import REPO, require
+from helpers import REPO, require, require_prerequisite
 from stack import Stack, free_port, stack_env
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -30,13 +29,13 @@ KEY = "page-test-key-" + "k" * 20
 
 @pytest.fixture(scope="module")
 def browser():
-    require(Path(CHROMIUM).exists(), "needs Debian's chromium")
+    require_prerequisite("chromium")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         require(False, "needs the playwright Python package")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=chromium_path(), args=ARGS)
         yield b
         b.close()
 

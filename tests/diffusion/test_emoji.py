@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from diffusion import emoji
-from helpers import require
+from helpers import require_prerequisite
 
 
 @pytest.fixture(scope="module")
 def arrays():
-    require(emoji.Path(emoji.DEFAULT_FONT).is_file(), f"needs Debian's {emoji.FONT_PACKAGE}")
+    require_prerequisite("emoji-font")
     return emoji.build(emoji.DEFAULT_FONT, 32)
 
 
@@ -39,7 +39,7 @@ def test_glyphs_are_centred_and_colourful_on_white(arrays):
 
 
 def test_the_split_is_deterministic():
-    require(emoji.Path(emoji.DEFAULT_FONT).is_file(), f"needs Debian's {emoji.FONT_PACKAGE}")
+    require_prerequisite("emoji-font")
     a, b = emoji.build(size=8), emoji.build(size=8)
     assert all(np.array_equal(a[k], b[k]) for k in a)
 

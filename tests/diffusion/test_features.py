@@ -15,7 +15,7 @@ from diffusion.features import (
     train_feature_extractor,
 )
 from diffusion.kid import kid
-from helpers import require
+from helpers import require, require_prerequisite
 from model_store import Store
 from model_store.features import load_extractor
 from model_store.store import BUNDLED
@@ -80,7 +80,7 @@ def test_inception_needs_torchvision_and_its_weights_without_downloading(tmp_pat
 
 @pytest.fixture(scope="module")
 def emoji32():
-    require(emoji.Path(emoji.DEFAULT_FONT).is_file(), f"needs Debian's {emoji.FONT_PACKAGE}")
+    require_prerequisite("emoji-font")
     return emoji.build(emoji.DEFAULT_FONT, 32)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffusion import emoji
-from helpers import require
+from helpers import require_prerequisite
 from model_store import Store
 from model_store.store import BUNDLED
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data():
-    require(emoji.Path(emoji.DEFAULT_FONT).is_file(), f"needs Debian's {emoji.FONT_PACKAGE}")
+    require_prerequisite("emoji-font")
     return emoji.build(emoji.DEFAULT_FONT, 32)
 
 
