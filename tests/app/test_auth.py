@@ -65,7 +65,7 @@ def test_the_key_is_not_stored(client, redis_server):
     import redis
 
     job_id = client.post("/generate", json={"seed": 2}, headers=bearer(KEY_A)).json()["id"]
-    conn = redis.Redis(port=redis_server.port)
+    conn = redis.Redis(host="127.0.0.1", port=redis_server.port)
     dump = b"".join(conn.dump(k) or b"" for k in conn.keys("*"))
     assert KEY_A.encode() not in dump
     assert conn.hget(f"diffusetv:job:{job_id}", "owner") == auth.owner_id(KEY_A).encode()

@@ -128,7 +128,7 @@ def test_redis_down_is_503_with_retry_after(tiny_store):
 def test_a_full_redis_is_503_and_the_job_is_not_half_made(client, redis_server):
     import redis
 
-    r = redis.Redis(port=redis_server.port)
+    r = redis.Redis(host="127.0.0.1", port=redis_server.port)
     r.config_set("maxmemory-policy", "noeviction")
     r.config_set("maxmemory", max(1, r.info("memory")["used_memory"] - 1024))
     try:
