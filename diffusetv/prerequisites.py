@@ -45,6 +45,17 @@ def chromium_present() -> bool:
     return os.access(chromium_path(), os.X_OK)
 
 
+def loads(library: str) -> bool:
+    """Whether the dynamic linker finds and loads `library` (e.g. for the node binary that Playwright ships)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(library)
+    except OSError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Prerequisite:
     name: str  # how tests and messages call it
@@ -60,6 +71,12 @@ PREREQUISITES = (
     Prerequisite("python3-venv", "python3-venv", ENSUREPIP, ("run", "test"), venv_works),
     Prerequisite("chromium", "chromium", f"{DEBIAN_CHROMIUM}, or ${CHROMIUM_SETTING}", ("test",), chromium_present),
     Prerequisite("emoji-font", "fonts-noto-color-emoji", EMOJI_FONT, ("test",), lambda: Path(EMOJI_FONT).is_file()),
+    # Playwright's own node binary, which drives the browser, links libatomic.
+    Prerequisite("libatomic1", "libatomic1", "libatomic.so.1", ("test",), lambda: loads("libatomic.so.1")),
+    # The README's curl line, run as written (`%header{}` needs curl 7.84 or newer: Debian 12 has 7.88).
+    Prerequisite("curl", "curl", "/usr/bin/curl", ("test",), lambda: Path("/usr/bin/curl").is_file()),
+    # torch.compile's inductor writes C++ and builds it (DIFFUSETV_COMPILE=1, and its tests).
+    Prerequisite("g++", "g++", "/usr/bin/g++", ("test",), lambda: Path("/usr/bin/g++").is_file()),
 )
 
 

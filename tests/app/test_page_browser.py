@@ -30,6 +30,7 @@ KEY = "page-test-key-" + "k" * 20
 @pytest.fixture(scope="module")
 def browser():
     require_prerequisite("chromium")
+    require_prerequisite("libatomic1")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.core.png import read_parameters
-from helpers import REPO
+from helpers import REPO, require_prerequisite
 from stack import free_port
 
 pytestmark = pytest.mark.slow
@@ -44,6 +44,7 @@ def alive(pid: int) -> bool:
 
 
 def test_up_serves_the_readme_curl_line_and_ctrl_c_stops_everything(tiny_store, tmp_path):
+    require_prerequisite("curl")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DIFFUSETV_REDIS_URL"}
     env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"

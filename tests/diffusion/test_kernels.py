@@ -5,7 +5,7 @@ import torch
 
 from diffusion.denoiser import Denoiser
 from diffusion.kernels import CallShapes, KernelsError, probe
-from helpers import make_tiny_net
+from helpers import make_tiny_net, require_prerequisite
 
 SHAPE = (3, 8, 8)
 
@@ -94,6 +94,7 @@ def test_candidates_limit_the_sizes_probed():
 @pytest.mark.slow
 def test_a_compiled_network_keeps_a_seed_identical_in_any_batch():
     """torch.compile (inductor) is another arithmetic: probed like any other, then exact across batches."""
+    require_prerequisite("g++")
     from torch._dynamo.utils import counters
 
     from diffusion.ddim import sample
