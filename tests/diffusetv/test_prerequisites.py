@@ -151,3 +151,15 @@ def test_make_refuses_a_python_it_does_not_support_with_one_clear_line(tmp_path)
     assert "is Python 3.13.1" in proc.stderr and "PYTHON=python3.12" in proc.stderr
     proc = make("test", "PYTHON=no-such-python", path=os.environ["PATH"], tmp_path=tmp_path)
     assert proc.returncode == 2 and "no 'no-such-python' here" in proc.stderr
+
+
+def test_without_a_venv_capable_python_no_target_can_go_on(tmp_path, monkeypatch, capsys):
+    table = tuple(
+        dataclasses.replace(p, present=lambda: False) if p.name == "python3-venv" else p
+        for p in prerequisites.PREREQUISITES
+    )
+    monkeypatch.setattr(prerequisites, "PREREQUISITES", table)
+    monkeypatch.setattr(prerequisites, "DEBIAN_VERSION", str(tmp_path / "not-debian"))
+    monkeypatch.delenv("CI", raising=False)
+    assert prerequisites.install("run") == 1
+    assert "python3-venv" in capsys.readouterr().err
