@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 CHROMIUM_SETTING = "DIFFUSETV_CHROMIUM"  # a Chromium that is not Debian's, e.g. one that Playwright installed
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+PYTHON_H = Path(sysconfig.get_paths()["include"]) / "Python.h"  # of the interpreter that runs this
 DEBIAN_VERSION = "/etc/debian_version"  # apt is used only on Debian itself
 
 
@@ -75,8 +77,9 @@ PREREQUISITES = (
     Prerequisite("libatomic1", "libatomic1", "libatomic.so.1", ("test",), lambda: loads("libatomic.so.1")),
     # The README's curl line, run as written (`%header{}` needs curl 7.84 or newer: Debian 12 has 7.88).
     Prerequisite("curl", "curl", "/usr/bin/curl", ("test",), lambda: Path("/usr/bin/curl").is_file()),
-    # torch.compile's inductor writes C++ and builds it (DIFFUSETV_COMPILE=1, and its tests).
+    # torch.compile's inductor writes C++ against Python's headers and builds it (DIFFUSETV_COMPILE=1, its tests).
     Prerequisite("g++", "g++", "/usr/bin/g++", ("test",), lambda: Path("/usr/bin/g++").is_file()),
+    Prerequisite("python3-dev", "python3-dev", "Python.h", ("test",), lambda: Path(PYTHON_H).is_file()),
 )
 
 

@@ -53,7 +53,7 @@ def chromium_missing(tmp_path, monkeypatch):
 
 def test_the_table_names_each_package_and_what_proves_it():
     names = {p.name: p for p in prerequisites.PREREQUISITES}
-    assert set(names) == {"python3-venv", "chromium", "emoji-font", "libatomic1", "curl", "g++"}
+    assert set(names) == {"python3-venv", "chromium", "emoji-font", "libatomic1", "curl", "g++", "python3-dev"}
     assert names["chromium"].package == "chromium" and prerequisites.DEBIAN_CHROMIUM in names["chromium"].proof
     assert names["emoji-font"].proof.endswith("NotoColorEmoji.ttf")
     assert [p.name for p in prerequisites.PREREQUISITES if "run" in p.needed_for] == ["python3-venv"]

@@ -95,6 +95,7 @@ def test_candidates_limit_the_sizes_probed():
 def test_a_compiled_network_keeps_a_seed_identical_in_any_batch():
     """torch.compile (inductor) is another arithmetic: probed like any other, then exact across batches."""
     require_prerequisite("g++")
+    require_prerequisite("python3-dev")
     from torch._dynamo.utils import counters
 
     from diffusion.ddim import sample
