@@ -53,7 +53,8 @@ def require(condition: bool, reason: str) -> None:
         return
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"missing dependency in CI: {reason}")
-    pytest.skip(reason)
+    # Reported at the test's own location (as a skip marker is), so that the summary names the test.
+    raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 def require_prerequisite(name: str) -> None:
