@@ -61,7 +61,12 @@ def render(font: ImageFont.FreeTypeFont, cp: int, size: int) -> np.ndarray | Non
 
 
 def build(font_path: str | Path = DEFAULT_FONT, size: int = 32) -> dict[str, np.ndarray]:
-    """Render every glyph and split: {'train', 'heldout', 'train_codepoints', 'heldout_codepoints'}."""
+    """Render every glyph and split: {'train', 'heldout'} with their '_codepoints' and '_captions'.
+
+    The captions (CLDR short names, `diffusion.captions`) are fixed-width unicode arrays, so the .npz
+    loads without pickle. They do not take part in the split: it is the same with or without them."""
+    from diffusion.captions import caption
+
     if not Path(font_path).is_file():
         raise FontMissing(f"{font_path}: font not found; install Debian's {FONT_PACKAGE} or pass --font")
     font = ImageFont.truetype(str(font_path), FONT_SIZE)
@@ -75,11 +80,14 @@ def build(font_path: str | Path = DEFAULT_FONT, size: int = 32) -> dict[str, np.
     n_held = round(len(images) * HELDOUT_SHARE)
     held, train = np.sort(order[:n_held]), np.sort(order[n_held:])
     stack, cps_arr = np.stack(images), np.array(cps, dtype=np.int64)
+    captions = np.array([caption(cp) for cp in cps], dtype=np.str_)
     return {
         "train": stack[train],
         "heldout": stack[held],
         "train_codepoints": cps_arr[train],
         "heldout_codepoints": cps_arr[held],
+        "train_captions": captions[train],
+        "heldout_captions": captions[held],
     }
 
 

@@ -47,3 +47,25 @@ def test_the_split_is_deterministic():
 def test_a_missing_font_names_the_package(tmp_path):
     with pytest.raises(emoji.FontMissing, match="fonts-noto-color-emoji"):
         emoji.build(tmp_path / "nope.ttf")
+
+
+def test_every_glyph_has_its_cldr_short_name_as_caption(arrays):
+    captions = dict(zip(arrays["train_codepoints"].tolist(), arrays["train_captions"].tolist(), strict=True))
+    captions |= dict(zip(arrays["heldout_codepoints"].tolist(), arrays["heldout_captions"].tolist(), strict=True))
+    assert captions[0x2764] == "red heart"  # not Unicode's "HEAVY BLACK HEART"
+    assert captions[0x1F431] == "cat face"
+    assert captions[0x1F604] == "grinning face with smiling eyes"
+    assert all(c and c == c.strip() for c in captions.values())
+    assert len(set(captions.values())) > 0.95 * len(captions)
+    assert arrays["train_captions"].dtype.kind == "U"  # loads without pickle
+
+
+def test_captions_leave_the_split_as_it_was(arrays):
+    """The split is the same permutation of the same glyphs, so KID figures stay comparable."""
+    from diffusion.captions import caption
+
+    assert [caption(cp) for cp in arrays["heldout_codepoints"].tolist()] == arrays["heldout_captions"].tolist()
+    order = np.random.default_rng(emoji.SPLIT_SEED).permutation(len(arrays["train"]) + len(arrays["heldout"]))
+    n_held = len(arrays["heldout"])
+    everything = np.sort(np.concatenate([arrays["train_codepoints"], arrays["heldout_codepoints"]]))
+    assert np.array_equal(np.sort(everything[order[:n_held]]), arrays["heldout_codepoints"])
