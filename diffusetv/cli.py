@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=1000, help="steps between EMA sample grids (0: never)")
+    p.add_argument(
+        "--text-tokens",
+        type=int,
+        default=0,
+        help="condition on the .npz's captions (`train_captions`), this many tokens a prompt (0: no prompts)",
+    )
+    p.add_argument("--text-dims", type=int, default=64, help="width of the prompt embedding")
+    p.add_argument("--prompt-dropout", type=float, default=0.15, help="share of samples that see the empty prompt")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(run="diffusetv.commands:train")

@@ -69,11 +69,27 @@ def train(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every,
+        text_tokens=args.text_tokens,
+        text_dims=args.text_dims,
+        prompt_dropout=args.prompt_dropout,
         recipe={"command": "diffusetv " + " ".join(sys.argv[1:])},
     )
-    state = run_training(cfg, args.out, resume=args.resume)
+    prompts, vocabulary = caption_prompts(args.data, args.text_tokens) if args.text_tokens else (None, None)
+    state = run_training(cfg, args.out, resume=args.resume, prompts=prompts, vocabulary=vocabulary)
     print(f"{args.out}: trained to step {state.step} ({state.elapsed_s:.0f} s of training)")
     return 0
+
+
+def caption_prompts(data: str, tokens: int):
+    """The word ids of the training captions of an .npz, and the vocabulary built from them."""
+    import numpy as np
+
+    from diffusion.data import load_captions
+    from model_store.vocabulary import Vocabulary
+
+    captions = load_captions(Path(data))
+    vocabulary = Vocabulary.build(captions, tokens)
+    return np.array([vocabulary.encode(c).tokens for c in captions], dtype=np.int64), vocabulary.to_dict()
 
 
 def publish(args: argparse.Namespace) -> int:

@@ -53,6 +53,18 @@ def load_npz(path: Path, key: str | None = None) -> np.ndarray:
     return images
 
 
+def load_captions(path: Path, key: str = "train") -> list[str]:
+    """The captions of an .npz's `key` images (`<key>_captions`, as `diffusetv data emoji` writes them)."""
+    name = f"{key}_captions"
+    with np.load(path) as archive:
+        if name not in archive.files:
+            raise DataError(f"{path}: no array {name!r} of captions; it has {archive.files}")
+        captions = archive[name]
+    if captions.dtype.kind != "U" or captions.ndim != 1:
+        raise DataError(f"{path}: {name} must be a 1-D unicode array, got {captions.dtype} {captions.shape}")
+    return captions.tolist()
+
+
 def load_images(path: str | Path, size: int, key: str | None = None) -> np.ndarray:
     """(N, size, size, 3) uint8 from a folder or an .npz; npz images must already be size x size."""
     path = Path(path)

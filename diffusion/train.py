@@ -59,10 +59,18 @@ class TrainConfig:
     sample_steps: int = 20
     sample_count: int = 16
     npz_key: str | None = None
+    # Prompts (0: none): word ids per caption, `text_tokens` per prompt, embedded in `text_dims`. A share
+    # `prompt_dropout` of the samples sees the empty prompt, for classifier-free guidance (Ho & Salimans 2022).
+    text_tokens: int = 0
+    text_dims: int = 64
+    prompt_dropout: float = 0.15
     recipe: dict = field(default_factory=dict)  # free-form: command line, notes
 
-    def unet_config(self) -> UNetConfig:
-        return UNetConfig(self.image_size, widths=tuple(self.widths), block_depth=self.block_depth)
+    def unet_config(self, text_vocab: int = 0) -> UNetConfig:
+        text = {"text_vocab": text_vocab, "text_tokens": self.text_tokens, "text_dims": self.text_dims}
+        return UNetConfig(
+            self.image_size, widths=tuple(self.widths), block_depth=self.block_depth, **(text if text_vocab else {})
+        )
 
     # Changing these would make a resumed run a different run.
     FIXED = (
@@ -78,6 +86,9 @@ class TrainConfig:
         "ema_power",
         "seed",
         "npz_key",
+        "text_tokens",
+        "text_dims",
+        "prompt_dropout",
     )
 
 
@@ -101,19 +112,31 @@ def epoch_batch(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     return perm[offset * batch_size : (offset + 1) * batch_size]
 
 
-def diffusion_loss(model: UNet, images: torch.Tensor, schedule_name: str, rng: torch.Generator) -> torch.Tensor:
-    """MAE between the true and predicted noise at uniform t (Keras example's train_step)."""
+def diffusion_loss(
+    model: UNet,
+    images: torch.Tensor,
+    schedule_name: str,
+    rng: torch.Generator,
+    prompts: torch.Tensor | None = None,
+    prompt_dropout: float = 0.0,
+) -> torch.Tensor:
+    """MAE between the true and predicted noise at uniform t (Keras example's train_step).
+
+    With prompts (B, T), each sample sees the empty prompt with probability `prompt_dropout`."""
     b = images.shape[0]
     noises = torch.randn(images.shape, generator=rng)
     t = torch.rand((b, 1, 1, 1), generator=rng, dtype=torch.float64)
     signal, noise_rate = (r.to(torch.float32) for r in get_schedule(schedule_name)(t))
     noisy = signal * images + noise_rate * noises  # x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
-    return F.l1_loss(model(noisy, noise_rate**2), noises)
+    if prompts is not None:
+        dropped = torch.rand((b, 1), generator=rng) < prompt_dropout  # Ho & Salimans 2022, Algorithm 1
+        prompts = torch.where(dropped, model.empty_prompt, prompts)
+    return F.l1_loss(model(noisy, noise_rate**2, prompts), noises)
 
 
-def new_state(cfg: TrainConfig) -> TrainState:
+def new_state(cfg: TrainConfig, unet: UNetConfig) -> TrainState:
     torch.manual_seed(cfg.seed)
-    model = UNet(cfg.unet_config())
+    model = UNet(unet)
     ema = copy.deepcopy(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     rng = torch.Generator().manual_seed(cfg.seed)
@@ -135,8 +158,8 @@ def save_checkpoint(run_dir: Path, state: TrainState) -> None:
     os.replace(tmp, run_dir / CHECKPOINT)  # atomic: a crash leaves the previous checkpoint
 
 
-def load_checkpoint(run_dir: Path, cfg: TrainConfig) -> TrainState:
-    state = new_state(cfg)
+def load_checkpoint(run_dir: Path, cfg: TrainConfig, unet: UNetConfig) -> TrainState:
+    state = new_state(cfg, unet)
     payload = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
     state.model.load_state_dict(payload["model"])
     state.ema.load_state_dict(payload["ema"])
@@ -161,8 +184,10 @@ def hardware() -> dict:
     }
 
 
-def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> tuple[TrainState, dict]:
-    """Create a run directory or reopen one, checking that the recipe is unchanged."""
+def prepare_run(
+    cfg: TrainConfig, run_dir: Path, resume: bool, vocabulary: dict | None = None
+) -> tuple[TrainState, dict]:
+    """Create a run directory or reopen one, checking that the recipe (and vocabulary) is unchanged."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / CHECKPOINT).exists():
         if not resume:
@@ -170,23 +195,27 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> tuple[TrainSta
         run = read_run(run_dir)
         old = run["config"]
         changed = [k for k in TrainConfig.FIXED if json.dumps(old.get(k)) != json.dumps(asdict(cfg)[k])]
+        if run.get("vocabulary") != vocabulary:
+            changed.append("vocabulary")
         if changed:
             raise RunError(f"{run_dir}: cannot resume with a changed {', '.join(changed)}")
         run["config"]["steps"] = cfg.steps
-        state = load_checkpoint(run_dir, cfg)
+        state = load_checkpoint(run_dir, cfg, UNetConfig.from_dict(run["unet"]))
         if cfg.recipe:  # keep the history: each resume, from which step, with which command line
             run.setdefault("resumes", []).append({"from_step": state.step, **cfg.recipe})
         return state, run
     images = load_images(cfg.data, cfg.image_size, cfg.npz_key)
     mean, std = channel_stats(images)
+    unet = cfg.unet_config(len(vocabulary["words"]) + 2 if vocabulary else 0)  # + PAD and START
     run = {
         "config": {**asdict(cfg), "widths": list(cfg.widths)},
-        "unet": cfg.unet_config().to_dict(),
+        "unet": unet.to_dict(),
         "normalization": {"mean": mean, "std": [max(s, MIN_STD) for s in std]},
         "data": {"path": str(cfg.data), "images": int(images.shape[0])},
         "hardware": hardware(),
+        **({"vocabulary": vocabulary} if vocabulary else {}),
     }
-    return new_state(cfg), run
+    return new_state(cfg, unet), run
 
 
 def write_run(run_dir: Path, run: dict, state: TrainState) -> None:
@@ -213,11 +242,26 @@ def sample_grid(ema: UNet, run: dict, cfg: TrainConfig) -> np.ndarray:
     return make_grid(denoiser.to_pixels(x0))
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool | None = None) -> TrainState:
-    """Train towards cfg.steps total steps, checkpointing, logging and sampling along the way."""
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool | None = None,
+    prompts: np.ndarray | None = None,
+    vocabulary: dict | None = None,
+) -> TrainState:
+    """Train towards cfg.steps total steps, checkpointing, logging and sampling along the way.
+
+    A prompt-conditioned run takes `prompts`, (N, text_tokens) word ids aligned with the images, and the
+    `vocabulary` they came from (model_store.vocabulary), which the run records."""
     run_dir = Path(run_dir)
-    state, run = prepare_run(cfg, run_dir, resume)
+    if (prompts is None) != (cfg.text_tokens == 0) or (prompts is None) != (vocabulary is None):
+        raise RunError("a run with prompts needs text_tokens, word ids and their vocabulary, all three")
+    state, run = prepare_run(cfg, run_dir, resume, vocabulary)
     images = load_images(cfg.data, cfg.image_size, cfg.npz_key)
+    if prompts is not None and prompts.shape != (len(images), cfg.text_tokens):
+        raise RunError(f"prompts are {prompts.shape}, not one row of {cfg.text_tokens} ids per image")
+    prompt_ids = None if prompts is None else torch.from_numpy(prompts.astype(np.int64))
     norm = run["normalization"]
     mean = torch.tensor(norm["mean"], dtype=torch.float32).reshape(1, 3, 1, 1)
     std = torch.tensor(norm["std"], dtype=torch.float32).reshape(1, 3, 1, 1)
@@ -241,8 +285,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, progress:
             writer.writerow(["step", "loss", "ema_decay", "elapsed_s"])
         while state.step < cfg.steps:
             started = time.perf_counter()
-            batch = data[epoch_batch(len(data), cfg.batch_size, cfg.seed, state.step)]
-            loss = diffusion_loss(state.model, batch, cfg.schedule, state.rng)
+            index = epoch_batch(len(data), cfg.batch_size, cfg.seed, state.step)
+            batch_prompts = None if prompt_ids is None else prompt_ids[index]
+            loss = diffusion_loss(state.model, data[index], cfg.schedule, state.rng, batch_prompts, cfg.prompt_dropout)
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()

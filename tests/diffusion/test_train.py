@@ -1,4 +1,5 @@
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -64,3 +65,45 @@ def test_resume_refuses_a_changed_recipe(tmp_path, blobs):
     train(tiny_cfg(blobs, 2), run, progress=False)
     with pytest.raises(RunError, match="learning_rate"):
         train(tiny_cfg(blobs, 4, learning_rate=5e-4), run, resume=True, progress=False)
+
+
+@pytest.fixture
+def captioned_blobs(blobs, tmp_path):
+    """The discs with captions, stored as `diffusetv data emoji` stores them (a unicode `train_captions`)."""
+    with np.load(blobs) as archive:
+        images = archive["train"]
+    captions = np.array(["red disc", "green disc", "blue disc"])[np.arange(len(images)) % 3]
+    path = tmp_path / "captioned.npz"
+    np.savez(path, train=images, train_captions=captions.astype(np.str_))
+    return path
+
+
+def test_a_prompt_conditioned_run_records_its_vocabulary_and_resumes_bit_for_bit(tmp_path, captioned_blobs):
+    from diffusetv.commands import caption_prompts
+
+    prompts, vocabulary = caption_prompts(str(captioned_blobs), 4)
+    assert prompts.shape == (48, 4) and vocabulary["words"] == ["blue", "disc", "green", "red"]
+    cfg = {"text_tokens": 4, "text_dims": 8, "prompt_dropout": 0.2}
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_cfg(captioned_blobs, 20, **cfg), straight, progress=False, prompts=prompts, vocabulary=vocabulary)
+    train(tiny_cfg(captioned_blobs, 10, **cfg), split, progress=False, prompts=prompts, vocabulary=vocabulary)
+    other = {**vocabulary, "words": [*vocabulary["words"], "yellow"]}
+    with pytest.raises(RunError, match="vocabulary"):
+        train(
+            tiny_cfg(captioned_blobs, 20, **cfg), split, resume=True, progress=False, prompts=prompts, vocabulary=other
+        )
+    train(
+        tiny_cfg(captioned_blobs, 20, **cfg), split, resume=True, progress=False, prompts=prompts, vocabulary=vocabulary
+    )
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)["ema"]
+    b = torch.load(split / "checkpoint.pt", weights_only=True)["ema"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    film = [k for k in a if k.endswith("film.proj.weight")]
+    assert film and all(a[k].abs().sum() > 0 for k in film), "the prompt never reached the residual blocks"
+    run = json.loads((straight / "run.json").read_text())
+    assert run["vocabulary"] == vocabulary and run["unet"]["text_vocab"] == 6
+
+
+def test_a_run_with_prompts_needs_all_three_parts(tmp_path, captioned_blobs):
+    with pytest.raises(RunError, match="all three"):
+        train(tiny_cfg(captioned_blobs, 2, text_tokens=4), tmp_path / "run", progress=False)
