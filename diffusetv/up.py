@@ -6,6 +6,7 @@ Ctrl-C (or SIGTERM) stops every child; nothing is left running.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,6 +28,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse at once when something already listens on the API's address (before anything is started)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise UserError(
+                f"port {port} is in use on {host}: stop what listens there, "
+                f"or pick another port: make run PORT={port + 1} (diffusetv up --port {port + 1})"
+            ) from None
+
+
+class StderrRelay:
+    """Copies a child's stderr to ours, line by line, and remembers its last line for the failure message."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.last = ""
+        self.thread = threading.Thread(target=self.run, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def run(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            if line.strip():
+                self.last = line.strip()
 
 
 def redis_server_binary() -> str:
@@ -107,8 +140,19 @@ def curl_line(base: str) -> str:
     )
 
 
+def exited(proc: subprocess.Popen, relays: dict[int, tuple[str, StderrRelay]]) -> str:
+    """One line: which child exited, with what status, and the last line it wrote."""
+    if proc.pid not in relays:
+        return f"the embedded Redis exited (status {proc.returncode})"
+    name, relay = relays[proc.pid]
+    relay.thread.join(timeout=2)  # its last lines
+    return f"the {name} exited (status {proc.returncode}): {relay.last or 'it wrote nothing'}"
+
+
 def up(host: str, port: int) -> int:
+    check_port_free(host, port)
     procs: list[subprocess.Popen] = []
+    relays: dict[int, tuple[str, StderrRelay]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="diffusetv-"))
     env = {**os.environ, "DIFFUSETV_HOST": host, "DIFFUSETV_PORT": str(port)}
 
@@ -124,11 +168,21 @@ def up(host: str, port: int) -> int:
         else:
             print("redis   DIFFUSETV_REDIS_URL", flush=True)
         cli = [sys.executable, "-m", "diffusetv.cli"]
-        procs.append(subprocess.Popen([*cli, "worker"], env=env, stdin=subprocess.DEVNULL, start_new_session=True))
-        procs.append(subprocess.Popen([*cli, "api"], env=env, stdin=subprocess.DEVNULL, start_new_session=True))
+        for name in ("worker", "api"):
+            child = subprocess.Popen(
+                [*cli, name],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            procs.append(child)
+            relays[child.pid] = (name, StderrRelay(child))
         base = f"http://{host}:{port}"
         if not wait_http(f"{base}/readyz", procs, timeout_s=120):
-            raise UserError("the stack did not become ready (see the messages above)")
+            dead = next((p for p in procs if p.poll() is not None), None)
+            raise UserError(exited(dead, relays) if dead else "the stack did not become ready within 120 s")
         print(
             f"\nDiffuseTV is up: {base}/  (API docs at {base}/docs)\nTry:\n  {curl_line(base)}\n"
             "Ctrl-C stops everything.",
@@ -136,8 +190,7 @@ def up(host: str, port: int) -> int:
         )
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
-        failed = next(p for p in procs if p.poll() is not None)
-        raise UserError(f"a process exited ({' '.join(map(str, failed.args[:4]))}: status {failed.returncode})")
+        raise UserError(exited(next(p for p in procs if p.poll() is not None), relays))
     except KeyboardInterrupt:
         print("\nstopping…", flush=True)
         return 0

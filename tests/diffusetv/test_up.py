@@ -3,6 +3,7 @@
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -106,3 +107,37 @@ def test_readme_curl_line_is_the_one_up_prints():
     from diffusetv.up import curl_line
 
     assert curl_line("http://127.0.0.1:8000") in (REPO / "README.md").read_text()
+
+
+def test_up_on_a_busy_port_exits_at_once_with_one_line_and_starts_nothing(tiny_store):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "diffusetv.cli", "up", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "DIFFUSETV_REDIS_URL"},
+        )
+        took = time.monotonic() - started
+    assert proc.returncode == 2 and took < 2, (proc.returncode, took)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert lines == [
+        f"diffusetv up: error: port {port} is in use on 127.0.0.1: stop what listens there, or pick another port: "
+        f"make run PORT={port + 1} (diffusetv up --port {port + 1})"
+    ]
+    assert "DiffuseTV is up" not in proc.stdout  # it never polled the other process on that port
+
+
+def test_a_child_that_dies_is_reported_with_its_own_last_line(tiny_store, monkeypatch):
+    monkeypatch.setenv("DIFFUSETV_MODEL", "no-such-model")
+    env = {k: v for k, v in os.environ.items() if k != "DIFFUSETV_REDIS_URL"}
+    cmd = [sys.executable, "-m", "diffusetv.cli", "up", "--port", str(free_port())]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("diffusetv up: error: the worker exited (status 2): diffusetv worker: error: ")
+    assert "no-such-model" in last
