@@ -45,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="DiffuseTV",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by app.routes.page from local files
+        redoc_url=None,
         description="Deterministic DDIM image generation: POST a seed, get a PNG.",
     )
     app.add_middleware(BodySizeLimit)

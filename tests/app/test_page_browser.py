@@ -1,7 +1,10 @@
 """The web page in a real browser (Debian's chromium driven by Playwright) against a real stack."""
 
 import base64
+import contextlib
+import time
 
+import httpx
 import numpy as np
 import pytest
 
@@ -162,3 +165,38 @@ def test_the_page_with_an_api_key(browser, tiny_store, redis_server, tmp_path):
         check_generation(page, stack, headers={"Authorization": f"Bearer {KEY}"})
     finally:
         stack.stop_all()
+
+
+def test_the_api_docs_render_with_the_network_blocked(browser, tiny_store, redis_server, tmp_path):
+    """/docs is Swagger UI from the package's own files: nothing is fetched from anywhere but the API."""
+    s = Stack(stack_env(redis_server.url, tiny_store.root), free_port(), tmp_path)
+    s.env["DIFFUSETV_PORT"] = str(s.port)
+    s.start_api()
+    try:
+        with s.client() as c:
+            for _ in range(100):
+                with contextlib.suppress(httpx.HTTPError):
+                    if c.get("/healthz").status_code == 200:
+                        break
+                time.sleep(0.1)
+        page = browser.new_page()
+        outside: list[str] = []
+
+        def only_the_api(route):
+            if route.request.url.startswith(s.base):
+                return route.continue_()
+            outside.append(route.request.url)
+            return route.abort()
+
+        page.route("**/*", only_the_api)
+        page.goto(f"{s.base}/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=20_000)
+        assert "DiffuseTV" in page.inner_text(".swagger-ui .info .title")
+        assert page.locator(".opblock-summary-path", has_text="/generate").count() >= 1
+        assert outside == []
+        page.close()
+        with s.client() as c:
+            icon = c.get("/favicon.ico")
+            assert icon.status_code == 200 and icon.content.startswith(b"<svg")
+    finally:
+        s.stop_all()
