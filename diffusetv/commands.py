@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -149,12 +150,22 @@ def settings(**overrides):
         raise UserError(f"invalid settings: {problems}") from None
 
 
+HEALTH_PATHS = ("/healthz", "/readyz")
+
+
+def quiet_health_checks(record: logging.LogRecord) -> bool:
+    """Access-log filter: no line for health and readiness probes (uvicorn's args: client, method, path, ...)."""
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (len(args) >= 3 and str(args[2]).split("?", 1)[0] in HEALTH_PATHS)
+
+
 def api(args: argparse.Namespace) -> int:
     import uvicorn
 
     s = settings(host=args.host, port=args.port)
     from app.main import create_app
 
+    logging.getLogger("uvicorn.access").addFilter(quiet_health_checks)
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=5)
     return 0
 

@@ -88,6 +88,10 @@ def start_embedded_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
         "yes",
         "--loglevel",
         "warning",
+        # Its log goes to a file, shown only if it fails: the rest is noise for a throwaway, unsaved Redis
+        # (e.g. the vm.overcommit_memory warning, which matters for background saves, and this one makes none).
+        "--logfile",
+        str(workdir / "redis.log"),
     ]
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
@@ -101,7 +105,12 @@ def start_embedded_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.05)
     proc.kill()
-    raise UserError("the embedded Redis did not start")
+    log = (
+        (workdir / "redis.log").read_text(errors="replace").strip().splitlines()
+        if (workdir / "redis.log").exists()
+        else []
+    )
+    raise UserError(f"the embedded Redis did not start: {log[-1] if log else 'it wrote nothing'}")
 
 
 def wait_http(url: str, procs: list[subprocess.Popen], timeout_s: float) -> bool:

@@ -141,3 +141,30 @@ def test_a_child_that_dies_is_reported_with_its_own_last_line(tiny_store, monkey
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("diffusetv up: error: the worker exited (status 2): diffusetv worker: error: ")
     assert "no-such-model" in last
+
+
+def test_health_probes_leave_no_access_log_lines():
+    import logging
+
+    from diffusetv.commands import quiet_health_checks
+
+    def line(path: str, status: int = 200) -> logging.LogRecord:
+        args = ("127.0.0.1:5000", "GET", path, "1.1", status)
+        return logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', args, None)
+
+    assert not quiet_health_checks(line("/readyz", 503)) and not quiet_health_checks(line("/healthz"))
+    assert not quiet_health_checks(line("/readyz?scope=api"))
+    assert quiet_health_checks(line("/generate", 202)) and quiet_health_checks(line("/jobs/x/image.png"))
+
+
+def test_the_embedded_redis_starts_quietly(tmp_path, capfd):
+    from diffusetv.up import start_embedded_redis, stop
+
+    proc, url = start_embedded_redis(tmp_path)
+    try:
+        assert url.startswith("redis://127.0.0.1:")
+    finally:
+        stop([proc])
+    out, err = capfd.readouterr()
+    assert out == err == ""  # no banner, no overcommit warning on the terminal
+    assert (tmp_path / "redis.log").exists()
