@@ -53,6 +53,21 @@ def start_stack(store, redis_server, tmp_path, model="tiny", **env):
     return s
 
 
+def start_api_only(store, redis_server, tmp_path) -> Stack:
+    """The API alone (the page and /docs need no worker), once it answers /healthz."""
+    s = Stack(stack_env(redis_server.url, store.root), free_port(), tmp_path)
+    s.env["DIFFUSETV_PORT"] = str(s.port)
+    s.start_api()
+    with s.client() as c:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if c.get("/healthz").status_code == 200:
+                    return s
+            time.sleep(0.1)
+    s.stop_all()
+    raise AssertionError("the API did not start:\n" + s.log("api"))
+
+
 def fetch_bytes(page, selector) -> bytes:
     """The bytes behind an <img> (a blob URL), read inside the page."""
     b64 = page.evaluate(
@@ -169,16 +184,8 @@ def test_the_page_with_an_api_key(browser, tiny_store, redis_server, tmp_path):
 
 def test_the_api_docs_render_with_the_network_blocked(browser, tiny_store, redis_server, tmp_path):
     """/docs is Swagger UI from the package's own files: nothing is fetched from anywhere but the API."""
-    s = Stack(stack_env(redis_server.url, tiny_store.root), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
-    s.start_api()
+    s = start_api_only(tiny_store, redis_server, tmp_path)
     try:
-        with s.client() as c:
-            for _ in range(100):
-                with contextlib.suppress(httpx.HTTPError):
-                    if c.get("/healthz").status_code == 200:
-                        break
-                time.sleep(0.1)
         page = browser.new_page()
         outside: list[str] = []
 
@@ -198,5 +205,22 @@ def test_the_api_docs_render_with_the_network_blocked(browser, tiny_store, redis
         with s.client() as c:
             icon = c.get("/favicon.ico")
             assert icon.status_code == 200 and icon.content.startswith(b"<svg")
+    finally:
+        s.stop_all()
+
+
+def test_the_largest_seed_is_shown_whole(browser, tiny_store, redis_server, tmp_path):
+    s = start_api_only(tiny_store, redis_server, tmp_path)
+    try:
+        for width in (1280, 800, 390):  # desktop, tablet, phone
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(f"{s.base}/?seed={2**53 - 1}")
+            for box in ("#seed", "#seed-a", "#seed-b"):
+                if box == "#seed-a":
+                    page.click("#tab-interpolate")
+                page.fill(box, str(2**53 - 1))
+                scroll, client = page.eval_on_selector(box, "e => [e.scrollWidth, e.clientWidth]")
+                assert scroll <= client, f"{box} at {width} px shows {client} of {scroll} px"
+            page.close()
     finally:
         s.stop_all()
