@@ -106,8 +106,11 @@ def models(args: argparse.Namespace) -> int:
     from model_store import Store
 
     store = Store()
+    refs = store.refs()
+    if not refs:  # a typo in DIFFUSETV_MODEL_STORE must not read as "all verified"
+        where = "no folder" if not store.root.is_dir() else "no models"
+        raise UserError(f"{where} at {store.root}: set DIFFUSETV_MODEL_STORE to a model store (or unset it)")
     if args.action == "verify":
-        refs = store.refs()
         for ref in refs:
             manifest = store.verify(ref)
             print(f"ok  {ref}  sha256:{manifest.digest}")
@@ -115,8 +118,8 @@ def models(args: argparse.Namespace) -> int:
         return 0
     default = default_model()
     rows = store.list()
-    if not rows:
-        print(f"no models in {store.root}")
+    if not any(default in (m.name, m.ref) for m in rows):
+        print(f"warning: the default model DIFFUSETV_MODEL={default} is not in {store.root}", file=sys.stderr)
     for m in rows:
         latest = store.versions(m.name)[-1] == m.version
         mark = " (default)" if (latest and default in (m.name, m.ref)) or default == m.ref else ""
@@ -137,6 +140,12 @@ def data(args: argparse.Namespace) -> int:
     return 0
 
 
+def setting_problem(error: dict) -> str:
+    """`DIFFUSETV_NAME: what is wrong`; checks across settings name their variables in their own message."""
+    message = error["msg"].removeprefix("Value error, ")
+    return f"DIFFUSETV_{'_'.join(map(str, error['loc'])).upper()}: {message}" if error["loc"] else message
+
+
 def settings(**overrides):
     """The validated service settings; an invalid environment is a one-line error."""
     from pydantic import ValidationError
@@ -146,7 +155,7 @@ def settings(**overrides):
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"DIFFUSETV_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(setting_problem(e) for e in exc.errors())
         raise UserError(f"invalid settings: {problems}") from None
 
 

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     def _keys(self) -> Settings:
         for key in self.keys:
             if len(key) < 16:
-                raise ValueError("every API key must be at least 16 characters")
+                raise ValueError("DIFFUSETV_API_KEYS: every API key must be at least 16 characters")
         return self
 
     @property

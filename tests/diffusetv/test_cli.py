@@ -117,3 +117,28 @@ def test_train_then_publish_then_sample(tmp_path, monkeypatch):
     assert (store / "squares" / "2" / "ema.safetensors").is_file()
     run_cli("sample", "--model", "squares@2", "--seed", "1", "--steps", "3", "--out", str(tmp_path / "s.png"))
     assert decode_png((tmp_path / "s.png").read_bytes()).shape == (16, 16, 3)
+
+
+def test_a_settings_error_names_the_variable():
+    proc = run_cli("api", env={"DIFFUSETV_API_KEYS": "short"}, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "diffusetv api: error: invalid settings: DIFFUSETV_API_KEYS: every API key must be at least 16 characters"
+    )
+    proc = run_cli("api", env={"DIFFUSETV_PORT": "0"}, check=False)
+    assert proc.returncode == 2 and "DIFFUSETV_PORT: Input should be greater than or equal to 1" in proc.stderr
+
+
+def test_a_missing_or_empty_store_is_an_error_that_names_it(tmp_path):
+    for args in (("models",), ("models", "verify")):
+        proc = run_cli(*args, env={"DIFFUSETV_MODEL_STORE": str(tmp_path / "nonexistent")}, check=False)
+        assert proc.returncode == 2 and f"no folder at {tmp_path / 'nonexistent'}" in proc.stderr
+        assert "verified" not in proc.stdout
+    proc = run_cli("models", "verify", env={"DIFFUSETV_MODEL_STORE": str(tmp_path)}, check=False)
+    assert proc.returncode == 2 and f"no models at {tmp_path}" in proc.stderr
+
+
+def test_an_unknown_default_model_is_a_warning_in_models(tiny_store):
+    proc = run_cli("models", env={"DIFFUSETV_MODEL": "cats"})
+    assert "tiny@1" in proc.stdout and "(default)" not in proc.stdout
+    assert f"warning: the default model DIFFUSETV_MODEL=cats is not in {tiny_store.root}" in proc.stderr
