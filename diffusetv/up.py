@@ -143,10 +143,14 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def curl_line(base: str) -> str:
-    return (
-        f"curl -s \"{base}$(curl -s -o /dev/null -w '%header{{location}}' -X POST {base}/generate "
-        f'-H \'Content-Type: application/json\' -d \'{{"seed": 42, "steps": 50}}\')/image.png?wait=30" -o seed42.png'
+    """The README's one-liner: POST a job, then fetch its PNG. Either failing is a failure (exit 22) that prints
+    the API's error, and writes no file. `%header{}` needs curl 7.84 or newer."""
+    post = (
+        "curl -sS --fail-with-body -o /dev/stderr -w '%header{location}' -X POST "
+        f"{base}/generate -H 'Content-Type: application/json' -d '{{\"seed\": 42, \"steps\": 50}}'"
     )
+    return f'curl -sS --fail -o seed42.png "{base}$({post})/image.png?wait=30"'
+
 
 
 def exited(proc: subprocess.Popen, relays: dict[int, tuple[str, StderrRelay]]) -> str:

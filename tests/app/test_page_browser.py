@@ -1,10 +1,7 @@
 """The web page in a real browser (Debian's chromium driven by Playwright) against a real stack."""
 
 import base64
-import contextlib
-import time
 
-import httpx
 import numpy as np
 import pytest
 
@@ -58,14 +55,8 @@ def start_api_only(store, redis_server, tmp_path) -> Stack:
     s = Stack(stack_env(redis_server.url, store.root), free_port(), tmp_path)
     s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_api()
-    with s.client() as c:
-        for _ in range(100):
-            with contextlib.suppress(httpx.HTTPError):
-                if c.get("/healthz").status_code == 200:
-                    return s
-            time.sleep(0.1)
-    s.stop_all()
-    raise AssertionError("the API did not start:\n" + s.log("api"))
+    s.wait_healthy()
+    return s
 
 
 def fetch_bytes(page, selector) -> bytes:
