@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.cpus import usable_cpus
 from model_store.refs import parse_ref
 from model_store.store import BUNDLED
 
@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = Field(False, description="CPU workers: run the network through torch.compile (needs c++)")
-    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
+    torch_threads: int = Field(
+        default_factory=usable_cpus, ge=1, le=1024, description="torch threads per worker; default: usable CPUs"
+    )
     max_batch_size: int = Field(16, ge=1, le=256)
     max_batch_wait_ms: int = Field(5, ge=0, le=10_000)
     result_ttl: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds a result and its job are kept")
