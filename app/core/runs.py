@@ -130,14 +130,35 @@ def cancel_job(redis, job_id: str, finished_at: str, ttl: int) -> tuple[str | No
     return _decode(old), bool(withdrawn)
 
 
-def mark_running(redis, run_id: str, worker_id: str, rq_job_id: str, members: list[str] | None = None) -> None:
-    """A worker has taken the run: the reaper re-queues it if that worker's heartbeat stops."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(keys.run(run_id), mapping={"status": "running", "worker": worker_id, "rq_job": rq_job_id})
-    if members:
-        pipe.sadd(keys.run_jobs(run_id), *members)
-    pipe.sadd(keys.RUNNING, run_id)
-    pipe.execute()
+# ARGV: run id, worker id, RQ job id, ttl, members... Mark the run running, and give it and every job waiting for
+# it a fresh TTL (app.core.settings.Settings.pending_ttl): a run that starts has the whole of its time ahead.
+_TAKE = (
+    _LUA_KEYS
+    + """
+local rid, ttl = ARGV[1], ARGV[4]
+redis.call('HSET', run_key(rid), 'status', 'running', 'worker', ARGV[2], 'rq_job', ARGV[3])
+if #ARGV > 4 then redis.call('SADD', jobs_key(rid), unpack(ARGV, 5)) end
+redis.call('SADD', '{running}', rid)
+redis.call('EXPIRE', run_key(rid), ttl)
+redis.call('EXPIRE', jobs_key(rid), ttl)
+for _, id in ipairs(redis.call('SMEMBERS', jobs_key(rid))) do
+  if redis.call('EXISTS', job_key(id)) == 1 then
+    redis.call('EXPIRE', job_key(id), ttl)
+    redis.call('EXPIRE', events_key(id), ttl)
+  end
+end
+local ek = redis.call('HGET', run_key(rid), 'engine_key')
+if ek and redis.call('GET', open_key(ek)) == rid then redis.call('EXPIRE', open_key(ek), ttl) end
+""".replace("{running}", keys.RUNNING)
+)
+
+
+def mark_running(
+    redis, run_id: str, worker_id: str, rq_job_id: str, members: list[str] | None = None, ttl: int = 86_400
+) -> None:
+    """A worker has taken the run: the reaper re-queues it if that worker's heartbeat stops. The run, its open-run
+    entry and its jobs live `ttl` more seconds from now."""
+    redis.eval(_TAKE, 0, run_id, worker_id, rq_job_id, ttl, *(members or []))
 
 
 def fail_jobs(redis, job_ids: list[str], error: str, ttl: int) -> None:
