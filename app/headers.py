@@ -14,7 +14,7 @@ PAGE_CSP = "; ".join(
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self' data: blob:",
-        "connect-src 'self'",
+        "connect-src 'self' blob:",  # the page reads back its own result blobs (download, checks)
         "font-src 'self'",
         "manifest-src 'self'",
         "base-uri 'none'",
