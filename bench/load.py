@@ -117,6 +117,7 @@ class Tally:
     bad_accepted: int = 0
     requests: int = 0
     queue_samples: list[int] = field(default_factory=list)
+    refusals: Counter[str] = field(default_factory=Counter)  # 429s by the bound their message names
 
     def record(self, kind: str, status: int, seconds: float) -> None:
         self.latencies[kind].append(seconds)
@@ -137,6 +138,16 @@ class Tally:
     def expect(self, what: str, status: int, allowed: Sequence[int]) -> None:
         if status not in allowed:
             self.unexpected.append(f"{what}: {status} (expected {'/'.join(map(str, allowed))})")
+
+
+REFUSALS = {"queue is full": "queue", "wait for this same image": "followers", "quota": "quota",
+            "streams and long polls": "streams", "capacity": "capacity"}  # fmt: skip
+
+
+def refusal(r: httpx.Response) -> str:
+    """Which bound a 429 names."""
+    detail = str(r.json().get("detail", "")) if r.headers.get("content-type", "").startswith("application/json") else ""
+    return next((name for text, name in REFUSALS.items() if text in detail), "other")
 
 
 @dataclass
@@ -175,6 +186,8 @@ class Client:
             self.tally.accept(job)
             return job
         self.tally.expect(f"POST /generate ({kind})", r.status_code, (202, 429, 503))
+        if r.status_code == 429:
+            self.tally.refusals[refusal(r)] += 1
         if r.status_code in (429, 503):
             await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), MAX_BACKOFF_S))
         return None
@@ -189,6 +202,7 @@ class Client:
                 self.tally.settle(job)
                 continue
             if r is not None and r.status_code == 429:  # this key's long polls and streams are at their cap
+                self.tally.refusals[refusal(r)] += 1
                 await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), MAX_BACKOFF_S))
                 continue
             if r is not None:
@@ -204,6 +218,9 @@ class Client:
             async with self.http.stream("GET", f"/jobs/{job['id']}/events") as r:
                 if r.status_code != 200:
                     self.tally.record("sse", r.status_code, time.perf_counter() - started)
+                    if r.status_code == 429:
+                        await r.aread()
+                        self.tally.refusals[refusal(r)] += 1
                     self.tally.expect("GET events of an accepted job", r.status_code, (200, 429))
                     return await self.follow(job)
                 async for line in r.aiter_lines():
@@ -445,6 +462,7 @@ def summarize(tally: Tally, rss: dict, wall_s: float, info: dict) -> dict:
         "bad_input_accepted": tally.bad_accepted,
         "worker_rss": rss,
         "refused_429": tally.statuses.get(429, 0),
+        "refusals": dict(tally.refusals),
         "unavailable_503": tally.statuses.get(503, 0),
         "queue": {"max_queue": max_queue, "samples": len(tally.queue_samples), "max_seen": queue_max},
         "ok": accepted == final
@@ -477,7 +495,7 @@ def format_report(s: dict) -> str:
         f"jobs: accepted {jobs['accepted']}, final {jobs['final']}, LOST = {jobs['lost']}; "
         f"final states: {jobs['final_states']}",
         f"undocumented statuses: {s['undocumented'] or 'none'}",
-        f"429 (a bound reached, retried after Retry-After, not lost): {s['refused_429']}; "
+        f"429 (a bound reached, retried after Retry-After, not lost): {s['refused_429']} {s['refusals']}; "
         f"503 with Redis up: {s['unavailable_503']}",
         f"queue length: max {s['queue']['max_seen']} in {s['queue']['samples']} samples "
         f"(MAX_QUEUE {s['queue']['max_queue']})",

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     redis_pool_wait_s: float = Field(0.5, ge=0.01, le=30, description="longest wait for a pooled connection; then 429")
     max_followers: int = Field(32, ge=0, le=100_000, description="jobs that may join one model run besides its leader")
     client_jobs: int = Field(600, ge=1, le=10_000_000, description="jobs (cache hits included) per client per window")
-    client_bytes: int = Field(16 * 2**20, ge=2**16, le=2**40, description="result bytes a client may store per window")
+    client_bytes: int = Field(8 * 2**20, ge=2**16, le=2**40, description="result bytes a client may store per window")
     quota_window_s: int = Field(3600, ge=1, le=30 * 86_400, description="length of the quota window")
     client_streams: int = Field(8, ge=1, le=10_000, description="concurrent event streams and long polls per client")
     trusted_proxies: str | None = Field(

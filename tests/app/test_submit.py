@@ -198,6 +198,6 @@ def test_cache_hits_and_joins_count_against_the_clients_quota(tiny_store, redis_
 def test_result_bytes_per_client_are_bounded(tiny_store, redis_server):
     conn = redis_lib.Redis.from_url(redis_server.url)
     with TestClient(create_app(settings_for(tiny_store, redis_server, client_bytes=2**16))) as client:
-        cached_result(conn, client, 3, png=b"\x89PNG" + b"\0" * 18_000)  # an 18 kB result
+        cached_result(conn, client, 3, png=b"\x89PNG" + b"\0" * 14_000)  # a 14 kB result
         statuses = [client.post("/generate", json={"seed": 3, "steps": 5}).status_code for _ in range(5)]
     assert statuses == [202, 202, 202, 429, 429], statuses  # 3 copies and their records fit in 64 KiB, a 4th not

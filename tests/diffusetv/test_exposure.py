@@ -3,6 +3,8 @@ an explicit statement that an authenticating proxy is in front."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 
@@ -19,11 +21,27 @@ KEY = "exposure-test-key-" + "k" * 16
 @pytest.mark.parametrize("command", [["api"], ["up", "--host", "0.0.0.0"]])
 def test_an_open_api_on_a_non_loopback_address_is_refused_at_start(tiny_store, redis_server, command):
     env = stack_env(redis_server.url, tiny_store.root, DIFFUSETV_HOST="0.0.0.0", DIFFUSETV_PORT=str(free_port()))
-    proc = subprocess.run(
-        [sys.executable, "-m", "diffusetv.cli", *command], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffusetv.cli", *command],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "0.0.0.0" in proc.stderr and "DIFFUSETV_API_KEYS" in proc.stderr and "DIFFUSETV_AUTH_PROXY" in proc.stderr
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # `up` stops what it started on SIGTERM
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        pytest.fail(f"`diffusetv {' '.join(command)}` started an open API on 0.0.0.0:\n{err[-2000:]}")
+    assert proc.returncode != 0, out[-2000:] + err[-2000:]
+    assert "0.0.0.0" in err and "DIFFUSETV_API_KEYS" in err and "DIFFUSETV_AUTH_PROXY" in err
 
 
 @pytest.mark.parametrize("how", ["keys", "keys file", "auth proxy"])
