@@ -118,14 +118,16 @@ class Tally:
     requests: int = 0
     queue_samples: list[int] = field(default_factory=list)
     refusals: Counter[str] = field(default_factory=Counter)  # 429s by the bound their message names
+    owners: dict[str, str] = field(default_factory=dict)  # job id -> the Authorization header that made it
 
     def record(self, kind: str, status: int, seconds: float) -> None:
         self.latencies[kind].append(seconds)
         self.statuses[status] += 1
         self.by_kind[kind, status] += 1
 
-    def accept(self, job: dict) -> None:
+    def accept(self, job: dict, auth: str = "") -> None:
         self.accepted.setdefault(job["id"], None)
+        self.owners[job["id"]] = auth
         self.settle(job)
 
     def settle(self, job: dict) -> None:
@@ -183,7 +185,7 @@ class Client:
             return None
         if r.status_code == 202:
             job = r.json()
-            self.tally.accept(job)
+            self.tally.accept(job, self.http.headers.get("authorization", ""))
             return job
         self.tally.expect(f"POST /generate ({kind})", r.status_code, (202, 429, 503))
         if r.status_code == 429:
@@ -304,7 +306,8 @@ class Client:
         self.tally.expect(f"bad input: {case.label}", r.status_code, sorted(case.expected))
         if 200 <= r.status_code < 300 and case.method == "POST":
             self.tally.bad_accepted += 1
-            self.tally.accept(r.json())  # accepted by mistake: still followed, so that LOST stays honest
+            # accepted by mistake: still followed, so that LOST stays honest
+            self.tally.accept(r.json(), self.http.headers.get("authorization", ""))
             await self.follow(r.json())
 
     async def run(self) -> None:
@@ -395,11 +398,13 @@ async def sample_queue(redis_url: str, queue_key: str, tally: Tally) -> None:
         await conn.aclose()
 
 
-async def drain(base: str, tally: Tally, until: float, headers: dict[str, str]) -> None:
-    """Follow every accepted job that has not ended yet (its client gave up on a transport error), until `until`."""
-    async with httpx.AsyncClient(base_url=base, timeout=HTTP_TIMEOUT_S, headers=headers) as http:
-        client = Client(http, random.Random(0), tally, Seeds(), 1, 0.0, until, sys.maxsize)
-        for job_id in [j for j, status in tally.accepted.items() if status is None]:
+async def drain(base: str, tally: Tally, until: float) -> None:
+    """Follow every accepted job that has not ended yet (its client gave up on a transport error), until `until`,
+    with the key that made it."""
+    for job_id in [j for j, status in tally.accepted.items() if status is None]:
+        headers = {"Authorization": tally.owners[job_id]} if tally.owners.get(job_id) else {}
+        async with httpx.AsyncClient(base_url=base, timeout=HTTP_TIMEOUT_S, headers=headers) as http:
+            client = Client(http, random.Random(0), tally, Seeds(), 1, 0.0, until, sys.maxsize)
             await client.follow({"id": job_id, "status": "unknown"})
 
 
@@ -426,7 +431,7 @@ async def load(
                 for i, http in enumerate(clients)
             )
         )
-        await drain(base, tally, drain_until, auth[0])
+        await drain(base, tally, drain_until)
     finally:
         watcher.cancel()
         sampler.cancel()
