@@ -23,9 +23,9 @@ from app.core import keys
 from app.core.events import preview_steps
 from app.core.jobs import MAX_EVENTS
 
-# A job's hash (MEMORY USAGE: about 1.0 kB) and its event stream, whose first entry takes a whole stream node
-# (about 4.8 kB): a cache hit of emoji32 (a 3.4 kB PNG) measured 9.5 kB in all.
-RECORD_BYTES = 6144
+# A job's hash (MEMORY USAGE: 1.0 to 1.5 kB), its event stream, whose first entry takes a whole stream node
+# (4.8 kB), and the allocator's share of its PNG (about 0.4 kB): `python -m bench.job_bytes` measures them.
+RECORD_BYTES = 7168
 PROGRESS_EVENT_BYTES = 128  # one progress entry of a job's stream (about 70 bytes of fields, plus the entry)
 PNG_OVERHEAD_BYTES = 1024  # PNG chunks and the tEXt parameters
 
