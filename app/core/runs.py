@@ -5,8 +5,9 @@ asked for the same engine key (DESIGN.md: model digest, seed, steps, eta, device
 while it was open: identical concurrent requests share one run. A finished run's PNG is the result
 cache. A run stops early only when no job waits for it any more.
 
-All run state changes are Lua scripts, so that joining, canceling, finishing and failing a run never
-interleave: a job either joins a run before it closes (and gets its result) or starts a new one.
+All run state changes are Lua scripts, so that joining (the submit script, app.core.submit), canceling,
+finishing and failing a run never interleave: a job either joins a run before it closes (and gets its
+result) or starts a new one.
 """
 
 from __future__ import annotations
@@ -49,27 +50,6 @@ local function close(rid, status)
 end
 """
 
-# ARGV: job id, engine key. Join the open run of this engine key, or lead a new one.
-_SUBSCRIBE = (
-    _LUA_KEYS
-    + """
-local rid = redis.call('GET', open_key(ARGV[2]))
-if rid then
-  local status = redis.call('HGET', run_key(rid), 'status')
-  if status == 'queued' or status == 'running' then
-    redis.call('SADD', jobs_key(rid), ARGV[1])
-    redis.call('HSET', job_key(ARGV[1]), 'run', rid)
-    return {'follow', rid, status}
-  end
-end
-redis.call('HSET', run_key(ARGV[1]), 'status', 'queued', 'engine_key', ARGV[2])
-redis.call('SADD', jobs_key(ARGV[1]), ARGV[1])
-redis.call('HSET', job_key(ARGV[1]), 'run', ARGV[1])
-redis.call('SET', open_key(ARGV[2]), ARGV[1])
-return {'lead', ARGV[1], 'queued'}
-"""
-)
-
 # ARGV: run id, final run status. Close the run (nobody can join it now); returns its jobs.
 _CLOSE = (
     _LUA_KEYS
@@ -107,11 +87,6 @@ return {current, 1}
 
 def _decode(value):
     return value.decode() if isinstance(value, bytes) else value
-
-
-def subscribe(redis, engine_key_: str, job_id: str) -> tuple[str, str, str]:
-    """('lead' | 'follow', run id, run status); also records the run id on the job."""
-    return tuple(_decode(v) for v in redis.eval(_SUBSCRIBE, 0, job_id, engine_key_))
 
 
 def close(redis, run_id: str, status: str) -> list[str]:
@@ -178,12 +153,3 @@ def fail_run(redis, run_id: str, error: str, ttl: int) -> None:
 
 def job_ids(redis, run_id: str) -> list[str]:
     return sorted(_decode(v) for v in redis.smembers(keys.run_jobs(run_id)))
-
-
-def cached(redis, cache_key: str) -> dict | None:
-    """The cache entry {job, sha256} of a finished run, if its PNG still exists."""
-    raw = redis.get(keys.cache(cache_key))
-    if raw is None:
-        return None
-    entry = json.loads(raw)
-    return entry if redis.exists(keys.png(entry["job"])) else None
