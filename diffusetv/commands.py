@@ -172,6 +172,9 @@ def api(args: argparse.Namespace) -> int:
     import uvicorn
 
     s = settings(host=args.host, port=args.port)
+    refused = s.exposure_problem()
+    if refused:
+        raise UserError(refused)
     from app.main import create_app
 
     logging.getLogger("uvicorn.access").addFilter(quiet_health_checks)
@@ -193,7 +196,9 @@ def worker(args: argparse.Namespace) -> int:
 def up(args: argparse.Namespace) -> int:
     from diffusetv.up import up as run_up
 
-    settings(host=args.host, port=args.port)
+    refused = settings(host=args.host, port=args.port).exposure_problem()
+    if refused:
+        raise UserError(refused)
     return run_up(args.host, args.port)
 
 

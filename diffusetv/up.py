@@ -152,7 +152,6 @@ def curl_line(base: str) -> str:
     return f'curl -sS --fail -o seed42.png "{base}$({post})/image.png?wait=30"'
 
 
-
 def exited(proc: subprocess.Popen, relays: dict[int, tuple[str, StderrRelay]]) -> str:
     """One line: which child exited, with what status, and the last line it wrote."""
     if proc.pid not in relays:
