@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.content_type import JsonBodies
 from app.core.redis import PoolExhausted, connect_sync
 from app.core.settings import Settings, get_settings
 from app.headers import PageHeaders
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, timeout_s=settings.body_timeout_s)
     app.add_middleware(PageHeaders)
+    app.add_middleware(JsonBodies)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(system.router)

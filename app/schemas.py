@@ -121,6 +121,7 @@ ERROR_DESCRIPTIONS = {
     408: "the request body did not arrive in full within DIFFUSETV_BODY_TIMEOUT_S",
     409: "the job has not succeeded (image) or has already ended (cancel)",
     413: "request body over 64 KiB",
+    415: "the body is not declared as JSON (send Content-Type: application/json)",
     429: (
         "a bound was reached (the model's queue, the followers of one run, this client's quota of jobs or bytes, "
         "or of open streams and long polls) or the API is at capacity; retry after Retry-After seconds"

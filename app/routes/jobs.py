@@ -96,7 +96,7 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
-@router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413))
+@router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413, 415))
 def generate(
     body: schemas.GenerateRequest,
     response: Response,
@@ -113,7 +113,9 @@ def generate(
     return view(redis, load_record(redis, job_id, owner))
 
 
-@router.post("/interpolate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413))
+@router.post(
+    "/interpolate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413, 415)
+)
 def interpolate(
     body: schemas.InterpolateRequest,
     response: Response,

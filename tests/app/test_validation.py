@@ -247,3 +247,21 @@ def test_a_body_that_never_finishes_is_408_within_the_body_timeout(tiny_store, r
         assert b"did not arrive" in answer
     finally:
         s.stop_all()
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data", None]
+)
+def test_a_body_not_declared_as_json_is_415_saying_so(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = client.post("/generate", content=b'{"seed": 1}', headers=headers)
+    assert r.status_code == 415
+    assert r.json()["detail"] == (
+        f"the body must be JSON, sent with Content-Type: application/json (this one: {content_type or 'none'})"
+    )
+
+
+def test_json_with_a_charset_is_read_and_an_empty_body_is_still_422(client):
+    r = client.post("/generate", content=b'{"seed": 1}', headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 202
+    assert client.post("/generate").status_code == 422
