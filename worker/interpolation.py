@@ -20,6 +20,7 @@ from app.core.jobs import InterpolateSpec, JobStatus, deliver, transition
 from app.core.png import PARAMETERS_KEY, encode_png, parameters_json
 from diffusion.grid import make_grid
 from diffusion.interpolate import interpolated_noises
+from worker.batch import count
 from worker.engine import Engine
 
 FRAME_MS = 150
@@ -58,10 +59,12 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
     now = repr(time.time())
     engine_json = json.dumps(engine.record())
     started = transition(redis, spec.job_id, (JobStatus.QUEUED,), {
-        "status": JobStatus.RUNNING, "started_at": now, "engine": engine_json, "batch_size": str(spec.frames),
+        "status": JobStatus.RUNNING, "started_at": now, "engine": engine_json, "batch_size": "1",
         "progress": json.dumps({"step": 0, "steps": spec.steps})})  # fmt: skip
     if started != JobStatus.QUEUED.value:
         return started or "missing"
+    # batch_size is jobs sharing a model run, as for /generate: an interpolation runs alone (its frames are rows).
+    run_started = time.monotonic()
     x_T = interpolated_noises(engine.initial_noise(spec.seed_a), engine.initial_noise(spec.seed_b), spec.frames)
     sampler = engine.run([spec.seed_a] * spec.frames, spec.steps, [0.0] * spec.frames, x_T=x_T)
     last_write, last = 0.0, None
@@ -86,4 +89,6 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
     if not deliver(redis, spec.job_id, apng, ttl, fields):
         redis.delete(keys.strip(spec.job_id))
         return JobStatus.CANCELED.value
+    # /metrics: a batch of one run, whose image steps are its frames' steps
+    count(redis, 1, spec.steps * spec.frames, {spec.job_id: "succeeded"}, time.monotonic() - run_started)
     return JobStatus.SUCCEEDED.value

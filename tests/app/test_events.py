@@ -104,7 +104,10 @@ def test_interpolation_strip_and_animation_end_at_the_two_seeds(stack):
         r = c.post("/interpolate", json={"seed_a": 11, "seed_b": 12, "frames": 8, "steps": 20})
         assert r.status_code == 202 and r.json()["kind"] == "interpolate"
         job = c.get(f"/jobs/{r.json()['id']}", params={"wait": 30}).json()
-        assert job["status"] == "succeeded" and job["batch_size"] == 8
+        assert job["status"] == "succeeded" and job["batch_size"] == 1 and job["params"]["frames"] == 8
+        metrics = c.get("/metrics").text
+        assert 'diffusetv_batch_size_total{size="1"} 1.0' in metrics  # the one run, as the job says
+        assert "diffusetv_image_steps_total 160.0" in metrics  # 8 frames x 20 steps
         strip = c.get(job["strip_url"]).content
         pixels = decode_png(strip)
         assert pixels.shape == (16, 8 * 16, 3)
