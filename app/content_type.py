@@ -37,7 +37,7 @@ class JsonBodies:
 
 async def refuse(send: Send, declared: str) -> None:
     detail = f"the body must be JSON, sent with Content-Type: application/json (this one: {declared[:80]})"
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps({"detail": detail}, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 415, "headers": headers})
     await send({"type": "http.response.body", "body": body})
