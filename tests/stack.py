@@ -132,33 +132,27 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log(name)[-3000:]}")
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"stack not ready:\n{self.log('api')[-2000:]}\n{self.log('worker')[-2000:]}")
+        """Until /readyz is 200: Redis answers and a live worker serves the model."""
+        self.wait_for("/readyz", timeout, "stack not ready")
 
     def wait_healthy(self, timeout: float = 60) -> None:
         """Until the API answers /healthz (no worker needed)."""
+        self.wait_for("/healthz", timeout, "the API did not answer")
+
+    def wait_for(self, path: str, timeout: float, failure: str) -> None:
+        """Until GET `path` is 200; a process that exits meanwhile fails at once, with its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log(name)[-3000:]}")
             try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.base}{path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"the API did not answer:\n{self.log('api')[-2000:]}")
+        raise RuntimeError(f"{failure}:\n{self.log('api')[-2000:]}\n{self.log('worker')[-2000:]}")
 
     def stop_all(self) -> None:
         for proc in self.procs.values():
