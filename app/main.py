@@ -27,6 +27,7 @@ from app.waker import Waker
 from model_store import Store
 
 REDIS_RETRY_AFTER_S = 2
+OOM_IN_SCRIPT = "OOM command not allowed"
 BUSY_RETRY_AFTER_S = 1
 THREADS = 256
 log = logging.getLogger("diffusetv.api")
@@ -102,6 +103,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(
             {"detail": "Redis is full; retry later"}, 503, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)}
         )
+
+    @app.exception_handler(redis_lib.exceptions.ResponseError)
+    async def script_error(request: Request, exc: Exception) -> JSONResponse:
+        # Redis before 7 reports an OOM inside a script as a script error. A script is refused at its first
+        # write, before it has written anything, so this too is "full", with nothing half made.
+        if OOM_IN_SCRIPT in str(exc):
+            return await redis_full(request, exc)
+        raise exc
 
     if not settings.keys:
         app.openapi = lambda: open_schema(app)  # no keys, no security requirement in the schema
