@@ -17,7 +17,7 @@ from app.core.settings import Settings, get_settings
 from app.limits import BodySizeLimit
 from app.reaper import Reaper
 from app.routes import events, jobs, page, system
-from model_store import Store
+from model_store import Store, kinds
 
 REDIS_RETRY_AFTER_S = 2
 THREADS = 256
@@ -25,6 +25,7 @@ THREADS = 256
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    kinds.load_modules(settings.extra_kind_modules)  # DIFFUSETV_KIND_MODULES: kinds beyond the built-in ones
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -28,7 +28,8 @@ from app.core.jobs import (
     transition,
 )
 from app.core.settings import Settings
-from model_store import Manifest, ModelStoreError, Store
+from app.models import offered
+from model_store import Manifest, ModelStoreError, Store, kinds
 
 QUEUE_FULL_RETRY_S = 5
 LOST_AFTER_S = 30  # a job whose run has no RQ job this long after it was made will never run
@@ -39,17 +40,26 @@ def queue_for(redis, model_ref: str) -> Queue:
 
 
 def resolve_model(store: Store, ref: str | None, settings: Settings) -> Manifest:
-    """The manifest of a DDIM model in the store, or a 422 naming the field and the available models."""
+    """The manifest of a served kind's model in the store, or a 422 naming the field and the available models."""
     try:
         manifest = store.resolve(ref or settings.model)
-        if manifest.kind != "ddim-unet":
-            raise ModelStoreError(f"{manifest.ref} is not a generative model")
+        kinds.served(manifest)  # an unknown kind, or a stored-only one, is refused with one line naming it
         return manifest
     except ModelStoreError as exc:
-        available = [m.ref for m in store.list() if m.kind == "ddim-unet"]
+        available = [m.ref for m in offered(store)]
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "model"), "msg": f"{exc}; available: {available}", "input": ref}]
         ) from None
+
+
+def model_record(manifest: Manifest) -> dict:
+    """The job's `model`: which version ran it, its weights' digest and its identity."""
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "digest": manifest.digest,
+        "identity": manifest.identity,
+    }
 
 
 def current_engine(redis, model_ref: str) -> str:
@@ -64,9 +74,9 @@ def submit(
     """Answer from the result cache, join an identical run in flight, or queue a new run (429 when full)."""
     eta = float(eta) + 0.0  # -0.0 is 0.0: one engine key, one set of bytes
     engine = current_engine(redis, manifest.ref)
-    model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
-    key = runs.engine_key(manifest.digest, seed, steps, eta, engine)
-    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.digest, previews, key)
+    model = model_record(manifest)
+    key = runs.engine_key(manifest.identity, manifest.ref, seed, steps, eta, engine)
+    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.identity, previews, key)
     if engine != runs.PENDING_ENGINE and (hit := runs.cached(redis, key)):
         answered = answer_from_cache(redis, settings, spec, model, owner, hit)
         if answered:
@@ -115,8 +125,8 @@ def submit_interpolation(
     """Queue an interpolation job (429 when the model's queue is full)."""
     queue = queue_for(redis, manifest.ref)
     check_room(queue, settings)
-    spec = InterpolateSpec(new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.digest)
-    model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
+    spec = InterpolateSpec(new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.identity)
+    model = model_record(manifest)
     redis.hset(keys.job(spec.job_id), mapping=new_interpolation_record(spec, model, owner))
     events.emit(redis, spec.job_id, events.STATUS, {"status": JobStatus.QUEUED.value})
     enqueue(redis, queue, settings, INTERPOLATE_FUNC, spec)

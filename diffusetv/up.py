@@ -1,4 +1,5 @@
-"""`diffusetv up`: Redis (embedded unless DIFFUSETV_REDIS_URL is set), one worker and the API.
+"""`diffusetv up`: Redis (embedded unless DIFFUSETV_REDIS_URL is set), one worker holding every model of
+DIFFUSETV_MODELS (or `--model`, repeatable), and the API.
 
 Ctrl-C (or SIGTERM) stops every child; nothing is left running.
 """
@@ -107,10 +108,13 @@ def curl_line(base: str) -> str:
     )
 
 
-def up(host: str, port: int) -> int:
+def up(host: str, port: int, models: str | None = None) -> int:
+    """`models`: comma-separated references (`--model`), replacing DIFFUSETV_MODELS for this stack."""
     procs: list[subprocess.Popen] = []
     workdir = Path(tempfile.mkdtemp(prefix="diffusetv-"))
     env = {**os.environ, "DIFFUSETV_HOST": host, "DIFFUSETV_PORT": str(port)}
+    if models:
+        env["DIFFUSETV_MODELS"] = models  # what the worker loads and what /readyz waits for
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

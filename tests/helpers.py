@@ -59,3 +59,13 @@ def require(condition: bool, reason: str) -> None:
 # The service's processes, as the end-to-end tests start them and as docker-compose.yml runs them.
 API_COMMAND = ["diffusetv", "api"]
 WORKER_COMMAND = ["diffusetv", "worker"]
+
+
+def claim_as_worker(redis_url: str, ref: str = "tiny@1", engine: str = "cpu/fp32/in-process") -> None:
+    """The engine claim a live worker keeps renewed for each model it serves (worker.heartbeat), without a
+    worker: API-only tests can then queue jobs for `ref`, which would otherwise be 503 (no live worker)."""
+    import redis
+
+    from app.core import keys
+
+    redis.Redis.from_url(redis_url).set(keys.engine(ref), engine)

@@ -13,10 +13,12 @@ from app.auth import OwnerDep
 from app.core import keys
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
+from app.models import check_request, require_served
 from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 503))
+
 WAKE_S = 1.0
 PNG_RESPONSES = {  # the two PNG routes (image and strip) answer alike
     200: {"content": {"image/png": {}}},
@@ -66,6 +68,14 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
+def offered_model(redis, store, settings, body: schemas.GenerateRequest | schemas.InterpolateRequest):
+    """The request's model: known, of a served kind that takes the request's fields, and served by a live worker."""
+    manifest = resolve_model(store, body.model, settings)
+    check_request(manifest, body.steps, body.model_fields_set - schemas.COMMON_FIELDS)
+    require_served(redis, manifest)
+    return manifest
+
+
 @router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(413, 429))
 def generate(
     body: schemas.GenerateRequest,
@@ -75,8 +85,8 @@ def generate(
     store: StoreDep,
     owner: OwnerDep,
 ) -> schemas.Job:
-    """Queue a DDIM generation job; poll `Location` for it."""
-    manifest = resolve_model(store, body.model, settings)
+    """Queue a DDIM generation job; poll `Location` for it. 503 when no live worker serves the model."""
+    manifest = offered_model(redis, store, settings, body)
     job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews, owner)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
@@ -92,7 +102,7 @@ def interpolate(
     owner: OwnerDep,
 ) -> schemas.Job:
     """Queue a seed interpolation: DDIM (eta 0) from the spherical walk between two seeds' noises."""
-    manifest = resolve_model(store, body.model, settings)
+    manifest = offered_model(redis, store, settings, body)
     job_id = submit_interpolation(redis, settings, manifest, body.seed_a, body.seed_b, body.frames, body.steps, owner)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
