@@ -54,7 +54,7 @@ def check_request(manifest: Manifest, steps: int, given: Iterable[str]) -> None:
 
 def offered(store: Store) -> list[Manifest]:
     """The store's models of kinds a worker can serve (stored-only and unknown kinds are left out)."""
-    return [m for m in store.list() if m.kind in kinds.KINDS and kinds.KINDS[m.kind].served]
+    return [m for m in store.list() if kinds.is_served(m)]
 
 
 def describe(manifest: Manifest) -> dict:

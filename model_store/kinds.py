@@ -81,6 +81,12 @@ def served(manifest: Manifest) -> Kind:
     return kind
 
 
+def is_served(manifest: Manifest) -> bool:
+    """Whether the model is of a known kind that a worker can serve."""
+    kind = KINDS.get(manifest.kind)
+    return kind is not None and kind.served
+
+
 def require(manifest: Manifest, name: str) -> Kind:
     """The model's kind, which must be `name`: a loader for one kind refuses a model of another."""
     kind = of(manifest)

@@ -69,3 +69,17 @@ def claim_as_worker(redis_url: str, ref: str = "tiny@1", engine: str = "cpu/fp32
     from app.core import keys
 
     redis.Redis.from_url(redis_url).set(keys.engine(ref), engine)
+
+
+def copy_version(store, name: str, version: int, **changes) -> Path:
+    """name@version+1: the same weights file and manifest as name@version, with `changes` to its top-level fields."""
+    import json
+
+    source = store.root / name / str(version)
+    target = store.root / name / str(version + 1)
+    target.mkdir()
+    data = json.loads((source / "model.json").read_text())
+    data.update(version=version + 1, **changes)
+    (target / "model.json").write_text(json.dumps(data))
+    (target / data["weights"]["file"]).write_bytes((source / data["weights"]["file"]).read_bytes())
+    return target
