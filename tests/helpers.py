@@ -83,3 +83,23 @@ def copy_version(store, name: str, version: int, **changes) -> Path:
     (target / "model.json").write_text(json.dumps(data))
     (target / data["weights"]["file"]).write_bytes((source / data["weights"]["file"]).read_bytes())
     return target
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def several_models(store) -> dict[str, str]:
+    """Beside `tiny@1`: `toy@1` (the test-only kind toy-linear), `lonely@1` (a U-Net no worker is told to
+    serve) and `odd@1` (a kind nobody registered). Returns the environment a stack serving tiny and toy needs."""
+    from toy_kind_engine import save_toy
+
+    from model_store.weights import save_model
+
+    save_toy(store, "toy")
+    save_model(store, "lonely", make_tiny_net(seed=1), "offset_cosine", [0.5] * 3, [0.25] * 3, {"steps": 0})
+    save_model(store, "odd", make_tiny_net(seed=2), "offset_cosine", [0.5] * 3, [0.25] * 3, {}, kind="mystery-net")
+    return {
+        "DIFFUSETV_MODELS": "tiny,toy",
+        "DIFFUSETV_KIND_MODULES": "toy_kind",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p),
+    }
