@@ -105,6 +105,12 @@ def test_models_and_openapi(client):
     assert props["steps"]["maximum"] == 1000 and props["steps"]["default"] == 50
     assert props["seed"]["maximum"] == 2**53 - 1 and props["seed"]["description"]
     assert schema["components"]["schemas"]["GenerateRequest"]["additionalProperties"] is False
+    entry = schema["components"]["schemas"]["ModelEntry"]
+    assert {"kind", "shape", "conditioning", "served", "identity"} <= set(entry["required"])
+    assert schema["components"]["schemas"]["Shape"]["required"] == ["height", "width", "channels"]
+    (model,) = models["models"]
+    assert model["served"] and model["kind"] == "ddim-unet" and model["conditioning"] == "none"
+    assert model["shape"] == {"height": 16, "width": 16, "channels": 3} and model["image_size"] == 16
 
 
 def test_readyz_is_503_without_a_worker(client, redis_server):
