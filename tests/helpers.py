@@ -71,6 +71,15 @@ def claim_as_worker(redis_url: str, ref: str = "tiny@1", engine: str = "cpu/fp32
     redis.Redis.from_url(redis_url).set(keys.engine(ref), engine)
 
 
+def release_claim(redis_url: str, ref: str = "tiny@1") -> None:
+    """Drop the stand-in claim of `claim_as_worker`, as its TTL would: a real worker then claims the model."""
+    import redis
+
+    from app.core import keys
+
+    redis.Redis.from_url(redis_url).delete(keys.engine(ref))
+
+
 def copy_version(store, name: str, version: int, **changes) -> Path:
     """name@version+1: the same weights file and manifest as name@version, with `changes` to its top-level fields."""
     import json
