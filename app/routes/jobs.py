@@ -18,7 +18,6 @@ from app.queueing import cancel, queue_position, reconcile, resolve_model, submi
 from app.views import job_view
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 503))
-
 WAKE_S = 1.0
 PNG_RESPONSES = {  # the two PNG routes (image and strip) answer alike
     200: {"content": {"image/png": {}}},
