@@ -59,9 +59,10 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
         registry.ENGINES[exact] = engine
         loaded.append(exact)
         log.info(
-            "loaded %s (%s) as %s in %.2f s; network calls of %s rows",
+            "loaded %s (kind %s, identity %s) as %s in %.2f s; network calls of %s rows",
             exact,
-            engine.manifest.digest[:12],
+            engine.manifest.kind,
+            engine.manifest.identity[:12],
             engine.id,
             time.perf_counter() - started,
             ", ".join(map(str, engine.probe.shapes.sizes)),
