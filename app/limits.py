@@ -1,29 +1,35 @@
-"""Request body limit: 413 for a body over 64 KiB, whether or not it declares its length."""
+"""Request body limits: 413 for a body over 64 KiB, whether or not it declares its length, and 408 for one that
+does not arrive in full within BODY_TIMEOUT_S (a client that never finishes its body holds nothing for long)."""
 
 from __future__ import annotations
 
+import json
+
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_S = 10.0
 
 
-async def _send_413(send: Send) -> None:
-    body = b'{"detail":"request body over 64 KiB"}'
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+async def _send_error(send: Send, status: int, detail: str, close: bool = False) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class BodySizeLimit:
-    """Reads the whole body first (at most `limit` bytes are kept), then hands it to the app."""
+async def _send_413(send: Send) -> None:
+    await _send_error(send, 413, "request body over 64 KiB")
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app, self.limit = app, limit
+
+class BodySizeLimit:
+    """Reads the whole body first (at most `limit` bytes are kept, within `timeout_s`), then hands it to the app."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES, timeout_s: float = BODY_TIMEOUT_S) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -34,18 +40,22 @@ class BodySizeLimit:
             await _send_413(send)
             return
         chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                await self.app(scope, receive, send)
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await _send_413(send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
+        with anyio.move_on_after(self.timeout_s) as deadline:
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away
+                    await self.app(scope, receive, send)
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    await _send_413(send)
+                    return
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        if deadline.cancelled_caught:
+            await _send_error(send, 408, f"the request body did not arrive within {self.timeout_s:g} s", close=True)
+            return
         body, sent = b"".join(chunks), False
 
         async def replay() -> Message:

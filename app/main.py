@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from contextlib import asynccontextmanager
 
 import anyio
 import redis as redis_lib
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.core.redis import connect_async, connect_sync
+from app.core.redis import PoolExhausted, connect_sync
 from app.core.settings import Settings, get_settings
+from app.headers import PageHeaders
 from app.limits import BodySizeLimit
 from app.reaper import Reaper
 from app.routes import events, jobs, page, system
+from app.waker import Waker
 from model_store import Store, kinds
 
 REDIS_RETRY_AFTER_S = 2
+BUSY_RETRY_AFTER_S = 1
 THREADS = 256
+log = logging.getLogger("diffusetv.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,16 +39,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.settings = settings
         app.state.store = Store(settings.model_store)
-        app.state.redis = connect_sync(settings.redis_url or "redis://127.0.0.1:6379/0")
-        app.state.aredis = connect_async(settings.redis_url or "redis://127.0.0.1:6379/0")
-        # `?wait=` long polls hold a worker thread each: allow many more than the default 40
+        url = settings.redis_url or "redis://127.0.0.1:6379/0"
+        # One bounded pool for every request and the reaper: a request that waits longer than
+        # REDIS_POOL_WAIT_S for a connection is a 429 (the API is busy), never a 503 (Redis is fine).
+        app.state.redis = connect_sync(url, pool_size=settings.redis_pool_size, pool_wait_s=settings.redis_pool_wait_s)
+        app.state.waker = Waker(url)  # one more connection: every idle long poll and event stream waits on it
+        app.state.waker.start()
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
         reaper = Reaper(app.state.redis, settings)
         reaper.start()
         yield
         reaper.stop()
+        await app.state.waker.stop()
         app.state.redis.close()
-        await app.state.aredis.aclose()
 
     app = FastAPI(
         title="DiffuseTV",
@@ -48,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Deterministic DDIM image generation: POST a seed, get a PNG.",
     )
-    app.add_middleware(BodySizeLimit)
+    app.add_middleware(BodySizeLimit, timeout_s=settings.body_timeout_s)
+    app.add_middleware(PageHeaders)
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(system.router)
@@ -61,6 +73,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(
             {"detail": "Redis is unavailable; retry later"}, 503, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)}
         )
+
+    @app.exception_handler(PoolExhausted)
+    async def busy(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("busy: %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the API is at capacity; retry later"}, 429, headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # the errors echo the input, which JSON can't hold when it is NaN or Infinity (Python's JSON reads them)
+        return JSONResponse({"detail": finite(jsonable_encoder(exc.errors()))}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -79,6 +103,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if not settings.keys:
         app.openapi = lambda: open_schema(app)  # no keys, no security requirement in the schema
     return app
+
+
+def finite(value):
+    """`value` with every NaN and infinity replaced by its name, as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def open_schema(app: FastAPI) -> dict:

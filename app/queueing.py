@@ -13,25 +13,24 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from app.core import events, keys, runs
+from app.core import keys, runs
 from app.core.jobs import (
     GENERATE_FUNC,
     INTERPOLATE_FUNC,
     InterpolateSpec,
     JobSpec,
-    JobStatus,
-    expire,
     new_interpolation_record,
     new_job_id,
     new_record,
     read_record,
-    transition,
 )
 from app.core.settings import Settings
+from app.core.submit import Admission, admit, quota_for, result_cost
 from app.models import offered
 from model_store import Manifest, ModelStoreError, Store, kinds
 
 QUEUE_FULL_RETRY_S = 5
+FOLLOWERS_RETRY_S = 2
 LOST_AFTER_S = 30  # a job whose run has no RQ job this long after it was made will never run
 
 
@@ -40,16 +39,24 @@ def queue_for(redis, model_ref: str) -> Queue:
 
 
 def resolve_model(store: Store, ref: str | None, settings: Settings) -> Manifest:
-    """The manifest of a served kind's model in the store, or a 422 naming the field and the available models."""
+    """The manifest of a model of a served kind in the store, or a 422 naming the field and the available models.
+
+    The message names only what a client may know: the reference it sent, why its model cannot be served (an
+    unknown kind, or one stored but not served, named) and the servable models (no paths)."""
+    wanted = ref or settings.model
     try:
-        manifest = store.resolve(ref or settings.model)
-        kinds.served(manifest)  # an unknown kind, or a stored-only one, is refused with one line naming it
+        manifest = store.resolve(wanted)
+    except ModelStoreError:
+        manifest = None
+    if manifest is None:
+        reason = f"no generative model {wanted!r} (NAME or NAME@VERSION)"
+    else:
+        reason = kinds.refusal(manifest, repr(wanted))
+    if manifest is not None and reason is None:
         return manifest
-    except ModelStoreError as exc:
-        available = [m.ref for m in offered(store)]
-        raise RequestValidationError(
-            [{"type": "value_error", "loc": ("body", "model"), "msg": f"{exc}; available: {available}", "input": ref}]
-        ) from None
+    available = [m.ref for m in offered(store)]
+    msg = f"{reason}; available: {available}"
+    raise RequestValidationError([{"type": "value_error", "loc": ("body", "model"), "msg": msg, "input": ref}])
 
 
 def model_record(manifest: Manifest) -> dict:
@@ -69,99 +76,139 @@ def current_engine(redis, model_ref: str) -> str:
 
 
 def submit(
-    redis, settings: Settings, manifest: Manifest, seed: int, steps: int, eta: float, previews: bool, owner: str = ""
+    redis,
+    settings: Settings,
+    manifest: Manifest,
+    seed: int,
+    steps: int,
+    eta: float,
+    previews: bool,
+    owner: str = "",
+    client: str = "",
 ) -> str:
-    """Answer from the result cache, join an identical run in flight, or queue a new run (429 when full)."""
+    """Answer from the result cache, join an identical run in flight, or queue a new run, atomically (app.core.submit);
+    429 past a bound."""
     eta = float(eta) + 0.0  # -0.0 is 0.0: one engine key, one set of bytes
     engine = current_engine(redis, manifest.ref)
     model = model_record(manifest)
     key = runs.engine_key(manifest.identity, manifest.ref, seed, steps, eta, engine)
     spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.identity, previews, key)
-    if engine != runs.PENDING_ENGINE and (hit := runs.cached(redis, key)):
-        answered = answer_from_cache(redis, settings, spec, model, owner, hit)
-        if answered:
-            return answered
-    queue = queue_for(redis, manifest.ref)
-    check_room(queue, settings)
-    redis.hset(keys.job(spec.job_id), mapping=new_record(spec, model, owner))
-    events.emit(redis, spec.job_id, events.STATUS, {"status": JobStatus.QUEUED.value})
-    role, _, status = runs.subscribe(redis, key, spec.job_id)
-    if role == "follow":  # an identical run is queued or running: wait for it, run nothing new
-        if status == JobStatus.RUNNING.value:
-            transition(
-                redis, spec.job_id, (JobStatus.QUEUED,), {"status": JobStatus.RUNNING, "started_at": repr(time.time())}
-            )
-        redis.hincrby(keys.METRICS, "joined", 1)
-        return spec.job_id
-    enqueue(redis, queue, settings, GENERATE_FUNC, spec)
+    cost = result_cost(*image_shape(manifest), steps, previews)
+    cache_key = key if engine != runs.PENDING_ENGINE else ""
+    record = new_record(spec, model, owner)
+    admitted(redis, settings, manifest, GENERATE_FUNC, spec, record, client, key, cache_key, cost)
     return spec.job_id
-
-
-def check_room(queue: Queue, settings: Settings) -> None:
-    """429 with Retry-After when the model's queue holds MAX_QUEUE runs."""
-    if queue.count >= settings.max_queue:
-        raise HTTPException(429, "the queue is full; retry later", headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
-
-
-def enqueue(redis, queue: Queue, settings: Settings, func: str, spec: JobSpec | InterpolateSpec) -> None:
-    """Put the job's run on its RQ queue (JSON kwargs, the job's own id); on failure its run fails, cleanly."""
-    try:
-        queue.enqueue_call(
-            func,
-            kwargs=spec.to_kwargs(),
-            job_id=spec.job_id,
-            timeout=settings.job_timeout,
-            result_ttl=settings.result_ttl,
-            failure_ttl=settings.result_ttl,
-        )
-    except Exception:
-        runs.fail_run(redis, spec.job_id, "the job could not be queued", settings.result_ttl)
-        raise
 
 
 def submit_interpolation(
-    redis, settings: Settings, manifest: Manifest, seed_a: int, seed_b: int, frames: int, steps: int, owner: str = ""
+    redis,
+    settings: Settings,
+    manifest: Manifest,
+    seed_a: int,
+    seed_b: int,
+    frames: int,
+    steps: int,
+    owner: str = "",
+    client: str = "",
 ) -> str:
-    """Queue an interpolation job (429 when the model's queue is full)."""
-    queue = queue_for(redis, manifest.ref)
-    check_room(queue, settings)
+    """Queue an interpolation job, atomically (429 past a bound)."""
     spec = InterpolateSpec(new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.identity)
     model = model_record(manifest)
-    redis.hset(keys.job(spec.job_id), mapping=new_interpolation_record(spec, model, owner))
-    events.emit(redis, spec.job_id, events.STATUS, {"status": JobStatus.QUEUED.value})
-    enqueue(redis, queue, settings, INTERPOLATE_FUNC, spec)
+    cost = result_cost(*image_shape(manifest), steps, False, images=2 * frames)  # the animation and the strip
+    record = new_interpolation_record(spec, model, owner)
+    admitted(redis, settings, manifest, INTERPOLATE_FUNC, spec, record, client, "", "", cost)
     return spec.job_id
 
 
-def answer_from_cache(redis, settings: Settings, spec: JobSpec, model: dict, owner: str, hit: dict) -> str | None:
-    """A new job, already succeeded, whose PNG is a copy of the cached result: no model work, no queue.
+def image_shape(manifest: Manifest) -> tuple[int, int]:
+    """(side, channels) of a square that holds the model's image (its kind says the shape): for result_cost."""
+    height, width, channels = kinds.of(manifest).shape(manifest.config)
+    return max(height, width), channels
 
-    None when the cached PNG expired meanwhile."""
-    if not redis.copy(keys.png(hit["job"]), keys.png(spec.job_id), replace=True):
-        return None
-    source = read_record(redis, hit["job"]) or {}
-    now = repr(time.time())
-    record = new_record(spec, model, owner)
-    record.update(
-        {
-            "status": JobStatus.SUCCEEDED.value,
-            "started_at": now,
-            "finished_at": now,
-            "cached": "1",
-            "sha256": hit["sha256"],
-            "engine": source.get("engine", ""),
-            "batch_size": source.get("batch_size", ""),
-            "progress": source.get("progress", ""),
-        }
+
+def admitted(
+    redis,
+    settings: Settings,
+    manifest: Manifest,
+    func: str,
+    spec: JobSpec | InterpolateSpec,
+    record: dict[str, str],
+    client: str,
+    engine_key: str,
+    cache_key: str,
+    cost: int,
+) -> Admission:
+    """Run the atomic submit; a refusal is a 429 with Retry-After that says which bound was reached."""
+    now = time.time()
+    queue = queue_for(redis, manifest.ref)
+    admission = admit(
+        redis,
+        spec.job_id,
+        record,
+        engine_key=engine_key,
+        cache_key=cache_key,
+        queue_key=queue.key,
+        rq_commands=rq_commands(redis, queue, func, spec, settings),
+        quota=quota_for(client, settings.client_jobs, settings.client_bytes, settings.quota_window_s, now),
+        cost=cost,
+        ttl=settings.pending_ttl,
+        result_ttl=settings.result_ttl,
+        max_queue=settings.max_queue,
+        max_followers=settings.max_followers,
+        now=repr(now),
     )
-    pipe = redis.pipeline(transaction=True)
-    pipe.expire(keys.png(spec.job_id), settings.result_ttl)
-    pipe.hset(keys.job(spec.job_id), mapping={k: v for k, v in record.items() if v is not None})
-    events.emit(pipe, spec.job_id, events.STATUS, {"status": JobStatus.SUCCEEDED.value})
-    expire(pipe, spec.job_id, settings.result_ttl)
-    pipe.hincrby(keys.METRICS, "cache_hits", 1)
-    pipe.execute()
-    return spec.job_id
+    if admission.admitted:
+        return admission
+    if admission.outcome == "queue_full":
+        raise too_many("the queue is full; retry later", QUEUE_FULL_RETRY_S)
+    if admission.outcome == "followers":
+        raise too_many(
+            f"{settings.max_followers} other requests already wait for this same image (DIFFUSETV_MAX_FOLLOWERS); "
+            "retry later, when it is answered from the cache",
+            FOLLOWERS_RETRY_S,
+        )
+    limit = (
+        f"{settings.client_jobs} jobs" if admission.detail == "jobs" else f"{settings.client_bytes} bytes of results"
+    )
+    raise too_many(
+        f"this client's quota of {limit} per {settings.quota_window_s} s is used up; retry later",
+        int(admission.status or settings.quota_window_s),
+    )
+
+
+def too_many(message: str, retry_after: int) -> HTTPException:
+    return HTTPException(429, message, headers={"Retry-After": str(max(1, retry_after))})
+
+
+def rq_commands(redis, queue: Queue, func: str, spec: JobSpec | InterpolateSpec, settings: Settings) -> list[tuple]:
+    """The Redis commands with which RQ would enqueue this job (its hash, TTL and queue entry), recorded on an
+    unsent pipeline so that the submit script can run them with everything else."""
+    queue.redis_server_version = server_version(redis)
+    pipe = redis.pipeline(transaction=False)
+    queue.enqueue_call(
+        func,
+        kwargs=spec.to_kwargs(),
+        job_id=spec.job_id,
+        timeout=settings.job_timeout,
+        result_ttl=settings.result_ttl,
+        failure_ttl=settings.result_ttl,
+        ttl=settings.pending_ttl,
+        pipeline=pipe,
+    )
+    commands = [tuple(args) for args, _ in pipe.command_stack]
+    pipe.reset()
+    return commands
+
+
+def server_version(redis) -> tuple[int, int, int]:
+    """Redis's version, read once per client (RQ records it on every job it enqueues)."""
+    version = getattr(redis, "_diffusetv_server_version", None)
+    if version is None:
+        from rq.utils import get_version
+
+        version = get_version(redis)
+        redis._diffusetv_server_version = version
+    return version
 
 
 def queue_position(redis, record: dict[str, str]) -> int | None:

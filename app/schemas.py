@@ -137,9 +137,13 @@ class Error(BaseModel):
 ERROR_DESCRIPTIONS = {
     401: "API keys are configured and the bearer key is missing or wrong",
     404: "no such job: unknown, malformed, expired, or another key's",
+    408: "the request body did not arrive in full within DIFFUSETV_BODY_TIMEOUT_S",
     409: "the job has not succeeded (image) or has already ended (cancel)",
     413: "request body over 64 KiB",
-    429: "the model's queue is full; retry after Retry-After seconds",
+    429: (
+        "a bound was reached (the model's queue, the followers of one run, this client's quota of jobs or bytes, "
+        "or of open streams and long polls) or the API is at capacity; retry after Retry-After seconds"
+    ),
     503: "Redis is unreachable or full, or no live worker serves the model; retry after Retry-After seconds",
 }
 

@@ -1,20 +1,26 @@
 """A bounded load and soak test of the service: N async clients, M minutes of mixed traffic, loopback only.
 
-    python -m bench.load --clients N --minutes M [--store DIR --model REF] [--steps S] [--threads T] [--json FILE]
+    python -m bench.load --clients N --minutes M [--keys K] [--max-queue Q] [--store DIR --model REF]
+                         [--steps S] [--threads T] [--json FILE]
 
 Starts redis-server, `diffusetv worker` and `diffusetv api` on 127.0.0.1 (bench.stack), serving a small
-random-weights U-Net from a temporary store unless --store is given. Each client loops until the time or
-the request budget is spent, choosing one of:
-- fresh (the majority): POST /generate with a seed never used before (no cache can answer it), follow
-  the job to its end, fetch the PNG;
+random-weights U-Net from a temporary store unless --store is given, with K API keys (default: one per 4
+clients, so that the per-key quotas and stream caps do not dominate) and MAX_QUEUE Q. Each client uses one
+key and loops until the time or the request budget is spent, choosing one of:
+- fresh (the largest share): POST /generate with a seed never used before (no cache can answer it), follow
+  the job to its end with long polls, fetch the PNG;
+- sse: the same, but follow the job through its Server-Sent Events until the final status;
+- join: a request identical to one another client has in flight (it joins that run, or hits the cache);
 - repeat: an earlier succeeded request again (a cache hit, `succeeded` at once), then its PNG with
   If-None-Match (304);
 - cancel: POST a fresh request, DELETE it soon after (202, or 409 when it had already ended);
-- bad: input the API must refuse with a 4xx (steps=0, seed="x", an unknown field, malformed JSON, an
-  unknown or malformed job id, `wait` out of range, a body over 64 KiB).
+- bad: input the API must refuse with a 4xx (steps=0, seed="x", NaN, an unknown field, malformed JSON, an
+  unknown or malformed job id, `wait` out of range, a body over 64 KiB, a wrong key).
 Each accepted job is followed with `GET /jobs/{id}?wait=30` until it ends. Once the time is up, jobs that
-have not ended get DRAIN_S more. Exit status 1 when a job was lost (accepted but never ended), a status
-outside the documented set appeared, or bad input was accepted.
+have not ended get DRAIN_S more. 429s (a bound reached) are counted on their own and retried after
+Retry-After, never counted as lost. The length of the model's queue is sampled every QUEUE_SAMPLE_S.
+Exit status 1 when a job was lost (accepted but never ended), a status outside the documented set
+appeared, bad input was accepted, a 503 came while Redis was up, or the queue was seen over MAX_QUEUE.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import shlex
 import sys
 import time
@@ -40,7 +47,10 @@ from bench.service import Seeds
 
 DOCUMENTED = frozenset({200, 202, 304, 401, 404, 409, 413, 422, 429, 503})
 FINAL = frozenset({"succeeded", "failed", "canceled"})
-MIX = {"fresh": 0.6, "repeat": 0.15, "cancel": 0.1, "bad": 0.15}
+MIX = {"fresh": 0.4, "sse": 0.1, "join": 0.1, "repeat": 0.15, "cancel": 0.1, "bad": 0.15}
+CLIENTS_PER_KEY = 4
+DEFAULT_MAX_QUEUE = 50  # small enough that 200 clients reach it: the bound is under test
+QUEUE_SAMPLE_S = 0.25
 WAIT_S = 30.0  # the API's longest long-poll
 DRAIN_S = 120.0  # after the load, how long accepted jobs get to end
 HTTP_TIMEOUT_S = WAIT_S + 30
@@ -70,6 +80,8 @@ def bad_inputs() -> list[BadInput]:
     unknown = uuid.uuid4().hex
     refused = frozenset({422})
     return [
+        BadInput("eta NaN", "POST", "/generate", refused, content=b'{"seed": 1, "eta": NaN}'),
+        BadInput("unknown field Infinity", "POST", "/generate", refused, content=b'{"seed": 1, "x": Infinity}'),
         BadInput("steps=0", "POST", "/generate", refused, json_body={"seed": 1, "steps": 0}),
         BadInput("steps=1001", "POST", "/generate", refused, json_body={"seed": 1, "steps": 1001}),
         BadInput("seed as a string", "POST", "/generate", refused, json_body={"seed": "x"}),
@@ -84,6 +96,7 @@ def bad_inputs() -> list[BadInput]:
         BadInput("image of an unknown job", "GET", f"/jobs/{unknown}/image.png", frozenset({404})),
         BadInput("cancel an unknown job", "DELETE", f"/jobs/{unknown}", frozenset({404})),
         BadInput("wait out of range", "GET", f"/jobs/{unknown}?wait=31", refused),
+        BadInput("wrong key", "POST", "/generate", frozenset({401}), json_body={"seed": 1}),
     ]
 
 
@@ -99,17 +112,22 @@ class Tally:
     succeeded: list[tuple[int, str]] = field(default_factory=list)  # (seed, ETag) of fresh requests that succeeded
     unexpected: list[str] = field(default_factory=list)
     actions: Counter[str] = field(default_factory=Counter)
+    in_flight: dict[int, int] = field(default_factory=dict)  # seed of a fresh request -> its clients following it
     cache_hits: int = 0
     bad_accepted: int = 0
     requests: int = 0
+    queue_samples: list[int] = field(default_factory=list)
+    refusals: Counter[str] = field(default_factory=Counter)  # 429s by the bound their message names
+    owners: dict[str, str] = field(default_factory=dict)  # job id -> the Authorization header that made it
 
     def record(self, kind: str, status: int, seconds: float) -> None:
         self.latencies[kind].append(seconds)
         self.statuses[status] += 1
         self.by_kind[kind, status] += 1
 
-    def accept(self, job: dict) -> None:
+    def accept(self, job: dict, auth: str = "") -> None:
         self.accepted.setdefault(job["id"], None)
+        self.owners[job["id"]] = auth
         self.settle(job)
 
     def settle(self, job: dict) -> None:
@@ -124,6 +142,16 @@ class Tally:
             self.unexpected.append(f"{what}: {status} (expected {'/'.join(map(str, allowed))})")
 
 
+REFUSALS = {"queue is full": "queue", "wait for this same image": "followers", "quota": "quota",
+            "streams and long polls": "streams", "capacity": "capacity"}  # fmt: skip
+
+
+def refusal(r: httpx.Response) -> str:
+    """Which bound a 429 names."""
+    detail = str(r.json().get("detail", "")) if r.headers.get("content-type", "").startswith("application/json") else ""
+    return next((name for text, name in REFUSALS.items() if text in detail), "other")
+
+
 @dataclass
 class Client:
     """One simulated user: its HTTP client, its random choices, the shared tally and the clock."""
@@ -136,6 +164,7 @@ class Client:
     stop_at: float  # no new action after this
     drain_until: float  # no following after this
     max_requests: int
+    wrong_key: dict[str, str] = field(default_factory=lambda: {"Authorization": "Bearer " + "w" * 32})
 
     async def call(self, kind: str, method: str, url: str, **kw) -> httpx.Response | None:
         """One request, timed and tallied; None on a transport error (also tallied)."""
@@ -156,9 +185,11 @@ class Client:
             return None
         if r.status_code == 202:
             job = r.json()
-            self.tally.accept(job)
+            self.tally.accept(job, self.http.headers.get("authorization", ""))
             return job
         self.tally.expect(f"POST /generate ({kind})", r.status_code, (202, 429, 503))
+        if r.status_code == 429:
+            self.tally.refusals[refusal(r)] += 1
         if r.status_code in (429, 503):
             await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), MAX_BACKOFF_S))
         return None
@@ -172,17 +203,52 @@ class Client:
                 job = r.json()
                 self.tally.settle(job)
                 continue
+            if r is not None and r.status_code == 429:  # this key's long polls and streams are at their cap
+                self.tally.refusals[refusal(r)] += 1
+                await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), MAX_BACKOFF_S))
+                continue
             if r is not None:
                 self.tally.expect(f"GET /jobs/{{id}} of an accepted job ({job['status']})", r.status_code, (200,))
             await asyncio.sleep(RETRY_PAUSE_S)
         return job
 
-    async def fresh(self) -> None:
+    async def sse(self, job: dict) -> dict:
+        """Follow the job through its event stream until the final status, which must close the stream."""
+        started, final = time.perf_counter(), None
+        self.tally.requests += 1
+        try:
+            async with self.http.stream("GET", f"/jobs/{job['id']}/events") as r:
+                if r.status_code != 200:
+                    self.tally.record("sse", r.status_code, time.perf_counter() - started)
+                    if r.status_code == 429:
+                        await r.aread()
+                        self.tally.refusals[refusal(r)] += 1
+                    self.tally.expect("GET events of an accepted job", r.status_code, (200, 429))
+                    return await self.follow(job)
+                async for line in r.aiter_lines():
+                    if line.startswith("data:") and '"status"' in line:
+                        status = json.loads(line[5:]).get("status")
+                        final = status if status in FINAL else final
+        except httpx.HTTPError as exc:
+            self.tally.transport_errors[f"sse: {type(exc).__name__}"] += 1
+            return await self.follow(job)
+        self.tally.record("sse", 200, time.perf_counter() - started)
+        if final is None:
+            self.tally.unexpected.append(f"an event stream of job {job['id']} closed before its final status")
+        return await self.follow(job)  # the record's final state (at once: the job has ended)
+
+    async def fresh(self, via_sse: bool = False) -> None:
         seed = self.seeds()
         job = await self.submit("generate_fresh", {"seed": seed, "steps": self.steps})
         if job is None:
             return
-        job = await self.follow(job)
+        self.tally.in_flight[seed] = self.tally.in_flight.get(seed, 0) + 1
+        try:
+            job = await (self.sse(job) if via_sse else self.follow(job))
+        finally:
+            self.tally.in_flight[seed] -= 1
+            if not self.tally.in_flight[seed]:
+                del self.tally.in_flight[seed]
         if job["status"] != "succeeded":
             return
         r = await self.call("image", "GET", job["image_url"])
@@ -206,6 +272,15 @@ class Client:
             if r is not None:
                 self.tally.expect("GET image.png with the ETag of the same request", r.status_code, (304,))
 
+    async def join(self) -> None:
+        if not self.tally.in_flight:
+            await self.fresh()
+            return
+        seed = self.rng.choice(list(self.tally.in_flight))
+        job = await self.submit("generate_join", {"seed": seed, "steps": self.steps})
+        if job is not None:
+            await self.follow(job)
+
     async def cancel(self) -> None:
         job = await self.submit("generate_cancel", {"seed": self.seeds(), "steps": self.steps})
         if job is None:
@@ -223,17 +298,27 @@ class Client:
         kw: dict = {"json": case.json_body} if case.json_body is not None else {}
         if case.content is not None:
             kw = {"content": case.content, "headers": {"Content-Type": "application/json"}}
+        if case.label == "wrong key":
+            kw["headers"] = self.wrong_key
         r = await self.call("bad_input", case.method, case.url, **kw)
         if r is None:
             return
         self.tally.expect(f"bad input: {case.label}", r.status_code, sorted(case.expected))
         if 200 <= r.status_code < 300 and case.method == "POST":
             self.tally.bad_accepted += 1
-            self.tally.accept(r.json())  # accepted by mistake: still followed, so that LOST stays honest
+            # accepted by mistake: still followed, so that LOST stays honest
+            self.tally.accept(r.json(), self.http.headers.get("authorization", ""))
             await self.follow(r.json())
 
     async def run(self) -> None:
-        actions = {"fresh": self.fresh, "repeat": self.repeat, "cancel": self.cancel, "bad": self.bad}
+        actions = {
+            "fresh": self.fresh,
+            "sse": lambda: self.fresh(via_sse=True),
+            "join": self.join,
+            "repeat": self.repeat,
+            "cancel": self.cancel,
+            "bad": self.bad,
+        }
         names, weights = list(MIX), list(MIX.values())
         while time.monotonic() < self.stop_at and self.tally.requests < self.max_requests:
             name = self.rng.choices(names, weights)[0]
@@ -289,35 +374,56 @@ def worker_pid(redis_url: str, fallback: int) -> int:
     """The pid in the worker's heartbeat (the process holding the model), else the process the stack started."""
     import redis
 
-    from app.core import keys
+    from app.core import workers
 
     conn = redis.Redis.from_url(redis_url)
     try:
-        for name in conn.scan_iter(match=keys.WORKERS_PATTERN, count=100):
-            value = conn.get(name)
-            if value:
-                return int(json.loads(value)["pid"])
+        for info in workers.live(conn):
+            return int(info["pid"])
     finally:
         conn.close()
     return fallback
 
 
+async def sample_queue(redis_url: str, queue_key: str, tally: Tally) -> None:
+    """The model queue's length every QUEUE_SAMPLE_S, read from Redis itself on a connection of its own."""
+    import redis.asyncio
+
+    conn = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        while True:
+            tally.queue_samples.append(int(await conn.llen(queue_key)))
+            await asyncio.sleep(QUEUE_SAMPLE_S)
+    finally:
+        await conn.aclose()
+
+
 async def drain(base: str, tally: Tally, until: float) -> None:
-    """Follow every accepted job that has not ended yet (its client gave up on a transport error), until `until`."""
-    async with httpx.AsyncClient(base_url=base, timeout=HTTP_TIMEOUT_S) as http:
-        client = Client(http, random.Random(0), tally, Seeds(), 1, 0.0, until, sys.maxsize)
-        for job_id in [j for j, status in tally.accepted.items() if status is None]:
+    """Follow every accepted job that has not ended yet (its client gave up on a transport error), until `until`,
+    with the key that made it."""
+    for job_id in [j for j, status in tally.accepted.items() if status is None]:
+        headers = {"Authorization": tally.owners[job_id]} if tally.owners.get(job_id) else {}
+        async with httpx.AsyncClient(base_url=base, timeout=HTTP_TIMEOUT_S, headers=headers) as http:
+            client = Client(http, random.Random(0), tally, Seeds(), 1, 0.0, until, sys.maxsize)
             await client.follow({"id": job_id, "status": "unknown"})
 
 
-async def load(base: str, pid: int, args: argparse.Namespace) -> tuple[Tally, dict, float]:
+async def load(
+    base: str, pid: int, args: argparse.Namespace, api_keys: list[str], redis_url: str, queue_key: str
+) -> tuple[Tally, dict, float]:
     """Run the clients for the time given, drain, and read the worker's RSS; the tally, RSS summary and seconds."""
     tally, seeds, began = Tally(), Seeds(), time.monotonic()
     stop_at = began + 60 * args.minutes
     drain_until = stop_at + args.drain
     rss = RssWatch(pid)
     watcher = asyncio.create_task(rss.watch(tally, began))
-    clients = [httpx.AsyncClient(base_url=base, timeout=HTTP_TIMEOUT_S) for _ in range(args.clients)]
+    sampler = asyncio.create_task(sample_queue(redis_url, queue_key, tally))
+    auth = [{"Authorization": f"Bearer {key}"} for key in api_keys]
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)  # one user: a few connections at most
+    clients = [
+        httpx.AsyncClient(base_url=base, timeout=HTTP_TIMEOUT_S, headers=auth[i % len(auth)], limits=limits)
+        for i in range(args.clients)
+    ]
     try:
         await asyncio.gather(
             *(
@@ -328,6 +434,7 @@ async def load(base: str, pid: int, args: argparse.Namespace) -> tuple[Tally, di
         await drain(base, tally, drain_until)
     finally:
         watcher.cancel()
+        sampler.cancel()
         for http in clients:
             await http.aclose()
     return tally, rss.summary(tally), time.monotonic() - began
@@ -335,6 +442,8 @@ async def load(base: str, pid: int, args: argparse.Namespace) -> tuple[Tally, di
 
 def summarize(tally: Tally, rss: dict, wall_s: float, info: dict) -> dict:
     undocumented = {s: n for s, n in tally.statuses.items() if s not in DOCUMENTED}
+    max_queue = info["config"]["max_queue"]
+    queue_max = max(tally.queue_samples, default=0)
     ended = Counter(status for status in tally.accepted.values() if status is not None)
     accepted, final = len(tally.accepted), tally.ended()
     kinds = {
@@ -357,7 +466,15 @@ def summarize(tally: Tally, rss: dict, wall_s: float, info: dict) -> dict:
         "unexpected_count": len(tally.unexpected),
         "bad_input_accepted": tally.bad_accepted,
         "worker_rss": rss,
-        "ok": accepted == final and not undocumented and not tally.bad_accepted,
+        "refused_429": tally.statuses.get(429, 0),
+        "refusals": dict(tally.refusals),
+        "unavailable_503": tally.statuses.get(503, 0),
+        "queue": {"max_queue": max_queue, "samples": len(tally.queue_samples), "max_seen": queue_max},
+        "ok": accepted == final
+        and not undocumented
+        and not tally.bad_accepted
+        and not tally.statuses.get(503, 0)
+        and queue_max <= max_queue,
     }
 
 
@@ -383,10 +500,14 @@ def format_report(s: dict) -> str:
         f"jobs: accepted {jobs['accepted']}, final {jobs['final']}, LOST = {jobs['lost']}; "
         f"final states: {jobs['final_states']}",
         f"undocumented statuses: {s['undocumented'] or 'none'}",
+        f"429 (a bound reached, retried after Retry-After, not lost): {s['refused_429']} {s['refusals']}; "
+        f"503 with Redis up: {s['unavailable_503']}",
+        f"queue length: max {s['queue']['max_seen']} in {s['queue']['samples']} samples "
+        f"(MAX_QUEUE {s['queue']['max_queue']})",
         f"unexpected answers: {s['unexpected_count']}" + "".join(f"\n  {u}" for u in s["unexpected"][:20]),
         f"worker RSS (pid {rss['pid']}): start {mib(rss['start_kib'])} (after {rss['start_after_jobs']} jobs), "
         f"end {mib(rss['end_kib'])} (after {rss['end_after_jobs']} jobs), growth {growth}",
-        "OK" if s["ok"] else "FAILED: lost jobs, undocumented statuses or accepted bad input",
+        "OK" if s["ok"] else "FAILED: lost jobs, undocumented statuses, accepted bad input, a 503 or MAX_QUEUE passed",
     ]
     return "\n".join(lines)
 
@@ -397,6 +518,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=1.0, help="how long the clients send requests (default 1)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps per job (default 20)")
     p.add_argument("--threads", type=int, default=None, help="the worker's torch threads (default: all cores)")
+    p.add_argument("--keys", type=int, default=None, help=f"API keys (default: one per {CLIENTS_PER_KEY} clients)")
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, help=f"MAX_QUEUE ({DEFAULT_MAX_QUEUE})")
     p.add_argument("--store", default=None, help="model store (default: a temporary one with a small random model)")
     p.add_argument("--model", default=None, help=f"model to serve (default: {LOAD_MODEL}, or emoji32 with --store)")
     p.add_argument("--drain", type=float, default=DRAIN_S, help=f"seconds for jobs to end afterwards ({DRAIN_S:g})")
@@ -414,10 +537,15 @@ def validate(args: argparse.Namespace) -> str | None:
         return f"--steps must be in 1..1000 (got {args.steps})"
     if args.threads is not None and args.threads < 1:
         return f"--threads must be >= 1 (got {args.threads})"
+    if (args.keys is not None and args.keys < 1) or args.max_queue < 1:
+        return "--keys and --max-queue must be >= 1"
     return None
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
+    from rq import Queue
+
+    from app.core import keys
     from bench.models import model_source
     from bench.stack import LocalStack
     from diffusion.unet import UNetConfig
@@ -427,15 +555,33 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> dict:
     info["machine"]["torch_threads"] = threads
     print(f"command: {info['command']}\n{format_machine(info['machine'])}", flush=True)
     small = UNetConfig(16, widths=(8, 16), block_depth=1)  # the queue and the service are under test, not the model
+    n_keys = args.keys or max(1, -(-args.clients // CLIENTS_PER_KEY))
+    api_keys = [secrets.token_hex(16) for _ in range(n_keys)]
+    env = {"DIFFUSETV_API_KEYS": ",".join(api_keys), "DIFFUSETV_MAX_QUEUE": str(args.max_queue)}
     with (
         model_source(args.store, args.model, small, LOAD_MODEL) as (store, model),
-        LocalStack(store, model, threads) as stack,
+        LocalStack(store, model, threads, env=env) as stack,
     ):
-        pid = worker_pid(stack.env["DIFFUSETV_REDIS_URL"], stack.procs[1].pid)
-        config = {"clients": args.clients, "minutes": args.minutes, "steps": args.steps, "model": model}
+        redis_url = stack.env["DIFFUSETV_REDIS_URL"]
+        pid = worker_pid(redis_url, stack.procs[1].pid)
+        config = {
+            "clients": args.clients,
+            "keys": n_keys,
+            "max_queue": args.max_queue,
+            "minutes": args.minutes,
+            "steps": args.steps,
+            "model": model,
+        }
         print(f"stack: {stack.base}, worker pid {pid}; {config}", flush=True)
-        tally, rss, wall_s = asyncio.run(load(stack.base, pid, args))
+        queue_key = Queue.redis_queue_namespace_prefix + keys.queue_name(resolved_ref(store, model))
+        tally, rss, wall_s = asyncio.run(load(stack.base, pid, args, api_keys, redis_url, queue_key))
     return summarize(tally, rss, wall_s, {**info, "config": {**config, "threads": threads}})
+
+
+def resolved_ref(store: Path, model: str) -> str:
+    from model_store import Store
+
+    return Store(store).resolve(model).ref
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,7 +50,9 @@ def wait_redis(port: int, proc: subprocess.Popen, timeout_s: float = REDIS_TIMEO
 class LocalStack:
     """`with LocalStack(store, model, threads) as stack:` gives a ready stack at `stack.base`."""
 
-    def __init__(self, store: Path, model: str, threads: int, precision: str = "fp32") -> None:
+    def __init__(
+        self, store: Path, model: str, threads: int, precision: str = "fp32", env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="diffusetv-bench-stack-"))
         self.port = free_port()
         self.procs: list[subprocess.Popen] = []
@@ -64,6 +66,7 @@ class LocalStack:
             "DIFFUSETV_PRECISION": precision,
             "DIFFUSETV_HOST": "127.0.0.1",
             "DIFFUSETV_PORT": str(self.port),
+            **(env or {}),
         }
 
     @property

@@ -150,6 +150,9 @@ def api(args: argparse.Namespace) -> int:
     import uvicorn
 
     s = settings(host=args.host, port=args.port)
+    refused = s.exposure_problem()
+    if refused:
+        raise UserError(refused)
     from app.main import create_app
 
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=5)
@@ -171,7 +174,9 @@ def up(args: argparse.Namespace) -> int:
     from diffusetv.up import up as run_up
 
     models = ",".join(args.model) if args.model else None
-    settings(host=args.host, port=args.port, models=models)
+    refused = settings(host=args.host, port=args.port, models=models).exposure_problem()
+    if refused:
+        raise UserError(refused)
     return run_up(args.host, args.port, models)
 
 

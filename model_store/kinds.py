@@ -81,10 +81,21 @@ def served(manifest: Manifest) -> Kind:
     return kind
 
 
+def refusal(manifest: Manifest, label: str | None = None) -> str | None:
+    """Why a worker cannot serve this model, in words a client may see (no paths; `label` names the model,
+    e.g. as the client asked for it); None when it can."""
+    label = label or manifest.ref
+    kind = KINDS.get(manifest.kind)
+    if kind is None:
+        return f"{label} is of unknown model kind {manifest.kind!r}"
+    if not kind.served:
+        return f"{label} is of kind {kind.name!r}, which is stored but not served"
+    return None
+
+
 def is_served(manifest: Manifest) -> bool:
     """Whether the model is of a known kind that a worker can serve."""
-    kind = KINDS.get(manifest.kind)
-    return kind is not None and kind.served
+    return refusal(manifest) is None
 
 
 def require(manifest: Manifest, name: str) -> Kind:

@@ -61,14 +61,14 @@ API_COMMAND = ["diffusetv", "api"]
 WORKER_COMMAND = ["diffusetv", "worker"]
 
 
-def claim_as_worker(redis_url: str, ref: str = "tiny@1", engine: str = "cpu/fp32/in-process") -> None:
+def claim_as_worker(redis_url: str, ref: str = "tiny@1", engine: str = "cpu/fp32/in-process", ttl: int = 600) -> None:
     """The engine claim a live worker keeps renewed for each model it serves (worker.heartbeat), without a
     worker: API-only tests can then queue jobs for `ref`, which would otherwise be 503 (no live worker)."""
     import redis
 
     from app.core import keys
 
-    redis.Redis.from_url(redis_url).set(keys.engine(ref), engine)
+    redis.Redis.from_url(redis_url).set(keys.engine(ref), engine, ex=ttl)  # a TTL, as a heartbeat's claim has
 
 
 def release_claim(redis_url: str, ref: str = "tiny@1") -> None:

@@ -145,6 +145,21 @@ class Stack:
             time.sleep(0.1)
         raise RuntimeError(f"stack not ready:\n{self.log('api')[-2000:]}\n{self.log('worker')[-2000:]}")
 
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Until the API answers /healthz (no worker needed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log(name)[-3000:]}")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the API did not answer:\n{self.log('api')[-2000:]}")
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

@@ -189,6 +189,33 @@ def test_api_publishes_8000_and_waits_for_redis(compose):
     assert environment(api)["DIFFUSETV_HOST"] == "0.0.0.0"
 
 
+def test_compose_publishes_the_api_on_loopback_and_requires_keys(compose):
+    api = compose["services"]["api"]
+    (port,) = [str(p) for p in api["ports"]]
+    address = port.rsplit(":", 2)[0]
+    default = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", address)
+    assert (default.group(2) if default else address) == "127.0.0.1", port  # this machine only, unless told
+    assert not (default and default.group(1).startswith(PREFIX)), "the publish address is compose's, not a setting"
+    keys = environment(api)["DIFFUSETV_API_KEYS"]
+    assert keys.startswith("${DIFFUSETV_API_KEYS:?"), f"compose must refuse to start without keys: {keys}"
+    values = dict(
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line.strip() and line[0] != "#"
+    )
+    assert values.get("DIFFUSETV_API_KEYS"), ".env.example names the keys"
+    readme = (REPO / "README.md").read_text()
+    assert "DIFFUSETV_API_KEYS=$(" in readme and "REDIS_PASSWORD=$(" in readme, "the deploy steps generate both"
+
+
+def test_redis_accepts_the_connection_budget(compose):
+    redis = compose["services"]["redis"]
+    command = [str(part) for part in redis["command"]]
+    flags = dict(zip(command[1::2], command[2::2], strict=True))
+    maxclients = int(re.sub(r"\$\{\w+:-(\d+)\}", r"\1", flags["--maxclients"]))
+    pool = int(re.sub(r"\$\{\w+:-(\d+)\}", r"\1", environment(compose["services"]["api"])["DIFFUSETV_REDIS_POOL_SIZE"]))
+    assert maxclients >= 4 * (pool + 1) + 16 * 17, "room for 4 API replicas and 16 workers"
+    assert redis["ulimits"]["nofile"]["soft"] > maxclients + 32
+
+
 def test_workers_scale_and_read_the_store_read_only(compose):
     for name in ("worker", "worker-gpu"):
         worker = compose["services"][name]

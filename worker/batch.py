@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from app.core import events, keys, runs
 from app.core.jobs import JobSpec, JobStatus, deliver, transition
 from app.core.png import encode_png
+from app.core.settings import get_settings
 from worker import registry
 from worker.engine import Engine
 
@@ -46,10 +47,12 @@ def log_line(**fields) -> None:
 
 def take(redis, run_ids: Sequence[str]) -> None:
     """Record that this worker holds these runs, before anything else: if it dies, the reaper re-queues them.
+    Their records get a fresh TTL for the time the runs may take (Settings.pending_ttl).
 
     A run's id is its leading job's id, which is also its RQ job's id."""
+    ttl = get_settings().pending_ttl
     for run_id in run_ids:
-        runs.mark_running(redis, run_id, registry.WORKER_ID, run_id, [run_id])
+        runs.mark_running(redis, run_id, registry.WORKER_ID, run_id, [run_id], ttl)
 
 
 def active_jobs(redis, batch: list[Run]) -> list[list[str]]:

@@ -1,20 +1,20 @@
 """The worker's heartbeat: a key with TTL 2 x HEARTBEAT_S listing its loaded models and engine.
 
-`/readyz` reads these keys to tell a live worker with its model loaded from a dead one. The same
-thread refreshes the engine claim of each model (one engine per model per Redis).
+`/readyz` reads them (app.core.workers: a key per worker, and a sorted set by expiry) to tell a live
+worker with its model loaded from a dead one. The same thread refreshes the engine claim of each model
+(one engine per model per Redis).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
 import threading
 import time
 
-from app.core import keys
+from app.core import keys, workers
 
 log = logging.getLogger("diffusetv.worker")
 
@@ -63,7 +63,7 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         ttl = 2 * self.period_s
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(keys.worker(self.worker_id), json.dumps({**self.info, "at": time.time()}), ex=ttl)
+        workers.register(pipe, self.worker_id, {**self.info, "at": time.time()}, ttl)
         for ref, engine in self.engines.items():
             pipe.eval(_RENEW_ENGINE, 1, keys.engine(ref), engine, ttl)
         pipe.execute()
@@ -78,4 +78,4 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         with contextlib.suppress(Exception):
-            self.redis.delete(keys.worker(self.worker_id))
+            workers.unregister(self.redis, self.worker_id)

@@ -38,7 +38,7 @@ def worker(worker_id: str) -> str:
     return f"{PREFIX}worker:{worker_id}"
 
 
-WORKERS_PATTERN = f"{PREFIX}worker:*"
+WORKERS = f"{PREFIX}workers"  # sorted set: worker id -> its heartbeat's expiry (epoch s); read by /readyz in O(log n)
 
 
 def engine(model_ref: str) -> str:
@@ -64,6 +64,16 @@ def open_run(engine_key: str) -> str:
 def cache(cache_key: str) -> str:
     """String with TTL RESULT_TTL: JSON {job, sha256} of the job whose PNG holds this engine key's result."""
     return f"{PREFIX}cache:{cache_key}"
+
+
+def quota(client: str, window: int) -> str:
+    """Hash with TTL QUOTA_WINDOW_S: a client's jobs and bytes in one quota window (`window` = epoch // length)."""
+    return f"{PREFIX}quota:{client}:{window}"
+
+
+def leases(client: str) -> str:
+    """Sorted set: a client's open event streams and long polls (lease id -> expiry), capped per client."""
+    return f"{PREFIX}leases:{client}"
 
 
 RUNNING = f"{PREFIX}running"  # set of the run ids a worker has taken (the reaper watches them)

@@ -5,8 +5,9 @@ asked for the same engine key (DESIGN.md: model identity, seed, steps, eta, devi
 while it was open: identical concurrent requests share one run. A finished run's PNG is the result
 cache. A run stops early only when no job waits for it any more.
 
-All run state changes are Lua scripts, so that joining, canceling, finishing and failing a run never
-interleave: a job either joins a run before it closes (and gets its result) or starts a new one.
+All run state changes are Lua scripts, so that joining (the submit script, app.core.submit), canceling,
+finishing and failing a run never interleave: a job either joins a run before it closes (and gets its
+result) or starts a new one.
 """
 
 from __future__ import annotations
@@ -53,27 +54,6 @@ local function close(rid, status)
 end
 """
 
-# ARGV: job id, engine key. Join the open run of this engine key, or lead a new one.
-_SUBSCRIBE = (
-    _LUA_KEYS
-    + """
-local rid = redis.call('GET', open_key(ARGV[2]))
-if rid then
-  local status = redis.call('HGET', run_key(rid), 'status')
-  if status == 'queued' or status == 'running' then
-    redis.call('SADD', jobs_key(rid), ARGV[1])
-    redis.call('HSET', job_key(ARGV[1]), 'run', rid)
-    return {'follow', rid, status}
-  end
-end
-redis.call('HSET', run_key(ARGV[1]), 'status', 'queued', 'engine_key', ARGV[2])
-redis.call('SADD', jobs_key(ARGV[1]), ARGV[1])
-redis.call('HSET', job_key(ARGV[1]), 'run', ARGV[1])
-redis.call('SET', open_key(ARGV[2]), ARGV[1])
-return {'lead', ARGV[1], 'queued'}
-"""
-)
-
 # ARGV: run id, final run status. Close the run (nobody can join it now); returns its jobs.
 _CLOSE = (
     _LUA_KEYS
@@ -113,11 +93,6 @@ def _decode(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def subscribe(redis, engine_key_: str, job_id: str) -> tuple[str, str, str]:
-    """('lead' | 'follow', run id, run status); also records the run id on the job."""
-    return tuple(_decode(v) for v in redis.eval(_SUBSCRIBE, 0, job_id, engine_key_))
-
-
 def close(redis, run_id: str, status: str) -> list[str]:
     """Close a run (`done`, `canceled`, `failed`): no job can join it any more. Returns the ids of its jobs."""
     return sorted(_decode(v) for v in redis.eval(_CLOSE, 0, run_id, status))
@@ -134,14 +109,35 @@ def cancel_job(redis, job_id: str, finished_at: str, ttl: int) -> tuple[str | No
     return _decode(old), bool(withdrawn)
 
 
-def mark_running(redis, run_id: str, worker_id: str, rq_job_id: str, members: list[str] | None = None) -> None:
-    """A worker has taken the run: the reaper re-queues it if that worker's heartbeat stops."""
-    pipe = redis.pipeline(transaction=True)
-    pipe.hset(keys.run(run_id), mapping={"status": "running", "worker": worker_id, "rq_job": rq_job_id})
-    if members:
-        pipe.sadd(keys.run_jobs(run_id), *members)
-    pipe.sadd(keys.RUNNING, run_id)
-    pipe.execute()
+# ARGV: run id, worker id, RQ job id, ttl, members... Mark the run running, and give it and every job waiting for
+# it a fresh TTL (app.core.settings.Settings.pending_ttl): a run that starts has the whole of its time ahead.
+_TAKE = (
+    _LUA_KEYS
+    + """
+local rid, ttl = ARGV[1], ARGV[4]
+redis.call('HSET', run_key(rid), 'status', 'running', 'worker', ARGV[2], 'rq_job', ARGV[3])
+if #ARGV > 4 then redis.call('SADD', jobs_key(rid), unpack(ARGV, 5)) end
+redis.call('SADD', '{running}', rid)
+redis.call('EXPIRE', run_key(rid), ttl)
+redis.call('EXPIRE', jobs_key(rid), ttl)
+for _, id in ipairs(redis.call('SMEMBERS', jobs_key(rid))) do
+  if redis.call('EXISTS', job_key(id)) == 1 then
+    redis.call('EXPIRE', job_key(id), ttl)
+    redis.call('EXPIRE', events_key(id), ttl)
+  end
+end
+local ek = redis.call('HGET', run_key(rid), 'engine_key')
+if ek and redis.call('GET', open_key(ek)) == rid then redis.call('EXPIRE', open_key(ek), ttl) end
+""".replace("{running}", keys.RUNNING)
+)
+
+
+def mark_running(
+    redis, run_id: str, worker_id: str, rq_job_id: str, members: list[str] | None = None, ttl: int = 86_400
+) -> None:
+    """A worker has taken the run: the reaper re-queues it if that worker's heartbeat stops. The run, its open-run
+    entry and its jobs live `ttl` more seconds from now."""
+    redis.eval(_TAKE, 0, run_id, worker_id, rq_job_id, ttl, *(members or []))
 
 
 def fail_jobs(redis, job_ids: list[str], error: str, ttl: int) -> None:
@@ -161,12 +157,3 @@ def fail_run(redis, run_id: str, error: str, ttl: int) -> None:
 
 def job_ids(redis, run_id: str) -> list[str]:
     return sorted(_decode(v) for v in redis.smembers(keys.run_jobs(run_id)))
-
-
-def cached(redis, cache_key: str) -> dict | None:
-    """The cache entry {job, sha256} of a finished run, if its PNG still exists."""
-    raw = redis.get(keys.cache(cache_key))
-    if raw is None:
-        return None
-    entry = json.loads(raw)
-    return entry if redis.exists(keys.png(entry["job"])) else None

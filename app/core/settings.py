@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -38,8 +39,24 @@ class Settings(BaseSettings):
     max_retries: int = Field(2, ge=0, le=10, description="re-runs after a worker death")
     heartbeat_s: int = Field(5, ge=1, le=300, description="worker heartbeat period; the TTL is twice this")
     api_keys: str | None = Field(None, description="comma-separated bearer keys; unset means open")
+    api_keys_file: Path | None = Field(None, description="a file of bearer keys, one per line, added to API_KEYS")
+    auth_proxy: bool = Field(
+        False, description="an authenticating proxy is in front: the API may bind a non-loopback address without keys"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65_535)
+    # Capacity and per-client bounds (docs/RELIABILITY.md: what one client can cost).
+    redis_pool_size: int = Field(64, ge=2, le=4096, description="Redis connections per API process (a blocking pool)")
+    redis_pool_wait_s: float = Field(0.5, ge=0.01, le=30, description="longest wait for a pooled connection; then 429")
+    max_followers: int = Field(32, ge=0, le=100_000, description="jobs that may join one model run besides its leader")
+    client_jobs: int = Field(600, ge=1, le=10_000_000, description="jobs (cache hits included) per client per window")
+    client_bytes: int = Field(8 * 2**20, ge=2**16, le=2**40, description="result bytes a client may store per window")
+    quota_window_s: int = Field(3600, ge=1, le=30 * 86_400, description="length of the quota window")
+    client_streams: int = Field(8, ge=1, le=10_000, description="concurrent event streams and long polls per client")
+    trusted_proxies: str | None = Field(
+        None, description="comma-separated proxy addresses whose X-Forwarded-For counts"
+    )
+    body_timeout_s: float = Field(10.0, ge=0.1, le=600, description="longest time a request body may take to arrive")
 
     @field_validator("model")
     @classmethod
@@ -69,6 +86,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _keys(self) -> Settings:
+        if self.api_keys_file is not None and not self.api_keys_file.is_file():
+            raise ValueError(f"API_KEYS_FILE {self.api_keys_file} is not a readable file")
         for key in self.keys:
             if len(key) < 16:
                 raise ValueError("every API key must be at least 16 characters")
@@ -76,7 +95,15 @@ class Settings(BaseSettings):
 
     @property
     def keys(self) -> list[str]:
-        return [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+        listed = (self.api_keys or "").split(",")
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            listed += [k for line in lines if not line.lstrip().startswith("#") for k in line.split(",")]
+        return sorted({k.strip() for k in listed if k.strip()})
+
+    @property
+    def proxies(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in (self.trusted_proxies or "").split(",") if p.strip())
 
     @property
     def served_models(self) -> list[str]:
@@ -90,6 +117,32 @@ class Settings(BaseSettings):
     @property
     def heartbeat_ttl(self) -> int:
         return 2 * self.heartbeat_s
+
+    @property
+    def pending_ttl(self) -> int:
+        """TTL of a job that has not ended (record, events, run, RQ job): the longest legitimate wait, a queue wait
+        of up to RESULT_TTL and JOB_TIMEOUT x (MAX_RETRIES + 1) of runs. Refreshed when its run starts; RESULT_TTL
+        once it ends."""
+        return self.result_ttl + self.job_timeout * (self.max_retries + 1)
+
+    def exposure_problem(self) -> str | None:
+        """Why the API must not start on HOST (an open API on the network), or None."""
+        if self.keys or self.auth_proxy or is_loopback(self.host):
+            return None
+        return (
+            f"refusing to serve an open API on {self.host}: set DIFFUSETV_API_KEYS (or DIFFUSETV_API_KEYS_FILE), "
+            "bind to 127.0.0.1, or set DIFFUSETV_AUTH_PROXY=true when an authenticating proxy is in front"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach: 127.0.0.0/8, ::1 and `localhost`."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)

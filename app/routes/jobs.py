@@ -6,19 +6,23 @@ import hmac
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from app import schemas
 from app.auth import OwnerDep
-from app.core import keys
+from app.clients import ClientDep
+from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.models import check_request, require_served
 from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
 
-router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 503))
+router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 429, 503))
 WAKE_S = 1.0
+LEASE_MARGIN_S = 5.0
+STREAMS_RETRY_S = 2
 PNG_RESPONSES = {  # the two PNG routes (image and strip) answer alike
     200: {"content": {"image/png": {}}},
     304: {"description": "not modified"},
@@ -38,22 +42,48 @@ def load_record(redis, job_id: str, owner: str) -> dict[str, str]:
     return record
 
 
-def wait_for_end(redis, job_id: str, owner: str, wait: float, ttl: int) -> dict[str, str]:
-    """The job's record, once it is final or `wait` seconds have passed. Wakes on the job's events (every status
-    change is one, app.core.jobs), so a finished job answers at once; at least every WAKE_S it looks anyway."""
-    deadline = time.monotonic() + wait
+async def wait_for_end(
+    request: Request, redis, job_id: str, owner: str, client: str, wait: float, ttl: int
+) -> dict[str, str]:
+    """The job's record, once it is final or `wait` seconds have passed. While it waits it holds no Redis
+    connection and no thread (app.waker wakes it on the job's events: every status change is one, so a finished
+    job answers at once); at least every WAKE_S it looks anyway. A client has at most CLIENT_STREAMS waits and
+    event streams open at once: past that, 429."""
     if not keys.valid_job_id(job_id):
         raise HTTPException(404, "no such job")  # before any Redis call, as load_record promises
+    settings = request.app.state.settings
     stream = keys.events(job_id)
-    newest = redis.xrevrange(stream, count=1) if wait > 0 else []
-    last = newest[0][0] if newest else "0-0"  # events before the record was read are reflected in it
-    record = reconcile(redis, load_record(redis, job_id, owner), ttl)
-    while record["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
-        got = redis.xread({stream: last}, count=100, block=max(1, int(1000 * min(left, WAKE_S))))
-        if got:
-            last = got[0][1][-1][0]
-        record = reconcile(redis, load_record(redis, job_id, owner), ttl)
+    newest = await run_in_threadpool(redis.xrevrange, stream, "+", "-", 1) if wait > 0 else []
+    last = newest[0][0].decode() if newest else "0-0"  # events before the record was read are reflected in it
+    record = await run_in_threadpool(current_record, redis, job_id, owner, ttl)
+    if record["status"] in FINAL or wait <= 0:
+        return record
+    lease = await run_in_threadpool(leases.take, redis, client, settings.client_streams, wait + LEASE_MARGIN_S)
+    if lease is None:
+        raise streams_full(settings)
+    try:
+        deadline = time.monotonic() + wait
+        while record["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
+            await request.app.state.waker.wait(stream, last, min(left, WAKE_S))
+            newest = await run_in_threadpool(redis.xrevrange, stream, "+", "-", 1)
+            last = newest[0][0].decode() if newest else last
+            record = await run_in_threadpool(current_record, redis, job_id, owner, ttl)
+    finally:
+        await run_in_threadpool(leases.release, redis, client, lease)
     return record
+
+
+def current_record(redis, job_id: str, owner: str, ttl: int) -> dict[str, str]:
+    return reconcile(redis, load_record(redis, job_id, owner), ttl)
+
+
+def streams_full(settings) -> HTTPException:
+    return HTTPException(
+        429,
+        f"this client has {settings.client_streams} event streams and long polls open (DIFFUSETV_CLIENT_STREAMS); "
+        "close one or retry later",
+        headers={"Retry-After": str(STREAMS_RETRY_S)},
+    )
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:
@@ -75,7 +105,7 @@ def offered_model(redis, store, settings, body: schemas.GenerateRequest | schema
     return manifest
 
 
-@router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(413, 429))
+@router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413))
 def generate(
     body: schemas.GenerateRequest,
     response: Response,
@@ -83,15 +113,16 @@ def generate(
     settings: SettingsDep,
     store: StoreDep,
     owner: OwnerDep,
+    client: ClientDep,
 ) -> schemas.Job:
     """Queue a DDIM generation job; poll `Location` for it. 503 when no live worker serves the model."""
     manifest = offered_model(redis, store, settings, body)
-    job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews, owner)
+    job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews, owner, client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 
 
-@router.post("/interpolate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(413, 429))
+@router.post("/interpolate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413))
 def interpolate(
     body: schemas.InterpolateRequest,
     response: Response,
@@ -99,18 +130,24 @@ def interpolate(
     settings: SettingsDep,
     store: StoreDep,
     owner: OwnerDep,
+    client: ClientDep,
 ) -> schemas.Job:
     """Queue a seed interpolation: DDIM (eta 0) from the spherical walk between two seeds' noises."""
     manifest = offered_model(redis, store, settings, body)
-    job_id = submit_interpolation(redis, settings, manifest, body.seed_a, body.seed_b, body.frames, body.steps, owner)
+    args = (body.seed_a, body.seed_b, body.frames, body.steps)
+    job_id = submit_interpolation(redis, settings, manifest, *args, owner, client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job, responses=schemas.error_responses(404))
-def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep, wait: Wait = 0) -> schemas.Job:
+async def get_job(
+    job_id: str, request: Request, redis: RedisDep, settings: SettingsDep, owner: OwnerDep, client: ClientDep,
+    wait: Wait = 0,
+) -> schemas.Job:  # fmt: skip
     """The job's status, progress and result link; with `wait`, block until it ends (at most 30 s)."""
-    return view(redis, wait_for_end(redis, job_id, owner, wait, settings.result_ttl))
+    record = await wait_for_end(request, redis, job_id, owner, client, wait, settings.result_ttl)
+    return await run_in_threadpool(view, redis, record)
 
 
 @router.get(
@@ -118,17 +155,20 @@ def get_job(job_id: str, redis: RedisDep, settings: SettingsDep, owner: OwnerDep
     response_class=Response,
     responses=PNG_RESPONSES,
 )
-def get_image(
+async def get_image(
     job_id: str,
+    request: Request,
     redis: RedisDep,
     settings: SettingsDep,
     owner: OwnerDep,
+    client: ClientDep,
     wait: Wait = 0,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """The PNG of a succeeded job; ETag is its sha256. 409 while it has not succeeded."""
-    record = wait_for_end(redis, job_id, owner, wait, settings.result_ttl)
-    return png_response(redis, record, keys.png(job_id), record.get("sha256", ""), settings, if_none_match)
+    record = await wait_for_end(request, redis, job_id, owner, client, wait, settings.result_ttl)
+    sha256 = record.get("sha256", "")
+    return await run_in_threadpool(png_response, redis, record, keys.png(job_id), sha256, settings, if_none_match)
 
 
 def png_response(redis, record: dict[str, str], key: str, sha256: str, settings, if_none_match: str | None) -> Response:
@@ -150,19 +190,22 @@ def png_response(redis, record: dict[str, str], key: str, sha256: str, settings,
     response_class=Response,
     responses=PNG_RESPONSES,
 )
-def get_strip(
+async def get_strip(
     job_id: str,
+    request: Request,
     redis: RedisDep,
     settings: SettingsDep,
     owner: OwnerDep,
+    client: ClientDep,
     wait: Wait = 0,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """An interpolation's frames side by side as one PNG. 404 for a generation job, 409 while not succeeded."""
-    record = wait_for_end(redis, job_id, owner, wait, settings.result_ttl)
+    record = await wait_for_end(request, redis, job_id, owner, client, wait, settings.result_ttl)
     if record.get("kind") != "interpolate":
         raise HTTPException(404, "not an interpolation job")
-    return png_response(redis, record, keys.strip(job_id), record.get("strip_sha256", ""), settings, if_none_match)
+    sha256 = record.get("strip_sha256", "")
+    return await run_in_threadpool(png_response, redis, record, keys.strip(job_id), sha256, settings, if_none_match)
 
 
 @router.delete(

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
 from app import models, schemas
 from app.auth import OwnerDep
-from app.core import keys
+from app.core.workers import live as live_workers
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.metrics import render_metrics
 from model_store import ModelStoreError
@@ -35,20 +33,19 @@ def healthz() -> schemas.Health:
     return schemas.Health(status="ok")
 
 
-def live_workers(redis) -> list[dict]:
-    names = list(redis.scan_iter(match=keys.WORKERS_PATTERN, count=100))
-    values = redis.mget(names) if names else []
-    return [json.loads(v) for v in values if v]
-
-
-@router.get("/readyz", response_model=schemas.Health, responses={503: {"model": schemas.Health}})
+@router.get(
+    "/readyz", response_model=schemas.Health, responses={503: {"model": schemas.Health}, **schemas.error_responses(429)}
+)
 def readyz(redis: RedisDep, store: StoreDep, settings: SettingsDep) -> Response:
-    """Readiness: Redis answers and live workers have every model of DIFFUSETV_MODELS loaded."""
+    """Readiness: Redis answers and live workers have every model of DIFFUSETV_MODELS loaded (O(1) in Redis's
+    other keys)."""
     redis.ping()
-    try:
-        wanted = [store.resolve(ref).ref for ref in settings.served_models]
-    except ModelStoreError as exc:
-        return JSONResponse({"status": "unready", "detail": {"model": str(exc)}}, 503)
+    wanted = []
+    for ref in settings.served_models:
+        try:
+            wanted.append(store.resolve(ref).ref)
+        except ModelStoreError:
+            return JSONResponse({"status": "unready", "detail": {"model": f"{ref} is not in the store"}}, 503)
     workers = live_workers(redis)
     live = models.served(redis, wanted)
     detail = {"models": {ref: ref in live for ref in wanted}, "workers": len(workers), "serving": len(live)}
@@ -57,7 +54,7 @@ def readyz(redis: RedisDep, store: StoreDep, settings: SettingsDep) -> Response:
     return JSONResponse({"status": "ready", "detail": detail})
 
 
-@router.get("/metrics", response_class=Response, responses=schemas.error_responses(401, 503))
+@router.get("/metrics", response_class=Response, responses=schemas.error_responses(401, 429, 503))
 def metrics(redis: RedisDep, store: StoreDep, owner: OwnerDep) -> Response:
     """Prometheus text: queue lengths, live workers and the workers' counters kept in Redis."""
     body, content_type = render_metrics(redis, store, live_workers(redis))

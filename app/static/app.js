@@ -339,7 +339,8 @@ async function main() {
   await loadModels();
   if (query.get("model")) $("model").value = query.get("model");
   document.body.dataset.ready = "1";
-  if (query.get("run") === "1") generate();
+  // A link fills the form and nothing more: starting a job (with this browser's stored key) takes a press of Generate.
+  if (query.get("run") === "1") $("generate").focus();
 }
 
 main();

@@ -1,5 +1,7 @@
 """The API's input handling, in process against a real Redis (no worker needed)."""
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -188,3 +190,76 @@ def test_minus_zero_eta_is_zero(client, redis_server):
     b = client.post("/generate", json={"seed": 77, "eta": -0.0}).json()
     assert b["params"]["eta"] == 0.0 and str(b["params"]["eta"]) == "0.0"
     assert b["queue_position"] == a["queue_position"] == 0  # the same run
+
+
+@pytest.fixture
+def lenient_client(tiny_store, redis_server):
+    """A client that sees a server error as the 500 a user would get, rather than as the exception."""
+    settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"seed": 1, "eta": NaN}', "eta"),
+        (b'{"seed": Infinity}', "seed"),
+        (b'{"seed": 1, "steps": -Infinity}', "steps"),
+        (b'{"seed": 1, "colour": NaN}', "colour"),
+        (b'{"seed": 1, "previews": [NaN, {"x": Infinity}]}', "previews"),
+    ],
+)
+def test_non_finite_numbers_are_a_json_422_and_nothing_is_logged_as_an_error(lenient_client, caplog, body, field):
+    with caplog.at_level("WARNING"):
+        r = lenient_client.post("/generate", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/json", r.text
+    assert any(field in err["loc"] for err in r.json()["detail"]), r.json()
+    assert [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")] == []
+
+
+def test_an_unknown_model_names_no_server_path_and_no_other_kind_of_model(tiny_store, redis_server):
+    import shutil
+
+    from model_store.store import BUNDLED
+
+    shutil.copytree(BUNDLED / "emoji32-features", tiny_store.root / "emoji32-features")  # not a generative model
+    settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny")
+    with TestClient(create_app(settings)) as c:
+        for model in ("nope", "emoji32-features", "nope@3"):
+            r = c.post("/generate", json={"seed": 1, "model": model})
+            message = json.dumps(r.json())
+            assert r.status_code == 422 and str(tiny_store.root) not in message and "/models" not in message, message
+            msg = r.json()["detail"][0]["msg"]
+            assert "tiny@1" in msg
+            assert "emoji32-features" not in msg.replace(repr(model), ""), msg  # only what the client sent
+
+
+def test_a_body_that_never_finishes_is_408_within_the_body_timeout(tiny_store, redis_server, tmp_path):
+    import socket
+    import time
+
+    from stack import Stack, free_port, stack_env
+
+    s = Stack(stack_env(redis_server.url, tiny_store.root, DIFFUSETV_BODY_TIMEOUT_S="1"), free_port(), tmp_path)
+    s.env["DIFFUSETV_PORT"] = str(s.port)
+    s.start_api()
+    try:
+        s.wait_healthy()
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+            head = (
+                b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            )
+            sock.sendall(head + b'{"seed": ')  # and never the rest
+            started = time.monotonic()
+            sock.settimeout(6)
+            try:
+                answer = sock.recv(4096)
+            except TimeoutError:
+                answer = b""
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert waited < 4, waited
+        assert b"did not arrive" in answer
+    finally:
+        s.stop_all()

@@ -29,6 +29,7 @@ def test_a_short_mixed_load_loses_no_job_and_answers_only_documented_statuses(tm
     jobs = summary["jobs"]
     assert jobs["lost"] == 0 and jobs["accepted"] == jobs["final"] > 0, jobs
     assert summary["undocumented"] == {} and summary["bad_input_accepted"] == 0
-    assert set(summary["actions"]) == {"fresh", "repeat", "cancel", "bad"}, summary["actions"]
+    assert set(summary["actions"]) == {"fresh", "sse", "join", "repeat", "cancel", "bad"}, summary["actions"]
+    assert summary["unavailable_503"] == 0 and summary["queue"]["max_seen"] <= summary["queue"]["max_queue"]
     assert summary["worker_rss"]["start_kib"] and summary["worker_rss"]["end_kib"]
     assert "LOST = 0" in proc.stdout

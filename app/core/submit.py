@@ -1,0 +1,230 @@
+"""The atomic submit: one Lua script admits a job, or refuses it and writes nothing.
+
+Admission checks every bound first (the client's quota of jobs and bytes, the run's followers, the model's
+queue length) and only then writes: the job record, its event stream, its run, the run's open-run entry, the
+RQ job and its queue entry appear together or not at all, each with a TTL from the moment it exists. Redis
+runs a script alone, and refuses its first write (and so the whole script) when it is out of memory.
+
+A job is answered one of three ways, tried in order:
+- `cached`: the engine key's result exists; the job is a new, already succeeded job with a copy of the PNG;
+- `follow`: a run of the same engine key is queued or running; the job joins it (at most MAX_FOLLOWERS do);
+- `lead`: a new run, queued on the model's RQ queue (at most MAX_QUEUE runs wait there).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from app.core import keys
+from app.core.events import preview_steps
+from app.core.jobs import MAX_EVENTS
+
+# A job's hash (MEMORY USAGE: 1.0 to 1.5 kB), its event stream, whose first entry takes a whole stream node
+# (4.8 kB), and the allocator's share of its PNG (about 0.4 kB): `python -m bench.job_bytes` measures them.
+RECORD_BYTES = 7168
+PROGRESS_EVENT_BYTES = 128  # one progress entry of a job's stream (about 70 bytes of fields, plus the entry)
+PNG_OVERHEAD_BYTES = 1024  # PNG chunks and the tEXt parameters
+
+ADMITTED = frozenset({"cached", "follow", "lead"})
+
+_LUA = f"""
+local spec = cjson.decode(ARGV[1])
+local function job_key(id) return '{keys.job("")}' .. id end
+local function events_key(id) return '{keys.events("")}' .. id end
+local function png_key(id) return '{keys.png("")}' .. id end
+local function run_key(id) return '{keys.run("")}' .. id end
+local function jobs_key(id) return '{keys.run("")}' .. id .. '{keys.run_jobs("").removeprefix(keys.run(""))}' end
+local function open_key(ek) return '{keys.open_run("")}' .. ek end
+local function cache_key(ek) return '{keys.cache("")}' .. ek end
+local q = spec.quota
+local used = redis.call('HMGET', q.key, 'jobs', 'bytes')
+local used_jobs, used_bytes = tonumber(used[1] or '0'), tonumber(used[2] or '0')
+local function retry_after()
+  local ttl = redis.call('TTL', q.key)
+  if ttl < 1 then return q.expire end
+  return ttl
+end
+local function over(cost)
+  if used_jobs + 1 > q.jobs then return {{'quota', 'jobs', retry_after()}} end
+  if used_bytes + cost > q.bytes then return {{'quota', 'bytes', retry_after()}} end
+  return nil
+end
+local function charge(cost)
+  redis.call('HINCRBY', q.key, 'jobs', 1)
+  redis.call('HINCRBY', q.key, 'bytes', cost)
+  if redis.call('TTL', q.key) < 0 then redis.call('EXPIRE', q.key, q.expire) end
+end
+local function write_job(fields, status_events, ttl)
+  local jk, ek = job_key(spec.job), events_key(spec.job)
+  for k, v in pairs(fields) do redis.call('HSET', jk, k, v) end
+  for _, data in ipairs(status_events) do
+    redis.call('XADD', ek, 'MAXLEN', '~', spec.max_events, '*', 'event', 'status', 'data', data)
+  end
+  redis.call('EXPIRE', jk, ttl)
+  redis.call('EXPIRE', ek, ttl)
+end
+
+-- 1. a cached result: a copy of its PNG, already succeeded
+if spec.cache_key ~= '' then
+  local raw = redis.call('GET', cache_key(spec.cache_key))
+  if raw then
+    local entry = cjson.decode(raw)
+    local size = redis.call('STRLEN', png_key(entry.job))
+    if size > 0 then
+      local cost = size + spec.record_bytes
+      local refused = over(cost)
+      if refused then return refused end
+      charge(cost)
+      redis.call('COPY', png_key(entry.job), png_key(spec.job), 'REPLACE')
+      redis.call('EXPIRE', png_key(spec.job), spec.result_ttl)
+      local source = redis.call('HMGET', job_key(entry.job), 'engine', 'batch_size', 'progress')
+      local fields = spec.record
+      fields.status, fields.started_at, fields.finished_at = 'succeeded', spec.now, spec.now
+      fields.cached, fields.sha256 = '1', entry.sha256
+      fields.engine, fields.batch_size, fields.progress = source[1] or '', source[2] or '', source[3] or ''
+      write_job(fields, {{spec.events.succeeded}}, spec.result_ttl)
+      redis.call('HINCRBY', '{keys.METRICS}', 'cache_hits', 1)
+      return {{'cached', entry.job, 'succeeded'}}
+    end
+  end
+end
+
+-- 2. an identical run, queued or running: join it, up to max_followers jobs besides its leader
+if spec.engine_key ~= '' then
+  local rid = redis.call('GET', open_key(spec.engine_key))
+  if rid then
+    local status = redis.call('HGET', run_key(rid), 'status')
+    if status == 'queued' or status == 'running' then
+      if redis.call('SCARD', jobs_key(rid)) > spec.max_followers then return {{'followers', rid, status}} end
+      local refused = over(spec.cost)
+      if refused then return refused end
+      charge(spec.cost)
+      local fields = spec.record
+      fields.run = rid
+      local statuses = {{spec.events.queued}}
+      if status == 'running' then
+        fields.status, fields.started_at = 'running', spec.now
+        statuses[2] = spec.events.running
+      end
+      write_job(fields, statuses, spec.ttl)
+      redis.call('SADD', jobs_key(rid), spec.job)
+      redis.call('HINCRBY', '{keys.METRICS}', 'joined', 1)
+      return {{'follow', rid, status}}
+    end
+  end
+end
+
+-- 3. a new run on the model's queue
+if redis.call('LLEN', spec.queue) >= spec.max_queue then return {{'queue_full', '', ''}} end
+local refused = over(spec.cost)
+if refused then return refused end
+charge(spec.cost)
+local fields = spec.record
+fields.run = spec.job
+write_job(fields, {{spec.events.queued}}, spec.ttl)
+if spec.engine_key ~= '' then
+  redis.call('HSET', run_key(spec.job), 'status', 'queued', 'engine_key', spec.engine_key)
+  redis.call('SADD', jobs_key(spec.job), spec.job)
+  redis.call('SET', open_key(spec.engine_key), spec.job, 'EX', spec.ttl)
+  redis.call('EXPIRE', run_key(spec.job), spec.ttl)
+  redis.call('EXPIRE', jobs_key(spec.job), spec.ttl)
+end
+local i = 2
+while i <= #ARGV do  -- the RQ job and its queue entry, as RQ itself writes them
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return {{'lead', spec.job, 'queued'}}
+"""
+
+
+@dataclass(frozen=True)
+class Quota:
+    """A client's allowance in the current window: `key` counts its jobs and bytes until it expires."""
+
+    key: str
+    jobs: int
+    bytes: int
+    expire: int
+
+
+def quota_for(client: str, jobs: int, max_bytes: int, window_s: int, now: float) -> Quota:
+    """The fixed window holding `now`: its counter key expires when the window ends."""
+    index = int(now // window_s)
+    return Quota(keys.quota(client, index), jobs, max_bytes, max(1, int((index + 1) * window_s - now) + 1))
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the script did: `cached`, `follow` or `lead` (admitted), else `quota`, `followers` or `queue_full`."""
+
+    outcome: str
+    detail: str = ""  # the run's id (follow, lead), the cached job's id, or which quota ran out
+    status: str = ""  # the run's status (follow), or the quota's seconds until it resets (quota)
+
+    @property
+    def admitted(self) -> bool:
+        return self.outcome in ADMITTED
+
+
+def result_cost(image_size: int, channels: int, steps: int, previews: bool, images: int = 1) -> int:
+    """Upper estimate of the bytes one job keeps in Redis until it expires: its record and statuses, one
+    progress event per step, its PNG (raw pixels bound it: PNG's deflate never grows them by more than a few
+    bytes per block) and, with previews, up to 11 base64 PNG previews (app.core.events.preview_steps)."""
+    png = image_size * image_size * channels + PNG_OVERHEAD_BYTES
+    shown = len(preview_steps(steps)) if previews else 0
+    return RECORD_BYTES + steps * PROGRESS_EVENT_BYTES + images * png + shown * (png * 4 // 3)
+
+
+def admit(
+    redis,
+    job_id: str,
+    record: dict[str, str],
+    *,
+    engine_key: str,
+    cache_key: str,
+    queue_key: str,
+    rq_commands: Sequence[Sequence[Any]],
+    quota: Quota,
+    cost: int,
+    ttl: int,
+    result_ttl: int,
+    max_queue: int,
+    max_followers: int,
+    now: str,
+) -> Admission:
+    """Run the submit script. `engine_key` '' means a job without a shared run (an interpolation); `cache_key` ''
+    skips the cache (no engine has claimed the model yet, so no result can be known)."""
+    spec = {
+        "job": job_id,
+        "record": record,
+        "engine_key": engine_key,
+        "cache_key": cache_key,
+        "queue": queue_key,
+        "quota": {"key": quota.key, "jobs": quota.jobs, "bytes": quota.bytes, "expire": quota.expire},
+        "cost": cost,
+        "record_bytes": RECORD_BYTES,
+        "ttl": ttl,
+        "result_ttl": result_ttl,
+        "max_queue": max_queue,
+        "max_followers": max_followers,
+        "max_events": MAX_EVENTS,
+        "now": now,
+        "events": {s: json.dumps({"status": s}) for s in ("queued", "running", "succeeded")},
+    }
+    flat: list[Any] = []
+    for command in rq_commands:
+        flat += [len(command), *(c.value if isinstance(c, Enum) else c for c in command)]
+    outcome, detail, status = (_decode(v) for v in redis.eval(_LUA, 0, json.dumps(spec), *flat))
+    return Admission(outcome, detail, status)
+
+
+def _decode(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)

@@ -1,0 +1,75 @@
+"""What one job keeps in Redis, measured with MEMORY USAGE, beside the estimate the quotas charge for it.
+
+    python -m bench.job_bytes
+
+Starts a redis-server on a free loopback port and the API in process (no worker) serving the bundled
+emoji32, then makes (1) a cache hit of a 32x32 result (a random-pixel PNG, as large as such a PNG gets) and
+(2) a queued job with previews, and prints the bytes of each key against `app.core.submit.result_cost`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import redis
+
+
+def main() -> int:
+    from fastapi.testclient import TestClient
+
+    from app.core import keys, runs
+    from app.core.png import encode_png
+    from app.core.settings import Settings
+    from app.core.submit import RECORD_BYTES, result_cost
+    from app.main import create_app
+    from bench.stack import redis_server_binary, wait_redis
+    from diffusetv.up import free_port
+
+    port, workdir = free_port(), tempfile.mkdtemp(prefix="diffusetv-job-bytes-")
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_redis(port, server)
+        conn = redis.Redis(port=port)
+        with TestClient(create_app(Settings(redis_url=f"redis://127.0.0.1:{port}/0", heartbeat_s=300))) as client:
+            model = client.get("/models").json()["models"][0]
+            engine = "cpu/fp32/bench"
+            conn.set(keys.engine(model["ref"]), engine)
+            pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            png = encode_png(pixels, {"seed": 1, "steps": 50, "eta": 0.0, "model": model["name"]})
+            source = "f" * 32
+            conn.set(keys.png(source), png)
+            record = {"device": "cpu", "precision": "fp32", "kernels": "bench"}
+            conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded", "engine": json.dumps(record)})
+            cache = keys.cache(runs.engine_key(model["digest"], 1, 50, 0.0, engine))
+            conn.set(cache, json.dumps({"job": source, "sha256": hashlib.sha256(png).hexdigest()}))
+            hit = client.post("/generate", json={"seed": 1}).json()
+            queued = client.post("/generate", json={"seed": 2, "previews": True}).json()
+        assert hit["status"] == "succeeded" and queued["status"] == "queued", (hit, queued)
+        rows = []
+        for label, job_id in (("cache hit", hit["id"]), ("queued, previews", queued["id"])):
+            named = (("record", keys.job(job_id)), ("events", keys.events(job_id)), ("png", keys.png(job_id)))
+            sizes = {name: conn.memory_usage(key) or 0 for name, key in named}
+            rows.append((label, sizes, sum(sizes.values())))
+        print(f"PNG of a 32x32 random image: {len(png)} bytes; RECORD_BYTES = {RECORD_BYTES}")
+        for label, sizes, total in rows:
+            print(f"{label:18} {total:6d} bytes  {sizes}")
+        print(f"charged: cache hit {len(png) + RECORD_BYTES}, new job (50 steps) {result_cost(32, 3, 50, False)}, "
+              f"with previews {result_cost(32, 3, 50, True)}")  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
