@@ -24,7 +24,7 @@ from app.limits import BodySizeLimit
 from app.reaper import Reaper
 from app.routes import events, jobs, page, system
 from app.waker import Waker
-from model_store import Store
+from model_store import Store, kinds
 
 REDIS_RETRY_AFTER_S = 2
 OOM_IN_SCRIPT = "OOM command not allowed"
@@ -35,6 +35,7 @@ log = logging.getLogger("diffusetv.api")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    kinds.load_modules(settings.extra_kind_modules)  # DIFFUSETV_KIND_MODULES: kinds beyond the built-in ones
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -6,6 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from app.core import keys
+from app.models import offered
 from app.queueing import queue_for
 from model_store import Store
 
@@ -42,9 +43,8 @@ class RedisCollector:
             sizes.add_metric([field.split(":")[1]], raw[field])
         yield sizes
         queued = GaugeMetricFamily("diffusetv_queue_length", "Runs waiting, by model", labels=["model"])
-        for m in self.store.list():
-            if m.kind == "ddim-unet":
-                queued.add_metric([m.ref], queue_for(self.redis, m.ref).count)
+        for m in offered(self.store):
+            queued.add_metric([m.ref], queue_for(self.redis, m.ref).count)
         yield queued
         live = GaugeMetricFamily("diffusetv_workers", "Live workers (heartbeat not expired)")
         live.add_metric([], len(self.workers))

@@ -26,7 +26,8 @@ from app.core.jobs import (
 )
 from app.core.settings import Settings
 from app.core.submit import Admission, admit, quota_for, result_cost
-from model_store import Manifest, ModelStoreError, Store
+from app.models import offered
+from model_store import Manifest, ModelStoreError, Store, kinds
 
 QUEUE_FULL_RETRY_S = 5
 FOLLOWERS_RETRY_S = 2
@@ -38,20 +39,34 @@ def queue_for(redis, model_ref: str) -> Queue:
 
 
 def resolve_model(store: Store, ref: str | None, settings: Settings) -> Manifest:
-    """The manifest of a DDIM model in the store, or a 422 naming the field and the available models.
+    """The manifest of a model of a served kind in the store, or a 422 naming the field and the available models.
 
-    The message names only what a client may know: the reference it sent and the generative models (no paths,
-    no other kinds of model)."""
+    The message names only what a client may know: the reference it sent, why its model cannot be served (an
+    unknown kind, or one stored but not served, named) and the servable models (no paths)."""
     wanted = ref or settings.model
     try:
         manifest = store.resolve(wanted)
     except ModelStoreError:
         manifest = None
-    if manifest is not None and manifest.kind == "ddim-unet":
+    if manifest is None:
+        reason = f"no generative model {wanted!r} (NAME or NAME@VERSION)"
+    else:
+        reason = kinds.refusal(manifest, repr(wanted))
+    if manifest is not None and reason is None:
         return manifest
-    available = [m.ref for m in store.list() if m.kind == "ddim-unet"]
-    msg = f"no generative model {wanted!r} (NAME or NAME@VERSION); available: {available}"
+    available = [m.ref for m in offered(store)]
+    msg = f"{reason}; available: {available}"
     raise RequestValidationError([{"type": "value_error", "loc": ("body", "model"), "msg": msg, "input": ref}])
+
+
+def model_record(manifest: Manifest) -> dict:
+    """The job's `model`: which version ran it, its weights' digest and its identity."""
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "digest": manifest.digest,
+        "identity": manifest.identity,
+    }
 
 
 def current_engine(redis, model_ref: str) -> str:
@@ -75,9 +90,9 @@ def submit(
     429 past a bound."""
     eta = float(eta) + 0.0  # -0.0 is 0.0: one engine key, one set of bytes
     engine = current_engine(redis, manifest.ref)
-    model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
-    key = runs.engine_key(manifest.digest, seed, steps, eta, engine)
-    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.digest, previews, key)
+    model = model_record(manifest)
+    key = runs.engine_key(manifest.identity, manifest.ref, seed, steps, eta, engine)
+    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.identity, previews, key)
     cost = result_cost(*image_shape(manifest), steps, previews)
     cache_key = key if engine != runs.PENDING_ENGINE else ""
     record = new_record(spec, model, owner)
@@ -97,8 +112,8 @@ def submit_interpolation(
     client: str = "",
 ) -> str:
     """Queue an interpolation job, atomically (429 past a bound)."""
-    spec = InterpolateSpec(new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.digest)
-    model = {"name": manifest.name, "version": manifest.version, "digest": manifest.digest}
+    spec = InterpolateSpec(new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.identity)
+    model = model_record(manifest)
     cost = result_cost(*image_shape(manifest), steps, False, images=2 * frames)  # the animation and the strip
     record = new_interpolation_record(spec, model, owner)
     admitted(redis, settings, manifest, INTERPOLATE_FUNC, spec, record, client, "", "", cost)
@@ -106,8 +121,9 @@ def submit_interpolation(
 
 
 def image_shape(manifest: Manifest) -> tuple[int, int]:
-    config = manifest.config
-    return int(config.get("image_size", 64)), int(config.get("channels", 3))
+    """(side, channels) of a square that holds the model's image (its kind says the shape): for result_cost."""
+    height, width, channels = kinds.of(manifest).shape(manifest.config)
+    return max(height, width), channels
 
 
 def admitted(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +57,9 @@ class ModelInfo(BaseModel):
     name: str
     version: int
     digest: str = Field(description="sha256 of the weights")
+    identity: str | None = Field(
+        None, description="sha256 of the weights' sha256 and every output-relevant field of model.json"
+    )
 
 
 class Engine(BaseModel):
@@ -91,14 +94,30 @@ class Job(BaseModel):
     events_url: str = Field(description="Server-Sent Events of this job")
 
 
+# The request fields every model takes; any other is a kind's own (model_store.kinds.Kind.fields).
+COMMON_FIELDS = frozenset({"seed", "steps", "eta", "model", "previews", "seed_a", "seed_b", "frames"})
+
+
+class Shape(BaseModel):
+    height: int
+    width: int
+    channels: int = Field(description="3 (RGB) or 1 (grey)")
+
+
 class ModelEntry(BaseModel):
     name: str
     version: int
-    ref: str
-    digest: str
-    image_size: int
+    ref: str = Field(description="NAME@VERSION")
+    digest: str = Field(description="sha256 of the weights")
+    identity: str = Field(description="sha256 of the weights' sha256 and every output-relevant field of model.json")
+    kind: str = Field(description="how the model runs, e.g. ddim-unet (DESIGN.md, Model kinds)")
+    shape: Shape = Field(description="the image shape")
+    image_size: int | None = Field(description="the side of a square image; null when it is not square")
+    conditioning: Literal["none", "text"] = Field(description="what a request conditions the image on")
+    max_steps: int = Field(description="the most DDIM steps the model runs")
     schedule: str
-    default: bool
+    default: bool = Field(description="what /generate uses without `model`")
+    served: bool = Field(description="a live worker has the model loaded: requests for it are queued, not 503")
 
 
 class ModelList(BaseModel):
@@ -126,7 +145,7 @@ ERROR_DESCRIPTIONS = {
         "a bound was reached (the model's queue, the followers of one run, this client's quota of jobs or bytes, "
         "or of open streams and long polls) or the API is at capacity; retry after Retry-After seconds"
     ),
-    503: "Redis is unreachable or full; retry after Retry-After seconds",
+    503: "Redis is unreachable or full, or no live worker serves the model; retry after Retry-After seconds",
 }
 
 

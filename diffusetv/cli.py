@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker: load the model once, then run queued jobs")
     p.add_argument(
-        "--model", action="append", default=None, help="model to serve (repeatable; default $DIFFUSETV_MODEL)"
+        "--model", action="append", default=None, help="model to serve (repeatable; default $DIFFUSETV_MODELS)"
     )
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(run="diffusetv.commands:worker")
@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="the local stack: Redis (embedded unless DIFFUSETV_REDIS_URL), a worker, the API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--model", action="append", default=None, help="model to serve (repeatable; default $DIFFUSETV_MODELS)"
+    )
     p.set_defaults(run="diffusetv.commands:up")
 
     p = sub.add_parser("data", help="build a data set")

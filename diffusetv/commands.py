@@ -35,6 +35,9 @@ def sample(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
+    from model_store import kinds
+
+    kinds.load_modules(settings().extra_kind_modules)
     engine = load_engine(
         args.model or default_model(), device=args.device, precision=args.precision, compile=args.compile
     )
@@ -123,10 +126,20 @@ def models(args: argparse.Namespace) -> int:
     for m in rows:
         latest = store.versions(m.name)[-1] == m.version
         mark = " (default)" if (latest and default in (m.name, m.ref)) or default == m.ref else ""
-        cfg = m.config
-        shape = f"{cfg['image_size']}x{cfg['image_size']}  widths={cfg['widths']}" if m.kind == "ddim-unet" else m.kind
-        print(f"{m.ref:24} {shape}  sha256:{m.digest[:12]}{mark}")
+        print(f"{m.ref:24} {describe(m)}  sha256:{m.digest[:12]}{mark}")
     return 0
+
+
+def describe(manifest) -> str:
+    """`KIND HxWxC`, with `(stored, not served)` for a stored-only kind and `(unknown kind)` for others."""
+    from model_store import ModelStoreError, kinds
+
+    try:
+        kind = kinds.of(manifest)
+    except ModelStoreError:
+        return f"{manifest.kind} (unknown kind)"
+    height, width, channels = kind.shape(manifest.config)
+    return f"{kind.name:12} {height}x{width}x{channels}" + ("" if kind.served else "  (stored, not served)")
 
 
 def data(args: argparse.Namespace) -> int:
@@ -196,10 +209,11 @@ def worker(args: argparse.Namespace) -> int:
 def up(args: argparse.Namespace) -> int:
     from diffusetv.up import up as run_up
 
-    refused = settings(host=args.host, port=args.port).exposure_problem()
+    models = ",".join(args.model) if args.model else None
+    refused = settings(host=args.host, port=args.port, models=models).exposure_problem()
     if refused:
         raise UserError(refused)
-    return run_up(args.host, args.port)
+    return run_up(args.host, args.port, models)
 
 
 def features(args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""`diffusetv up`: Redis (embedded unless DIFFUSETV_REDIS_URL is set), one worker and the API.
+"""`diffusetv up`: Redis (embedded unless DIFFUSETV_REDIS_URL is set), one worker holding every model of
+DIFFUSETV_MODELS (or `--model`, repeatable), and the API.
 
 Ctrl-C (or SIGTERM) stops every child; nothing is left running.
 """
@@ -161,12 +162,15 @@ def exited(proc: subprocess.Popen, relays: dict[int, tuple[str, StderrRelay]]) -
     return f"the {name} exited (status {proc.returncode}): {relay.last or 'it wrote nothing'}"
 
 
-def up(host: str, port: int) -> int:
+def up(host: str, port: int, models: str | None = None) -> int:
+    """`models`: comma-separated references (`--model`), replacing DIFFUSETV_MODELS for this stack."""
     check_port_free(host, port)
     procs: list[subprocess.Popen] = []
     relays: dict[int, tuple[str, StderrRelay]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="diffusetv-"))
     env = {**os.environ, "DIFFUSETV_HOST": host, "DIFFUSETV_PORT": str(port)}
+    if models:
+        env["DIFFUSETV_MODELS"] = models  # what the worker loads and what /readyz waits for
 
     def on_term(signum, frame):
         raise KeyboardInterrupt

@@ -16,8 +16,10 @@ import torch
 from diffusion.schedule import Schedule, offset_cosine
 
 Scalar = float | torch.Tensor
-# eps_model(x_t, noise_rate) -> predicted noise; noise_rate is (B, 1, 1, 1).
+# eps_model(x_t, time) -> the network's output (predicted noise unless `read` says otherwise); time is (B, 1, 1, 1).
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# read(output, x_t, alpha_bar_t) -> (eps, x0 or None): a kind's parameterisation (None: x0 from eps, eq. 12).
+Read = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def ddim_step(
@@ -27,12 +29,15 @@ def ddim_step(
     alpha_bar_prev: Scalar,
     eta: Scalar,
     noise: torch.Tensor | None = None,
+    x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DDIM step from x_t to x_prev (DDIM paper, eq. 12). Returns (x_prev, x0_pred)."""
+    """One DDIM step from x_t to x_prev (DDIM paper, eq. 12). Returns (x_prev, x0_pred).
+
+    `x0`, when given, is used instead of the x0 derived from eps (a kind that predicts x0 or v, or clips)."""
     a_t = torch.as_tensor(alpha_bar_t, dtype=x_t.dtype, device=x_t.device)
     a_prev = torch.as_tensor(alpha_bar_prev, dtype=x_t.dtype, device=x_t.device)
     eta = torch.as_tensor(eta, dtype=x_t.dtype, device=x_t.device)
-    x0_pred = (x_t - torch.sqrt(1 - a_t) * eps) / torch.sqrt(a_t)  # "predicted x0"
+    x0_pred = (x_t - torch.sqrt(1 - a_t) * eps) / torch.sqrt(a_t) if x0 is None else x0  # "predicted x0"
     # Eq. 16: sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
     # (clamped at 0 so that eta = 0 also runs the ODE backwards, a_prev < a_t, for DDIM inversion)
     sigma = eta * torch.sqrt((1 - a_prev) / (1 - a_t)) * torch.sqrt(torch.clamp(1 - a_t / a_prev, min=0))
@@ -50,6 +55,25 @@ def time_grid(steps: int) -> list[tuple[float, float]]:
     if steps < 1:
         raise ValueError("steps must be >= 1")
     return [(1.0 - k / steps, 1.0 - (k + 1) / steps) for k in range(steps)]
+
+
+@dataclass(frozen=True)
+class GridStep:
+    """One step of a run: the network's time input, and the alpha-bars it moves between."""
+
+    time: float  # what the network is called with (the Keras grid: the noise rate at t)
+    alpha_bar: float
+    alpha_bar_prev: float
+
+
+def keras_grid(schedule: Schedule, steps: int) -> list[GridStep]:
+    """The Keras example's grid over a continuous-time schedule: alpha_bar = signal_rate**2 at t_k and t_k - 1/N."""
+    grid = []
+    for t, t_next in time_grid(steps):
+        signal, noise_rate = schedule(t)
+        signal_next, _ = schedule(t_next)
+        grid.append(GridStep(float(noise_rate), float(signal) ** 2, float(signal_next) ** 2))
+    return grid
 
 
 @dataclass(frozen=True)
@@ -72,7 +96,8 @@ def draw(gens: Sequence[torch.Generator], shape: tuple[int, ...]) -> torch.Tenso
 
 
 class DDIMRun:
-    """DDIM from each seed's x_T over the time grid; iterating yields every step's x0 prediction.
+    """DDIM from each seed's x_T over a grid (`grid`, else the Keras grid of `schedule`); iterating yields every
+    step's x0 prediction. `read` maps the network's output to (eps, x0) (a kind's parameterisation).
 
     Rows can leave between steps (`drop`), e.g. a canceled job: the others are unaffected, since each
     row has its own noise stream and the network's output for a row does not depend on its batch.
@@ -88,8 +113,14 @@ class DDIMRun:
         schedule: Schedule = offset_cosine,
         device: torch.device | str = "cpu",
         x_T: torch.Tensor | None = None,
+        grid: Sequence[GridStep] | None = None,
+        read: Read | None = None,
     ) -> None:
-        self.eps_model, self.steps, self.shape, self.schedule, self.device = eps_model, steps, shape, schedule, device
+        self.eps_model, self.steps, self.shape, self.device = eps_model, steps, shape, device
+        self.grid = list(grid) if grid is not None else keras_grid(schedule, steps)
+        if len(self.grid) != steps:
+            raise ValueError(f"a grid of {len(self.grid)} steps for a run of {steps}")
+        self.read = read
         self.gens = generators(seeds)
         noise = draw(self.gens, shape)  # x_T: the first draw of each sample's generator
         self.x = (noise if x_T is None else x_T).to(device)
@@ -106,14 +137,13 @@ class DDIMRun:
         self.rows = [self.rows[i] for i in keep]
 
     def __iter__(self) -> Iterator[Step]:
-        for k, (t, t_next) in enumerate(time_grid(self.steps)):
+        for k, g in enumerate(self.grid):
             if not self.rows:
                 return
-            signal, noise_rate = self.schedule(t)
-            signal_next, _ = self.schedule(t_next)
             x = self.x
-            rates = torch.full((x.shape[0], 1, 1, 1), float(noise_rate), dtype=x.dtype, device=x.device)
-            eps = self.eps_model(x, rates)
+            times = torch.full((x.shape[0], 1, 1, 1), g.time, dtype=x.dtype, device=x.device)
+            out = self.eps_model(x, times)
+            eps, x0_given = self.read(out, x, g.alpha_bar) if self.read is not None else (out, None)
             stochastic = self.etas > 0
             step_noise = None
             if bool(stochastic.any()):
@@ -123,7 +153,7 @@ class DDIMRun:
                     step_noise[i] = torch.randn(self.shape, generator=self.gens[i], dtype=torch.float32)
                 step_noise = step_noise.to(x.device)
             eta_b = self.etas.reshape(-1, 1, 1, 1).to(device=x.device, dtype=x.dtype)
-            self.x, x0 = ddim_step(x, eps, float(signal) ** 2, float(signal_next) ** 2, eta_b, step_noise)
+            self.x, x0 = ddim_step(x, eps, g.alpha_bar, g.alpha_bar_prev, eta_b, step_noise, x0=x0_given)
             yield Step(k + 1, self.steps, x0, self.x)
 
 

@@ -7,7 +7,7 @@ the noise variance (noise_rate**2), denormalises its predictions and turns them 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -44,8 +44,25 @@ def native_cpu_kernels() -> Iterator[None]:
         torch.backends.mkldnn.enabled = previous
 
 
+def noise_variance(noise_rate: torch.Tensor) -> torch.Tensor:
+    """The U-Net's time input: the noise variance, noise_rate**2 (DESIGN.md, Embedding)."""
+    return noise_rate**2
+
+
+def denormalised_pixels(x0: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Denormalise, clip to [0, 1] and quantise as round(x * 255): (B, C, H, W) -> (B, H, W, C) uint8."""
+    mean_ = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+    std_ = torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+    images = x0.float().cpu() * std_ + mean_
+    images = torch.round(images.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    return images.permute(0, 2, 3, 1).contiguous().numpy()
+
+
 class Denoiser:
     """eps(x, noise_rate) for DDIM, a function of each row alone: the same bits in any batch.
+
+    The network is called with `time_input(noise_rate)` (the noise variance by default; a model kind
+    gives its own map from its grid's time to what its network takes).
 
     Every network call has one of `shapes.sizes` rows (a short call is padded with zero images at
     the same noise level, and the padding is dropped). Which sizes keep a row's bits is a property of
@@ -67,8 +84,10 @@ class Denoiser:
         autocast_dtype: torch.dtype | None = None,
         cuda_graphs: bool = False,
         compile: bool = False,
+        time_input: Callable[[torch.Tensor], torch.Tensor] = noise_variance,
     ) -> None:
         self.device = next(net.parameters()).device
+        self.time_input = time_input
         self.channels_last = channels_last
         self.net = (net.to(memory_format=torch.channels_last) if channels_last else net).eval()
         self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
@@ -106,7 +125,7 @@ class Denoiser:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         with self._context(), self._stance():
             x = torch.empty_like(x, memory_format=layout).copy_(x)
-            out = self.forward(x, noise_rate**2)  # the network is conditioned on the noise variance
+            out = self.forward(x, self.time_input(noise_rate))  # the U-Net's: the noise variance
         return out.float().contiguous()
 
     def calibrate(self, shape: Sequence[int], reference: int, candidates: Sequence[int] | None = None) -> Probe:
@@ -135,6 +154,4 @@ class Denoiser:
 
     def to_pixels(self, x0: torch.Tensor) -> np.ndarray:
         """Denormalise, clip to [0, 1] and quantise as round(x * 255): (B, C, H, W) -> (B, H, W, C) uint8."""
-        images = x0.float().cpu() * self.std + self.mean
-        images = torch.round(images.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
-        return images.permute(0, 2, 3, 1).contiguous().numpy()
+        return denormalised_pixels(x0, self.mean.flatten().tolist(), self.std.flatten().tolist())

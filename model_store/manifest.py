@@ -12,10 +12,17 @@ from model_store.errors import ModelStoreError
 FORMAT = "diffusetv-model/1"
 MANIFEST = "model.json"
 WEIGHTS = "ema.safetensors"
+# Fields of model.json that name or describe a version but do not decide its output; all others do.
+NOT_OUTPUT = frozenset({"format", "name", "version", "weights", "training"})
+KNOWN = NOT_OUTPUT | {"kind", "config", "schedule", "normalization"}
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,7 @@ class Manifest:
     training: dict = field(default_factory=dict)
     kind: str = "ddim-unet"
     path: Path | None = None  # the version directory, when read from a store
+    extras: dict = field(default_factory=dict)  # further top-level fields a kind reads (e.g. a vocabulary)
 
     @property
     def ref(self) -> str:
@@ -39,6 +47,18 @@ class Manifest:
     @property
     def digest(self) -> str:
         return self.sha256
+
+    @property
+    def identity(self) -> str:
+        """sha256 of the weights' sha256 and a canonical JSON of every output-relevant field (DESIGN.md):
+        two versions that differ in anything that decides their output never share an identity."""
+        output = {k: v for k, v in self.to_json().items() if k not in NOT_OUTPUT}
+        return sha256_bytes(canonical_json({"weights_sha256": self.sha256, "output": output}).encode())
+
+    @property
+    def file(self) -> str:
+        """Where this manifest was read from, for messages."""
+        return str(self.path / MANIFEST) if self.path is not None else f"{self.ref} ({MANIFEST})"
 
     @property
     def weights_path(self) -> Path:
@@ -57,6 +77,7 @@ class Manifest:
             "normalization": {"mean": self.mean, "std": self.std},
             "weights": {"file": self.weights, "sha256": self.sha256},
             "training": self.training,
+            **self.extras,
         }
 
     @classmethod
@@ -75,6 +96,7 @@ class Manifest:
             training=dict(data.get("training", {})),
             kind=str(data.get("kind", "ddim-unet")),
             path=path,
+            extras={k: v for k, v in data.items() if k not in KNOWN},
         )
 
 

@@ -13,6 +13,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from diffusion.unet import UNet, UNetConfig
+from model_store import kinds
 from model_store.errors import ModelStoreError
 from model_store.manifest import MANIFEST, WEIGHTS, Manifest, read_verified_weights, sha256_bytes
 from model_store.store import Store
@@ -20,14 +21,9 @@ from model_store.store import Store
 UNET_KIND = "ddim-unet"
 
 
-def require_kind(manifest: Manifest, kind: str) -> None:
-    if manifest.kind != kind:
-        raise ModelStoreError(f"{manifest.ref} is of kind {manifest.kind!r}, not {kind!r}: it cannot be loaded as one")
-
-
 def read_state(manifest: Manifest, kind: str) -> dict[str, torch.Tensor]:
     """The weights of a model of `kind`, after checking their sha256: the same bytes are hashed and parsed."""
-    require_kind(manifest, kind)
+    kinds.require(manifest, kind)
     data = read_verified_weights(manifest)
     try:
         return load_safetensors(data)

@@ -67,3 +67,56 @@ def require_prerequisite(name: str) -> None:
 # The service's processes, as the end-to-end tests start them and as docker-compose.yml runs them.
 API_COMMAND = ["diffusetv", "api"]
 WORKER_COMMAND = ["diffusetv", "worker"]
+
+
+def claim_as_worker(redis_url: str, ref: str = "tiny@1", engine: str = "cpu/fp32/in-process", ttl: int = 600) -> None:
+    """The engine claim a live worker keeps renewed for each model it serves (worker.heartbeat), without a
+    worker: API-only tests can then queue jobs for `ref`, which would otherwise be 503 (no live worker)."""
+    import redis
+
+    from app.core import keys
+
+    redis.Redis.from_url(redis_url).set(keys.engine(ref), engine, ex=ttl)  # a TTL, as a heartbeat's claim has
+
+
+def release_claim(redis_url: str, ref: str = "tiny@1") -> None:
+    """Drop the stand-in claim of `claim_as_worker`, as its TTL would: a real worker then claims the model."""
+    import redis
+
+    from app.core import keys
+
+    redis.Redis.from_url(redis_url).delete(keys.engine(ref))
+
+
+def copy_version(store, name: str, version: int, **changes) -> Path:
+    """name@version+1: the same weights file and manifest as name@version, with `changes` to its top-level fields."""
+    import json
+
+    source = store.root / name / str(version)
+    target = store.root / name / str(version + 1)
+    target.mkdir()
+    data = json.loads((source / "model.json").read_text())
+    data.update(version=version + 1, **changes)
+    (target / "model.json").write_text(json.dumps(data))
+    (target / data["weights"]["file"]).write_bytes((source / data["weights"]["file"]).read_bytes())
+    return target
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def several_models(store) -> dict[str, str]:
+    """Beside `tiny@1`: `toy@1` (the test-only kind toy-linear), `lonely@1` (a U-Net no worker is told to
+    serve) and `odd@1` (a kind nobody registered). Returns the environment a stack serving tiny and toy needs."""
+    from toy_kind_engine import save_toy
+
+    from model_store.weights import save_model
+
+    save_toy(store, "toy")
+    save_model(store, "lonely", make_tiny_net(seed=1), "offset_cosine", [0.5] * 3, [0.25] * 3, {"steps": 0})
+    save_model(store, "odd", make_tiny_net(seed=2), "offset_cosine", [0.5] * 3, [0.25] * 3, {}, kind="mystery-net")
+    return {
+        "DIFFUSETV_MODELS": "tiny,toy",
+        "DIFFUSETV_KIND_MODULES": "toy_kind",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p),
+    }

@@ -1,6 +1,7 @@
 """The import rules of DESIGN.md: `app` never imports torch or `diffusion`; `diffusion` imports nothing of ours."""
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,15 @@ def test_the_api_command_loads_no_torch():
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_the_api_reads_kind_modules_without_torch():
+    """The registry and a kind's registering module are torch-free; only a worker imports a kind's engine."""
+    code = (
+        "import sys, app.main; from model_store import kinds; "
+        "assert kinds.get('toy-linear').served and kinds.get('ddim-unet').served; "
+        "bad = [m for m in ('torch', 'diffusion', 'worker', 'toy_kind_engine') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "DIFFUSETV_KIND_MODULES": "toy_kind"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env)

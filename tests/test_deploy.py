@@ -271,6 +271,8 @@ def test_every_diffusetv_process_shares_one_redis_and_one_default_model(compose)
     (url,) = urls
     assert url.startswith("redis://:${REDIS_PASSWORD") and url.endswith("@redis:6379/0"), url
     assert len({env.get("DIFFUSETV_MODEL") for env in processes.values()}) == 1
+    assert len({env.get("DIFFUSETV_MODELS") for env in processes.values()}) == 1  # what workers load, /readyz awaits
+    assert len({env.get("DIFFUSETV_KIND_MODULES") for env in processes.values()}) == 1
     assert len({env.get("DIFFUSETV_MODEL_STORE") for env in processes.values()}) == 1
 
 

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from PIL import Image
 
 from app.core import events, keys, runs
 from app.core.jobs import JobSpec, JobStatus, deliver, transition
@@ -111,9 +108,7 @@ def report_progress(
 
 def preview_url(pixels) -> str:
     """A small PNG data URL of one x0 prediction (no metadata: it is not a result)."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(encode_png(pixels)).decode()
 
 
 def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int) -> None:
@@ -161,7 +156,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
     if any(s.steps != steps for s in specs):
         raise ValueError("a batch shares one step count")
     started = time.monotonic()
-    batch = [Run(s, runs.engine_key(s.digest, s.seed, s.steps, s.eta, engine.id)) for s in specs]
+    batch = [Run(s, runs.engine_key(s.identity, s.model_ref, s.seed, s.steps, s.eta, engine.id)) for s in specs]
     outcome = {s.job_id: "canceled" for s in specs}
     batch = start(redis, batch, engine)
     if not batch:

@@ -20,18 +20,18 @@ SCAN = 256  # queue entries looked at per pass
 POLL_S = 0.001
 
 
-def compatible(job: Job | None, steps: int, digest: str) -> bool:
-    """A generation job of the same step count, for the weights this worker has loaded."""
+def compatible(job: Job | None, steps: int, identity: str) -> bool:
+    """A generation job of the same step count, for the model (identity) this worker has loaded."""
     if job is None:
         return False
     try:
         name, kwargs = job.func_name, job.kwargs
     except Exception:  # not a JSON job: leave it to the worker, which refuses it
         return False
-    return name == GENERATE_FUNC and kwargs.get("steps") == steps and kwargs.get("digest") == digest
+    return name == GENERATE_FUNC and kwargs.get("steps") == steps and kwargs.get("identity") == identity
 
 
-def claim(redis, queue: Queue, steps: int, digest: str, limit: int) -> list[tuple[Job, JobSpec]]:
+def claim(redis, queue: Queue, steps: int, identity: str, limit: int) -> list[tuple[Job, JobSpec]]:
     """Take up to `limit` compatible jobs off the queue (oldest first), each recorded as this worker's at once."""
     ids = [i.decode() for i in redis.lrange(queue.key, 0, SCAN - 1)]
     if not ids or limit <= 0:
@@ -40,7 +40,7 @@ def claim(redis, queue: Queue, steps: int, digest: str, limit: int) -> list[tupl
     for job in Job.fetch_many(ids, connection=redis, serializer=JSONSerializer):
         if len(taken) >= limit:
             break
-        if compatible(job, steps, digest) and redis.lrem(queue.key, 1, job.id) == 1:  # 1: it is ours alone
+        if compatible(job, steps, identity) and redis.lrem(queue.key, 1, job.id) == 1:  # 1: it is ours alone
             spec = JobSpec(**job.kwargs)
             take(redis, [spec.job_id])
             job.set_status(RQStatus.STARTED)
@@ -49,12 +49,12 @@ def claim(redis, queue: Queue, steps: int, digest: str, limit: int) -> list[tupl
 
 
 def gather(
-    redis, queue: Queue, steps: int, digest: str, room: int, wait_ms: int, taken: list[tuple[Job, JobSpec]]
+    redis, queue: Queue, steps: int, identity: str, room: int, wait_ms: int, taken: list[tuple[Job, JobSpec]]
 ) -> list[tuple[Job, JobSpec]]:
     """Claim compatible jobs into `taken` until the batch is full or `wait_ms` has passed."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        taken += claim(redis, queue, steps, digest, room - len(taken))
+        taken += claim(redis, queue, steps, identity, room - len(taken))
         if len(taken) >= room or time.monotonic() >= deadline:
             return taken
         time.sleep(POLL_S)

@@ -1,6 +1,8 @@
 """An engine: one loaded model on one device type at one precision, ready to run DDIM.
 
-The engine key (model digest, seed, steps, eta, device type, precision) fixes the PNG bytes. At load
+The engine does not know the model's kind: its kind module (worker.kinds) gives the network, the time
+grid, the parameterisation and the pixels. The engine key (model identity, seed, steps, eta, device
+type, precision) fixes the PNG bytes. At load
 the engine probes its kernels (diffusion.kernels): which call sizes keep a row's bits, and a
 fingerprint of their arithmetic, which becomes part of the engine's id (`cpu/fp32/<kernels>`).
 """
@@ -17,9 +19,8 @@ import torch
 from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
 from diffusion.kernels import Probe
-from diffusion.schedule import get_schedule
 from model_store import Manifest, ModelStoreError, Store
-from model_store.weights import UNET_KIND, load_model, require_kind
+from worker.kinds import KindModel, model_for
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # The reference call: the most rows one network call has; the probe keeps the smaller sizes that agree with it.
@@ -56,14 +57,10 @@ def check_precision(device: str, precision: str) -> None:
         raise ModelStoreError(f"{what} has no native bf16 kernels; use fp32")
 
 
-def image_shape(manifest: Manifest) -> tuple[int, int, int]:
-    cfg = manifest.config
-    return (int(cfg.get("channels", 3)), int(cfg["image_size"]), int(cfg["image_size"]))
-
-
 @dataclass
 class Engine:
     manifest: Manifest
+    model: KindModel
     denoiser: Denoiser
     device: str
     precision: str
@@ -81,17 +78,18 @@ class Engine:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return image_shape(self.manifest)
+        """(channels, height, width) of one sample."""
+        return self.model.shape
 
     def record(self) -> dict[str, str]:
         """A finished job's `engine`: what ran it (app.schemas.Engine)."""
         return {"device": self.device, "precision": self.precision, "kernels": self.kernels}
 
     def run(self, seeds: Sequence[int], steps: int, etas: Sequence[float], x_T: torch.Tensor | None = None) -> DDIMRun:
-        """DDIM for a batch; iterate it for each step (x0 predictions in model space)."""
-        schedule = get_schedule(self.manifest.schedule)
+        """DDIM for a batch on the kind's grid; iterate it for each step (x0 predictions in model space)."""
+        grid, read = self.model.grid(steps), self.model.read
         return sample_loop(
-            self.denoiser, seeds, steps, self.shape, eta=list(etas), schedule=schedule, device=self.device, x_T=x_T
+            self.denoiser, seeds, steps, self.shape, eta=list(etas), device=self.device, x_T=x_T, grid=grid, read=read
         )
 
     def initial_noise(self, seed: int) -> torch.Tensor:
@@ -99,25 +97,27 @@ class Engine:
         return draw(generators([seed]), self.shape)[0]
 
     def generate(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> np.ndarray:
-        """(B, H, W, 3) uint8 final images."""
+        """(B, H, W, C) uint8 final images."""
         return self.pixels(last_step(self.run(seeds, steps, etas)).x0_pred)
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
-        return self.denoiser.to_pixels(x0)
+        return self.model.pixels(x0)
 
-    def parameters(self, seed: int, steps: int, eta: float) -> dict:
-        """The PNG `parameters` chunk (DESIGN.md): the engine key, plus the model's name and version."""
+    def model_parameters(self) -> dict:
+        """What every PNG of this engine says of its model and engine (DESIGN.md, Encoding)."""
         m = self.manifest
         return {
-            "seed": seed,
-            "steps": steps,
-            "eta": eta,
             "model": m.name,
             "version": m.version,
             "digest": m.digest,
+            "identity": m.identity,
             "device": self.device,
             "precision": self.precision,
         }
+
+    def parameters(self, seed: int, steps: int, eta: float) -> dict:
+        """The PNG `parameters` chunk (DESIGN.md): the engine key, plus the model's name and version."""
+        return {"seed": seed, "steps": steps, "eta": eta, **self.model_parameters()}
 
 
 def check_compile(device: str, compile: bool) -> None:
@@ -138,8 +138,8 @@ def load_engine(
     check_precision(device, precision)
     check_compile(device, compile)
     manifest = store.resolve(ref)
-    require_kind(manifest, UNET_KIND)  # a feature extractor, say, is not a DDIM model
-    net = load_model(manifest, device)
+    model = model_for(manifest)  # an unknown kind, or one stored but not served (a feature extractor), is refused
+    net = model.network(device)
     if device == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels on every call
         torch.backends.cudnn.deterministic = True
@@ -151,6 +151,7 @@ def load_engine(
         autocast_dtype=PRECISIONS[precision],
         cuda_graphs=True,
         compile=compile,
+        time_input=model.time_input,
     )
-    found = denoiser.calibrate(image_shape(manifest), REFERENCE_ROWS[device], COMPILED_SIZES if compile else None)
-    return Engine(manifest, denoiser, device, precision, found)
+    found = denoiser.calibrate(model.shape, REFERENCE_ROWS[device], COMPILED_SIZES if compile else None)
+    return Engine(manifest, model, denoiser, device, precision, found)

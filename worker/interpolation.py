@@ -13,11 +13,11 @@ import json
 import time
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import PngImagePlugin
 
 from app.core import events, keys
 from app.core.jobs import InterpolateSpec, JobStatus, deliver, transition
-from app.core.png import PARAMETERS_KEY, encode_png, parameters_json
+from app.core.png import PARAMETERS_KEY, encode_png, image, parameters_json
 from diffusion.grid import make_grid
 from diffusion.interpolate import interpolated_noises
 from worker.batch import count
@@ -29,7 +29,7 @@ PROGRESS_INTERVAL_S = 0.1
 
 def animated_png(frames: np.ndarray, parameters: dict) -> bytes:
     """An APNG that loops, one frame per image, with the `parameters` tEXt chunk."""
-    images = [Image.fromarray(f, mode="RGB") for f in frames]
+    images = [image(f) for f in frames]
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, parameters_json(parameters))
     buffer = io.BytesIO()
@@ -40,19 +40,8 @@ def animated_png(frames: np.ndarray, parameters: dict) -> bytes:
 
 
 def parameters(engine: Engine, spec: InterpolateSpec) -> dict:
-    m = engine.manifest
-    return {
-        "seed_a": spec.seed_a,
-        "seed_b": spec.seed_b,
-        "frames": spec.frames,
-        "steps": spec.steps,
-        "eta": 0.0,
-        "model": m.name,
-        "version": m.version,
-        "digest": m.digest,
-        "device": engine.device,
-        "precision": engine.precision,
-    }
+    walk = {"seed_a": spec.seed_a, "seed_b": spec.seed_b, "frames": spec.frames, "steps": spec.steps, "eta": 0.0}
+    return {**walk, **engine.model_parameters()}
 
 
 def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) -> str:

@@ -14,6 +14,12 @@ from worker.batch import fail, run_batch, take
 from worker.collect import gather, settle
 
 
+def check_identity(engine, model_ref: str, identity: str) -> None:
+    """The job was keyed for the model this worker has loaded: the same weights and output-relevant fields."""
+    if engine.manifest.identity != identity:
+        raise RuntimeError(f"model {model_ref} changed on this worker (identity mismatch)")
+
+
 def generate(**kwargs) -> dict:
     """Run a queued generation job, batched with compatible queued jobs (RQ job function)."""
     spec = JobSpec(**kwargs)
@@ -25,10 +31,11 @@ def generate(**kwargs) -> dict:
     specs = [spec]
     try:
         engine = registry.get(spec.model_ref)
-        if engine.manifest.digest != spec.digest:
-            raise RuntimeError(f"model {spec.model_ref} changed on this worker (digest mismatch)")
+        check_identity(engine, spec.model_ref, spec.identity)
         queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
-        gather(redis, queue, spec.steps, spec.digest, settings.max_batch_size - 1, settings.max_batch_wait_ms, claimed)
+        gather(
+            redis, queue, spec.steps, spec.identity, settings.max_batch_size - 1, settings.max_batch_wait_ms, claimed
+        )
         specs = [spec] + [s for _, s in claimed]
         outcome = run_batch(redis, engine, specs, settings.result_ttl)
     except JobTimeoutException:
@@ -55,8 +62,7 @@ def interpolate(**kwargs) -> dict:
     take(job.connection, [spec.job_id])
     try:
         engine = registry.get(spec.model_ref)
-        if engine.manifest.digest != spec.digest:
-            raise RuntimeError(f"model {spec.model_ref} changed on this worker (digest mismatch)")
+        check_identity(engine, spec.model_ref, spec.identity)
         status = run_interpolation(job.connection, engine, spec, settings.result_ttl)
     except JobTimeoutException:
         fail(

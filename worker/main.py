@@ -1,4 +1,5 @@
-"""`diffusetv worker`: load the model once, then run jobs from its RQ queue in this process.
+"""`diffusetv worker`: load its models once (`--model`, else DIFFUSETV_MODELS), then run jobs from their RQ
+queues in this process.
 
 No fork per job (a SimpleWorker), RQ's JSON serializer, and only `worker.jobs` functions: a job
 naming any other function fails without being imported or run.
@@ -20,7 +21,7 @@ from app.core import keys
 from app.core.redis import connect_sync, wait_for_redis
 from app.core.runs import fail_jobs
 from app.core.settings import Settings, get_settings
-from model_store import Store
+from model_store import Store, kinds
 from worker import jobs, registry
 from worker.engine import load_engine
 from worker.heartbeat import Heartbeat, claim_engines
@@ -49,6 +50,7 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
 
     torch.set_num_threads(settings.torch_threads)
     store = Store(settings.model_store)
+    kinds.load_modules(settings.extra_kind_modules)
     loaded = []
     for ref in refs:
         started = time.perf_counter()
@@ -57,9 +59,10 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
         registry.ENGINES[exact] = engine
         loaded.append(exact)
         log.info(
-            "loaded %s (%s) as %s in %.2f s; network calls of %s rows",
+            "loaded %s (kind %s, identity %s) as %s in %.2f s; network calls of %s rows",
             exact,
-            engine.manifest.digest[:12],
+            engine.manifest.kind,
+            engine.manifest.identity[:12],
             engine.id,
             time.perf_counter() - started,
             ", ".join(map(str, engine.probe.shapes.sizes)),
@@ -103,7 +106,7 @@ def run(settings: Settings | None = None, models: list[str] | None = None, burst
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not settings.redis_url:
         raise SystemExit("diffusetv worker: set DIFFUSETV_REDIS_URL (or run `diffusetv up` for a local stack)")
-    refs = load(settings, models or [settings.model])
+    refs = load(settings, models or settings.served_models)
     engines = {ref: registry.ENGINES[ref].id for ref in refs}
     conn = connect_sync(settings.redis_url, socket_timeout=None)
     wait_for_redis(conn, log)

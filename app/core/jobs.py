@@ -101,14 +101,14 @@ class JobSpec:
     steps: int
     eta: float
     model_ref: str  # name@version
-    digest: str
+    identity: str  # the model's identity (model_store.manifest.Manifest.identity)
     previews: bool = False
     run_key: str = ""  # its engine key as the API saw it (app.core.runs.engine_key)
 
     def to_kwargs(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "seed": self.seed, "steps": self.steps, "eta": self.eta,
-            "model_ref": self.model_ref, "digest": self.digest, "previews": self.previews, "run_key": self.run_key,
+            "model_ref": self.model_ref, "identity": self.identity, "previews": self.previews, "run_key": self.run_key,
         }  # fmt: skip
 
 
@@ -122,12 +122,12 @@ class InterpolateSpec:
     frames: int
     steps: int
     model_ref: str
-    digest: str
+    identity: str
 
     def to_kwargs(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "seed_a": self.seed_a, "seed_b": self.seed_b, "frames": self.frames,
-            "steps": self.steps, "model_ref": self.model_ref, "digest": self.digest,
+            "steps": self.steps, "model_ref": self.model_ref, "identity": self.identity,
         }  # fmt: skip
 
 

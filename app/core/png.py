@@ -1,5 +1,5 @@
-"""PNG encoding under the determinism contract: Pillow, 8-bit RGB, default compression, no timestamps,
-and a tEXt chunk `parameters` of compact JSON with sorted keys."""
+"""PNG encoding under the determinism contract: Pillow, 8-bit RGB (L for 1-channel models), default
+compression, no timestamps, and a tEXt chunk `parameters` of compact JSON with sorted keys."""
 
 from __future__ import annotations
 
@@ -17,14 +17,20 @@ def parameters_json(parameters: dict[str, Any]) -> str:
     return json.dumps(parameters, sort_keys=True, separators=(",", ":"))
 
 
-def encode_png(pixels: np.ndarray, parameters: dict[str, Any]) -> bytes:
-    """(H, W, 3) uint8 -> PNG bytes carrying the parameters."""
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"expected (H, W, 3) uint8 pixels, got {pixels.dtype} {pixels.shape}")
+def image(pixels: np.ndarray) -> Image.Image:
+    """(H, W, 3) uint8 -> an RGB image, (H, W, 1) -> an L image."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (1, 3):
+        raise ValueError(f"expected (H, W, 3) or (H, W, 1) uint8 pixels, got {pixels.dtype} {pixels.shape}")
+    return Image.fromarray(pixels[:, :, 0], mode="L") if pixels.shape[2] == 1 else Image.fromarray(pixels, mode="RGB")
+
+
+def encode_png(pixels: np.ndarray, parameters: dict[str, Any] | None = None) -> bytes:
+    """(H, W, C) uint8 -> PNG bytes carrying the parameters (none: a plain PNG, e.g. a preview)."""
     info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, parameters_json(parameters))
+    if parameters is not None:
+        info.add_text(PARAMETERS_KEY, parameters_json(parameters))
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", pnginfo=info)
+    image(pixels).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 

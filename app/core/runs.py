@@ -1,7 +1,7 @@
 """Model runs: the unit of model work, shared by every job that asks for the same bytes.
 
 A run computes one sample. Its id is the id of the job that led it, and it serves every job that
-asked for the same engine key (DESIGN.md: model digest, seed, steps, eta, device type, precision)
+asked for the same engine key (DESIGN.md: model identity, seed, steps, eta, device type, precision)
 while it was open: identical concurrent requests share one run. A finished run's PNG is the result
 cache. A run stops early only when no job waits for it any more.
 
@@ -23,10 +23,14 @@ WAITING = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 PENDING_ENGINE = "pending"  # no worker has claimed the model yet: the engine is not known
 
 
-def engine_key(digest: str, seed: int, steps: int, eta: float, engine: str) -> str:
-    """sha256 of the canonical engine key; `engine` is `device/precision/kernels` (worker.engine.Engine.id)."""
+def engine_key(identity: str, model_ref: str, seed: int, steps: int, eta: float, engine: str) -> str:
+    """sha256 of the canonical engine key; `engine` is `device/precision/kernels` (worker.engine.Engine.id).
+
+    `identity` is the model's (model_store.manifest.Manifest.identity: weights and every output-relevant
+    field); `model_ref` (name@version) joins it because the PNG's `parameters` name the version."""
     device, precision, kernels = [*engine.split("/", 2), "", ""][:3]
-    key = {"digest": digest, "seed": seed, "steps": steps, "eta": eta, "device": device, "precision": precision}
+    key = {"identity": identity, "model": model_ref, "seed": seed, "steps": steps, "eta": eta}
+    key |= {"device": device, "precision": precision}
     key["kernels"] = kernels  # workers whose kernels differ give other bytes: their results never mix
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

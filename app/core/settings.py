@@ -22,6 +22,10 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(None, description="Redis to use; unset means `diffusetv up` starts one")
     model: str = Field("emoji32", description="default model reference, NAME or NAME@VERSION")
+    models: str | None = Field(
+        None, description="comma-separated references that workers without --model serve; unset: the default model"
+    )
+    kind_modules: str | None = Field(None, description="comma-separated modules that register more model kinds")
     model_store: Path = Field(BUNDLED, description="where models live")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -62,6 +66,17 @@ class Settings(BaseSettings):
         parse_ref(value)  # raises on a malformed reference
         return value
 
+    @field_validator("models", "kind_modules")
+    @classmethod
+    def _list(cls, value: str | None, info) -> str | None:
+        items = [v.strip() for v in (value or "").split(",") if v.strip()]
+        for item in items:
+            if info.field_name == "models":
+                parse_ref(item)  # raises on a malformed reference
+            elif not all(part.isidentifier() for part in item.split(".")):
+                raise ValueError(f"{item!r} is not a module name")
+        return ",".join(items) or None
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
@@ -91,6 +106,15 @@ class Settings(BaseSettings):
     @property
     def proxies(self) -> frozenset[str]:
         return frozenset(p.strip() for p in (self.trusted_proxies or "").split(",") if p.strip())
+
+    @property
+    def served_models(self) -> list[str]:
+        """DIFFUSETV_MODELS as a list of references; the default model when unset."""
+        return (self.models or self.model).split(",")
+
+    @property
+    def extra_kind_modules(self) -> list[str]:
+        return (self.kind_modules or "").split(",") if self.kind_modules else []
 
     @property
     def heartbeat_ttl(self) -> int:

@@ -15,6 +15,7 @@ from app.clients import ClientDep
 from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
+from app.models import check_request, require_served
 from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
 
@@ -96,6 +97,14 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
+def offered_model(redis, store, settings, body: schemas.GenerateRequest | schemas.InterpolateRequest):
+    """The request's model: known, of a served kind that takes the request's fields, and served by a live worker."""
+    manifest = resolve_model(store, body.model, settings)
+    check_request(manifest, body.steps, body.model_fields_set - schemas.COMMON_FIELDS)
+    require_served(redis, manifest)
+    return manifest
+
+
 @router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413, 415))
 def generate(
     body: schemas.GenerateRequest,
@@ -106,8 +115,8 @@ def generate(
     owner: OwnerDep,
     client: ClientDep,
 ) -> schemas.Job:
-    """Queue a DDIM generation job; poll `Location` for it."""
-    manifest = resolve_model(store, body.model, settings)
+    """Queue a DDIM generation job; poll `Location` for it. 503 when no live worker serves the model."""
+    manifest = offered_model(redis, store, settings, body)
     job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews, owner, client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
@@ -126,7 +135,7 @@ def interpolate(
     client: ClientDep,
 ) -> schemas.Job:
     """Queue a seed interpolation: DDIM (eta 0) from the spherical walk between two seeds' noises."""
-    manifest = resolve_model(store, body.model, settings)
+    manifest = offered_model(redis, store, settings, body)
     args = (body.seed_a, body.seed_b, body.frames, body.steps)
     job_id = submit_interpolation(redis, settings, manifest, *args, owner, client)
     response.headers["Location"] = f"/jobs/{job_id}"

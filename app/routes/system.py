@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from app import schemas
+from app import models, schemas
 from app.auth import OwnerDep
 from app.core.workers import live as live_workers
 from app.deps import RedisDep, SettingsDep, StoreDep
@@ -15,25 +15,14 @@ from model_store import ModelStoreError
 router = APIRouter(tags=["system"])
 
 
-@router.get("/models", response_model=schemas.ModelList)
-def list_models(store: StoreDep, settings: SettingsDep) -> schemas.ModelList:
-    """The generative models in the store; `default` is what /generate uses without `model`."""
-    try:
-        default = store.resolve(settings.model).ref
-    except ModelStoreError:
-        default = settings.model
+@router.get("/models", response_model=schemas.ModelList, responses=schemas.error_responses(503))
+def list_models(redis: RedisDep, store: StoreDep, settings: SettingsDep) -> schemas.ModelList:
+    """The servable models in the store, per kind; `served`: a live worker has it loaded."""
+    default = models.default_ref(store, settings.model)
+    manifests = models.offered(store)
+    live = models.served(redis, [m.ref for m in manifests])
     entries = [
-        schemas.ModelEntry(
-            name=m.name,
-            version=m.version,
-            ref=m.ref,
-            digest=m.digest,
-            image_size=m.config["image_size"],
-            schedule=m.schedule,
-            default=m.ref == default,
-        )
-        for m in store.list()
-        if m.kind == "ddim-unet"
+        schemas.ModelEntry(**models.describe(m), default=m.ref == default, served=m.ref in live) for m in manifests
     ]
     return schemas.ModelList(default=default, models=entries)
 
@@ -48,16 +37,19 @@ def healthz() -> schemas.Health:
     "/readyz", response_model=schemas.Health, responses={503: {"model": schemas.Health}, **schemas.error_responses(429)}
 )
 def readyz(redis: RedisDep, store: StoreDep, settings: SettingsDep) -> Response:
-    """Readiness: Redis answers and a live worker has the default model loaded (O(1) in Redis's other keys)."""
+    """Readiness: Redis answers and live workers have every model of DIFFUSETV_MODELS loaded (O(1) in Redis's
+    other keys)."""
     redis.ping()
-    try:
-        default = store.resolve(settings.model).ref
-    except ModelStoreError:
-        return JSONResponse({"status": "unready", "detail": {"model": f"{settings.model} is not in the store"}}, 503)
+    wanted = []
+    for ref in settings.served_models:
+        try:
+            wanted.append(store.resolve(ref).ref)
+        except ModelStoreError:
+            return JSONResponse({"status": "unready", "detail": {"model": f"{ref} is not in the store"}}, 503)
     workers = live_workers(redis)
-    serving = [w["id"] for w in workers if default in w.get("models", [])]
-    detail = {"model": default, "workers": len(workers), "serving": len(serving)}
-    if not serving:
+    live = models.served(redis, wanted)
+    detail = {"models": {ref: ref in live for ref in wanted}, "workers": len(workers), "serving": len(live)}
+    if len(live) < len(wanted):
         return JSONResponse({"status": "unready", "detail": detail}, 503, headers={"Retry-After": "2"})
     return JSONResponse({"status": "ready", "detail": detail})
 

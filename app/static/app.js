@@ -277,16 +277,20 @@ async function interpolate(event) {
   }
 }
 
+// Only models that a live worker serves are offered: any other would be answered 503.
 async function loadModels() {
   try {
     const list = await (await api("/models")).json();
+    const served = list.models.filter((m) => m.served);
     for (const select of [$("model"), $("i-model")]) {
-      select.replaceChildren(...list.models.map((m) => {
+      select.replaceChildren(...served.map((m) => {
         const option = new Option(`${m.ref}${m.default ? " (default)" : ""}`, m.ref);
         option.selected = m.default;
         return option;
       }));
     }
+    state.models = served.map((m) => m.ref);
+    if (!served.length) $("status").textContent = "No model is being served right now; try again shortly.";
   } catch (error) {
     $("status").textContent = `Could not list models: ${error.message}`;
   }

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.core.settings import Settings
 from app.main import create_app
+from helpers import claim_as_worker
 from stack import Stack, free_port, stack_env
 from worker.heartbeat import Heartbeat
 
@@ -57,6 +58,7 @@ def test_an_exhausted_pool_is_429_with_retry_after_not_503(tiny_store, redis_ser
     settings = Settings(
         redis_url=redis_server.url, model_store=tiny_store.root, model="tiny", redis_pool_size=4, redis_pool_wait_s=0.2
     )
+    claim_as_worker(redis_server.url)
     with TestClient(create_app(settings)) as client:
         pool = client.app.state.redis.connection_pool
         held = [pool.get_connection() for _ in range(4)]  # every connection busy, as under a burst
@@ -72,8 +74,10 @@ def test_an_exhausted_pool_is_429_with_retry_after_not_503(tiny_store, redis_ser
 
 @pytest.fixture
 def api_only(tiny_store, redis_server, tmp_path):
-    """`diffusetv api` as a real process on a real Redis, without a worker (jobs stay queued)."""
+    """`diffusetv api` as a real process on a real Redis, without a worker (a stand-in for its claim of tiny@1:
+    jobs are accepted and stay queued)."""
     stacks = []
+    claim_as_worker(redis_server.url)
 
     def start(**env: str) -> Stack:
         s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)

@@ -13,6 +13,7 @@ import pytest
 import redis as redis_lib
 
 from app.core import keys
+from helpers import claim_as_worker, release_claim
 from stack import RedisServer, Stack, free_port, stack_env
 
 pytestmark = pytest.mark.slow
@@ -92,12 +93,14 @@ def test_redis_restart_with_aof_loses_no_accepted_job(tiny_store, tmp_path):
     try:
         with s.client() as c:
             wait_for(lambda: _up(c), 30, "the API")
+            claim_as_worker(server.url)  # accepted, then queued until a worker comes
             accepted = [c.post("/generate", json={"seed": 100 + i, "steps": 20}).json()["id"] for i in range(5)]
             server.stop()  # SIGTERM: an AOF Redis loses nothing it acknowledged (appendfsync always)
             gap = c.post("/generate", json={"seed": 1})
             assert gap.status_code == 503 and gap.headers["Retry-After"]
             server.start()
             wait_for(lambda: c.post("/generate", json={"seed": 2, "steps": 20}).status_code == 202, 30, "recovery")
+            release_claim(server.url)
             s.start_worker()
             for job_id in accepted:
                 assert c.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded", job_id
@@ -135,10 +138,12 @@ def test_a_full_queue_refuses_with_429_and_every_accepted_job_finishes(tiny_stor
     try:
         with s.client() as c:
             wait_for(lambda: _up(c), 30, "the API")
+            claim_as_worker(redis_server.url)  # accepted, then queued until a worker comes
             answers = [c.post("/generate", json={"seed": 200 + i, "steps": 10}) for i in range(8)]
             codes = [a.status_code for a in answers]
             assert codes.count(202) == 3 and codes.count(429) == 5, codes
             assert all(int(a.headers["Retry-After"]) > 0 for a in answers if a.status_code == 429)
+            release_claim(redis_server.url)
             s.start_worker()
             for a in answers:
                 if a.status_code == 202:

@@ -9,7 +9,7 @@ import pytest
 from app.core.png import decode_png
 from diffusetv.prerequisites import chromium_path
 from diffusion.grid import tile
-from helpers import REPO, require, require_prerequisite
+from helpers import REPO, require, require_prerequisite, several_models
 from stack import Stack, free_port, stack_env
 
 pytestmark = pytest.mark.slow
@@ -171,6 +171,30 @@ def test_the_page_with_an_api_key(browser, tiny_store, redis_server, tmp_path):
         assert "key" in page.text_content("#status")
         generate_in_page(page, stack.base, key=KEY)
         check_generation(page, stack, headers={"Authorization": f"Bearer {KEY}"})
+    finally:
+        stack.stop_all()
+
+
+def test_the_picker_offers_the_served_models_and_runs_either(browser, tiny_store, redis_server, tmp_path):
+    """Two models of two kinds served, one stored without a worker: the page offers the two, and runs the toy."""
+    stack = start_stack(tiny_store, redis_server, tmp_path, **several_models(tiny_store))
+    try:
+        page = browser.new_page()
+        page.goto(stack.base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        for picker in ("#model", "#i-model"):
+            options = page.eval_on_selector_all(f"{picker} option", "os => os.map(o => o.value)")
+            assert options == ["tiny@1", "toy@1"], options  # not lonely@1: no worker serves it
+        assert page.input_value("#model") == "tiny@1"
+        page.select_option("#model", "toy@1")
+        page.fill("#seed", "77")
+        page.fill("#steps", "10")
+        page.click("#generate")
+        page.wait_for_selector("body[data-done]", timeout=60_000)
+        assert page.eval_on_selector("#result-image", "img => [img.naturalWidth, img.naturalHeight]") == [10, 6]
+        with stack.client() as c:
+            job = c.get(f"/jobs/{page.evaluate('document.body.dataset.done')}").json()
+        assert job["model"]["name"] == "toy" and job["params"]["steps"] == 10
     finally:
         stack.stop_all()
 

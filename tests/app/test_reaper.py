@@ -11,6 +11,7 @@ from app.core.jobs import JobStatus, transition
 from app.core.settings import Settings
 from app.main import create_app
 from app.reaper import Reaper, reap_once
+from helpers import claim_as_worker
 
 
 @pytest.fixture
@@ -18,6 +19,7 @@ def setup(tiny_store, redis_server):
     settings = Settings(
         redis_url=redis_server.url, model_store=tiny_store.root, model="tiny", max_retries=2, heartbeat_s=300
     )  # the app's own reaper thread stays idle; the test calls reap_once
+    claim_as_worker(redis_server.url)
     with TestClient(create_app(settings)) as client:
         yield client, redis_lib.Redis.from_url(redis_server.url), settings
 

@@ -49,14 +49,15 @@ def test_lifecycle_png_and_cli_identity(stack, tiny_store, tmp_path):
         assert png.headers["etag"] == f'"{hashlib.sha256(png.content).hexdigest()}"'
         assert "immutable" in png.headers["cache-control"]
         params = read_parameters(png.content)
-        digest = tiny_store.resolve("tiny").digest
+        manifest = tiny_store.resolve("tiny")
         assert params == {
             "seed": 1234,
             "steps": 1000,
             "eta": 0.3,
             "model": "tiny",
             "version": 1,
-            "digest": digest,
+            "digest": manifest.digest,
+            "identity": manifest.identity,
             "device": "cpu",
             "precision": "fp32",
         }

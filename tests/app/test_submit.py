@@ -21,6 +21,7 @@ from app.core import keys, runs
 from app.core.png import encode_png
 from app.core.settings import Settings
 from app.main import create_app
+from helpers import claim_as_worker
 from stack import Stack, free_port, stack_env
 
 ENGINE = "cpu/fp32/aaaa"
@@ -64,7 +65,7 @@ def settings_for(tiny_store, redis_server, **overrides) -> Settings:
 
 def cached_result(conn, client, seed: int, steps: int = 5, png: bytes | None = None) -> bytes:
     """A finished run's result for (seed, steps), as a worker leaves it: its PNG, its job and the cache entry."""
-    digest = client.get("/models").json()["models"][0]["digest"]
+    model = client.get("/models").json()["models"][0]
     conn.set(keys.engine("tiny@1"), ENGINE, ex=600)
     png = png or encode_png(__import__("numpy").zeros((16, 16, 3), "uint8"), {"seed": seed})
     source = "f" * 32
@@ -74,7 +75,8 @@ def cached_result(conn, client, seed: int, steps: int = 5, png: bytes | None = N
     )
     conn.expire(keys.job(source), 600)
     entry = {"job": source, "sha256": hashlib.sha256(png).hexdigest()}
-    conn.set(keys.cache(runs.engine_key(digest, seed, steps, 0.0, ENGINE)), json.dumps(entry), ex=600)
+    key = runs.engine_key(model["identity"], model["ref"], seed, steps, 0.0, ENGINE)
+    conn.set(keys.cache(key), json.dumps(entry), ex=600)
     return png
 
 
@@ -131,6 +133,8 @@ def test_a_failure_at_any_step_of_a_submit_leaves_nothing_half_made(tiny_store, 
 
 
 def api_process(tiny_store, redis_server, tmp_path, **env: str) -> Stack:
+    """A real `diffusetv api`, with a stand-in for a worker's claim of tiny@1 (a model nobody serves is 503)."""
+    claim_as_worker(redis_server.url, "tiny@1", ENGINE)
     s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
     s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_api()

@@ -7,11 +7,13 @@ from fastapi.testclient import TestClient
 
 from app.core.settings import Settings
 from app.main import create_app
+from helpers import claim_as_worker
 
 
 @pytest.fixture
 def client(tiny_store, redis_server):
     settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny")
+    claim_as_worker(redis_server.url)
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -89,6 +91,7 @@ def test_image_of_an_unfinished_job_is_409_and_cancel_twice_is_409(client):
 
 def test_queue_full_is_429_with_retry_after(tiny_store, redis_server):
     settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny", max_queue=2)
+    claim_as_worker(redis_server.url)
     with TestClient(create_app(settings)) as c:
         assert [c.post("/generate", json={"seed": i}).status_code for i in range(3)] == [202, 202, 429]
         r = c.post("/generate", json={"seed": 9})
@@ -104,11 +107,24 @@ def test_models_and_openapi(client):
     assert props["steps"]["maximum"] == 1000 and props["steps"]["default"] == 50
     assert props["seed"]["maximum"] == 2**53 - 1 and props["seed"]["description"]
     assert schema["components"]["schemas"]["GenerateRequest"]["additionalProperties"] is False
+    entry = schema["components"]["schemas"]["ModelEntry"]
+    assert {"kind", "shape", "conditioning", "served", "identity"} <= set(entry["required"])
+    assert schema["components"]["schemas"]["Shape"]["required"] == ["height", "width", "channels"]
+    (model,) = models["models"]
+    assert model["served"] and model["kind"] == "ddim-unet" and model["conditioning"] == "none"
+    assert model["shape"] == {"height": 16, "width": 16, "channels": 3} and model["image_size"] == 16
 
 
-def test_readyz_is_503_without_a_worker(client):
+def test_readyz_is_503_without_a_worker(client, redis_server):
+    import redis
+
+    from app.core import keys
+
+    assert client.get("/readyz").json()["detail"]["models"] == {"tiny@1": True}
+    redis.Redis.from_url(redis_server.url).delete(keys.engine("tiny@1"))  # as when the last worker's TTL ends
     r = client.get("/readyz")
-    assert r.status_code == 503 and r.json()["detail"]["serving"] == 0
+    assert r.status_code == 503 and r.json()["detail"] == {"models": {"tiny@1": False}, "workers": 0, "serving": 0}
+    assert int(r.headers["Retry-After"]) > 0
     assert client.get("/healthz").status_code == 200
 
 

@@ -156,3 +156,11 @@ def test_invariance_prints_the_probe_of_each_kernel_family(capsys):
     assert invariance.main(["--reference", "3", "--threads", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0].strip() for line in lines[2:]] == list(invariance.FAMILIES)
+
+
+@pytest.mark.slow
+def test_paired_bench_compares_against_a_git_revision():
+    from bench import paired
+
+    ratios = paired.run("HEAD", pairs=1, batches=[1], steps=1, threads=1)
+    assert list(ratios) == [1] and len(ratios[1]) == 1 and ratios[1][0] > 0

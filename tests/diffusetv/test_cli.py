@@ -30,6 +30,7 @@ def test_sample_is_deterministic_across_processes(tiny_store, tmp_path):
         "model": "tiny",
         "version": 1,
         "digest": manifest.digest,
+        "identity": manifest.identity,
         "device": "cpu",
         "precision": "fp32",
     }

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.core.png import read_parameters
-from helpers import REPO, require_prerequisite
+from helpers import REPO, require_prerequisite, several_models
 from stack import free_port
 
 pytestmark = pytest.mark.slow
@@ -168,3 +168,34 @@ def test_the_embedded_redis_starts_quietly(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert out == err == ""  # no banner, no overcommit warning on the terminal
     assert (tmp_path / "redis.log").exists()
+
+
+def test_up_serves_every_model_given_with_model(tiny_store, tmp_path):
+    """`up --model A --model B` replaces DIFFUSETV_MODELS: one worker holds both, and /readyz waits for both."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DIFFUSETV_REDIS_URL"}
+    env |= several_models(tiny_store)
+    env["DIFFUSETV_MODELS"] = "lonely"  # overridden by --model
+    up = subprocess.Popen(
+        [sys.executable, "-m", "diffusetv.cli", "up", "--port", str(port), "--model", "tiny", "--model", "toy@1"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines = []
+    try:
+        while "Ctrl-C stops everything" not in (lines[-1] if lines else ""):
+            line = up.stdout.readline()
+            assert line, "up exited:\n" + "".join(lines)
+            lines.append(line)
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz").json()
+        assert ready["detail"]["models"] == {"tiny@1": True, "toy@1": True}
+        models = httpx.get(f"http://127.0.0.1:{port}/models").json()["models"]
+        assert {m["ref"]: m["served"] for m in models} == {"lonely@1": False, "tiny@1": True, "toy@1": True}
+    finally:
+        up.send_signal(signal.SIGINT)
+        rest, _ = up.communicate(timeout=30)
+    assert up.returncode == 0, rest

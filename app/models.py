@@ -1,0 +1,82 @@
+"""The models the API offers: which ones live workers serve, each kind's request fields and bounds, and
+how each model describes itself in `GET /models`. What a kind means comes from the registry
+(model_store.kinds); nothing here knows one kind from another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+
+from app.core import keys
+from model_store import Manifest, ModelStoreError, Store, kinds
+
+NO_WORKER_RETRY_S = 5
+
+
+def served(redis, refs: Iterable[str]) -> set[str]:
+    """The exact refs (name@version) among `refs` that a live worker has loaded.
+
+    Every worker renews the engine claim of each model it has loaded with its heartbeat, with the
+    heartbeat's TTL (worker.heartbeat), so a claim exists exactly while a live worker serves the model."""
+    refs = list(dict.fromkeys(refs))
+    if not refs:
+        return set()
+    return {ref for ref, engine in zip(refs, redis.mget([keys.engine(r) for r in refs]), strict=True) if engine}
+
+
+def require_served(redis, manifest: Manifest) -> None:
+    """503 with Retry-After, naming the model, when no live worker serves it: the job is not queued."""
+    if manifest.ref not in served(redis, [manifest.ref]):
+        raise HTTPException(
+            503,
+            f"no live worker serves model {manifest.ref}; start one with `diffusetv worker --model {manifest.ref}` "
+            "or add it to DIFFUSETV_MODELS",
+            headers={"Retry-After": str(NO_WORKER_RETRY_S)},
+        )
+
+
+def check_request(manifest: Manifest, steps: int, given: Iterable[str]) -> None:
+    """422 naming the field when the request asks for more than the model's kind takes."""
+    kind = kinds.served(manifest)
+    errors = [
+        {"type": "value_error", "loc": ("body", field), "msg": f"kind {kind.name!r} does not take {field!r}"}
+        for field in sorted(set(given) - kind.fields)
+    ]
+    if steps > kind.max_steps:
+        msg = f"{manifest.ref} (kind {kind.name!r}) runs at most {kind.max_steps} steps"
+        errors.append({"type": "less_than_equal", "loc": ("body", "steps"), "msg": msg, "input": steps})
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def offered(store: Store) -> list[Manifest]:
+    """The store's models of kinds a worker can serve (stored-only and unknown kinds are left out)."""
+    return [m for m in store.list() if kinds.is_served(m)]
+
+
+def describe(manifest: Manifest) -> dict:
+    """A model's entry in `GET /models`, without `default` and `served`."""
+    entry = kinds.of(manifest).describe(manifest)
+    shape = entry["shape"]
+    square = shape["height"] if shape["height"] == shape["width"] else None
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "ref": manifest.ref,
+        "digest": manifest.digest,
+        "identity": manifest.identity,
+        "image_size": square,
+        "schedule": manifest.schedule,
+        **entry,
+    }
+
+
+def default_ref(store: Store, model: str) -> str:
+    """The exact ref of the default model, or the setting as given when it does not resolve."""
+    try:
+        return store.resolve(model).ref
+    except ModelStoreError:
+        return model

@@ -1,0 +1,124 @@
+"""The registry of model kinds: what a `model.json`'s `kind` means, torch-free (DESIGN.md, Model kinds).
+
+The API reads this part: which kinds exist, whether a worker can serve them, the request fields each
+takes, how it describes itself in `GET /models` and its bounds. How a served kind runs (its network, its
+time grid, its parameterisation and its pixels) lives in the worker module that `engine` names, which
+only a worker imports. More kinds are plugged in by naming their modules in `DIFFUSETV_KIND_MODULES`:
+importing such a module registers its kinds (`register`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from model_store.errors import ModelStoreError
+from model_store.manifest import Manifest
+
+Shape = tuple[int, int, int]  # (height, width, channels)
+MAX_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    shape: Callable[[dict], Shape]  # the image shape, from the manifest's config
+    engine: str | None = None  # "module:Class" of the worker side; None: stored, not served
+    conditioning: str = "none"  # "none" or "text"
+    fields: frozenset[str] = frozenset()  # request fields beyond seed, steps, eta, model and previews
+    max_steps: int = MAX_STEPS
+
+    @property
+    def served(self) -> bool:
+        """Whether a worker can run it; a stored-only kind (a feature extractor, say) is left out of the API."""
+        return self.engine is not None
+
+    def describe(self, manifest: Manifest) -> dict:
+        """What `GET /models` says of a model of this kind, beside its name, version and digests."""
+        height, width, channels = self.shape(manifest.config)
+        return {
+            "kind": self.name,
+            "shape": {"height": height, "width": width, "channels": channels},
+            "conditioning": self.conditioning,
+            "max_steps": self.max_steps,
+        }
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register(kind: Kind) -> Kind:
+    """Add a kind; a second kind of the same name is an error."""
+    if kind.name in KINDS and KINDS[kind.name] != kind:
+        raise ModelStoreError(f"model kind {kind.name!r} is registered twice")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def get(name: str, where: str = "") -> Kind:
+    """The kind called `name`, or a one-line error naming it (and `where` it was asked for)."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        place = f"{where}: " if where else ""
+        raise ModelStoreError(
+            f"{place}unknown model kind {name!r} (known: {', '.join(sorted(KINDS))}; "
+            "more are added with DIFFUSETV_KIND_MODULES)"
+        ) from None
+
+
+def of(manifest: Manifest) -> Kind:
+    """The kind of a model, or a one-line error naming the kind and the manifest."""
+    return get(manifest.kind, manifest.file)
+
+
+def served(manifest: Manifest) -> Kind:
+    """The kind of a model a worker can serve, or a one-line error saying why not."""
+    kind = of(manifest)
+    if not kind.served:
+        raise ModelStoreError(f"{manifest.ref} is of kind {kind.name!r}, which is stored but not served")
+    return kind
+
+
+def refusal(manifest: Manifest, label: str | None = None) -> str | None:
+    """Why a worker cannot serve this model, in words a client may see (no paths; `label` names the model,
+    e.g. as the client asked for it); None when it can."""
+    label = label or manifest.ref
+    kind = KINDS.get(manifest.kind)
+    if kind is None:
+        return f"{label} is of unknown model kind {manifest.kind!r}"
+    if not kind.served:
+        return f"{label} is of kind {kind.name!r}, which is stored but not served"
+    return None
+
+
+def is_served(manifest: Manifest) -> bool:
+    """Whether the model is of a known kind that a worker can serve."""
+    return refusal(manifest) is None
+
+
+def require(manifest: Manifest, name: str) -> Kind:
+    """The model's kind, which must be `name`: a loader for one kind refuses a model of another."""
+    kind = of(manifest)
+    if kind.name != name:
+        raise ModelStoreError(f"{manifest.ref} is of kind {kind.name!r}, not {name!r}: it cannot be loaded as one")
+    return kind
+
+
+def load_modules(names: Iterable[str]) -> None:
+    """Import the modules that register further kinds (DIFFUSETV_KIND_MODULES)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ModelStoreError(f"kind module {name!r} cannot be imported ({exc})") from None
+
+
+def square(config: dict) -> Shape:
+    """A U-Net's square image: `image_size` pixels a side, `channels` (3 unless said) deep."""
+    return int(config["image_size"]), int(config["image_size"]), int(config.get("channels", 3))
+
+
+register(Kind("ddim-unet", square, engine="worker.kinds.ddim_unet:DDIMUNet"))
+register(Kind("feature-cnn", square))  # the evaluation's feature extractor: in the store, never served

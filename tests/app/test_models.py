@@ -1,0 +1,32 @@
+"""What the API asks of the kind registry: request fields and bounds, and what GET /models says (no Redis)."""
+
+import dataclasses
+
+import pytest
+from fastapi.exceptions import RequestValidationError
+
+from app import models
+from model_store import kinds
+
+
+def test_a_field_the_kind_does_not_take_is_422_naming_it(tiny_store, monkeypatch):
+    texty = dataclasses.replace(kinds.KINDS["ddim-unet"], fields=frozenset({"prompt"}), max_steps=40)
+    monkeypatch.setitem(kinds.KINDS, "ddim-unet", texty)
+    manifest = tiny_store.resolve("tiny")
+    models.check_request(manifest, 40, {"prompt"})  # taken, and within the bound
+    with pytest.raises(RequestValidationError) as info:
+        models.check_request(manifest, 41, {"prompt", "guidance"})
+    errors = info.value.errors()
+    assert [e["loc"] for e in errors] == [("body", "guidance"), ("body", "steps")]
+    assert "does not take 'guidance'" in errors[0]["msg"] and "at most 40 steps" in errors[1]["msg"]
+
+
+def test_only_served_kinds_are_offered_and_described(tiny_store):
+    from helpers import copy_version
+
+    copy_version(tiny_store, "tiny", 1, kind="feature-cnn")
+    copy_version(tiny_store, "tiny", 2, kind="nobody-knows")
+    assert [m.ref for m in models.offered(tiny_store)] == ["tiny@1"]
+    entry = models.describe(tiny_store.resolve("tiny@1"))
+    assert entry["kind"] == "ddim-unet" and entry["shape"] == {"height": 16, "width": 16, "channels": 3}
+    assert entry["identity"] == tiny_store.resolve("tiny@1").identity and entry["max_steps"] == 1000

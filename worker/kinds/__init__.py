@@ -1,0 +1,64 @@
+"""The worker side of model kinds: one module per kind, behind one interface (as k-diffusion's `external.py`).
+
+A kind module builds its network from the manifest and says how to read it: the time grid (what the
+network is called with at each step, and the alpha-bars of the step), the map from the network's output
+to the ε̂ and x̂0 of the shared DDIM step (diffusion.ddim, eq. 12), and the map from model space to pixels.
+The engine, the kernel probe, batching, previews and interpolation see nothing else. Which module serves
+a kind is said by the torch-free registry (model_store.kinds).
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+from torch import nn
+
+from diffusion.ddim import GridStep
+from model_store import Manifest, ModelStoreError, kinds
+
+
+class KindModel(ABC):
+    """One model of one kind, as the engine runs it."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one sample in model space."""
+        height, width, channels = kinds.of(self.manifest).shape(self.manifest.config)
+        return channels, height, width
+
+    @abstractmethod
+    def network(self, device: str) -> nn.Module:
+        """The network with its verified weights, in eval mode, called as `net(x, time_input(t))`."""
+
+    def time_input(self, t: torch.Tensor) -> torch.Tensor:
+        """What the network takes for a row's time `t` (a grid step's `time`, (B, 1, 1, 1))."""
+        return t
+
+    @abstractmethod
+    def grid(self, steps: int) -> list[GridStep]:
+        """The `steps` steps of a run: each one's network time and its alpha-bars."""
+
+    def read(self, out: torch.Tensor, x_t: torch.Tensor, alpha_bar: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(ε̂, x̂0 or None) from the network's output; None lets the DDIM step derive x̂0 from ε̂ (eq. 12)."""
+        return out, None
+
+    @abstractmethod
+    def pixels(self, x0: torch.Tensor) -> np.ndarray:
+        """(B, C, H, W) model space -> (B, H, W, C) uint8."""
+
+
+def model_for(manifest: Manifest) -> KindModel:
+    """The kind module's model for this manifest; a one-line error for a kind that is unknown or not served."""
+    kind = kinds.served(manifest)
+    module_name, _, class_name = (kind.engine or "").partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ModelStoreError(f"model kind {kind.name!r}: cannot load its engine {kind.engine!r} ({exc})") from None
+    return cls(manifest)
