@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from helpers import claim_as_worker
 from stack import Stack, free_port, stack_env
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,8 @@ def test_streams_and_long_polls_per_key_are_capped(tiny_store, redis_server, tmp
     env = {"DIFFUSETV_API_KEYS": f"{key_a},{key_b}", "DIFFUSETV_CLIENT_STREAMS": "3"}
     s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
     s.env["DIFFUSETV_PORT"] = str(s.port)
-    s.start_api()  # no worker: the job stays queued and its streams stay open
+    claim_as_worker(redis_server.url)  # a stand-in for a worker's claim, but no worker: the job stays queued
+    s.start_api()  # and its streams stay open
     try:
         s.wait_healthy()
         a = httpx.Client(base_url=s.base, headers={"Authorization": f"Bearer {key_a}"}, timeout=30)
