@@ -60,7 +60,7 @@ def load_captions(path: Path, key: str = "train") -> list[str]:
         if name not in archive.files:
             raise DataError(f"{path}: no array {name!r} of captions; it has {archive.files}")
         captions = archive[name]
-    if captions.dtype.kind != "U" or captions.ndim != 1:
+    if not np.issubdtype(captions.dtype, np.str_) or captions.ndim != 1:
         raise DataError(f"{path}: {name} must be a 1-D unicode array, got {captions.dtype} {captions.shape}")
     return captions.tolist()
 

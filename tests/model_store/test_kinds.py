@@ -63,5 +63,5 @@ def test_no_branch_on_a_kind_outside_the_registry():
     model_kind = r"""\.kind\s*(==|!=|in\b)|(==|!=)\s*['"](ddim-unet|feature-cnn)"""
     job_kind = r"""\bkind\s*(==|!=)\s*['"](?!interpolate|generate)"""
     branch = re.compile(f"{model_kind}|{job_kind}")
-    allowed = ("model_store/kinds.py:", "tests/")
+    allowed = ("model_store/kinds.py:", "tests/", "app/static/swagger-ui/")  # the last: vendored, not ours
     assert [line for line in lines if branch.search(line) and not line.startswith(allowed)] == []
