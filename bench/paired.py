@@ -44,7 +44,8 @@ def export(rev: str, into: Path) -> Path:
     tar = into / "tree.tar"
     tar.write_bytes(archive.stdout)
     with tarfile.open(tar) as t:
-        t.extractall(into / "tree", filter="data")
+        # Extraction filters came with Python 3.11.4 (Debian 12 has 3.11.2); the archive is this repository's own.
+        t.extractall(into / "tree", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return into / "tree"
 
 
