@@ -49,7 +49,6 @@ def stack(tiny_store, redis_server, tmp_path):
     from stack import Stack, free_port, stack_env
 
     s = Stack(stack_env(redis_server.url, tiny_store.root), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.redis = redis_server
     s.start_worker()
     s.start_api()

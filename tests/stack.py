@@ -101,6 +101,9 @@ class Stack:
     logs: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.env["DIFFUSETV_PORT"] = str(self.port)  # the API listens where `base` points
+
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -32,7 +32,6 @@ def test_the_docs_mark_their_runnable_examples():
 def bundled_stack(redis_server, tmp_path):
     """A worker and an API serving the bundled models, as `make run` does."""
     s = Stack(stack_env(redis_server.url, BUNDLED, model="emoji32"), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_worker()
     s.start_api()
     try:
@@ -69,7 +68,6 @@ def test_an_example_with_a_wrong_field_fails(redis_server, tmp_path):
     broken = parse("```console\n$ " + line.command.replace('"seed"', '"sede"') + "\n```\n", "broken.md")
     assert matches([], "") and not matches(["a…c"], "abd")
     s = Stack(stack_env(redis_server.url, BUNDLED, model="emoji32"), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_api()
     try:
         s.wait_healthy()

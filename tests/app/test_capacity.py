@@ -81,7 +81,6 @@ def api_only(tiny_store, redis_server, tmp_path):
 
     def start(**env: str) -> Stack:
         s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
-        s.env["DIFFUSETV_PORT"] = str(s.port)
         s.start_api()
         stacks.append(s)
         s.wait_healthy()

@@ -88,7 +88,6 @@ def test_sigkill_of_the_only_worker_requeues_and_a_new_worker_finishes(stack):
 def test_redis_restart_with_aof_loses_no_accepted_job(tiny_store, tmp_path):
     server = RedisServer(appendonly=True).start()
     s = Stack(stack_env(server.url, tiny_store.root), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_api()
     try:
         with s.client() as c:
@@ -132,7 +131,6 @@ def test_sigterm_of_a_busy_worker_loses_nothing(stack):
 
 def test_a_full_queue_refuses_with_429_and_every_accepted_job_finishes(tiny_store, redis_server, tmp_path):
     s = Stack(stack_env(redis_server.url, tiny_store.root, DIFFUSETV_MAX_QUEUE="3"), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.redis = redis_server
     s.start_api()
     try:
@@ -164,7 +162,6 @@ def test_job_timeout_fails_a_stuck_job_with_a_clear_error(tiny_store, redis_serv
     save_model(tiny_store, "slow", net, "offset_cosine", [0.5] * 3, [0.25] * 3, {})
     env = stack_env(redis_server.url, tiny_store.root, model="slow", DIFFUSETV_JOB_TIMEOUT="5")
     s = Stack(env, free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_worker()
     s.start_api()
     try:

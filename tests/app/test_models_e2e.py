@@ -20,7 +20,6 @@ pytestmark = pytest.mark.slow
 def stack2(tiny_store, redis_server, tmp_path):
     env = several_models(tiny_store)
     s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_worker()
     s.start_api()
     try:

@@ -44,7 +44,6 @@ def browser():
 
 def start_stack(store, redis_server, tmp_path, model="tiny", **env):
     s = Stack(stack_env(redis_server.url, store.root, model=model, **env), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_worker()
     s.start_api()
     s.wait_ready()
@@ -54,7 +53,6 @@ def start_stack(store, redis_server, tmp_path, model="tiny", **env):
 def start_api_only(store, redis_server, tmp_path) -> Stack:
     """The API alone (the page and /docs need no worker), once it answers /healthz."""
     s = Stack(stack_env(redis_server.url, store.root), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_api()
     s.wait_healthy()
     return s

@@ -60,7 +60,6 @@ def test_streams_and_long_polls_per_key_are_capped(tiny_store, redis_server, tmp
     key_a, key_b = "streams-key-a-" + "a" * 10, "streams-key-b-" + "b" * 10
     env = {"DIFFUSETV_API_KEYS": f"{key_a},{key_b}", "DIFFUSETV_CLIENT_STREAMS": "3"}
     s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     claim_as_worker(redis_server.url)  # a stand-in for a worker's claim, but no worker: the job stays queued
     s.start_api()  # and its streams stay open
     try:

@@ -136,7 +136,6 @@ def api_process(tiny_store, redis_server, tmp_path, **env: str) -> Stack:
     """A real `diffusetv api`, with a stand-in for a worker's claim of tiny@1 (a model nobody serves is 503)."""
     claim_as_worker(redis_server.url, "tiny@1", ENGINE)
     s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_api()
     s.wait_healthy()
     return s

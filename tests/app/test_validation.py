@@ -242,7 +242,6 @@ def test_a_body_that_never_finishes_is_408_within_the_body_timeout(tiny_store, r
     from stack import Stack, free_port, stack_env
 
     s = Stack(stack_env(redis_server.url, tiny_store.root, DIFFUSETV_BODY_TIMEOUT_S="1"), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     s.start_api()
     try:
         s.wait_healthy()

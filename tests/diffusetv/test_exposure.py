@@ -53,7 +53,6 @@ def test_a_non_loopback_bind_starts_with_keys_or_behind_an_authenticating_proxy(
         (tmp_path / "keys").write_text(f"# the deployment's keys\n{KEY}\n")
         extra = {"DIFFUSETV_API_KEYS_FILE": str(tmp_path / "keys")}
     s = Stack(stack_env(redis_server.url, tiny_store.root, DIFFUSETV_HOST="0.0.0.0", **extra), free_port(), tmp_path)
-    s.env["DIFFUSETV_PORT"] = str(s.port)
     claim_as_worker(redis_server.url)  # a stand-in for a worker's claim: the job is accepted and stays queued
     s.start_api()
     try:

@@ -36,6 +36,20 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def start_up(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """`diffusetv up ARGS` as a terminal starts it, with its output on one text pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "diffusetv.cli", "up", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # a shell that runs the tests in the background ignores SIGINT in its children: give `up` a terminal's
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -55,16 +69,7 @@ def test_up_serves_the_readme_curl_line_and_ctrl_c_stops_everything(tiny_store, 
         env["PATH"] = f"{Path(sys.executable).parent}:{shim}"
         for tool in ("curl", "sh", "bash"):
             (shim / tool).symlink_to(f"/usr/bin/{tool}")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "diffusetv.cli", "up", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        # a shell that runs the tests in the background ignores SIGINT in its children: give `up` a terminal's
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    up = start_up(["--port", str(port)], env, tmp_path)
     lines = []
     try:
         deadline = time.monotonic() + 90
@@ -176,15 +181,7 @@ def test_up_serves_every_model_given_with_model(tiny_store, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DIFFUSETV_REDIS_URL"}
     env |= several_models(tiny_store)
     env["DIFFUSETV_MODELS"] = "lonely"  # overridden by --model
-    up = subprocess.Popen(
-        [sys.executable, "-m", "diffusetv.cli", "up", "--port", str(port), "--model", "tiny", "--model", "toy@1"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    up = start_up(["--port", str(port), "--model", "tiny", "--model", "toy@1"], env, REPO)
     lines = []
     try:
         while "Ctrl-C stops everything" not in (lines[-1] if lines else ""):
