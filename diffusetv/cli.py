@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--text-dims", type=int, default=64, help="width of the prompt embedding")
     p.add_argument("--prompt-dropout", type=float, default=0.15, help="share of samples that see the empty prompt")
+    p.add_argument(
+        "--init", default=None, metavar="NAME@VERSION", help="start from a store model's weights (prompt layers new)"
+    )
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(run="diffusetv.commands:train")

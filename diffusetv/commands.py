@@ -62,6 +62,7 @@ def train(args: argparse.Namespace) -> int:
     from diffusion.train import train as run_training
 
     widths = tuple(int(w) for w in args.widths.split(","))
+    init = warm_start_weights(args.init) if args.init else None
     cfg = TrainConfig(
         data=args.data,
         steps=args.steps,
@@ -76,12 +77,23 @@ def train(args: argparse.Namespace) -> int:
         text_tokens=args.text_tokens,
         text_dims=args.text_dims,
         prompt_dropout=args.prompt_dropout,
+        init=init["ref"] if init else None,
         recipe={"command": "diffusetv " + " ".join(sys.argv[1:])},
     )
     prompts, vocabulary = caption_prompts(args.data, args.text_tokens) if args.text_tokens else (None, None)
-    state = run_training(cfg, args.out, resume=args.resume, prompts=prompts, vocabulary=vocabulary)
+    state = run_training(cfg, args.out, resume=args.resume, prompts=prompts, vocabulary=vocabulary, init=init)
     print(f"{args.out}: trained to step {state.step} ({state.elapsed_s:.0f} s of training)")
     return 0
+
+
+def warm_start_weights(ref: str) -> dict:
+    """A store model's verified weights and input statistics, for `train --init`."""
+    from model_store import Store
+    from model_store.weights import UNET_KIND, read_state
+
+    manifest = Store().resolve(ref)
+    state = read_state(manifest, UNET_KIND)
+    return {"ref": f"{manifest.ref} sha256:{manifest.digest}", "state": state, "mean": manifest.mean, "std": manifest.std}
 
 
 def caption_prompts(data: str, tokens: int):

@@ -64,6 +64,10 @@ class TrainConfig:
     text_tokens: int = 0
     text_dims: int = 64
     prompt_dropout: float = 0.15
+    # A warm start: the store model (NAME@VERSION sha256:DIGEST) whose weights the network starts from.
+    # Layers it lacks (the text encoder, FiLM) keep their initialisation; FiLM's zero init makes the
+    # conditioned U-Net start as exactly that model.
+    init: str | None = None
     recipe: dict = field(default_factory=dict)  # free-form: command line, notes
 
     def unet_config(self, text_vocab: int = 0) -> UNetConfig:
@@ -89,6 +93,7 @@ class TrainConfig:
         "text_tokens",
         "text_dims",
         "prompt_dropout",
+        "init",
     )
 
 
@@ -134,13 +139,23 @@ def diffusion_loss(
     return F.l1_loss(model(noisy, noise_rate**2, prompts), noises)
 
 
-def new_state(cfg: TrainConfig, unet: UNetConfig) -> TrainState:
+def new_state(cfg: TrainConfig, unet: UNetConfig, init: dict[str, torch.Tensor] | None = None) -> TrainState:
     torch.manual_seed(cfg.seed)
     model = UNet(unet)
+    if init is not None:
+        warm_start(model, init)
     ema = copy.deepcopy(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     rng = torch.Generator().manual_seed(cfg.seed)
     return TrainState(0, model, ema, optimizer, rng, 0.0)
+
+
+def warm_start(model: UNet, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` into `model`; only the prompt layers may be missing from it, and nothing may be extra."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    foreign = [k for k in missing if not (k.startswith("text.") or ".film." in k)]
+    if foreign or unexpected:
+        raise RunError(f"the initial weights do not fit this U-Net (missing {foreign[:3]}, extra {unexpected[:3]})")
 
 
 def save_checkpoint(run_dir: Path, state: TrainState) -> None:
@@ -185,7 +200,7 @@ def hardware() -> dict:
 
 
 def prepare_run(
-    cfg: TrainConfig, run_dir: Path, resume: bool, vocabulary: dict | None = None
+    cfg: TrainConfig, run_dir: Path, resume: bool, vocabulary: dict | None = None, init: dict | None = None
 ) -> tuple[TrainState, dict]:
     """Create a run directory or reopen one, checking that the recipe (and vocabulary) is unchanged."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +221,8 @@ def prepare_run(
         return state, run
     images = load_images(cfg.data, cfg.image_size, cfg.npz_key)
     mean, std = channel_stats(images)
+    if init is not None:  # the network keeps the input statistics it was trained with
+        mean, std = init["mean"], init["std"]
     unet = cfg.unet_config(len(vocabulary["words"]) + 2 if vocabulary else 0)  # + PAD and START
     run = {
         "config": {**asdict(cfg), "widths": list(cfg.widths)},
@@ -215,7 +232,7 @@ def prepare_run(
         "hardware": hardware(),
         **({"vocabulary": vocabulary} if vocabulary else {}),
     }
-    return new_state(cfg, unet), run
+    return new_state(cfg, unet, None if init is None else init["state"]), run
 
 
 def write_run(run_dir: Path, run: dict, state: TrainState) -> None:
@@ -249,15 +266,19 @@ def train(
     progress: bool | None = None,
     prompts: np.ndarray | None = None,
     vocabulary: dict | None = None,
+    init: dict | None = None,
 ) -> TrainState:
     """Train towards cfg.steps total steps, checkpointing, logging and sampling along the way.
 
     A prompt-conditioned run takes `prompts`, (N, text_tokens) word ids aligned with the images, and the
-    `vocabulary` they came from (model_store.vocabulary), which the run records."""
+    `vocabulary` they came from (model_store.vocabulary), which the run records. A warm start (cfg.init)
+    takes `init`: {"state": weights, "mean": [...], "std": [...]} of that model."""
     run_dir = Path(run_dir)
     if (prompts is None) != (cfg.text_tokens == 0) or (prompts is None) != (vocabulary is None):
         raise RunError("a run with prompts needs text_tokens, word ids and their vocabulary, all three")
-    state, run = prepare_run(cfg, run_dir, resume, vocabulary)
+    if (init is None) != (cfg.init is None):
+        raise RunError("a warm start needs both cfg.init and the initial weights")
+    state, run = prepare_run(cfg, run_dir, resume, vocabulary, init)
     images = load_images(cfg.data, cfg.image_size, cfg.npz_key)
     if prompts is not None and prompts.shape != (len(images), cfg.text_tokens):
         raise RunError(f"prompts are {prompts.shape}, not one row of {cfg.text_tokens} ids per image")
