@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="put a run's EMA weights into the model store as the next version")
     p.add_argument("run_dir")
     p.add_argument("--name", required=True)
+    p.add_argument(
+        "--default-guidance", type=float, default=3.0, help="a text model's guidance scale s when a request has none"
+    )
     p.set_defaults(run="diffusetv.commands:publish")
 
     p = sub.add_parser("models", help="list the model store, or verify every digest")

@@ -108,11 +108,28 @@ def caption_prompts(data: str, tokens: int):
     return np.array([vocabulary.encode(c).tokens for c in captions], dtype=np.int64), vocabulary.to_dict()
 
 
+def run_captions(run_dir: Path) -> list[str] | None:
+    """The training captions of a prompt-conditioned run (from its data), for the model's suggestions."""
+    import json
+
+    from diffusion.data import load_captions
+
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        return None  # publish_run says what is missing
+    run = json.loads(run_file.read_text())
+    if "vocabulary" not in run:
+        return None
+    return load_captions(Path(run["data"]["path"]))
+
+
 def publish(args: argparse.Namespace) -> int:
     from model_store import Store
     from model_store.weights import publish_run
 
-    manifest = publish_run(Store(), Path(args.run_dir), args.name)
+    run_dir = Path(args.run_dir)
+    captions = run_captions(run_dir)
+    manifest = publish_run(Store(), run_dir, args.name, captions, args.default_guidance)
     print(f"published {manifest.ref} ({manifest.digest[:12]}) to {manifest.path}")
     return 0
 
