@@ -41,9 +41,11 @@ def sample(args: argparse.Namespace) -> int:
     engine = load_engine(
         args.model or default_model(), device=args.device, precision=args.precision, compile=args.compile
     )
+    text = prompt_of(engine.manifest, args.prompt, args.guidance)
     seeds = list(range(args.seed, args.seed + args.n))
-    images = engine.generate(seeds, args.steps, [args.eta] * args.n)
-    parameters = engine.parameters(args.seed, args.steps, args.eta)
+    conditions = [engine.condition(text.prompt, text.guidance)] * args.n
+    images = engine.generate(seeds, args.steps, [args.eta] * args.n, conditions)
+    parameters = engine.parameters(args.seed, args.steps, args.eta, text.prompt, text.guidance)
     if args.n > 1:
         parameters["n"] = args.n
         pixels = make_grid(images, grid_columns(args.n))
@@ -55,6 +57,24 @@ def sample(args: argparse.Namespace) -> int:
     m = engine.manifest
     print(f"wrote {out} ({args.n} image{'s' * (args.n > 1)}, {m.ref}, {engine.device}/{engine.precision})")
     return 0
+
+
+def prompt_of(manifest, prompt: str | None, guidance: float | None):
+    """--prompt and --guidance, normalised and defaulted as the API does (model_store.text.resolve)."""
+    from model_store import kinds
+    from model_store.text import Prompted, PromptError, TextSpec, resolve
+
+    if kinds.of(manifest).conditioning != "text":
+        if prompt is not None or guidance is not None:
+            raise UserError(f"{manifest.ref} (kind {manifest.kind!r}) takes no --prompt or --guidance")
+        return Prompted(None, None)
+    try:
+        text = resolve(TextSpec.of(manifest), prompt, guidance)
+    except PromptError as exc:
+        raise UserError(f"--{exc.field}: {exc}") from None
+    if text.ignored:
+        print(f"words not known to {manifest.ref}, ignored: {', '.join(text.ignored)}", file=sys.stderr)
+    return text
 
 
 def train(args: argparse.Namespace) -> int:

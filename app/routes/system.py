@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import JSONResponse
 
 from app import models, schemas
@@ -10,7 +10,8 @@ from app.auth import OwnerDep
 from app.core.workers import live as live_workers
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.metrics import render_metrics
-from model_store import ModelStoreError
+from model_store import ModelStoreError, kinds
+from model_store.vocabulary import normalise
 
 router = APIRouter(tags=["system"])
 
@@ -25,6 +26,22 @@ def list_models(redis: RedisDep, store: StoreDep, settings: SettingsDep) -> sche
         schemas.ModelEntry(**models.describe(m), default=m.ref == default, served=m.ref in live) for m in manifests
     ]
     return schemas.ModelList(default=default, models=entries)
+
+
+@router.get("/models/{ref}/prompts", response_model=schemas.PromptList, responses=schemas.error_responses(404))
+def list_prompts(ref: str, store: StoreDep, response: Response) -> schemas.PromptList:
+    """A text model's training captions (suggestions) and known words; 404 for an unknown model or one without
+    prompts."""
+    try:
+        manifest = store.resolve(ref)
+    except ModelStoreError:
+        manifest = None
+    spec = models.text_spec(manifest) if manifest is not None and kinds.is_served(manifest) else None
+    if spec is None:
+        raise HTTPException(404, f"no text model {ref!r}")
+    response.headers["Cache-Control"] = "public, max-age=3600"  # a model version never changes
+    prompts = list(dict.fromkeys(normalise(c) for c in spec.captions))
+    return schemas.PromptList(model=manifest.ref, prompts=prompts, words=list(spec.vocabulary.words))
 
 
 @router.get("/healthz", response_model=schemas.Health)
