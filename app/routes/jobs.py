@@ -7,8 +7,8 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 
 from app import schemas
 from app.auth import OwnerDep
@@ -17,10 +17,10 @@ from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.models import check_request, prompted, require_served
-from model_store.text import Prompted
-from model_store.vocabulary import normalise
 from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
+from model_store.text import Prompted
+from model_store.vocabulary import normalise
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 429, 503))
 WAKE_S = 1.0

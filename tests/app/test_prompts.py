@@ -96,10 +96,9 @@ def test_an_empty_prompt_is_the_same_as_none(client):
 
 
 def test_the_worker_gets_the_normalised_prompt_and_guidance(client):
+    import redis
     from rq import Queue
     from rq.serializers import JSONSerializer
-
-    import redis
 
     job = post(client, seed=2, prompt="GREEN apple", guidance=4).json()
     conn = redis.Redis.from_url(client.redis_url)
