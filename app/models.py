@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.core import keys
 from model_store import Manifest, ModelStoreError, Store, kinds
-from model_store.text import Prompted, PromptError, TextSpec, resolve
+from model_store.text import NO_TEXT, Prompted, PromptError, TextSpec, resolve
 
 NO_WORKER_RETRY_S = 5
 
@@ -96,7 +96,7 @@ def prompted(manifest: Manifest, prompt: str | None, guidance: float | None, fie
     A model that takes no prompt has refused the fields already (check_request)."""
     spec = text_spec(manifest)
     if spec is None:
-        return Prompted(None, None)
+        return NO_TEXT
     try:
         return resolve(spec, prompt, guidance, field)
     except PromptError as exc:

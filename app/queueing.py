@@ -28,7 +28,7 @@ from app.core.settings import Settings
 from app.core.submit import Admission, admit, quota_for, result_cost
 from app.models import offered
 from model_store import Manifest, ModelStoreError, Store, kinds
-from model_store.text import Prompted
+from model_store.text import NO_TEXT, Prompted
 
 QUEUE_FULL_RETRY_S = 5
 FOLLOWERS_RETRY_S = 2
@@ -86,7 +86,7 @@ def submit(
     previews: bool,
     owner: str = "",
     client: str = "",
-    text: Prompted = Prompted(None, None),
+    text: Prompted = NO_TEXT,
 ) -> str:
     """Answer from the result cache, join an identical run in flight, or queue a new run, atomically (app.core.submit);
     429 past a bound. `text`: a text model's normalised prompt and guidance (app.models.prompted)."""
@@ -95,9 +95,7 @@ def submit(
     model = model_record(manifest)
     identity = manifest.identity
     key = runs.engine_key(identity, manifest.ref, seed, steps, eta, engine, text.prompt, text.guidance)
-    spec = JobSpec(
-        new_job_id(), seed, steps, eta, manifest.ref, identity, previews, key, text.prompt, text.guidance
-    )
+    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, identity, previews, key, text.prompt, text.guidance)
     cost = result_cost(*image_shape(manifest), steps, previews)
     cache_key = key if engine != runs.PENDING_ENGINE else ""
     record = new_record(spec, model, owner, ignored=text.ignored)
@@ -115,8 +113,8 @@ def submit_interpolation(
     steps: int,
     owner: str = "",
     client: str = "",
-    text: Prompted = Prompted(None, None),
-    prompt_b: Prompted = Prompted(None, None),
+    text: Prompted = NO_TEXT,
+    prompt_b: Prompted = NO_TEXT,
 ) -> str:
     """Queue an interpolation job, atomically (429 past a bound); `prompt_b` moves the condition to its prompt."""
     spec = InterpolateSpec(

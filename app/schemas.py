@@ -61,7 +61,7 @@ class InterpolateRequest(BaseModel):
     steps: Steps = 50
     model: ModelRef = None
     prompt: Prompt = None
-    prompt_b: Prompt = Field(None, description="text models: with `prompt`, the condition moves from prompt to prompt_b")
+    prompt_b: Prompt = Field(None, description="text models: with `prompt`, the condition moves to prompt_b's")
     guidance: Guidance = None
 
 

@@ -62,12 +62,12 @@ def sample(args: argparse.Namespace) -> int:
 def prompt_of(manifest, prompt: str | None, guidance: float | None):
     """--prompt and --guidance, normalised and defaulted as the API does (model_store.text.resolve)."""
     from model_store import kinds
-    from model_store.text import Prompted, PromptError, TextSpec, resolve
+    from model_store.text import NO_TEXT, PromptError, TextSpec, resolve
 
     if kinds.of(manifest).conditioning != "text":
         if prompt is not None or guidance is not None:
             raise UserError(f"{manifest.ref} (kind {manifest.kind!r}) takes no --prompt or --guidance")
-        return Prompted(None, None)
+        return NO_TEXT
     try:
         text = resolve(TextSpec.of(manifest), prompt, guidance)
     except PromptError as exc:
@@ -113,7 +113,8 @@ def warm_start_weights(ref: str) -> dict:
 
     manifest = Store().resolve(ref)
     state = read_state(manifest, UNET_KIND)
-    return {"ref": f"{manifest.ref} sha256:{manifest.digest}", "state": state, "mean": manifest.mean, "std": manifest.std}
+    ref = f"{manifest.ref} sha256:{manifest.digest}"
+    return {"ref": ref, "state": state, "mean": manifest.mean, "std": manifest.std}
 
 
 def caption_prompts(data: str, tokens: int):

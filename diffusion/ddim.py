@@ -146,7 +146,10 @@ class DDIMRun:
                 return
             x = self.x
             times = torch.full((x.shape[0], 1, 1, 1), g.time, dtype=x.dtype, device=x.device)
-            out = self.eps_model(x, times) if self.guidance is None else self.guidance(self.eps_model, x, times, self.rows)
+            if self.guidance is None:
+                out = self.eps_model(x, times)
+            else:  # each sample with its own text condition, from one call of the conditioned network
+                out = self.guidance(self.eps_model, x, times, self.rows)
             eps, x0_given = self.read(out, x, g.alpha_bar) if self.read is not None else (out, None)
             stochastic = self.etas > 0
             step_noise = None

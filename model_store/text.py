@@ -69,6 +69,7 @@ class Prompted:
     ignored: tuple[str, ...] = ()  # words of the prompt that the model does not know
 
 
+NO_TEXT = Prompted(None, None)  # a prompt-free request
 SUGGESTED_WORDS = 8
 
 
@@ -92,7 +93,7 @@ def resolve(spec: TextSpec, prompt: str | None, guidance: float | None, field: s
     if not text:
         if guidance is not None:
             raise PromptError("guidance", "guidance needs a prompt: send `prompt`, or leave `guidance` out")
-        return Prompted(None, None)
+        return NO_TEXT
     if len(text) > MAX_PROMPT_CHARS:
         raise PromptError(field, f"at most {MAX_PROMPT_CHARS} characters after normalisation, got {len(text)}")
     encoded = spec.vocabulary.encode(text)

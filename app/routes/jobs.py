@@ -19,7 +19,7 @@ from app.deps import RedisDep, SettingsDep, StoreDep
 from app.models import check_request, prompted, require_served
 from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
-from model_store.text import Prompted
+from model_store.text import NO_TEXT
 from model_store.vocabulary import normalise
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 429, 503))
@@ -146,7 +146,7 @@ def interpolate(
             [{"type": "value_error", "loc": ("body", "prompt_b"), "msg": "prompt_b needs a prompt to start from"}]
         )
     # prompt_b keeps prompt's guidance; an empty one is none: the condition stays `prompt` all along
-    end = prompted(manifest, body.prompt_b, None, "prompt_b") if body.prompt_b is not None else Prompted(None, None)
+    end = prompted(manifest, body.prompt_b, None, "prompt_b") if body.prompt_b is not None else NO_TEXT
     args = (body.seed_a, body.seed_b, body.frames, body.steps)
     job_id = submit_interpolation(redis, settings, manifest, *args, owner, client, text, end)
     response.headers["Location"] = f"/jobs/{job_id}"

@@ -103,7 +103,7 @@ def test_the_worker_gets_the_normalised_prompt_and_guidance(client):
     job = post(client, seed=2, prompt="GREEN apple", guidance=4).json()
     conn = redis.Redis.from_url(client.redis_url)
     queued = Queue(keys.queue_name("words@1"), connection=conn, serializer=JSONSerializer).jobs
-    kwargs = [j.kwargs for j in queued if j.id == job["id"]][0]
+    kwargs = next(j.kwargs for j in queued if j.id == job["id"])
     assert (kwargs["prompt"], kwargs["guidance"]) == ("green apple", 4.0)
 
 
@@ -116,9 +116,10 @@ def test_interpolation_takes_a_prompt_and_moves_to_prompt_b(client):
     }  # fmt: skip
     found = errors(post(client, "/interpolate", seed_a=1, seed_b=2, prompt_b="dog face"))
     assert "needs a prompt" in found["prompt_b"]
-    assert "no word" in errors(post(client, "/interpolate", seed_a=1, seed_b=2, prompt="cat", prompt_b="zebra"))[
-        "prompt_b"
-    ]
+    assert (
+        "no word"
+        in errors(post(client, "/interpolate", seed_a=1, seed_b=2, prompt="cat", prompt_b="zebra"))["prompt_b"]
+    )
     tiny = client.post("/interpolate", json={"seed_a": 1, "seed_b": 2, "model": "tiny", "prompt_b": "x"})
     assert "prompt_b" in errors(tiny)
 

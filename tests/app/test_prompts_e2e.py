@@ -32,7 +32,7 @@ def finished(c, job) -> tuple[dict, bytes]:
     return job, c.get(job["image_url"]).content
 
 
-def test_prompted_jobs_keep_their_bytes_alone_batched_on_another_worker_and_from_the_cli(text_stack, tiny_store, tmp_path):
+def test_prompted_jobs_keep_their_bytes_alone_batched_on_two_workers_and_in_the_cli(text_stack, tiny_store, tmp_path):
     mine = {"model": "words", "seed": 21, "steps": 12, "prompt": "Red Heart", "guidance": 3.5}
     others = [
         {"model": "words", "seed": 22, "steps": 12, "prompt": "grinning cat with smiling eyes", "guidance": 7.0},
@@ -71,13 +71,12 @@ def test_prompted_jobs_keep_their_bytes_alone_batched_on_another_worker_and_from
 
 def test_guidance_0_is_the_prompt_free_pixels_and_a_normalised_repeat_is_a_cache_hit(text_stack):
     with text_stack.client() as c:
-        free_job, free = finished(c, c.post("/generate", json={"model": "words", "seed": 5, "steps": 10}).json())
-        zero_job, zero = finished(
-            c, c.post("/generate", json={"model": "words", "seed": 5, "steps": 10, "prompt": "cat face", "guidance": 0}).json()
-        )
+        _, free = finished(c, c.post("/generate", json={"model": "words", "seed": 5, "steps": 10}).json())
+        zero_body = {"model": "words", "seed": 5, "steps": 10, "prompt": "cat face", "guidance": 0}
+        _, zero = finished(c, c.post("/generate", json=zero_body).json())
         assert np.array_equal(decode_png(free), decode_png(zero)) and free != zero
         assert read_parameters(free)["prompt"] is None and read_parameters(zero)["prompt"] == "cat face"
-        repeat = c.post("/generate", json={"model": "words", "seed": 5, "steps": 10, "prompt": " CAT  face ", "guidance": 0})
+        repeat = c.post("/generate", json={**zero_body, "prompt": " CAT  face "})
         assert repeat.status_code == 202 and repeat.json()["status"] == "succeeded"  # answered from the cache
         assert c.get(repeat.json()["image_url"]).content == zero
 

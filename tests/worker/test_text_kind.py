@@ -31,7 +31,7 @@ def test_a_prompted_row_has_the_same_bits_beside_long_short_and_empty_prompts(en
     neighbours = [engine.condition(LONG, 4.0), engine.condition("dog", 1.0), engine.condition(None, None),
                   engine.condition("green apple", 0.0), engine.condition("cat face", 12.0)]  # fmt: skip
     for k in range(len(neighbours) + 1):
-        conditions = neighbours[:k] + [mine] + neighbours[k:]
+        conditions = [*neighbours[:k], mine, *neighbours[k:]]
         seeds = [100 + i for i in range(k)] + [7] + [200 + i for i in range(len(neighbours) - k)]
         etas = [0.5] * k + [0.0] + [1.0] * (len(neighbours) - k)
         batch = x0(engine, seeds, 8, etas, conditions)
