@@ -72,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker: load the model once, then run queued jobs")
     p.add_argument(
-        "--model", action="append", default=None, help="model to serve (repeatable; default $DIFFUSETV_MODELS)"
+        "--model",
+        action="append",
+        default=None,
+        help="model to serve (repeatable; default $DIFFUSETV_MODELS, else every model of the store)",
     )
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(run="diffusetv.commands:worker")
@@ -81,7 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
-        "--model", action="append", default=None, help="model to serve (repeatable; default $DIFFUSETV_MODELS)"
+        "--model",
+        action="append",
+        default=None,
+        help="model to serve (repeatable; default $DIFFUSETV_MODELS, else every model of the store)",
     )
     p.set_defaults(run="diffusetv.commands:up")
 
@@ -113,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # The same options as `python -m bench` (bench/options.py; a test keeps the two in step).
     p = sub.add_parser("bench", help="benchmarks: engine, bf16, against diffusers, through the API, on a GPU")
-    suites = ["engine", "precision", "diffusers", "service", "gpu", "all"]
+    suites = ["engine", "precision", "diffusers", "service", "gpu", "guidance", "all"]
     p.add_argument("suite", nargs="?", choices=suites, default="all")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats; medians are reported (default 3)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20; service 50)")

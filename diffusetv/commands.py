@@ -256,10 +256,26 @@ def worker(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
 
 
+def every_served_model() -> str | None:
+    """The local stack's default: every model of the store that a worker can serve, newest versions, the default
+    model first (the bundled store: emoji32 and emoji32-text). None for an empty store (the worker says why)."""
+    from model_store import Store, kinds
+
+    s = settings()
+    store = Store(s.model_store)
+    names = sorted({m.name for m in store.list() if kinds.is_served(m)})
+    if not names:
+        return None
+    default = s.model.split("@")[0]
+    return ",".join(sorted(names, key=lambda n: (n != default, n)))
+
+
 def up(args: argparse.Namespace) -> int:
     from diffusetv.up import up as run_up
 
     models = ",".join(args.model) if args.model else None
+    if models is None and not os.environ.get("DIFFUSETV_MODELS"):
+        models = every_served_model()
     refused = settings(host=args.host, port=args.port, models=models).exposure_problem()
     if refused:
         raise UserError(refused)
