@@ -1,4 +1,4 @@
-"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|all]`: run benchmarks, print their tables, write JSON."""
+"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|all]`: run benchmarks, print tables, write JSON."""
 
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         default=None,
-        help="model to serve (repeatable; default $DIFFUSETV_MODELS, else every model of the store)",
+        help="model to serve (repeatable; default $DIFFUSETV_MODELS)",
     )
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p.set_defaults(run="diffusetv.commands:worker")
