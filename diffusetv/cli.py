@@ -115,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--subsets", type=int, default=100, help="KID subsets (default 100)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--guidance", type=float, default=None, help="text models: guidance s (default: the model's)")
+    p.add_argument(
+        "--prompt-subset", type=int, default=200, help="text models: training captions sampled (default 200)"
+    )
+    p.add_argument("--picture", default=None, metavar="PNG", help="text models: also write prompts x seeds as a PNG")
     p.set_defaults(run="diffusetv.commands:evaluate")
 
     # The same options as `python -m bench` (bench/options.py; a test keeps the two in step).

@@ -359,13 +359,67 @@ def evaluate(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    figures = {"model": m.ref, "digest": m.digest, "steps": args.steps, "seed": args.seed, **result.to_json()}
+    text = prompt_figures(engine, extractor, train, heldout, args) if engine.model.conditioned else None
+    if text is not None:
+        text.pop("samples")
+        figures["prompts"] = text
+        if args.picture:
+            write_picture(engine, args.picture, args.steps, text["guidance"])
     if args.json:
-        print(
-            json.dumps({"model": m.ref, "digest": m.digest, "steps": args.steps, "seed": args.seed, **result.to_json()})
-        )
+        print(json.dumps(figures))
     else:
         print(ev.format_table(result))
+        if text is not None:
+            from diffusion.prompt_eval import format_prompts
+
+            print(f"\nguidance {text['guidance']}, {args.steps} steps, eta 0")
+            print(format_prompts(text))
     return 0
+
+
+PICTURE_PROMPTS = ("red heart", "blue heart", "cat face", "dog face", "grinning face", "red apple", "sun", "fire")
+PICTURE_SEEDS = 6
+
+
+def write_picture(engine, path: str, steps: int, guidance: float) -> None:
+    """The README's picture: prompts (rows) x seeds (columns), a labelled PNG."""
+    import numpy as np
+
+    from app.core.png import encode_png
+    from diffusion.grid import make_grid
+
+    rows = []
+    for prompt in PICTURE_PROMPTS:
+        condition = engine.condition(prompt, guidance)
+        seeds = list(range(PICTURE_SEEDS))
+        rows.append(engine.generate(seeds, steps, [0.0] * len(seeds), [condition] * len(seeds)))
+    grid = make_grid(np.concatenate(rows), cols=PICTURE_SEEDS)
+    parameters = {"prompts": list(PICTURE_PROMPTS), "seeds": seeds, "steps": steps, "guidance": guidance,
+                  **engine.model_parameters()}  # fmt: skip
+    Path(path).write_bytes(encode_png(grid, parameters))
+    print(f"wrote {path}: {len(PICTURE_PROMPTS)} prompts x {PICTURE_SEEDS} seeds", file=sys.stderr)
+
+
+def prompt_figures(engine, extractor, train, heldout, args) -> dict:
+    """A text model's prompt adherence, colour adherence and prompted KID (diffusion.prompt_eval), at its default
+    guidance unless --guidance."""
+    from diffusion.data import load_captions
+    from diffusion.prompt_eval import evaluate_prompts
+    from model_store.text import TextSpec
+
+    guidance = args.guidance if args.guidance is not None else TextSpec.of(engine.manifest).default_guidance
+    data = Path(args.data)
+
+    def generate(captions, seeds):
+        conditions = [engine.condition(c, guidance) for c in captions]
+        return engine.generate(seeds, args.steps, [0.0] * len(seeds), conditions)
+
+    text = evaluate_prompts(
+        generate, extractor.extract, train, heldout, load_captions(data, "train"), load_captions(data, "heldout"),
+        train_subset=args.prompt_subset, seed=args.seed, subsets=args.subsets,
+    )  # fmt: skip
+    return {"guidance": guidance, **text}
 
 
 def bench(args: argparse.Namespace) -> int:
