@@ -12,12 +12,11 @@
 from __future__ import annotations
 
 import colorsys
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from model_store.vocabulary import words
 
 # Hue ranges in degrees, [start, end) on the colour wheel; red wraps around 0.
 COLOURS: dict[str, tuple[float, float]] = {
@@ -48,7 +47,7 @@ def top_k(ranks: np.ndarray, k: int) -> float:
 
 def colour_word(caption: str) -> str | None:
     """The caption's one chromatic colour word, or None (no colour word, or several)."""
-    found = {w for w in words(caption) if w in COLOURS}
+    found = {w for w in re.findall(r"[a-z]+", caption.lower()) if w in COLOURS}
     return found.pop() if len(found) == 1 else None
 
 
