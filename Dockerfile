@@ -84,7 +84,8 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
     fi \
     && groupadd --system --gid 10001 diffusetv \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/diffusetv \
-       --shell /usr/sbin/nologin diffusetv
+       --shell /usr/sbin/nologin diffusetv \
+    && install -d -o 10001 -g 10001 -m 0750 /var/cache/diffusetv
 
 FROM worker-base AS worker-deps
 # cpu: deploy/locks/worker-cpu.txt; cuda: deploy/locks/worker-cuda.txt.
@@ -118,11 +119,17 @@ LABEL org.opencontainers.image.title="diffusetv-worker" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="python:3.11.14-slim-bookworm"
 COPY --from=worker-build /opt/venv /opt/venv
+# A read-only container writes only to /tmp and to this cache (compose: a volume): torch.compile's and
+# Triton's caches, and whatever else follows XDG_CACHE_HOME.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    XDG_CACHE_HOME=/var/cache/diffusetv \
+    TORCHINDUCTOR_CACHE_DIR=/var/cache/diffusetv/torchinductor \
+    TRITON_CACHE_DIR=/var/cache/diffusetv/triton
 USER 10001:10001
 WORKDIR /home/diffusetv
+VOLUME ["/var/cache/diffusetv"]
 # Healthy means the worker's main loop is making progress: it has loaded its models and is waiting for
 # jobs or running a batch within its deadline (`diffusetv worker --check`, docs/OPERATIONS.md). The
 # start period covers the model load and kernel probe.
