@@ -20,6 +20,7 @@
 # Dependencies are installed before the source is copied, so a code change rebuilds only the last layers,
 # and pip's cache is a BuildKit cache mount, so a lock change downloads only what changed.
 
+# checkov:skip=CKV_DOCKER_7: the base images are these ARGs, pinned by tag and digest; checkov reads `FROM ${...}` as untagged
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 ARG WORKER_BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 

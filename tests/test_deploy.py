@@ -31,10 +31,23 @@ ENV_EXAMPLE = REPO / ".env.example"
 PREFIX = "DIFFUSETV_"
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 # The settings that the API and the workers must agree on (docs/OPERATIONS.md: "read by: both").
-SHARED = ("REDIS_URL", "REDIS_PASSWORD_FILE", "MODEL", "MODELS", "KIND_MODULES", "RESULT_TTL", "JOB_TIMEOUT",
-          "MAX_RETRIES", "HEARTBEAT_S", "LOG_FORMAT")
-SECRET_VALUES = {"redis_password": "r" * 12 + "0123456789abcdef", "redis_admin_password": "a" * 12 + "0123456789abcdef",
-                 "api_keys": "k" * 12 + "0123456789abcdef"}
+SHARED = (
+    "REDIS_URL",
+    "REDIS_PASSWORD_FILE",
+    "MODEL",
+    "MODELS",
+    "KIND_MODULES",
+    "RESULT_TTL",
+    "JOB_TIMEOUT",
+    "MAX_RETRIES",
+    "HEARTBEAT_S",
+    "LOG_FORMAT",
+)
+SECRET_VALUES = {
+    "redis_password": "r" * 12 + "0123456789abcdef",
+    "redis_admin_password": "a" * 12 + "0123456789abcdef",
+    "api_keys": "k" * 12 + "0123456789abcdef",
+}
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -224,7 +237,9 @@ def test_base_images_are_pinned_by_digest(profiles):
     assert arg_default(text, "WORKER_BASE_IMAGE") == arg_default(text, "PYTHON_IMAGE")
     project = profiles["gpu"]
     assert DIGEST.search(project["services"]["redis"]["image"])
-    assert project["services"]["worker-gpu-0"]["build"]["args"]["WORKER_BASE_IMAGE"] == arg_default(text, "PYTHON_IMAGE")
+    assert project["services"]["worker-gpu-0"]["build"]["args"]["WORKER_BASE_IMAGE"] == arg_default(
+        text, "PYTHON_IMAGE"
+    )
 
 
 def test_images_carry_oci_labels_and_compose_names_them(profiles):
@@ -241,7 +256,17 @@ def test_images_carry_oci_labels_and_compose_names_them(profiles):
 
 def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build():
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
-    assert {".git", ".venv", "runs", "data", "test-artifacts", ".env", "secrets", "deploy/*", "!deploy/locks"} <= ignored
+    assert {
+        ".git",
+        ".venv",
+        "runs",
+        "data",
+        "test-artifacts",
+        ".env",
+        "secrets",
+        "deploy/*",
+        "!deploy/locks",
+    } <= ignored
     assert "README.md" not in ignored  # pyproject.toml's readme: the build needs it
     assert "secrets/" in (REPO / ".gitignore").read_text().splitlines()
 
@@ -353,7 +378,7 @@ def test_no_secret_is_in_an_environment_or_a_command(profiles):
         for name, value in SECRET_VALUES.items():
             assert value not in text, f"{name} appears in a service definition (docker inspect would show it)"
         for name, service in project["services"].items():
-            for key, value in (service.get("environment") or {}).items():
+            for key in service.get("environment") or {}:
                 assert not re.search(r"PASSWORD$|API_KEYS$|AUTH$", key), f"{name}: {key} is a secret in the environment"
         services = project["services"]
         assert {s["source"] for s in services["api"]["secrets"]} == {"redis_password", "api_keys"}
@@ -407,18 +432,26 @@ def redis_with_acl(tmp_path: Path, secrets: dict[str, str]) -> tuple[subprocess.
     for name, value in secrets.items():
         (folder / name).write_text(value + "\n")
     port = free_port()
-    env = {**os.environ, "SECRETS_DIR": str(folder), "ACL_FILE": str(tmp_path / "users.acl"),
-           "REDIS_SERVER": redis_server_binary()}
+    env = {
+        **os.environ,
+        "SECRETS_DIR": str(folder),
+        "ACL_FILE": str(tmp_path / "users.acl"),
+        "REDIS_SERVER": redis_server_binary(),
+    }
     log = (tmp_path / "redis.log").open("wb")
     proc = subprocess.Popen(
         ["sh", str(REDIS_START), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", ""],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     return proc, port, tmp_path / "redis.log"
 
 
 def test_the_redis_start_script_refuses_placeholders(tmp_path):
-    proc, _, log = redis_with_acl(tmp_path, {**SECRET_VALUES, "redis_password": "change-me-to-a-long-random-hex-string"})
+    proc, _, log = redis_with_acl(
+        tmp_path, {**SECRET_VALUES, "redis_password": "change-me-to-a-long-random-hex-string"}
+    )
     assert proc.wait(10) == 1
     assert "placeholder" in log.read_text()
 
@@ -448,9 +481,12 @@ def test_the_services_acl_user_runs_a_job_and_nothing_dangerous(tmp_path, tiny_s
                 service.execute_command(*command)
         password_file = tmp_path / "redis_password"
         password_file.write_text(SECRET_VALUES["redis_password"] + "\n")
-        env = stack_env(f"redis://diffusetv@127.0.0.1:{port}/0", tiny_store.root,
-                        DIFFUSETV_REDIS_PASSWORD_FILE=str(password_file),
-                        DIFFUSETV_HEALTH_FILE=str(tmp_path / "worker.health"))
+        env = stack_env(
+            f"redis://diffusetv@127.0.0.1:{port}/0",
+            tiny_store.root,
+            DIFFUSETV_REDIS_PASSWORD_FILE=str(password_file),
+            DIFFUSETV_HEALTH_FILE=str(tmp_path / "worker.health"),
+        )
         stack = Stack(env, free_port(), tmp_path)
         stack.start_worker()
         stack.start_api()
@@ -522,20 +558,22 @@ def test_redis_memory_leaves_room_for_the_aof_rewrite(profiles, tmp_path, secret
 
 def test_the_bundled_store_is_the_default_and_an_external_one_must_exist(profiles, tmp_path, secrets_dir):
     for name, service in profiles["cpu"]["services"].items():
-        assert f"{PREFIX}MODEL_STORE" not in (service.get("environment") or {}), f"{name}: the image's store is the default"
+        assert f"{PREFIX}MODEL_STORE" not in (service.get("environment") or {}), (
+            f"{name}: the image's store is the default"
+        )
         assert not [v for v in service.get("volumes") or [] if v["type"] == "bind"], f"{name}: a bind mount by default"
     missing = compose_run(tmp_path, secrets_dir, files=(COMPOSE, STORE_OVERRIDE), COMPOSE_PROFILES="cpu")
     assert missing.returncode != 0 and "MODEL_STORE_PATH" in missing.stderr
     store = tmp_path / "store"
     store.mkdir()
-    project = config(tmp_path, secrets_dir, files=(COMPOSE, STORE_OVERRIDE), COMPOSE_PROFILES="cpu",
-                     MODEL_STORE_PATH=str(store))
+    project = config(
+        tmp_path, secrets_dir, files=(COMPOSE, STORE_OVERRIDE), COMPOSE_PROFILES="cpu", MODEL_STORE_PATH=str(store)
+    )
     for name in ("api", "worker"):
         service = project["services"][name]
         (mount,) = [v for v in service["volumes"] if v["target"] == "/models"]
         assert (mount["type"], mount["source"], mount["read_only"]) == ("bind", str(store), True), mount
         # Compose leaves out a false create_host_path; true would make a missing store an empty folder.
         assert not mount.get("bind", {}).get("create_host_path"), "a missing store must fail, not become a folder"
-    assert STORE_OVERRIDE.read_text().count("create_host_path: false") == 1
         assert service["environment"][f"{PREFIX}MODEL_STORE"] == "/models"
-
+    assert len(re.findall(r"^\s+create_host_path: false$", STORE_OVERRIDE.read_text(), flags=re.MULTILINE)) == 1

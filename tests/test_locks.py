@@ -39,7 +39,9 @@ IMAGE_PLATFORM = {
 def lock_pins(name: str) -> dict[str, tuple[Version, list[str], str]]:
     """Package -> (version, its sha256 hashes, its marker) of one lock file."""
     text = (LOCKS / f"{name}.txt").read_text()
-    entries = re.split(r"\n(?=[A-Za-z0-9])", "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#")))
+    entries = re.split(
+        r"\n(?=[A-Za-z0-9])", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    )
     pins = {}
     for entry in filter(str.strip, entries):
         head = entry.split("\\")[0].strip()
@@ -69,7 +71,9 @@ def test_every_lock_pins_and_hashes_everything_within_the_project_bounds(image):
         name = canonicalize_name(requirement.name)
         assert name in pins, f"{image}.txt lacks {requirement}"
         version = pins[name][0]
-        assert requirement.specifier.contains(version, prereleases=True), f"{image}.txt: {name}=={version} ∉ {requirement}"
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{image}.txt: {name}=={version} ∉ {requirement}"
+        )
     assert "setuptools" in pins, "the build backend is locked too (the project installs with --no-build-isolation)"
 
 
@@ -79,7 +83,9 @@ def test_the_api_lock_has_no_torch_numpy_or_pillow():
     # ...because app/ never imports them: the API image is checked at build time by the same import.
     for path in (REPO / "app").rglob("*.py"):
         text = path.read_text()
-        assert not re.search(r"^\s*(import|from)\s+(numpy|PIL|torch)\b", text, flags=re.MULTILINE) or path.name == "png.py"
+        assert (
+            not re.search(r"^\s*(import|from)\s+(numpy|PIL|torch)\b", text, flags=re.MULTILINE) or path.name == "png.py"
+        )
 
 
 def test_rq_is_bounded_to_the_release_whose_api_the_worker_calls():
@@ -142,11 +148,29 @@ def image_environment(tmp_path: Path, lock: str) -> Path:
     assert install.returncode == 0, install.stderr[-4000:]
     # What `COPY . /src` gets (.dockerignore keeps tests, docs and local state out).
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "tests", "docs", "deploy", "runs", "data",
-                                                            "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "tests",
+            "docs",
+            "deploy",
+            "runs",
+            "data",
+            "build",
+            "*.egg-info",
+            "__pycache__",
+            ".pytest_cache",
+        ),
+    )
     project = subprocess.run(
         [*pip, "install", "--no-deps", "--no-build-isolation", "--no-cache-dir", str(src)],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert project.returncode == 0, project.stderr[-4000:]
     check = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=120)
@@ -157,7 +181,12 @@ def image_environment(tmp_path: Path, lock: str) -> Path:
 def run_in(python: Path, code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",) and not k.startswith("DIFFUSETV_")}
     return subprocess.run(
-        [str(python), "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"}
+        [str(python), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**env, "OMP_NUM_THREADS": "1"},
     )
 
 
@@ -174,7 +203,9 @@ def test_the_api_lock_builds_an_environment_that_serves(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:2] == ["[]", "[]"], proc.stdout  # nothing imported, nothing installed
-    help_ = subprocess.run([str(python.parent / "diffusetv"), "api", "--help"], capture_output=True, text=True, timeout=60)
+    help_ = subprocess.run(
+        [str(python.parent / "diffusetv"), "api", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert help_.returncode == 0 and "--port" in help_.stdout, help_.stderr
 
 

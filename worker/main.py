@@ -20,8 +20,8 @@ from app.core import keys
 from app.core.redis import connect_sync, wait_for_redis
 from app.core.runs import fail_jobs
 from app.core.settings import Settings, get_settings
-from model_store import Store, kinds
 from diffusetv.logs import configure_logging
+from model_store import Store, kinds
 from worker import health, jobs, registry
 from worker.engine import load_engine
 from worker.heartbeat import Heartbeat, claim_engines

@@ -7,7 +7,6 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -75,7 +74,7 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _redis_password(cls, values):
-        """DIFFUSETV_REDIS_PASSWORD_FILE: its first line becomes the password of REDIS_URL (user, host, db from the URL)."""
+        """DIFFUSETV_REDIS_PASSWORD_FILE: its first line becomes REDIS_URL's password (user, host, db: the URL's)."""
         if not isinstance(values, dict) or not values.get("redis_password_file") or not values.get("redis_url"):
             return values
         path = Path(values["redis_password_file"])
@@ -173,7 +172,9 @@ PLACEHOLDERS = ("change-me", "changeme", "replace-me", "placeholder")  # words o
 def placeholder_problem(secret: str, min_length: int = 16) -> str | None:
     """Why a password or key is an example's placeholder rather than a generated secret, or None."""
     if any(word in secret.lower() for word in PLACEHOLDERS):
-        return "that is a placeholder, not a generated secret (python3 -c 'import secrets; print(secrets.token_hex(24))')"
+        return (
+            "that is a placeholder, not a generated secret (python3 -c 'import secrets; print(secrets.token_hex(24))')"
+        )
     if len(secret) < min_length:
         return f"a secret must be at least {min_length} characters"
     return None

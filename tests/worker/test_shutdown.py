@@ -51,7 +51,7 @@ def namespace_init(unshare: subprocess.Popen, timeout: float = 10) -> int:
         children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children").read_text().split()
         if children:
             status = Path(f"/proc/{children[0]}/status").read_text()
-            nspid = [line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")][0]
+            nspid = next(line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:"))
             assert nspid[-1] == "1", f"not PID 1 in its namespace: {nspid}"
             return int(children[0])
         time.sleep(0.02)
