@@ -310,6 +310,16 @@ def test_one_gpu_per_gpu_worker_by_device_id(profiles):
     assert profiles["cpu"]["services"]["worker"]["environment"]["DIFFUSETV_DEVICE"] == "cpu"
 
 
+def test_eight_gpus_get_eight_devices(tmp_path, secrets_dir):
+    profiles_ = ",".join(["gpu"] + [f"gpu{i}" for i in range(1, 8)])
+    project = config(
+        tmp_path, secrets_dir, files=(COMPOSE, REPO / "deploy/compose/more-gpus.yml"), COMPOSE_PROFILES=profiles_
+    )
+    devices = {n: s["deploy"]["resources"]["reservations"]["devices"] for n, s in workers(project).items()}
+    assert sorted(d["device_ids"][0] for (d,) in devices.values()) == [str(i) for i in range(8)], devices
+    assert all(s["environment"]["DIFFUSETV_DEVICE"] == "cuda" for s in workers(project).values())
+
+
 def test_gpu_batch_and_precision_come_from_env(tmp_path, secrets_dir):
     project = config(tmp_path, secrets_dir, COMPOSE_PROFILES="gpu", GPU_MAX_BATCH_SIZE="256", GPU_PRECISION="bf16")
     env = project["services"]["worker-gpu-0"]["environment"]
