@@ -587,3 +587,21 @@ def test_the_bundled_store_is_the_default_and_an_external_one_must_exist(profile
         assert not mount.get("bind", {}).get("create_host_path"), "a missing store must fail, not become a folder"
         assert service["environment"][f"{PREFIX}MODEL_STORE"] == "/models"
     assert len(re.findall(r"^\s+create_host_path: false$", STORE_OVERRIDE.read_text(), flags=re.MULTILINE)) == 1
+
+
+def test_the_build_time_torch_check_refuses_the_wrong_build():
+    """The worker-deps check, run here against this environment's torch (the CPU build of TORCH_VERSION)."""
+    step = next(s for s in instructions(dockerfile_stages()["worker-deps"]) if "torch.version.cuda" in s)
+    code = re.search(r'python -c "(.+?)" "\$TORCH_VERSION" "\$TORCH_CUDA"', step).group(1)
+    version = arg_default(DOCKERFILE.read_text(), "TORCH_VERSION")
+
+    def check(*args: str) -> int:
+        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120).returncode
+
+    import torch
+
+    require(torch.version.cuda is None, "this check runs against a CPU build of torch")
+    assert torch.__version__.split("+")[0] == version, torch.__version__
+    assert check(version, "none") == 0
+    assert check(version, "13.0") != 0, "a CPU build must not pass for a CUDA image"
+    assert check("2.12.0", "none") != 0, "another torch version must not pass"
