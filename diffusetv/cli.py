@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         help="model to serve (repeatable; default $DIFFUSETV_MODELS)",
     )
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="health check: exit 0 when this host's worker has its models loaded and its main loop is within its "
+        "deadline, else 1 (the container health check)",
+    )
     p.set_defaults(run="diffusetv.commands:worker")
 
     p = sub.add_parser("up", help="the local stack: Redis (embedded unless DIFFUSETV_REDIS_URL), a worker, the API")

@@ -241,11 +241,33 @@ def api(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     logging.getLogger("uvicorn.access").addFilter(quiet_health_checks)
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=5)
+    log_config = uvicorn.config.LOGGING_CONFIG
+    if s.log_format == "json":  # uvicorn's loggers propagate to the root logger's JSON handler instead
+        from diffusetv.logs import configure_logging
+
+        configure_logging("json")
+        log_config = None
+    uvicorn.run(
+        create_app(s), host=s.host, port=s.port, log_level="info", log_config=log_config, timeout_graceful_shutdown=5
+    )
     return 0
 
 
+def stop_during_start_up(signum, frame) -> None:
+    """SIGTERM before RQ's loop takes over (model load, waiting for Redis): nothing is running, so exit now."""
+    print("diffusetv worker: SIGTERM during start-up; exiting", file=sys.stderr)
+    raise SystemExit(0)
+
+
 def worker(args: argparse.Namespace) -> int:
+    # First, before torch is imported: as PID 1 in a container, a signal without a handler is ignored, so
+    # `docker stop` during the model load would wait out the whole grace period. RQ's loop later installs
+    # its own handler (finish the batch, then exit).
+    import signal
+
+    signal.signal(signal.SIGTERM, stop_during_start_up)
+    if args.check:
+        return worker_check()
     from worker.heartbeat import EngineConflict
     from worker.main import run
 
@@ -268,6 +290,15 @@ def every_served_model() -> str | None:
         return None
     default = s.model.split("@")[0]
     return ",".join(sorted(names, key=lambda n: (n != default, n)))
+
+
+def worker_check() -> int:
+    """`diffusetv worker --check`: 0 when the worker's main loop is within its deadline (worker/health.py)."""
+    from worker.health import problem
+
+    found = problem(settings().health_file)
+    print(found or "ok", file=sys.stderr if found else sys.stdout)
+    return 1 if found else 0
 
 
 def up(args: argparse.Namespace) -> int:
