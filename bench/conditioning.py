@@ -62,7 +62,8 @@ def run(repeats: int = 7, threads: int | None = None, batch: int = 16) -> dict:
         plain(x, v), text.denoise(x, v, c)  # warm-up
         for r in range(repeats):
             pair = {}
-            for name, call in (("plain", lambda: plain(x, v)), ("film", lambda: text.denoise(x, v, c)))[:: 1 - 2 * (r % 2)]:
+            calls = (("plain", lambda: plain(x, v)), ("film", lambda: text.denoise(x, v, c)))
+            for name, call in calls[:: 1 - 2 * (r % 2)]:  # which goes first alternates
                 started = time.perf_counter()
                 for _ in range(5):
                     call()
@@ -89,10 +90,10 @@ def format_result(r: dict) -> str:
     return "\n".join(
         [
             f"U-Net: {r['unet_parameters']:,} parameters, {r['unet_flops'] / 1e6:.1f} MFLOPs per image-step",
-            f"FiLM (built):            +{r['film_parameters']:,} parameters ({pct(r['film_parameters'], r['unet_parameters'])}), "
+            f"FiLM (built): +{r['film_parameters']:,} parameters ({pct(r['film_parameters'], r['unet_parameters'])}), "
             f"+{r['film_flops'] / 1e6:.3f} MFLOPs ({pct(r['film_flops'], r['unet_flops'])}); "
             f"batch-{r['batch']} forward {r['film_time_ratio']:.3f}x the unconditioned one (median of {r['repeats']})",
-            f"text encoder (shared):   {r['text_encoder_parameters']:,} parameters, run once per prompt",
+            f"text encoder (shared): {r['text_encoder_parameters']:,} parameters, run once per prompt",
             f"cross-attention (8x8, 4x4; computed): +{r['cross_attention_parameters']:,} parameters "
             f"({pct(r['cross_attention_parameters'], r['unet_parameters'])}), "
             f"+{r['cross_attention_flops'] / 1e6:.2f} MFLOPs ({pct(r['cross_attention_flops'], r['unet_flops'])})",
