@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 
 from app import models, schemas
@@ -53,10 +55,18 @@ def healthz() -> schemas.Health:
 @router.get(
     "/readyz", response_model=schemas.Health, responses={503: {"model": schemas.Health}, **schemas.error_responses(429)}
 )
-def readyz(redis: RedisDep, store: StoreDep, settings: SettingsDep) -> Response:
+def readyz(
+    redis: RedisDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    scope: Annotated[Literal["service", "api"], Query(description="api: this API instance can serve")] = "service",
+) -> Response:
     """Readiness: Redis answers and live workers have every model of DIFFUSETV_MODELS loaded (O(1) in Redis's
-    other keys)."""
+    other keys). `scope=api`: Redis answers, so this API instance can take requests (for load balancers and API
+    pods, whose readiness must not wait for workers)."""
     redis.ping()
+    if scope == "api":
+        return JSONResponse({"status": "ready", "detail": {"scope": "api"}})
     wanted = []
     for ref in settings.served_models:
         try:

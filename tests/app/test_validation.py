@@ -126,6 +126,9 @@ def test_readyz_is_503_without_a_worker(client, redis_server):
     assert r.status_code == 503 and r.json()["detail"] == {"models": {"tiny@1": False}, "workers": 0, "serving": 0}
     assert int(r.headers["Retry-After"]) > 0
     assert client.get("/healthz").status_code == 200
+    api = client.get("/readyz", params={"scope": "api"})  # an API pod is ready without workers: Redis answers
+    assert api.status_code == 200 and api.json() == {"status": "ready", "detail": {"scope": "api"}}
+    assert client.get("/readyz", params={"scope": "nope"}).status_code == 422
 
 
 def test_redis_down_is_503_with_retry_after(tiny_store):
@@ -137,6 +140,7 @@ def test_redis_down_is_503_with_retry_after(tiny_store):
             lambda: c.post("/generate", json={"seed": 1}),
             lambda: c.get(f"/jobs/{'a' * 32}"),
             lambda: c.get("/readyz"),
+            lambda: c.get("/readyz", params={"scope": "api"}),
         ):
             r = call()
             assert r.status_code == 503 and r.headers["Retry-After"] == "2"
