@@ -58,6 +58,14 @@ def offered(store: Store) -> list[Manifest]:
     return [m for m in store.list() if kinds.is_served(m)]
 
 
+def every_served(store: Store, default: str) -> list[str]:
+    """The names of every model of the store a worker can serve, the default first (the local stack serves them
+    all: `diffusetv up`)."""
+    names = {m.name for m in offered(store)}
+    first = default.split("@")[0]
+    return sorted(names, key=lambda n: (n != first, n))
+
+
 def describe(manifest: Manifest) -> dict:
     """A model's entry in `GET /models`, without `default` and `served`."""
     entry = kinds.of(manifest).describe(manifest)

@@ -281,15 +281,11 @@ def worker(args: argparse.Namespace) -> int:
 def every_served_model() -> str | None:
     """The local stack's default: every model of the store that a worker can serve, newest versions, the default
     model first (the bundled store: emoji32 and emoji32-text). None for an empty store (the worker says why)."""
-    from model_store import Store, kinds
+    from app.models import every_served
+    from model_store import Store
 
     s = settings()
-    store = Store(s.model_store)
-    names = sorted({m.name for m in store.list() if kinds.is_served(m)})
-    if not names:
-        return None
-    default = s.model.split("@")[0]
-    return ",".join(sorted(names, key=lambda n: (n != default, n)))
+    return ",".join(every_served(Store(s.model_store), s.model)) or None
 
 
 def worker_check() -> int:

@@ -30,8 +30,12 @@ def test_the_docs_mark_their_runnable_examples():
 
 @pytest.fixture
 def bundled_stack(redis_server, tmp_path):
-    """A worker and an API serving the bundled models, as `make run` does."""
-    s = Stack(stack_env(redis_server.url, BUNDLED, model="emoji32"), free_port(), tmp_path)
+    """A worker and an API serving every bundled model, as `make run` does."""
+    from app.models import every_served
+    from model_store import Store
+
+    models = ",".join(every_served(Store(BUNDLED), "emoji32"))
+    s = Stack(stack_env(redis_server.url, BUNDLED, model="emoji32", DIFFUSETV_MODELS=models), free_port(), tmp_path)
     s.start_worker()
     s.start_api()
     try:
