@@ -30,3 +30,14 @@ def test_only_served_kinds_are_offered_and_described(tiny_store):
     entry = models.describe(tiny_store.resolve("tiny@1"))
     assert entry["kind"] == "ddim-unet" and entry["shape"] == {"height": 16, "width": 16, "channels": 3}
     assert entry["identity"] == tiny_store.resolve("tiny@1").identity and entry["max_steps"] == 1000
+
+
+def test_the_local_stack_serves_every_servable_model_default_first(tiny_store):
+    from app.models import every_served
+    from helpers import several_models
+
+    several_models(tiny_store)  # beside tiny: toy (a test kind), lonely (a U-Net), odd (an unregistered kind)
+    import toy_kind  # noqa: F401  registers toy-linear, as DIFFUSETV_KIND_MODULES would
+
+    assert every_served(tiny_store, "tiny") == ["tiny", "lonely", "toy"]
+    assert every_served(tiny_store, "toy@1") == ["toy", "lonely", "tiny"]
