@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from model_store.errors import ModelStoreError
@@ -48,7 +49,7 @@ class Manifest:
     def digest(self) -> str:
         return self.sha256
 
-    @property
+    @cached_property
     def identity(self) -> str:
         """sha256 of the weights' sha256 and a canonical JSON of every output-relevant field (DESIGN.md):
         two versions that differ in anything that decides their output never share an identity."""

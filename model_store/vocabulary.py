@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import cached_property
 
 PAD, START = 0, 1  # word ids start after these
 FIRST_WORD = 2
@@ -58,8 +59,12 @@ class Vocabulary:
         """Number of ids, PAD and START included: the embedding table's rows."""
         return FIRST_WORD + len(self.words)
 
+    @cached_property
+    def ids(self) -> dict[str, int]:
+        return {w: FIRST_WORD + i for i, w in enumerate(self.words)}
+
     def encode(self, prompt: str) -> Encoded:
-        ids = {w: FIRST_WORD + i for i, w in enumerate(self.words)}
+        ids = self.ids
         found = words(prompt)
         known = [w for w in found if w in ids][: self.tokens - 1]
         tokens = [START, *(ids[w] for w in known)]

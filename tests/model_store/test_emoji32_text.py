@@ -1,0 +1,54 @@
+"""The bundled text model, emoji32-text: verified, its vocabulary is its training captions', and it draws colours
+that its prompts name (the red heart of docs/API.md)."""
+
+import numpy as np
+import pytest
+
+from helpers import require_prerequisite
+from model_store import Store
+from model_store.store import BUNDLED
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from worker.engine import load_engine
+
+    return load_engine("emoji32-text", Store(BUNDLED), device="cpu")
+
+
+def test_committed_text_model_verifies_and_records_its_recipe():
+    from model_store.text import TextSpec
+
+    manifest = Store(BUNDLED).verify("emoji32-text")
+    assert manifest.kind == "ddim-unet-text" and manifest.weights_path.stat().st_size < 20 * 1024 * 1024
+    spec = TextSpec.of(manifest)
+    assert len(spec.captions) == 1260 and "red heart" in spec.captions
+    assert manifest.config["text_vocab"] == len(spec.vocabulary.words) + 2
+    assert 0 < spec.default_guidance <= 20
+    training = manifest.training
+    assert training["steps"] > 0 and training["recipe"]["command"].startswith("diffusetv train")
+    assert training["init"].startswith("emoji32@1 sha256:") and training["prompt_dropout"] == 0.15
+
+
+def test_the_vocabulary_is_the_training_captions_words():
+    require_prerequisite("emoji-font")
+    from diffusion import emoji
+    from model_store.text import TextSpec
+    from model_store.vocabulary import Vocabulary
+
+    data = emoji.build(emoji.DEFAULT_FONT, 32)
+    spec = TextSpec.of(Store(BUNDLED).resolve("emoji32-text"))
+    assert list(spec.captions) == list(data["train_captions"])
+    assert spec.vocabulary == Vocabulary.build(list(data["train_captions"]), spec.vocabulary.tokens)
+
+
+def test_the_red_heart_of_the_docs_is_red_and_a_blue_heart_is_blue(engine):
+    from diffusion.prompt_eval import dominant_hue, hue_name
+
+    for prompt, colour in (("red heart", "red"), ("blue heart", "blue")):
+        image = engine.generate([1], 50, [0.0], [engine.condition(prompt, engine.model.text.default_guidance)])[0]
+        hue = dominant_hue(image)
+        assert hue is not None and hue_name(hue) == colour, (prompt, hue)
+        assert np.mean(image.min(axis=-1) > 230) > 0.2  # a glyph on white, not a colour field
