@@ -53,19 +53,36 @@ def save_model(
     kind: str = UNET_KIND,
 ) -> Manifest:
     """Write the weights and manifest as the next version of `name`, atomically. `net.config` has `to_dict()`."""
-    version = store.next_version(name)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    data = save_safetensors(state)
+    return save_state(store, name, state, net.config.to_dict(), schedule, mean, std, training, kind)
+
+
+def save_state(
+    store: Store,
+    name: str,
+    state: dict[str, torch.Tensor],
+    config: dict,
+    schedule: str,
+    mean: list[float],
+    std: list[float],
+    training: dict,
+    kind: str = UNET_KIND,
+    extras: dict | None = None,
+) -> Manifest:
+    """Write a state dict (as safetensors) and its manifest as the next version of `name`, atomically."""
+    version = store.next_version(name)
+    data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
     manifest = Manifest(
         name=name,
         version=version,
-        config=net.config.to_dict(),
+        config=config,
         schedule=schedule,
         mean=list(mean),
         std=list(std),
         sha256=sha256_bytes(data),
         training=training,
         kind=kind,
+        extras=dict(extras or {}),
     )
     final = store.root / name / str(version)
     final.parent.mkdir(parents=True, exist_ok=True)

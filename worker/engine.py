@@ -98,7 +98,7 @@ class Engine:
 
     def generate(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> np.ndarray:
         """(B, H, W, C) uint8 final images."""
-        return self.pixels(last_step(self.run(seeds, steps, etas)).x0_pred)
+        return self.pixels(self.model.final(last_step(self.run(seeds, steps, etas))))
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         return self.model.pixels(x0)
