@@ -38,6 +38,12 @@ def sample(args: argparse.Namespace) -> int:
     from model_store import kinds
 
     kinds.load_modules(settings().extra_kind_modules)
+    from model_store import Store
+
+    manifest = Store().resolve(args.model or default_model())
+    bound = kinds.served(manifest).steps_bound(manifest)
+    if args.steps > bound:
+        raise UserError(f"--steps: {manifest.ref} runs at most {bound} steps (got {args.steps})")
     engine = load_engine(
         args.model or default_model(), device=args.device, precision=args.precision, compile=args.compile
     )
