@@ -1,4 +1,4 @@
-"""The `diffusetv` command: sample, train, publish, import, models, data, features, eval, bench. Heavy imports per command."""
+"""The `diffusetv` command: sample, train, publish, import, models, up, bench and more. Heavy imports per command."""
 
 from __future__ import annotations
 

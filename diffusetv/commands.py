@@ -99,7 +99,12 @@ def warm_start_weights(ref: str) -> dict:
 
     manifest = Store().resolve(ref)
     state = read_state(manifest, UNET_KIND)
-    return {"ref": f"{manifest.ref} sha256:{manifest.digest}", "state": state, "mean": manifest.mean, "std": manifest.std}
+    return {
+        "ref": f"{manifest.ref} sha256:{manifest.digest}",
+        "state": state,
+        "mean": manifest.mean,
+        "std": manifest.std,
+    }
 
 
 def caption_prompts(data: str, tokens: int):

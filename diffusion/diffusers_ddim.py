@@ -22,6 +22,7 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 SPACINGS = ("leading", "trailing", "linspace")
 
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """The DDIMScheduler settings that decide a run (thresholding is refused at import, so it is not here)."""

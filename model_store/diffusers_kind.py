@@ -51,7 +51,9 @@ def ddim_scheduler(config: dict, where: str = "scheduler config") -> tuple[dict,
         if key == "beta_schedule" and resolved["trained_betas"] is not None:
             continue
         if resolved[key] not in allowed:
-            raise ModelStoreError(f"{where}: {key} {resolved[key]!r} is not supported (supported: {', '.join(allowed)})")
+            raise ModelStoreError(
+                f"{where}: {key} {resolved[key]!r} is not supported (supported: {', '.join(allowed)})"
+            )
     T = resolved["num_train_timesteps"]
     if not isinstance(T, int) or T < 1:
         raise ModelStoreError(f"{where}: num_train_timesteps must be a positive integer, got {T!r}")

@@ -29,7 +29,9 @@ class Kind:
     conditioning: str = "none"  # "none" or "text"
     fields: frozenset[str] = frozenset()  # request fields beyond seed, steps, eta, model and previews
     max_steps: int = MAX_STEPS
-    limit: Callable[[dict], int] | None = None  # a per-model step bound, from the manifest's extras (e.g. its scheduler)
+    limit: Callable[[dict], int] | None = (
+        None  # a per-model step bound, from the manifest's extras (e.g. its scheduler)
+    )
 
     def steps_bound(self, manifest: Manifest) -> int:
         """The most DDIM steps this model runs: the kind's bound, or less where the model's own settings say so."""

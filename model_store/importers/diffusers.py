@@ -90,7 +90,9 @@ def find_folders(source: Path, scheduler: Path | None) -> tuple[Path, Path, str]
         what = str(read_json(index_file).get("_class_name", "pipeline"))
     elif (source / "config.json").is_file():
         if scheduler is None:
-            raise ModelStoreError(f"{source}: a UNet2DModel folder needs --scheduler FILE_OR_DIR (its scheduler config)")
+            raise ModelStoreError(
+                f"{source}: a UNet2DModel folder needs --scheduler FILE_OR_DIR (its scheduler config)"
+            )
         unet_dir, scheduler_file, what = source, scheduler, "UNet2DModel folder"
     else:
         raise ModelStoreError(f"{source}: neither a pipeline (model_index.json) nor a UNet2DModel folder (config.json)")

@@ -8,12 +8,12 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from diffusers_models import pipeline_image, quantised, saturation, save_pipeline, tiny_unet  # noqa: E402
+from diffusers_models import pipeline_image, quantised, saturation, save_pipeline, tiny_unet
 
-from diffusion.ddim import last_step  # noqa: E402
-from model_store import Store  # noqa: E402
-from model_store.importers.diffusers import import_diffusers  # noqa: E402
-from worker.engine import load_engine  # noqa: E402
+from diffusion.ddim import last_step
+from model_store import Store
+from model_store.importers.diffusers import import_diffusers
+from worker.engine import load_engine
 
 SCHEDULERS = {
     # DDPMScheduler's own defaults (as google/ddpm-cifar10-32 has): DDIMPipeline reads them with from_config

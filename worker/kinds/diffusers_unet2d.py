@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from diffusion import diffusers_ddim
-from diffusion.diffusers_unet import UNet2DNetwork, unet2d
 from diffusion.ddim import GridStep, Step
 from diffusion.denoiser import denormalised_pixels
+from diffusion.diffusers_unet import UNet2DNetwork, unet2d
 from model_store import ModelStoreError
 from model_store.diffusers_kind import KIND
 from model_store.weights import read_state
