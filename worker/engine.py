@@ -18,7 +18,7 @@ import torch
 
 from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
-from diffusion.kernels import Probe
+from diffusion.kernels import Probe, reference_rows, row_flops
 from model_store import Manifest, ModelStoreError, Store
 from worker.kinds import KindModel, model_for
 
@@ -153,5 +153,8 @@ def load_engine(
         compile=compile,
         time_input=model.time_input,
     )
-    found = denoiser.calibrate(model.shape, REFERENCE_ROWS[device], COMPILED_SIZES if compile else None)
+    reference = REFERENCE_ROWS[device]
+    if device == "cpu":  # a large network calls one row at a time (diffusion.kernels.reference_rows)
+        reference = reference_rows(row_flops(lambda x, t: net(x, model.time_input(t)), model.shape), device, reference)
+    found = denoiser.calibrate(model.shape, reference, COMPILED_SIZES if compile else None)
     return Engine(manifest, model, denoiser, device, precision, found)
