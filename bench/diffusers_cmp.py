@@ -129,6 +129,42 @@ def compare(engine, pipe, batch: int, steps: int, repeats: int) -> dict:
     }
 
 
+def profile(engine, unet, batch: int, steps: int = 2) -> dict:
+    """Where the time goes: our share of a run spent in network calls, and one call of their UNet per row at
+    1 row and at `batch` rows (the ceiling of one-row calls is the ratio of the two)."""
+    network, spent = engine.denoiser.network, [0.0]
+
+    def timed(x, t):
+        started = time.perf_counter()
+        out = network(x, t)
+        spent[0] += time.perf_counter() - started
+        return out
+
+    engine.denoiser.network = timed
+    try:
+        total = engine_seconds(engine, batch, steps)
+    finally:
+        engine.denoiser.network = network
+    size = unet.config.sample_size
+    x, t = torch.randn(batch, unet.config.in_channels, size, size), torch.full((batch,), 500)
+
+    def call_s(rows: int) -> float:
+        with torch.inference_mode():
+            unet(x[:rows], t[:rows])
+            started = time.perf_counter()
+            unet(x[:rows], t[:rows])
+            return time.perf_counter() - started
+
+    one, many = call_s(1), call_s(batch) / batch
+    return {
+        "batch": batch,
+        "network_share": spent[0] / total,
+        "their_row_s_at_1": one,
+        "their_row_s_at_batch": many,
+        "one_row_ceiling": many / one,
+    }
+
+
 def run(
     repeats: int = DEFAULTS["repeats"],
     steps: int = DEFAULTS["steps"],
@@ -145,6 +181,7 @@ def run(
         engine, load_s = imported_engine(unet, Path(tmp))
         pipe = their_pipeline(unet)
         rows = [compare(engine, pipe, batch, steps, repeats) for batch in batches]
+        where = profile(engine, unet, max(batches))
         probe = engine.probe
     return {
         "threads": n_threads,
@@ -158,10 +195,12 @@ def run(
         "kept_sizes": list(probe.shapes.sizes),
         "rejected_sizes": list(probe.rejected),
         "rows": rows,
+        "profile": where,
     }
 
 
 def format_result(res: dict) -> str:
+    p = res["profile"]
     headers = ["batch", "ours images/s", "theirs images/s", "ours/theirs", "our calls (rows)"]
     rows = [
         [r["batch"], fmt(r["ours_images_per_s"]), fmt(r["theirs_images_per_s"]), f"{r['ratio']:.2f}x", r["calls"]]
@@ -176,6 +215,9 @@ def format_result(res: dict) -> str:
         "both sides back to back",
         f"our load (kernel probe) took {res['load_s']:.1f} s; kept call sizes {res['kept_sizes']}, "
         f"rejected {res['rejected_sizes']}",
+        f"profile at batch {p['batch']}: {100 * p['network_share']:.1f}% of our time is network calls; their UNet "
+        f"takes {p['their_row_s_at_1'] * 1e3:.0f} ms for a 1-row call and {p['their_row_s_at_batch'] * 1e3:.0f} ms "
+        f"a row in a {p['batch']}-row call: one-row calls can reach {p['one_row_ceiling']:.2f}x at that batch",
     ]
     return table("Against diffusers: the same network both ways (DDIM)", headers, rows, notes)
 

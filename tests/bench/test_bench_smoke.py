@@ -84,6 +84,7 @@ def test_diffusers_bench_runs_the_same_network_both_ways():
         assert len(runs["ours"]) == len(runs["theirs"]) == 2
         paired = [ours / theirs for ours, theirs in zip(runs["ours"], runs["theirs"], strict=True)]
         assert row["ratio"] == pytest.approx(sum(paired) / 2)  # ratios pair the runs of one repeat
+    assert 0.5 < res["profile"]["network_share"] <= 1 and res["profile"]["one_row_ceiling"] > 0
     assert "ours/theirs" in diffusers_cmp.format_result(res)
 
 
