@@ -37,7 +37,8 @@ def sample(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
     from model_store import kinds
 
-    kinds.load_modules(settings().extra_kind_modules)
+    service = settings()
+    kinds.load_modules(service.extra_kind_modules)
     from model_store import Store
 
     manifest = Store().resolve(args.model or default_model())
@@ -45,7 +46,11 @@ def sample(args: argparse.Namespace) -> int:
     if args.steps > bound:
         raise UserError(f"--steps: {manifest.ref} runs at most {bound} steps (got {args.steps})")
     engine = load_engine(
-        args.model or default_model(), device=args.device, precision=args.precision, compile=args.compile
+        args.model or default_model(),
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        probe_cache=service.probe_cache,
     )
     seeds = list(range(args.seed, args.seed + args.n))
     images = engine.generate(seeds, args.steps, [args.eta] * args.n)
