@@ -5,11 +5,18 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 PORT ?= 8000
 PYTEST_ARGS ?=
+UV_SPEC ?= uv==0.13.8
+CHECKOV_SPEC ?= checkov==3.3.30
+SCAN_VENV ?= .venv-scan
+# Where `make lock` finds torch's CPU build (it is not on the main index): the Dockerfile's TORCH_INDEX_URL by
+# default, or TORCH_CPU_FIND_LINKS=DIR, a folder holding the wheel.
+TORCH_CPU_INDEX_URL ?= $(if $(TORCH_CPU_FIND_LINKS),,$(shell sed -n 's/^ARG TORCH_INDEX_URL=//p' Dockerfile))
+TORCH_CPU_FIND_LINKS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH_SPEC) $(TORCH_INDEX_URL)' | cksum | cut -d' ' -f1)
 
-.PHONY: python deps-run deps-test deps install run test test-fast lint format clean
+.PHONY: python deps-run deps-test deps install run test test-fast lint format lock scan clean
 # One step at a time: the system packages go in before the virtualenv is made from the interpreter.
 .NOTPARALLEL:
 
@@ -56,5 +63,20 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The image lock files (deploy/locks/*.txt, with hashes) from pyproject.toml, by uv at a pinned version.
+lock: $(STAMP)
+	$(BIN)/pip install '$(UV_SPEC)'
+	UV=$(BIN)/uv TORCH_CPU_INDEX_URL='$(TORCH_CPU_INDEX_URL)' TORCH_CPU_FIND_LINKS='$(TORCH_CPU_FIND_LINKS)' deploy/locks/generate.sh
+
+# checkov on the Dockerfile and the Kubernetes manifests, in a venv of its own (its pins clash with the project's).
+# Each skip carries its reason where it is (a `checkov:skip` comment or a `checkov.io/skip` annotation).
+$(SCAN_VENV)/bin/checkov: | python
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install '$(CHECKOV_SPEC)'
+
+scan: $(SCAN_VENV)/bin/checkov
+	$(SCAN_VENV)/bin/checkov --skip-download --compact --quiet --framework dockerfile -f Dockerfile
+	$(SCAN_VENV)/bin/checkov --skip-download --compact --quiet --framework kubernetes -d deploy/k8s
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(SCAN_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app.core import keys
 from model_store import Manifest, ModelStoreError, Store, kinds
+from model_store.text import NO_TEXT, Prompted, PromptError, TextSpec, resolve
 
 NO_WORKER_RETRY_S = 5
 
@@ -81,3 +82,26 @@ def default_ref(store: Store, model: str) -> str:
         return store.resolve(model).ref
     except ModelStoreError:
         return model
+
+
+def text_spec(manifest: Manifest) -> TextSpec | None:
+    """A text model's vocabulary, captions and default guidance; None for a model of another conditioning."""
+    if kinds.of(manifest).conditioning != "text":
+        return None
+    return TextSpec.of(manifest)
+
+
+def prompted(manifest: Manifest, prompt: str | None, guidance: float | None, field: str = "prompt") -> Prompted:
+    """The request's normalised prompt and guidance (model_store.text.resolve), or a 422 naming the field.
+
+    A model that takes no prompt has refused the fields already (check_request)."""
+    spec = text_spec(manifest)
+    if spec is None:
+        return NO_TEXT
+    try:
+        return resolve(spec, prompt, guidance, field)
+    except PromptError as exc:
+        given = guidance if exc.field == "guidance" else prompt
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", exc.field), "msg": str(exc), "input": given}]
+        ) from None

@@ -28,6 +28,7 @@ from app.core.settings import Settings
 from app.core.submit import Admission, admit, quota_for, result_cost
 from app.models import offered
 from model_store import Manifest, ModelStoreError, Store, kinds
+from model_store.text import NO_TEXT, Prompted
 
 QUEUE_FULL_RETRY_S = 5
 FOLLOWERS_RETRY_S = 2
@@ -85,17 +86,19 @@ def submit(
     previews: bool,
     owner: str = "",
     client: str = "",
+    text: Prompted = NO_TEXT,
 ) -> str:
     """Answer from the result cache, join an identical run in flight, or queue a new run, atomically (app.core.submit);
-    429 past a bound."""
+    429 past a bound. `text`: a text model's normalised prompt and guidance (app.models.prompted)."""
     eta = float(eta) + 0.0  # -0.0 is 0.0: one engine key, one set of bytes
     engine = current_engine(redis, manifest.ref)
     model = model_record(manifest)
-    key = runs.engine_key(manifest.identity, manifest.ref, seed, steps, eta, engine)
-    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, manifest.identity, previews, key)
+    identity = manifest.identity
+    key = runs.engine_key(identity, manifest.ref, seed, steps, eta, engine, text.prompt, text.guidance)
+    spec = JobSpec(new_job_id(), seed, steps, eta, manifest.ref, identity, previews, key, text.prompt, text.guidance)
     cost = result_cost(*image_shape(manifest), steps, previews)
     cache_key = key if engine != runs.PENDING_ENGINE else ""
-    record = new_record(spec, model, owner)
+    record = new_record(spec, model, owner, ignored=text.ignored)
     admitted(redis, settings, manifest, GENERATE_FUNC, spec, record, client, key, cache_key, cost)
     return spec.job_id
 
@@ -110,12 +113,18 @@ def submit_interpolation(
     steps: int,
     owner: str = "",
     client: str = "",
+    text: Prompted = NO_TEXT,
+    prompt_b: Prompted = NO_TEXT,
 ) -> str:
-    """Queue an interpolation job, atomically (429 past a bound)."""
-    spec = InterpolateSpec(new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.identity)
+    """Queue an interpolation job, atomically (429 past a bound); `prompt_b` moves the condition to its prompt."""
+    spec = InterpolateSpec(
+        new_job_id(), seed_a, seed_b, frames, steps, manifest.ref, manifest.identity,
+        text.prompt, prompt_b.prompt, text.guidance,
+    )  # fmt: skip
     model = model_record(manifest)
     cost = result_cost(*image_shape(manifest), steps, False, images=2 * frames)  # the animation and the strip
-    record = new_interpolation_record(spec, model, owner)
+    ignored = tuple(dict.fromkeys(text.ignored + prompt_b.ignored))
+    record = new_interpolation_record(spec, model, owner, ignored)
     admitted(redis, settings, manifest, INTERPOLATE_FUNC, spec, record, client, "", "", cost)
     return spec.job_id
 

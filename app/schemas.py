@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 MAX_SEED = 2**53 - 1  # the largest integer a JavaScript number holds exactly
 
@@ -12,6 +12,27 @@ Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED, description="noise s
 Steps = Annotated[int, Field(strict=True, ge=1, le=1000, description="DDIM steps, 1..1000")]
 Eta = Annotated[
     float, Field(strict=True, ge=0.0, le=1.0, description="0 = deterministic DDIM, 1 = DDPM-like (scales sigma)")
+]
+Prompt = Annotated[
+    str | None,
+    Field(
+        None,
+        max_length=1000,
+        description="text models: what to draw; normalised (NFC, lower-case, ASCII quotes, one space), then at most "
+        "200 characters; empty is the same as none",
+        examples=["red heart"],
+    ),
+]
+Guidance = Annotated[
+    float | None,
+    Field(
+        None,
+        strict=True,
+        ge=0.0,
+        le=20.0,
+        description="text models: classifier-free guidance scale s (0 = the prompt-free image, 1 = the conditional "
+        "model alone); the model's default when absent. Needs a prompt",
+    ),
 ]
 ModelRef = Annotated[
     str | None,
@@ -27,6 +48,8 @@ class GenerateRequest(BaseModel):
     eta: Eta = 0.0
     model: ModelRef = None
     previews: bool = Field(False, strict=True, description="stream x0 previews as events")
+    prompt: Prompt = None
+    guidance: Guidance = None
 
 
 class InterpolateRequest(BaseModel):
@@ -37,20 +60,40 @@ class InterpolateRequest(BaseModel):
     frames: int = Field(8, strict=True, ge=2, le=32, description="interpolation points, both ends included")
     steps: Steps = 50
     model: ModelRef = None
+    prompt: Prompt = None
+    prompt_b: Prompt = Field(None, description="text models: with `prompt`, the condition moves to prompt_b's")
+    guidance: Guidance = None
 
 
-class Params(BaseModel):
+class TextParams(BaseModel):
+    """A job's text condition; a prompt-free job's params have none of these fields."""
+
+    prompt: str | None = Field(None, description="the normalised prompt; absent without one")
+    guidance: float | None = Field(None, description="the guidance scale s used (the model's default when not sent)")
+    ignored_words: list[str] | None = Field(None, description="words of the prompt the model does not know")
+
+    @model_serializer(mode="wrap")
+    def _drop_absent(self, handler):
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None or k not in TEXT_PARAMS}
+
+
+TEXT_PARAMS = frozenset({"prompt", "guidance", "ignored_words", "prompt_b"})
+
+
+class Params(TextParams):
     seed: int
     steps: int
     eta: float
     previews: bool = False
 
 
-class InterpolateParams(BaseModel):
+class InterpolateParams(TextParams):
     seed_a: int
     seed_b: int
     frames: int
     steps: int
+    prompt_b: str | None = None
 
 
 class ModelInfo(BaseModel):
@@ -114,10 +157,17 @@ class ModelEntry(BaseModel):
     shape: Shape = Field(description="the image shape")
     image_size: int | None = Field(description="the side of a square image; null when it is not square")
     conditioning: Literal["none", "text"] = Field(description="what a request conditions the image on")
+    default_guidance: float | None = Field(None, description="text models: the guidance s of a request without one")
     max_steps: int = Field(description="the most DDIM steps the model runs")
     schedule: str
     default: bool = Field(description="what /generate uses without `model`")
     served: bool = Field(description="a live worker has the model loaded: requests for it are queued, not 503")
+
+
+class PromptList(BaseModel):
+    model: str = Field(description="NAME@VERSION")
+    prompts: list[str] = Field(description="the model's training captions, normalised, for suggestions")
+    words: list[str] = Field(description="every word the model knows")
 
 
 class ModelList(BaseModel):

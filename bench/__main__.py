@@ -1,4 +1,4 @@
-"""`python -m bench [engine|precision|diffusers|service|gpu|all]`: run benchmarks, print their tables, write JSON."""
+"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|all]`: run benchmarks, print tables, write JSON."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ MODULES = {
     "diffusers": "bench.diffusers_cmp",
     "service": "bench.service",
     "gpu": "bench.gpu",
+    "guidance": "bench.guidance",
 }
 ALL = ("engine", "precision", "diffusers", "service")  # `gpu` needs a GPU: run it by name
 SERVICE_ONLY = ("clients", "requests", "store", "model")
+STORE_ONLY = ("store", "model")  # guidance: the text model to time
 
 
 def settings(module, args: argparse.Namespace, name: str) -> dict:
@@ -28,6 +30,8 @@ def settings(module, args: argparse.Namespace, name: str) -> dict:
     given = {"repeats": args.repeats, "steps": args.steps, "threads": args.threads}
     if name == "service":
         given |= {k: getattr(args, k) for k in SERVICE_ONLY}
+    if name == "guidance":
+        given |= {k: getattr(args, k) for k in STORE_ONLY}
     if "device" in module.DEFAULTS:
         given["device"] = args.device
     kwargs.update({k: v for k, v in given.items() if v is not None})

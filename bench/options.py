@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-SUITES = ("engine", "precision", "diffusers", "service", "gpu", "all")
+SUITES = ("engine", "precision", "diffusers", "service", "gpu", "guidance", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny repeats, steps, batches and loads")
-    service = parser.add_argument_group("service")
+    service = parser.add_argument_group("service (--store, --model: also guidance)")
     service.add_argument("--store", default=None, help="model store (default: a temporary one with a random model)")
     service.add_argument("--model", default=None, help="model to serve (default: benchnet, or emoji32 with --store)")
     service.add_argument("--clients", type=int, default=None, help="concurrent clients (default 16)")

@@ -19,6 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps, 1..1000 (default 50)")
     p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM, 1 = DDPM-like (default 0)")
     p.add_argument("--n", type=int, default=1, help="images: seeds S..S+n-1 in a grid of ceil(sqrt(n)) columns")
+    p.add_argument("--prompt", default=None, help="text models: what to draw (normalised as the API does)")
+    p.add_argument("--guidance", type=float, default=None, help="text models: guidance scale s (default: the model's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the network, as DIFFUSETV_COMPILE workers do")
@@ -54,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("publish", help="put a run's EMA weights into the model store as the next version")
     p.add_argument("run_dir")
     p.add_argument("--name", required=True)
+    p.add_argument(
+        "--default-guidance", type=float, default=3.0, help="a text model's guidance scale s when a request has none"
+    )
     p.set_defaults(run="diffusetv.commands:publish")
 
     p = sub.add_parser("import", help="import a model trained elsewhere (diffusers, Keras) as the next store version")
@@ -82,16 +87,28 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker: load the model once, then run queued jobs")
     p.add_argument(
-        "--model", action="append", default=None, help="model to serve (repeatable; default $DIFFUSETV_MODELS)"
+        "--model",
+        action="append",
+        default=None,
+        help="model to serve (repeatable; default $DIFFUSETV_MODELS)",
     )
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="health check: exit 0 when this host's worker has its models loaded and its main loop is within its "
+        "deadline, else 1 (the container health check)",
+    )
     p.set_defaults(run="diffusetv.commands:worker")
 
     p = sub.add_parser("up", help="the local stack: Redis (embedded unless DIFFUSETV_REDIS_URL), a worker, the API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
-        "--model", action="append", default=None, help="model to serve (repeatable; default $DIFFUSETV_MODELS)"
+        "--model",
+        action="append",
+        default=None,
+        help="model to serve (repeatable; default $DIFFUSETV_MODELS, else every model of the store)",
     )
     p.set_defaults(run="diffusetv.commands:up")
 
@@ -119,11 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--subsets", type=int, default=100, help="KID subsets (default 100)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--guidance", type=float, default=None, help="text models: guidance s (default: the model's)")
+    p.add_argument(
+        "--prompt-subset", type=int, default=200, help="text models: training captions sampled (default 200)"
+    )
+    p.add_argument("--picture", default=None, metavar="PNG", help="text models: also write prompts x seeds as a PNG")
     p.set_defaults(run="diffusetv.commands:evaluate")
 
     # The same options as `python -m bench` (bench/options.py; a test keeps the two in step).
     p = sub.add_parser("bench", help="benchmarks: engine, bf16, against diffusers, through the API, on a GPU")
-    suites = ["engine", "precision", "diffusers", "service", "gpu", "all"]
+    suites = ["engine", "precision", "diffusers", "service", "gpu", "guidance", "all"]
     p.add_argument("suite", nargs="?", choices=suites, default="all")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats; medians are reported (default 3)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20; service 50)")

@@ -52,9 +52,11 @@ def sample(args: argparse.Namespace) -> int:
         compile=args.compile,
         probe_cache=service.probe_cache,
     )
+    text = prompt_of(engine.manifest, args.prompt, args.guidance)
     seeds = list(range(args.seed, args.seed + args.n))
-    images = engine.generate(seeds, args.steps, [args.eta] * args.n)
-    parameters = engine.parameters(args.seed, args.steps, args.eta)
+    conditions = [engine.condition(text.prompt, text.guidance)] * args.n
+    images = engine.generate(seeds, args.steps, [args.eta] * args.n, conditions)
+    parameters = engine.parameters(args.seed, args.steps, args.eta, text.prompt, text.guidance)
     if args.n > 1:
         parameters["n"] = args.n
         pixels = make_grid(images, grid_columns(args.n))
@@ -66,6 +68,24 @@ def sample(args: argparse.Namespace) -> int:
     m = engine.manifest
     print(f"wrote {out} ({args.n} image{'s' * (args.n > 1)}, {m.ref}, {engine.device}/{engine.precision})")
     return 0
+
+
+def prompt_of(manifest, prompt: str | None, guidance: float | None):
+    """--prompt and --guidance, normalised and defaulted as the API does (model_store.text.resolve)."""
+    from model_store import kinds
+    from model_store.text import NO_TEXT, PromptError, TextSpec, resolve
+
+    if kinds.of(manifest).conditioning != "text":
+        if prompt is not None or guidance is not None:
+            raise UserError(f"{manifest.ref} (kind {manifest.kind!r}) takes no --prompt or --guidance")
+        return NO_TEXT
+    try:
+        text = resolve(TextSpec.of(manifest), prompt, guidance)
+    except PromptError as exc:
+        raise UserError(f"--{exc.field}: {exc}") from None
+    if text.ignored:
+        print(f"words not known to {manifest.ref}, ignored: {', '.join(text.ignored)}", file=sys.stderr)
+    return text
 
 
 def train(args: argparse.Namespace) -> int:
@@ -104,12 +124,8 @@ def warm_start_weights(ref: str) -> dict:
 
     manifest = Store().resolve(ref)
     state = read_state(manifest, UNET_KIND)
-    return {
-        "ref": f"{manifest.ref} sha256:{manifest.digest}",
-        "state": state,
-        "mean": manifest.mean,
-        "std": manifest.std,
-    }
+    ref = f"{manifest.ref} sha256:{manifest.digest}"
+    return {"ref": ref, "state": state, "mean": manifest.mean, "std": manifest.std}
 
 
 def caption_prompts(data: str, tokens: int):
@@ -124,11 +140,28 @@ def caption_prompts(data: str, tokens: int):
     return np.array([vocabulary.encode(c).tokens for c in captions], dtype=np.int64), vocabulary.to_dict()
 
 
+def run_captions(run_dir: Path) -> list[str] | None:
+    """The training captions of a prompt-conditioned run (from its data), for the model's suggestions."""
+    import json
+
+    from diffusion.data import load_captions
+
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        return None  # publish_run says what is missing
+    run = json.loads(run_file.read_text())
+    if "vocabulary" not in run:
+        return None
+    return load_captions(Path(run["data"]["path"]))
+
+
 def publish(args: argparse.Namespace) -> int:
     from model_store import Store
     from model_store.weights import publish_run
 
-    manifest = publish_run(Store(), Path(args.run_dir), args.name)
+    run_dir = Path(args.run_dir)
+    captions = run_captions(run_dir)
+    manifest = publish_run(Store(), run_dir, args.name, captions, args.default_guidance)
     print(f"published {manifest.ref} ({manifest.digest[:12]}) to {manifest.path}")
     return 0
 
@@ -219,11 +252,33 @@ def api(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     logging.getLogger("uvicorn.access").addFilter(quiet_health_checks)
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level="info", timeout_graceful_shutdown=5)
+    log_config = uvicorn.config.LOGGING_CONFIG
+    if s.log_format == "json":  # uvicorn's loggers propagate to the root logger's JSON handler instead
+        from diffusetv.logs import configure_logging
+
+        configure_logging("json")
+        log_config = None
+    uvicorn.run(
+        create_app(s), host=s.host, port=s.port, log_level="info", log_config=log_config, timeout_graceful_shutdown=5
+    )
     return 0
 
 
+def stop_during_start_up(signum, frame) -> None:
+    """SIGTERM before RQ's loop takes over (model load, waiting for Redis): nothing is running, so exit now."""
+    print("diffusetv worker: SIGTERM during start-up; exiting", file=sys.stderr)
+    raise SystemExit(0)
+
+
 def worker(args: argparse.Namespace) -> int:
+    # First, before torch is imported: as PID 1 in a container, a signal without a handler is ignored, so
+    # `docker stop` during the model load would wait out the whole grace period. RQ's loop later installs
+    # its own handler (finish the batch, then exit).
+    import signal
+
+    signal.signal(signal.SIGTERM, stop_during_start_up)
+    if args.check:
+        return worker_check()
     from worker.heartbeat import EngineConflict
     from worker.main import run
 
@@ -234,10 +289,35 @@ def worker(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
 
 
+def every_served_model() -> str | None:
+    """The local stack's default: every model of the store that a worker can serve, newest versions, the default
+    model first (the bundled store: emoji32 and emoji32-text). None for an empty store (the worker says why)."""
+    from model_store import Store, kinds
+
+    s = settings()
+    store = Store(s.model_store)
+    names = sorted({m.name for m in store.list() if kinds.is_served(m)})
+    if not names:
+        return None
+    default = s.model.split("@")[0]
+    return ",".join(sorted(names, key=lambda n: (n != default, n)))
+
+
+def worker_check() -> int:
+    """`diffusetv worker --check`: 0 when the worker's main loop is within its deadline (worker/health.py)."""
+    from worker.health import problem
+
+    found = problem(settings().health_file)
+    print(found or "ok", file=sys.stderr if found else sys.stdout)
+    return 1 if found else 0
+
+
 def up(args: argparse.Namespace) -> int:
     from diffusetv.up import up as run_up
 
     models = ",".join(args.model) if args.model else None
+    if models is None and not os.environ.get("DIFFUSETV_MODELS"):
+        models = every_served_model()
     refused = settings(host=args.host, port=args.port, models=models).exposure_problem()
     if refused:
         raise UserError(refused)
@@ -321,13 +401,67 @@ def evaluate(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    figures = {"model": m.ref, "digest": m.digest, "steps": args.steps, "seed": args.seed, **result.to_json()}
+    text = prompt_figures(engine, extractor, train, heldout, args) if engine.model.conditioned else None
+    if text is not None:
+        text.pop("samples")
+        figures["prompts"] = text
+        if args.picture:
+            write_picture(engine, args.picture, args.steps, text["guidance"])
     if args.json:
-        print(
-            json.dumps({"model": m.ref, "digest": m.digest, "steps": args.steps, "seed": args.seed, **result.to_json()})
-        )
+        print(json.dumps(figures))
     else:
         print(ev.format_table(result))
+        if text is not None:
+            from diffusion.prompt_eval import format_prompts
+
+            print(f"\nguidance {text['guidance']}, {args.steps} steps, eta 0")
+            print(format_prompts(text))
     return 0
+
+
+PICTURE_PROMPTS = ("red heart", "blue heart", "cat face", "dog face", "grinning face", "red apple", "sun", "fire")
+PICTURE_SEEDS = 6
+
+
+def write_picture(engine, path: str, steps: int, guidance: float) -> None:
+    """The README's picture: prompts (rows) x seeds (columns), a labelled PNG."""
+    import numpy as np
+
+    from app.core.png import encode_png
+    from diffusion.grid import make_grid
+
+    rows = []
+    for prompt in PICTURE_PROMPTS:
+        condition = engine.condition(prompt, guidance)
+        seeds = list(range(PICTURE_SEEDS))
+        rows.append(engine.generate(seeds, steps, [0.0] * len(seeds), [condition] * len(seeds)))
+    grid = make_grid(np.concatenate(rows), cols=PICTURE_SEEDS)
+    parameters = {"prompts": list(PICTURE_PROMPTS), "seeds": seeds, "steps": steps, "guidance": guidance,
+                  **engine.model_parameters()}  # fmt: skip
+    Path(path).write_bytes(encode_png(grid, parameters))
+    print(f"wrote {path}: {len(PICTURE_PROMPTS)} prompts x {PICTURE_SEEDS} seeds", file=sys.stderr)
+
+
+def prompt_figures(engine, extractor, train, heldout, args) -> dict:
+    """A text model's prompt adherence, colour adherence and prompted KID (diffusion.prompt_eval), at its default
+    guidance unless --guidance."""
+    from diffusion.data import load_captions
+    from diffusion.prompt_eval import evaluate_prompts
+    from model_store.text import TextSpec
+
+    guidance = args.guidance if args.guidance is not None else TextSpec.of(engine.manifest).default_guidance
+    data = Path(args.data)
+
+    def generate(captions, seeds):
+        conditions = [engine.condition(c, guidance) for c in captions]
+        return engine.generate(seeds, args.steps, [0.0] * len(seeds), conditions)
+
+    text = evaluate_prompts(
+        generate, extractor.extract, train, heldout, load_captions(data, "train"), load_captions(data, "heldout"),
+        train_subset=args.prompt_subset, seed=args.seed, subsets=args.subsets,
+    )  # fmt: skip
+    return {"guidance": guidance, **text}
 
 
 def bench(args: argparse.Namespace) -> int:

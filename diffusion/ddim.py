@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from diffusion.guidance import Guidance
 from diffusion.schedule import Schedule, offset_cosine
 
 Scalar = float | torch.Tensor
@@ -98,6 +99,7 @@ def draw(gens: Sequence[torch.Generator], shape: tuple[int, ...]) -> torch.Tenso
 class DDIMRun:
     """DDIM from each seed's x_T over a grid (`grid`, else the Keras grid of `schedule`); iterating yields every
     step's x0 prediction. `read` maps the network's output to (eps, x0) (a kind's parameterisation).
+    With `guidance`, `eps_model` takes each row's condition and the samples are guided (diffusion.guidance).
 
     Rows can leave between steps (`drop`), e.g. a canceled job: the others are unaffected, since each
     row has its own noise stream and the network's output for a row does not depend on its batch.
@@ -115,12 +117,14 @@ class DDIMRun:
         x_T: torch.Tensor | None = None,
         grid: Sequence[GridStep] | None = None,
         read: Read | None = None,
+        guidance: Guidance | None = None,
     ) -> None:
         self.eps_model, self.steps, self.shape, self.device = eps_model, steps, shape, device
         self.grid = list(grid) if grid is not None else keras_grid(schedule, steps)
         if len(self.grid) != steps:
             raise ValueError(f"a grid of {len(self.grid)} steps for a run of {steps}")
         self.read = read
+        self.guidance = guidance  # per-sample text conditions: eps_model is then called with them (diffusion.guidance)
         self.gens = generators(seeds)
         noise = draw(self.gens, shape)  # x_T: the first draw of each sample's generator
         self.x = (noise if x_T is None else x_T).to(device)
@@ -142,7 +146,10 @@ class DDIMRun:
                 return
             x = self.x
             times = torch.full((x.shape[0], 1, 1, 1), g.time, dtype=x.dtype, device=x.device)
-            out = self.eps_model(x, times)
+            if self.guidance is None:
+                out = self.eps_model(x, times)
+            else:  # each sample with its own text condition, from one call of the conditioned network
+                out = self.guidance(self.eps_model, x, times, self.rows)
             eps, x0_given = self.read(out, x, g.alpha_bar) if self.read is not None else (out, None)
             stochastic = self.etas > 0
             step_noise = None

@@ -120,15 +120,16 @@ class Denoiser:
             return torch.compiler.set_stance("fail_on_recompile")
         return contextlib.nullcontext()
 
-    def network(self, x: torch.Tensor, noise_rate: torch.Tensor) -> torch.Tensor:
-        """One network call on exactly these rows: predicted noise, float32, contiguous.
+    def network(self, x: torch.Tensor, noise_rate: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
+        """One network call on exactly these rows (each with its row of `conditions`, for a conditioned network):
+        predicted noise, float32, contiguous.
 
         The input is always a fresh tensor made under inference mode, so the probe and the sampler
         hand the network the same kind of tensor (a compiled network is specialised on it)."""
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         with self._context(), self._stance():
             x = torch.empty_like(x, memory_format=layout).copy_(x)
-            out = self.forward(x, self.time_input(noise_rate))  # the U-Net's: the noise variance
+            out = self.forward(x, self.time_input(noise_rate), *conditions)  # the U-Net's: the noise variance
         return out.float().contiguous()
 
     def calibrate(
@@ -136,15 +137,19 @@ class Denoiser:
         shape: Sequence[int],
         reference: int,
         candidates: Sequence[int] | None = None,
+        conditions: torch.Tensor | None = None,
         cache: Path | None = None,
         key: dict | None = None,
     ) -> Probe:
         """Probe the kernels (diffusion.kernels.probe) and call with the sizes that keep a row's bits from now on.
+        A conditioned network is probed with `conditions`, one row per probe row.
 
         With a `cache` directory, a probe cached under `key` is used once one reference call confirms it
         (diffusion.probe_cache); `self.cached` says whether it was."""
         self.calibrated = False
-        found, self.cached = cached_probe(self.network, shape, reference, self.device, candidates, cache, key or {})
+        found, self.cached = cached_probe(
+            self.network, shape, reference, self.device, candidates, cache, key or {}, conditions
+        )
         self.shapes = found.shapes
         self.calibrated = True
         if self.use_graphs:
@@ -152,16 +157,16 @@ class Denoiser:
         return found
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor, noise_rate: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, noise_rate: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
         outputs, start = [], 0
         for size in self.shapes.plan(x.shape[0]):
-            xs, rs = x[start : start + size], noise_rate[start : start + size]
-            real = xs.shape[0]
-            if real < size:  # pad with zero images at the same noise level
-                xs = torch.cat([xs, xs.new_zeros((size - real, *xs.shape[1:]))])
-                rs = torch.cat([rs, rs[:1].expand(size - real, -1, -1, -1)])
+            rows = [t[start : start + size] for t in (x, noise_rate, *conditions)]
+            real = rows[0].shape[0]
+            if real < size:  # pad with zero images at the same noise level and condition as the first row
+                rows[0] = torch.cat([rows[0], rows[0].new_zeros((size - real, *rows[0].shape[1:]))])
+                rows[1:] = [torch.cat([t, t[:1].expand(size - real, *t.shape[1:])]) for t in rows[1:]]
             call = self.graphs if self.graphs is not None else self.network
-            outputs.append(call(xs, rs)[:real])
+            outputs.append(call(*rows)[:real])
             start += real
         return torch.cat(outputs)
 

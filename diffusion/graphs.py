@@ -15,12 +15,13 @@ from collections.abc import Callable
 import torch
 
 log = logging.getLogger("diffusetv.graphs")
-Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Network = Callable[..., torch.Tensor]  # network(x, rate, *conditions)
 WARMUP_CALLS = 2  # eager calls on a side stream before capture, as the PyTorch docs require
 
 
 class CUDAGraphs:
-    """`forward(x, rate)` through a captured graph per (shape, dtype) of x; falls back to eager."""
+    """`forward(x, rate, *conditions)` through a captured graph per shapes and dtypes of the inputs; falls back to
+    eager."""
 
     def __init__(self, forward: Network) -> None:
         self.forward = forward
@@ -31,36 +32,36 @@ class CUDAGraphs:
     def graphed_shapes(self) -> int:
         return sum(entry is not None for entry in self.captured.values())
 
-    def __call__(self, x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, tuple(rate.shape))
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
         if key not in self.captured:
             try:
-                self.captured[key] = self._capture(x, rate)
+                self.captured[key] = self._capture(inputs)
             except RuntimeError as exc:  # out of memory, or an op that cannot be captured: eager was probed
-                log.warning("no CUDA graph for network calls of shape %s (%s); they run eagerly", key[0], exc)
+                log.warning("no CUDA graph for network calls of shape %s (%s); they run eagerly", key[0][0], exc)
                 self.captured[key] = None
         entry = self.captured[key]
         if entry is None:
-            return self.forward(x, rate)
-        graph, static_x, static_rate, static_out = entry
-        static_x.copy_(x)
-        static_rate.copy_(rate)
+            return self.forward(*inputs)
+        graph, static_inputs, static_out = entry
+        for static, given in zip(static_inputs, inputs, strict=True):
+            static.copy_(given)
         graph.replay()
         return static_out.clone()  # the next replay overwrites the static output
 
-    def _capture(self, x: torch.Tensor, rate: torch.Tensor) -> tuple | None:
-        static_x, static_rate = x.clone(), rate.clone()
+    def _capture(self, inputs: tuple[torch.Tensor, ...]) -> tuple | None:
+        static_inputs = tuple(t.clone() for t in inputs)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_CALLS):
-                eager = self.forward(static_x, static_rate)
+                eager = self.forward(*static_inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            static_out = self.forward(static_x, static_rate)
+            static_out = self.forward(*static_inputs)
         self.pool = graph.pool()
         graph.replay()
         if not torch.equal(static_out, eager):
             return None
-        return graph, static_x, static_rate, static_out
+        return graph, static_inputs, static_out

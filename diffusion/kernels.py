@@ -23,8 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-# network(x, noise_rate) for one call; the probe feeds it whole calls.
-Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# network(x, noise_rate, *conditions) for one call; the probe feeds it whole calls. Every input has one row per image.
+Network = Callable[..., torch.Tensor]
+Inputs = tuple[torch.Tensor, ...]
 PROBE_SEED = 20261128
 # A network whose one-row call costs more FLOPs than this calls one row at a time on the CPU: one fixed
 # call size is row-independent by construction, and a lone job pays for no padding. (ddpm-cifar10-32:
@@ -93,12 +94,25 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def _agrees(network: Network, x: torch.Tensor, rates: torch.Tensor, ref: torch.Tensor) -> bool:
+def _rows(inputs: Inputs, n: int) -> Inputs:
+    return tuple(t[:n] for t in inputs)
+
+
+def _flipped(inputs: Inputs) -> Inputs:
+    return tuple(t.flip(0) for t in inputs)
+
+
+def _copies(inputs: Inputs, n: int) -> Inputs:
+    """Row 0 of every input, n times."""
+    return tuple(t[:1].expand(n, *t.shape[1:]).contiguous() for t in inputs)
+
+
+def _agrees(network: Network, inputs: Inputs, ref: torch.Tensor) -> bool:
     """An n-row call gives the reference's rows, and row 0 copied to every position gives row 0 everywhere."""
-    n = x.shape[0]
-    if not torch.equal(network(x, rates), ref[:n]):
+    n = inputs[0].shape[0]
+    if not torch.equal(network(*inputs), ref[:n]):
         return False
-    copies = network(x[:1].expand(n, *x.shape[1:]).contiguous(), rates[:1].expand(n, -1, -1, -1).contiguous())
+    copies = network(*_copies(inputs, n))
     return torch.equal(copies, ref[:1].expand_as(copies))
 
 
@@ -108,6 +122,7 @@ def probe(
     reference: int,
     device: str | torch.device = "cpu",
     candidates: Sequence[int] | None = None,
+    conditions: torch.Tensor | None = None,
 ) -> Probe:
     """Which call sizes give each row the same bits, in any position and beside any neighbours.
 
@@ -116,16 +131,21 @@ def probe(
     position); with 3 threads and 16 rows, say, oneDNN splits some images between two threads.
     Every smaller size is then kept when its rows equal the reference's. `candidates` limits the
     sizes tried (all of 1..reference by default), e.g. to powers of two when each shape is compiled.
+    A conditioned network is probed as it runs: `conditions` holds one condition row per probe row
+    (at least `reference` of them), passed as the network's third input.
     """
     tried = sorted({n for n in (candidates or range(1, reference + 1)) if 1 <= n <= reference} | {reference})
-    x, rates = probe_inputs(reference, shape, device)
+    inputs: Inputs = probe_inputs(reference, shape, device)
+    if conditions is not None:
+        inputs = (*inputs, conditions[:reference].to(device))
     for size in reversed(tried):
-        ref = network(x[:size], rates[:size])
-        flipped = network(x[:size].flip(0), rates[:size].flip(0)).flip(0)
-        if torch.equal(flipped, ref) and _agrees(network, x[:size], rates[:size], ref):
+        rows = _rows(inputs, size)
+        ref = network(*rows)
+        flipped = network(*_flipped(rows)).flip(0)
+        if torch.equal(flipped, ref) and _agrees(network, rows, ref):
             break
     else:
         raise KernelsError("the network's output is not reproducible even for one row at a time")
-    sizes = [n for n in tried if n < size and _agrees(network, x[:n], rates[:n], ref)]
+    sizes = [n for n in tried if n < size and _agrees(network, _rows(inputs, n), ref)]
     rejected = tuple(sorted(set(tried) - set(sizes) - {size}))
     return Probe(CallShapes((*sizes, size)), _digest(ref[0]), rejected)

@@ -73,10 +73,15 @@ def write(file: Path, found: Probe) -> None:
     os.replace(tmp, file)
 
 
-def still_holds(network: Network, shape: Sequence[int], found: Probe, device) -> bool:
-    """One reference call on the probe's inputs gives the cached fingerprint."""
-    x, rates = probe_inputs(found.shapes.largest, shape, device)
-    return _digest(network(x, rates)[0]) == found.fingerprint
+def still_holds(
+    network: Network, shape: Sequence[int], reference: int, found: Probe, device, conditions: torch.Tensor | None
+) -> bool:
+    """One reference call on the probe's inputs (drawn for `reference` rows, as the probe drew them) gives the
+    cached fingerprint."""
+    size = found.shapes.largest
+    x, rates = probe_inputs(reference, shape, device)
+    inputs = (x[:size], rates[:size]) + (() if conditions is None else (conditions[:size].to(device),))
+    return _digest(network(*inputs)[0]) == found.fingerprint
 
 
 def cached_probe(
@@ -87,16 +92,17 @@ def cached_probe(
     candidates: Sequence[int] | None,
     directory: Path | None,
     key: dict,
+    conditions: torch.Tensor | None = None,
 ) -> tuple[Probe, bool]:
     """(the probe, whether it came from the cache): the cached entry when it still holds, else a fresh probe."""
     if directory is None:
-        return probe(network, shape, reference, device, candidates), False
+        return probe(network, shape, reference, device, candidates, conditions), False
     fields = {**key, "shape": list(shape), "reference": reference, "candidates": list(candidates or [])}
     file = Path(directory) / entry_name(fields)
     found = read(file)
-    if found is not None and still_holds(network, shape, found, device):
+    if found is not None and still_holds(network, shape, reference, found, device, conditions):
         return found, True
-    found = probe(network, shape, reference, device, candidates)
+    found = probe(network, shape, reference, device, candidates, conditions)
     with contextlib.suppress(OSError):  # a read-only or full cache directory costs a probe next time, nothing else
         write(file, found)
     return found, False

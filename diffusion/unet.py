@@ -126,10 +126,22 @@ class UNet(nn.Module):
     def forward(
         self, x: torch.Tensor, noise_variance: torch.Tensor, prompt: torch.Tensor | None = None
     ) -> torch.Tensor:
-        cfg = self.config
         c = None
         if self.text is not None:
-            c = self.text(self.empty_prompt.expand(x.shape[0], -1) if prompt is None else prompt)  # (B, D)
+            c = self.encode(self.empty_prompt.expand(x.shape[0], -1) if prompt is None else prompt)
+        return self.denoise(x, noise_variance, c)
+
+    def encode(self, prompt: torch.Tensor) -> torch.Tensor:
+        """(B, text_tokens) word ids -> (B, text_dims) prompt embeddings, each row on its own."""
+        if self.text is None:
+            raise ValueError("this U-Net takes no prompt")
+        return self.text(prompt)
+
+    def denoise(self, x: torch.Tensor, noise_variance: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """The U-Net proper; `c` is the (B, text_dims) prompt embedding of a conditioned one (FiLM)."""
+        cfg = self.config
+        if (c is None) != (self.text is None):
+            raise ValueError("a conditioned U-Net needs a prompt embedding, an unconditioned one takes none")
         e = sinusoidal_embedding(noise_variance, cfg.embedding_dims, cfg.embedding_max_frequency, self.frequencies)
         e = e.to(x.dtype).expand(-1, -1, x.shape[2], x.shape[3])  # nearest upsampling of a 1x1 map
         x = torch.cat([self.stem(x), e], dim=1)  # (B, w0 + E, H, W)

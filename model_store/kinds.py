@@ -50,12 +50,17 @@ class Kind:
     def describe(self, manifest: Manifest) -> dict:
         """What `GET /models` says of a model of this kind, beside its name, version and digests."""
         height, width, channels = self.shape(manifest.config)
-        return {
+        entry = {
             "kind": self.name,
             "shape": {"height": height, "width": width, "channels": channels},
             "conditioning": self.conditioning,
             "max_steps": self.steps_bound(manifest),
         }
+        if self.conditioning == "text":  # every text model's manifest has a `text` field (model_store.text)
+            from model_store.text import TextSpec
+
+            entry["default_guidance"] = TextSpec.of(manifest).default_guidance
+        return entry
 
 
 KINDS: dict[str, Kind] = {}
@@ -134,6 +139,15 @@ def square(config: dict) -> Shape:
 
 
 register(Kind("ddim-unet", square, engine="worker.kinds.ddim_unet:DDIMUNet"))
+register(
+    Kind(
+        "ddim-unet-text",
+        square,
+        engine="worker.kinds.ddim_unet_text:DDIMUNetText",
+        conditioning="text",
+        fields=frozenset({"prompt", "guidance", "prompt_b"}),
+    )
+)
 register(Kind("feature-cnn", square))  # the evaluation's feature extractor: in the store, never served
 register(
     Kind(

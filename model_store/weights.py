@@ -19,6 +19,7 @@ from model_store.manifest import MANIFEST, WEIGHTS, Manifest, read_verified_weig
 from model_store.store import Store
 
 UNET_KIND = "ddim-unet"
+TEXT_KIND = "ddim-unet-text"
 
 
 def read_state(manifest: Manifest, kind: str) -> dict[str, torch.Tensor]:
@@ -31,9 +32,11 @@ def read_state(manifest: Manifest, kind: str) -> dict[str, torch.Tensor]:
         raise ModelStoreError(f"{manifest.weights_path}: not a readable safetensors file ({exc})") from None
 
 
-def load_model(manifest: Manifest, device: str | torch.device = "cpu") -> UNet:
-    """Build the U-Net from the manifest's config and load its verified EMA weights, in eval mode."""
-    state = read_state(manifest, UNET_KIND)
+def load_model(manifest: Manifest, device: str | torch.device = "cpu", kind: str = UNET_KIND) -> UNet:
+    """Build the U-Net from the manifest's config and load its verified EMA weights, in eval mode.
+
+    `kind` is the manifest's: `ddim-unet`, or `ddim-unet-text` for the prompt-conditioned U-Net."""
+    state = read_state(manifest, kind)
     net = UNet(UNetConfig.from_dict(manifest.config))
     try:
         net.load_state_dict(state, strict=True)
@@ -51,10 +54,11 @@ def save_model(
     std: list[float],
     training: dict,
     kind: str = UNET_KIND,
+    extras: dict | None = None,
 ) -> Manifest:
     """Write the weights and manifest as the next version of `name`, atomically. `net.config` has `to_dict()`."""
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    return save_state(store, name, state, net.config.to_dict(), schedule, mean, std, training, kind)
+    return save_state(store, name, state, net.config.to_dict(), schedule, mean, std, training, kind, extras)
 
 
 def save_state(
@@ -100,8 +104,13 @@ def save_state(
     return store.resolve(f"{name}@{version}")
 
 
-def publish_run(store: Store, run_dir: Path, name: str) -> Manifest:
-    """Take a training run's EMA weights (checkpoint.pt, read with weights_only=True) into the store."""
+def publish_run(
+    store: Store, run_dir: Path, name: str, captions: list[str] | None = None, default_guidance: float = 3.0
+) -> Manifest:
+    """Take a training run's EMA weights (checkpoint.pt, read with weights_only=True) into the store.
+
+    A prompt-conditioned run becomes a `ddim-unet-text` model: its vocabulary, `captions` (the training
+    captions, for suggestions) and `default_guidance` go into the manifest's `text` field."""
     run_file, checkpoint = run_dir / "run.json", run_dir / "checkpoint.pt"
     if not run_file.is_file() or not checkpoint.is_file():
         raise ModelStoreError(f"{run_dir}: not a training run (needs run.json and checkpoint.pt)")
@@ -123,5 +132,15 @@ def publish_run(store: Store, run_dir: Path, name: str) -> Manifest:
         "recipe": cfg.get("recipe", {}),
         "resumes": run.get("resumes", []),
     }
+    if cfg.get("init"):
+        training["init"] = cfg["init"]
     norm = run["normalization"]
-    return save_model(store, name, net, cfg["schedule"], norm["mean"], norm["std"], training)
+    if "vocabulary" not in run:
+        return save_model(store, name, net, cfg["schedule"], norm["mean"], norm["std"], training)
+    from model_store.text import TEXT_FIELD, TextSpec
+    from model_store.vocabulary import Vocabulary
+
+    training["prompt_dropout"] = cfg["prompt_dropout"]
+    text = TextSpec(Vocabulary.from_dict(run["vocabulary"]), tuple(captions or ()), float(default_guidance))
+    extras = {TEXT_FIELD: text.to_json()}
+    return save_model(store, name, net, cfg["schedule"], norm["mean"], norm["std"], training, TEXT_KIND, extras)

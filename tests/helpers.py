@@ -120,3 +120,45 @@ def several_models(store) -> dict[str, str]:
         "DIFFUSETV_KIND_MODULES": "toy_kind",
         "PYTHONPATH": os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p),
     }
+
+
+TEXT_CAPTIONS = [
+    "red heart", "blue heart", "green heart", "cat face", "dog face", "grinning face", "red apple",
+    "green apple", "one o’clock", "grinning cat with smiling eyes", "face with tears of joy",
+]  # fmt: skip
+
+
+def make_tiny_text_net(seed: int = 0, tokens: int = 6):
+    """A small prompt-conditioned U-Net over TEXT_CAPTIONS' words, its FiLM randomised so that prompts matter."""
+    import torch
+
+    from diffusion.unet import UNet, UNetConfig
+    from model_store.vocabulary import Vocabulary
+
+    vocabulary = Vocabulary.build(TEXT_CAPTIONS, tokens)
+    torch.manual_seed(seed)
+    config = UNetConfig(
+        16, widths=TINY["widths"], block_depth=TINY["block_depth"],
+        text_vocab=vocabulary.size, text_tokens=tokens, text_dims=8,
+    )  # fmt: skip
+    net = UNet(config)
+    reference = make_tiny_net(seed)
+    net.load_state_dict(reference.state_dict(), strict=False)  # the same U-Net as tiny's, plus the prompt layers
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if ".film." in name:
+                param.normal_(0, 0.5)
+    return net.eval(), vocabulary
+
+
+def save_tiny_text(store, name: str = "words", default_guidance: float = 2.5):
+    """`name@N`: a tiny `ddim-unet-text` model (TEXT_CAPTIONS) in `store`; returns its manifest."""
+    from model_store.text import TEXT_FIELD, TextSpec
+    from model_store.weights import TEXT_KIND, save_model
+
+    net, vocabulary = make_tiny_text_net()
+    text = TextSpec(vocabulary, tuple(TEXT_CAPTIONS), default_guidance)
+    mean, std = [0.5, 0.45, 0.4], [0.25, 0.2, 0.3]
+    return save_model(
+        store, name, net, "offset_cosine", mean, std, {"steps": 0}, TEXT_KIND, {TEXT_FIELD: text.to_json()}
+    )

@@ -156,13 +156,17 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
     if any(s.steps != steps for s in specs):
         raise ValueError("a batch shares one step count")
     started = time.monotonic()
-    batch = [Run(s, runs.engine_key(s.identity, s.model_ref, s.seed, s.steps, s.eta, engine.id)) for s in specs]
+    batch = [
+        Run(s, runs.engine_key(s.identity, s.model_ref, s.seed, s.steps, s.eta, engine.id, s.prompt, s.guidance))
+        for s in specs
+    ]
     outcome = {s.job_id: "canceled" for s in specs}
     batch = start(redis, batch, engine)
     if not batch:
         return outcome
     size = len(batch)
-    sampler = engine.run([r.spec.seed for r in batch], steps, [r.spec.eta for r in batch])
+    conditions = [engine.condition(r.spec.prompt, r.spec.guidance) for r in batch]  # text models; else prompt-free
+    sampler = engine.run([r.spec.seed for r in batch], steps, [r.spec.eta for r in batch], conditions=conditions)
     live = list(batch)  # the runs still in the sampler, in its row order
     preview_at = events.preview_steps(steps)
     last = None
@@ -183,7 +187,8 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
     if last is not None and last.step == steps and live:
         pixels = engine.pixels(engine.model.final(last))
         for i, run in enumerate(live):
-            png = encode_png(pixels[i], engine.parameters(run.spec.seed, steps, run.spec.eta))
+            s = run.spec
+            png = encode_png(pixels[i], engine.parameters(s.seed, steps, s.eta, s.prompt, s.guidance))
             outcome[run.id] = "succeeded" if finish(redis, run, png, size, engine, result_ttl) else "canceled"
     for run in batch:
         if not run.active:  # every job of it was canceled: close it, whatever joined since gets a fresh run
@@ -199,6 +204,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
             seed=s.seed,
             steps=steps,
             eta=s.eta,
+            **({"prompt": s.prompt, "guidance": s.guidance} if s.prompt else {}),
             model=s.model_ref,
             batch_size=size,
             seconds=round(time.monotonic() - started, 3),

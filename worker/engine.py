@@ -1,8 +1,8 @@
 """An engine: one loaded model on one device type at one precision, ready to run DDIM.
 
 The engine does not know the model's kind: its kind module (worker.kinds) gives the network, the time
-grid, the parameterisation and the pixels. The engine key (model identity, seed, steps, eta, device
-type, precision) fixes the PNG bytes. At load
+grid, the parameterisation and the pixels. The engine key (model identity, seed, steps, eta, for a text
+model the normalised prompt and guidance, device type, precision) fixes the PNG bytes. At load
 the engine probes its kernels (diffusion.kernels): which call sizes keep a row's bits, and a
 fingerprint of their arithmetic, which becomes part of the engine's id (`cpu/fp32/<kernels>`).
 """
@@ -19,6 +19,7 @@ import torch
 
 from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
+from diffusion.guidance import Condition, Guidance
 from diffusion.kernels import Probe, reference_rows, row_flops
 from diffusion.probe_cache import machine_key
 from model_store import Manifest, ModelStoreError, Store
@@ -87,20 +88,44 @@ class Engine:
         """A finished job's `engine`: what ran it (app.schemas.Engine)."""
         return {"device": self.device, "precision": self.precision, "kernels": self.kernels}
 
-    def run(self, seeds: Sequence[int], steps: int, etas: Sequence[float], x_T: torch.Tensor | None = None) -> DDIMRun:
-        """DDIM for a batch on the kind's grid; iterate it for each step (x0 predictions in model space)."""
+    def run(
+        self,
+        seeds: Sequence[int],
+        steps: int,
+        etas: Sequence[float],
+        x_T: torch.Tensor | None = None,
+        conditions: Sequence[Condition] | None = None,
+    ) -> DDIMRun:
+        """DDIM for a batch on the kind's grid; iterate it for each step (x0 predictions in model space).
+
+        A text model's samples are guided, each by its own condition (`condition`; none: the empty prompt)."""
         grid, read = self.model.grid(steps), self.model.read
+        guidance = None
+        if self.model.conditioned:
+            conditions = list(conditions) if conditions is not None else [Condition(None)] * len(seeds)
+            guidance = Guidance(self.model.embed(""), conditions)
+        elif conditions is not None and any(c.embedding is not None for c in conditions):
+            raise ModelStoreError(f"{self.manifest.ref} takes no prompt")
         return sample_loop(
-            self.denoiser, seeds, steps, self.shape, eta=list(etas), device=self.device, x_T=x_T, grid=grid, read=read
-        )
+            self.denoiser, seeds, steps, self.shape, eta=list(etas), device=self.device, x_T=x_T, grid=grid,
+            read=read, guidance=guidance,
+        )  # fmt: skip
+
+    def condition(self, prompt: str | None, guidance: float | None) -> Condition:
+        """A sample's condition: its (normalised) prompt's embedding, or none, and its guidance scale."""
+        if not prompt:
+            return Condition(None)
+        return Condition(self.model.embed(prompt), 1.0 if guidance is None else float(guidance))
 
     def initial_noise(self, seed: int) -> torch.Tensor:
         """x_T of a seed: the first draw of its generator, exactly as a generation job draws it."""
         return draw(generators([seed]), self.shape)[0]
 
-    def generate(self, seeds: Sequence[int], steps: int, etas: Sequence[float]) -> np.ndarray:
+    def generate(
+        self, seeds: Sequence[int], steps: int, etas: Sequence[float], conditions: Sequence[Condition] | None = None
+    ) -> np.ndarray:
         """(B, H, W, C) uint8 final images."""
-        return self.pixels(self.model.final(last_step(self.run(seeds, steps, etas))))
+        return self.pixels(self.model.final(last_step(self.run(seeds, steps, etas, conditions=conditions))))
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         return self.model.pixels(x0)
@@ -117,9 +142,13 @@ class Engine:
             "precision": self.precision,
         }
 
-    def parameters(self, seed: int, steps: int, eta: float) -> dict:
-        """The PNG `parameters` chunk (DESIGN.md): the engine key, plus the model's name and version."""
-        return {"seed": seed, "steps": steps, "eta": eta, **self.model_parameters()}
+    def parameters(
+        self, seed: int, steps: int, eta: float, prompt: str | None = None, guidance: float | None = None
+    ) -> dict:
+        """The PNG `parameters` chunk (DESIGN.md): the engine key, plus the model's name and version; a text model's
+        also name the normalised prompt and the guidance (null for a prompt-free sample)."""
+        text = {"prompt": prompt or None, "guidance": guidance if prompt else None} if self.model.conditioned else {}
+        return {"seed": seed, "steps": steps, "eta": eta, **text, **self.model_parameters()}
 
 
 def check_compile(device: str, compile: bool) -> None:
@@ -164,8 +193,12 @@ def load_engine(
     )
     reference = REFERENCE_ROWS[device]
     if device == "cpu":  # a large network calls one row at a time (diffusion.kernels.reference_rows)
-        reference = reference_rows(row_flops(lambda x, t: net(x, model.time_input(t)), model.shape), device, reference)
+        one = model.probe_conditions(1)
+        extra = () if one is None else (one.to(device),)
+        flops = row_flops(lambda x, t: net(x, model.time_input(t), *extra), model.shape)
+        reference = reference_rows(flops, device, reference)
+    conditions = model.probe_conditions(reference)  # a conditioned network is probed as it runs
     key = {"identity": manifest.identity, "device": device, "precision": precision, **machine_key(device)}
     cache = None if compile else probe_cache
-    found = denoiser.calibrate(model.shape, reference, COMPILED_SIZES if compile else None, cache, key)
+    found = denoiser.calibrate(model.shape, reference, COMPILED_SIZES if compile else None, conditions, cache, key)
     return Engine(manifest, model, denoiser, device, precision, found)

@@ -47,9 +47,13 @@ def claim_engines(redis, engines: dict[str, str], ttl: int) -> None:
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, redis, worker_id: str, engines: dict[str, str], period_s: int) -> None:
+    """Beats every period while `alive()` (the main loop within its deadline, worker/health.py): a worker whose
+    main loop is stuck stops beating, so the API reaps and re-queues its jobs."""
+
+    def __init__(self, redis, worker_id: str, engines: dict[str, str], period_s: int, alive=None) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.redis, self.worker_id, self.engines, self.period_s = redis, worker_id, engines, period_s
+        self.alive = alive or (lambda: True)
         self.stopped = threading.Event()
         self.info = {
             "id": worker_id,
@@ -70,6 +74,9 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(self.period_s):
+            if not self.alive():
+                log.error("main loop past its deadline: no heartbeat, so that its jobs are re-queued")
+                continue
             try:
                 self.beat()
             except Exception as exc:  # Redis away: keep trying, the TTL tells the API we are gone

@@ -13,12 +13,14 @@ import json
 import time
 
 import numpy as np
+import torch
 from PIL import PngImagePlugin
 
 from app.core import events, keys
 from app.core.jobs import InterpolateSpec, JobStatus, deliver, transition
 from app.core.png import PARAMETERS_KEY, encode_png, image, parameters_json
 from diffusion.grid import make_grid
+from diffusion.guidance import Condition
 from diffusion.interpolate import interpolated_noises
 from worker.batch import count
 from worker.engine import Engine
@@ -41,7 +43,31 @@ def animated_png(frames: np.ndarray, parameters: dict) -> bytes:
 
 def parameters(engine: Engine, spec: InterpolateSpec) -> dict:
     walk = {"seed_a": spec.seed_a, "seed_b": spec.seed_b, "frames": spec.frames, "steps": spec.steps, "eta": 0.0}
+    if engine.model.conditioned:
+        prompted = spec.prompt is not None
+        walk |= {"prompt": spec.prompt, "prompt_b": spec.prompt_b, "guidance": spec.guidance if prompted else None}
     return {**walk, **engine.model_parameters()}
+
+
+def frame_conditions(engine: Engine, spec: InterpolateSpec) -> list[Condition] | None:
+    """Each frame's text condition: the prompt's, or with prompt_b the embedding moving linearly from the prompt's
+    to prompt_b's (exact at both ends, so the ends are /generate's images with those prompts)."""
+    if not engine.model.conditioned or spec.prompt is None:
+        return None
+    if spec.prompt_b is None:
+        return [engine.condition(spec.prompt, spec.guidance)] * spec.frames
+    a, b = engine.model.embed(spec.prompt), engine.model.embed(spec.prompt_b)
+    weights = [i / (spec.frames - 1) for i in range(spec.frames)]
+    return [Condition(lerp(a, b, w), spec.guidance) for w in weights]
+
+
+def lerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+    """(1 - w)·a + w·b, exactly a at w = 0 and exactly b at w = 1."""
+    if w == 0:
+        return a
+    if w == 1:
+        return b
+    return (1 - w) * a + w * b
 
 
 def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) -> str:
@@ -55,7 +81,8 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
     # batch_size is jobs sharing a model run, as for /generate: an interpolation runs alone (its frames are rows).
     run_started = time.monotonic()
     x_T = interpolated_noises(engine.initial_noise(spec.seed_a), engine.initial_noise(spec.seed_b), spec.frames)
-    sampler = engine.run([spec.seed_a] * spec.frames, spec.steps, [0.0] * spec.frames, x_T=x_T)
+    conditions = frame_conditions(engine, spec)
+    sampler = engine.run([spec.seed_a] * spec.frames, spec.steps, [0.0] * spec.frames, x_T=x_T, conditions=conditions)
     last_write, last = 0.0, None
     for last in sampler:
         if redis.hget(keys.job(spec.job_id), "status") != JobStatus.RUNNING.value.encode():

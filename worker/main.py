@@ -8,7 +8,6 @@ naming any other function fails without being imported or run.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import uuid
 
@@ -21,8 +20,9 @@ from app.core import keys
 from app.core.redis import connect_sync, wait_for_redis
 from app.core.runs import fail_jobs
 from app.core.settings import Settings, get_settings
+from diffusetv.logs import configure_logging
 from model_store import Store, kinds
-from worker import jobs, registry
+from worker import health, jobs, registry
 from worker.engine import load_engine
 from worker.heartbeat import Heartbeat, claim_engines
 
@@ -30,9 +30,29 @@ log = logging.getLogger("diffusetv.worker")
 
 
 class DiffuseWorker(SimpleWorker):
-    """An RQ SimpleWorker that runs nothing but `worker.jobs` functions."""
+    """An RQ SimpleWorker that runs nothing but `worker.jobs` functions, and promises its next deadline to the
+    health file (worker/health.py) from its main loop."""
+
+    busy = False
+
+    def promise(self) -> None:
+        settings = get_settings()
+        seconds = settings.job_timeout if self.busy else self.dequeue_timeout
+        health.promise(settings.health_file, seconds + health.MARGIN_S, "busy" if self.busy else "idle")
+
+    def heartbeat(self, timeout=None, pipeline=None):  # RQ calls it before each wait for jobs and after each job
+        super().heartbeat(timeout, pipeline)
+        self.promise()
 
     def execute_job(self, job, queue):
+        self.busy = True
+        self.promise()
+        try:
+            self.execute_allowed_job(job, queue)
+        finally:
+            self.busy = False
+
+    def execute_allowed_job(self, job, queue):
         message = refusal(job)
         if message:
             log.error("job %s %s", job.id, message)
@@ -96,7 +116,7 @@ def start_heartbeat(conn, engines: dict[str, str], settings: Settings) -> Heartb
     the old id held, since that batch's outcome could not be written."""
     worker_id = uuid.uuid4().hex[:12]
     registry.WORKER_ID = worker_id
-    heartbeat = Heartbeat(conn, worker_id, engines, settings.heartbeat_s)
+    heartbeat = Heartbeat(conn, worker_id, engines, settings.heartbeat_s, alive=lambda: not health.overdue())
     heartbeat.beat()
     heartbeat.start()
     return heartbeat
@@ -104,9 +124,11 @@ def start_heartbeat(conn, engines: dict[str, str], settings: Settings) -> Heartb
 
 def run(settings: Settings | None = None, models: list[str] | None = None, burst: bool = False) -> int:
     settings = settings or get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(settings.log_format)
     if not settings.redis_url:
         raise SystemExit("diffusetv worker: set DIFFUSETV_REDIS_URL (or run `diffusetv up` for a local stack)")
+    health.clear(settings.health_file)  # not ready until the models are loaded and the loop runs
+    log.info("loading %s", ", ".join(models or settings.served_models))
     refs = load(settings, models or settings.served_models)
     engines = {ref: registry.ENGINES[ref].id for ref in refs}
     conn = connect_sync(settings.redis_url, socket_timeout=None)
@@ -118,7 +140,11 @@ def run(settings: Settings | None = None, models: list[str] | None = None, burst
     try:
         while True:
             worker = DiffuseWorker(
-                queues, name=f"diffusetv-{registry.WORKER_ID}", connection=conn, serializer=JSONSerializer
+                queues,
+                name=f"diffusetv-{registry.WORKER_ID}",
+                connection=conn,
+                serializer=JSONSerializer,
+                worker_ttl=health.DEQUEUE_TIMEOUT_S + 15,  # RQ waits worker_ttl - 15 s for a job, then loops
             )
             try:
                 worker.work(burst=burst, logging_level="WARNING")
@@ -131,3 +157,4 @@ def run(settings: Settings | None = None, models: list[str] | None = None, burst
                 heartbeat = start_heartbeat(conn, engines, settings)
     finally:
         heartbeat.stop()
+        health.clear(settings.health_file)

@@ -104,11 +104,14 @@ class JobSpec:
     identity: str  # the model's identity (model_store.manifest.Manifest.identity)
     previews: bool = False
     run_key: str = ""  # its engine key as the API saw it (app.core.runs.engine_key)
+    prompt: str | None = None  # text models: the normalised prompt (None: prompt-free)
+    guidance: float | None = None  # and its guidance scale s
 
     def to_kwargs(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "seed": self.seed, "steps": self.steps, "eta": self.eta,
             "model_ref": self.model_ref, "identity": self.identity, "previews": self.previews, "run_key": self.run_key,
+            "prompt": self.prompt, "guidance": self.guidance,
         }  # fmt: skip
 
 
@@ -123,16 +126,31 @@ class InterpolateSpec:
     steps: int
     model_ref: str
     identity: str
+    prompt: str | None = None  # text models: the condition at seed_a's end ...
+    prompt_b: str | None = None  # ... and at seed_b's (None: the same prompt all along)
+    guidance: float | None = None
 
     def to_kwargs(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id, "seed_a": self.seed_a, "seed_b": self.seed_b, "frames": self.frames,
             "steps": self.steps, "model_ref": self.model_ref, "identity": self.identity,
+            "prompt": self.prompt, "prompt_b": self.prompt_b, "guidance": self.guidance,
         }  # fmt: skip
 
 
-def new_interpolation_record(spec: InterpolateSpec, model: dict, owner: str = "") -> dict[str, str]:
+def text_params(prompt: str | None, guidance: float | None, ignored: tuple[str, ...] = (), **more) -> dict:
+    """A job's `params` entries for its text condition: only what it has (a prompt-free job has none)."""
+    params = {"prompt": prompt, "guidance": guidance, **more} if prompt else {}
+    if ignored:
+        params["ignored_words"] = list(ignored)
+    return params
+
+
+def new_interpolation_record(
+    spec: InterpolateSpec, model: dict, owner: str = "", ignored: tuple[str, ...] = ()
+) -> dict[str, str]:
     params = {"seed_a": spec.seed_a, "seed_b": spec.seed_b, "frames": spec.frames, "steps": spec.steps}
+    params |= text_params(spec.prompt, spec.guidance, ignored, **({"prompt_b": spec.prompt_b} if spec.prompt_b else {}))
     return {
         "id": spec.job_id,
         "kind": "interpolate",
@@ -146,12 +164,16 @@ def new_interpolation_record(spec: InterpolateSpec, model: dict, owner: str = ""
     }
 
 
-def new_record(spec: JobSpec, model: dict, owner: str = "", now: float | None = None) -> dict[str, str]:
-    """The hash fields of a freshly queued job."""
+def new_record(
+    spec: JobSpec, model: dict, owner: str = "", now: float | None = None, ignored: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The hash fields of a freshly queued job; `ignored`: the prompt's words the model does not know."""
+    params = {"seed": spec.seed, "steps": spec.steps, "eta": spec.eta, "previews": spec.previews}
+    params |= text_params(spec.prompt, spec.guidance, ignored)
     return {
         "id": spec.job_id,
         "status": JobStatus.QUEUED.value,
-        "params": json.dumps({"seed": spec.seed, "steps": spec.steps, "eta": spec.eta, "previews": spec.previews}),
+        "params": json.dumps(params),
         "model": json.dumps(model),
         "owner": owner,
         "created_at": repr(now if now is not None else time.time()),

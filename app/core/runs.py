@@ -23,13 +23,25 @@ WAITING = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 PENDING_ENGINE = "pending"  # no worker has claimed the model yet: the engine is not known
 
 
-def engine_key(identity: str, model_ref: str, seed: int, steps: int, eta: float, engine: str) -> str:
+def engine_key(
+    identity: str,
+    model_ref: str,
+    seed: int,
+    steps: int,
+    eta: float,
+    engine: str,
+    prompt: str | None = None,
+    guidance: float | None = None,
+) -> str:
     """sha256 of the canonical engine key; `engine` is `device/precision/kernels` (worker.engine.Engine.id).
 
     `identity` is the model's (model_store.manifest.Manifest.identity: weights and every output-relevant
-    field); `model_ref` (name@version) joins it because the PNG's `parameters` name the version."""
+    field); `model_ref` (name@version) joins it because the PNG's `parameters` name the version. A text
+    model's prompted job adds its normalised prompt and guidance (a prompt-free job's key has neither)."""
     device, precision, kernels = [*engine.split("/", 2), "", ""][:3]
     key = {"identity": identity, "model": model_ref, "seed": seed, "steps": steps, "eta": eta}
+    if prompt:
+        key |= {"prompt": prompt, "guidance": guidance}
     key |= {"device": device, "precision": precision}
     key["kernels"] = kernels  # workers whose kernels differ give other bytes: their results never mix
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +23,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DIFFUSETV_", extra="ignore", frozen=True)
 
     redis_url: str | None = Field(None, description="Redis to use; unset means `diffusetv up` starts one")
+    redis_password_file: Path | None = Field(
+        None, description="a file holding the Redis password, put into REDIS_URL (keeps it out of the environment)"
+    )
     model: str = Field("emoji32", description="default model reference, NAME or NAME@VERSION")
     models: str | None = Field(
         None, description="comma-separated references that workers without --model serve; unset: the default model"
@@ -36,7 +41,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default_factory=usable_cpus, ge=1, le=1024, description="torch threads per worker; default: usable CPUs"
     )
-    max_batch_size: int = Field(16, ge=1, le=256)
+    # 1024: GPU workers batch far more than CPU ones (docs/BENCHMARKS.md: the H200 figures peak at 128-512 rows).
+    max_batch_size: int = Field(16, ge=1, le=1024)
     max_batch_wait_ms: int = Field(5, ge=0, le=10_000)
     result_ttl: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds a result and its job are kept")
     job_timeout: int = Field(600, ge=5, le=86_400, description="seconds before a running job fails")
@@ -62,6 +68,27 @@ class Settings(BaseSettings):
         None, description="comma-separated proxy addresses whose X-Forwarded-For counts"
     )
     body_timeout_s: float = Field(10.0, ge=0.1, le=600, description="longest time a request body may take to arrive")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text, or one JSON object a line")
+    health_file: Path = Field(
+        Path(tempfile.gettempdir()) / "diffusetv-worker.health",
+        description="where a worker's main loop writes its next deadline, read by `diffusetv worker --check`",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _redis_password(cls, values):
+        """DIFFUSETV_REDIS_PASSWORD_FILE: its first line becomes REDIS_URL's password (user, host, db: the URL's)."""
+        if not isinstance(values, dict) or not values.get("redis_password_file") or not values.get("redis_url"):
+            return values
+        path = Path(values["redis_password_file"])
+        try:
+            password = path.read_text().splitlines()[0].strip()
+        except (OSError, IndexError):
+            raise ValueError(f"DIFFUSETV_REDIS_PASSWORD_FILE: {path} is not a readable file with a password") from None
+        refused = placeholder_problem(password)
+        if refused:
+            raise ValueError(f"DIFFUSETV_REDIS_PASSWORD_FILE: {refused}")
+        return {**values, "redis_url": with_password(str(values["redis_url"]), password)}
 
     @field_validator("model")
     @classmethod
@@ -96,6 +123,8 @@ class Settings(BaseSettings):
         for key in self.keys:
             if len(key) < 16:
                 raise ValueError("DIFFUSETV_API_KEYS: every API key must be at least 16 characters")
+            if placeholder_problem(key):
+                raise ValueError(f"DIFFUSETV_API_KEYS: {placeholder_problem(key)}")
         return self
 
     @property
@@ -138,6 +167,31 @@ class Settings(BaseSettings):
             f"refusing to serve an open API on {self.host}: set DIFFUSETV_API_KEYS (or DIFFUSETV_API_KEYS_FILE), "
             "bind to 127.0.0.1, or set DIFFUSETV_AUTH_PROXY=true when an authenticating proxy is in front"
         )
+
+
+PLACEHOLDERS = ("change-me", "changeme", "replace-me", "placeholder")  # words of the examples' stand-ins
+
+
+def placeholder_problem(secret: str, min_length: int = 16) -> str | None:
+    """Why a password or key is an example's placeholder rather than a generated secret, or None."""
+    if any(word in secret.lower() for word in PLACEHOLDERS):
+        return (
+            "that is a placeholder, not a generated secret (python3 -c 'import secrets; print(secrets.token_hex(24))')"
+        )
+    if len(secret) < min_length:
+        return f"a secret must be at least {min_length} characters"
+    return None
+
+
+def with_password(url: str, password: str) -> str:
+    """The URL with this password, percent-encoded; its user name (an ACL user) is kept."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_loopback(host: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 
 from app import schemas
 from app.auth import OwnerDep
@@ -15,9 +16,11 @@ from app.clients import ClientDep
 from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep, SettingsDep, StoreDep
-from app.models import check_request, require_served
+from app.models import check_request, prompted, require_served
 from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
 from app.views import job_view
+from model_store.text import NO_TEXT
+from model_store.vocabulary import normalise
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 429, 503))
 WAKE_S = 1.0
@@ -117,7 +120,8 @@ def generate(
 ) -> schemas.Job:
     """Queue a DDIM generation job; poll `Location` for it. 503 when no live worker serves the model."""
     manifest = offered_model(redis, store, settings, body)
-    job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews, owner, client)
+    text = prompted(manifest, body.prompt, body.guidance)
+    job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews, owner, client, text)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 
@@ -136,8 +140,15 @@ def interpolate(
 ) -> schemas.Job:
     """Queue a seed interpolation: DDIM (eta 0) from the spherical walk between two seeds' noises."""
     manifest = offered_model(redis, store, settings, body)
+    text = prompted(manifest, body.prompt, body.guidance)
+    if normalise(body.prompt_b or "") and text.prompt is None:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "prompt_b"), "msg": "prompt_b needs a prompt to start from"}]
+        )
+    # prompt_b keeps prompt's guidance; an empty one is none: the condition stays `prompt` all along
+    end = prompted(manifest, body.prompt_b, None, "prompt_b") if body.prompt_b is not None else NO_TEXT
     args = (body.seed_a, body.seed_b, body.frames, body.steps)
-    job_id = submit_interpolation(redis, settings, manifest, *args, owner, client)
+    job_id = submit_interpolation(redis, settings, manifest, *args, owner, client, text, end)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 

@@ -6,7 +6,7 @@ const KEY_STORE = "diffusetv.key";
 const HISTORY_STORE = "diffusetv.history";
 const $ = (id) => document.getElementById(id);
 
-export const state = { events: [], progress: [], jobId: null, objectUrls: [] };
+export const state = { events: [], progress: [], jobId: null, objectUrls: [], models: [], info: {}, prompts: {} };
 window.diffusetv = state; // for people poking around, and for the browser tests
 
 function authHeaders() {
@@ -133,6 +133,10 @@ async function blobUrl(path) {
 function sameAgainHref(params, model) {
   const q = new URLSearchParams({ seed: String(params.seed), steps: String(params.steps), eta: String(params.eta) });
   if (model) q.set("model", `${model.name}@${model.version}`);
+  if (params.prompt) {
+    q.set("prompt", params.prompt);
+    q.set("guidance", String(params.guidance));
+  }
   q.set("run", "1");
   return `/?${q}`;
 }
@@ -151,7 +155,8 @@ function renderHistory() {
     const li = document.createElement("li");
     const a = document.createElement("a");
     a.href = h.href;
-    a.textContent = `seed ${h.seed}, ${h.steps} steps, eta ${h.eta}, ${h.model}`;
+    const prompt = h.prompt ? `“${h.prompt}” at guidance ${h.guidance}, ` : "";
+    a.textContent = `${prompt}seed ${h.seed}, ${h.steps} steps, eta ${h.eta}, ${h.model}`;
     if (h.thumb) {
       const img = document.createElement("img");
       img.src = h.thumb;
@@ -181,6 +186,8 @@ async function generate(event) {
   if (seed === null) return $("seed").focus();
   const body = { seed, steps: Number($("steps").value), eta: Number($("eta").value), previews: $("previews").checked };
   if ($("model").value) body.model = $("model").value;
+  Object.assign(body, textBody("model", "prompt", null, "guidance"));
+  $("prompt-error").textContent = "";
   $("generate").disabled = true;
   $("result").hidden = true;
   $("tvs").replaceChildren(staticTv());
@@ -213,7 +220,8 @@ async function generate(event) {
       const url = await blobUrl(done.image_url);
       const img = $("result-image");
       img.src = url;
-      img.alt = `generated image: seed ${done.params.seed}, ${done.params.steps} steps, eta ${done.params.eta}`;
+      const asked = done.params.prompt ? `“${done.params.prompt}”, ` : "";
+      img.alt = `generated image: ${asked}seed ${done.params.seed}, ${done.params.steps} steps, eta ${done.params.eta}`;
       await img.decode().catch(() => {});
       $("result-params").textContent = JSON.stringify({ ...done.params, model: done.model, engine: done.engine });
       $("download").href = url;
@@ -223,12 +231,14 @@ async function generate(event) {
       document.body.dataset.done = job.id;
       remember({ id: job.id, seed: String(done.params.seed), steps: done.params.steps, eta: done.params.eta,
         model: `${done.model.name}@${done.model.version}`, status: "succeeded",
+        prompt: done.params.prompt, guidance: done.params.guidance,
         href: sameAgainHref(done.params, done.model), thumb: thumbnail(img) });
     } else {
       $("status").textContent = `${describe(final.status, final)}${done.error ? ": " + done.error : ""}`;
     }
   } catch (error) {
     $("status").textContent = `Error: ${error.message}`;
+    if (/^(prompt|guidance):/.test(error.message)) $("prompt-error").textContent = error.message;
   } finally {
     $("generate").disabled = false;
   }
@@ -241,6 +251,7 @@ async function interpolate(event) {
   if (a === null || b === null) return;
   const body = { seed_a: a, seed_b: b, frames: Number($("frames").value), steps: Number($("i-steps").value) };
   if ($("i-model").value) body.model = $("i-model").value;
+  Object.assign(body, textBody("i-model", "i-prompt", "i-prompt-b", "i-guidance"));
   $("interpolate").disabled = true;
   $("i-result").hidden = true;
   $("i-progress").value = 0;
@@ -262,7 +273,8 @@ async function interpolate(event) {
     const done = await (await api(`/jobs/${job.id}`)).json();
     const [strip, animation] = [$("strip"), $("animation")];
     strip.src = await blobUrl(done.strip_url);
-    strip.alt = `${body.frames} frames walking from seed ${a} to seed ${b}`;
+    const walk = done.params.prompt_b ? ` and from “${done.params.prompt}” to “${done.params.prompt_b}”` : "";
+    strip.alt = `${body.frames} frames walking from seed ${a} to seed ${b}${walk}`;
     animation.src = await blobUrl(done.image_url);
     animation.alt = `the same walk as an animation, ${body.frames} frames`;
     await strip.decode().catch(() => {});
@@ -275,6 +287,37 @@ async function interpolate(event) {
   } finally {
     $("interpolate").disabled = false;
   }
+}
+
+// A text model's fields: only what was typed (an empty prompt is none; an empty guidance is the model's default).
+function textBody(modelId, promptId, promptBId, guidanceId) {
+  const info = state.info[$(modelId).value];
+  if (!info || info.conditioning !== "text") return {};
+  const body = {};
+  const prompt = $(promptId).value.trim();
+  if (prompt) body.prompt = prompt;
+  const promptB = promptBId ? $(promptBId).value.trim() : "";
+  if (prompt && promptB) body.prompt_b = promptB;
+  const guidance = $(guidanceId).value.trim();
+  if (prompt && guidance !== "") body.guidance = Number(guidance);
+  return body;
+}
+
+// The prompt fields show for a text model, with its captions as suggestions and its default guidance.
+async function showTextFields(selectId, fieldsetId, guidanceId) {
+  const info = state.info[$(selectId).value];
+  const text = Boolean(info && info.conditioning === "text");
+  $(fieldsetId).hidden = !text;
+  if (!text) return;
+  $(guidanceId).placeholder = `default ${info.default_guidance}`;
+  if (!state.prompts[info.ref]) {
+    try {
+      state.prompts[info.ref] = (await (await api(`/models/${encodeURIComponent(info.ref)}/prompts`)).json()).prompts;
+    } catch (_) {
+      state.prompts[info.ref] = [];
+    }
+  }
+  $("prompt-suggestions").replaceChildren(...state.prompts[info.ref].map((p) => new Option(p)));
 }
 
 // Only models that a live worker serves are offered: any other would be answered 503.
@@ -290,6 +333,7 @@ async function loadModels() {
       }));
     }
     state.models = served.map((m) => m.ref);
+    state.info = Object.fromEntries(served.map((m) => [m.ref, m]));
     if (!served.length) $("status").textContent = "No model is being served right now; try again shortly.";
   } catch (error) {
     $("status").textContent = `Could not list models: ${error.message}`;
@@ -328,6 +372,8 @@ async function main() {
   });
   $("random-seed").addEventListener("click", () => { $("seed").value = String(randomSeed()); });
   $("generate-form").addEventListener("submit", generate);
+  $("model").addEventListener("change", () => showTextFields("model", "text-fields", "guidance"));
+  $("i-model").addEventListener("change", () => showTextFields("i-model", "i-text-fields", "i-guidance"));
   $("interpolate-form").addEventListener("submit", interpolate);
   const query = new URLSearchParams(location.search);
   $("seed").value = query.get("seed") ?? String(randomSeed());
@@ -338,6 +384,10 @@ async function main() {
   renderHistory();
   await loadModels();
   if (query.get("model")) $("model").value = query.get("model");
+  if (query.get("prompt")) $("prompt").value = query.get("prompt");
+  if (query.get("guidance")) $("guidance").value = query.get("guidance");
+  await showTextFields("model", "text-fields", "guidance");
+  await showTextFields("i-model", "i-text-fields", "i-guidance");
   document.body.dataset.ready = "1";
   // A link fills the form and nothing more: starting a job (with this browser's stored key) takes a press of Generate.
   if (query.get("run") === "1") $("generate").focus();

@@ -267,3 +267,61 @@ def test_the_largest_seed_is_shown_whole(browser, tiny_store, redis_server, tmp_
             page.close()
     finally:
         s.stop_all()
+
+
+def test_a_prompt_typed_in_the_page_fills_the_televisions_and_gets_the_png(browser, tiny_store, redis_server, tmp_path):
+    """A text model: the prompt box appears with suggestions, the typed prompt and guidance reach the job, the
+    televisions fill, the PNG is the served one, the history names the prompt; interpolation takes a prompt pair."""
+    from helpers import save_tiny_text
+
+    save_tiny_text(tiny_store)
+    stack = start_stack(tiny_store, redis_server, tmp_path, DIFFUSETV_MODELS="tiny,words")
+    try:
+        page = browser.new_page()
+        page.goto(stack.base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        assert page.is_hidden("#text-fields")  # tiny, the default, takes no prompt
+        page.select_option("#model", "words@1")
+        page.wait_for_selector("#prompt-suggestions option", state="attached")  # (the CSP forbids eval)
+        assert page.is_visible("#prompt") and page.get_attribute("#guidance", "placeholder") == "default 2.5"
+        suggestions = page.eval_on_selector_all("#prompt-suggestions option", "os => os.map(o => o.value)")
+        assert "red heart" in suggestions and "one o'clock" in suggestions
+        page.fill("#seed", "31")
+        page.fill("#steps", "12")
+        page.check("#previews")
+        page.fill("#prompt", "  Red   HEART ")
+        page.fill("#guidance", "4")
+        page.click("#generate")
+        page.wait_for_selector("body[data-done]", timeout=60_000)
+        assert page.locator("#tvs li.tv img").count() >= 3
+        job_id = page.evaluate("document.body.dataset.done")
+        with stack.client() as c:
+            job = c.get(f"/jobs/{job_id}").json()
+            served = c.get(f"/jobs/{job_id}/image.png").content
+        assert (job["params"]["prompt"], job["params"]["guidance"]) == ("red heart", 4.0)
+        assert fetch_bytes(page, "#result-image") == served
+        assert "red heart" in page.get_attribute("#result-image", "alt")
+        assert "“red heart” at guidance 4" in page.inner_text("#history")
+        assert "prompt=red+heart" in page.get_attribute("#same-again", "href")
+
+        page.fill("#prompt", "zebra")  # no known word: the field's error says so, and nothing is queued
+        page.click("#generate")
+        page.wait_for_selector("#prompt-error:has-text('known words')")
+
+        page.click("#tab-interpolate")
+        page.select_option("#i-model", "words@1")
+        assert page.is_visible("#i-prompt")
+        page.fill("#seed-a", "3")
+        page.fill("#seed-b", "4")
+        page.fill("#frames", "3")
+        page.fill("#i-steps", "6")
+        page.fill("#i-prompt", "cat face")
+        page.fill("#i-prompt-b", "dog face")
+        page.click("#interpolate")
+        page.wait_for_selector("body[data-interpolation-done]", timeout=60_000)
+        with stack.client() as c:
+            done = c.get(f"/jobs/{page.evaluate('document.body.dataset.interpolationDone')}").json()
+        assert (done["params"]["prompt"], done["params"]["prompt_b"]) == ("cat face", "dog face")
+        assert "from “cat face” to “dog face”" in page.get_attribute("#strip", "alt")
+    finally:
+        stack.stop_all()

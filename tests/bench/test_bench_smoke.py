@@ -168,3 +168,17 @@ def test_paired_bench_compares_against_a_git_revision():
 
     ratios = paired.run("HEAD", pairs=1, batches=[1], steps=1, threads=1)
     assert list(ratios) == [1] and len(ratios[1]) == 1 and ratios[1][0] > 0
+
+
+def test_guidance_bench_times_the_same_text_model_with_and_without_a_prompt(capsys):
+    from bench.__main__ import main
+
+    assert main(["guidance", "--quick", "--steps", "1", "--repeats", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Classifier-free guidance" in out and "benchtext@1" in out
+    from bench import guidance
+
+    result = guidance.run(repeats=2, steps=1, threads=1, batches=(2,))
+    (row,) = result["rows"]
+    assert row["batch"] == 2 and len(row["ratios"]) == 2 and all(r > 0 for r in row["ratios"])
+    assert row["cost_ratio"] == sorted(row["ratios"])[0] + (sorted(row["ratios"])[1] - sorted(row["ratios"])[0]) / 2

@@ -66,3 +66,16 @@ def test_the_key_holds_threads_precision_and_the_model(tiny_store, tmp_path):
 def test_without_a_cache_directory_nothing_is_written(tiny_store, tmp_path):
     engine = load_engine("tiny", tiny_store, "cpu")
     assert not engine.denoiser.cached and [p.name for p in tmp_path.glob("**/*.json")] == ["model.json"]
+
+
+def test_a_text_model_is_confirmed_with_its_probe_conditions(tmp_path, monkeypatch):
+    from helpers import save_tiny_text
+    from model_store import Store
+
+    store = Store(tmp_path / "models")
+    save_tiny_text(store, "words")
+    calls = count_probes(monkeypatch)
+    cache = tmp_path / "probes"
+    first = load_engine("words", store, "cpu", probe_cache=cache)
+    second = load_engine("words", store, "cpu", probe_cache=cache)
+    assert len(calls) == 1 and second.denoiser.cached and second.probe == first.probe

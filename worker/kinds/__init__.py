@@ -21,7 +21,13 @@ from model_store import Manifest, ModelStoreError, kinds
 
 
 class KindModel(ABC):
-    """One model of one kind, as the engine runs it."""
+    """One model of one kind, as the engine runs it.
+
+    A text-conditioned kind (`conditioned`) has a network called as `net(x, time_input(t), c)`, with c each row's
+    prompt embedding, and says how to embed a prompt (`embed`; "" is the empty prompt) and which conditions the
+    kernel probe runs with (`probe_conditions`)."""
+
+    conditioned = False
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
@@ -55,6 +61,14 @@ class KindModel(ABC):
     @abstractmethod
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         """(B, C, H, W) model space -> (B, H, W, C) uint8."""
+
+    def embed(self, prompt: str) -> torch.Tensor:
+        """A prompt's embedding, computed alone (text-conditioned kinds)."""
+        raise ModelStoreError(f"{self.manifest.ref} takes no prompt")
+
+    def probe_conditions(self, rows: int) -> torch.Tensor | None:
+        """One condition per probe row for a conditioned network; None for an unconditioned one."""
+        return None
 
 
 def model_for(manifest: Manifest) -> KindModel:

@@ -1,0 +1,107 @@
+"""What a text model's manifest says about prompts: its vocabulary, its captions and its default guidance.
+
+Torch-free: the API reads it to normalise and check prompts, to key them and to suggest captions; the
+worker's text kind reads it to encode them. It is the manifest's top-level `text` field, so it is part
+of the model's identity (model_store.manifest.Manifest.identity):
+
+    "text": {"vocabulary": {"tokens": 10, "words": [...]}, "captions": [...], "default_guidance": 3.0}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model_store.errors import ModelStoreError
+from model_store.manifest import Manifest
+from model_store.vocabulary import MAX_PROMPT_CHARS, Encoded, Vocabulary, normalise, words
+
+TEXT_FIELD = "text"
+MAX_GUIDANCE = 20.0
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    vocabulary: Vocabulary
+    captions: tuple[str, ...]  # the training captions, for suggestions
+    default_guidance: float
+
+    def to_json(self) -> dict:
+        return {
+            "vocabulary": self.vocabulary.to_dict(),
+            "captions": list(self.captions),
+            "default_guidance": self.default_guidance,
+        }
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> TextSpec:
+        """The manifest's text field, or a one-line error naming the manifest."""
+        data = manifest.extras.get(TEXT_FIELD)
+        try:
+            spec = cls(
+                Vocabulary.from_dict(data["vocabulary"]),
+                tuple(str(c) for c in data["captions"]),
+                float(data["default_guidance"]),
+            )
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ModelStoreError(f"{manifest.file}: a text model needs a valid `text` field ({exc!r})") from None
+        if not 0 <= spec.default_guidance <= MAX_GUIDANCE:
+            raise ModelStoreError(f"{manifest.file}: default_guidance must be within 0..{MAX_GUIDANCE}")
+        return spec
+
+    def encode(self, prompt: str) -> Encoded:
+        return self.vocabulary.encode(normalise(prompt))
+
+
+class PromptError(ValueError):
+    """A prompt or guidance a model refuses; `field` is the request field to name."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Prompted:
+    """A request's text condition after normalisation and defaults: what keys, caches and PNGs carry."""
+
+    prompt: str | None  # normalised; None: no prompt (an empty one is none)
+    guidance: float | None  # s; None without a prompt
+    ignored: tuple[str, ...] = ()  # words of the prompt that the model does not know
+
+
+NO_TEXT = Prompted(None, None)  # a prompt-free request
+SUGGESTED_WORDS = 8
+
+
+def known_words(spec: TextSpec, n: int = SUGGESTED_WORDS) -> list[str]:
+    """The model's most frequent caption words, for a refusal's hint."""
+    counts: dict[str, int] = {}
+    for caption in spec.captions:
+        for word in words(caption):
+            counts[word] = counts.get(word, 0) + 1
+    ranked = sorted(counts, key=lambda w: (-counts[w], w)) or list(spec.vocabulary.words)
+    return ranked[:n]
+
+
+def resolve(spec: TextSpec, prompt: str | None, guidance: float | None, field: str = "prompt") -> Prompted:
+    """Normalise a prompt and default its guidance (docs/API.md, "Prompts"), or refuse it naming the field.
+
+    - no prompt, or one that normalises to "": the prompt-free job; a guidance with it is refused;
+    - over MAX_PROMPT_CHARS after normalisation, or no known word: refused;
+    - an omitted guidance is the model's default, before keying."""
+    text = normalise(prompt) if prompt is not None else ""
+    if not text:
+        if guidance is not None:
+            raise PromptError("guidance", "guidance needs a prompt: send `prompt`, or leave `guidance` out")
+        return NO_TEXT
+    if len(text) > MAX_PROMPT_CHARS:
+        raise PromptError(field, f"at most {MAX_PROMPT_CHARS} characters after normalisation, got {len(text)}")
+    encoded = spec.vocabulary.encode(text)
+    if not encoded.known:
+        hint = ", ".join(known_words(spec))
+        raise PromptError(field, f"no word of {text!r} is known to this model; known words include: {hint}")
+    if guidance is None:
+        guidance = spec.default_guidance
+    if not 0 <= guidance <= MAX_GUIDANCE:
+        raise PromptError("guidance", f"guidance must be within 0..{MAX_GUIDANCE:g}, got {guidance}")
+    return Prompted(text, float(guidance) + 0.0, tuple(dict.fromkeys(encoded.ignored)))
