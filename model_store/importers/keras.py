@@ -135,7 +135,10 @@ def import_keras(
     store: Store | None = None,
 ) -> Manifest:
     """Convert the EMA network of a Keras DDIM example checkpoint and publish it as the next version of `name`."""
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise ModelStoreError("diffusetv import keras needs h5py (pip install 'diffusetv[worker]')") from None
 
     store = store or Store()
     store.next_version(name)  # a bad name is refused before anything is read
