@@ -46,8 +46,9 @@ def check_request(manifest: Manifest, steps: int, given: Iterable[str]) -> None:
         {"type": "value_error", "loc": ("body", field), "msg": f"kind {kind.name!r} does not take {field!r}"}
         for field in sorted(set(given) - kind.fields)
     ]
-    if steps > kind.max_steps:
-        msg = f"{manifest.ref} (kind {kind.name!r}) runs at most {kind.max_steps} steps"
+    bound = kind.steps_bound(manifest)
+    if steps > bound:
+        msg = f"{manifest.ref} (kind {kind.name!r}) runs at most {bound} steps"
         errors.append({"type": "less_than_equal", "loc": ("body", "steps"), "msg": msg, "input": steps})
     if errors:
         raise RequestValidationError(errors)

@@ -1,132 +1,167 @@
-"""Against diffusers: our engine and diffusers' DDIMPipeline on networks of the closest configuration.
+"""Against diffusers, the same network both ways: one imported UNet2DModel through our engine and through
+diffusers' DDIMPipeline.
 
-    python -m bench.diffusers_cmp [--repeats N] [--steps N] [--threads N] [--json FILE] [--quick]
+    python -m bench diffusers [--repeats N] [--steps N] [--threads N] [--json FILE] [--quick]
 
-Theirs: `DDIMPipeline` with a `UNet2DModel` (sample_size 32, block_out_channels (32, 64, 96, 128),
-layers_per_block 2, DownBlock2D/UpBlock2D only, no attention) and a `DDIMScheduler`, random weights,
-`output_type="np"`, a seeded generator, under `torch.inference_mode()`. Ours: the worker's engine
-(bench.engine), the same with `DIFFUSETV_COMPILE=true`, and our bare eager network forward without
-the sampler or the determinism settings. The two networks differ in FLOPs per image-step,
-so the comparison is in achieved GFLOP/s (FLOPs/image-step x image-steps/s), at batch 1 and 16, in
-fp32 and in bf16 (theirs under `torch.autocast`). Needs `diffusers` (`pip install 'diffusetv[bench]'`).
+The network has the ddpm-cifar10-32 architecture (35.7 M parameters, attention at 16×16) with random
+weights, fp32. It is saved as a `DDPMPipeline` folder and imported with `diffusetv import diffusers`
+(model_store.importers.diffusers). Ours: the worker's engine on that store version, with its kernel
+probe, padding and per-seed noise. Theirs: `DDIMPipeline(unet, scheduler)` on the same UNet2DModel
+object, `output_type="np"`, a seeded generator, under `torch.inference_mode()`. Each repeat times both
+back to back, and the ratio is taken within a repeat. The load (ours: the probe; theirs: nothing) is
+timed once, apart. Needs diffusers (`pip install 'diffusetv[worker]'`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
-from bench.engine import AUTOCAST, engine_rate, raw_rate
-from bench.flops import module_flops, torch_threads, unet_flops
-from bench.models import bench_engine, supported_precisions
-from bench.report import fmt, median, table, timings
+from bench.flops import module_flops, torch_threads
+from bench.report import fmt, median, table
 
-BATCHES = (1, 16)
-PRECISIONS = ("fp32", "bf16")
-DEFAULTS = {"repeats": 3, "steps": 20}
-QUICK = {"repeats": 2, "steps": 2, "compile": False}
-WIDTHS = (32, 64, 96, 128)
+BATCHES = (1, 8)
+DEFAULTS = {"repeats": 3, "steps": 10}
+QUICK = {"repeats": 1, "steps": 2, "architecture": "tiny"}
 
-DIFFERENCES = [
-    "no attention on either side (UNet2DModel add_attention=False); the differences left in the networks:",
-    "  time: diffusers embeds the timestep (sinusoidal, then a 2-layer MLP) and adds a projection of it",
-    "    in every resnet; ours concatenates a 32-dim sinusoidal embedding of the noise variance to the input once",
-    "  norm: diffusers GroupNorm(32)+SiLU before both convs of a resnet; ours BatchNorm (no affine) before the first",
-    "  resampling: diffusers stride-2 conv down, nearest + 3x3 conv up; ours 2x2 average pool, bilinear (no conv)",
-    "  depth: diffusers up blocks hold layers_per_block+1 = 3 resnets (ours 2); its conv_in is 3x3 (ours 1x1)",
-    "  sampler: diffusers DDIM on 1000 discrete linear-beta steps, one generator for the batch, the whole batch",
-    "    per call; ours offset-cosine continuous time, a generator per seed, calls padded to probed sizes",
-]
+# google/ddpm-cifar10-32's unet/config.json (the architecture only; the weights are random here).
+CIFAR10_32 = {
+    "sample_size": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "layers_per_block": 2,
+    "block_out_channels": [128, 256, 256, 256],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    "downsample_padding": 0,
+    "flip_sin_to_cos": False,
+    "freq_shift": 1,
+    "mid_block_scale_factor": 1,
+    "norm_eps": 1e-06,
+    "norm_num_groups": 32,
+    "attention_head_dim": None,
+}
+# A smoke-test stand-in with the same block types (--quick).
+TINY = {
+    **CIFAR10_32,
+    "sample_size": 16,
+    "layers_per_block": 1,
+    "block_out_channels": [16, 32, 32, 32],
+    "norm_num_groups": 8,
+}
+ARCHITECTURES = {"ddpm-cifar10-32": CIFAR10_32, "tiny": TINY}
 
 
 def require_diffusers():
     try:
         import diffusers
     except ImportError:
-        raise SystemExit("bench diffusers: needs diffusers (pip install 'diffusetv[bench]')") from None
+        raise SystemExit("bench diffusers: needs diffusers (pip install 'diffusetv[worker]')") from None
     return diffusers
 
 
-def their_unet(image_size: int = 32, seed: int = 0):
-    """diffusers' UNet2DModel closest to our default U-Net, with random weights, in eval mode."""
+def their_unet(config: dict, seed: int = 0):
+    """A UNet2DModel of `config` with random weights, in eval mode."""
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
-    levels = len(WIDTHS)
-    return UNet2DModel(
-        sample_size=image_size,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=WIDTHS,
-        layers_per_block=2,
-        down_block_types=("DownBlock2D",) * levels,
-        up_block_types=("UpBlock2D",) * levels,
-        add_attention=False,
-    ).eval()
+    return UNet2DModel(**config).eval()
+
+
+def imported_engine(unet, folder: Path):
+    """The same UNet saved as a DDPMPipeline folder, imported into a temporary store, loaded as the worker does."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    from model_store import Store
+    from model_store.importers.diffusers import import_diffusers
+    from worker.engine import load_engine
+
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder / "pipe")
+    store = Store(folder / "models")
+    import_diffusers(folder / "pipe", "samenet", store=store)
+    started = time.perf_counter()
+    engine = load_engine("samenet", store, "cpu", "fp32")
+    return engine, time.perf_counter() - started
 
 
 def their_pipeline(unet):
-    from diffusers import DDIMPipeline, DDIMScheduler
+    from diffusers import DDIMPipeline, DDPMScheduler
 
-    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    pipe = DDIMPipeline(unet=unet, scheduler=DDPMScheduler())  # DDIMScheduler.from_config, as for an import
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def their_flops(unet) -> int:
-    size = unet.config.sample_size
-    return module_flops(unet, (torch.randn(1, unet.config.in_channels, size, size), torch.tensor(500)))
+def pipeline_seconds(pipe, batch: int, steps: int) -> float:
+    with torch.inference_mode():
+        started = time.perf_counter()
+        pipe(batch_size=batch, generator=torch.Generator("cpu").manual_seed(0), num_inference_steps=steps,
+             output_type="np")  # fmt: skip
+        return time.perf_counter() - started
 
 
-def pipeline_rate(pipe, batch: int, steps: int, repeats: int, precision: str = "fp32") -> float:
-    """Median image-steps/s of the pipeline for `batch` images, after one short warm-up run."""
-    dtype = AUTOCAST[precision]
-
-    def call(n: int) -> None:
-        autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
-            generator = torch.Generator("cpu").manual_seed(0)
-            pipe(batch_size=batch, generator=generator, num_inference_steps=n, output_type="np")
-
-    call(min(steps, 2))
-    return batch * steps / median(timings(lambda: call(steps), repeats))
+def engine_seconds(engine, batch: int, steps: int) -> float:
+    started = time.perf_counter()
+    engine.generate(list(range(batch)), steps, [0.0] * batch)
+    return time.perf_counter() - started
 
 
-def compare(engine, compiled, pipe, batch, steps, repeats, precision, ours_flops, theirs_flops) -> dict:
-    """One row: each repeat times ours, compiled, raw and theirs back to back, so that a ratio is taken
-    within a repeat (the machine's speed drifts between repeats); each figure is the median over repeats."""
-    runs: dict[str, list[float]] = {"ours": [], "compiled": [], "raw": [], "theirs": []}
+def compare(engine, pipe, batch: int, steps: int, repeats: int) -> dict:
+    """One row: each repeat times ours and theirs back to back; figures are medians over repeats."""
+    engine_seconds(engine, batch, 1)  # warm-up, both sides
+    pipeline_seconds(pipe, batch, 1)
+    ours, theirs = [], []
     for _ in range(repeats):
-        runs["ours"].append(ours_flops * engine_rate(engine, batch, steps, 1, budget_s=math.inf)[0] / 1e9)
-        if compiled is not None:
-            runs["compiled"].append(ours_flops * engine_rate(compiled, batch, steps, 1, budget_s=math.inf)[0] / 1e9)
-        raw, _ = raw_rate(engine.denoiser.net, batch, steps, 1, precision, budget_s=math.inf)
-        runs["raw"].append(ours_flops * raw / 1e9)
-        runs["theirs"].append(theirs_flops * pipeline_rate(pipe, batch, steps, 1, precision) / 1e9)
-
-    def ratio(name: str) -> float:
-        pairs = zip(runs[name], runs["theirs"], strict=True)
-        return median([a / b for a, b in pairs]) if runs[name] else math.nan
-
-    gflops = {name: median(values) if values else math.nan for name, values in runs.items()}
+        ours.append(batch / engine_seconds(engine, batch, steps))
+        theirs.append(batch / pipeline_seconds(pipe, batch, steps))
     return {
-        "precision": precision,
         "batch": batch,
-        "ours_image_steps_per_s": gflops["ours"] * 1e9 / ours_flops,
-        "theirs_image_steps_per_s": gflops["theirs"] * 1e9 / theirs_flops,
-        "ours_gflops": gflops["ours"],
-        "raw_gflops": gflops["raw"],
-        "theirs_gflops": gflops["theirs"],
-        "compiled_gflops": gflops["compiled"],
-        "ratio_gflops": ratio("ours"),
-        "ratio_raw_gflops": ratio("raw"),
-        "ratio_compiled_gflops": ratio("compiled"),
-        "ratio_image_steps": ratio("ours") * theirs_flops / ours_flops,
-        "runs_gflops": runs,
+        "ours_images_per_s": median(ours),
+        "theirs_images_per_s": median(theirs),
+        "ratio": median([a / b for a, b in zip(ours, theirs, strict=True)]),
+        "calls": list(engine.denoiser.shapes.plan(batch)),
+        "runs": {"ours": ours, "theirs": theirs},
+    }
+
+
+def profile(engine, unet, batch: int, steps: int = 2) -> dict:
+    """Where the time goes: our share of a run spent in network calls, and one call of their UNet per row at
+    1 row and at `batch` rows (the ceiling of one-row calls is the ratio of the two)."""
+    network, spent = engine.denoiser.network, [0.0]
+
+    def timed(x, t):
+        started = time.perf_counter()
+        out = network(x, t)
+        spent[0] += time.perf_counter() - started
+        return out
+
+    engine.denoiser.network = timed
+    try:
+        total = engine_seconds(engine, batch, steps)
+    finally:
+        engine.denoiser.network = network
+    size = unet.config.sample_size
+    x, t = torch.randn(batch, unet.config.in_channels, size, size), torch.full((batch,), 500)
+
+    def call_s(rows: int) -> float:
+        with torch.inference_mode():
+            unet(x[:rows], t[:rows])
+            started = time.perf_counter()
+            unet(x[:rows], t[:rows])
+            return time.perf_counter() - started
+
+    one, many = call_s(1), call_s(batch) / batch
+    return {
+        "batch": batch,
+        "network_share": spent[0] / total,
+        "their_row_s_at_1": one,
+        "their_row_s_at_batch": many,
+        "one_row_ceiling": many / one,
     }
 
 
@@ -135,77 +170,56 @@ def run(
     steps: int = DEFAULTS["steps"],
     threads: int | None = None,
     batches: Sequence[int] = BATCHES,
-    precisions: Sequence[str] = PRECISIONS,
-    compile: bool = True,
+    architecture: str = "ddpm-cifar10-32",
 ) -> dict:
     diffusers = require_diffusers()
-    with torch_threads(threads) as n_threads:
-        unet = their_unet()
-        theirs_flops = their_flops(unet)
+    config = ARCHITECTURES[architecture]
+    with torch_threads(threads) as n_threads, tempfile.TemporaryDirectory() as tmp:
+        unet = their_unet(config)
+        size = config["sample_size"]
+        flops = module_flops(unet, (torch.randn(1, 3, size, size), torch.tensor(500)))
+        engine, load_s = imported_engine(unet, Path(tmp))
         pipe = their_pipeline(unet)
-        rows = []
-        offered = supported_precisions(precisions)
-        for precision in offered:
-            engine = bench_engine(precision)
-            compiled = bench_engine(precision, compile=True) if compile else None
-            ours_flops = unet_flops(engine.denoiser.net)
-            for batch in batches:
-                rows.append(compare(engine, compiled, pipe, batch, steps, repeats, precision, ours_flops, theirs_flops))
+        rows = [compare(engine, pipe, batch, steps, repeats) for batch in batches]
+        where = profile(engine, unet, max(batches))
+        probe = engine.probe
     return {
         "threads": n_threads,
         "steps": steps,
         "repeats": repeats,
         "diffusers": diffusers.__version__,
-        "left_out": [p for p in precisions if p not in offered],
-        "ours_flops_per_image_step": ours_flops,
-        "theirs_flops_per_image_step": theirs_flops,
-        "ours_parameters": sum(p.numel() for p in engine.denoiser.net.parameters()),
-        "theirs_parameters": sum(p.numel() for p in unet.parameters()),
+        "architecture": architecture,
+        "parameters": sum(p.numel() for p in unet.parameters()),
+        "flops_per_image_step": flops,
+        "load_s": load_s,
+        "kept_sizes": list(probe.shapes.sizes),
+        "rejected_sizes": list(probe.rejected),
         "rows": rows,
+        "profile": where,
     }
 
 
 def format_result(res: dict) -> str:
-    headers = [
-        "precision",
-        "batch",
-        "ours img-steps/s",
-        "ours GFLOP/s",
-        "theirs img-steps/s",
-        "theirs GFLOP/s",
-        "ours/theirs",
-        "compiled/theirs",
-        "raw/theirs",
-    ]
+    p = res["profile"]
+    headers = ["batch", "ours images/s", "theirs images/s", "ours/theirs", "our calls (rows)"]
     rows = [
-        [
-            r.get("precision", "fp32"),
-            r["batch"],
-            fmt(r["ours_image_steps_per_s"]),
-            fmt(r["ours_gflops"]),
-            fmt(r["theirs_image_steps_per_s"]),
-            fmt(r["theirs_gflops"]),
-            f"{r['ratio_gflops']:.2f}x",
-            f"{r.get('ratio_compiled_gflops', math.nan):.2f}x",
-            f"{r['ratio_raw_gflops']:.2f}x",
-        ]
+        [r["batch"], fmt(r["ours_images_per_s"]), fmt(r["theirs_images_per_s"]), f"{r['ratio']:.2f}x", r["calls"]]
         for r in res["rows"]
     ]
     notes = [
-        f"ours: worker engine, {res['ours_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, "
-        f"{res['ours_parameters']:,} parameters",
-        "compiled: our engine with DIFFUSETV_COMPILE=true (torch.compile); raw: our bare eager network forward, "
-        "the whole batch in one call, no sampler, no padding (not deterministic at batch 1)",
-        f"theirs: diffusers {res['diffusers']} DDIMPipeline + UNet2DModel, "
-        f"{res['theirs_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step, {res['theirs_parameters']:,} parameters",
-        f"ours/theirs is in GFLOP/s; {res['steps']} steps, eta 0, {res['threads']} threads; "
-        "bf16: torch.autocast on both sides",
-        f"each repeat times ours, compiled, raw and theirs back to back; rates and ratios are medians over "
-        f"{res['repeats']} repeats of the per-repeat figures",
-        *[f"{p}: left out, this CPU has no native {p} kernels" for p in res.get("left_out", [])],
-        *DIFFERENCES,
+        f"the same network both ways: {res['architecture']} architecture, random weights, fp32, "
+        f"{res['parameters']:,} parameters, {res['flops_per_image_step'] / 1e9:.2f} GFLOP per image-step",
+        "ours: imported with `diffusetv import diffusers`, run by the worker's engine (probe, padding, per-seed noise)",
+        f"theirs: diffusers {res['diffusers']} DDIMPipeline on the same UNet2DModel object",
+        f"{res['steps']} steps, eta 0, {res['threads']} threads; medians over {res['repeats']} repeats, each timing "
+        "both sides back to back",
+        f"our load (kernel probe) took {res['load_s']:.1f} s; kept call sizes {res['kept_sizes']}, "
+        f"rejected {res['rejected_sizes']}",
+        f"profile at batch {p['batch']}: {100 * p['network_share']:.1f}% of our time is network calls; their UNet "
+        f"takes {p['their_row_s_at_1'] * 1e3:.0f} ms for a 1-row call and {p['their_row_s_at_batch'] * 1e3:.0f} ms "
+        f"a row in a {p['batch']}-row call: one-row calls can reach {p['one_row_ceiling']:.2f}x at that batch",
     ]
-    return table("Against diffusers (DDIM, same steps and batch)", headers, rows, notes)
+    return table("Against diffusers: the same network both ways (DDIM)", headers, rows, notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

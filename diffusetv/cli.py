@@ -1,4 +1,4 @@
-"""The `diffusetv` command: sample, train, publish, models, data, features, eval, bench. Heavy imports per command."""
+"""The `diffusetv` command: sample, train, publish, import, models, up, bench and more. Heavy imports per command."""
 
 from __future__ import annotations
 
@@ -60,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
         "--default-guidance", type=float, default=3.0, help="a text model's guidance scale s when a request has none"
     )
     p.set_defaults(run="diffusetv.commands:publish")
+
+    p = sub.add_parser("import", help="import a model trained elsewhere (diffusers, Keras) as the next store version")
+    imports = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    q = imports.add_parser("diffusers", help="a diffusers DDPM/DDIM pipeline folder, or a UNet2DModel folder")
+    q.add_argument("dir", help="pipeline folder (model_index.json, unet/, scheduler/) or UNet2DModel folder")
+    q.add_argument("--name", required=True, help="store name; the next version is written")
+    q.add_argument("--scheduler", default=None, help="scheduler_config.json or its folder (needed for a UNet folder)")
+    q.set_defaults(run="diffusetv.imports:diffusers")
+    q = imports.add_parser("keras", help="a Keras 3 .weights.h5 of the Keras DDIM example's DiffusionModel")
+    q.add_argument("file", help="the .weights.h5 file (DiffusionModel.save_weights)")
+    q.add_argument("--name", required=True, help="store name; the next version is written")
+    q.add_argument("--image-size", type=int, required=True, help="the image side the model was trained at")
+    q.add_argument("--min-signal-rate", type=float, default=0.02, help="the example's min_signal_rate (0.02)")
+    q.add_argument("--max-signal-rate", type=float, default=0.95, help="the example's max_signal_rate (0.95)")
+    q.set_defaults(run="diffusetv.imports:keras")
 
     p = sub.add_parser("models", help="list the model store, or verify every digest")
     p.add_argument("action", nargs="?", choices=["list", "verify"], default="list")

@@ -37,9 +37,20 @@ def sample(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
     from model_store import kinds
 
-    kinds.load_modules(settings().extra_kind_modules)
+    service = settings()
+    kinds.load_modules(service.extra_kind_modules)
+    from model_store import Store
+
+    manifest = Store().resolve(args.model or default_model())
+    bound = kinds.served(manifest).steps_bound(manifest)
+    if args.steps > bound:
+        raise UserError(f"--steps: {manifest.ref} runs at most {bound} steps (got {args.steps})")
     engine = load_engine(
-        args.model or default_model(), device=args.device, precision=args.precision, compile=args.compile
+        args.model or default_model(),
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        probe_cache=service.probe_cache,
     )
     text = prompt_of(engine.manifest, args.prompt, args.guidance)
     seeds = list(range(args.seed, args.seed + args.n))

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from diffusion.graphs import CUDAGraphs
-from diffusion.kernels import CallShapes, Probe, probe
+from diffusion.kernels import CallShapes, Probe
+from diffusion.probe_cache import cached_probe
 
 ONE_ROW = CallShapes((1,))
 COMPILE_CACHE_LIMIT = 64  # static graphs per network: more than any call-shape set
@@ -99,6 +101,7 @@ class Denoiser:
         self.graphs: CUDAGraphs | None = None
         self.compiled = compile
         self.calibrated = False
+        self.cached = False
         self.forward = compiled_network(self.net) if compile else self.net
 
     def _context(self) -> contextlib.ExitStack:
@@ -135,11 +138,18 @@ class Denoiser:
         reference: int,
         candidates: Sequence[int] | None = None,
         conditions: torch.Tensor | None = None,
+        cache: Path | None = None,
+        key: dict | None = None,
     ) -> Probe:
         """Probe the kernels (diffusion.kernels.probe) and call with the sizes that keep a row's bits from now on.
-        A conditioned network is probed with `conditions`, one row per probe row."""
+        A conditioned network is probed with `conditions`, one row per probe row.
+
+        With a `cache` directory, a probe cached under `key` is used once one reference call confirms it
+        (diffusion.probe_cache); `self.cached` says whether it was."""
         self.calibrated = False
-        found = probe(self.network, shape, reference, self.device, candidates, conditions)
+        found, self.cached = cached_probe(
+            self.network, shape, reference, self.device, candidates, cache, key or {}, conditions
+        )
         self.shapes = found.shapes
         self.calibrated = True
         if self.use_graphs:

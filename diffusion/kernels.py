@@ -27,6 +27,10 @@ import torch
 Network = Callable[..., torch.Tensor]
 Inputs = tuple[torch.Tensor, ...]
 PROBE_SEED = 20261128
+# A network whose one-row call costs more FLOPs than this calls one row at a time on the CPU: one fixed
+# call size is row-independent by construction, and a lone job pays for no padding. (ddpm-cifar10-32:
+# 12.1 GFLOP a row, where one row already keeps the cores busy; the default 32-px U-Net: 0.57 GFLOP.)
+LARGE_ROW_FLOPS = 2e9
 
 
 class KernelsError(RuntimeError):
@@ -61,6 +65,21 @@ class Probe:
     shapes: CallShapes
     fingerprint: str  # sha256 of the probe's first row as every agreeing call computes it
     rejected: tuple[int, ...]  # sizes tried whose rows differ from the reference, or depend on their position
+
+
+def row_flops(network: Network, shape: Sequence[int], device: str | torch.device = "cpu") -> int:
+    """The FLOPs of one one-row call (FlopCounterMode: convolutions and matrix products, 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, rates = probe_inputs(1, shape, device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        network(x, rates)
+    return int(counter.get_total_flops())
+
+
+def reference_rows(flops_per_row: int, device_type: str, default: int) -> int:
+    """The reference call of the probe: one row for a large network on the CPU (LARGE_ROW_FLOPS), else `default`."""
+    return 1 if device_type == "cpu" and flops_per_row > LARGE_ROW_FLOPS else default
 
 
 def probe_inputs(rows: int, shape: Sequence[int], device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:

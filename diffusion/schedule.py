@@ -6,6 +6,7 @@ Every schedule is computed in float64 and satisfies signal_rate**2 + noise_rate*
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from functools import cache
 
@@ -24,10 +25,23 @@ def _as_time(t: torch.Tensor | float) -> torch.Tensor:
 
 def offset_cosine(t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
     """Keras DDIM example: the angle runs linearly from acos(0.95) at t=0 to acos(0.02) at t=1."""
+    return _offset_cosine(t, MIN_SIGNAL_RATE, MAX_SIGNAL_RATE)
+
+
+def _offset_cosine(t: torch.Tensor | float, min_signal_rate: float, max_signal_rate: float):
     t = _as_time(t)
-    start, end = math.acos(MAX_SIGNAL_RATE), math.acos(MIN_SIGNAL_RATE)
+    start, end = math.acos(max_signal_rate), math.acos(min_signal_rate)  # Keras example: diffusion_schedule
     angle = start + t * (end - start)
     return torch.cos(angle), torch.sin(angle)
+
+
+def offset_cosine_name(min_signal_rate: float, max_signal_rate: float) -> str:
+    """The schedule's name for other signal rates than the example's (0.02, 0.95); the defaults are `offset_cosine`."""
+    if (min_signal_rate, max_signal_rate) == (MIN_SIGNAL_RATE, MAX_SIGNAL_RATE):
+        return "offset_cosine"
+    if not 0 < min_signal_rate < max_signal_rate < 1:
+        raise ValueError(f"signal rates must satisfy 0 < min < max < 1, got {min_signal_rate}, {max_signal_rate}")
+    return f"offset_cosine(min={min_signal_rate!r},max={max_signal_rate!r})"
 
 
 @cache
@@ -67,7 +81,15 @@ def cosine(t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
 SCHEDULES: dict[str, Schedule] = {"offset_cosine": offset_cosine, "cosine": cosine, "linear": linear}
 
 
+OFFSET_COSINE_RATES = re.compile(r"offset_cosine\(min=([0-9.e+-]+),max=([0-9.e+-]+)\)")
+
+
 def get_schedule(name: str) -> Schedule:
+    rates = OFFSET_COSINE_RATES.fullmatch(name)
+    if rates:  # an imported Keras model trained with other signal rates (offset_cosine_name)
+        low, high = float(rates[1]), float(rates[2])
+        offset_cosine_name(low, high)  # validates
+        return lambda t: _offset_cosine(t, low, high)
     try:
         return SCHEDULES[name]
     except KeyError:

@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from model_store import diffusers_kind
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
 
@@ -28,6 +29,18 @@ class Kind:
     conditioning: str = "none"  # "none" or "text"
     fields: frozenset[str] = frozenset()  # request fields beyond seed, steps, eta, model and previews
     max_steps: int = MAX_STEPS
+    limit: Callable[[dict], int] | None = (
+        None  # a per-model step bound, from the manifest's extras (e.g. its scheduler)
+    )
+
+    def steps_bound(self, manifest: Manifest) -> int:
+        """The most DDIM steps this model runs: the kind's bound, or less where the model's own settings say so."""
+        if self.limit is None:
+            return self.max_steps
+        try:
+            return min(self.max_steps, self.limit(manifest.extras))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelStoreError(f"{manifest.file}: cannot read its step bound ({exc!r})") from None
 
     @property
     def served(self) -> bool:
@@ -41,7 +54,7 @@ class Kind:
             "kind": self.name,
             "shape": {"height": height, "width": width, "channels": channels},
             "conditioning": self.conditioning,
-            "max_steps": self.max_steps,
+            "max_steps": self.steps_bound(manifest),
         }
         if self.conditioning == "text":  # every text model's manifest has a `text` field (model_store.text)
             from model_store.text import TextSpec
@@ -136,3 +149,11 @@ register(
     )
 )
 register(Kind("feature-cnn", square))  # the evaluation's feature extractor: in the store, never served
+register(
+    Kind(
+        diffusers_kind.KIND,
+        diffusers_kind.shape,
+        engine="worker.kinds.diffusers_unet2d:DiffusersUNet2D",
+        limit=diffusers_kind.steps_limit,
+    )
+)

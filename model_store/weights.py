@@ -57,13 +57,29 @@ def save_model(
     extras: dict | None = None,
 ) -> Manifest:
     """Write the weights and manifest as the next version of `name`, atomically. `net.config` has `to_dict()`."""
-    version = store.next_version(name)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    data = save_safetensors(state)
+    return save_state(store, name, state, net.config.to_dict(), schedule, mean, std, training, kind, extras)
+
+
+def save_state(
+    store: Store,
+    name: str,
+    state: dict[str, torch.Tensor],
+    config: dict,
+    schedule: str,
+    mean: list[float],
+    std: list[float],
+    training: dict,
+    kind: str = UNET_KIND,
+    extras: dict | None = None,
+) -> Manifest:
+    """Write a state dict (as safetensors) and its manifest as the next version of `name`, atomically."""
+    version = store.next_version(name)
+    data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
     manifest = Manifest(
         name=name,
         version=version,
-        config=net.config.to_dict(),
+        config=config,
         schedule=schedule,
         mean=list(mean),
         std=list(std),

@@ -185,7 +185,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
         if preview:
             send_previews(redis, engine, live, waiting, last.x0_pred, last.step, result_ttl)
     if last is not None and last.step == steps and live:
-        pixels = engine.pixels(last.x0_pred)
+        pixels = engine.pixels(engine.model.final(last))
         for i, run in enumerate(live):
             s = run.spec
             png = encode_png(pixels[i], engine.parameters(s.seed, steps, s.eta, s.prompt, s.guidance))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ import torch
 from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
 from diffusion.guidance import Condition, Guidance
-from diffusion.kernels import Probe
+from diffusion.kernels import Probe, reference_rows, row_flops
+from diffusion.probe_cache import machine_key
 from model_store import Manifest, ModelStoreError, Store
 from worker.kinds import KindModel, model_for
 
@@ -123,7 +125,7 @@ class Engine:
         self, seeds: Sequence[int], steps: int, etas: Sequence[float], conditions: Sequence[Condition] | None = None
     ) -> np.ndarray:
         """(B, H, W, C) uint8 final images."""
-        return self.pixels(last_step(self.run(seeds, steps, etas, conditions=conditions)).x0_pred)
+        return self.pixels(self.model.final(last_step(self.run(seeds, steps, etas, conditions=conditions))))
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         return self.model.pixels(x0)
@@ -159,9 +161,16 @@ def check_compile(device: str, compile: bool) -> None:
 
 
 def load_engine(
-    ref: str, store: Store | None = None, device: str = "auto", precision: str = "fp32", compile: bool = False
+    ref: str,
+    store: Store | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    compile: bool = False,
+    probe_cache: Path | None = None,
 ) -> Engine:
-    """The model `ref` on `device` at `precision`, its kernels probed; `compile`: through torch.compile (CPU)."""
+    """The model `ref` on `device` at `precision`, its kernels probed; `compile`: through torch.compile (CPU).
+    `probe_cache`: a directory of cached probes (diffusion.probe_cache; not with compile, whose every call
+    shape must be compiled by the probe)."""
     store = store or Store()
     device = resolve_device(device)
     check_precision(device, precision)
@@ -183,6 +192,13 @@ def load_engine(
         time_input=model.time_input,
     )
     reference = REFERENCE_ROWS[device]
+    if device == "cpu":  # a large network calls one row at a time (diffusion.kernels.reference_rows)
+        one = model.probe_conditions(1)
+        extra = () if one is None else (one.to(device),)
+        flops = row_flops(lambda x, t: net(x, model.time_input(t), *extra), model.shape)
+        reference = reference_rows(flops, device, reference)
     conditions = model.probe_conditions(reference)  # a conditioned network is probed as it runs
-    found = denoiser.calibrate(model.shape, reference, COMPILED_SIZES if compile else None, conditions)
+    key = {"identity": manifest.identity, "device": device, "precision": precision, **machine_key(device)}
+    cache = None if compile else probe_cache
+    found = denoiser.calibrate(model.shape, reference, COMPILED_SIZES if compile else None, conditions, cache, key)
     return Engine(manifest, model, denoiser, device, precision, found)

@@ -92,7 +92,7 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
             redis.hset(keys.job(spec.job_id), "progress", json.dumps(progress))
             events.emit(redis, spec.job_id, events.PROGRESS, progress, ttl)
             last_write = time.monotonic()
-    frames = engine.pixels(last.x0_pred)
+    frames = engine.pixels(engine.model.final(last))
     params = parameters(engine, spec)
     apng = animated_png(frames, params)
     strip = encode_png(make_grid(frames, cols=spec.frames), params)

@@ -74,17 +74,18 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
     loaded = []
     for ref in refs:
         started = time.perf_counter()
-        engine = load_engine(ref, store, settings.device, settings.precision, settings.compile)
+        engine = load_engine(ref, store, settings.device, settings.precision, settings.compile, settings.probe_cache)
         exact = engine.manifest.ref
         registry.ENGINES[exact] = engine
         loaded.append(exact)
         log.info(
-            "loaded %s (kind %s, identity %s) as %s in %.2f s; network calls of %s rows",
+            "loaded %s (kind %s, identity %s) as %s in %.2f s (probe %s); network calls of %s rows",
             exact,
             engine.manifest.kind,
             engine.manifest.identity[:12],
             engine.id,
             time.perf_counter() - started,
+            "cached" if engine.denoiser.cached else "run",
             ", ".join(map(str, engine.probe.shapes.sizes)),
         )
     return loaded

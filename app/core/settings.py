@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = Field(False, description="CPU workers: run the network through torch.compile (needs c++)")
+    probe_cache: Path | None = Field(
+        None, description="a directory where workers keep their kernel probes (not in the store); unset: probe at load"
+    )
     torch_threads: int = Field(
         default_factory=usable_cpus, ge=1, le=1024, description="torch threads per worker; default: usable CPUs"
     )

@@ -71,25 +71,29 @@ def test_engine_bench_quick_writes_its_json(tmp_path, capsys):
     assert res["summary"]["engine fp32"]["batch"] == 1
 
 
-def test_diffusers_bench_runs_both_sides():
-    require(importlib.util.find_spec("diffusers") is not None, "diffusers is not installed (diffusetv[bench])")
+def test_diffusers_bench_runs_the_same_network_both_ways():
+    require(importlib.util.find_spec("diffusers") is not None, "diffusers is not installed (diffusetv[worker])")
     from bench import diffusers_cmp
 
-    res = diffusers_cmp.run(repeats=2, steps=1, threads=1, batches=(1, 2), compile=False)
-    print(f"diffusers UNet2DModel: {res['theirs_flops_per_image_step'] / 1e9:.3f} GFLOP per image-step")
-    assert 0.3e9 < res["theirs_flops_per_image_step"] < 3e9 and res["ours_flops_per_image_step"] > 0
-    offered = supported_precisions(("fp32", "bf16"))
-    assert [(r["precision"], r["batch"]) for r in res["rows"]] == [(p, b) for p in offered for b in (1, 2)]
+    res = diffusers_cmp.run(repeats=2, steps=1, threads=1, batches=(1, 2), architecture="tiny")
+    assert res["parameters"] > 0 and res["flops_per_image_step"] > 0 and res["load_s"] > 0
+    assert [r["batch"] for r in res["rows"]] == [1, 2] and res["kept_sizes"]
     for row in res["rows"]:
-        for key in ("ours_image_steps_per_s", "theirs_image_steps_per_s", "ours_gflops", "raw_gflops", "theirs_gflops"):
-            assert row[key] > 0
-        runs = row["runs_gflops"]
-        assert len(runs["ours"]) == len(runs["theirs"]) == 2 and runs["compiled"] == []
-        # ratios pair the runs of one repeat, then take the median (of two: the mean)
+        assert row["ours_images_per_s"] > 0 and row["theirs_images_per_s"] > 0
+        runs = row["runs"]
+        assert len(runs["ours"]) == len(runs["theirs"]) == 2
         paired = [ours / theirs for ours, theirs in zip(runs["ours"], runs["theirs"], strict=True)]
-        assert row["ratio_gflops"] == pytest.approx(sum(paired) / 2)
-        assert row["ours_gflops"] == pytest.approx(sum(runs["ours"]) / 2)
+        assert row["ratio"] == pytest.approx(sum(paired) / 2)  # ratios pair the runs of one repeat
+    assert 0.5 < res["profile"]["network_share"] <= 1 and res["profile"]["one_row_ceiling"] > 0
     assert "ours/theirs" in diffusers_cmp.format_result(res)
+
+
+def test_the_bench_network_is_the_ddpm_cifar10_32_architecture():
+    require(importlib.util.find_spec("diffusers") is not None, "diffusers is not installed (diffusetv[worker])")
+    from bench import diffusers_cmp
+
+    unet = diffusers_cmp.their_unet(diffusers_cmp.CIFAR10_32)
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == 35.7
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusion.ddim import GridStep
+from diffusion.ddim import GridStep, Step
 from model_store import Manifest, ModelStoreError, kinds
 
 
@@ -53,6 +53,10 @@ class KindModel(ABC):
     def read(self, out: torch.Tensor, x_t: torch.Tensor, alpha_bar: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(ε̂, x̂0 or None) from the network's output; None lets the DDIM step derive x̂0 from ε̂ (eq. 12)."""
         return out, None
+
+    def final(self, step: Step) -> torch.Tensor:
+        """What the image is made of, from a run's last step: its x̂0 (a kind may take its x_prev instead)."""
+        return step.x0_pred
 
     @abstractmethod
     def pixels(self, x0: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,98 @@
+"""Kind `diffusers-unet2d`, torch-free: its image shape, its per-model step bound and its scheduler settings.
+
+A diffusers pipeline's scheduler config is read the way `DDIMPipeline` reads it, through
+`DDIMScheduler.from_config`: the keys `DDIMScheduler.__init__` takes, each missing one at its default,
+and every other key ignored. Of the keys it takes, those that change DDIM in a way this service does not
+implement (`thresholding: true`) are refused. The stored settings (`model.json`'s `scheduler`) are the
+complete, resolved set that decides a run.
+"""
+
+from __future__ import annotations
+
+from model_store.errors import ModelStoreError
+
+KIND = "diffusers-unet2d"
+
+# DDIMScheduler.__init__'s arguments and defaults (diffusers 0.42): what `from_config` fills in.
+DDIM_DEFAULTS: dict = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "clip_sample": True,
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "prediction_type": "epsilon",
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "clip_sample_range": 1.0,
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "rescale_betas_zero_snr": False,
+}
+# Taken by DDIMScheduler but inert once `thresholding` is false (refused otherwise): not stored.
+INERT = ("thresholding", "dynamic_thresholding_ratio", "sample_max_value")
+SUPPORTED = {
+    "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+    "prediction_type": ("epsilon", "v_prediction", "sample"),
+    "timestep_spacing": ("leading", "trailing", "linspace"),
+}
+
+
+def ddim_scheduler(config: dict, where: str = "scheduler config") -> tuple[dict, list[str]]:
+    """(the resolved DDIM settings to store, the keys ignored as `from_config` ignores them); a one-line error
+    for a setting that changes DDIM in a way not implemented, or a value DDIMScheduler does not know."""
+    if config.get("thresholding"):
+        raise ModelStoreError(f"{where}: `thresholding: true` (dynamic thresholding) is not supported")
+    ignored = sorted(k for k in config if k not in DDIM_DEFAULTS and not k.startswith("_"))
+    resolved = {k: config.get(k, default) for k, default in DDIM_DEFAULTS.items() if k not in INERT}
+    for key, allowed in SUPPORTED.items():
+        if key == "beta_schedule" and resolved["trained_betas"] is not None:
+            continue
+        if resolved[key] not in allowed:
+            raise ModelStoreError(
+                f"{where}: {key} {resolved[key]!r} is not supported (supported: {', '.join(allowed)})"
+            )
+    T = resolved["num_train_timesteps"]
+    if not isinstance(T, int) or T < 1:
+        raise ModelStoreError(f"{where}: num_train_timesteps must be a positive integer, got {T!r}")
+    betas = resolved["trained_betas"]
+    if betas is not None:
+        if not isinstance(betas, list) or len(betas) != T:
+            raise ModelStoreError(f"{where}: trained_betas must be a list of num_train_timesteps ({T}) numbers")
+        resolved["trained_betas"] = [float(b) for b in betas]
+    for key in ("beta_start", "beta_end", "clip_sample_range"):
+        resolved[key] = float(resolved[key])
+    for key in ("clip_sample", "set_alpha_to_one", "rescale_betas_zero_snr"):
+        resolved[key] = bool(resolved[key])
+    resolved["steps_offset"] = int(resolved["steps_offset"])
+    return resolved, ignored
+
+
+def shape(config: dict) -> tuple[int, int, int]:
+    """(height, width, channels) of a UNet2DModel config: `sample_size` is a side or [height, width]."""
+    size = config.get("sample_size")
+    if isinstance(size, int):
+        height = width = size
+    elif isinstance(size, list | tuple) and len(size) == 2:
+        height, width = int(size[0]), int(size[1])
+    else:
+        raise ModelStoreError(f"sample_size {size!r} is neither an integer nor [height, width]")
+    return height, width, int(config.get("in_channels", 3))
+
+
+def max_steps(scheduler: dict) -> int:
+    """The most steps the model runs: its num_train_timesteps (DDIMScheduler.set_timesteps refuses more), less
+    where a leading grid's `steps_offset` would put the first timestep at T or beyond."""
+    T = int(scheduler["num_train_timesteps"])
+    offset = int(scheduler.get("steps_offset", 0)) if scheduler.get("timestep_spacing") == "leading" else 0
+    n = T
+    while n > 1 and (n - 1) * (T // n) + offset >= T:
+        n -= 1
+    return n
+
+
+def steps_limit(extras: dict) -> int:
+    """The step bound of a stored model, from its manifest's `scheduler` (model_store.kinds.Kind.limit)."""
+    return max_steps(extras["scheduler"])
