@@ -152,7 +152,10 @@ def new_state(cfg: TrainConfig, unet: UNetConfig, init: dict[str, torch.Tensor] 
 
 def warm_start(model: UNet, state: dict[str, torch.Tensor]) -> None:
     """Load `state` into `model`; only the prompt layers may be missing from it, and nothing may be extra."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise RunError(f"the initial weights do not fit this U-Net ({str(exc).splitlines()[-1].strip()})") from None
     foreign = [k for k in missing if not (k.startswith("text.") or ".film." in k)]
     if foreign or unexpected:
         raise RunError(f"the initial weights do not fit this U-Net (missing {foreign[:3]}, extra {unexpected[:3]})")

@@ -107,3 +107,31 @@ def test_a_prompt_conditioned_run_records_its_vocabulary_and_resumes_bit_for_bit
 def test_a_run_with_prompts_needs_all_three_parts(tmp_path, captioned_blobs):
     with pytest.raises(RunError, match="all three"):
         train(tiny_cfg(captioned_blobs, 2, text_tokens=4), tmp_path / "run", progress=False)
+
+
+def test_a_warm_start_begins_as_the_source_model_and_refuses_weights_that_do_not_fit(tmp_path, captioned_blobs):
+    from diffusetv.commands import caption_prompts
+    from diffusion.unet import UNet, UNetConfig
+
+    prompts, vocabulary = caption_prompts(str(captioned_blobs), 4)
+    torch.manual_seed(3)
+    source = UNet(UNetConfig(16, widths=(8, 16), block_depth=1)).eval()
+    with torch.no_grad():
+        source.head.weight.normal_(0, 0.3)
+    init = {"state": source.state_dict(), "mean": [0.5, 0.5, 0.5], "std": [0.3, 0.3, 0.3]}
+    cfg = tiny_cfg(captioned_blobs, 0, text_tokens=4, text_dims=8, init="source@1 sha256:x")
+    state = train(cfg, tmp_path / "warm", progress=False, prompts=prompts, vocabulary=vocabulary, init=init)
+    x, v = torch.randn(3, 3, 16, 16), torch.full((3, 1, 1, 1), 0.4)
+    ids = torch.tensor(prompts[:3])
+    with torch.no_grad():
+        state.model.eval()
+        assert torch.equal(state.model(x, v, ids), source(x, v))  # FiLM starts at zero: any prompt, the same
+    run = json.loads((tmp_path / "warm" / "run.json").read_text())
+    assert run["normalization"] == {"mean": init["mean"], "std": init["std"]} and run["config"]["init"]
+    wrong = UNet(UNetConfig(16, widths=(8, 32), block_depth=1)).state_dict()
+    with pytest.raises(RunError, match="do not fit"):
+        train(
+            cfg, tmp_path / "bad", progress=False, prompts=prompts, vocabulary=vocabulary, init={**init, "state": wrong}
+        )
+    with pytest.raises(RunError, match="warm start"):
+        train(cfg, tmp_path / "half", progress=False, prompts=prompts, vocabulary=vocabulary)
