@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from model_store import diffusers_kind
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
+from model_store.text import TextSpec
 
 Shape = tuple[int, int, int]  # (height, width, channels)
 MAX_STEPS = 1000
@@ -57,8 +58,6 @@ class Kind:
             "max_steps": self.steps_bound(manifest),
         }
         if self.conditioning == "text":  # every text model's manifest has a `text` field (model_store.text)
-            from model_store.text import TextSpec
-
             entry["default_guidance"] = TextSpec.of(manifest).default_guidance
         return entry
 
