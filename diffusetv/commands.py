@@ -120,11 +120,11 @@ def train(args: argparse.Namespace) -> int:
 def warm_start_weights(ref: str) -> dict:
     """A store model's verified weights and input statistics, for `train --init`."""
     from model_store import Store
-    from model_store.weights import TEXT_KIND, UNET_KIND, read_state
+    from model_store.weights import read_state
 
     manifest = Store().resolve(ref)
-    kind = TEXT_KIND if manifest.kind == TEXT_KIND else UNET_KIND  # a text model continues with its prompt layers
-    state = read_state(manifest, kind)
+    state = read_state(manifest, manifest.kind)  # a text model's prompt layers carry over; a misfit is refused
+
     ref = f"{manifest.ref} sha256:{manifest.digest}"
     return {"ref": ref, "state": state, "mean": manifest.mean, "std": manifest.std}
 
