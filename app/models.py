@@ -60,11 +60,10 @@ def offered(store: Store) -> list[Manifest]:
 
 
 def every_served(store: Store, default: str) -> list[str]:
-    """The names of every model of the store a worker can serve, the default first (the local stack serves them
-    all: `diffusetv up`)."""
-    names = {m.name for m in offered(store)}
+    """The default model as configured, then every other model of the store a worker can serve (the local stack
+    serves them all: `diffusetv up`). A default missing from the store stays, so that the worker says so."""
     first = default.split("@")[0]
-    return sorted(names, key=lambda n: (n != first, n))
+    return [default, *sorted({m.name for m in offered(store)} - {first})]
 
 
 def describe(manifest: Manifest) -> dict:

@@ -291,8 +291,8 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def every_served_model() -> str | None:
-    """The local stack's default: every model of the store that a worker can serve, newest versions, the default
-    model first (the bundled store: emoji32 and emoji32-text). None for an empty store (the worker says why)."""
+    """The local stack's default: the default model, then every other model of the store that a worker can serve,
+    newest versions (the bundled store: emoji32 and emoji32-text)."""
     from app.models import every_served
     from model_store import Store
 

@@ -40,4 +40,5 @@ def test_the_local_stack_serves_every_servable_model_default_first(tiny_store):
     import toy_kind  # noqa: F401  registers toy-linear, as DIFFUSETV_KIND_MODULES would
 
     assert every_served(tiny_store, "tiny") == ["tiny", "lonely", "toy"]
-    assert every_served(tiny_store, "toy@1") == ["toy", "lonely", "tiny"]
+    assert every_served(tiny_store, "toy@1") == ["toy@1", "lonely", "tiny"]
+    assert every_served(tiny_store, "nope") == ["nope", "lonely", "tiny", "toy"]  # the worker will say it is missing
