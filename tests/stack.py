@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -180,3 +181,17 @@ def stack_env(redis_url: str, store: Path, model: str = "tiny", **extra: str) ->
         "DIFFUSETV_HEARTBEAT_S": "1",
         **extra,
     }
+
+
+@contextlib.contextmanager
+def running_stack(redis_server, store: Path, tmp_path: Path, timeout: float = 90, model: str = "tiny", **env: str):
+    """Redis (the test's), `diffusetv worker` and `diffusetv api` as real processes, ready; stopped on exit."""
+    s = Stack(stack_env(redis_server.url, store, model=model, **env), free_port(), tmp_path)
+    s.redis = redis_server
+    s.start_worker()
+    s.start_api()
+    try:
+        s.wait_ready(timeout=timeout)
+        yield s
+    finally:
+        s.stop_all()

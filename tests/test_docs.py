@@ -12,7 +12,7 @@ import pytest
 from docs_examples import matches, parse, run
 from helpers import REPO, require_prerequisite
 from model_store.store import BUNDLED
-from stack import Stack, free_port, stack_env
+from stack import Stack, free_port, running_stack, stack_env
 
 DOCS = ("README.md", "docs/API.md")
 LOCAL = "127.0.0.1:8000"  # where the docs' stack listens (`make run`)
@@ -35,14 +35,8 @@ def bundled_stack(redis_server, tmp_path):
     from model_store import Store
 
     models = ",".join(every_served(Store(BUNDLED), "emoji32"))
-    s = Stack(stack_env(redis_server.url, BUNDLED, model="emoji32", DIFFUSETV_MODELS=models), free_port(), tmp_path)
-    s.start_worker()
-    s.start_api()
-    try:
-        s.wait_ready(timeout=120)
+    with running_stack(redis_server, BUNDLED, tmp_path, timeout=120, model="emoji32", DIFFUSETV_MODELS=models) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def shell_env(stack: Stack, workdir: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ from PIL import Image
 from app.core.png import decode_png, read_parameters
 from helpers import run_cli
 from model_store.importers.diffusers import import_diffusers
-from stack import Stack, free_port, stack_env
+from stack import running_stack
 
 pytestmark = pytest.mark.slow
 STEPS = 8
@@ -31,17 +31,9 @@ def cifar_stack(tiny_store, redis_server, tmp_path):
 
     folder = save_pipeline(tmp_path / "pipe", tiny_unet(seed=4), DDPMScheduler())
     import_diffusers(folder, "cifar", store=tiny_store)
-    env = stack_env(
-        redis_server.url, tiny_store.root, model="cifar", DIFFUSETV_MODELS="cifar", DIFFUSETV_MAX_BATCH_WAIT_MS="400"
-    )
-    s = Stack(env, free_port(), tmp_path)
-    s.start_worker()
-    s.start_api()
-    try:
-        s.wait_ready(timeout=120)
+    env = {"DIFFUSETV_MODELS": "cifar", "DIFFUSETV_MAX_BATCH_WAIT_MS": "400"}
+    with running_stack(redis_server, tiny_store.root, tmp_path, timeout=120, model="cifar", **env) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def cli_png(store_root, tmp_path, seed: int, eta: float) -> bytes:

@@ -11,22 +11,15 @@ import redis as redis_lib
 from app.core import keys
 from app.core.png import decode_png, read_parameters
 from helpers import several_models
-from stack import Stack, free_port, stack_env
+from stack import Stack, free_port, running_stack, stack_env
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def stack2(tiny_store, redis_server, tmp_path):
-    env = several_models(tiny_store)
-    s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
-    s.start_worker()
-    s.start_api()
-    try:
-        s.wait_ready(timeout=90)
+    with running_stack(redis_server, tiny_store.root, tmp_path, **several_models(tiny_store)) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def generated(c, **body) -> tuple[dict, bytes]:

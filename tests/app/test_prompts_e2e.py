@@ -7,7 +7,7 @@ import redis as redis_lib
 
 from app.core.png import decode_png, read_parameters
 from helpers import run_cli, save_tiny_text
-from stack import Stack, free_port, stack_env
+from stack import running_stack
 
 pytestmark = pytest.mark.slow
 
@@ -15,15 +15,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def text_stack(tiny_store, redis_server, tmp_path):
     save_tiny_text(tiny_store)
-    s = Stack(stack_env(redis_server.url, tiny_store.root, DIFFUSETV_MODELS="tiny,words"), free_port(), tmp_path)
-    s.redis = redis_server
-    s.start_worker()
-    s.start_api()
-    try:
-        s.wait_ready(timeout=90)
+    with running_stack(redis_server, tiny_store.root, tmp_path, DIFFUSETV_MODELS="tiny,words") as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def finished(c, job) -> tuple[dict, bytes]:
