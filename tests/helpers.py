@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,14 @@ def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subproce
     if check and proc.returncode != 0:
         raise AssertionError(f"diffusetv {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def torch_build_check(python: str | Path, version: str, cuda: str) -> subprocess.CompletedProcess:
+    """The Dockerfile worker stage's build-time torch check (`python -c "…" "$TORCH_VERSION" "$TORCH_CUDA"`),
+    run with PYTHON: exit 0 when its torch is VERSION with CUDA CUDA ("none" for the CPU build)."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    (code,) = re.findall(r'python -c "(import sys, torch;.+?)" "\$TORCH_VERSION" "\$TORCH_CUDA"', dockerfile)
+    return subprocess.run([str(python), "-c", code, version, cuda], capture_output=True, text=True, timeout=300)
 
 
 def require(condition: bool, reason: str) -> None:

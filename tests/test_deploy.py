@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import API_COMMAND, REPO, WORKER_COMMAND, require
+from helpers import API_COMMAND, REPO, WORKER_COMMAND, require, torch_build_check
 
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
@@ -591,12 +591,10 @@ def test_the_bundled_store_is_the_default_and_an_external_one_must_exist(profile
 
 def test_the_build_time_torch_check_refuses_the_wrong_build():
     """The worker-deps check, run here against this environment's torch (the CPU build of TORCH_VERSION)."""
-    step = next(s for s in instructions(dockerfile_stages()["worker-deps"]) if "torch.version.cuda" in s)
-    code = re.search(r'python -c "(.+?)" "\$TORCH_VERSION" "\$TORCH_CUDA"', step).group(1)
     version = arg_default(DOCKERFILE.read_text(), "TORCH_VERSION")
 
     def check(*args: str) -> int:
-        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, timeout=120).returncode
+        return torch_build_check(sys.executable, *args).returncode
 
     import torch
 

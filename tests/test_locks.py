@@ -21,7 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from helpers import REPO
+from helpers import REPO, torch_build_check
 
 LOCKS = REPO / "deploy" / "locks"
 IMAGES = {"api": [], "worker-cpu": ["worker"], "worker-cuda": ["worker"]}
@@ -129,18 +129,24 @@ def test_the_locks_apply_to_the_image_platform():
 # ------------------------------------------------------------------------- building the environments
 
 
-def image_environment(tmp_path: Path, lock: str) -> Path:
-    """A fresh venv with LOCK and the project installed the way the Dockerfile does; returns its python."""
+def image_environment(tmp_path: Path, lock: str, *, index_only: bool = False) -> Path:
+    """A fresh venv with LOCK and the project installed the way the Dockerfile does; returns its python.
+
+    index_only: install from the package index alone, as the CUDA image does (no local wheel folders, and no
+    pip cache, so that the CUDA wheels are not kept twice).
+    """
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
     env = {**os.environ, "PIP_NO_INPUT": "1"}
+    if index_only:
+        env |= {"PIP_FIND_LINKS": "", "PIP_NO_CACHE_DIR": "1"}
     install = subprocess.run(
         [*pip, "install", "--require-hashes", "--no-deps", "--only-binary", ":all:", "-r", str(LOCKS / lock)],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,
         env=env,
     )
     if install.returncode != 0 and ("No matching distribution" in install.stderr or "Could not find" in install.stderr):
@@ -178,6 +184,15 @@ def image_environment(tmp_path: Path, lock: str) -> Path:
     return python
 
 
+# A worker image's entry point and a bundled model, loaded on the CPU.
+LOAD_A_MODEL = (
+    "import torch, worker.main, app.core.png\n"
+    "from worker.engine import load_engine\n"
+    "torch.set_num_threads(1)\n"
+    "print(torch.__version__, torch.version.cuda, load_engine('emoji32', device='cpu').manifest.ref)"
+)
+
+
 def run_in(python: Path, code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",) and not k.startswith("DIFFUSETV_")}
     return subprocess.run(
@@ -212,13 +227,23 @@ def test_the_api_lock_builds_an_environment_that_serves(tmp_path):
 @pytest.mark.slow
 def test_the_cpu_worker_lock_builds_an_environment_that_loads_a_model(tmp_path):
     python = image_environment(tmp_path, "worker-cpu.txt")
-    proc = run_in(
-        python,
-        "import torch, worker.main, app.core.png\n"
-        "from worker.engine import load_engine\n"
-        "torch.set_num_threads(1)\n"
-        "print(torch.__version__, torch.version.cuda, load_engine('emoji32', device='cpu').manifest.ref)",
-        tmp_path,
-    )
+    proc = run_in(python, LOAD_A_MODEL, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.split() == ["2.13.0+cpu", "None", "emoji32@1"], proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_cuda_worker_lock_builds_an_environment_that_loads_a_model(tmp_path):
+    """The GPU image's environment (about 3 GB of CUDA wheels): torch's CUDA 13.0 build, the build check of the
+    Dockerfile's worker stage, and a model loaded on the CPU (no GPU is needed to import CUDA torch)."""
+    python = image_environment(tmp_path, "worker-cuda.txt", index_only=True)
+    checked = torch_build_check(python, "2.13.0", "13.0")
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    assert checked.stdout.split() == ["torch", "2.13.0+cu130", "cuda", "13.0"], checked.stdout
+    refused = torch_build_check(python, "2.13.0", "none")
+    assert refused.returncode == 1 and "is not the build asked for" in refused.stderr, refused.stderr[-2000:]
+    proc = run_in(python, LOAD_A_MODEL, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split() == ["2.13.0+cu130", "13.0", "emoji32@1"], proc.stdout
+    shutil.rmtree(tmp_path / "venv")  # 3 GB: not kept among pytest's retained temporary folders
