@@ -75,5 +75,7 @@ def test_a_model_that_draws_the_captioned_glyph_scores_top_1_and_one_that_ignore
     good = evaluate_prompts(faithful, extract, train, heldout, names[:24], names[24:], train_subset=10, subsets=5)
     assert good["train"] == {"captions": 10, "top1": 1.0, "top5": 1.0}
     assert good["heldout"]["top1"] == 1.0 and good["prompted_kid"]["kid"] < 0.5
+    prompted = good["prompted_kid"]
+    assert prompted["subset_size"] == 3 and prompted["low"] < prompted["high"], prompted  # half of 6: a real interval
     bad = evaluate_prompts(blind, extract, train, heldout, names[:24], names[24:], train_subset=10, subsets=5)
     assert bad["heldout"]["top1"] == 0.0 and bad["train"]["top5"] <= 0.5
