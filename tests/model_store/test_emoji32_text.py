@@ -10,6 +10,9 @@ from model_store.store import BUNDLED
 
 pytestmark = pytest.mark.slow
 
+# The first version's weights (docs/MODEL.md, "How emoji32-text was trained").
+EMOJI32_TEXT_1 = "9012662ceeddf986d10504f310eb658cc13b989038010276af633e903b8e8e47"
+
 
 @pytest.fixture(scope="module")
 def engine():
@@ -29,7 +32,16 @@ def test_committed_text_model_verifies_and_records_its_recipe():
     assert 0 < spec.default_guidance <= 20
     training = manifest.training
     assert training["steps"] > 0 and training["recipe"]["command"].startswith("diffusetv train")
-    assert training["init"].startswith("emoji32@1 sha256:") and training["prompt_dropout"] == 0.15
+    assert training["prompt_dropout"] == 0.15
+
+
+def test_the_bundled_version_records_its_lineage():
+    """emoji32-text@1 started from emoji32@1 (docs/MODEL.md); @2, the bundled version, from @1's digest. @1 is
+    no longer bundled (the repository's history holds it); its digest stays in @2's record."""
+    store = Store(BUNDLED)
+    assert [r for r in store.refs() if r.startswith("emoji32-text@")] == ["emoji32-text@2"]
+    training = store.verify("emoji32-text@2").training
+    assert training["init"] == f"emoji32-text@1 sha256:{EMOJI32_TEXT_1}", training["init"]
 
 
 def test_the_vocabulary_is_the_training_captions_words():
@@ -52,3 +64,19 @@ def test_the_red_heart_of_the_docs_is_red_and_a_blue_heart_is_blue(engine):
         hue = dominant_hue(image)
         assert hue is not None and hue_name(hue) == colour, (prompt, hue)
         assert np.mean(image.min(axis=-1) > 230) > 0.2  # a glyph on white, not a colour field
+
+
+def test_the_docs_red_heart_is_what_the_documented_request_gives(tmp_path):
+    """docs/img/red-heart.png is seed 1, "red heart", of the newest emoji32-text (the request of docs/API.md, and
+    `diffusetv sample` gives the API's bytes). Its `parameters` must match exactly; its pixels may be a level or
+    two away on another CPU family (docs/DETERMINISM.md), not more."""
+    from PIL import Image
+
+    from helpers import REPO, run_cli
+
+    out = tmp_path / "red-heart.png"
+    run_cli("sample", "--model", "emoji32-text", "--seed", "1", "--prompt", "red heart", "--out", str(out),
+            env={"DIFFUSETV_MODEL_STORE": str(BUNDLED)})  # fmt: skip
+    docs, fresh = Image.open(REPO / "docs" / "img" / "red-heart.png"), Image.open(out)
+    assert docs.text == fresh.text, "docs/img/red-heart.png is not the newest emoji32-text's red heart"
+    assert np.abs(np.asarray(docs, dtype=int) - np.asarray(fresh, dtype=int)).max() <= 2
