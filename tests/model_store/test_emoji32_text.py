@@ -66,6 +66,24 @@ def test_the_red_heart_of_the_docs_is_red_and_a_blue_heart_is_blue(engine):
         assert np.mean(image.min(axis=-1) > 230) > 0.2  # a glyph on white, not a colour field
 
 
+def test_the_docs_red_heart_is_a_heart_not_a_red_circle(engine):
+    """Seed 1's "red heart" (the request of docs/API.md) is nearer the red heart glyph than any other of the
+    1,400 in the evaluation's feature space: the shape follows the prompt, not only the colour ("red circle" and
+    "red square" share the word "red")."""
+    require_prerequisite("emoji-font")
+    from diffusion import emoji
+    from diffusion.prompt_eval import nearest_ranks
+    from model_store.features import load_extractor
+
+    data = emoji.build(emoji.DEFAULT_FONT, 32)
+    glyphs = np.concatenate([data["train"], data["heldout"]])
+    codepoints = list(np.concatenate([data["train_codepoints"], data["heldout_codepoints"]]))
+    extract = load_extractor("emoji32-features", Store(BUNDLED)).extract
+    image = engine.generate([1], 50, [0.0], [engine.condition("red heart", engine.model.text.default_guidance)])[0]
+    ranks = nearest_ranks(extract(image[None]), extract(glyphs), [codepoints.index(0x2764)])  # U+2764, CLDR "red heart"
+    assert ranks[0] == 0, f"{ranks[0]} glyphs are nearer seed 1's red heart than the red heart glyph"
+
+
 def test_the_docs_red_heart_is_what_the_documented_request_gives(tmp_path):
     """docs/img/red-heart.png is seed 1, "red heart", of the newest emoji32-text (the request of docs/API.md, and
     `diffusetv sample` gives the API's bytes). Its `parameters` must match exactly; its pixels may be a level or
