@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block-depth", type=int, default=2)
     p.add_argument("--schedule", default="offset_cosine", choices=["offset_cosine", "cosine", "linear"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (the Keras example's 1e-3)")
+    p.add_argument(
+        "--lr-decay",
+        default="constant",
+        choices=["constant", "cosine"],
+        help="constant, or cosine: annealed from --lr to 0 over --steps",
+    )
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=1000, help="steps between EMA sample grids (0: never)")
     p.add_argument(

@@ -102,6 +102,8 @@ def train(args: argparse.Namespace) -> int:
         widths=widths,
         block_depth=args.block_depth,
         schedule=args.schedule,
+        learning_rate=args.lr,
+        lr_decay=args.lr_decay,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every,

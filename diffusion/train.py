@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 import platform
 import time
@@ -50,6 +51,8 @@ class TrainConfig:
     block_depth: int = 2
     schedule: str = "offset_cosine"
     learning_rate: float = 1e-3
+    # "constant" (the Keras example) or "cosine": annealed from learning_rate to 0 over the run's steps.
+    lr_decay: str = "constant"
     weight_decay: float = 1e-4
     ema_max: float = 0.999
     ema_power: float = 2.0 / 3.0
@@ -85,6 +88,7 @@ class TrainConfig:
         "block_depth",
         "schedule",
         "learning_rate",
+        "lr_decay",
         "weight_decay",
         "ema_max",
         "ema_power",
@@ -115,6 +119,21 @@ def epoch_batch(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     if n < batch_size:  # tiny data sets: repeat the permutation to fill a batch
         perm = perm.repeat(-(-batch_size // n))
     return perm[offset * batch_size : (offset + 1) * batch_size]
+
+
+LR_DECAYS = ("constant", "cosine")
+
+
+def learning_rate(base: float, decay: str, step: int, steps: int) -> float:
+    """The learning rate of optimiser step `step` (0-based) of a run of `steps`.
+
+    cosine: eta_t = base * (1 + cos(pi * t / T)) / 2, SGDR (Loshchilov & Hutter 2017, eq. 5) with
+    eta_min = 0 and a single cycle; a pure function of the step, so a resumed run keeps it."""
+    if decay == "constant":
+        return base
+    if decay == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+    raise RunError(f"unknown learning-rate decay {decay!r}; choose one of {', '.join(LR_DECAYS)}")
 
 
 def diffusion_loss(
@@ -206,6 +225,7 @@ def prepare_run(
     cfg: TrainConfig, run_dir: Path, resume: bool, vocabulary: dict | None = None, init: dict | None = None
 ) -> tuple[TrainState, dict]:
     """Create a run directory or reopen one, checking that the recipe (and vocabulary) is unchanged."""
+    learning_rate(cfg.learning_rate, cfg.lr_decay, 0, cfg.steps)  # an unknown decay fails before any work
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / CHECKPOINT).exists():
         if not resume:
@@ -215,6 +235,8 @@ def prepare_run(
         changed = [k for k in TrainConfig.FIXED if json.dumps(old.get(k)) != json.dumps(asdict(cfg)[k])]
         if run.get("vocabulary") != vocabulary:
             changed.append("vocabulary")
+        if cfg.lr_decay != "constant" and old["steps"] != cfg.steps:  # the decay is spread over the steps
+            changed.append(f"steps under the {cfg.lr_decay} learning-rate decay")
         if changed:
             raise RunError(f"{run_dir}: cannot resume with a changed {', '.join(changed)}")
         run["config"]["steps"] = cfg.steps
@@ -312,6 +334,9 @@ def train(
             index = epoch_batch(len(data), cfg.batch_size, cfg.seed, state.step)
             batch_prompts = None if prompt_ids is None else prompt_ids[index]
             loss = diffusion_loss(state.model, data[index], cfg.schedule, state.rng, batch_prompts, cfg.prompt_dropout)
+            lr = learning_rate(cfg.learning_rate, cfg.lr_decay, state.step, cfg.steps)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.train import RunError, TrainConfig, train
+import diffusion.train as training
+from diffusion.train import RunError, TrainConfig, learning_rate, train
 
 
 @pytest.fixture
@@ -65,6 +66,52 @@ def test_resume_refuses_a_changed_recipe(tmp_path, blobs):
     train(tiny_cfg(blobs, 2), run, progress=False)
     with pytest.raises(RunError, match="learning_rate"):
         train(tiny_cfg(blobs, 4, learning_rate=5e-4), run, resume=True, progress=False)
+
+
+def test_the_cosine_learning_rate_anneals_from_its_base_to_zero():
+    steps = 1000
+    rates = [learning_rate(1e-3, "cosine", t, steps) for t in range(steps + 1)]
+    assert rates[0] == 1e-3 and rates[steps] == pytest.approx(0.0, abs=1e-18)
+    assert rates[steps // 2] == pytest.approx(5e-4, rel=1e-12)  # (1 + cos(pi / 2)) / 2
+    assert rates[steps // 4] == pytest.approx(1e-3 * (1 + 2**-0.5) / 2, rel=1e-12)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert {learning_rate(1e-3, "constant", t, steps) for t in (0, 500, 999)} == {1e-3}
+    with pytest.raises(RunError, match="cosine"):
+        learning_rate(1e-3, "linear", 0, steps)
+
+
+@pytest.mark.slow
+def test_an_interrupted_cosine_run_resumes_bit_for_bit_and_keeps_its_step_count(tmp_path, blobs, monkeypatch):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_cfg(blobs, 30, lr_decay="cosine"), straight, progress=False)
+    real_update = training.ema_update
+    calls = []
+
+    def interrupted(*args):  # the process dies during step 16; the last checkpoint is step 10's
+        calls.append(1)
+        if len(calls) == 16:
+            raise KeyboardInterrupt
+        real_update(*args)
+
+    monkeypatch.setattr(training, "ema_update", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(blobs, 30, lr_decay="cosine"), split, progress=False)
+    monkeypatch.setattr(training, "ema_update", real_update)
+    assert torch.load(split / "checkpoint.pt", weights_only=True)["step"] == 10
+    with pytest.raises(RunError, match="steps under the cosine"):
+        train(tiny_cfg(blobs, 40, lr_decay="cosine"), split, resume=True, progress=False)
+    train(tiny_cfg(blobs, 30, lr_decay="cosine"), split, resume=True, progress=False)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs after resume"
+    assert losses(straight) == losses(split)
+    last = learning_rate(1e-3, "cosine", 29, 30)  # the rate of the final step, not the base
+    assert [g["lr"] for g in b["optimizer"]["param_groups"]] == [last]
+    constant = tmp_path / "constant"
+    train(tiny_cfg(blobs, 30), constant, progress=False)
+    assert losses(constant)[:1] == losses(straight)[:1] and losses(constant)[1:] != losses(straight)[1:]
 
 
 @pytest.fixture
