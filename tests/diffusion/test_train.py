@@ -1,4 +1,5 @@
 import csv
+import itertools
 import json
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_the_cosine_learning_rate_anneals_from_its_base_to_zero():
     assert rates[0] == 1e-3 and rates[steps] == pytest.approx(0.0, abs=1e-18)
     assert rates[steps // 2] == pytest.approx(5e-4, rel=1e-12)  # (1 + cos(pi / 2)) / 2
     assert rates[steps // 4] == pytest.approx(1e-3 * (1 + 2**-0.5) / 2, rel=1e-12)
-    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert all(a > b for a, b in itertools.pairwise(rates))
     assert {learning_rate(1e-3, "constant", t, steps) for t in (0, 500, 999)} == {1e-3}
     with pytest.raises(RunError, match="cosine"):
         learning_rate(1e-3, "linear", 0, steps)
