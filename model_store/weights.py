@@ -124,6 +124,7 @@ def publish_run(
         "elapsed_s": round(float(payload["elapsed_s"]), 1),
         "batch_size": cfg["batch_size"],
         "learning_rate": cfg["learning_rate"],
+        "lr_decay": cfg.get("lr_decay", "constant"),  # runs from before the option held it constant
         "weight_decay": cfg["weight_decay"],
         "ema": {"max": cfg["ema_max"], "warmup_power": cfg["ema_power"]},
         "seed": cfg["seed"],
