@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["constant", "cosine"],
         help="constant, or cosine: annealed from --lr to 0 over --steps",
     )
+    p.add_argument(
+        "--p2-gamma",
+        type=float,
+        default=0.0,
+        help="P2 loss weighting 1/(k + SNR)^gamma (Choi et al. 2022): noisy steps weigh more (0: unweighted)",
+    )
+    p.add_argument("--p2-k", type=float, default=1.0, help="k of the P2 weighting (default 1)")
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--sample-every", type=int, default=1000, help="steps between EMA sample grids (0: never)")
     p.add_argument(

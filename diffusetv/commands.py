@@ -104,6 +104,8 @@ def train(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         learning_rate=args.lr,
         lr_decay=args.lr_decay,
+        p2_gamma=args.p2_gamma,
+        p2_k=args.p2_k,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         sample_every=args.sample_every,

@@ -14,7 +14,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,9 @@ class TrainConfig:
     # "constant" (the Keras example) or "cosine": annealed from learning_rate to 0 over the run's steps.
     lr_decay: str = "constant"
     weight_decay: float = 1e-4
+    # P2 weighting (Choi et al. 2022, eq. 8) of the noise loss: 1 / (p2_k + SNR)^p2_gamma; 0: unweighted (Keras).
+    p2_gamma: float = 0.0
+    p2_k: float = 1.0
     ema_max: float = 0.999
     ema_power: float = 2.0 / 3.0
     seed: int = 0
@@ -90,6 +93,8 @@ class TrainConfig:
         "learning_rate",
         "lr_decay",
         "weight_decay",
+        "p2_gamma",
+        "p2_k",
         "ema_max",
         "ema_power",
         "seed",
@@ -136,6 +141,12 @@ def learning_rate(base: float, decay: str, step: int, steps: int) -> float:
     raise RunError(f"unknown learning-rate decay {decay!r}; choose one of {', '.join(LR_DECAYS)}")
 
 
+def p2_weight(signal_rate: torch.Tensor, noise_rate: torch.Tensor, gamma: float, k: float) -> torch.Tensor:
+    """lambda'_t = 1 / (k + SNR(t))^gamma, SNR = alpha_t / (1 - alpha_t) = (signal / noise)^2 (Choi et al. 2022,
+    eq. 8, with lambda_t = 1 of L_simple): the noisy steps, where a sample's content is decided, weigh more."""
+    return (k + (signal_rate / noise_rate) ** 2) ** -gamma
+
+
 def diffusion_loss(
     model: UNet,
     images: torch.Tensor,
@@ -143,10 +154,12 @@ def diffusion_loss(
     rng: torch.Generator,
     prompts: torch.Tensor | None = None,
     prompt_dropout: float = 0.0,
+    p2: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """MAE between the true and predicted noise at uniform t (Keras example's train_step).
 
-    With prompts (B, T), each sample sees the empty prompt with probability `prompt_dropout`."""
+    With prompts (B, T), each sample sees the empty prompt with probability `prompt_dropout`. With
+    p2 = (gamma, k), gamma > 0, each sample's MAE is weighted by p2_weight."""
     b = images.shape[0]
     noises = torch.randn(images.shape, generator=rng)
     t = torch.rand((b, 1, 1, 1), generator=rng, dtype=torch.float64)
@@ -155,7 +168,11 @@ def diffusion_loss(
     if prompts is not None:
         dropped = torch.rand((b, 1), generator=rng) < prompt_dropout  # Ho & Salimans 2022, Algorithm 1
         prompts = torch.where(dropped, model.empty_prompt, prompts)
-    return F.l1_loss(model(noisy, noise_rate**2, prompts), noises)
+    predicted = model(noisy, noise_rate**2, prompts)
+    if p2[0] == 0:
+        return F.l1_loss(predicted, noises)
+    per_sample = (predicted - noises).abs().mean(dim=(1, 2, 3))
+    return (p2_weight(signal, noise_rate, *p2).flatten() * per_sample).mean()
 
 
 def new_state(cfg: TrainConfig, unet: UNetConfig, init: dict[str, torch.Tensor] | None = None) -> TrainState:
@@ -232,7 +249,8 @@ def prepare_run(
             raise RunError(f"{run_dir} already holds a run; pass --resume to continue it")
         run = read_run(run_dir)
         old = run["config"]
-        changed = [k for k in TrainConfig.FIXED if json.dumps(old.get(k)) != json.dumps(asdict(cfg)[k])]
+        defaults = {f.name: f.default for f in fields(TrainConfig)}  # a run from before an option had its default
+        changed = [k for k in TrainConfig.FIXED if json.dumps(old.get(k, defaults[k])) != json.dumps(asdict(cfg)[k])]
         if run.get("vocabulary") != vocabulary:
             changed.append("vocabulary")
         if cfg.lr_decay != "constant" and old["steps"] != cfg.steps:  # the decay is spread over the steps
@@ -333,7 +351,10 @@ def train(
             started = time.perf_counter()
             index = epoch_batch(len(data), cfg.batch_size, cfg.seed, state.step)
             batch_prompts = None if prompt_ids is None else prompt_ids[index]
-            loss = diffusion_loss(state.model, data[index], cfg.schedule, state.rng, batch_prompts, cfg.prompt_dropout)
+            loss = diffusion_loss(
+                state.model, data[index], cfg.schedule, state.rng, batch_prompts, cfg.prompt_dropout,
+                (cfg.p2_gamma, cfg.p2_k),
+            )  # fmt: skip
             lr = learning_rate(cfg.learning_rate, cfg.lr_decay, state.step, cfg.steps)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr

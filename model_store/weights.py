@@ -125,6 +125,7 @@ def publish_run(
         "batch_size": cfg["batch_size"],
         "learning_rate": cfg["learning_rate"],
         "lr_decay": cfg.get("lr_decay", "constant"),  # runs from before the option held it constant
+        "p2": {"gamma": cfg.get("p2_gamma", 0.0), "k": cfg.get("p2_k", 1.0)},  # 0: the unweighted loss
         "weight_decay": cfg["weight_decay"],
         "ema": {"max": cfg["ema_max"], "warmup_power": cfg["ema_power"]},
         "seed": cfg["seed"],

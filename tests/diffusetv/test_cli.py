@@ -114,16 +114,19 @@ def test_train_then_publish_then_sample(tmp_path, monkeypatch):
     manifest = json.loads((store / "squares" / "1" / "model.json").read_text())
     assert manifest["training"]["steps"] == 10 and manifest["config"]["widths"] == [8, 16]
     assert (manifest["training"]["learning_rate"], manifest["training"]["lr_decay"]) == (1e-3, "constant")
+    assert manifest["training"]["p2"] == {"gamma": 0.0, "k": 1.0}
     assert manifest["normalization"]["mean"][0] > manifest["normalization"]["mean"][1]
     run_cli("publish", str(run), "--name", "squares")
     assert (store / "squares" / "2" / "ema.safetensors").is_file()
     run_cli("sample", "--model", "squares@2", "--seed", "1", "--steps", "3", "--out", str(tmp_path / "s.png"))
     assert decode_png((tmp_path / "s.png").read_bytes()).shape == (16, 16, 3)
     annealed = [*args[:-1], str(tmp_path / "annealed"), "--steps", "4", "--lr", "5e-4", "--lr-decay", "cosine"]
+    annealed += ["--p2-gamma", "1"]
     run_cli(*annealed)
     run_cli("publish", str(tmp_path / "annealed"), "--name", "squares")
     training = json.loads((store / "squares" / "3" / "model.json").read_text())["training"]
     assert (training["learning_rate"], training["lr_decay"]) == (5e-4, "cosine")
+    assert training["p2"] == {"gamma": 1.0, "k": 1.0}
 
 
 def test_a_settings_error_names_the_variable():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import diffusion.train as training
-from diffusion.train import RunError, TrainConfig, learning_rate, train
+from diffusion.train import RunError, TrainConfig, diffusion_loss, learning_rate, p2_weight, train
+from diffusion.unet import UNet, UNetConfig
 
 
 @pytest.fixture
@@ -67,6 +68,13 @@ def test_resume_refuses_a_changed_recipe(tmp_path, blobs):
     train(tiny_cfg(blobs, 2), run, progress=False)
     with pytest.raises(RunError, match="learning_rate"):
         train(tiny_cfg(blobs, 4, learning_rate=5e-4), run, resume=True, progress=False)
+    with pytest.raises(RunError, match="p2_gamma"):
+        train(tiny_cfg(blobs, 4, p2_gamma=1.0), run, resume=True, progress=False)
+    recorded = json.loads((run / "run.json").read_text())
+    for option in ("lr_decay", "p2_gamma", "p2_k"):  # a run recorded before these options existed
+        del recorded["config"][option]
+    (run / "run.json").write_text(json.dumps(recorded))
+    assert train(tiny_cfg(blobs, 4), run, resume=True, progress=False).step == 4
 
 
 def test_the_cosine_learning_rate_anneals_from_its_base_to_zero():
@@ -79,6 +87,38 @@ def test_the_cosine_learning_rate_anneals_from_its_base_to_zero():
     assert {learning_rate(1e-3, "constant", t, steps) for t in (0, 500, 999)} == {1e-3}
     with pytest.raises(RunError, match="cosine"):
         learning_rate(1e-3, "linear", 0, steps)
+
+
+def test_p2_weights_the_noisy_steps_by_one_over_k_plus_snr():
+    signal, noise = torch.tensor([0.0, 0.6, 0.8, 0.95]), torch.tensor([1.0, 0.8, 0.6, 0.3122])
+    snr = (signal / noise) ** 2
+    assert torch.allclose(p2_weight(signal, noise, 1.0, 1.0), 1 / (1 + snr))
+    assert p2_weight(signal, noise, 1.0, 1.0)[0] == 1.0  # pure noise: full weight
+    assert torch.allclose(p2_weight(signal, noise, 0.5, 1.0), (1 + snr) ** -0.5)
+    assert torch.equal(p2_weight(signal, noise, 0.0, 1.0), torch.ones(4))
+    weights = p2_weight(signal, noise, 1.0, 1.0)
+    assert all(a > b for a, b in itertools.pairwise(weights.tolist()))  # less noise, less weight
+
+
+def test_the_p2_loss_is_the_weighted_mean_of_each_samples_mae_and_gamma_0_is_the_keras_loss():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(16, widths=(8, 16), block_depth=1))
+    images = torch.randn(6, 3, 16, 16)
+
+    def loss(p2):
+        return diffusion_loss(model, images, "offset_cosine", torch.Generator().manual_seed(3), p2=p2)
+
+    plain, weighted = loss((0.0, 1.0)), loss((1.0, 1.0))
+    rng = torch.Generator().manual_seed(3)  # the same draws, by hand
+    noises = torch.randn(images.shape, generator=rng)
+    t = torch.rand((6, 1, 1, 1), generator=rng, dtype=torch.float64)
+    signal, noise = (r.to(torch.float32) for r in training.get_schedule("offset_cosine")(t))
+    with torch.no_grad():
+        error = (model(signal * images + noise * noises, noise**2) - noises).abs()
+    assert torch.equal(plain.detach(), torch.nn.functional.l1_loss(error, torch.zeros_like(error)))
+    expected = (p2_weight(signal, noise, 1.0, 1.0).flatten() * error.mean(dim=(1, 2, 3))).mean()
+    assert torch.allclose(weighted.detach(), expected, rtol=1e-6)
+    assert weighted < plain  # every weight is below 1 where the signal is not zero
 
 
 @pytest.mark.slow
