@@ -243,6 +243,8 @@ def prepare_run(
 ) -> tuple[TrainState, dict]:
     """Create a run directory or reopen one, checking that the recipe (and vocabulary) is unchanged."""
     learning_rate(cfg.learning_rate, cfg.lr_decay, 0, cfg.steps)  # an unknown decay fails before any work
+    if cfg.p2_gamma < 0 or cfg.p2_k <= 0:  # k = 0 would weigh pure noise (SNR 0) infinitely
+        raise RunError(f"P2 needs gamma >= 0 and k > 0, not gamma {cfg.p2_gamma} and k {cfg.p2_k}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / CHECKPOINT).exists():
         if not resume:

@@ -100,6 +100,13 @@ def test_p2_weights_the_noisy_steps_by_one_over_k_plus_snr():
     assert all(a > b for a, b in itertools.pairwise(weights.tolist()))  # less noise, less weight
 
 
+def test_a_run_refuses_a_p2_weighting_that_is_not_finite_or_favours_clean_steps(tmp_path, blobs):
+    for bad in ({"p2_k": 0.0, "p2_gamma": 1.0}, {"p2_gamma": -1.0}):
+        with pytest.raises(RunError, match="P2 needs gamma >= 0 and k > 0"):
+            train(tiny_cfg(blobs, 2, **bad), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_p2_loss_is_the_weighted_mean_of_each_samples_mae_and_gamma_0_is_the_keras_loss():
     torch.manual_seed(0)
     model = UNet(UNetConfig(16, widths=(8, 16), block_depth=1))
