@@ -139,6 +139,20 @@ class Stack:
         """Until /readyz is 200: Redis answers and a live worker serves the model."""
         self.wait_for("/readyz", timeout, "stack not ready")
 
+    def wait_serving(self, ref: str, timeout: float = 60) -> None:
+        """Until /readyz says a live worker serves `ref` (other models of the stack may still be unserved)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                detail = httpx.get(f"{self.base}/readyz", timeout=2).json().get("detail", {})
+                if detail.get("models", {}).get(ref):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {name}\n{self.log(name)[-1500:]}" for name in self.procs)
+        raise TimeoutError(f"no live worker serves {ref} after {timeout} s:\n{logs}")
+
     def wait_healthy(self, timeout: float = 60) -> None:
         """Until the API answers /healthz (no worker needed)."""
         self.wait_for("/healthz", timeout, "the API did not answer")

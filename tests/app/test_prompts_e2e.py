@@ -48,6 +48,7 @@ def test_prompted_jobs_keep_their_bytes_alone_batched_on_two_workers_and_in_the_
         text_stack.procs["worker"].terminate()
         text_stack.procs["worker"].wait(20)
         text_stack.start_worker("worker2", DIFFUSETV_MODELS="words")
+        text_stack.wait_serving("words@1")  # the API refuses a model that no live worker serves
         conn.delete(*conn.keys("diffusetv:cache:*"))
         again_job, again = finished(c, c.post("/generate", json=mine).json())
         assert again == alone and again_job["id"] != alone_job["id"]

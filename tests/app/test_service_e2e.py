@@ -84,6 +84,7 @@ def test_same_request_same_bytes_across_workers_and_304(stack):
         stack.procs["worker"].terminate()
         stack.procs["worker"].wait(20)
         stack.start_worker("worker2")  # a second worker process, started fresh
+        stack.wait_serving("tiny@1")  # the API refuses a model that no live worker serves
         import redis
 
         conn = redis.Redis.from_url(stack.redis.url)
