@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,34 +141,36 @@ class Stack:
         self.wait_for("/readyz", timeout, "stack not ready")
 
     def wait_serving(self, ref: str, timeout: float = 60) -> None:
-        """Until /readyz says a live worker serves `ref` (other models of the stack may still be unserved)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                detail = httpx.get(f"{self.base}/readyz", timeout=2).json().get("detail", {})
-                if detail.get("models", {}).get(ref):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.1)
-        logs = "\n".join(f"--- {name}\n{self.log(name)[-1500:]}" for name in self.procs)
-        raise TimeoutError(f"no live worker serves {ref} after {timeout} s:\n{logs}")
+        """Until /readyz says a live worker serves `ref` (other models of the stack may still be unserved; a
+        worker stopped on purpose may have exited)."""
+        self.wait_for(
+            "/readyz", timeout, f"no live worker serves {ref}",
+            ready=lambda r: r.json()["detail"]["models"].get(ref), watch_exits=False,
+        )  # fmt: skip
 
     def wait_healthy(self, timeout: float = 60) -> None:
         """Until the API answers /healthz (no worker needed)."""
         self.wait_for("/healthz", timeout, "the API did not answer")
 
-    def wait_for(self, path: str, timeout: float, failure: str) -> None:
-        """Until GET `path` is 200; a process that exits meanwhile fails at once, with its log."""
+    def wait_for(
+        self,
+        path: str,
+        timeout: float,
+        failure: str,
+        ready: Callable[[httpx.Response], object] = lambda r: r.status_code == 200,
+        watch_exits: bool = True,
+    ) -> None:
+        """Until GET `path` is `ready` (200); with `watch_exits`, a process that exits meanwhile fails at once,
+        with its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
-                if proc.poll() is not None:
+                if watch_exits and proc.poll() is not None:
                     raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log(name)[-3000:]}")
             try:
-                if httpx.get(f"{self.base}{path}", timeout=2).status_code == 200:
+                if ready(httpx.get(f"{self.base}{path}", timeout=2)):
                     return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError, KeyError):
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{failure}:\n{self.log('api')[-2000:]}\n{self.log('worker')[-2000:]}")
