@@ -11,7 +11,7 @@ from model_store.store import BUNDLED
 pytestmark = pytest.mark.slow
 
 # The weights of the version the bundled one started from (docs/MODEL.md, "How emoji32-text was trained").
-EMOJI32_TEXT_2 = "f06aff6cf19331a7a6f10bf3b45bab04aad1e2529c5664727f6f3f2b91def502"
+EMOJI32_TEXT_3 = "d392c50361f0f4e3dcf5a38ec4d7f6d4231900518443acc4bc4b8669f81bf486"
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,15 @@ def test_committed_text_model_verifies_and_records_its_recipe():
 
 
 def test_the_bundled_version_records_its_lineage():
-    """emoji32-text@1 started from emoji32@1, @2 from @1 (docs/MODEL.md); @3, the bundled version, from @2's
-    digest. @1 and @2 are no longer bundled (the repository's history holds them); @2's digest stays in @3's
-    record, and @1's in @2's."""
+    """emoji32-text@1 started from emoji32@1, each later version from the one before it (docs/MODEL.md); @4, the
+    bundled version, from @3's digest, with the P2 weighting and a cosine learning rate. @1 to @3 are no longer
+    bundled (the repository's history holds them); @3's digest stays in @4's record, and each earlier one in
+    the next one's."""
     store = Store(BUNDLED)
-    assert [r for r in store.refs() if r.startswith("emoji32-text@")] == ["emoji32-text@3"]
-    training = store.verify("emoji32-text@3").training
-    assert training["init"] == f"emoji32-text@2 sha256:{EMOJI32_TEXT_2}", training["init"]
+    assert [r for r in store.refs() if r.startswith("emoji32-text@")] == ["emoji32-text@4"]
+    training = store.verify("emoji32-text@4").training
+    assert training["init"] == f"emoji32-text@3 sha256:{EMOJI32_TEXT_3}", training["init"]
+    assert training["lr_decay"] == "cosine" and training["p2"] == {"gamma": 1.0, "k": 0.2}, training
 
 
 def test_the_vocabulary_is_the_training_captions_words():
@@ -65,6 +67,24 @@ def test_the_red_heart_of_the_docs_is_red_and_a_blue_heart_is_blue(engine):
         hue = dominant_hue(image)
         assert hue is not None and hue_name(hue) == colour, (prompt, hue)
         assert np.mean(image.min(axis=-1) > 230) > 0.2  # a glyph on white, not a colour field
+
+
+def test_the_docs_red_heart_is_a_heart_not_a_red_circle(engine):
+    """Seed 1's "red heart" (the request of docs/API.md) is nearer the red heart glyph than any other of the
+    1,400 in the evaluation's feature space: the shape follows the prompt, not only the colour ("red circle" and
+    "red square" share the word "red")."""
+    require_prerequisite("emoji-font")
+    from diffusion import emoji
+    from diffusion.prompt_eval import nearest_ranks
+    from model_store.features import load_extractor
+
+    data = emoji.build(emoji.DEFAULT_FONT, 32)
+    glyphs = np.concatenate([data["train"], data["heldout"]])
+    codepoints = list(np.concatenate([data["train_codepoints"], data["heldout_codepoints"]]))
+    extract = load_extractor("emoji32-features", Store(BUNDLED)).extract
+    image = engine.generate([1], 50, [0.0], [engine.condition("red heart", engine.model.text.default_guidance)])[0]
+    ranks = nearest_ranks(extract(image[None]), extract(glyphs), [codepoints.index(0x2764)])  # U+2764, CLDR "red heart"
+    assert ranks[0] == 0, f"{ranks[0]} glyphs are nearer seed 1's red heart than the red heart glyph"
 
 
 def test_the_docs_red_heart_is_what_the_documented_request_gives(tmp_path):
