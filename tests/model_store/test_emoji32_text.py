@@ -21,6 +21,15 @@ def engine():
     return load_engine("emoji32-text", Store(BUNDLED), device="cpu")
 
 
+@pytest.fixture(scope="module")
+def glyphs():
+    """The emoji data set as `diffusetv data emoji` builds it (rendered once for the module)."""
+    require_prerequisite("emoji-font")
+    from diffusion import emoji
+
+    return emoji.build(emoji.DEFAULT_FONT, 32)
+
+
 def test_committed_text_model_verifies_and_records_its_recipe():
     from model_store.text import TextSpec
 
@@ -47,16 +56,13 @@ def test_the_bundled_version_records_its_lineage():
     assert training["lr_decay"] == "cosine" and training["p2"] == {"gamma": 1.0, "k": 0.2}, training
 
 
-def test_the_vocabulary_is_the_training_captions_words():
-    require_prerequisite("emoji-font")
-    from diffusion import emoji
+def test_the_vocabulary_is_the_training_captions_words(glyphs):
     from model_store.text import TextSpec
     from model_store.vocabulary import Vocabulary
 
-    data = emoji.build(emoji.DEFAULT_FONT, 32)
     spec = TextSpec.of(Store(BUNDLED).resolve("emoji32-text"))
-    assert list(spec.captions) == list(data["train_captions"])
-    assert spec.vocabulary == Vocabulary.build(list(data["train_captions"]), spec.vocabulary.tokens)
+    assert list(spec.captions) == list(glyphs["train_captions"])
+    assert spec.vocabulary == Vocabulary.build(list(glyphs["train_captions"]), spec.vocabulary.tokens)
 
 
 def test_the_red_heart_of_the_docs_is_red_and_a_blue_heart_is_blue(engine):
@@ -69,21 +75,18 @@ def test_the_red_heart_of_the_docs_is_red_and_a_blue_heart_is_blue(engine):
         assert np.mean(image.min(axis=-1) > 230) > 0.2  # a glyph on white, not a colour field
 
 
-def test_the_docs_red_heart_is_a_heart_not_a_red_circle(engine):
+def test_the_docs_red_heart_is_a_heart_not_a_red_circle(engine, glyphs):
     """Seed 1's "red heart" (the request of docs/API.md) is nearer the red heart glyph than any other of the
     1,400 in the evaluation's feature space: the shape follows the prompt, not only the colour ("red circle" and
     "red square" share the word "red")."""
-    require_prerequisite("emoji-font")
-    from diffusion import emoji
     from diffusion.prompt_eval import nearest_ranks
     from model_store.features import load_extractor
 
-    data = emoji.build(emoji.DEFAULT_FONT, 32)
-    glyphs = np.concatenate([data["train"], data["heldout"]])
-    codepoints = list(np.concatenate([data["train_codepoints"], data["heldout_codepoints"]]))
+    images = np.concatenate([glyphs["train"], glyphs["heldout"]])
+    codepoints = list(np.concatenate([glyphs["train_codepoints"], glyphs["heldout_codepoints"]]))
     extract = load_extractor("emoji32-features", Store(BUNDLED)).extract
     image = engine.generate([1], 50, [0.0], [engine.condition("red heart", engine.model.text.default_guidance)])[0]
-    ranks = nearest_ranks(extract(image[None]), extract(glyphs), [codepoints.index(0x2764)])  # U+2764, CLDR "red heart"
+    ranks = nearest_ranks(extract(image[None]), extract(images), [codepoints.index(0x2764)])  # U+2764, CLDR "red heart"
     assert ranks[0] == 0, f"{ranks[0]} glyphs are nearer seed 1's red heart than the red heart glyph"
 
 
