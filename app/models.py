@@ -1,6 +1,6 @@
-"""The models the API offers: which ones live workers serve, each kind's request fields and bounds, and
-how each model describes itself in `GET /models`. What a kind means comes from the registry
-(model_store.kinds); nothing here knows one kind from another.
+"""The models the API offers: which model a request names, which ones live workers serve, each kind's request
+fields and bounds, and how each model describes itself in `GET /models` and in a job. What a kind means comes
+from the registry (model_store.kinds); nothing here knows one kind from another.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 
 from app.core import keys
+from app.core.settings import Settings
 from model_store import Manifest, ModelStoreError, Store, kinds
 from model_store.text import NO_TEXT, Prompted, PromptError, TextSpec, resolve
 
@@ -52,6 +53,43 @@ def check_request(manifest: Manifest, steps: int, given: Iterable[str]) -> None:
         errors.append({"type": "less_than_equal", "loc": ("body", "steps"), "msg": msg, "input": steps})
     if errors:
         raise RequestValidationError(errors)
+
+
+def resolve_model(store: Store, ref: str | None, settings: Settings) -> Manifest:
+    """The manifest of a model of a served kind in the store, or a 422 naming the field and the available models.
+
+    The message names only what a client may know: the reference it sent, why its model cannot be served (an
+    unknown kind, or one stored but not served, named) and the servable models (no paths)."""
+    wanted = ref or settings.model
+    try:
+        manifest = store.resolve(wanted)
+    except ModelStoreError:
+        manifest = None
+    if manifest is None:
+        reason = f"no generative model {wanted!r} (NAME or NAME@VERSION)"
+    else:
+        reason = kinds.refusal(manifest, repr(wanted))
+    if manifest is not None and reason is None:
+        return manifest
+    available = [m.ref for m in offered(store)]
+    msg = f"{reason}; available: {available}"
+    raise RequestValidationError([{"type": "value_error", "loc": ("body", "model"), "msg": msg, "input": ref}])
+
+
+def model_record(manifest: Manifest) -> dict:
+    """The job's `model`: which version ran it, its weights' digest and its identity."""
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "digest": manifest.digest,
+        "identity": manifest.identity,
+    }
+
+
+def image_shape(manifest: Manifest) -> tuple[int, int]:
+    """(side, channels) of a square that holds the model's image (its kind says the shape): for a job's cost."""
+    height, width, channels = kinds.of(manifest).shape(manifest.config)
+    return max(height, width), channels
 
 
 def offered(store: Store) -> list[Manifest]:

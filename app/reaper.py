@@ -3,24 +3,29 @@
 A worker's heartbeat key lives 2 x HEARTBEAT_S. A run whose worker's key is gone is put back at the
 front of its queue, with its jobs `queued` again, up to MAX_RETRIES times; then its jobs fail with a
 clear error. A re-run gives the same bytes, since the output is a function of the engine key.
+
+Any API instance also repairs, as it reads a job, a run that RQ ended without it (`reconcile`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
+from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
 from app.core import keys, runs
-from app.core.jobs import JobStatus, transition
+from app.core.jobs import JobStatus, read_record, transition
 from app.core.settings import Settings
 
 log = logging.getLogger("diffusetv.reaper")
+LOST_AFTER_S = 30  # a job whose run has no RQ job this long after it was made will never run
 _LOCK = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
@@ -105,3 +110,34 @@ class Reaper(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
+
+
+def reconcile(redis, record: dict[str, str], ttl: int) -> dict[str, str]:
+    """A job our record calls queued or running, but whose run RQ has ended without it, is failed.
+
+    That covers a job failed by RQ itself (a refused function, a crash in the worker's own code), and
+    a run lost without a trace. A run a worker has taken is left to the reaper, which watches its worker.
+    """
+    if record["status"] not in runs.WAITING:
+        return record
+    run_id = record.get("run") or record["id"]
+    if redis.sismember(keys.RUNNING, run_id):
+        return record
+    try:
+        job = Job.fetch(run_id, connection=redis, serializer=JSONSerializer)
+    except NoSuchJobError:  # queued at most a moment before its RQ job exists; later, it is lost
+        if time.time() - float(record["created_at"]) > LOST_AFTER_S:
+            runs.fail_run(redis, run_id, "the job's run was lost before it reached the queue", ttl)
+            return read_record(redis, record["id"]) or record
+        return record
+    status = job.get_status(refresh=False)
+    if status in (RQStatus.FAILED, RQStatus.STOPPED, RQStatus.CANCELED):
+        result = job.latest_result()
+        detail = (result.exc_string or "").strip().splitlines()[-1:] if result else []
+        error = f"the worker failed the job: {detail[0] if detail else 'no details'}"
+    elif status == RQStatus.FINISHED and (read_record(redis, record["id"]) or {}).get("status") in runs.WAITING:
+        error = "the job's run ended without a result"
+    else:
+        return record
+    runs.fail_run(redis, run_id, error, ttl)
+    return read_record(redis, record["id"]) or record

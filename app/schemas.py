@@ -6,12 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-MAX_SEED = 2**53 - 1  # the largest integer a JavaScript number holds exactly
+from model_store.bounds import MAX_ETA, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_ETA, MIN_GUIDANCE, MIN_STEPS
 
 Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED, description="noise seed, 0..2^53-1", examples=[42])]
-Steps = Annotated[int, Field(strict=True, ge=1, le=1000, description="DDIM steps, 1..1000")]
+Steps = Annotated[
+    int, Field(strict=True, ge=MIN_STEPS, le=MAX_STEPS, description=f"DDIM steps, {MIN_STEPS}..{MAX_STEPS}")
+]
 Eta = Annotated[
-    float, Field(strict=True, ge=0.0, le=1.0, description="0 = deterministic DDIM, 1 = DDPM-like (scales sigma)")
+    float,
+    Field(strict=True, ge=MIN_ETA, le=MAX_ETA, description="0 = deterministic DDIM, 1 = DDPM-like (scales sigma)"),
 ]
 Prompt = Annotated[
     str | None,
@@ -28,8 +31,8 @@ Guidance = Annotated[
     Field(
         None,
         strict=True,
-        ge=0.0,
-        le=20.0,
+        ge=MIN_GUIDANCE,
+        le=MAX_GUIDANCE,
         description="text models: classifier-free guidance scale s (0 = the prompt-free image, 1 = the conditional "
         "model alone); the model's default when absent. Needs a prompt",
     ),
@@ -82,6 +85,10 @@ TEXT_PARAMS = frozenset({"prompt", "guidance", "ignored_words", "prompt_b"})
 
 
 class Params(TextParams):
+    """A generation job's request (app.core.spec.GenerateSpec.params): these fields, and any a later spec adds."""
+
+    model_config = ConfigDict(extra="allow")
+
     seed: int
     steps: int
     eta: float
@@ -89,6 +96,10 @@ class Params(TextParams):
 
 
 class InterpolateParams(TextParams):
+    """An interpolation job's request (app.core.spec.InterpolateSpec.params), as Params."""
+
+    model_config = ConfigDict(extra="allow")
+
     seed_a: int
     seed_b: int
     frames: int

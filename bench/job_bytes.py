@@ -26,6 +26,7 @@ def main() -> int:
     from app.core import keys, runs
     from app.core.png import encode_png
     from app.core.settings import Settings
+    from app.core.spec import GenerateSpec
     from app.core.submit import RECORD_BYTES, result_cost
     from app.main import create_app
     from bench.stack import redis_server_binary, wait_redis
@@ -49,7 +50,8 @@ def main() -> int:
             conn.set(keys.png(source), png)
             record = {"device": "cpu", "precision": "fp32", "kernels": "bench"}
             conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded", "engine": json.dumps(record)})
-            cache = keys.cache(runs.engine_key(model["digest"], 1, 50, 0.0, engine))
+            spec = GenerateSpec(source, model["ref"], model["identity"], seed=1, steps=50, eta=0.0)  # {"seed": 1}'s
+            cache = keys.cache(runs.engine_key(spec, engine))
             conn.set(cache, json.dumps({"job": source, "sha256": hashlib.sha256(png).hexdigest()}))
             hit = client.post("/generate", json={"seed": 1}).json()
             queued = client.post("/generate", json={"seed": 2, "previews": True}).json()

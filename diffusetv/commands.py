@@ -11,23 +11,32 @@ from pathlib import Path
 from diffusetv.errors import UserError
 
 DEFAULT_MODEL = "emoji32"
-MAX_SEED = 2**53 - 1
 
 
 def default_model() -> str:
     return os.environ.get("DIFFUSETV_MODEL") or DEFAULT_MODEL
 
 
+def check_steps(steps: int) -> None:
+    """--steps within the bounds every model takes (model_store.bounds; a model may take fewer)."""
+    from model_store.bounds import MAX_STEPS, MIN_STEPS
+
+    if not MIN_STEPS <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be in {MIN_STEPS}..{MAX_STEPS} (got {steps})")
+
+
 def sample(args: argparse.Namespace) -> int:
+    from model_store.bounds import MAX_ETA, MAX_SEED, MIN_ETA
+
     if not 0 <= args.seed <= MAX_SEED - max(args.n - 1, 0):
         raise UserError(f"--seed must be in 0..2^53-1 (got {args.seed})")
-    if not 1 <= args.steps <= 1000:
-        raise UserError(f"--steps must be in 1..1000 (got {args.steps})")
-    if not 0.0 <= args.eta <= 1.0:
-        raise UserError(f"--eta must be in 0..1 (got {args.eta})")
+    check_steps(args.steps)
+    if not MIN_ETA <= args.eta <= MAX_ETA:
+        raise UserError(f"--eta must be in {MIN_ETA:g}..{MAX_ETA:g} (got {args.eta})")
     if not 1 <= args.n <= 1024:
         raise UserError(f"--n must be in 1..1024 (got {args.n})")
     from app.core.png import encode_png
+    from app.core.spec import GenerateSpec
     from diffusion.grid import grid_columns, make_grid
     from worker.engine import load_engine
 
@@ -53,10 +62,11 @@ def sample(args: argparse.Namespace) -> int:
         probe_cache=service.probe_cache,
     )
     text = prompt_of(engine.manifest, args.prompt, args.guidance)
-    seeds = list(range(args.seed, args.seed + args.n))
-    conditions = [engine.condition(text.prompt, text.guidance)] * args.n
-    images = engine.generate(seeds, args.steps, [args.eta] * args.n, conditions)
-    parameters = engine.parameters(args.seed, args.steps, args.eta, text.prompt, text.guidance)
+    spec = GenerateSpec.from_request(args, engine.manifest, **text.fields())  # the first sample's, as the API's
+    seeds = list(range(spec.seed, spec.seed + args.n))
+    conditions = [engine.condition(spec.prompt, spec.guidance)] * args.n
+    images = engine.generate(seeds, spec.steps, [spec.eta] * args.n, conditions)
+    parameters = engine.parameters(spec)
     if args.n > 1:
         parameters["n"] = args.n
         pixels = make_grid(images, grid_columns(args.n))
@@ -369,8 +379,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
     if not 2 <= args.n <= 100_000:
         raise UserError(f"--n must be in 2..100000 (got {args.n})")
-    if not 1 <= args.steps <= 1000:
-        raise UserError(f"--steps must be in 1..1000 (got {args.steps})")
+    check_steps(args.steps)
     if args.subsets < 1:
         raise UserError(f"--subsets must be >= 1 (got {args.subsets})")
     from diffusion import evaluate as ev

@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from model_store import diffusers_kind
+from model_store.bounds import MAX_STEPS
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
 from model_store.text import TextSpec
 
 Shape = tuple[int, int, int]  # (height, width, channels)
-MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)

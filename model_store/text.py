@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model_store.bounds import MAX_GUIDANCE, MIN_GUIDANCE
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
 from model_store.vocabulary import MAX_PROMPT_CHARS, Encoded, Vocabulary, normalise, words
 
 TEXT_FIELD = "text"
-MAX_GUIDANCE = 20.0
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ class TextSpec:
             )
         except (TypeError, KeyError, ValueError) as exc:
             raise ModelStoreError(f"{manifest.file}: a text model needs a valid `text` field ({exc!r})") from None
-        if not 0 <= spec.default_guidance <= MAX_GUIDANCE:
-            raise ModelStoreError(f"{manifest.file}: default_guidance must be within 0..{MAX_GUIDANCE}")
+        if not MIN_GUIDANCE <= spec.default_guidance <= MAX_GUIDANCE:
+            raise ModelStoreError(f"{manifest.file}: default_guidance must be within {MIN_GUIDANCE:g}..{MAX_GUIDANCE}")
         return spec
 
     def encode(self, prompt: str) -> Encoded:
@@ -67,6 +67,10 @@ class Prompted:
     prompt: str | None  # normalised; None: no prompt (an empty one is none)
     guidance: float | None  # s; None without a prompt
     ignored: tuple[str, ...] = ()  # words of the prompt that the model does not know
+
+    def fields(self) -> dict[str, str | float | None]:
+        """The request fields it fixes, normalised (for app.core.spec.Spec.from_request)."""
+        return {"prompt": self.prompt, "guidance": self.guidance}
 
 
 NO_TEXT = Prompted(None, None)  # a prompt-free request
@@ -102,6 +106,6 @@ def resolve(spec: TextSpec, prompt: str | None, guidance: float | None, field: s
         raise PromptError(field, f"no word of {text!r} is known to this model; known words include: {hint}")
     if guidance is None:
         guidance = spec.default_guidance
-    if not 0 <= guidance <= MAX_GUIDANCE:
-        raise PromptError("guidance", f"guidance must be within 0..{MAX_GUIDANCE:g}, got {guidance}")
+    if not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE:
+        raise PromptError("guidance", f"guidance must be within {MIN_GUIDANCE:g}..{MAX_GUIDANCE:g}, got {guidance}")
     return Prompted(text, float(guidance) + 0.0, tuple(dict.fromkeys(encoded.ignored)))

@@ -31,6 +31,13 @@ def make_tiny_net(seed: int = 0, image_size: int = 16):
     return net.eval()
 
 
+def generate_spec(manifest, seed: int, steps: int, eta: float, **fields):
+    """The spec of a generation job (app.core.spec.GenerateSpec) for `manifest`'s model, as the API builds it."""
+    from app.core.spec import GenerateSpec
+
+    return GenerateSpec("0" * 32, manifest.ref, manifest.identity, seed=seed, steps=steps, eta=eta, **fields)
+
+
 def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run `diffusetv ARGS` in a fresh interpreter, with this test's environment."""
     proc = subprocess.run(

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from app.core import events, keys, runs
-from app.core.jobs import JobSpec, JobStatus, deliver, transition
+from app.core.jobs import JobStatus, deliver, transition
 from app.core.png import encode_png
 from app.core.settings import get_settings
+from app.core.spec import GenerateSpec
 from worker import registry
 from worker.engine import Engine
 
@@ -31,7 +32,7 @@ ACTIVE = (JobStatus.QUEUED.value.encode(), JobStatus.RUNNING.value.encode())
 
 @dataclass
 class Run:
-    spec: JobSpec  # the leading job's spec: seed, steps, eta; its job id is the run's id
+    spec: GenerateSpec  # the leading job's spec; its job id is the run's id
     cache_key: str
     active: bool = True
     last_progress: float = field(default=0.0)
@@ -150,16 +151,13 @@ def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: in
     return len(delivered)
 
 
-def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) -> dict[str, str]:
+def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: int) -> dict[str, str]:
     """Run the runs led by `specs` together (already taken, see `take`); returns each run's outcome."""
+    if len({s.batch_key() for s in specs}) > 1:
+        raise ValueError("a batch shares one batch key (app.core.spec.Spec.batch_key): one model, one step count")
     steps = specs[0].steps
-    if any(s.steps != steps for s in specs):
-        raise ValueError("a batch shares one step count")
     started = time.monotonic()
-    batch = [
-        Run(s, runs.engine_key(s.identity, s.model_ref, s.seed, s.steps, s.eta, engine.id, s.prompt, s.guidance))
-        for s in specs
-    ]
+    batch = [Run(s, runs.engine_key(s, engine.id)) for s in specs]
     outcome = {s.job_id: "canceled" for s in specs}
     batch = start(redis, batch, engine)
     if not batch:
@@ -187,8 +185,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
     if last is not None and last.step == steps and live:
         pixels = engine.pixels(engine.model.final(last))
         for i, run in enumerate(live):
-            s = run.spec
-            png = encode_png(pixels[i], engine.parameters(s.seed, steps, s.eta, s.prompt, s.guidance))
+            png = encode_png(pixels[i], engine.parameters(run.spec))
             outcome[run.id] = "succeeded" if finish(redis, run, png, size, engine, result_ttl) else "canceled"
     for run in batch:
         if not run.active:  # every job of it was canceled: close it, whatever joined since gets a fresh run
@@ -201,10 +198,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[JobSpec], result_ttl: int) 
         log_line(
             id=s.job_id,
             status=outcome[s.job_id],
-            seed=s.seed,
-            steps=steps,
-            eta=s.eta,
-            **({"prompt": s.prompt, "guidance": s.guidance} if s.prompt else {}),
+            **s.output(),
             model=s.model_ref,
             batch_size=size,
             seconds=round(time.monotonic() - started, 3),

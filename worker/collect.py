@@ -1,4 +1,4 @@
-"""Dynamic batching: after taking a job, take compatible queued ones (same model and steps) with it.
+"""Dynamic batching: after taking a job, take compatible queued ones (the same batch key: model and steps) with it.
 
 Compatible jobs are claimed straight from the model's RQ queue list with LREM, so each is taken by
 exactly one worker; the wait for more is bounded by MAX_BATCH_WAIT_MS.
@@ -13,26 +13,27 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from app.core.jobs import GENERATE_FUNC, JobSpec
+from app.core.spec import GenerateSpec
 from worker.batch import take
 
 SCAN = 256  # queue entries looked at per pass
 POLL_S = 0.001
 
 
-def compatible(job: Job | None, steps: int, identity: str) -> bool:
-    """A generation job of the same step count, for the model (identity) this worker has loaded."""
+def spec_of(job: Job | None) -> GenerateSpec | None:
+    """The spec of a queued generation job; None for any other job, or one this worker cannot run (left to the
+    worker that takes it, which fails it with the reason)."""
     if job is None:
-        return False
+        return None
     try:
         name, kwargs = job.func_name, job.kwargs
-    except Exception:  # not a JSON job: leave it to the worker, which refuses it
-        return False
-    return name == GENERATE_FUNC and kwargs.get("steps") == steps and kwargs.get("identity") == identity
+        return GenerateSpec.from_kwargs(kwargs) if name == GenerateSpec.FUNC else None
+    except Exception:  # not a JSON job, or a newer API's (SpecError): leave it to the worker that takes it
+        return None
 
 
-def claim(redis, queue: Queue, steps: int, identity: str, limit: int) -> list[tuple[Job, JobSpec]]:
-    """Take up to `limit` compatible jobs off the queue (oldest first), each recorded as this worker's at once."""
+def claim(redis, queue: Queue, key: tuple, limit: int) -> list[tuple[Job, GenerateSpec]]:
+    """Take up to `limit` jobs of batch key `key` off the queue (oldest first), each recorded as this worker's."""
     ids = [i.decode() for i in redis.lrange(queue.key, 0, SCAN - 1)]
     if not ids or limit <= 0:
         return []
@@ -40,8 +41,8 @@ def claim(redis, queue: Queue, steps: int, identity: str, limit: int) -> list[tu
     for job in Job.fetch_many(ids, connection=redis, serializer=JSONSerializer):
         if len(taken) >= limit:
             break
-        if compatible(job, steps, identity) and redis.lrem(queue.key, 1, job.id) == 1:  # 1: it is ours alone
-            spec = JobSpec(**job.kwargs)
+        spec = spec_of(job)
+        if spec is not None and spec.batch_key() == key and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
             take(redis, [spec.job_id])
             job.set_status(RQStatus.STARTED)
             taken.append((job, spec))
@@ -49,12 +50,12 @@ def claim(redis, queue: Queue, steps: int, identity: str, limit: int) -> list[tu
 
 
 def gather(
-    redis, queue: Queue, steps: int, identity: str, room: int, wait_ms: int, taken: list[tuple[Job, JobSpec]]
-) -> list[tuple[Job, JobSpec]]:
-    """Claim compatible jobs into `taken` until the batch is full or `wait_ms` has passed."""
+    redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, GenerateSpec]]
+) -> list[tuple[Job, GenerateSpec]]:
+    """Claim jobs of batch key `key` into `taken` until the batch is full or `wait_ms` has passed."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        taken += claim(redis, queue, steps, identity, room - len(taken))
+        taken += claim(redis, queue, key, room - len(taken))
         if len(taken) >= room or time.monotonic() >= deadline:
             return taken
         time.sleep(POLL_S)

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.core.spec import Spec
 from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
 from diffusion.guidance import Condition, Guidance
 from diffusion.kernels import Probe, reference_rows, row_flops
 from diffusion.probe_cache import machine_key
-from model_store import Manifest, ModelStoreError, Store
+from model_store import Manifest, ModelStoreError, Store, kinds
 from worker.kinds import KindModel, model_for
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -142,13 +143,12 @@ class Engine:
             "precision": self.precision,
         }
 
-    def parameters(
-        self, seed: int, steps: int, eta: float, prompt: str | None = None, guidance: float | None = None
-    ) -> dict:
-        """The PNG `parameters` chunk (DESIGN.md): the engine key, plus the model's name and version; a text model's
-        also name the normalised prompt and the guidance (null for a prompt-free sample)."""
-        text = {"prompt": prompt or None, "guidance": guidance if prompt else None} if self.model.conditioned else {}
-        return {"seed": seed, "steps": steps, "eta": eta, **text, **self.model_parameters()}
+    def parameters(self, spec: Spec) -> dict:
+        """The PNG `parameters` chunk (DESIGN.md): the spec's part of the engine key (app.core.spec), plus the model
+        and the engine. A model's PNG names every request field its kind takes, null when the job has none (a text
+        model's prompt and guidance, for a prompt-free sample)."""
+        taken = {name: None for name in kinds.of(self.manifest).fields if name in spec.request_names()}
+        return {**taken, **spec.png_parameters(), **self.model_parameters()}
 
 
 def check_compile(device: str, compile: bool) -> None:

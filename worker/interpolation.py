@@ -17,8 +17,9 @@ import torch
 from PIL import PngImagePlugin
 
 from app.core import events, keys
-from app.core.jobs import InterpolateSpec, JobStatus, deliver, transition
+from app.core.jobs import JobStatus, deliver, transition
 from app.core.png import PARAMETERS_KEY, encode_png, image, parameters_json
+from app.core.spec import InterpolateSpec
 from diffusion.grid import make_grid
 from diffusion.guidance import Condition
 from diffusion.interpolate import interpolated_noises
@@ -39,14 +40,6 @@ def animated_png(frames: np.ndarray, parameters: dict) -> bytes:
         buffer, format="PNG", save_all=True, append_images=images[1:], duration=FRAME_MS, loop=0, pnginfo=info
     )
     return buffer.getvalue()
-
-
-def parameters(engine: Engine, spec: InterpolateSpec) -> dict:
-    walk = {"seed_a": spec.seed_a, "seed_b": spec.seed_b, "frames": spec.frames, "steps": spec.steps, "eta": 0.0}
-    if engine.model.conditioned:
-        prompted = spec.prompt is not None
-        walk |= {"prompt": spec.prompt, "prompt_b": spec.prompt_b, "guidance": spec.guidance if prompted else None}
-    return {**walk, **engine.model_parameters()}
 
 
 def frame_conditions(engine: Engine, spec: InterpolateSpec) -> list[Condition] | None:
@@ -93,7 +86,7 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
             events.emit(redis, spec.job_id, events.PROGRESS, progress, ttl)
             last_write = time.monotonic()
     frames = engine.pixels(engine.model.final(last))
-    params = parameters(engine, spec)
+    params = engine.parameters(spec)
     apng = animated_png(frames, params)
     strip = encode_png(make_grid(frames, cols=spec.frames), params)
     redis.set(keys.strip(spec.job_id), strip, ex=ttl)  # first: a succeeded job always has its strip

@@ -6,36 +6,46 @@ from rq import Queue, get_current_job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
-from app.core.jobs import InterpolateSpec, JobSpec
 from app.core.runs import close, forget
 from app.core.settings import get_settings
+from app.core.spec import GenerateSpec, InterpolateSpec, Spec, SpecError
 from worker import registry
 from worker.batch import fail, run_batch, take
 from worker.collect import gather, settle
 
 
-def check_identity(engine, model_ref: str, identity: str) -> None:
+def check_identity(engine, spec: Spec) -> None:
     """The job was keyed for the model this worker has loaded: the same weights and output-relevant fields."""
-    if engine.manifest.identity != identity:
-        raise RuntimeError(f"model {model_ref} changed on this worker (identity mismatch)")
+    if engine.manifest.identity != spec.identity:
+        raise RuntimeError(f"model {spec.model_ref} changed on this worker (identity mismatch)")
+
+
+def decode(cls: type[Spec], redis, kwargs: dict) -> Spec:
+    """The job's spec (app.core.spec.Spec.from_kwargs); a job this worker cannot run as asked fails at once, with
+    the reason, before RQ records the exception."""
+    try:
+        return cls.from_kwargs(kwargs)
+    except SpecError as exc:
+        job_id = kwargs.get("job_id")
+        if isinstance(job_id, str):
+            fail(redis, [job_id], f"{type(exc).__name__}: {exc}", get_settings().result_ttl)
+        raise
 
 
 def generate(**kwargs) -> dict:
     """Run a queued generation job, batched with compatible queued jobs (RQ job function)."""
-    spec = JobSpec(**kwargs)
     job = get_current_job()
     redis = job.connection
+    spec = decode(GenerateSpec, redis, kwargs)
     settings = get_settings()
     take(redis, [spec.job_id])
     claimed: list = []
     specs = [spec]
     try:
         engine = registry.get(spec.model_ref)
-        check_identity(engine, spec.model_ref, spec.identity)
+        check_identity(engine, spec)
         queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
-        gather(
-            redis, queue, spec.steps, spec.identity, settings.max_batch_size - 1, settings.max_batch_wait_ms, claimed
-        )
+        gather(redis, queue, spec.batch_key(), settings.max_batch_size - 1, settings.max_batch_wait_ms, claimed)
         specs = [spec] + [s for _, s in claimed]
         outcome = run_batch(redis, engine, specs, settings.result_ttl)
     except JobTimeoutException:
@@ -56,13 +66,13 @@ def interpolate(**kwargs) -> dict:
     """Render an interpolation job: every frame in one batch, then an animated PNG and a strip (RQ job function)."""
     from worker.interpolation import run_interpolation
 
-    spec = InterpolateSpec(**kwargs)
     job = get_current_job()
+    spec = decode(InterpolateSpec, job.connection, kwargs)
     settings = get_settings()
     take(job.connection, [spec.job_id])
     try:
         engine = registry.get(spec.model_ref)
-        check_identity(engine, spec.model_ref, spec.identity)
+        check_identity(engine, spec)
         status = run_interpolation(job.connection, engine, spec, settings.result_ttl)
     except JobTimeoutException:
         fail(

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core import keys
 
-GENERATE_FUNC = "worker.jobs.generate"
-INTERPOLATE_FUNC = "worker.jobs.interpolate"
+if TYPE_CHECKING:
+    from app.core.spec import Spec
 
 
 class JobStatus(StrEnum):
@@ -92,88 +91,16 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True)
-class JobSpec:
-    """What a worker needs to run one generation job (the RQ job's JSON kwargs)."""
-
-    job_id: str
-    seed: int
-    steps: int
-    eta: float
-    model_ref: str  # name@version
-    identity: str  # the model's identity (model_store.manifest.Manifest.identity)
-    previews: bool = False
-    run_key: str = ""  # its engine key as the API saw it (app.core.runs.engine_key)
-    prompt: str | None = None  # text models: the normalised prompt (None: prompt-free)
-    guidance: float | None = None  # and its guidance scale s
-
-    def to_kwargs(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id, "seed": self.seed, "steps": self.steps, "eta": self.eta,
-            "model_ref": self.model_ref, "identity": self.identity, "previews": self.previews, "run_key": self.run_key,
-            "prompt": self.prompt, "guidance": self.guidance,
-        }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class InterpolateSpec:
-    """An interpolation job: DDIM (eta 0) from `frames` points on the great circle between two seeds' noises."""
-
-    job_id: str
-    seed_a: int
-    seed_b: int
-    frames: int
-    steps: int
-    model_ref: str
-    identity: str
-    prompt: str | None = None  # text models: the condition at seed_a's end ...
-    prompt_b: str | None = None  # ... and at seed_b's (None: the same prompt all along)
-    guidance: float | None = None
-
-    def to_kwargs(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id, "seed_a": self.seed_a, "seed_b": self.seed_b, "frames": self.frames,
-            "steps": self.steps, "model_ref": self.model_ref, "identity": self.identity,
-            "prompt": self.prompt, "prompt_b": self.prompt_b, "guidance": self.guidance,
-        }  # fmt: skip
-
-
-def text_params(prompt: str | None, guidance: float | None, ignored: tuple[str, ...] = (), **more) -> dict:
-    """A job's `params` entries for its text condition: only what it has (a prompt-free job has none)."""
-    params = {"prompt": prompt, "guidance": guidance, **more} if prompt else {}
-    if ignored:
-        params["ignored_words"] = list(ignored)
-    return params
-
-
-def new_interpolation_record(
-    spec: InterpolateSpec, model: dict, owner: str = "", ignored: tuple[str, ...] = ()
-) -> dict[str, str]:
-    params = {"seed_a": spec.seed_a, "seed_b": spec.seed_b, "frames": spec.frames, "steps": spec.steps}
-    params |= text_params(spec.prompt, spec.guidance, ignored, **({"prompt_b": spec.prompt_b} if spec.prompt_b else {}))
-    return {
-        "id": spec.job_id,
-        "kind": "interpolate",
-        "run": spec.job_id,
-        "status": JobStatus.QUEUED.value,
-        "params": json.dumps(params),
-        "model": json.dumps(model),
-        "owner": owner,
-        "created_at": repr(time.time()),
-        "attempts": "0",
-    }
-
-
 def new_record(
-    spec: JobSpec, model: dict, owner: str = "", now: float | None = None, ignored: tuple[str, ...] = ()
+    spec: Spec, model: dict, owner: str = "", now: float | None = None, ignored: tuple[str, ...] = ()
 ) -> dict[str, str]:
-    """The hash fields of a freshly queued job; `ignored`: the prompt's words the model does not know."""
-    params = {"seed": spec.seed, "steps": spec.steps, "eta": spec.eta, "previews": spec.previews}
-    params |= text_params(spec.prompt, spec.guidance, ignored)
+    """The hash fields of a freshly queued job (app.core.spec); `ignored`: the prompt's words the model does not
+    know. The submit script adds the job's run."""
     return {
         "id": spec.job_id,
+        "kind": spec.KIND,
         "status": JobStatus.QUEUED.value,
-        "params": json.dumps(params),
+        "params": json.dumps(spec.params(ignored)),
         "model": json.dumps(model),
         "owner": owner,
         "created_at": repr(now if now is not None else time.time()),

@@ -83,3 +83,25 @@ METRICS = f"{PREFIX}metrics"  # hash of worker and API counters
 
 def valid_job_id(job_id: str) -> bool:
     return JOB_ID_RE.fullmatch(job_id) is not None
+
+
+def _lua_function(name: str, key, argument: str = "id") -> str:
+    """A Lua function that builds a key as `key` does: its text around the argument, from one call in Python."""
+    before, after = key("\0").split("\0")
+    tail = f" .. '{after}'" if after else ""
+    return f"local function {name}({argument}) return '{before}' .. {argument}{tail} end\n"
+
+
+# The same keys for the Lua scripts (app.core.submit, app.core.runs): one table, built from the functions above.
+LUA_KEYS = "".join(
+    _lua_function(name, key, argument)
+    for name, key, argument in (
+        ("job_key", job, "id"),
+        ("events_key", events, "id"),
+        ("png_key", png, "id"),
+        ("run_key", run, "id"),
+        ("jobs_key", run_jobs, "id"),
+        ("open_key", open_run, "ek"),
+        ("cache_key", cache, "ek"),
+    )
+)

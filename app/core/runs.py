@@ -1,7 +1,7 @@
 """Model runs: the unit of model work, shared by every job that asks for the same bytes.
 
 A run computes one sample. Its id is the id of the job that led it, and it serves every job that
-asked for the same engine key (DESIGN.md: model identity, seed, steps, eta, device type, precision)
+asked for the same engine key (DESIGN.md: the model's identity, what the request fixes, the engine)
 while it was open: identical concurrent requests share one run. A finished run's PNG is the result
 cache. A run stops early only when no job waits for it any more.
 
@@ -15,45 +15,32 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import TYPE_CHECKING
 
 from app.core import keys
 from app.core.jobs import MAX_EVENTS, JobStatus, expire, transition
+
+if TYPE_CHECKING:
+    from app.core.spec import Spec
 
 WAITING = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 PENDING_ENGINE = "pending"  # no worker has claimed the model yet: the engine is not known
 
 
-def engine_key(
-    identity: str,
-    model_ref: str,
-    seed: int,
-    steps: int,
-    eta: float,
-    engine: str,
-    prompt: str | None = None,
-    guidance: float | None = None,
-) -> str:
-    """sha256 of the canonical engine key; `engine` is `device/precision/kernels` (worker.engine.Engine.id).
-
-    `identity` is the model's (model_store.manifest.Manifest.identity: weights and every output-relevant
-    field); `model_ref` (name@version) joins it because the PNG's `parameters` name the version. A text
-    model's prompted job adds its normalised prompt and guidance (a prompt-free job's key has neither)."""
+def engine_key(spec: Spec, engine: str) -> str:
+    """sha256 of the canonical engine key: the spec's fields that fix the bytes (app.core.spec.Spec.key_fields: the
+    model's identity and ref, the seed, steps and eta, a text model's normalised prompt and guidance) and the
+    engine, `device/precision/kernels` (worker.engine.Engine.id); workers whose kernels differ give other bytes,
+    so their results never mix."""
     device, precision, kernels = [*engine.split("/", 2), "", ""][:3]
-    key = {"identity": identity, "model": model_ref, "seed": seed, "steps": steps, "eta": eta}
-    if prompt:
-        key |= {"prompt": prompt, "guidance": guidance}
-    key |= {"device": device, "precision": precision}
-    key["kernels"] = kernels  # workers whose kernels differ give other bytes: their results never mix
+    key = {**spec.key_fields(), "device": device, "precision": precision, "kernels": kernels}
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # Lua helpers shared by the scripts: the key names come from app.core.keys, the one place that builds them.
-_LUA_KEYS = f"""
-local function job_key(id) return '{keys.job("")}' .. id end
-local function events_key(id) return '{keys.events("")}' .. id end
-local function run_key(id) return '{keys.run("")}' .. id end
-local function jobs_key(id) return '{keys.run("")}' .. id .. '{keys.run_jobs("").removeprefix(keys.run(""))}' end
-local function open_key(ek) return '{keys.open_run("")}' .. ek end
+_LUA_KEYS = (
+    keys.LUA_KEYS
+    + """
 local function active(id)
   local s = redis.call('HGET', job_key(id), 'status')
   return s == 'queued' or s == 'running'
@@ -62,9 +49,10 @@ local function close(rid, status)
   redis.call('HSET', run_key(rid), 'status', status)
   local ek = redis.call('HGET', run_key(rid), 'engine_key')
   if ek and redis.call('GET', open_key(ek)) == rid then redis.call('DEL', open_key(ek)) end
-  redis.call('SREM', '{keys.RUNNING}', rid)
+  redis.call('SREM', '{running}', rid)
 end
-"""
+""".replace("{running}", keys.RUNNING)
+)
 
 # ARGV: run id, final run status. Close the run (nobody can join it now); returns its jobs.
 _CLOSE = (

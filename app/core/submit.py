@@ -22,6 +22,7 @@ from typing import Any
 from app.core import keys
 from app.core.events import preview_steps
 from app.core.jobs import MAX_EVENTS
+from app.core.settings import Settings
 
 # A job's hash (MEMORY USAGE: 1.0 to 1.5 kB), its event stream, whose first entry takes a whole stream node
 # (4.8 kB), and the allocator's share of its PNG (about 0.4 kB): `python -m bench.job_bytes` measures them.
@@ -31,15 +32,10 @@ PNG_OVERHEAD_BYTES = 1024  # PNG chunks and the tEXt parameters
 
 ADMITTED = frozenset({"cached", "follow", "lead"})
 
-_LUA = f"""
+_LUA = (
+    keys.LUA_KEYS
+    + f"""
 local spec = cjson.decode(ARGV[1])
-local function job_key(id) return '{keys.job("")}' .. id end
-local function events_key(id) return '{keys.events("")}' .. id end
-local function png_key(id) return '{keys.png("")}' .. id end
-local function run_key(id) return '{keys.run("")}' .. id end
-local function jobs_key(id) return '{keys.run("")}' .. id .. '{keys.run_jobs("").removeprefix(keys.run(""))}' end
-local function open_key(ek) return '{keys.open_run("")}' .. ek end
-local function cache_key(ek) return '{keys.cache("")}' .. ek end
 local q = spec.quota
 local used = redis.call('HMGET', q.key, 'jobs', 'bytes')
 local used_jobs, used_bytes = tonumber(used[1] or '0'), tonumber(used[2] or '0')
@@ -141,6 +137,7 @@ while i <= #ARGV do  -- the RQ job and its queue entry, as RQ itself writes them
 end
 return {{'lead', spec.job, 'queued'}}
 """
+)
 
 
 @dataclass(frozen=True)
@@ -157,6 +154,38 @@ def quota_for(client: str, jobs: int, max_bytes: int, window_s: int, now: float)
     """The fixed window holding `now`: its counter key expires when the window ends."""
     index = int(now // window_s)
     return Quota(keys.quota(client, index), jobs, max_bytes, max(1, int((index + 1) * window_s - now) + 1))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One job as the script writes it: its record, the bytes its results take, where it queues and which run
+    it may share. `engine_key` '' means a job without a shared run (an interpolation); `cache_key` '' skips the
+    cache (no engine has claimed the model yet, so no result can be known)."""
+
+    job_id: str
+    record: dict[str, str]
+    cost: int
+    queue_key: str
+    engine_key: str = ""
+    cache_key: str = ""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What the script checks before it writes, and the TTLs of what it writes."""
+
+    quota: Quota
+    ttl: int  # of a waiting job and its run (Settings.pending_ttl)
+    result_ttl: int  # of a result, and of a job answered from the cache
+    max_queue: int
+    max_followers: int
+
+    @classmethod
+    def of(cls, settings: Settings, client: str, now: float) -> Bounds:
+        """The service's bounds for one client's submission at `now`."""
+        s = settings
+        quota = quota_for(client, s.client_jobs, s.client_bytes, s.quota_window_s, now)
+        return cls(quota, s.pending_ttl, s.result_ttl, s.max_queue, s.max_followers)
 
 
 @dataclass(frozen=True)
@@ -181,40 +210,24 @@ def result_cost(image_size: int, channels: int, steps: int, previews: bool, imag
     return RECORD_BYTES + steps * PROGRESS_EVENT_BYTES + images * png + shown * (png * 4 // 3)
 
 
-def admit(
-    redis,
-    job_id: str,
-    record: dict[str, str],
-    *,
-    engine_key: str,
-    cache_key: str,
-    queue_key: str,
-    rq_commands: Sequence[Sequence[Any]],
-    quota: Quota,
-    cost: int,
-    ttl: int,
-    result_ttl: int,
-    max_queue: int,
-    max_followers: int,
-    now: str,
-) -> Admission:
-    """Run the submit script. `engine_key` '' means a job without a shared run (an interpolation); `cache_key` ''
-    skips the cache (no engine has claimed the model yet, so no result can be known)."""
+def admit(redis, entry: Entry, bounds: Bounds, rq_commands: Sequence[Sequence[Any]], now: float) -> Admission:
+    """Run the submit script for `entry` within `bounds`; `rq_commands` write its RQ job and queue entry."""
+    quota = bounds.quota
     spec = {
-        "job": job_id,
-        "record": record,
-        "engine_key": engine_key,
-        "cache_key": cache_key,
-        "queue": queue_key,
+        "job": entry.job_id,
+        "record": entry.record,
+        "engine_key": entry.engine_key,
+        "cache_key": entry.cache_key,
+        "queue": entry.queue_key,
         "quota": {"key": quota.key, "jobs": quota.jobs, "bytes": quota.bytes, "expire": quota.expire},
-        "cost": cost,
+        "cost": entry.cost,
         "record_bytes": RECORD_BYTES,
-        "ttl": ttl,
-        "result_ttl": result_ttl,
-        "max_queue": max_queue,
-        "max_followers": max_followers,
+        "ttl": bounds.ttl,
+        "result_ttl": bounds.result_ttl,
+        "max_queue": bounds.max_queue,
+        "max_followers": bounds.max_followers,
         "max_events": MAX_EVENTS,
-        "now": now,
+        "now": repr(now),
         "events": {s: json.dumps({"status": s}) for s in ("queued", "running", "succeeded")},
     }
     flat: list[Any] = []

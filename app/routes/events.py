@@ -23,7 +23,8 @@ from app.clients import ClientDep
 from app.core import events, keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.deps import RedisDep
-from app.queueing import queue_position, reconcile
+from app.queueing import queue_position
+from app.reaper import reconcile
 from app.routes.jobs import load_record, streams_full
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 404, 429, 503))

@@ -12,12 +12,15 @@ from fastapi.exceptions import RequestValidationError
 
 from app import schemas
 from app.auth import OwnerDep
+from app.cancel import cancel
 from app.clients import ClientDep
 from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
+from app.core.spec import GenerateSpec, InterpolateSpec
 from app.deps import RedisDep, SettingsDep, StoreDep
-from app.models import check_request, prompted, require_served
-from app.queueing import cancel, queue_position, reconcile, resolve_model, submit, submit_interpolation
+from app.models import check_request, prompted, require_served, resolve_model
+from app.queueing import new_job, queue_position, submit
+from app.reaper import reconcile
 from app.views import job_view
 from model_store.text import NO_TEXT
 from model_store.vocabulary import normalise
@@ -121,7 +124,8 @@ def generate(
     """Queue a DDIM generation job; poll `Location` for it. 503 when no live worker serves the model."""
     manifest = offered_model(redis, store, settings, body)
     text = prompted(manifest, body.prompt, body.guidance)
-    job_id = submit(redis, settings, manifest, body.seed, body.steps, body.eta, body.previews, owner, client, text)
+    spec = GenerateSpec.from_request(body, manifest, **text.fields())
+    job_id = submit(redis, settings, new_job(spec, manifest, owner, text.ignored), client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 
@@ -147,8 +151,9 @@ def interpolate(
         )
     # prompt_b keeps prompt's guidance; an empty one is none: the condition stays `prompt` all along
     end = prompted(manifest, body.prompt_b, None, "prompt_b") if body.prompt_b is not None else NO_TEXT
-    args = (body.seed_a, body.seed_b, body.frames, body.steps)
-    job_id = submit_interpolation(redis, settings, manifest, *args, owner, client, text, end)
+    spec = InterpolateSpec.from_request(body, manifest, **text.fields(), prompt_b=end.prompt)
+    ignored = tuple(dict.fromkeys(text.ignored + end.ignored))
+    job_id = submit(redis, settings, new_job(spec, manifest, owner, ignored), client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 

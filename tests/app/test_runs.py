@@ -6,28 +6,18 @@ import redis as redis_lib
 
 from app.core import keys, runs
 from app.core.jobs import JobStatus, new_job_id
-from app.core.submit import admit, quota_for
+from app.core.submit import Bounds, Entry, admit, quota_for
 
 
 def submit(conn, engine_key: str) -> tuple[str, tuple[str, str, str]]:
     """A new job for `engine_key`, through the submit script: (its id, (outcome, run id, run status))."""
     job_id = new_job_id()
-    admission = admit(
-        conn,
-        job_id,
-        {"id": job_id, "status": JobStatus.QUEUED.value},
-        engine_key=engine_key,
-        cache_key="",
-        queue_key="rq:queue:test",
-        rq_commands=[],
-        quota=quota_for("test", 1000, 2**30, 3600, time.time()),
-        cost=1,
-        ttl=600,
-        result_ttl=600,
-        max_queue=1000,
-        max_followers=1000,
-        now=repr(time.time()),
+    now = time.time()
+    entry = Entry(job_id, {"id": job_id, "status": JobStatus.QUEUED.value}, 1, "rq:queue:test", engine_key=engine_key)
+    bounds = Bounds(
+        quota_for("test", 1000, 2**30, 3600, now), ttl=600, result_ttl=600, max_queue=1000, max_followers=1000
     )
+    admission = admit(conn, entry, bounds, [], now)
     return job_id, (admission.outcome, admission.detail, admission.status)
 
 

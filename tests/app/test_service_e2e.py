@@ -156,13 +156,14 @@ def test_worker_runs_only_worker_jobs_functions(stack, tmp_path):
     from rq.serializers import JSONSerializer
 
     from app.core import keys
-    from app.core.jobs import JobSpec, new_job_id, new_record
+    from app.core.jobs import new_job_id, new_record
+    from app.core.spec import GenerateSpec
 
     victim = tmp_path / "victim.txt"
     victim.write_text("still here")
     conn = redis.Redis.from_url(stack.redis.url)
     job_id = new_job_id()
-    spec = JobSpec(job_id, 1, 5, 0.0, "tiny@1", "0" * 64)
+    spec = GenerateSpec(job_id, "tiny@1", "0" * 64, seed=1, steps=5, eta=0.0)
     conn.hset(keys.job(job_id), mapping=new_record(spec, {"name": "tiny", "version": 1, "digest": "0" * 64}))
     queue = Queue(keys.queue_name("tiny@1"), connection=conn, serializer=JSONSerializer)
     rq_job = queue.enqueue_call("os.remove", args=[str(victim)], job_id=job_id)

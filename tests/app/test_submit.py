@@ -21,7 +21,7 @@ from app.core import keys, runs
 from app.core.png import encode_png
 from app.core.settings import Settings
 from app.main import create_app
-from helpers import claim_as_worker
+from helpers import claim_as_worker, generate_spec
 from stack import Stack, free_port, stack_env
 
 ENGINE = "cpu/fp32/aaaa"
@@ -75,7 +75,7 @@ def cached_result(conn, client, seed: int, steps: int = 5, png: bytes | None = N
     )
     conn.expire(keys.job(source), 600)
     entry = {"job": source, "sha256": hashlib.sha256(png).hexdigest()}
-    key = runs.engine_key(model["identity"], model["ref"], seed, steps, 0.0, ENGINE)
+    key = runs.engine_key(generate_spec(types.SimpleNamespace(**model), seed, steps, 0.0), ENGINE)
     conn.set(keys.cache(key), json.dumps(entry), ex=600)
     return png
 

@@ -12,6 +12,7 @@ from app.core import keys
 from app.core.png import encode_png
 from app.core.settings import Settings, get_settings
 from app.main import create_app
+from helpers import generate_spec
 from worker import registry
 from worker.engine import load_engine
 from worker.main import DiffuseWorker
@@ -45,7 +46,9 @@ def metrics(conn) -> dict[str, float]:
 
 
 def alone_png(engine, seed, steps, eta) -> bytes:
-    return encode_png(engine.generate([seed], steps, [eta])[0], engine.parameters(seed, steps, eta))
+    return encode_png(
+        engine.generate([seed], steps, [eta])[0], engine.parameters(generate_spec(engine.manifest, seed, steps, eta))
+    )
 
 
 def test_a_batch_of_8_mixed_seeds_and_etas_equals_one_by_one(service):

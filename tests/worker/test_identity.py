@@ -11,7 +11,7 @@ from app.core import keys, runs
 from app.core.png import decode_png, read_parameters
 from app.core.settings import Settings, get_settings
 from app.main import create_app
-from helpers import copy_version
+from helpers import copy_version, generate_spec
 from worker import registry
 from worker.engine import load_engine
 from worker.main import DiffuseWorker
@@ -45,7 +45,7 @@ def service(tiny_store, redis_server, monkeypatch):
 def test_same_weights_other_schedule_other_engine_key(service, tiny_store):
     v1, v2 = (tiny_store.resolve(ref) for ref in REFS)
     assert v1.digest == v2.digest and v1.identity != v2.identity
-    keys_ = [runs.engine_key(m.identity, m.ref, 42, 8, 0.0, "cpu/fp32/k") for m in (v1, v2)]
+    keys_ = [runs.engine_key(generate_spec(m, 42, 8, 0.0), "cpu/fp32/k") for m in (v1, v2)]
     assert keys_[0] != keys_[1]
 
 

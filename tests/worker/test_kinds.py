@@ -8,7 +8,7 @@ from toy_kind_engine import ToyConfig, alpha_bar, save_toy
 
 from app.core.png import decode_png, encode_png
 from diffusion.ddim import ddim_step
-from helpers import copy_version
+from helpers import copy_version, generate_spec
 from model_store import ModelStoreError
 from worker.engine import load_engine
 
@@ -45,7 +45,7 @@ def test_a_toy_row_is_the_same_in_any_batch(toy_store):
 
 def test_a_grey_image_is_an_l_png_with_its_parameters(toy_store):
     engine = load_engine("toy", toy_store, device="cpu")
-    png = encode_png(engine.generate([1], 3, [0.0])[0], engine.parameters(1, 3, 0.0))
+    png = encode_png(engine.generate([1], 3, [0.0])[0], engine.parameters(generate_spec(engine.manifest, 1, 3, 0.0)))
     assert png[25] == 0  # IHDR colour type 0: greyscale
     assert decode_png(png).shape == (6, 10, 3)
 

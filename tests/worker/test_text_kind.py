@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import save_tiny_text
+from helpers import generate_spec, save_tiny_text
 from worker.engine import load_engine
 
 LONG = "grinning cat with smiling eyes face with tears of joy and a red heart beside a green apple"
@@ -53,7 +53,8 @@ def test_guidance_0_with_a_prompt_gives_the_pixels_of_the_prompt_free_job(engine
     free = engine.generate([11], 10, [0.3], [engine.condition(None, None)])
     zero = engine.generate([11], 10, [0.3], [engine.condition("red heart", 0.0)])
     assert np.array_equal(free, zero)
-    assert engine.parameters(11, 10, 0.3, "red heart", 0.0) != engine.parameters(11, 10, 0.3)
+    prompted = generate_spec(engine.manifest, 11, 10, 0.3, prompt="red heart", guidance=0.0)
+    assert engine.parameters(prompted) != engine.parameters(generate_spec(engine.manifest, 11, 10, 0.3))
 
 
 def test_guidance_1_is_the_conditional_row_alone_and_a_prompt_free_job_the_unconditional_one(engine):

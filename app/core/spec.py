@@ -1,0 +1,180 @@
+"""A request is one object: the job spec, built once from the validated request and carried whole from the
+route to the worker, as rq's `Queue.create_job` builds the `Job` that `enqueue_job` takes.
+
+A spec's fields are of two sorts:
+- where the job goes (`ADDRESS`): its id, the model's `name@version` and the model's identity;
+- what the client asked for: every other field. All of them fix the bytes of the result, except those a
+  spec lists in `NOT_OUTPUT` (previews change no byte).
+
+Every place that reads a request's fields asks the spec, with one method each: the engine key's fields
+(`key_fields`, for app.core.runs.engine_key), which jobs may share a batch (`batch_key`), the job's `params`
+(`params`), the PNG's `parameters` (`png_parameters`), the bytes its results take (`cost`) and the RQ job's
+kwargs (`to_kwargs`, read back by `from_kwargs`).
+
+**The rule that keeps keys stable.** A field with a default joins the engine key, the params, the PNG's
+`parameters` and the RQ kwargs only when it differs from its default. A field added later, with a default,
+so leaves every existing key, cached result and PNG byte as it was.
+
+**Rolling upgrades.** `from_kwargs` fills a missing field with its default, so a job queued by an older API
+runs on a newer worker; fields that older APIs sent and nothing reads (`RETIRED`) are ignored, with a log
+line. Any other unknown field was sent by a newer API, and only because it differs from its default: a
+worker that does not know it cannot honour it, so the job fails with a `SpecError` that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass
+from typing import Any, ClassVar
+
+from app.core.jobs import new_job_id
+from app.core.submit import result_cost
+
+log = logging.getLogger("diffusetv.spec")
+
+ADDRESS = ("job_id", "model_ref", "identity")
+RETIRED = frozenset({"run_key"})  # JobSpec.run_key: the API's engine key, which nothing read
+
+
+class SpecError(ValueError):
+    """A job's kwargs that this worker cannot run as asked."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The fields and methods every job spec shares; `GenerateSpec` and `InterpolateSpec` add the request's."""
+
+    FUNC: ClassVar[str]  # the RQ job function that runs it (worker.jobs)
+    KIND: ClassVar[str]  # the job record's `kind`
+    SHARES_RUNS: ClassVar[bool] = False  # identical jobs share one model run and its cache entry (app.core.runs)
+    BATCH: ClassVar[tuple[str, ...]] = ()  # fields every row of one batch must share
+    NOT_OUTPUT: ClassVar[tuple[str, ...]] = ()  # fields that change no byte of the result
+
+    job_id: str
+    model_ref: str  # name@version
+    identity: str  # the model's identity (model_store.manifest.Manifest.identity)
+
+    @classmethod
+    def request_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in ADDRESS)
+
+    def request(self) -> dict[str, Any]:
+        """The request's fields: each one without a default, and each one with a default that it differs from."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ADDRESS and (f.default is MISSING or getattr(self, f.name) != f.default)
+        }
+
+    def output(self) -> dict[str, Any]:
+        """The request's fields that fix the result's bytes."""
+        return {k: v for k, v in self.request().items() if k not in self.NOT_OUTPUT}
+
+    def key_fields(self) -> dict[str, Any]:
+        """The spec's part of the engine key (app.core.runs.engine_key): the model and what fixes the bytes.
+        The ref joins the identity because the PNG's `parameters` name the version."""
+        return {"identity": self.identity, "model": self.model_ref, **self.output()}
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal batch keys may run as rows of one batch."""
+        return (self.FUNC, self.identity, *(getattr(self, name) for name in self.BATCH))
+
+    def params(self, ignored: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The job record's `params`; `ignored`: words of the prompt that the model does not know."""
+        return {**self.request(), **({"ignored_words": list(ignored)} if ignored else {})}
+
+    def png_parameters(self) -> dict[str, Any]:
+        """The spec's part of the PNG's `parameters` (the engine adds the model's and its own)."""
+        return self.output()
+
+    def cost(self, side: int, channels: int) -> int:
+        """Upper estimate of the bytes this job's results keep in Redis (app.core.submit.result_cost), for a
+        model whose images fit a `side`-pixel square of `channels` channels."""
+        raise NotImplementedError
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The RQ job's JSON kwargs."""
+        return {**{name: getattr(self, name) for name in ADDRESS}, **self.request()}
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]):
+        """The spec of a queued job; see the module's docstring for what an older or newer API sent."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names - RETIRED)
+        if unknown:
+            raise SpecError(
+                f"this worker does not know the job field(s) {unknown} (queued by a newer API): upgrade the workers"
+            )
+        retired = tuple(sorted(set(kwargs) & RETIRED))
+        if retired:
+            log_retired(cls.__name__, retired)
+        try:
+            return cls(**{k: v for k, v in kwargs.items() if k in names})
+        except TypeError as exc:  # a field without a default is missing
+            raise SpecError(f"a {cls.KIND} job's kwargs are incomplete ({exc})") from None
+
+    @classmethod
+    def from_request(cls, body: object, manifest: object, **normalised: Any):
+        """The spec of a validated request for the model of `manifest`: every request field of the spec that
+        `body` has (a pydantic body, or the CLI's arguments), with `normalised` values (a text model's prompt
+        and guidance, app.models.prompted) in place of the raw ones."""
+        given = {name: getattr(body, name) for name in cls.request_names() if hasattr(body, name)}
+        return cls(new_job_id(), manifest.ref, manifest.identity, **{**given, **normalised})
+
+
+@functools.cache
+def log_retired(spec: str, names: tuple[str, ...]) -> None:
+    """Once per process for each kind of old job: the fields it carries that nothing reads any more."""
+    log.info("%s kwargs from an older API carry %s, which nothing reads: ignored", spec, list(names))
+
+
+@dataclass(frozen=True)
+class GenerateSpec(Spec):
+    """A generation job: DDIM from one seed."""
+
+    FUNC: ClassVar[str] = "worker.jobs.generate"
+    KIND: ClassVar[str] = "generate"
+    SHARES_RUNS: ClassVar[bool] = True
+    BATCH: ClassVar[tuple[str, ...]] = ("steps",)
+    NOT_OUTPUT: ClassVar[tuple[str, ...]] = ("previews",)
+
+    seed: int
+    steps: int
+    eta: float
+    previews: bool = False
+    prompt: str | None = None  # text models: the normalised prompt (None: prompt-free)
+    guidance: float | None = None  # and its guidance scale s
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "eta", float(self.eta) + 0.0)  # -0.0 is 0.0: one engine key, one set of bytes
+
+    def cost(self, side: int, channels: int) -> int:
+        return result_cost(side, channels, self.steps, self.previews)
+
+
+@dataclass(frozen=True)
+class InterpolateSpec(Spec):
+    """An interpolation job: DDIM (eta 0) from `frames` points on the great circle between two seeds' noises."""
+
+    FUNC: ClassVar[str] = "worker.jobs.interpolate"
+    KIND: ClassVar[str] = "interpolate"
+
+    seed_a: int
+    seed_b: int
+    frames: int
+    steps: int
+    prompt: str | None = None  # text models: the condition at seed_a's end ...
+    prompt_b: str | None = None  # ... and at seed_b's (None: the same prompt all along)
+    guidance: float | None = None
+
+    def png_parameters(self) -> dict[str, Any]:
+        return {**self.output(), "eta": 0.0}  # the walk runs DDIM at eta 0
+
+    def cost(self, side: int, channels: int) -> int:
+        return result_cost(side, channels, self.steps, False, images=2 * self.frames)  # the animation and the strip
+
+
+SPECS: dict[str, type[Spec]] = {s.FUNC: s for s in (GenerateSpec, InterpolateSpec)}

@@ -1,0 +1,8 @@
+"""What a request may ask of any model, in one place: the schemas (app.schemas), the CLI (diffusetv) and the
+registry (model_store.kinds, model_store.text) all read these. A kind or a model may bound steps further
+(model_store.kinds.Kind.steps_bound)."""
+
+MAX_SEED = 2**53 - 1  # the largest integer a JavaScript number holds exactly
+MIN_STEPS, MAX_STEPS = 1, 1000  # DDIM steps
+MIN_ETA, MAX_ETA = 0.0, 1.0  # 0: deterministic DDIM; 1: DDPM-like (it scales sigma)
+MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0  # classifier-free guidance scale s
