@@ -28,10 +28,13 @@ import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.core.jobs import new_job_id
 from app.core.submit import result_cost
+
+if TYPE_CHECKING:
+    from model_store import Manifest
 
 log = logging.getLogger("diffusetv.spec")
 
@@ -117,7 +120,7 @@ class Spec:
             raise SpecError(f"a {cls.KIND} job's kwargs are incomplete ({exc})") from None
 
     @classmethod
-    def from_request(cls, body: object, manifest: object, **normalised: Any):
+    def from_request(cls, body: object, manifest: Manifest, **normalised: Any):
         """The spec of a validated request for the model of `manifest`: every request field of the spec that
         `body` has (a pydantic body, or the CLI's arguments), with `normalised` values (a text model's prompt
         and guidance, app.models.prompted) in place of the raw ones."""
@@ -175,6 +178,3 @@ class InterpolateSpec(Spec):
 
     def cost(self, side: int, channels: int) -> int:
         return result_cost(side, channels, self.steps, False, images=2 * self.frames)  # the animation and the strip
-
-
-SPECS: dict[str, type[Spec]] = {s.FUNC: s for s in (GenerateSpec, InterpolateSpec)}
