@@ -259,7 +259,7 @@ def api(args: argparse.Namespace) -> int:
     logging.getLogger("uvicorn.access").addFilter(quiet_health_checks)
     log_config = uvicorn.config.LOGGING_CONFIG
     if s.log_format == "json":  # uvicorn's loggers propagate to the root logger's JSON handler instead
-        from diffusetv.logs import configure_logging
+        from app.core.logs import configure_logging
 
         configure_logging("json")
         log_config = None
