@@ -29,12 +29,12 @@ def main() -> int:
     from app.core.spec import GenerateSpec
     from app.core.submit import RECORD_BYTES, result_cost
     from app.main import create_app
-    from bench.stack import redis_server_binary, wait_redis
-    from diffusetv.up import free_port
+    from diffusetv.launch import free_port, redis_server_binary, wait_redis
 
     port, workdir = free_port(), tempfile.mkdtemp(prefix="diffusetv-job-bytes-")
+    binary = redis_server_binary(prefer_path=True)
     server = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
         stdout=subprocess.DEVNULL,
     )
     try:

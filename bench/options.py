@@ -1,4 +1,4 @@
-"""The benchmark suite's command-line options (`python -m bench`; `diffusetv bench` declares the same ones)."""
+"""The benchmark suite's command-line options (`python -m bench`; `diffusetv bench` passes its arguments on to it)."""
 
 from __future__ import annotations
 

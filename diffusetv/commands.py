@@ -269,7 +269,7 @@ def api(args: argparse.Namespace) -> int:
     logging.getLogger("uvicorn.access").addFilter(quiet_health_checks)
     log_config = uvicorn.config.LOGGING_CONFIG
     if s.log_format == "json":  # uvicorn's loggers propagate to the root logger's JSON handler instead
-        from diffusetv.logs import configure_logging
+        from app.core.logs import configure_logging
 
         configure_logging("json")
         log_config = None
@@ -475,16 +475,10 @@ def prompt_figures(engine, extractor, train, heldout, args) -> dict:
 
 
 def bench(args: argparse.Namespace) -> int:
-    try:
-        from bench.__main__ import run as run_bench
-        from bench.options import validate
-    except ModuleNotFoundError as exc:
-        if exc.name != "bench":
-            raise
-        raise UserError("the `bench` package is not installed here: reinstall diffusetv (pip install -e .)") from None
+    """`python -m bench` with the same arguments, in a child process; its exit status is ours."""
+    import importlib.util
+    import subprocess
 
-    problem = validate(args)
-    if problem:
-        raise UserError(problem)
-    run_bench(args)
-    return 0
+    if importlib.util.find_spec("bench") is None:
+        raise UserError("the `bench` package is not installed here: reinstall diffusetv (pip install -e .)")
+    return subprocess.run([sys.executable, "-m", "bench", *args.bench_args]).returncode

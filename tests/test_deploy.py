@@ -435,7 +435,7 @@ def test_the_placeholder_secrets_are_refused(tmp_path):
 
 def redis_with_acl(tmp_path: Path, secrets: dict[str, str]) -> tuple[subprocess.Popen, int, Path]:
     """redis-server started by deploy/compose/redis-start.sh, with the secrets in a folder of files."""
-    from stack import free_port, redis_server_binary
+    from diffusetv.launch import free_port, redis_server_binary
 
     folder = tmp_path / "secrets"
     folder.mkdir(exist_ok=True)
@@ -446,7 +446,7 @@ def redis_with_acl(tmp_path: Path, secrets: dict[str, str]) -> tuple[subprocess.
         **os.environ,
         "SECRETS_DIR": str(folder),
         "ACL_FILE": str(tmp_path / "users.acl"),
-        "REDIS_SERVER": redis_server_binary(),
+        "REDIS_SERVER": redis_server_binary(prefer_path=True),
     }
     log = (tmp_path / "redis.log").open("wb")
     proc = subprocess.Popen(

@@ -61,6 +61,9 @@ class ToyLinear(KindModel):
         return images.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+MODELS = {toy_kind.NAME: ToyLinear}  # what the worker runs for the kinds that toy_kind registers
+
+
 def save_toy(store: Store, name: str = "toy", config: ToyConfig | None = None) -> Manifest:
     """Publish a toy-linear model as the next version of `name`."""
     net = ToyNet(config or ToyConfig())

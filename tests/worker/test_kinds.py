@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-import toy_kind  # noqa: F401  (registers the kind)
+import toy_kind  # registers the kind
 from toy_kind_engine import ToyConfig, alpha_bar, save_toy
 
 from app.core.png import decode_png, encode_png
@@ -65,3 +65,21 @@ def test_a_stored_but_not_served_kind_is_refused_at_load(tiny_store):
     save_model(tiny_store, "feats", ToyNet(ToyConfig()), "none", [0.0], [1.0], {}, kind="feature-cnn")
     with pytest.raises(ModelStoreError, match="'feature-cnn', which is stored but not served"):
         load_engine("feats", tiny_store, device="cpu")
+
+
+def test_the_worker_finds_each_served_kind_s_class_by_its_own_rule():
+    """Built-in kinds from the worker's own modules; a plug-in kind from `MODELS` of `<its module>_engine`."""
+    from toy_kind_engine import ToyLinear
+
+    from model_store import kinds
+    from worker.kinds import model_class
+
+    assert model_class(kinds.get("ddim-unet")).__name__ == "DDIMUNet"
+    assert model_class(kinds.get("toy-linear")) is ToyLinear
+    orphan = kinds.Kind("orphan", toy_kind.shape, served=True, module="no_such_kinds")
+    with pytest.raises(ModelStoreError) as info:
+        model_class(orphan)
+    assert "\n" not in str(info.value) and "'orphan': cannot load no_such_kinds_engine" in str(info.value)
+    stray = kinds.Kind("stray", toy_kind.shape, served=True, module="toy_kind")
+    with pytest.raises(ModelStoreError, match=r"'stray': toy_kind_engine\.MODELS has no 'stray'"):
+        model_class(stray)

@@ -3,8 +3,9 @@
 A kind module builds its network from the manifest and says how to read it: the time grid (what the
 network is called with at each step, and the alpha-bars of the step), the map from the network's output
 to the ε̂ and x̂0 of the shared DDIM step (diffusion.ddim, eq. 12), and the map from model space to pixels.
-The engine, the kernel probe, batching, previews and interpolation see nothing else. Which module serves
-a kind is said by the torch-free registry (model_store.kinds).
+The engine, the kernel probe, batching, previews and interpolation see nothing else. The torch-free
+registry (model_store.kinds) says which kinds exist and which are served; which class runs a served kind
+is said here (`model_class`).
 """
 
 from __future__ import annotations
@@ -71,12 +72,39 @@ class KindModel(ABC):
         return None
 
 
+# The built-in kinds' models, imported when first needed (their modules import this one).
+BUILT_IN = {
+    "ddim-unet": "worker.kinds.ddim_unet:DDIMUNet",
+    "ddim-unet-text": "worker.kinds.ddim_unet_text:DDIMUNetText",
+    "diffusers-unet2d": "worker.kinds.diffusers_unet2d:DiffusersUNet2D",
+}
+
+
 def model_for(manifest: Manifest) -> KindModel:
     """The kind module's model for this manifest; a one-line error for a kind that is unknown or not served."""
-    kind = kinds.served(manifest)
-    module_name, _, class_name = (kind.engine or "").partition(":")
+    return model_class(kinds.served(manifest))(manifest)
+
+
+def model_class(kind: kinds.Kind) -> type[KindModel]:
+    """The class that runs a served kind: a built-in kind's from BUILT_IN; a plug-in kind's from the `MODELS`
+    (kind name -> class) of the module beside the one that registered it, `<module>_engine`."""
+    if kind.module is not None:
+        module_name = f"{kind.module}_engine"
+        models = getattr(import_engine(kind, module_name), "MODELS", {})
+        if kind.name not in models:
+            raise ModelStoreError(f"model kind {kind.name!r}: {module_name}.MODELS has no {kind.name!r}")
+        return models[kind.name]
+    if kind.name not in BUILT_IN:
+        raise ModelStoreError(
+            f"model kind {kind.name!r}: not a built-in kind, and registered without its module (module=__name__)"
+        )
+    module_name, _, class_name = BUILT_IN[kind.name].partition(":")
+    return getattr(import_engine(kind, module_name), class_name)
+
+
+def import_engine(kind: kinds.Kind, module_name: str):
+    """The module that holds a kind's model, or a one-line error naming the kind and the module."""
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ModelStoreError(f"model kind {kind.name!r}: cannot load its engine {kind.engine!r} ({exc})") from None
-    return cls(manifest)
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelStoreError(f"model kind {kind.name!r}: cannot load {module_name} ({exc})") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from diffusetv.logs import configure_logging
+from app.core.logs import configure_logging
 
 
 def test_json_lines_carry_level_logger_and_message(capsys):
