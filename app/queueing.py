@@ -61,10 +61,10 @@ def submit(redis, settings: Settings, job: NewJob, client: str = "") -> str:
     key names the pending engine), but none is answered from the cache, since no result can be known."""
     spec, now = job.spec, time.time()
     engine = current_engine(redis, spec.model_ref)
-    key = runs.engine_key(spec, engine) if spec.SHARES_RUNS else ""
+    key = runs.engine_key(spec, engine)  # identical jobs share one model run and its cache entry (app.core.runs)
     cache_key = key if engine != runs.PENDING_ENGINE else ""
     queue = queue_for(redis, spec.model_ref)
-    entry = Entry(spec.job_id, job.record, job.cost, queue.key, key, cache_key)
+    entry = Entry(spec.job_id, job.record, job.cost, queue.key, key, cache_key, spec.compute())
     commands = rq_commands(redis, queue, spec, settings)
     refuse(admit(redis, entry, Bounds.of(settings, client, now), commands, now), settings)
     return spec.job_id
@@ -82,9 +82,11 @@ def refuse(admission: Admission, settings: Settings) -> None:
             "retry later, when it is answered from the cache",
             FOLLOWERS_RETRY_S,
         )
-    limit = (
-        f"{settings.client_jobs} jobs" if admission.detail == "jobs" else f"{settings.client_bytes} bytes of results"
-    )
+    limit = {
+        "jobs": f"{settings.client_jobs} jobs",
+        "bytes": f"{settings.client_bytes} bytes of results",
+        "compute": f"{settings.client_compute} image-steps of model work (DIFFUSETV_CLIENT_COMPUTE)",
+    }[admission.detail]
     raise too_many(
         f"this client's quota of {limit} per {settings.quota_window_s} s is used up; retry later",
         int(admission.status or settings.quota_window_s),

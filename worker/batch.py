@@ -129,8 +129,9 @@ def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[st
     pipe.execute()
 
 
-def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: int) -> int:
-    """Close the run (no job can join it now), then give every job still waiting the PNG. Returns how many got it."""
+def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: int, strip: bytes | None = None) -> int:
+    """Close the run (no job can join it now), then give every job still waiting the PNG (and an interpolation's
+    strip). Returns how many got it."""
     sha256 = hashlib.sha256(png).hexdigest()
     now = repr(time.time())
     fields = {
@@ -139,16 +140,29 @@ def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: in
         "batch_size": str(batch_size),
         "engine": json.dumps(engine.record()),
         "progress": json.dumps({"step": run.spec.steps, "steps": run.spec.steps}),
+        **({"strip_sha256": hashlib.sha256(strip).hexdigest()} if strip is not None else {}),
     }
     delivered = []
     for job_id in runs.close(redis, run.id, "done"):
+        if strip is not None:
+            redis.set(keys.strip(job_id), strip, ex=ttl)  # first: a succeeded job always has its strip
         # the first job to get the PNG also becomes the cache entry, in the same atomic step
         entry = None if delivered else (keys.cache(run.cache_key), json.dumps({"job": job_id, "sha256": sha256}))
         if deliver(redis, job_id, png, ttl, fields, cache=entry):
             delivered.append(job_id)
             redis.hsetnx(keys.job(job_id), "started_at", now)  # a job that joined in the last moment
+        elif strip is not None:
+            redis.delete(keys.strip(job_id))
     runs.forget(redis, run.id)
     return len(delivered)
+
+
+def withdraw(redis, run: Run, ttl: int) -> None:
+    """Close a run that every job of it left (canceled): whatever joined since fails, and gets a fresh run when
+    asked again."""
+    for job_id in runs.close(redis, run.id, "canceled"):
+        runs.fail_jobs(redis, [job_id], "canceled with the run it waited for", ttl)
+    runs.forget(redis, run.id)
 
 
 def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: int) -> dict[str, str]:
@@ -188,10 +202,8 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
             png = encode_png(pixels[i], engine.parameters(run.spec))
             outcome[run.id] = "succeeded" if finish(redis, run, png, size, engine, result_ttl) else "canceled"
     for run in batch:
-        if not run.active:  # every job of it was canceled: close it, whatever joined since gets a fresh run
-            for job_id in runs.close(redis, run.id, "canceled"):
-                runs.fail_jobs(redis, [job_id], "canceled with the run it waited for", result_ttl)
-            runs.forget(redis, run.id)
+        if not run.active:  # every job of it was canceled
+            withdraw(redis, run, result_ttl)
     count(redis, size, steps, outcome, time.monotonic() - started)
     for run in batch:
         s = run.spec

@@ -2,32 +2,30 @@
 
 The result is an animated PNG (one frame per interpolation point) and a horizontal strip. The ends
 are the images of `/generate` with seed_a and seed_b at eta = 0, pixel for pixel: the walk is exact at
-its ends, and a sample's output does not depend on its batch.
+its ends, and a sample's output does not depend on its batch. Identical interpolations share one run and
+its cache entry, as generations do (app.core.runs).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import time
 
 import numpy as np
 import torch
 from PIL import PngImagePlugin
 
-from app.core import events, keys
-from app.core.jobs import JobStatus, deliver, transition
+from app.core import runs
+from app.core.jobs import JobStatus
 from app.core.png import PARAMETERS_KEY, encode_png, image, parameters_json
 from app.core.spec import InterpolateSpec
 from diffusion.grid import make_grid
 from diffusion.guidance import Condition
 from diffusion.interpolate import interpolated_noises
-from worker.batch import count
+from worker.batch import Run, active_jobs, count, finish, report_progress, start, withdraw
 from worker.engine import Engine
 
 FRAME_MS = 150
-PROGRESS_INTERVAL_S = 0.1
 
 
 def animated_png(frames: np.ndarray, parameters: dict) -> bytes:
@@ -64,39 +62,29 @@ def lerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
 
 
 def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) -> str:
-    now = repr(time.time())
-    engine_json = json.dumps(engine.record())
-    started = transition(redis, spec.job_id, (JobStatus.QUEUED,), {
-        "status": JobStatus.RUNNING, "started_at": now, "engine": engine_json, "batch_size": "1",
-        "progress": json.dumps({"step": 0, "steps": spec.steps})})  # fmt: skip
-    if started != JobStatus.QUEUED.value:
-        return started or "missing"
+    """Render the run led by `spec` (already taken, worker.batch.take): every job that joined it gets the
+    animation and the strip, and the first one's become the cache entry of its engine key. The run stops at the
+    next step once no job waits for it."""
+    run = Run(spec, runs.engine_key(spec, engine.id))
+    if not start(redis, [run], engine):
+        return JobStatus.CANCELED.value
     # batch_size is jobs sharing a model run, as for /generate: an interpolation runs alone (its frames are rows).
     run_started = time.monotonic()
     x_T = interpolated_noises(engine.initial_noise(spec.seed_a), engine.initial_noise(spec.seed_b), spec.frames)
     conditions = frame_conditions(engine, spec)
     sampler = engine.run([spec.seed_a] * spec.frames, spec.steps, [0.0] * spec.frames, x_T=x_T, conditions=conditions)
-    last_write, last = 0.0, None
+    last = None
     for last in sampler:
-        if redis.hget(keys.job(spec.job_id), "status") != JobStatus.RUNNING.value.encode():
+        waiting = active_jobs(redis, [run])
+        if not waiting[0]:
+            withdraw(redis, run, ttl)
             return JobStatus.CANCELED.value
-        if time.monotonic() - last_write >= PROGRESS_INTERVAL_S or last.step == spec.steps:
-            progress = {"step": last.step, "steps": spec.steps}
-            redis.hset(keys.job(spec.job_id), "progress", json.dumps(progress))
-            events.emit(redis, spec.job_id, events.PROGRESS, progress, ttl)
-            last_write = time.monotonic()
+        report_progress(redis, [run], waiting, last.step, spec.steps, False, ttl)
     frames = engine.pixels(engine.model.final(last))
     params = engine.parameters(spec)
     apng = animated_png(frames, params)
     strip = encode_png(make_grid(frames, cols=spec.frames), params)
-    redis.set(keys.strip(spec.job_id), strip, ex=ttl)  # first: a succeeded job always has its strip
-    fields = {
-        "finished_at": repr(time.time()),
-        "sha256": hashlib.sha256(apng).hexdigest(),
-        "strip_sha256": hashlib.sha256(strip).hexdigest(),
-    }
-    if not deliver(redis, spec.job_id, apng, ttl, fields):
-        redis.delete(keys.strip(spec.job_id))
+    if not finish(redis, run, apng, 1, engine, ttl, strip):
         return JobStatus.CANCELED.value
     # /metrics: a batch of one run, whose image steps are its frames' steps
     count(redis, 1, spec.steps * spec.frames, {spec.job_id: "succeeded"}, time.monotonic() - run_started)

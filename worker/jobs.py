@@ -6,7 +6,6 @@ from rq import Queue, get_current_job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
-from app.core.runs import close, forget
 from app.core.settings import get_settings
 from app.core.spec import GenerateSpec, InterpolateSpec, Spec, SpecError
 from worker import registry
@@ -85,8 +84,6 @@ def interpolate(**kwargs) -> dict:
     except Exception as exc:
         fail(job.connection, [spec.job_id], f"{type(exc).__name__}: {exc}", settings.result_ttl)
         raise
-    close(job.connection, spec.job_id, "done")
-    forget(job.connection, spec.job_id)
     return {"status": status}
 
 

@@ -99,6 +99,7 @@ LUA_KEYS = "".join(
         ("job_key", job, "id"),
         ("events_key", events, "id"),
         ("png_key", png, "id"),
+        ("strip_key", strip, "id"),
         ("run_key", run, "id"),
         ("jobs_key", run_jobs, "id"),
         ("open_key", open_run, "ek"),

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     max_followers: int = Field(32, ge=0, le=100_000, description="jobs that may join one model run besides its leader")
     client_jobs: int = Field(600, ge=1, le=10_000_000, description="jobs (cache hits included) per client per window")
     client_bytes: int = Field(8 * 2**20, ge=2**16, le=2**40, description="result bytes a client may store per window")
+    client_compute: int = Field(
+        100_000, ge=1_000, le=2**53, description="image-steps of model work a client's new runs may take per window"
+    )
     quota_window_s: int = Field(3600, ge=1, le=30 * 86_400, description="length of the quota window")
     client_streams: int = Field(8, ge=1, le=10_000, description="concurrent event streams and long polls per client")
     trusted_proxies: str | None = Field(

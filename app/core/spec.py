@@ -52,7 +52,6 @@ class Spec:
 
     FUNC: ClassVar[str]  # the RQ job function that runs it (worker.jobs)
     KIND: ClassVar[str]  # the job record's `kind`
-    SHARES_RUNS: ClassVar[bool] = False  # identical jobs share one model run and its cache entry (app.core.runs)
     BATCH: ClassVar[tuple[str, ...]] = ()  # fields every row of one batch must share
     NOT_OUTPUT: ClassVar[tuple[str, ...]] = ()  # fields that change no byte of the result
 
@@ -98,6 +97,11 @@ class Spec:
         model whose images fit a `side`-pixel square of `channels` channels."""
         raise NotImplementedError
 
+    def compute(self) -> int:
+        """The model work of its run, in image-steps: rows × steps, twice the rows with a prompt (a guided
+        sample's conditional and unconditional rows, DESIGN.md: classifier-free guidance)."""
+        raise NotImplementedError
+
     def to_kwargs(self) -> dict[str, Any]:
         """The RQ job's JSON kwargs."""
         return {**{name: getattr(self, name) for name in ADDRESS}, **self.request()}
@@ -140,7 +144,6 @@ class GenerateSpec(Spec):
 
     FUNC: ClassVar[str] = "worker.jobs.generate"
     KIND: ClassVar[str] = "generate"
-    SHARES_RUNS: ClassVar[bool] = True
     BATCH: ClassVar[tuple[str, ...]] = ("steps",)
     NOT_OUTPUT: ClassVar[tuple[str, ...]] = ("previews",)
 
@@ -156,6 +159,9 @@ class GenerateSpec(Spec):
 
     def cost(self, side: int, channels: int) -> int:
         return result_cost(side, channels, self.steps, self.previews)
+
+    def compute(self) -> int:
+        return self.steps * (2 if self.prompt else 1)
 
 
 @dataclass(frozen=True)
@@ -173,8 +179,14 @@ class InterpolateSpec(Spec):
     prompt_b: str | None = None  # ... and at seed_b's (None: the same prompt all along)
     guidance: float | None = None
 
+    def key_fields(self) -> dict[str, Any]:
+        return {**super().key_fields(), "kind": self.KIND}  # never a generation's key, whatever fields come
+
     def png_parameters(self) -> dict[str, Any]:
         return {**self.output(), "eta": 0.0}  # the walk runs DDIM at eta 0
 
     def cost(self, side: int, channels: int) -> int:
         return result_cost(side, channels, self.steps, False, images=2 * self.frames)  # the animation and the strip
+
+    def compute(self) -> int:
+        return self.frames * self.steps * (2 if self.prompt else 1)

@@ -1,18 +1,21 @@
 """The atomic submit: one Lua script admits a job, or refuses it and writes nothing.
 
-Admission checks every bound first (the client's quota of jobs and bytes, the run's followers, the model's
-queue length) and only then writes: the job record, its event stream, its run, the run's open-run entry, the
+Admission checks every bound first (the client's quota of jobs, bytes and model work, the run's followers,
+the model's queue length) and only then writes: the job record, its event stream, its run, the run's open-run entry, the
 RQ job and its queue entry appear together or not at all, each with a TTL from the moment it exists. Redis
 runs a script alone, and refuses its first write (and so the whole script) when it is out of memory.
 
 A job is answered one of three ways, tried in order:
-- `cached`: the engine key's result exists; the job is a new, already succeeded job with a copy of the PNG;
+- `cached`: the engine key's result exists; the job is a new, already succeeded job with a copy of the PNG (and
+  of an interpolation's strip);
 - `follow`: a run of the same engine key is queued or running; the job joins it (at most MAX_FOLLOWERS do);
-- `lead`: a new run, queued on the model's RQ queue (at most MAX_QUEUE runs wait there).
+- `lead`: a new run, queued on the model's RQ queue (at most MAX_QUEUE runs wait there). Only a new run is
+  charged the model work it will take (the compute quota); cache hits and joins take none.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,27 +34,31 @@ PROGRESS_EVENT_BYTES = 128  # one progress entry of a job's stream (about 70 byt
 PNG_OVERHEAD_BYTES = 1024  # PNG chunks and the tEXt parameters
 
 ADMITTED = frozenset({"cached", "follow", "lead"})
+UNBOUNDED = 2**53  # a quota with no bound (Lua numbers are doubles: exact up to 2^53)
 
 _LUA = (
     keys.LUA_KEYS
     + f"""
 local spec = cjson.decode(ARGV[1])
 local q = spec.quota
-local used = redis.call('HMGET', q.key, 'jobs', 'bytes')
+local used = redis.call('HMGET', q.key, 'jobs', 'bytes', 'compute')
 local used_jobs, used_bytes = tonumber(used[1] or '0'), tonumber(used[2] or '0')
+local used_compute = tonumber(used[3] or '0')
 local function retry_after()
   local ttl = redis.call('TTL', q.key)
   if ttl < 1 then return q.expire end
   return ttl
 end
-local function over(cost)
+local function over(cost, compute)
   if used_jobs + 1 > q.jobs then return {{'quota', 'jobs', retry_after()}} end
   if used_bytes + cost > q.bytes then return {{'quota', 'bytes', retry_after()}} end
+  if compute > 0 and used_compute + compute > q.compute then return {{'quota', 'compute', retry_after()}} end
   return nil
 end
-local function charge(cost)
+local function charge(cost, compute)
   redis.call('HINCRBY', q.key, 'jobs', 1)
   redis.call('HINCRBY', q.key, 'bytes', cost)
+  if compute > 0 then redis.call('HINCRBY', q.key, 'compute', compute) end
   if redis.call('TTL', q.key) < 0 then redis.call('EXPIRE', q.key, q.expire) end
 end
 local function write_job(fields, status_events, ttl)
@@ -64,21 +71,27 @@ local function write_job(fields, status_events, ttl)
   redis.call('EXPIRE', ek, ttl)
 end
 
--- 1. a cached result: a copy of its PNG, already succeeded
+-- 1. a cached result: a copy of its PNG (and an interpolation's strip), already succeeded; no model work
 if spec.cache_key ~= '' then
   local raw = redis.call('GET', cache_key(spec.cache_key))
   if raw then
     local entry = cjson.decode(raw)
     local size = redis.call('STRLEN', png_key(entry.job))
     if size > 0 then
-      local cost = size + spec.record_bytes
-      local refused = over(cost)
+      local strip = redis.call('STRLEN', strip_key(entry.job))
+      local cost = size + strip + spec.record_bytes
+      local refused = over(cost, 0)
       if refused then return refused end
-      charge(cost)
+      charge(cost, 0)
       redis.call('COPY', png_key(entry.job), png_key(spec.job), 'REPLACE')
       redis.call('EXPIRE', png_key(spec.job), spec.result_ttl)
-      local source = redis.call('HMGET', job_key(entry.job), 'engine', 'batch_size', 'progress')
+      local source = redis.call('HMGET', job_key(entry.job), 'engine', 'batch_size', 'progress', 'strip_sha256')
       local fields = spec.record
+      if strip > 0 then
+        redis.call('COPY', strip_key(entry.job), strip_key(spec.job), 'REPLACE')
+        redis.call('EXPIRE', strip_key(spec.job), spec.result_ttl)
+        fields.strip_sha256 = source[4] or ''
+      end
       fields.status, fields.started_at, fields.finished_at = 'succeeded', spec.now, spec.now
       fields.cached, fields.sha256 = '1', entry.sha256
       fields.engine, fields.batch_size, fields.progress = source[1] or '', source[2] or '', source[3] or ''
@@ -96,9 +109,9 @@ if spec.engine_key ~= '' then
     local status = redis.call('HGET', run_key(rid), 'status')
     if status == 'queued' or status == 'running' then
       if redis.call('SCARD', jobs_key(rid)) > spec.max_followers then return {{'followers', rid, status}} end
-      local refused = over(spec.cost)
+      local refused = over(spec.cost, 0)
       if refused then return refused end
-      charge(spec.cost)
+      charge(spec.cost, 0)
       local fields = spec.record
       fields.run = rid
       local statuses = {{spec.events.queued}}
@@ -114,11 +127,11 @@ if spec.engine_key ~= '' then
   end
 end
 
--- 3. a new run on the model's queue
+-- 3. a new run on the model's queue: only a new run charges the model work it will take
 if redis.call('LLEN', spec.queue) >= spec.max_queue then return {{'queue_full', '', ''}} end
-local refused = over(spec.cost)
+local refused = over(spec.cost, spec.compute)
 if refused then return refused end
-charge(spec.cost)
+charge(spec.cost, spec.compute)
 local fields = spec.record
 fields.run = spec.job
 write_job(fields, {{spec.events.queued}}, spec.ttl)
@@ -148,19 +161,21 @@ class Quota:
     jobs: int
     bytes: int
     expire: int
+    compute: int = UNBOUNDED  # image-steps of model work (app.core.spec.Spec.compute)
 
 
-def quota_for(client: str, jobs: int, max_bytes: int, window_s: int, now: float) -> Quota:
+def quota_for(client: str, jobs: int, max_bytes: int, window_s: int, now: float, compute: int = UNBOUNDED) -> Quota:
     """The fixed window holding `now`: its counter key expires when the window ends."""
     index = int(now // window_s)
-    return Quota(keys.quota(client, index), jobs, max_bytes, max(1, int((index + 1) * window_s - now) + 1))
+    expire = max(1, int((index + 1) * window_s - now) + 1)
+    return Quota(keys.quota(client, index), jobs, max_bytes, expire, compute)
 
 
 @dataclass(frozen=True)
 class Entry:
     """One job as the script writes it: its record, the bytes its results take, where it queues and which run
-    it may share. `engine_key` '' means a job without a shared run (an interpolation); `cache_key` '' skips the
-    cache (no engine has claimed the model yet, so no result can be known)."""
+    it may share. `engine_key` '' means a job that shares no run; `cache_key` '' skips the cache (no engine has
+    claimed the model yet, so no result can be known)."""
 
     job_id: str
     record: dict[str, str]
@@ -168,6 +183,7 @@ class Entry:
     queue_key: str
     engine_key: str = ""
     cache_key: str = ""
+    compute: int = 0  # the image-steps of model work a new run takes (cache hits and joins take none)
 
 
 @dataclass(frozen=True)
@@ -184,7 +200,7 @@ class Bounds:
     def of(cls, settings: Settings, client: str, now: float) -> Bounds:
         """The service's bounds for one client's submission at `now`."""
         s = settings
-        quota = quota_for(client, s.client_jobs, s.client_bytes, s.quota_window_s, now)
+        quota = quota_for(client, s.client_jobs, s.client_bytes, s.quota_window_s, now, s.client_compute)
         return cls(quota, s.pending_ttl, s.result_ttl, s.max_queue, s.max_followers)
 
 
@@ -212,15 +228,15 @@ def result_cost(image_size: int, channels: int, steps: int, previews: bool, imag
 
 def admit(redis, entry: Entry, bounds: Bounds, rq_commands: Sequence[Sequence[Any]], now: float) -> Admission:
     """Run the submit script for `entry` within `bounds`; `rq_commands` write its RQ job and queue entry."""
-    quota = bounds.quota
     spec = {
         "job": entry.job_id,
         "record": entry.record,
         "engine_key": entry.engine_key,
         "cache_key": entry.cache_key,
         "queue": entry.queue_key,
-        "quota": {"key": quota.key, "jobs": quota.jobs, "bytes": quota.bytes, "expire": quota.expire},
+        "quota": dataclasses.asdict(bounds.quota),
         "cost": entry.cost,
+        "compute": entry.compute,
         "record_bytes": RECORD_BYTES,
         "ttl": bounds.ttl,
         "result_ttl": bounds.result_ttl,

@@ -204,3 +204,23 @@ def test_result_bytes_per_client_are_bounded(tiny_store, redis_server):
         cached_result(conn, client, 3, png=b"\x89PNG" + b"\0" * 14_000)  # a 14 kB result
         statuses = [client.post("/generate", json={"seed": 3, "steps": 5}).status_code for _ in range(5)]
     assert statuses == [202, 202, 202, 429, 429], statuses  # 3 copies and their records fit in 64 KiB, a 4th not
+
+
+def test_model_work_per_client_is_bounded_and_hits_and_joins_take_none(tiny_store, redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    settings = settings_for(tiny_store, redis_server, client_compute=1_000)
+    walk = {"seed_a": 1, "seed_b": 2, "frames": 8, "steps": 50}  # 8 rows x 50 steps: 400 image-steps
+    with TestClient(create_app(settings)) as client:
+        cached_result(conn, client, 3)
+        first = client.post("/interpolate", json=walk)
+        joined = client.post("/interpolate", json=walk)  # the same run: no more model work
+        second = client.post("/interpolate", json={**walk, "seed_b": 3})
+        third = client.post("/interpolate", json={**walk, "seed_b": 4})  # 1,200 > 1,000
+        assert [r.status_code for r in (first, joined, second, third)] == [202, 202, 202, 429]
+        assert conn.hget(keys.job(joined.json()["id"]), "run").decode() == first.json()["id"]
+        assert "image-steps" in third.json()["detail"] and int(third.headers["Retry-After"]) > 0
+        assert client.post("/generate", json={"seed": 1, "steps": 200}).status_code == 202  # 1,000 in all
+        assert client.post("/generate", json={"seed": 2, "steps": 1}).status_code == 429
+        hit = client.post("/generate", json={"seed": 3, "steps": 5})  # a cache hit takes no model work
+        assert hit.status_code == 202 and hit.json()["status"] == "succeeded"
+    assert conn.llen(QUEUE) == 3  # the two walks and the generation: the join and the hit queued nothing

@@ -127,3 +127,23 @@ def test_the_cache_entry_is_written_with_the_first_delivery(service):
     conn.delete(entry[0])
     assert not deliver(conn, job["id"], b"png", 60, {"sha256": "s"}, cache=entry)  # already final: nothing written
     assert conn.get(entry[0]) is None
+
+
+def test_identical_interpolations_share_one_run_then_the_cache(service):
+    walk = {"seed_a": 5, "seed_b": 6, "frames": 4, "steps": 6}
+    first, second = (service.post("/interpolate", json=walk).json() for _ in range(2))
+    assert first["status"] == second["status"] == "queued"
+    service.work()
+    results = []
+    for job in (first, second):
+        done = service.get(f"/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded" and done["kind"] == "interpolate", done
+        results.append((service.get(done["image_url"]).content, service.get(done["strip_url"]).content))
+    assert results[0] == results[1]
+    again = service.post("/interpolate", json=walk).json()
+    assert again["status"] == "succeeded"  # from the cache, with its strip
+    assert (service.get(again["image_url"]).content, service.get(again["strip_url"]).content) == results[0]
+    other = service.post("/interpolate", json={**walk, "frames": 5}).json()
+    assert other["status"] == "queued"  # another walk: another key
+    m = metrics(service.redis)
+    assert m["runs"] == 1 and m["cache_hits"] == 1 and m["joined"] == 1
