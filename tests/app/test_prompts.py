@@ -179,3 +179,39 @@ def test_zwj_and_zwnj_stay_in_the_prompt(client):
     r = post(client, seed=1, prompt=f"{family} red heart \u200c")
     assert r.status_code == 202, r.text
     assert r.json()["params"]["prompt"] == f"{family} red heart \u200c"
+
+
+@pytest.fixture
+def unserved(tiny_store, redis_server):
+    """A client of an API whose Redis has no engine claim: no live worker serves any model."""
+    save_tiny_text(tiny_store)
+    settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/generate", {"seed": 1, "prompt": "zebra unicorn"}, "prompt"),
+        ("/generate", {"seed": 1, "prompt": "red heart", "guidance": 20.5}, "guidance"),
+        ("/generate", {"seed": 1, "guidance": 2.0}, "guidance"),
+        ("/generate", {"seed": 1, "prompt": "red\x07heart"}, "prompt"),
+        ("/interpolate", {"seed_a": 1, "seed_b": 2, "prompt": "zebra"}, "prompt"),
+        ("/interpolate", {"seed_a": 1, "seed_b": 2, "prompt": "cat face", "prompt_b": "zebra"}, "prompt_b"),
+        ("/interpolate", {"seed_a": 1, "seed_b": 2, "prompt_b": "dog face"}, "prompt_b"),
+    ],
+)
+def test_a_bad_prompt_is_422_even_when_no_worker_serves_the_model(unserved, path, body, field):
+    found = errors(post(unserved, path, **body))
+    assert field in found, found
+
+
+def test_a_good_request_is_503_when_no_worker_serves_the_model(unserved):
+    for path, body in (
+        ("/generate", {"seed": 1, "prompt": "red heart", "guidance": 3.0}),
+        ("/interpolate", {"seed_a": 1, "seed_b": 2, "prompt": "cat face", "prompt_b": "dog face"}),
+    ):
+        r = post(unserved, path, **body)
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0, r.text
+        assert "no live worker serves model words@1" in r.json()["detail"]
