@@ -88,8 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # the errors echo the input, which JSON can't hold when it is NaN or Infinity (Python's JSON reads them)
-        return JSONResponse({"detail": finite(jsonable_encoder(exc.errors()))}, 422)
+        # the errors echo the input, which JSON can't hold when it is NaN or Infinity (Python's JSON reads them),
+        # and UTF-8 can't hold when a string has a lone surrogate ("\ud800", which JSON's escapes can write)
+        return JSONResponse({"detail": echoable(jsonable_encoder(exc.errors()))}, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -118,14 +119,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def finite(value):
-    """`value` with every NaN and infinity replaced by its name, as a string."""
+def echoable(value):
+    """`value` as a JSON response can hold it: every NaN and infinity replaced by its name, as a string, and
+    every lone surrogate in a string or a key written as its escape (`\\ud800`)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
+        return {echoable(k): echoable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
+        return [echoable(v) for v in value]
     return value
 
 

@@ -21,8 +21,8 @@ Prompt = Annotated[
     Field(
         None,
         max_length=1000,
-        description="text models: what to draw; normalised (NFC, lower-case, ASCII quotes, one space), then at most "
-        "200 characters; empty is the same as none",
+        description="text models: what to draw; normalised (invisible marks dropped, NFC, lower-case, ASCII quotes, "
+        "one space), then at most 200 characters; empty is the same as none; control characters are refused",
         examples=["red heart"],
     ),
 ]

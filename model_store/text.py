@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from model_store.bounds import MAX_GUIDANCE, MIN_GUIDANCE
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
-from model_store.vocabulary import MAX_PROMPT_CHARS, Encoded, Vocabulary, normalise, words
+from model_store.vocabulary import MAX_PROMPT_CHARS, Encoded, Vocabulary, control_characters, normalise, words
 
 TEXT_FIELD = "text"
 
@@ -90,9 +90,13 @@ def known_words(spec: TextSpec, n: int = SUGGESTED_WORDS) -> list[str]:
 def resolve(spec: TextSpec, prompt: str | None, guidance: float | None, field: str = "prompt") -> Prompted:
     """Normalise a prompt and default its guidance (docs/API.md, "Prompts"), or refuse it naming the field.
 
+    - a control character other than whitespace (NUL, BEL, ESC...): refused, naming each as U+XXXX;
     - no prompt, or one that normalises to "": the prompt-free job; a guidance with it is refused;
     - over MAX_PROMPT_CHARS after normalisation, or no known word: refused;
     - an omitted guidance is the model's default, before keying."""
+    if controls := control_characters(prompt or ""):
+        names = ", ".join(f"U+{ord(c):04X}" for c in controls)
+        raise PromptError(field, f"a prompt may not hold control characters; this one has {names}")
     text = normalise(prompt) if prompt is not None else ""
     if not text:
         if guidance is not None:

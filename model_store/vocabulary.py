@@ -1,9 +1,11 @@
 """Prompts and the word vocabulary of a text model: torch-free, so that the API and the trainer share them.
 
-A prompt is normalised once (DESIGN, "Prompts and guidance"): Unicode NFC, lower-case, typographic
-quotes folded to ASCII, whitespace runs collapsed to one space, trimmed. The normalised prompt is what
-keys, caches and PNG parameters carry. Its words are looked up in the model's vocabulary (the words of
-its training captions); unknown words are left out and reported.
+A prompt is normalised once (DESIGN, "Prompts and guidance"): invisible marks dropped (the bidi
+controls, ZERO WIDTH SPACE and the byte order mark), Unicode NFC, lower-case, typographic quotes folded
+to ASCII, whitespace runs collapsed to one space, trimmed. The normalised prompt is what keys, caches
+and PNG parameters carry; a prompt with another control character is refused (model_store.text). Its
+words are looked up in the model's vocabulary (the words of its training captions); unknown words are
+left out and reported.
 
 Each prompt is encoded alone, to a fixed number of tokens: START, then the known words in order,
 truncated, then PAD. A row's tokens never depend on the prompts beside it, and the empty prompt (the
@@ -24,13 +26,26 @@ MAX_PROMPT_CHARS = 200
 # CLDR writes "o’clock"; people type "o'clock".
 QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
                         "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"'})  # fmt: skip
+# Marks that show nothing, and only hide what a prompt says or split the cache: dropped. ZWJ and ZWNJ
+# (U+200D, U+200C) stay: emoji sequences and several scripts need them.
+INVISIBLE = dict.fromkeys([
+    *range(0x202A, 0x202F),  # the bidi embeddings and overrides, LRE..RLO
+    *range(0x2066, 0x206A),  # the bidi isolates, LRI..PDI
+    0x200E, 0x200F, 0x061C,  # the bidi marks LRM, RLM and ALM
+    0x200B, 0xFEFF,  # ZERO WIDTH SPACE, and ZERO WIDTH NO-BREAK SPACE (the byte order mark)
+])  # fmt: skip
 WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")  # letters and digits, with inner apostrophes: "o'clock"
 
 
 def normalise(prompt: str) -> str:
-    """NFC, lower-case, ASCII quotes, one space between words, trimmed."""
-    text = unicodedata.normalize("NFC", prompt).lower().translate(QUOTES)
+    """Invisible marks dropped, NFC, lower-case, ASCII quotes, one space between words, trimmed."""
+    text = unicodedata.normalize("NFC", prompt.translate(INVISIBLE)).lower().translate(QUOTES)
     return " ".join(text.split())
+
+
+def control_characters(prompt: str) -> list[str]:
+    """The prompt's control characters (Unicode Cc), once each, apart from whitespace, which normalise collapses."""
+    return list(dict.fromkeys(c for c in prompt if unicodedata.category(c) == "Cc" and not c.isspace()))
 
 
 def words(prompt: str) -> list[str]:

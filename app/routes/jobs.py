@@ -103,11 +103,11 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
-def offered_model(redis, store, settings, body: schemas.GenerateRequest | schemas.InterpolateRequest):
-    """The request's model: known, of a served kind that takes the request's fields, and served by a live worker."""
+def offered_model(store, settings, body: schemas.GenerateRequest | schemas.InterpolateRequest):
+    """The request's model: known, of a served kind that takes the request's fields. Whether a live worker serves
+    it is asked last (require_served), once the whole request is valid: a bad request is a 422, worker or not."""
     manifest = resolve_model(store, body.model, settings)
     check_request(manifest, body.steps, body.model_fields_set - schemas.COMMON_FIELDS)
-    require_served(redis, manifest)
     return manifest
 
 
@@ -122,8 +122,9 @@ def generate(
     client: ClientDep,
 ) -> schemas.Job:
     """Queue a DDIM generation job; poll `Location` for it. 503 when no live worker serves the model."""
-    manifest = offered_model(redis, store, settings, body)
+    manifest = offered_model(store, settings, body)
     text = prompted(manifest, body.prompt, body.guidance)
+    require_served(redis, manifest)
     spec = GenerateSpec.from_request(body, manifest, **text.fields())
     job_id = submit(redis, settings, new_job(spec, manifest, owner, text.ignored), client)
     response.headers["Location"] = f"/jobs/{job_id}"
@@ -143,7 +144,7 @@ def interpolate(
     client: ClientDep,
 ) -> schemas.Job:
     """Queue a seed interpolation: DDIM (eta 0) from the spherical walk between two seeds' noises."""
-    manifest = offered_model(redis, store, settings, body)
+    manifest = offered_model(store, settings, body)
     text = prompted(manifest, body.prompt, body.guidance)
     if normalise(body.prompt_b or "") and text.prompt is None:
         raise RequestValidationError(
@@ -151,6 +152,7 @@ def interpolate(
         )
     # prompt_b keeps prompt's guidance; an empty one is none: the condition stays `prompt` all along
     end = prompted(manifest, body.prompt_b, None, "prompt_b") if body.prompt_b is not None else NO_TEXT
+    require_served(redis, manifest)
     spec = InterpolateSpec.from_request(body, manifest, **text.fields(), prompt_b=end.prompt)
     ignored = tuple(dict.fromkeys(text.ignored + end.ignored))
     job_id = submit(redis, settings, new_job(spec, manifest, owner, ignored), client)

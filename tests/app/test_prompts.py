@@ -143,3 +143,75 @@ def test_prompted_params_round_trip_through_the_job_view(client):
     again = client.get(f"/jobs/{job['id']}").json()
     assert again["params"] == job["params"] and again["params"]["guidance"] == 0.0
     assert json.loads(json.dumps(again["params"]))["prompt"] == "red heart"
+
+
+@pytest.mark.parametrize("control", ["\x00", "\x07", "\x1b", "\x7f", "\x9b"])
+def test_a_control_character_in_a_prompt_is_422_naming_the_field(client, control):
+    code = f"U+{ord(control):04X}"
+    msg = errors(post(client, seed=1, prompt=f"red{control}heart"))["prompt"]
+    assert "control characters" in msg and code in msg, msg
+    both = {"seed_a": 1, "seed_b": 2, "prompt": "cat face"}
+    msg = errors(post(client, "/interpolate", **both, prompt_b=f"dog {control}face"))["prompt_b"]
+    assert code in msg, msg
+    assert control not in msg  # named, not echoed into the message
+
+
+def test_whitespace_controls_are_still_collapsed(client):
+    r = post(client, seed=1, prompt="red\t\r\n\x0b\x0c\x85heart")
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["prompt"] == "red heart"
+
+
+@pytest.mark.parametrize("mark", ["\u200b", "\u202e", "\u2066", "\u200f", "\ufeff"])
+def test_invisible_marks_are_dropped_and_join_the_same_run(client, mark):
+    plain = post(client, seed=8, prompt="red heart").json()
+    marked = post(client, seed=8, prompt=f"{mark}red {mark}heart{mark}")
+    assert marked.status_code == 202, marked.text
+    assert marked.json()["params"]["prompt"] == plain["params"]["prompt"] == "red heart"
+    import redis
+
+    conn = redis.Redis.from_url(client.redis_url)
+    assert conn.hget(keys.job(marked.json()["id"]), "run").decode() == plain["id"]  # the same engine key
+
+
+def test_zwj_and_zwnj_stay_in_the_prompt(client):
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    r = post(client, seed=1, prompt=f"{family} red heart \u200c")
+    assert r.status_code == 202, r.text
+    assert r.json()["params"]["prompt"] == f"{family} red heart \u200c"
+
+
+@pytest.fixture
+def unserved(tiny_store, redis_server):
+    """A client of an API whose Redis has no engine claim: no live worker serves any model."""
+    save_tiny_text(tiny_store)
+    settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny")
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/generate", {"seed": 1, "prompt": "zebra unicorn"}, "prompt"),
+        ("/generate", {"seed": 1, "prompt": "red heart", "guidance": 20.5}, "guidance"),
+        ("/generate", {"seed": 1, "guidance": 2.0}, "guidance"),
+        ("/generate", {"seed": 1, "prompt": "red\x07heart"}, "prompt"),
+        ("/interpolate", {"seed_a": 1, "seed_b": 2, "prompt": "zebra"}, "prompt"),
+        ("/interpolate", {"seed_a": 1, "seed_b": 2, "prompt": "cat face", "prompt_b": "zebra"}, "prompt_b"),
+        ("/interpolate", {"seed_a": 1, "seed_b": 2, "prompt_b": "dog face"}, "prompt_b"),
+    ],
+)
+def test_a_bad_prompt_is_422_even_when_no_worker_serves_the_model(unserved, path, body, field):
+    found = errors(post(unserved, path, **body))
+    assert field in found, found
+
+
+def test_a_good_request_is_503_when_no_worker_serves_the_model(unserved):
+    for path, body in (
+        ("/generate", {"seed": 1, "prompt": "red heart", "guidance": 3.0}),
+        ("/interpolate", {"seed_a": 1, "seed_b": 2, "prompt": "cat face", "prompt_b": "dog face"}),
+    ):
+        r = post(unserved, path, **body)
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0, r.text
+        assert "no live worker serves model words@1" in r.json()["detail"]

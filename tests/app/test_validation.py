@@ -295,3 +295,44 @@ def test_json_with_a_charset_is_read_and_an_empty_body_is_still_422(client):
     r = client.post("/generate", content=b'{"seed": 1}', headers={"Content-Type": "application/json; charset=utf-8"})
     assert r.status_code == 202
     assert client.post("/generate").status_code == 422
+
+
+LONE_SURROGATES = [  # JSON's escapes can write half of a UTF-16 pair, which no UTF-8 text can hold
+    ("/generate", b'{"seed": 1, "prompt": "\\ud800"}', "prompt"),
+    ("/generate", b'{"seed": 1, "model": "tiny\\udfff"}', "model"),
+    ("/generate", b'{"seed": 1, "colour": "\\ud800"}', "colour"),
+    ("/generate", b'{"seed": 1, "\\ud800": 1}', "body"),
+    ("/generate", b'{"seed": 1, "previews": [{"\\udc00": "\\ud800"}]}', "previews"),
+    ("/generate", b'"\\ud800"', "body"),
+    ("/interpolate", b'{"seed_a": 1, "seed_b": 2, "prompt_b": "a \\ud800 b"}', "prompt_b"),
+    ("/interpolate", b'{"seed_a": 1, "seed_b": 2, "frames": {"\\ud800": "\\udc00"}}', "frames"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field"), LONE_SURROGATES)
+def test_a_lone_surrogate_is_a_json_422_naming_the_field(lenient_client, caplog, path, body, field):
+    with caplog.at_level("WARNING"):
+        r = lenient_client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/json", r.text[-300:]
+    detail = r.json()["detail"]
+    assert any(err["loc"][-1] == field for err in detail), detail
+    assert "\\ud" in r.text  # the input echoed, a lone surrogate written as its escape
+    assert [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")] == []
+
+
+def test_a_lone_surrogate_is_a_json_422_from_the_api_process(tiny_store, redis_server, tmp_path):
+    from stack import Stack, free_port, stack_env
+
+    s = Stack(stack_env(redis_server.url, tiny_store.root), free_port(), tmp_path)
+    s.start_api()
+    try:
+        s.wait_healthy()
+        with s.client() as c:
+            for path, body, field in LONE_SURROGATES:
+                r = c.post(path, content=body, headers={"Content-Type": "application/json"})
+                assert r.status_code == 422 and r.headers["content-type"] == "application/json", r.text[-300:]
+                assert any(err["loc"][-1] == field for err in r.json()["detail"])
+    finally:
+        s.stop_all()
+    log = s.log("api")
+    assert "Traceback" not in log and "Logging error" not in log and " 500 " not in log, log[-3000:]

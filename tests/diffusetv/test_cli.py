@@ -74,6 +74,21 @@ def test_user_errors_are_one_line_without_traceback(tiny_store, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_a_control_character_in_a_prompt_is_a_one_line_error(tiny_store, tmp_path):
+    from helpers import save_tiny_text
+
+    save_tiny_text(tiny_store)
+    out = tmp_path / "x.png"
+    args = ("sample", "--model", "words", "--seed", "1", "--steps", "2", "--out", str(out))
+    proc = run_cli(*args, "--prompt", "red \x1b[31mheart", check=False)
+    assert proc.returncode == 2, proc.stderr
+    message = "diffusetv sample: error: --prompt: a prompt may not hold control characters; this one has U+001B"
+    assert proc.stderr.splitlines() == [message], proc.stderr
+    assert not out.exists()
+    run_cli(*args, "--prompt", "red \u200bheart\u202e")  # invisible marks are dropped, not refused
+    assert read_parameters(out.read_bytes())["prompt"] == "red heart"
+
+
 def test_models_lists_and_verifies(tiny_store):
     listing = run_cli("models").stdout
     assert "tiny@1" in listing and "(default)" in listing
