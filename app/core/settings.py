@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.core.cpus import usable_cpus
+from app.core.leases import MAX_LEASE_S
 from model_store.refs import parse_ref
 from model_store.store import BUNDLED
 
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
     )
     quota_window_s: int = Field(3600, ge=1, le=30 * 86_400, description="length of the quota window")
     client_streams: int = Field(8, ge=1, le=10_000, description="concurrent event streams and long polls per client")
+    stream_lease_s: float = Field(
+        10.0, ge=1, le=MAX_LEASE_S, description="seconds a stream's or long poll's slot outlives its last renewal"
+    )
     trusted_proxies: str | None = Field(
         None, description="comma-separated proxy addresses whose X-Forwarded-For counts"
     )

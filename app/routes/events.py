@@ -3,7 +3,8 @@
 Events come from the job's Redis stream: `status`, `progress`, `preview`, and a final `status`, after
 which the stream closes. `Last-Event-ID` resumes after that event; without it (or with one that is not a
 stream id), a late client gets everything from the start. A resume at or past the final status gets that
-status again and the close, at once. Keep-alive comments flow while nothing happens.
+status again and the close, at once. Keep-alive comments flow while nothing happens. The stream holds one of
+the client's CLIENT_STREAMS leases while it lasts, renewed by the clock (app.core.leases).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 404, 42
 STREAM_ID_RE = re.compile(r"(\d{1,20})-(\d{1,20})")
 MAX_STREAM_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit integers
 KEEPALIVE_S = 2.0
-LEASE_S = 5 * KEEPALIVE_S  # renewed at every keep-alive; a stream whose process died frees its slot by then
 
 
 def resume_after(last_event_id: str | None) -> str:
@@ -61,14 +61,17 @@ def final_event(redis, key: str, record: dict[str, str]) -> str:
     return f"event: {events.STATUS}\ndata: {json.dumps({'status': record['status']}, separators=(',', ':'))}\n\n"
 
 
-async def stream(request: Request, job_id: str, record: dict[str, str], after: str, lease: str, client: str):
+async def stream(request: Request, job_id: str, record: dict[str, str], after: str, lease: leases.Lease):
     """Entries after `after`, then wait for more (holding no Redis connection), until the final status. A client
-    that resumes at or past the final status gets it once more, and the stream closes at once."""
+    that resumes at or past the final status gets it once more, and the stream closes at once. The lease is kept
+    whenever due, events or not; a stream that lost it at the cap closes, and its client resumes it."""
     redis, waker, settings = request.app.state.redis, request.app.state.waker, request.app.state.settings
     key = keys.events(job_id)
     last = after
     try:
         while True:
+            if lease.due() and not await run_in_threadpool(lease.keep):
+                return
             entries = await run_in_threadpool(read_after, redis, key, last)
             for entry_id, event, data in entries:
                 last = entry_id
@@ -87,13 +90,12 @@ async def stream(request: Request, job_id: str, record: dict[str, str], after: s
                 return
             if await request.is_disconnected():
                 return
-            if not await waker.wait(key, last, KEEPALIVE_S):
+            if not await waker.wait(key, last, min(KEEPALIVE_S, lease.every_s)):
                 yield ": keep-alive\n\n"
                 await run_in_threadpool(reconcile, redis, current, settings.result_ttl)
-                await run_in_threadpool(leases.renew, redis, client, lease, LEASE_S)
     finally:
         with contextlib.suppress(Exception):
-            await run_in_threadpool(leases.release, redis, client, lease)
+            await run_in_threadpool(lease.release)
 
 
 @router.get(
@@ -112,9 +114,9 @@ async def job_events(
     """The job's events (status, progress, previews) as Server-Sent Events; replayable from the start."""
     record = await run_in_threadpool(load_record, redis, job_id, owner)
     settings = request.app.state.settings
-    lease = await run_in_threadpool(leases.take, redis, client, settings.client_streams, LEASE_S)
+    lease = await run_in_threadpool(leases.hold, redis, client, settings.client_streams, settings.stream_lease_s)
     if lease is None:
         raise streams_full(settings)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    body = stream(request, job_id, record, resume_after(last_event_id), lease, client)
+    body = stream(request, job_id, record, resume_after(last_event_id), lease)
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)

@@ -27,7 +27,6 @@ from model_store.vocabulary import normalise
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 429, 503))
 WAKE_S = 1.0
-LEASE_MARGIN_S = 5.0
 STREAMS_RETRY_S = 2
 PNG_RESPONSES = {  # the two PNG routes (image and strip) answer alike
     200: {"content": {"image/png": {}}},
@@ -54,7 +53,8 @@ async def wait_for_end(
     """The job's record, once it is final or `wait` seconds have passed. While it waits it holds no Redis
     connection and no thread (app.waker wakes it on the job's events: every status change is one, so a finished
     job answers at once); at least every WAKE_S it looks anyway. A client has at most CLIENT_STREAMS waits and
-    event streams open at once: past that, 429."""
+    event streams open at once: past that, 429. The wait's lease is kept whenever due, as a stream's is; a wait
+    that lost it at the cap answers early, with the record as it is."""
     if not keys.valid_job_id(job_id):
         raise HTTPException(404, "no such job")  # before any Redis call, as load_record promises
     settings = request.app.state.settings
@@ -64,18 +64,20 @@ async def wait_for_end(
     record = await run_in_threadpool(current_record, redis, job_id, owner, ttl)
     if record["status"] in FINAL or wait <= 0:
         return record
-    lease = await run_in_threadpool(leases.take, redis, client, settings.client_streams, wait + LEASE_MARGIN_S)
+    lease = await run_in_threadpool(leases.hold, redis, client, settings.client_streams, settings.stream_lease_s)
     if lease is None:
         raise streams_full(settings)
     try:
         deadline = time.monotonic() + wait
         while record["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
-            await request.app.state.waker.wait(stream, last, min(left, WAKE_S))
+            if lease.due() and not await run_in_threadpool(lease.keep):
+                break
+            await request.app.state.waker.wait(stream, last, min(left, WAKE_S, lease.every_s))
             newest = await run_in_threadpool(redis.xrevrange, stream, "+", "-", 1)
             last = newest[0][0].decode() if newest else last
             record = await run_in_threadpool(current_record, redis, job_id, owner, ttl)
     finally:
-        await run_in_threadpool(leases.release, redis, client, lease)
+        await run_in_threadpool(lease.release)
     return record
 
 

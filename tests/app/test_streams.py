@@ -3,16 +3,22 @@ client holds a bounded number of streams and long polls. Real processes, read wi
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 
 import httpx
 import pytest
+import redis as redis_lib
 
-from helpers import claim_as_worker
-from stack import Stack, free_port, stack_env
+from app.core import keys
+from helpers import claim_as_worker, make_tiny_net
+from stack import Stack, free_port, running_stack, stack_env
 
 pytestmark = pytest.mark.slow
 CLOSE_WITHIN_S = 4.0  # keep-alives come every 2 s: a stream that stays open shows within this
+LEASE_S = 2  # DIFFUSETV_STREAM_LEASE_S of the stack that holds streams past it
+HOLD_S = 12  # many such leases, and longer than the fixed 10 s lease that events alone never renewed
 
 
 def stream_lines(client, job_id: str, last_event_id: str | None, within_s: float = CLOSE_WITHIN_S):
@@ -87,3 +93,134 @@ def test_streams_and_long_polls_per_key_are_capped(tiny_store, redis_server, tmp
                 cm.__exit__(None, None, None)
     finally:
         s.stop_all()
+
+
+@pytest.fixture
+def slow_store(tmp_path, monkeypatch):
+    """A store whose `tiny@1` is 64 pixels square: a 1000-step job runs for a minute or more on one thread."""
+    from model_store import Store
+    from model_store.weights import save_model
+
+    store = Store(tmp_path / "models")
+    save_model(store, "tiny", make_tiny_net(image_size=64), "offset_cosine", [0.5] * 3, [0.25] * 3, {"steps": 0})
+    monkeypatch.setenv("DIFFUSETV_MODEL_STORE", str(store.root))
+    monkeypatch.setenv("DIFFUSETV_MODEL", "tiny")
+    return store
+
+
+class Reader(threading.Thread):
+    """Reads one event stream to its end in the background, counting its progress events; `ended` once the
+    server closed it cleanly."""
+
+    def __init__(self, base: str, job_id: str) -> None:
+        super().__init__(daemon=True)
+        self.base, self.job_id = base, job_id
+        self.status: int | None = None
+        self.progress = 0
+        self.ended = False
+
+    def run(self) -> None:
+        url = f"{self.base}/jobs/{self.job_id}/events"
+        with contextlib.suppress(httpx.TransportError), httpx.stream("GET", url, timeout=60) as r:
+            self.status = r.status_code  # (a transport error: a failed test stopped the API under it)
+            for line in r.iter_lines():
+                self.progress += line == "event: progress"
+            self.ended = True
+
+
+def refused(client, job_id: str) -> tuple[int, int]:
+    """The statuses of a third event stream and of a long poll of the job (closed at once if they open)."""
+    with client.stream("GET", f"/jobs/{job_id}/events") as third:
+        stream_status = third.status_code
+    return stream_status, client.get(f"/jobs/{job_id}", params={"wait": 0.5}).status_code
+
+
+def test_streams_on_a_running_job_keep_their_slots_past_the_lease(slow_store, redis_server, tmp_path):
+    env = {"DIFFUSETV_CLIENT_STREAMS": "2", "DIFFUSETV_STREAM_LEASE_S": str(LEASE_S)}
+    with running_stack(redis_server, slow_store.root, tmp_path, **env) as s, s.client() as c:
+        job_id = c.post("/generate", json={"seed": 7, "steps": 1000}).json()["id"]
+        readers = [Reader(s.base, job_id) for _ in range(2)]
+        for reader in readers:
+            reader.start()
+        deadline = time.monotonic() + 30
+        while not all(reader.progress for reader in readers):  # both streams are open on the running job
+            assert time.monotonic() < deadline, "the job never sent progress"
+            time.sleep(0.1)
+        assert [reader.status for reader in readers] == [200, 200]
+        opened, seen, before = time.monotonic(), [], [reader.progress for reader in readers]
+        while (held := time.monotonic() - opened) < HOLD_S:
+            seen.append((round(held, 1), *refused(c, job_id)))
+            assert seen[-1][1:] == (429, 429), f"the two streams no longer hold the cap after {held:.1f} s: {seen}"
+            time.sleep(0.5)
+        assert c.get(f"/jobs/{job_id}").json()["status"] == "running"
+        progress = [reader.progress - start for reader, start in zip(readers, before, strict=True)]
+        c.delete(f"/jobs/{job_id}")
+        for reader in readers:
+            reader.join(30)
+    assert min(progress) >= HOLD_S, progress  # the streams sent and were read all along: events, not keep-alives
+
+
+@pytest.fixture
+def short_leases(tiny_store, redis_server, tmp_path):
+    """`diffusetv api` without a worker (jobs stay queued), one stream or long poll per client, 1 s leases."""
+    env = {"DIFFUSETV_CLIENT_STREAMS": "1", "DIFFUSETV_STREAM_LEASE_S": "1"}
+    s = Stack(stack_env(redis_server.url, tiny_store.root, **env), free_port(), tmp_path)
+    claim_as_worker(redis_server.url)
+    s.start_api()
+    try:
+        s.wait_healthy()
+        yield s
+    finally:
+        s.stop_all()
+
+
+def long_poll(client, job_id: str, wait: float) -> tuple[threading.Thread, list[httpx.Response]]:
+    """A long poll of the job in the background: its thread, and a list that gets its response."""
+    polled: list[httpx.Response] = []
+    poll = threading.Thread(target=lambda: polled.append(client.get(f"/jobs/{job_id}", params={"wait": wait})))
+    poll.start()
+    return poll, polled
+
+
+def test_a_long_poll_keeps_its_slot_past_the_lease(short_leases):
+    with short_leases.client() as c, short_leases.client() as second:
+        job_id = c.post("/generate", json={"seed": 8}).json()["id"]
+        started = time.monotonic()
+        poll, polled = long_poll(c, job_id, 5)
+        time.sleep(0.5)
+        while poll.is_alive() and (waited := time.monotonic() - started) < 4.5:
+            assert second.get(f"/jobs/{job_id}/events").status_code == 429, f"the slot was free after {waited:.1f} s"
+            time.sleep(0.5)
+        poll.join(10)
+    assert polled[0].status_code == 200 and polled[0].json()["status"] == "queued"
+    assert time.monotonic() - started >= 5  # the whole wait, five leases long
+
+
+def test_a_stream_that_lost_its_lease_takes_it_again_or_closes_at_the_cap(short_leases, redis_server):
+    conn, held = redis_lib.Redis.from_url(redis_server.url), keys.leases("addr:127.0.0.1")  # no keys: the address
+    with short_leases.client() as c:
+        job_id = c.post("/generate", json={"seed": 9}).json()["id"]
+        reader = Reader(short_leases.base, job_id)
+        reader.start()
+        deadline = time.monotonic() + 10
+        while not (lease := conn.zrange(held, 0, -1)):
+            assert time.monotonic() < deadline, "the stream took no lease"
+            time.sleep(0.05)
+        conn.delete(held)  # lost, as after a stall longer than the lease, with room under the cap
+        time.sleep(1.0)
+        assert reader.is_alive() and conn.zrange(held, 0, -1) == lease  # taken again, with the same id
+        conn.delete(held)
+        conn.zadd(held, {"another": time.time() + 60})  # lost, and another stream took the slot
+        reader.join(2.0)
+        assert reader.ended and reader.status == 200  # closed cleanly: the client resumes with Last-Event-ID
+        assert conn.zrange(held, 0, -1) == [b"another"]
+
+        conn.delete(held)
+        started = time.monotonic()
+        poll, polled = long_poll(c, job_id, 10)
+        time.sleep(0.5)
+        conn.delete(held)
+        conn.zadd(held, {"another": time.time() + 60})  # the long poll's slot, lost and taken while it waits
+        poll.join(10)
+    assert polled[0].status_code == 200 and polled[0].json()["status"] == "queued"
+    assert time.monotonic() - started < 3  # answered early, with the job as it is
