@@ -21,6 +21,7 @@ from app.core.redis import PoolExhausted, connect_sync
 from app.core.settings import Settings, get_settings
 from app.headers import PageHeaders
 from app.limits import BodySizeLimit
+from app.peers import TransportPeer
 from app.reaper import Reaper
 from app.routes import events, jobs, page, system
 from app.waker import Waker
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, timeout_s=settings.body_timeout_s)
     app.add_middleware(PageHeaders)
     app.add_middleware(JsonBodies)
+    app.add_middleware(TransportPeer)  # last, so outermost: it reads the server's own `receive`
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(system.router)

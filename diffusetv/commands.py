@@ -274,7 +274,14 @@ def api(args: argparse.Namespace) -> int:
         configure_logging("json")
         log_config = None
     uvicorn.run(
-        create_app(s), host=s.host, port=s.port, log_level="info", log_config=log_config, timeout_graceful_shutdown=5
+        create_app(s),
+        host=s.host,
+        port=s.port,
+        log_level="info",
+        log_config=log_config,
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,  # X-Forwarded-For is the app's to judge (DIFFUSETV_TRUSTED_PROXIES, app/clients.py)
+        forwarded_allow_ips="",
     )
     return 0
 

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     quota_window_s: int = Field(3600, ge=1, le=30 * 86_400, description="length of the quota window")
     client_streams: int = Field(8, ge=1, le=10_000, description="concurrent event streams and long polls per client")
     trusted_proxies: str | None = Field(
-        None, description="comma-separated proxy addresses whose X-Forwarded-For counts"
+        None, description="comma-separated proxy addresses or networks (CIDR) whose X-Forwarded-For counts"
     )
     body_timeout_s: float = Field(10.0, ge=0.1, le=600, description="longest time a request body may take to arrive")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text, or one JSON object a line")
@@ -107,6 +107,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not a module name")
         return ",".join(items) or None
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        items = [v.strip() for v in (value or "").split(",") if v.strip()]
+        for item in items:
+            try:
+                ipaddress.ip_network(item)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (list addresses, or networks such as 10.0.0.0/8)") from None
+        return ",".join(items) or None
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
@@ -136,8 +147,9 @@ class Settings(BaseSettings):
         return sorted({k.strip() for k in listed if k.strip()})
 
     @property
-    def proxies(self) -> frozenset[str]:
-        return frozenset(p.strip() for p in (self.trusted_proxies or "").split(",") if p.strip())
+    def proxies(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """TRUSTED_PROXIES as networks (an address is a network of one)."""
+        return [ipaddress.ip_network(p) for p in (self.trusted_proxies or "").split(",") if p]
 
     @property
     def served_models(self) -> list[str]:
