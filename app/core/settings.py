@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     trusted_proxies: str | None = Field(
         None, description="comma-separated proxy addresses or networks (CIDR) whose X-Forwarded-For counts"
     )
+    header_timeout_s: float = Field(
+        10.0, ge=0.1, le=600, description="longest time a request head may take to arrive; then the connection closes"
+    )
     body_timeout_s: float = Field(10.0, ge=0.1, le=600, description="longest time a request body may take to arrive")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text, or one JSON object a line")
     health_file: Path = Field(
