@@ -19,8 +19,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.content_type import JsonBodies
 from app.core.redis import PoolExhausted, connect_sync
 from app.core.settings import Settings, get_settings
-from app.headers import PageHeaders
+from app.headers import SecurityHeaders
 from app.limits import BodySizeLimit
+from app.peers import TransportPeer
 from app.reaper import Reaper
 from app.routes import events, jobs, page, system
 from app.waker import Waker
@@ -64,8 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Deterministic DDIM image generation: POST a seed, get a PNG.",
     )
     app.add_middleware(BodySizeLimit, timeout_s=settings.body_timeout_s)
-    app.add_middleware(PageHeaders)
     app.add_middleware(JsonBodies)
+    app.add_middleware(SecurityHeaders)  # outside the others, so that their answers carry the headers too
+    app.add_middleware(TransportPeer)  # last, so outermost: it reads the server's own `receive`
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(system.router)

@@ -258,12 +258,15 @@ def quiet_health_checks(record: logging.LogRecord) -> bool:
 
 
 def api(args: argparse.Namespace) -> int:
+    import functools
+
     import uvicorn
 
     s = settings(host=args.host, port=args.port)
     refused = s.exposure_problem()
     if refused:
         raise UserError(refused)
+    from app.connections import HeadDeadline
     from app.main import create_app
 
     logging.getLogger("uvicorn.access").addFilter(quiet_health_checks)
@@ -274,7 +277,15 @@ def api(args: argparse.Namespace) -> int:
         configure_logging("json")
         log_config = None
     uvicorn.run(
-        create_app(s), host=s.host, port=s.port, log_level="info", log_config=log_config, timeout_graceful_shutdown=5
+        create_app(s),
+        host=s.host,
+        port=s.port,
+        log_level="info",
+        log_config=log_config,
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,  # X-Forwarded-For is the app's to judge (DIFFUSETV_TRUSTED_PROXIES, app/clients.py)
+        forwarded_allow_ips="",
+        http=functools.partial(HeadDeadline, timeout_s=s.header_timeout_s),  # h11, with a deadline for each head
     )
     return 0
 

@@ -415,6 +415,12 @@ def test_redis_runs_with_acl_users_and_durable_settings(profiles):
     assert redis["ulimits"]["nofile"]["soft"] > int(flags["--maxclients"]) + 32
 
 
+def test_the_api_has_descriptors_for_many_connections(profiles):
+    api = profiles["cpu"]["services"]["api"]
+    nofile = api["ulimits"]["nofile"]
+    assert nofile["soft"] == nofile["hard"] >= 16384, nofile  # not the host's default, which may be 1024
+
+
 def test_the_placeholder_secrets_are_refused(tmp_path):
     from pydantic import ValidationError
 

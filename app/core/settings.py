@@ -72,7 +72,10 @@ class Settings(BaseSettings):
         10.0, ge=1, le=MAX_LEASE_S, description="seconds a stream's or long poll's slot outlives its last renewal"
     )
     trusted_proxies: str | None = Field(
-        None, description="comma-separated proxy addresses whose X-Forwarded-For counts"
+        None, description="comma-separated proxy addresses or networks (CIDR) whose X-Forwarded-For counts"
+    )
+    header_timeout_s: float = Field(
+        10.0, ge=0.1, le=600, description="longest time a request head may take to arrive; then the connection closes"
     )
     body_timeout_s: float = Field(10.0, ge=0.1, le=600, description="longest time a request body may take to arrive")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text, or one JSON object a line")
@@ -114,6 +117,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not a module name")
         return ",".join(items) or None
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str | None) -> str | None:
+        items = [v.strip() for v in (value or "").split(",") if v.strip()]
+        for item in items:
+            try:
+                ipaddress.ip_network(item)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (list addresses, or networks such as 10.0.0.0/8)") from None
+        return ",".join(items) or None
+
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
@@ -143,8 +157,9 @@ class Settings(BaseSettings):
         return sorted({k.strip() for k in listed if k.strip()})
 
     @property
-    def proxies(self) -> frozenset[str]:
-        return frozenset(p.strip() for p in (self.trusted_proxies or "").split(",") if p.strip())
+    def proxies(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """TRUSTED_PROXIES as networks (an address is a network of one)."""
+        return [ipaddress.ip_network(p) for p in (self.trusted_proxies or "").split(",") if p]
 
     @property
     def served_models(self) -> list[str]:

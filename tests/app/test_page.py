@@ -1,4 +1,5 @@
-"""The page's headers, in process: no framing by other sites, and a CSP that fits the page; /docs keeps its own."""
+"""The security headers, in process: no framing of the page or of /docs by other sites, a CSP that fits the page,
+and `nosniff` on JSON responses."""
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,11 +28,35 @@ def test_the_page_and_its_files_cannot_be_framed_and_carry_a_csp(client, path):
     assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_the_api_docs_keep_their_own_policy(client):
-    r = client.get("/docs")
+def test_the_api_docs_cannot_be_framed(client):
+    r = client.get("/docs")  # its Authorize dialog holds the bearer key
     assert r.status_code == 200 and "swagger" in r.text.lower()
-    assert "Content-Security-Policy" not in r.headers  # its scripts come from a CDN: the page's CSP would block them
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert r.headers["Content-Security-Policy"] == "frame-ancestors 'none'"  # its inline start-up script still runs
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert "X-Frame-Options" not in client.get("/openapi.json").headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("GET", "/healthz", None, 200),
+        ("GET", "/openapi.json", None, 200),
+        ("GET", "/models", None, 200),
+        ("GET", "/jobs/" + "0" * 32, None, 404),
+        ("POST", "/generate", b'{"seed": "1"}', 422),
+        ("POST", "/generate", b"x" * 70_000, 413),
+    ],
+)
+def test_json_responses_say_nosniff(client, method, path, body, status):
+    r = client.request(method, path, content=body, headers={"Content-Type": "application/json"} if body else {})
+    assert r.status_code == status and r.headers["Content-Type"].startswith("application/json"), r.text
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_body_refused_for_its_content_type_says_nosniff(client):
+    r = client.post("/generate", content=b'{"seed": 1}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_the_page_starts_no_job_from_its_address_alone():
