@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 
 import numpy as np
@@ -19,13 +20,15 @@ from PIL import PngImagePlugin
 from app.core import events, keys
 from app.core.jobs import JobStatus, deliver, transition
 from app.core.png import PARAMETERS_KEY, encode_png, image, parameters_json
+from app.core.redis import skip_when_full, while_full
 from app.core.spec import InterpolateSpec
 from diffusion.grid import make_grid
 from diffusion.guidance import Condition
 from diffusion.interpolate import interpolated_noises
-from worker.batch import count
+from worker.batch import FULL_PAUSE_S, count
 from worker.engine import Engine
 
+log = logging.getLogger("diffusetv.worker")
 FRAME_MS = 150
 PROGRESS_INTERVAL_S = 0.1
 
@@ -66,7 +69,7 @@ def lerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
 def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) -> str:
     now = repr(time.time())
     engine_json = json.dumps(engine.record())
-    started = transition(redis, spec.job_id, (JobStatus.QUEUED,), {
+    started = while_full(log, f"starting job {spec.job_id}", transition, redis, spec.job_id, (JobStatus.QUEUED,), {
         "status": JobStatus.RUNNING, "started_at": now, "engine": engine_json, "batch_size": "1",
         "progress": json.dumps({"step": 0, "steps": spec.steps})})  # fmt: skip
     if started != JobStatus.QUEUED.value:
@@ -82,20 +85,23 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
             return JobStatus.CANCELED.value
         if time.monotonic() - last_write >= PROGRESS_INTERVAL_S or last.step == spec.steps:
             progress = {"step": last.step, "steps": spec.steps}
-            redis.hset(keys.job(spec.job_id), "progress", json.dumps(progress))
-            events.emit(redis, spec.job_id, events.PROGRESS, progress, ttl)
-            last_write = time.monotonic()
+            pipe = redis.pipeline(transaction=False)
+            pipe.hset(keys.job(spec.job_id), "progress", json.dumps(progress))
+            events.emit(pipe, spec.job_id, events.PROGRESS, progress, ttl)
+            wrote = skip_when_full(log, f"progress at step {last.step}", pipe.execute)
+            last_write = time.monotonic() + (0 if wrote else FULL_PAUSE_S)  # skipped when full: wait longer
     frames = engine.pixels(engine.model.final(last))
     params = engine.parameters(spec)
     apng = animated_png(frames, params)
     strip = encode_png(make_grid(frames, cols=spec.frames), params)
-    redis.set(keys.strip(spec.job_id), strip, ex=ttl)  # first: a succeeded job always has its strip
+    # first: a succeeded job always has its strip; a full Redis delays it until the job's time is up
+    while_full(log, f"storing the strip of job {spec.job_id}", redis.set, keys.strip(spec.job_id), strip, ttl)
     fields = {
         "finished_at": repr(time.time()),
         "sha256": hashlib.sha256(apng).hexdigest(),
         "strip_sha256": hashlib.sha256(strip).hexdigest(),
     }
-    if not deliver(redis, spec.job_id, apng, ttl, fields):
+    if not while_full(log, f"delivering job {spec.job_id}", deliver, redis, spec.job_id, apng, ttl, fields):
         redis.delete(keys.strip(spec.job_id))
         return JobStatus.CANCELED.value
     # /metrics: a batch of one run, whose image steps are its frames' steps
