@@ -8,6 +8,7 @@ import redis as redis_lib
 
 from app.core.jobs import JobStatus, transition
 from app.core.redis import is_oom, skip_when_full, while_full
+from helpers import fill_redis
 
 log = logging.getLogger("test")
 
@@ -17,8 +18,7 @@ def full(each_redis_server):
     """A client of a Redis that refuses every write that could grow it."""
     conn = redis_lib.Redis.from_url(each_redis_server.url)
     conn.hset("diffusetv:job:j", "status", "running")
-    conn.config_set("maxmemory-policy", "noeviction")
-    conn.config_set("maxmemory", conn.info("memory")["used_memory"] // 2)
+    fill_redis(conn)
     yield conn
     conn.config_set("maxmemory", 0)
 
