@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.content_type import JsonBodies
-from app.core.redis import PoolExhausted, connect_sync
+from app.core.redis import PoolExhausted, connect_sync, is_oom
 from app.core.settings import Settings, get_settings
 from app.headers import SecurityHeaders
 from app.limits import BodySizeLimit
@@ -28,7 +28,6 @@ from app.waker import Waker
 from model_store import Store, kinds
 
 REDIS_RETRY_AFTER_S = 2
-OOM_IN_SCRIPT = "OOM command not allowed"
 BUSY_RETRY_AFTER_S = 1
 THREADS = 256
 log = logging.getLogger("diffusetv.api")
@@ -112,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def script_error(request: Request, exc: Exception) -> JSONResponse:
         # Redis before 7 reports an OOM inside a script as a script error. A script is refused at its first
         # write, before it has written anything, so this too is "full", with nothing half made.
-        if OOM_IN_SCRIPT in str(exc):
+        if is_oom(exc):
             return await redis_full(request, exc)
         raise exc
 

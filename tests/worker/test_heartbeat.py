@@ -1,11 +1,13 @@
 """Heartbeats and the one-engine-per-model rule, against a real Redis."""
 
 import json
+import time
 
 import pytest
 import redis as redis_lib
 
 from app.core import keys
+from helpers import fill_redis
 from worker.heartbeat import EngineConflict, Heartbeat, claim_engines
 
 
@@ -29,3 +31,21 @@ def test_heartbeat_lists_models_and_expires(redis_server):
     assert 0 < conn.ttl(keys.worker("w1")) <= 2 and 0 < conn.ttl(keys.engine("m@1")) <= 2
     beat.stop()
     assert conn.get(keys.worker("w1")) is None
+
+
+def test_a_full_redis_refuses_the_heartbeat_but_its_keys_stay_alive(each_redis_server):
+    """Past the key's TTL (2 s) of refused heartbeats, the worker is still alive to the reaper: it would otherwise
+    re-queue the runs that this worker is still computing."""
+    conn = redis_lib.Redis.from_url(each_redis_server.url)
+    beat = Heartbeat(conn, "w1", {"m@1": "cpu/fp32/aaaa"}, period_s=1)
+    beat.beat()
+    fill_redis(conn)
+    beat.start()
+    try:
+        time.sleep(3.5)
+        with pytest.raises(redis_lib.RedisError):  # full all along
+            beat.beat()
+        assert conn.exists(keys.worker("w1")) and conn.exists(keys.engine("m@1"))
+    finally:
+        conn.config_set("maxmemory", 0)
+        beat.stop()
