@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from app.core import keys
 from app.core.settings import Settings
 from model_store import Manifest, ModelStoreError, Store, kinds
-from model_store.text import NO_TEXT, Prompted, PromptError, TextSpec, resolve
+from model_store.text import NO_TEXT, TEXT_FIELD, Prompted, PromptError, TextSpec
 
 NO_WORKER_RETRY_S = 5
 
@@ -86,10 +86,26 @@ def model_record(manifest: Manifest) -> dict:
     }
 
 
-def image_shape(manifest: Manifest) -> tuple[int, int]:
-    """(side, channels) of a square that holds the model's image (its kind says the shape): for a job's cost."""
-    height, width, channels = kinds.of(manifest).shape(manifest.config)
-    return max(height, width), channels
+def image_shape(manifest: Manifest, width: int | None = None, height: int | None = None) -> tuple[int, int]:
+    """(side, channels) of a square that holds the model's image at the request's size (its kind says the shape):
+    for a job's cost."""
+    height_, width_, channels = kinds.of(manifest).image_shape(manifest, width, height)
+    return max(height_, width_), channels
+
+
+def sized(manifest: Manifest, width: int | None, height: int | None) -> dict[str, int]:
+    """The request's size fields for the spec: for a model of several sizes, its width and height, defaulted (so that
+    one size has one engine key); none for a model of one size. A 422 naming `width` (or `height`) for a size the
+    model does not make, listing the sizes it does."""
+    kind = kinds.of(manifest)
+    try:
+        height_, width_, _ = kind.image_shape(manifest, width, height)
+    except kinds.SizeError as exc:
+        field, given = ("width", width) if width is not None else ("height", height)
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", field), "msg": str(exc), "input": given}]
+        ) from None
+    return {} if kind.sizes is None else {"width": width_, "height": height_}
 
 
 def offered(store: Store) -> list[Manifest]:
@@ -131,22 +147,29 @@ def default_ref(store: Store, model: str) -> str:
 
 def text_spec(manifest: Manifest) -> TextSpec | None:
     """A text model's vocabulary, captions and default guidance; None for a model of another conditioning."""
-    if kinds.of(manifest).conditioning != "text":
+    if kinds.of(manifest).conditioning != "text" or TEXT_FIELD not in manifest.extras:
         return None
     return TextSpec.of(manifest)
 
 
-def prompted(manifest: Manifest, prompt: str | None, guidance: float | None, field: str = "prompt") -> Prompted:
-    """The request's normalised prompt and guidance (model_store.text.resolve), or a 422 naming the field.
+def prompted(
+    manifest: Manifest,
+    prompt: str | None,
+    guidance: float | None,
+    field: str = "prompt",
+    negative_prompt: str | None = None,
+) -> Prompted:
+    """The request's normalised prompt and guidance, by its kind's rules (model_store.kinds.Kind.prompts), or a 422
+    naming the field.
 
     A model that takes no prompt has refused the fields already (check_request)."""
-    spec = text_spec(manifest)
-    if spec is None:
+    rules = kinds.of(manifest).prompts
+    if rules is None:
         return NO_TEXT
     try:
-        return resolve(spec, prompt, guidance, field)
+        return rules(manifest, prompt, guidance, negative_prompt, field)
     except PromptError as exc:
-        given = guidance if exc.field == "guidance" else prompt
+        given = {"guidance": guidance, "negative_prompt": negative_prompt}.get(exc.field, prompt)
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", exc.field), "msg": str(exc), "input": given}]
         ) from None

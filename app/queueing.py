@@ -41,10 +41,11 @@ class NewJob:
     cost: int
 
 
-def new_job(spec: Spec, manifest: Manifest, owner: str = "", ignored: tuple[str, ...] = ()) -> NewJob:
-    """The job of `spec` for the model of `manifest`, owned by `owner`; `ignored`: the prompt's unknown words."""
-    record = new_record(spec, model_record(manifest), owner, ignored=ignored)
-    return NewJob(spec, record, spec.cost(*image_shape(manifest)))
+def new_job(spec: Spec, manifest: Manifest, owner: str = "", notes: dict | None = None) -> NewJob:
+    """The job of `spec` for the model of `manifest`, owned by `owner`; `notes`: how its prompt was read (the
+    prompt's unknown words, its tokens cut)."""
+    record = new_record(spec, model_record(manifest), owner, notes=notes)
+    return NewJob(spec, record, spec.cost(*image_shape(manifest, spec.width, spec.height)))
 
 
 def current_engine(redis, model_ref: str) -> str:

@@ -20,9 +20,11 @@ Prompt = Annotated[
     str | None,
     Field(
         None,
-        max_length=1000,
-        description="text models: what to draw; normalised (invisible marks dropped, NFC, lower-case, ASCII quotes, "
-        "one space), then at most 200 characters; empty is the same as none; control characters are refused",
+        max_length=2000,
+        description="text models: what to draw, by the model kind's rules (docs/API.md, Prompts). `ddim-unet-text`: "
+        "normalised (invisible marks dropped, NFC, lower-case, ASCII quotes, one space), then at most 200 "
+        "characters, control characters refused. `diffusers-sd`: any text, normalised as CLIP's tokenizer reads it, "
+        "truncated past the tokenizer's length (`params.truncated_tokens`). Empty is the same as none",
         examples=["red heart"],
     ),
 ]
@@ -35,6 +37,26 @@ Guidance = Annotated[
         le=MAX_GUIDANCE,
         description="text models: classifier-free guidance scale s (0 = the prompt-free image, 1 = the conditional "
         "model alone); the model's default when absent. Needs a prompt",
+    ),
+]
+NegativePrompt = Annotated[
+    str | None,
+    Field(
+        None,
+        max_length=2000,
+        description="latent text models: what to steer away from, in place of the empty prompt's unconditional branch "
+        "(used when guidance > 1); normalised like `prompt`; empty is the same as none",
+    ),
+]
+Side = Annotated[
+    int | None,
+    Field(
+        None,
+        strict=True,
+        ge=8,
+        le=4096,
+        description="models of several sizes (GET /models: `sizes`): the image's width or height in pixels, one of the "
+        "model's sizes; its default size when absent",
     ),
 ]
 ModelRef = Annotated[
@@ -53,6 +75,9 @@ class GenerateRequest(BaseModel):
     previews: bool = Field(False, strict=True, description="stream x0 previews as events")
     prompt: Prompt = None
     guidance: Guidance = None
+    negative_prompt: NegativePrompt = None
+    width: Side = None
+    height: Side = None
 
 
 class InterpolateRequest(BaseModel):
@@ -66,6 +91,9 @@ class InterpolateRequest(BaseModel):
     prompt: Prompt = None
     prompt_b: Prompt = Field(None, description="text models: with `prompt`, the condition moves to prompt_b's")
     guidance: Guidance = None
+    negative_prompt: NegativePrompt = None
+    width: Side = None
+    height: Side = None
 
 
 class TextParams(BaseModel):
@@ -74,6 +102,12 @@ class TextParams(BaseModel):
     prompt: str | None = Field(None, description="the normalised prompt; absent without one")
     guidance: float | None = Field(None, description="the guidance scale s used (the model's default when not sent)")
     ignored_words: list[str] | None = Field(None, description="words of the prompt the model does not know")
+    negative_prompt: str | None = Field(None, description="the normalised negative prompt; absent without one")
+    truncated_tokens: int | None = Field(
+        None, description="latent text models: tokens of the prompt past the tokenizer's length, which were dropped"
+    )
+    width: int | None = Field(None, description="models of several sizes: the image's width in pixels")
+    height: int | None = Field(None, description="and its height")
 
     @model_serializer(mode="wrap")
     def _drop_absent(self, handler):
@@ -81,7 +115,9 @@ class TextParams(BaseModel):
         return {k: v for k, v in data.items() if v is not None or k not in TEXT_PARAMS}
 
 
-TEXT_PARAMS = frozenset({"prompt", "guidance", "ignored_words", "prompt_b"})
+TEXT_PARAMS = frozenset(
+    {"prompt", "guidance", "ignored_words", "prompt_b", "negative_prompt", "truncated_tokens", "width", "height"}
+)
 
 
 class Params(TextParams):
@@ -158,14 +194,25 @@ class Shape(BaseModel):
     channels: int = Field(description="3 (RGB) or 1 (grey)")
 
 
+class Size(BaseModel):
+    width: int
+    height: int
+
+
 class ModelEntry(BaseModel):
     name: str
     version: int
     ref: str = Field(description="NAME@VERSION")
-    digest: str = Field(description="sha256 of the weights")
+    digest: str = Field(
+        description="sha256 of the model's one weights file (a latent pipeline's holds every part, under the "
+        "prefixes unet., vae. and text_encoder.)"
+    )
     identity: str = Field(description="sha256 of the weights' sha256 and every output-relevant field of model.json")
     kind: str = Field(description="how the model runs, e.g. ddim-unet (DESIGN.md, Model kinds)")
-    shape: Shape = Field(description="the image shape")
+    shape: Shape = Field(description="the image shape (a model of several sizes: its default size's)")
+    sizes: list[Size] | None = Field(
+        None, description="models of several sizes: every width and height a request may ask for, the default first"
+    )
     image_size: int | None = Field(description="the side of a square image; null when it is not square")
     conditioning: Literal["none", "text"] = Field(description="what a request conditions the image on")
     default_guidance: float | None = Field(None, description="text models: the guidance s of a request without one")

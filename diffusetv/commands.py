@@ -61,11 +61,12 @@ def sample(args: argparse.Namespace) -> int:
         compile=args.compile,
         probe_cache=service.probe_cache,
     )
-    text = prompt_of(engine.manifest, args.prompt, args.guidance)
-    spec = GenerateSpec.from_request(args, engine.manifest, **text.fields())  # the first sample's, as the API's
+    text = prompt_of(engine.manifest, args.prompt, args.guidance, args.negative_prompt)
+    size = size_of(engine.manifest, args.width, args.height)
+    spec = GenerateSpec.from_request(args, engine.manifest, **text.fields(), **size)  # the first sample's, as the API's
     seeds = list(range(spec.seed, spec.seed + args.n))
-    conditions = [engine.condition(spec.prompt, spec.guidance)] * args.n
-    images = engine.generate(seeds, spec.steps, [spec.eta] * args.n, conditions)
+    conditions = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)] * args.n
+    images = engine.generate(seeds, spec.steps, [spec.eta] * args.n, conditions, size=spec.size)
     parameters = engine.parameters(spec)
     if args.n > 1:
         parameters["n"] = args.n
@@ -80,22 +81,40 @@ def sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def prompt_of(manifest, prompt: str | None, guidance: float | None):
-    """--prompt and --guidance, normalised and defaulted as the API does (model_store.text.resolve)."""
+def prompt_of(manifest, prompt: str | None, guidance: float | None, negative: str | None = None):
+    """--prompt, --guidance and --negative-prompt, normalised and defaulted as the API does (the kind's rules,
+    model_store.kinds.Kind.prompts)."""
     from model_store import kinds
-    from model_store.text import NO_TEXT, PromptError, TextSpec, resolve
+    from model_store.text import NO_TEXT, PromptError
 
-    if kinds.of(manifest).conditioning != "text":
+    kind = kinds.of(manifest)
+    if negative is not None and "negative_prompt" not in kind.fields:
+        raise UserError(f"{manifest.ref} (kind {manifest.kind!r}) takes no --negative-prompt")
+    if kind.prompts is None:
         if prompt is not None or guidance is not None:
             raise UserError(f"{manifest.ref} (kind {manifest.kind!r}) takes no --prompt or --guidance")
         return NO_TEXT
     try:
-        text = resolve(TextSpec.of(manifest), prompt, guidance)
+        text = kind.prompts(manifest, prompt, guidance, negative, "prompt")
     except PromptError as exc:
-        raise UserError(f"--{exc.field}: {exc}") from None
+        raise UserError(f"--{exc.field.replace('_', '-')}: {exc}") from None
     if text.ignored:
         print(f"words not known to {manifest.ref}, ignored: {', '.join(text.ignored)}", file=sys.stderr)
+    if text.truncated_tokens:
+        print(f"the prompt is {text.truncated_tokens} tokens too long for {manifest.ref}: truncated", file=sys.stderr)
     return text
+
+
+def size_of(manifest, width: int | None, height: int | None) -> dict[str, int]:
+    """--width and --height, defaulted to the model's default size for a model of several sizes, as the API does."""
+    from model_store import kinds
+
+    kind = kinds.of(manifest)
+    try:
+        height_, width_, _ = kind.image_shape(manifest, width, height)
+    except kinds.SizeError as exc:
+        raise UserError(f"--width/--height: {exc}") from None
+    return {} if kind.sizes is None else {"width": width_, "height": height_}
 
 
 def train(args: argparse.Namespace) -> int:

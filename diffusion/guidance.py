@@ -2,7 +2,7 @@
 
 Each sample carries its own condition: a prompt embedding (or none) and a guidance scale s. Its
 ε̂ comes from at most two rows of the same call, the unconditional row (the empty prompt's
-embedding) and the conditional one, mixed by eq. 6 written with s = 1 + w. A sample without a
+embedding, or a negative prompt's) and the conditional one, mixed by eq. 6 written with s = 1 + w. A sample without a
 prompt, or with s = 0, needs the unconditional row alone; s = 1 needs the conditional row alone.
 Every row is computed as if alone (the kernel probe checks it) and the mix is elementwise, so a
 sample's ε̂ never depends on the prompts or scales of the samples beside it.
@@ -28,10 +28,12 @@ def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: torch.Te
 
 @dataclass(frozen=True)
 class Condition:
-    """One sample's text condition: its prompt's embedding (None: no prompt) and its guidance scale s."""
+    """One sample's text condition: its prompt's embedding (None: no prompt), its guidance scale s, and the embedding
+    of its unconditional branch where that is not the empty prompt's (a negative prompt's; None: the empty one)."""
 
     embedding: torch.Tensor | None
     scale: float = 1.0
+    negative: torch.Tensor | None = None
 
     @property
     def rows(self) -> tuple[bool, bool]:
@@ -65,7 +67,7 @@ class Guidance:
             uncond_at.append(len(index) if want_uncond else -1)
             if want_uncond:
                 index.append(j)
-                cond.append(self.empty)
+                cond.append(self.empty if c.negative is None else c.negative)
             cond_at.append(len(index) if want_cond else -1)
             if want_cond:
                 index.append(j)

@@ -13,13 +13,20 @@ import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from model_store import diffusers_kind
+from model_store import diffusers_kind, sd_kind
 from model_store.bounds import MAX_STEPS
+from model_store.diffusers_kind import steps_limit
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
-from model_store.text import TextSpec
+from model_store.text import Prompted, TextSpec, resolve_for
 
 Shape = tuple[int, int, int]  # (height, width, channels)
+# prompts(manifest, prompt, guidance, negative_prompt, field) -> the normalised condition, or a PromptError
+Prompts = Callable[[Manifest, str | None, float | None, str | None, str], Prompted]
+
+
+class SizeError(ModelStoreError):
+    """A width and height that the model does not make; the message lists the sizes it does."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,26 @@ class Kind:
     limit: Callable[[dict], int] | None = (
         None  # a per-model step bound, from the manifest's extras (e.g. its scheduler)
     )
+    prompts: Prompts | None = None  # a text kind's rules for prompts (normalisation, defaults, bounds)
+    default_guidance: Callable[[Manifest], float] | None = None  # a text kind's guidance when a request sends none
+    sizes: Callable[[Manifest], list[tuple[int, int]]] | None = (
+        None  # a kind whose models make several sizes: each model's (width, height) list, its default first
+    )
+
+    def image_shape(self, manifest: Manifest, width: int | None = None, height: int | None = None) -> Shape:
+        """(height, width, channels) of the model's image at the requested size (its default when not given); a
+        SizeError naming the model's sizes for one it does not make."""
+        if self.sizes is None:
+            if width is not None or height is not None:
+                raise SizeError(f"{manifest.ref} makes one size; it takes no width or height")
+            return self.shape(manifest.config)
+        made = self.sizes(manifest)
+        default_w, default_h = made[0]
+        want = (default_w if width is None else width, default_h if height is None else height)
+        if want not in made:
+            listed = ", ".join(f"{w}x{h}" for w, h in made)
+            raise SizeError(f"{manifest.ref} makes {listed} (width x height), not {want[0]}x{want[1]}")
+        return want[1], want[0], self.shape(manifest.config)[2] if self.shape is not None else 3
 
     def steps_bound(self, manifest: Manifest) -> int:
         """The most DDIM steps this model runs: the kind's bound, or less where the model's own settings say so."""
@@ -46,15 +73,17 @@ class Kind:
 
     def describe(self, manifest: Manifest) -> dict:
         """What `GET /models` says of a model of this kind, beside its name, version and digests."""
-        height, width, channels = self.shape(manifest.config)
+        height, width, channels = self.image_shape(manifest)
         entry = {
             "kind": self.name,
             "shape": {"height": height, "width": width, "channels": channels},
             "conditioning": self.conditioning,
             "max_steps": self.steps_bound(manifest),
         }
-        if self.conditioning == "text":  # every text model's manifest has a `text` field (model_store.text)
-            entry["default_guidance"] = TextSpec.of(manifest).default_guidance
+        if self.default_guidance is not None:  # the guidance of a request that sends none
+            entry["default_guidance"] = self.default_guidance(manifest)
+        if self.sizes is not None:
+            entry["sizes"] = [{"width": w, "height": h} for w, h in self.sizes(manifest)]
         return entry
 
 
@@ -141,6 +170,8 @@ register(
         served=True,
         conditioning="text",
         fields=frozenset({"prompt", "guidance", "prompt_b"}),
+        prompts=resolve_for,
+        default_guidance=lambda manifest: TextSpec.of(manifest).default_guidance,
     )
 )
 register(Kind("feature-cnn", square))  # the evaluation's feature extractor: in the store, never served
@@ -150,5 +181,18 @@ register(
         diffusers_kind.shape,
         served=True,
         limit=diffusers_kind.steps_limit,
+    )
+)
+register(
+    Kind(
+        sd_kind.KIND,
+        lambda config: (0, 0, 3),  # the size is the request's, from the model's `sizes`
+        served=True,
+        conditioning="text",
+        fields=sd_kind.FIELDS,
+        limit=steps_limit,
+        prompts=sd_kind.prompts,
+        default_guidance=sd_kind.default_guidance,
+        sizes=sd_kind.sizes,
     )
 )

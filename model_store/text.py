@@ -65,12 +65,21 @@ class Prompted:
     """A request's text condition after normalisation and defaults: what keys, caches and PNGs carry."""
 
     prompt: str | None  # normalised; None: no prompt (an empty one is none)
-    guidance: float | None  # s; None without a prompt
+    guidance: float | None  # s; None without a prompt (a kind whose every job is guided always has one)
     ignored: tuple[str, ...] = ()  # words of the prompt that the model does not know
+    negative_prompt: str | None = None  # normalised; None: none (an empty one is none)
+    truncated_tokens: int = 0  # tokens of the prompt past the tokenizer's length, dropped
 
     def fields(self) -> dict[str, str | float | None]:
         """The request fields it fixes, normalised (for app.core.spec.Spec.from_request)."""
-        return {"prompt": self.prompt, "guidance": self.guidance}
+        return {"prompt": self.prompt, "guidance": self.guidance, "negative_prompt": self.negative_prompt}
+
+    def notes(self) -> dict[str, object]:
+        """What the job's `params` say of how the prompt was read: the words left out, the tokens cut."""
+        return {
+            **({"ignored_words": list(self.ignored)} if self.ignored else {}),
+            **({"truncated_tokens": self.truncated_tokens} if self.truncated_tokens else {}),
+        }
 
 
 NO_TEXT = Prompted(None, None)  # a prompt-free request
@@ -85,6 +94,14 @@ def known_words(spec: TextSpec, n: int = SUGGESTED_WORDS) -> list[str]:
             counts[word] = counts.get(word, 0) + 1
     ranked = sorted(counts, key=lambda w: (-counts[w], w)) or list(spec.vocabulary.words)
     return ranked[:n]
+
+
+def resolve_for(
+    manifest: Manifest, prompt: str | None, guidance: float | None, negative: str | None = None, field: str = "prompt"
+) -> Prompted:
+    """A text model's (kind `ddim-unet-text`) rules for a request's prompt (model_store.kinds.Kind.prompts). Its kind
+    takes no negative prompt (the request field is refused before)."""
+    return resolve(TextSpec.of(manifest), prompt, guidance, field)
 
 
 def resolve(spec: TextSpec, prompt: str | None, guidance: float | None, field: str = "prompt") -> Prompted:

@@ -151,19 +151,18 @@ def sd_reference(
     the image as a float (1, 3, H, W) tensor in [0, 1] before quantisation)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(
         prompt=prompt,
         negative_prompt=negative_prompt,
         guidance_scale=guidance,
-        generator=torch.Generator().manual_seed(seed),
         num_inference_steps=steps,
         eta=eta,
         width=width,
         height=height,
     )
-    latents = pipe(**kwargs, output_type="latent").images.float()
-    image = pipe(**kwargs, output_type="pt").images.float()
+    latents = pipe(**kwargs, generator=torch.Generator().manual_seed(seed), output_type="latent").images.float()
+    image = pipe(**kwargs, generator=torch.Generator().manual_seed(seed), output_type="pt").images.float()
     return latents, image

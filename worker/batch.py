@@ -183,7 +183,7 @@ def withdraw(redis, run: Run, ttl: int) -> None:
 def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: int) -> dict[str, str]:
     """Run the runs led by `specs` together (already taken, see `take`); returns each run's outcome."""
     if len({s.batch_key() for s in specs}) > 1:
-        raise ValueError("a batch shares one batch key (app.core.spec.Spec.batch_key): one model, one step count")
+        raise ValueError("a batch shares one batch key (app.core.spec.Spec.batch_key): one model, step count and size")
     steps = specs[0].steps
     started = time.monotonic()
     batch = [Run(s, runs.engine_key(s, engine.id)) for s in specs]
@@ -192,8 +192,10 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
     if not batch:
         return outcome
     size = len(batch)
-    conditions = [engine.condition(r.spec.prompt, r.spec.guidance) for r in batch]  # text models; else prompt-free
-    sampler = engine.run([r.spec.seed for r in batch], steps, [r.spec.eta for r in batch], conditions=conditions)
+    # text models: each run's own condition; else prompt-free
+    conditions = [engine.condition(r.spec.prompt, r.spec.guidance, r.spec.negative_prompt) for r in batch]
+    seeds, etas = [r.spec.seed for r in batch], [r.spec.eta for r in batch]
+    sampler = engine.run(seeds, steps, etas, conditions=conditions, size=specs[0].size)
     live = list(batch)  # the runs still in the sampler, in its row order
     preview_at = events.preview_steps(steps)
     last = None

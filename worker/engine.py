@@ -9,9 +9,11 @@ fingerprint of their arithmetic, which becomes part of the engine's id (`cpu/fp3
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,19 +63,37 @@ def check_precision(device: str, precision: str) -> None:
         raise ModelStoreError(f"{what} has no native bf16 kernels; use fp32")
 
 
+Size = tuple[int, int] | None  # a model of several sizes: (width, height); None: a model's one size
+
+
 @dataclass
 class Engine:
     manifest: Manifest
     model: KindModel
-    denoiser: Denoiser
+    denoiser: Denoiser  # the default size's (the model's one size, for most kinds)
     device: str
     precision: str
     probe: Probe
+    sized: dict[Size, tuple[Denoiser, Probe]] = field(default_factory=dict)  # every size's, when it has several
 
     @property
     def kernels(self) -> str:
-        """Names the arithmetic: workers with the same kernels value give the same bytes."""
-        return self.probe.fingerprint[:FINGERPRINT_CHARS]
+        """Names the arithmetic: workers with the same kernels value give the same bytes. A model of several sizes
+        has a probe per size (which call sizes keep a row's bits depends on the tensor's shape): its kernels name
+        every size's fingerprint."""
+        if len(self.sized) <= 1:
+            return self.probe.fingerprint[:FINGERPRINT_CHARS]
+        each = [[*size, probe.fingerprint] for size, (_, probe) in self.sized.items()]
+        return hashlib.sha256(json.dumps(each).encode()).hexdigest()[:FINGERPRINT_CHARS]
+
+    def denoiser_at(self, size: Size) -> Denoiser:
+        """The network's caller for images of this size, with the call sizes its probe kept."""
+        if size is None or not self.sized:
+            self.model.shape_at(size)  # a size given to a model of one size is refused
+            return self.denoiser
+        if size not in self.sized:
+            raise ModelStoreError(f"{self.manifest.ref} makes no {size[0]}x{size[1]} image")
+        return self.sized[size][0]
 
     @property
     def id(self) -> str:
@@ -82,7 +102,7 @@ class Engine:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one sample."""
+        """(channels, height, width) of one sample of the default size."""
         return self.model.shape
 
     def record(self) -> dict[str, str]:
@@ -96,10 +116,12 @@ class Engine:
         etas: Sequence[float],
         x_T: torch.Tensor | None = None,
         conditions: Sequence[Condition] | None = None,
+        size: Size = None,
     ) -> DDIMRun:
         """DDIM for a batch on the kind's grid; iterate it for each step (x0 predictions in model space).
 
-        A text model's samples are guided, each by its own condition (`condition`; none: the empty prompt)."""
+        A text model's samples are guided, each by its own condition (`condition`; none: the empty prompt). A model
+        of several sizes makes the (width, height) `size` (its default for None)."""
         grid, read = self.model.grid(steps), self.model.read
         guidance = None
         if self.model.conditioned:
@@ -107,26 +129,32 @@ class Engine:
             guidance = Guidance(self.model.embed(""), conditions)
         elif conditions is not None and any(c.embedding is not None for c in conditions):
             raise ModelStoreError(f"{self.manifest.ref} takes no prompt")
+        denoiser, shape = self.denoiser_at(size), self.model.shape_at(size)
         return sample_loop(
-            self.denoiser, seeds, steps, self.shape, eta=list(etas), device=self.device, x_T=x_T, grid=grid,
-            read=read, guidance=guidance,
+            denoiser, seeds, steps, shape, eta=list(etas), device=self.device, x_T=x_T, grid=grid, read=read,
+            guidance=guidance,
         )  # fmt: skip
 
-    def condition(self, prompt: str | None, guidance: float | None) -> Condition:
-        """A sample's condition: its (normalised) prompt's embedding, or none, and its guidance scale."""
-        if not prompt:
-            return Condition(None)
-        return Condition(self.model.embed(prompt), 1.0 if guidance is None else float(guidance))
+    def condition(self, prompt: str | None, guidance: float | None, negative: str | None = None) -> Condition:
+        """A sample's condition, by its kind's rules (worker.kinds.KindModel.condition): its (normalised) prompt's
+        embedding, or none, its guidance scale, and a negative prompt's embedding where the kind takes one."""
+        return self.model.condition(prompt, guidance, negative)
 
-    def initial_noise(self, seed: int) -> torch.Tensor:
+    def initial_noise(self, seed: int, size: Size = None) -> torch.Tensor:
         """x_T of a seed: the first draw of its generator, exactly as a generation job draws it."""
-        return draw(generators([seed]), self.shape)[0]
+        return draw(generators([seed]), self.model.shape_at(size))[0]
 
     def generate(
-        self, seeds: Sequence[int], steps: int, etas: Sequence[float], conditions: Sequence[Condition] | None = None
+        self,
+        seeds: Sequence[int],
+        steps: int,
+        etas: Sequence[float],
+        conditions: Sequence[Condition] | None = None,
+        size: Size = None,
     ) -> np.ndarray:
         """(B, H, W, C) uint8 final images."""
-        return self.pixels(self.model.final(last_step(self.run(seeds, steps, etas, conditions=conditions))))
+        run = self.run(seeds, steps, etas, conditions=conditions, size=size)
+        return self.pixels(self.model.final(last_step(run)))
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         return self.model.pixels(x0)
@@ -181,16 +209,6 @@ def load_engine(
     if device == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels on every call
         torch.backends.cudnn.deterministic = True
-    denoiser = Denoiser(
-        net,
-        manifest.mean,
-        manifest.std,
-        channels_last=True,
-        autocast_dtype=PRECISIONS[precision],
-        cuda_graphs=True,
-        compile=compile,
-        time_input=model.time_input,
-    )
     reference = REFERENCE_ROWS[device]
     if device == "cpu":  # a large network calls one row at a time (diffusion.kernels.reference_rows)
         one = model.probe_conditions(1)
@@ -200,5 +218,20 @@ def load_engine(
     conditions = model.probe_conditions(reference)  # a conditioned network is probed as it runs
     key = {"identity": manifest.identity, "device": device, "precision": precision, **machine_key(device)}
     cache = None if compile else probe_cache
-    found = denoiser.calibrate(model.shape, reference, COMPILED_SIZES if compile else None, conditions, cache, key)
-    return Engine(manifest, model, denoiser, device, precision, found)
+    sized: dict[Size, tuple[Denoiser, Probe]] = {}
+    for size in model.all_sizes():  # each size its own probe: which call sizes keep a row's bits depends on the shape
+        denoiser = Denoiser(
+            net,
+            manifest.mean,
+            manifest.std,
+            channels_last=True,
+            autocast_dtype=PRECISIONS[precision],
+            cuda_graphs=True,
+            compile=compile,
+            time_input=model.time_input,
+        )
+        candidates = COMPILED_SIZES if compile else None
+        found = denoiser.calibrate(model.shape_at(size), reference, candidates, conditions, cache, key)
+        sized[size] = (denoiser, found)
+    denoiser, found = next(iter(sized.values()))
+    return Engine(manifest, model, denoiser, device, precision, found, sized if len(sized) > 1 else {})

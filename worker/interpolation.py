@@ -43,13 +43,14 @@ def animated_png(frames: np.ndarray, parameters: dict) -> bytes:
 def frame_conditions(engine: Engine, spec: InterpolateSpec) -> list[Condition] | None:
     """Each frame's text condition: the prompt's, or with prompt_b the embedding moving linearly from the prompt's
     to prompt_b's (exact at both ends, so the ends are /generate's images with those prompts)."""
-    if not engine.model.conditioned or spec.prompt is None:
+    if not engine.model.conditioned or (spec.prompt is None and spec.guidance is None):
         return None
+    start = engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)
     if spec.prompt_b is None:
-        return [engine.condition(spec.prompt, spec.guidance)] * spec.frames
-    a, b = engine.model.embed(spec.prompt), engine.model.embed(spec.prompt_b)
+        return [start] * spec.frames
+    a, b = start.embedding, engine.model.embed(spec.prompt_b)
     weights = [i / (spec.frames - 1) for i in range(spec.frames)]
-    return [Condition(lerp(a, b, w), spec.guidance) for w in weights]
+    return [Condition(lerp(a, b, w), start.scale, start.negative) for w in weights]
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
@@ -70,9 +71,12 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
         return JobStatus.CANCELED.value
     # batch_size is jobs sharing a model run, as for /generate: an interpolation runs alone (its frames are rows).
     run_started = time.monotonic()
-    x_T = interpolated_noises(engine.initial_noise(spec.seed_a), engine.initial_noise(spec.seed_b), spec.frames)
+    size = spec.size
+    ends = engine.initial_noise(spec.seed_a, size), engine.initial_noise(spec.seed_b, size)
+    x_T = interpolated_noises(*ends, spec.frames)
     conditions = frame_conditions(engine, spec)
-    sampler = engine.run([spec.seed_a] * spec.frames, spec.steps, [0.0] * spec.frames, x_T=x_T, conditions=conditions)
+    frames = spec.frames
+    sampler = engine.run([spec.seed_a] * frames, spec.steps, [0.0] * frames, x_T=x_T, conditions=conditions, size=size)
     last = None
     for last in sampler:
         waiting = active_jobs(redis, [run])

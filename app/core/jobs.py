@@ -92,15 +92,15 @@ def new_job_id() -> str:
 
 
 def new_record(
-    spec: Spec, model: dict, owner: str = "", now: float | None = None, ignored: tuple[str, ...] = ()
+    spec: Spec, model: dict, owner: str = "", now: float | None = None, notes: dict | None = None
 ) -> dict[str, str]:
-    """The hash fields of a freshly queued job (app.core.spec); `ignored`: the prompt's words the model does not
-    know. The submit script adds the job's run."""
+    """The hash fields of a freshly queued job (app.core.spec); `notes`: how its prompt was read (Spec.params). The
+    submit script adds the job's run."""
     return {
         "id": spec.job_id,
         "kind": spec.KIND,
         "status": JobStatus.QUEUED.value,
-        "params": json.dumps(spec.params(ignored)),
+        "params": json.dumps(spec.params(notes)),
         "model": json.dumps(model),
         "owner": owner,
         "created_at": repr(now if now is not None else time.time()),

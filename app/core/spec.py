@@ -84,9 +84,10 @@ class Spec:
         """Jobs with equal batch keys may run as rows of one batch."""
         return (self.FUNC, self.identity, *(getattr(self, name) for name in self.BATCH))
 
-    def params(self, ignored: tuple[str, ...] = ()) -> dict[str, Any]:
-        """The job record's `params`; `ignored`: words of the prompt that the model does not know."""
-        return {**self.request(), **({"ignored_words": list(ignored)} if ignored else {})}
+    def params(self, notes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The job record's `params`: the request, and `notes` on how its prompt was read
+        (model_store.text.Prompted.notes: the words the model does not know, the tokens cut)."""
+        return {**self.request(), **(notes or {})}
 
     def png_parameters(self) -> dict[str, Any]:
         """The spec's part of the PNG's `parameters` (the engine adds the model's and its own)."""
@@ -144,7 +145,7 @@ class GenerateSpec(Spec):
 
     FUNC: ClassVar[str] = "worker.jobs.generate"
     KIND: ClassVar[str] = "generate"
-    BATCH: ClassVar[tuple[str, ...]] = ("steps",)
+    BATCH: ClassVar[tuple[str, ...]] = ("steps", "width", "height")
     NOT_OUTPUT: ClassVar[tuple[str, ...]] = ("previews",)
 
     seed: int
@@ -153,6 +154,9 @@ class GenerateSpec(Spec):
     previews: bool = False
     prompt: str | None = None  # text models: the normalised prompt (None: prompt-free)
     guidance: float | None = None  # and its guidance scale s
+    negative_prompt: str | None = None  # latent text models: the normalised negative prompt (None: none)
+    width: int | None = None  # models of several sizes: the image's, always given for them (None: the one size)
+    height: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eta", float(self.eta) + 0.0)  # -0.0 is 0.0: one engine key, one set of bytes
@@ -162,6 +166,11 @@ class GenerateSpec(Spec):
 
     def compute(self) -> int:
         return self.steps * (2 if self.prompt else 1)
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        """(width, height) for a model of several sizes; None for one of one size."""
+        return None if self.width is None else (self.width, self.height)
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,13 @@ class InterpolateSpec(Spec):
     prompt: str | None = None  # text models: the condition at seed_a's end ...
     prompt_b: str | None = None  # ... and at seed_b's (None: the same prompt all along)
     guidance: float | None = None
+    negative_prompt: str | None = None  # as GenerateSpec's
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return None if self.width is None else (self.width, self.height)
 
     def key_fields(self) -> dict[str, Any]:
         return {**super().key_fields(), "kind": self.KIND}  # never a generation's key, whatever fields come

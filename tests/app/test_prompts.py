@@ -40,7 +40,7 @@ def errors(r) -> dict[str, str]:
         ({"prompt": "zebra unicorn"}, "prompt", "known words include: "),
         ({"prompt": "!!! ???"}, "prompt", "no word"),
         ({"prompt": "red " * 60}, "prompt", "at most 200 characters after normalisation"),
-        ({"prompt": "x" * 1001}, "prompt", "at most 1000 characters"),
+        ({"prompt": "x" * 2001}, "prompt", "at most 2000 characters"),
         ({"guidance": 2.0}, "guidance", "guidance needs a prompt"),
         ({"prompt": "   ", "guidance": 2.0}, "guidance", "guidance needs a prompt"),
         ({"prompt": "red heart", "guidance": 20.5}, "guidance", "less than or equal to 20"),

@@ -90,7 +90,7 @@ def test_the_png_parameters_are_those_of_before():
 
 def test_params_and_kwargs_name_what_the_request_set():
     assert prompt_free().params() == {"seed": 42, "steps": 50, "eta": 0.0}
-    assert prompted().params(("xyzzy",)) == {
+    assert prompted().params({"ignored_words": ["xyzzy"]}) == {
         "seed": 7, "steps": 20, "eta": 0.5, "prompt": "red heart", "guidance": 3.0, "ignored_words": ["xyzzy"],
     }  # fmt: skip
     assert prompt_free(previews=True).params()["previews"] is True

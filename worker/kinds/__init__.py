@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from diffusion.ddim import GridStep, Step
+from diffusion.guidance import Condition
 from model_store import Manifest, ModelStoreError, kinds
 
 
@@ -38,6 +39,16 @@ class KindModel(ABC):
         """(channels, height, width) of one sample in model space."""
         height, width, channels = kinds.of(self.manifest).shape(self.manifest.config)
         return channels, height, width
+
+    def shape_at(self, size: tuple[int, int] | None) -> tuple[int, int, int]:
+        """(channels, height, width) in model space of a (width, height) image; a kind of one size takes None."""
+        if size is not None:
+            raise ModelStoreError(f"{self.manifest.ref} makes one size; it takes no width or height")
+        return self.shape
+
+    def all_sizes(self) -> list[tuple[int, int] | None]:
+        """Every (width, height) the model makes, its default first; [None] for a kind of one size."""
+        return [None]
 
     @abstractmethod
     def network(self, device: str) -> nn.Module:
@@ -67,6 +78,15 @@ class KindModel(ABC):
         """A prompt's embedding, computed alone (text-conditioned kinds)."""
         raise ModelStoreError(f"{self.manifest.ref} takes no prompt")
 
+    def condition(self, prompt: str | None, guidance: float | None, negative: str | None = None) -> Condition:
+        """A sample's condition: its normalised prompt's embedding (none without a prompt) and its guidance scale.
+        A kind with a negative prompt (its request field) embeds it as the unconditional branch."""
+        if negative:
+            raise ModelStoreError(f"{self.manifest.ref} takes no negative prompt")
+        if not prompt:
+            return Condition(None)
+        return Condition(self.embed(prompt), 1.0 if guidance is None else float(guidance))
+
     def probe_conditions(self, rows: int) -> torch.Tensor | None:
         """One condition per probe row for a conditioned network; None for an unconditioned one."""
         return None
@@ -77,6 +97,7 @@ BUILT_IN = {
     "ddim-unet": "worker.kinds.ddim_unet:DDIMUNet",
     "ddim-unet-text": "worker.kinds.ddim_unet_text:DDIMUNetText",
     "diffusers-unet2d": "worker.kinds.diffusers_unet2d:DiffusersUNet2D",
+    "diffusers-sd": "worker.kinds.diffusers_sd:DiffusersSD",
 }
 
 
