@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO
 from model_store.importers.single_file import SUFFIXES, command, refusal
 
 # Loaded first by the conversion's interpreter (PYTHONPATH): any connection attempt fails the conversion.
@@ -43,6 +44,10 @@ def test_the_command_quotes_every_path_for_the_shell():
     argv = shlex.split(command(*odd))
     assert argv[:2] == ["python", "-c"] and argv[3:] == list(odd)
     assert "from_single_file(sys.argv[1], config=sys.argv[2], local_files_only=True)" in argv[2]
+
+
+def test_docs_models_md_gives_the_command_the_refusal_gives():
+    assert command("v1-5-pruned-emaonly.safetensors") in (REPO / "docs" / "MODELS.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +114,9 @@ def test_the_refusals_command_converts_a_checkpoint_offline_to_the_same_tensors(
 
     assert proc.returncode == 0, proc.stderr[-3000:]
     for part in WEIGHTS:
-        original, converted = state(pipeline, part), state(out, part)
-        assert converted.keys() == original.keys(), part
-        different = [k for k in original if not torch.equal(converted[k], original[k])]
+        original, new = state(pipeline, part), state(out, part)
+        assert new.keys() == original.keys(), part
+        different = [k for k, v in original.items() if v.dtype != new[k].dtype or not torch.equal(v, new[k])]
         assert not different, f"{part}: {different[:5]}"
     assert not list((where / "hf-home").rglob("*"))
     prompt = "a red heart on the moon"
