@@ -27,6 +27,7 @@ from diffusion.kernels import Probe, reference_rows, row_flops
 from diffusion.probe_cache import machine_key
 from model_store import Manifest, ModelStoreError, Store, kinds
 from worker.kinds import KindModel, model_for
+from worker.memory import Memory
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # The reference call: the most rows one network call has; the probe keeps the smaller sizes that agree with it.
@@ -75,6 +76,12 @@ class Engine:
     precision: str
     probe: Probe
     sized: dict[Size, tuple[Denoiser, Probe]] = field(default_factory=dict)  # every size's, when it has several
+    memory: Memory | None = None  # what the model takes in memory, and the batch its budget allows (worker.memory)
+
+    @property
+    def max_batch(self) -> int | None:
+        """The most samples one batch may hold within the memory budget; None: unbounded by memory."""
+        return None if self.memory is None else self.memory.max_batch
 
     @property
     def kernels(self) -> str:
