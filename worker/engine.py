@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,11 +24,19 @@ from app.core.spec import Spec
 from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
 from diffusion.guidance import Condition, Guidance
-from diffusion.kernels import Probe, reference_rows, row_flops
+from diffusion.kernels import Probe, probe_inputs, reference_rows, row_flops
 from diffusion.probe_cache import machine_key
 from model_store import Manifest, ModelStoreError, Store, kinds
 from worker.kinds import KindModel, model_for
-from worker.memory import Memory
+from worker.memory import (
+    STEP_COPIES,
+    Memory,
+    budget_bytes,
+    max_batch,
+    parameter_bytes,
+    peak_bytes,
+    reference_cap,
+)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # The reference call: the most rows one network call has; the probe keeps the smaller sizes that agree with it.
@@ -202,10 +211,12 @@ def load_engine(
     precision: str = "fp32",
     compile: bool = False,
     probe_cache: Path | None = None,
+    memory_budget_mb: int | None = None,
 ) -> Engine:
     """The model `ref` on `device` at `precision`, its kernels probed; `compile`: through torch.compile (CPU).
     `probe_cache`: a directory of cached probes (diffusion.probe_cache; not with compile, whose every call
-    shape must be compiled by the probe)."""
+    shape must be compiled by the probe). `memory_budget_mb`: what the model may take (worker.memory), else most of
+    the device's memory; a model whose weights do not fit is refused."""
     store = store or Store()
     device = resolve_device(device)
     check_precision(device, precision)
@@ -213,6 +224,12 @@ def load_engine(
     manifest = store.resolve(ref)
     model = model_for(manifest)  # an unknown kind, or one stored but not served (a feature extractor), is refused
     net = model.network(device)
+    budget, parameters = budget_bytes(memory_budget_mb, device), parameter_bytes(model.parts(net))
+    if parameters > budget:
+        raise ModelStoreError(
+            f"{manifest.ref}: its weights take {parameters / 2**20:,.0f} MB, over the memory budget of "
+            f"{budget / 2**20:,.0f} MB (DIFFUSETV_MEMORY_BUDGET_MB)"
+        )
     if device == "cuda":
         torch.backends.cudnn.benchmark = False  # the same kernels on every call
         torch.backends.cudnn.deterministic = True
@@ -222,6 +239,10 @@ def load_engine(
         extra = () if one is None else (one.to(device),)
         flops = row_flops(lambda x, t: net(x, model.time_input(t), *extra), model.shape)
         reference = reference_rows(flops, device, reference)
+    largest = max(model.all_sizes(), key=lambda size: math.prod(model.shape_at(size)))
+    if device == "cuda":  # the reference call's rows fit the budget beside the weights
+        one_row = peak_bytes(lambda: call(net, model, largest, 1, device), device)
+        reference = reference_cap(budget, parameters, one_row, reference)
     conditions = model.probe_conditions(reference)  # a conditioned network is probed as it runs
     key = {"identity": manifest.identity, "device": device, "precision": precision, **machine_key(device)}
     cache = None if compile else probe_cache
@@ -241,4 +262,33 @@ def load_engine(
         found = denoiser.calibrate(model.shape_at(size), reference, candidates, conditions, cache, key)
         sized[size] = (denoiser, found)
     denoiser, found = next(iter(sized.values()))
-    return Engine(manifest, model, denoiser, device, precision, found, sized if len(sized) > 1 else {})
+    memory = measure(model, net, largest, sized[largest][1].shapes.largest, device, budget, parameters)
+    return Engine(manifest, model, denoiser, device, precision, found, sized if len(sized) > 1 else {}, memory)
+
+
+def call(net: torch.nn.Module, model: KindModel, size: Size, rows: int, device: str) -> None:
+    """One network call of `rows` probe rows at `size`, as the engine calls it (for memory)."""
+    x, t = probe_inputs(rows, model.shape_at(size), device)
+    conditions = model.probe_conditions(rows)
+    extra = () if conditions is None else (conditions.to(device),)
+    with torch.inference_mode():
+        net(x, model.time_input(t), *extra)
+
+
+def measure(
+    model: KindModel, net: torch.nn.Module, size: Size, rows: int, device: str, budget: int, parameters: int
+) -> Memory:
+    """The model's memory (worker.memory): its largest call's peak and its image decode's, at its largest size."""
+    shape = model.shape_at(size)
+    calls = peak_bytes(lambda: call(net, model, size, rows, device), device)
+    decode = peak_bytes(lambda: model.pixels(torch.zeros((1, *shape), device=device)), device)
+    activations = max(calls or 0, decode or 0)
+    channels, height, width = model.image_shape_at(size)
+    condition = model.probe_conditions(1)
+    per_sample = (
+        STEP_COPIES * math.prod(shape) * 4  # the sample's latents and its step's temporaries, fp32
+        + height * width * channels * 5  # its decoded image, fp32 and uint8
+        + (0 if condition is None else 2 * condition.numel() * 4)  # its prompt's and its unconditional embedding
+    )
+    found = max_batch(budget, parameters, activations, per_sample, cap=2**20)
+    return Memory(parameters, activations, rows, per_sample, budget, found, calls is not None and decode is not None)

@@ -51,7 +51,9 @@ class Heartbeat(threading.Thread):
     """Beats every period while `alive()` (the main loop within its deadline, worker/health.py): a worker whose
     main loop is stuck stops beating, so the API reaps and re-queues its jobs."""
 
-    def __init__(self, redis, worker_id: str, engines: dict[str, str], period_s: int, alive=None) -> None:
+    def __init__(
+        self, redis, worker_id: str, engines: dict[str, str], period_s: int, alive=None, memory: dict | None = None
+    ) -> None:
         super().__init__(name="heartbeat", daemon=True)
         self.redis, self.worker_id, self.engines, self.period_s = redis, worker_id, engines, period_s
         self.alive = alive or (lambda: True)
@@ -63,6 +65,7 @@ class Heartbeat(threading.Thread):
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started_at": time.time(),
+            "memory": memory or {},  # per model: its weights, its largest call's peak, the batch its budget allows
         }
 
     def beat(self) -> None:

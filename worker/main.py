@@ -126,7 +126,15 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
     loaded = []
     for ref in refs:
         started = time.perf_counter()
-        engine = load_engine(ref, store, settings.device, settings.precision, settings.compile, settings.probe_cache)
+        engine = load_engine(
+            ref,
+            store,
+            settings.device,
+            settings.precision,
+            settings.compile,
+            settings.probe_cache,
+            settings.memory_budget_mb,
+        )
         exact = engine.manifest.ref
         registry.ENGINES[exact] = engine
         loaded.append(exact)
@@ -140,6 +148,14 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
             "cached" if engine.denoiser.cached else "run",
             ", ".join(map(str, engine.probe.shapes.sizes)),
         )
+        if engine.memory is not None:
+            m = engine.memory
+            log.info(
+                "%s takes %.0f MB of weights and %.0f MB more at its largest call of %d rows; %.1f MB per sample in a "
+                "batch: at most %d samples in the budget of %.0f MB",
+                exact, m.parameters / 2**20, m.activations / 2**20, m.rows, m.per_sample / 2**20, m.max_batch,
+                m.budget / 2**20,
+            )  # fmt: skip
     return loaded
 
 
@@ -168,7 +184,10 @@ def start_heartbeat(conn, engines: dict[str, str], settings: Settings) -> Heartb
     the old id held, since that batch's outcome could not be written."""
     worker_id = uuid.uuid4().hex[:12]
     registry.WORKER_ID = worker_id
-    heartbeat = Heartbeat(conn, worker_id, engines, settings.heartbeat_s, alive=lambda: not health.overdue())
+    memory = {ref: e.memory.to_json() for ref, e in registry.ENGINES.items() if ref in engines and e.memory is not None}
+    heartbeat = Heartbeat(
+        conn, worker_id, engines, settings.heartbeat_s, alive=lambda: not health.overdue(), memory=memory
+    )
     heartbeat.beat()
     heartbeat.start()
     return heartbeat

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     # 1024: GPU workers batch far more than CPU ones (docs/BENCHMARKS.md: the H200 figures peak at 128-512 rows).
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_batch_wait_ms: int = Field(5, ge=0, le=10_000)
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=64,
+        le=2**24,
+        description="MB a worker's model may take (weights, its largest call, its batch); caps MAX_BATCH_SIZE and the "
+        "probe's reference call; unset: 90% of the GPU's memory, or 80% of the machine's",
+    )
     result_ttl: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds a result and its job are kept")
     job_timeout: int = Field(600, ge=5, le=86_400, description="seconds before a running job fails")
     max_queue: int = Field(1000, ge=1, le=1_000_000, description="queued jobs before 429")

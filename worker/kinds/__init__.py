@@ -46,6 +46,14 @@ class KindModel(ABC):
             raise ModelStoreError(f"{self.manifest.ref} makes one size; it takes no width or height")
         return self.shape
 
+    def image_shape_at(self, size: tuple[int, int] | None) -> tuple[int, int, int]:
+        """(channels, height, width) of the image in pixels; in model space, for a pixel-space kind."""
+        return self.shape_at(size)
+
+    def parts(self, net: nn.Module) -> list[nn.Module]:
+        """Every module of the loaded model, for its memory (the network, and any encoder or decoder beside it)."""
+        return [net]
+
     def all_sizes(self) -> list[tuple[int, int] | None]:
         """Every (width, height) the model makes, its default first; [None] for a kind of one size."""
         return [None]

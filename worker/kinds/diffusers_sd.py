@@ -106,6 +106,13 @@ class DiffusersSD(DiffusersUNet2D):
     def all_sizes(self) -> list[tuple[int, int] | None]:
         return list(self.sizes)
 
+    def image_shape_at(self, size: tuple[int, int] | None) -> tuple[int, int, int]:
+        width, height = size if size is not None else self.sizes[0]
+        return 3, height, width
+
+    def parts(self, net: nn.Module) -> list[nn.Module]:
+        return [net, *(m for m in (self.vae, self.text_encoder) if m is not None)]
+
     def network(self, device: str) -> nn.Module:
         unet, vae, text_encoder = build_parts(self.manifest)
         where = str(self.manifest.weights_path)
