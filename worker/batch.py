@@ -197,7 +197,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
     seeds, etas = [r.spec.seed for r in batch], [r.spec.eta for r in batch]
     sampler = engine.run(seeds, steps, etas, conditions=conditions, size=specs[0].size)
     live = list(batch)  # the runs still in the sampler, in its row order
-    preview_at = events.preview_steps(steps)
+    preview_at = events.preview_steps(steps, get_settings().preview_every_steps)
     last = None
     for last in sampler:
         waiting = active_jobs(redis, live)

@@ -22,9 +22,10 @@ def emit(redis, job_id: str, event: str, data: dict[str, Any], ttl: int | None =
         redis.expire(keys.events(job_id), ttl)
 
 
-def preview_steps(steps: int) -> set[int]:
-    """Every ceil(steps/10)-th step, and the last: at most 11 previews, whatever the speed."""
-    every = -(-steps // 10)
+def preview_steps(steps: int, at_least: int = 1) -> set[int]:
+    """Every ceil(steps/10)-th step (or every `at_least`-th, where more: PREVIEW_EVERY_STEPS, since a latent model's
+    preview is a decode), and the last: at most 11 previews, whatever the speed."""
+    every = max(-(-steps // 10), at_least)
     return {k for k in range(every, steps + 1, every)} | {steps}
 
 

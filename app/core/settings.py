@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     # 1024: GPU workers batch far more than CPU ones (docs/BENCHMARKS.md: the H200 figures peak at 128-512 rows).
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_batch_wait_ms: int = Field(5, ge=0, le=10_000)
+    preview_every_steps: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="previews (for jobs that ask) at most every this many steps, besides the last; at most 11 a job "
+        "anyway. A latent model's preview decodes the step's x0 through its VAE",
+    )
     memory_budget_mb: int | None = Field(
         None,
         ge=64,

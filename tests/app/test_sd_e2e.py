@@ -1,0 +1,110 @@
+"""An imported Stable Diffusion pipeline (kind `diffusers-sd`, a tiny random one) through the whole stack, as real
+processes: redis-server, `diffusetv worker` and `diffusetv api`. A job gives the CLI's bytes alone and batched with
+other prompts; a long prompt is truncated and says so; previews arrive; a job can be canceled; the cache answers a
+repeat; other sizes are a 422 that lists the model's."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from sd_pipelines import save_sd_pipeline
+from test_diffusers_e2e import read_events
+
+from app.core.png import decode_png, read_parameters
+from helpers import run_cli
+from model_store.importers.diffusers_sd import import_sd
+from stack import running_stack
+
+pytestmark = pytest.mark.slow
+STEPS = 6
+LONG_PROMPT = " ".join(["a red heart on the big blue moon of the sun"] * 10)  # 100 words, past 77 tokens
+
+
+@pytest.fixture
+def sd_stack(tiny_store, redis_server, tmp_path):
+    folder = save_sd_pipeline(tmp_path / "pipe", seed=5)
+    import_sd(folder, "sd", store=tiny_store)
+    env = {"DIFFUSETV_MODELS": "sd", "DIFFUSETV_MAX_BATCH_WAIT_MS": "600"}
+    with running_stack(redis_server, tiny_store.root, tmp_path, timeout=180, model="sd", **env) as s:
+        yield s
+
+
+def cli_png(store_root, tmp_path, body: dict) -> bytes:
+    out = tmp_path / f"cli-{body['seed']}.png"
+    env = {"DIFFUSETV_MODEL_STORE": str(store_root), "DIFFUSETV_TORCH_THREADS": "1"}
+    args = ["sample", "--model", "sd", "--seed", str(body["seed"]), "--steps", str(STEPS)]
+    args += ["--eta", str(body.get("eta", 0.0)), "--prompt", body.get("prompt", "")]
+    for field, flag in (("guidance", "--guidance"), ("negative_prompt", "--negative-prompt")):
+        if field in body:
+            args += [flag, str(body[field])]
+    for field in ("width", "height"):
+        if field in body:
+            args += [f"--{field}", str(body[field])]
+    run_cli(*args, "--device", "cpu", "--out", str(out), env=env)
+    return out.read_bytes()
+
+
+def test_a_latent_model_serves_the_clis_bytes_alone_and_batched_with_other_prompts(sd_stack, tiny_store, tmp_path):
+    bodies = [
+        {"seed": 41, "prompt": "a red heart", "width": 24, "height": 16},
+        {"seed": 42, "prompt": "a blue cat", "negative_prompt": "a tree", "guidance": 5.0, "width": 24, "height": 16},
+        {"seed": 43, "prompt": LONG_PROMPT, "eta": 1.0, "width": 24, "height": 16},
+        {"seed": 44, "prompt": "the moon", "guidance": 1.0, "width": 24, "height": 16},
+    ]
+    with sd_stack.client() as c:
+        models = {m["ref"]: m for m in c.get("/models").json()["models"]}
+        entry = models["sd@1"]
+        assert entry["kind"] == "diffusers-sd" and entry["conditioning"] == "text"
+        assert entry["default_guidance"] == 7.5
+        assert entry["sizes"] == [{"width": 16, "height": 16}, {"width": 24, "height": 16}, {"width": 16, "height": 24}]
+        r = c.post("/generate", json={"seed": 1, "steps": STEPS, "model": "sd", "width": 32, "height": 32})
+        assert r.status_code == 422 and "16x16, 24x16, 16x24" in r.text, r.text
+        ids = [c.post("/generate", json={**b, "steps": STEPS, "model": "sd"}).json()["id"] for b in bodies]
+        jobs = [c.get(f"/jobs/{i}", params={"wait": 30}).json() for i in ids]
+        jobs = [c.get(f"/jobs/{i}", params={"wait": 30}).json() if j["status"] != "succeeded" else j for i, j in zip(ids, jobs, strict=True)]
+        assert all(j["status"] == "succeeded" for j in jobs), jobs
+        assert max(j["batch_size"] for j in jobs) > 1  # they shared a batch
+        assert jobs[2]["params"]["truncated_tokens"] > 0
+        assert "truncated_tokens" not in jobs[0]["params"]
+        assert jobs[0]["params"]["guidance"] == 7.5 and jobs[1]["params"]["negative_prompt"] == "a tree"
+        pngs = [c.get(j["image_url"]).content for j in jobs]
+        assert read_parameters(pngs[0])["identity"] == tiny_store.resolve("sd").identity
+        alone = c.post("/generate", json={"seed": 45, "steps": STEPS, "model": "sd", "prompt": "a red heart"}).json()
+        alone = c.get(f"/jobs/{alone['id']}", params={"wait": 30}).json()
+        assert alone["status"] == "succeeded" and alone["batch_size"] == 1
+        alone_png = c.get(alone["image_url"]).content
+        repeat = c.post("/generate", json={"seed": 45, "steps": STEPS, "model": "sd", "prompt": "A  Red heart "})
+        assert repeat.status_code == 202 and repeat.json()["status"] == "succeeded"  # the cache answered
+        assert c.get(repeat.json()["image_url"]).content == alone_png
+    for body, png in zip(bodies, pngs, strict=True):
+        assert png == cli_png(tiny_store.root, tmp_path, body), body
+    assert alone_png == cli_png(tiny_store.root, tmp_path, {"seed": 45, "prompt": "a red heart"})
+    assert decode_png(pngs[0]).shape == (16, 24, 3) and decode_png(alone_png).shape == (16, 16, 3)
+    assert len(np.unique(decode_png(alone_png))) > 50
+
+
+def test_a_latent_model_shows_previews_and_cancels(sd_stack):
+    with sd_stack.client() as c:
+        job = c.post("/generate", json={"seed": 7, "steps": 20, "previews": True, "model": "sd", "prompt": "a cat"})
+        evs = read_events(c, job.json()["id"])
+        previews = [d for _, e, d in evs if e == "preview"]
+        assert len(previews) >= 2 and all(p["url"].startswith("data:image/png;base64,") for p in previews)
+        assert evs[-1][1:] == ("status", {"status": "succeeded"})
+
+        long = c.post("/generate", json={"seed": 8, "steps": 900, "model": "sd", "prompt": "a dog"}).json()
+        seen = []
+
+        def cancel_when_running(event):
+            if event[1] == "progress" and not seen:
+                seen.append(event)
+                threading.Thread(target=lambda: sd_stack.client().delete(f"/jobs/{long['id']}")).start()
+
+        evs = read_events(c, long["id"], on_event=cancel_when_running)
+        assert evs[-1][1:] == ("status", {"status": "canceled"})
+        assert c.get(f"/jobs/{long['id']}").json()["progress"]["step"] < 900
