@@ -110,10 +110,13 @@ def test_a_sample_keeps_its_bytes_in_any_batch(engine):
     conditions = [engine.condition(p or None, g, n) for p, n, g, _ in rows]
     etas = [e for *_, e in rows]
     size = (24, 16)
-    alone = [engine.generate([s], STEPS, [e], [c], size=size)[0] for s, e, c in zip(seeds, etas, conditions, strict=True)]
+    alone = [
+        engine.generate([s], STEPS, [e], [c], size=size)[0] for s, e, c in zip(seeds, etas, conditions, strict=True)
+    ]
     batched = engine.generate(seeds, STEPS, etas, conditions, size=size)
     order = [3, 1, 4, 0, 2]
-    shuffled = engine.generate([seeds[i] for i in order], STEPS, [etas[i] for i in order], [conditions[i] for i in order], size=size)
+    pick = [seeds[i] for i in order], [etas[i] for i in order], [conditions[i] for i in order]
+    shuffled = engine.generate(pick[0], STEPS, pick[1], pick[2], size=size)
     for i in range(len(rows)):
         assert np.array_equal(batched[i], alone[i]), i
         assert np.array_equal(shuffled[order.index(i)], alone[i]), i
