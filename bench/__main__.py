@@ -1,4 +1,4 @@
-"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|all]`: run benchmarks, print tables, write JSON."""
+"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|all]`: run, print tables, write JSON."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ MODULES = {
     "service": "bench.service",
     "gpu": "bench.gpu",
     "guidance": "bench.guidance",
+    "sd": "bench.sd",
 }
-ALL = ("engine", "precision", "diffusers", "service")  # `gpu` needs a GPU: run it by name
+ALL = ("engine", "precision", "diffusers", "service")  # `gpu` needs a GPU, `sd` half an hour: run them by name
 SERVICE_ONLY = ("clients", "requests", "store", "model")
 STORE_ONLY = ("store", "model")  # guidance: the text model to time
+SD_ONLY = ("pipeline", "cache", "resume")
 
 
 def settings(module, args: argparse.Namespace, name: str) -> dict:
@@ -32,6 +34,8 @@ def settings(module, args: argparse.Namespace, name: str) -> dict:
         given |= {k: getattr(args, k) for k in SERVICE_ONLY}
     if name == "guidance":
         given |= {k: getattr(args, k) for k in STORE_ONLY}
+    if name == "sd":
+        given |= {k: getattr(args, k) for k in SD_ONLY}
     if "device" in module.DEFAULTS:
         given["device"] = args.device
     kwargs.update({k: v for k, v in given.items() if v is not None})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-SUITES = ("engine", "precision", "diffusers", "service", "gpu", "guidance", "all")
+SUITES = ("engine", "precision", "diffusers", "service", "gpu", "guidance", "sd", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     service.add_argument("--model", default=None, help="model to serve (default: benchnet, or emoji32 with --store)")
     service.add_argument("--clients", type=int, default=None, help="concurrent clients (default 16)")
     service.add_argument("--requests", type=int, default=None, help="images per throughput round (default 32)")
+    sd = parser.add_argument_group("sd (Stable Diffusion against diffusers)")
+    sd.add_argument(
+        "--pipeline", default=None, choices=("tiny", "sd-1.5"), help="the random-weights pipeline (default: both)"
+    )
+    sd.add_argument(
+        "--cache", default=None, metavar="DIR", help="where the built pipelines live (default ~/.cache/diffusetv-bench)"
+    )
+    sd.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
 
 
 def parser() -> argparse.ArgumentParser:

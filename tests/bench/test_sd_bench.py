@@ -1,8 +1,10 @@
-"""`bench sd`: its pipelines are Stable Diffusion 1.5's shape."""
+"""`bench sd`: its pipelines are Stable Diffusion 1.5's shape, and its tiny run writes the figures, the load, the
+memory and a parity within two levels. Speeds are never asserted."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -44,3 +46,43 @@ def test_the_synthetic_tokenizer_has_clips_vocabulary_size_and_specials(tmp_path
     assert tokenizer(prompt, padding="max_length", max_length=77).input_ids == ids + [49407] * (77 - len(ids))
     with pytest.raises(ValueError, match="cannot hold"):
         write_tokenizer(tmp_path / "small", 100)
+
+
+@needs_diffusers
+@pytest.mark.slow
+def test_the_tiny_sd_bench_writes_its_figures_and_a_parity_within_two_levels(tmp_path, capsys):
+    from bench.__main__ import main
+
+    out = tmp_path / "sd.json"
+    assert main(["sd", "--quick", "--repeats", "2", "--cache", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Stable Diffusion against diffusers: tiny" in printed and "ours/theirs" in printed
+    data = json.loads(out.read_text())
+    assert {"cpu", "cores", "torch", "torch_threads"} <= set(data["machine"])
+    res = data["results"]["sd"]
+    assert res["threads"] == 2 and res["steps"] == 2 and res["guidance"] == 7.5 and list(res["pipelines"]) == ["tiny"]
+    tiny = res["pipelines"]["tiny"]
+    assert tiny["size"] == [32, 32] and tiny["model"] == "sdbench@1" and tiny["engine"].startswith("cpu/fp32/")
+    assert [r["batch"] for r in tiny["rows"]] == [1, 4]
+    for row in tiny["rows"]:
+        assert row["ours_images_per_s"] > 0 and row["theirs_images_per_s"] > 0 and row["ratio"] > 0
+        assert len(row["runs"]["ours"]) == len(row["runs"]["theirs"]) == 2 and row["runs"]["first"] == [
+            "ours",
+            "theirs",
+        ]
+        assert sum(row["calls"]) >= 2 * row["batch"]  # two UNet rows an image, padded to kept call sizes
+    assert tiny["parity"]["first_image_level_diff"] <= 2 and tiny["parity"]["level_diff"] <= 2
+    assert tiny["parity"]["ours_first_image_same_in_every_run"]
+    assert tiny["load_s"] >= tiny["probe_s"] > 0 and not tiny["probe_cached"] and tiny["call_sizes"]
+    assert tiny["parameter_bytes"]["total"] == 4 * sum(tiny["parameters"].values())  # fp32
+    assert tiny["peak_rss_load"] >= tiny["rss_after_load"] > tiny["parameter_bytes"]["total"]
+    assert tiny["peak_rss_run"] > 0 and tiny["engine_memory"]["parameters"] > 0
+    assert set(tiny["profile"]["rows_s"]) == {"1", "2", "8"} and tiny["profile"]["contiguous_2_rows_s"] > 0
+    assert tiny["processes"] == 1
+
+    # Again from the cache: nothing is built or imported, the probe comes from the probe cache, and --resume with
+    # every repeat done only reports them.
+    assert main(["sd", "--quick", "--repeats", "2", "--cache", str(tmp_path / "cache"), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "building" not in printed and "importing" not in printed and "resuming from" in printed
+    assert "from the probe cache" in printed and "from 2 processes (resumed)" in printed

@@ -1,0 +1,487 @@
+"""Stable Diffusion against diffusers: one pipeline's modules through our engine and through StableDiffusionPipeline.
+
+    python -m bench sd [--pipeline tiny|sd-1.5] [--cache DIR] [--resume] [--repeats N] [--steps N] [--threads N]
+                       [--json FILE] [--quick]
+
+The pipelines (bench.sd_pipeline) have random weights, in fp32: `tiny`, and `sd-1.5` with Stable Diffusion 1.5's
+configs, imported with `diffusetv import diffusers` and cached. Both sides make the same images: a prompt at guidance
+7.5 (two UNet rows per image), eta 0, seeds 0..B-1, at the pipeline's size (256x256 for sd-1.5).
+
+- **Ours**: the worker's engine (`load_engine`, its probe cached under the cache directory), the whole process:
+  `engine.condition` (the CLIP text encoder; the embedding cache is emptied before every run, so each run encodes
+  its prompt and the empty one) and `engine.generate` (the DDIM loop, then the VAE decode one row per call).
+- **Theirs**: `StableDiffusionPipeline` built from the engine's own `unet`, `vae` and `text_encoder` objects, with the
+  pipeline folder's CLIPTokenizer and DDIMScheduler, called as `pipe(prompt=[p] * B, num_inference_steps=steps,
+  guidance_scale=7.5, height=H, width=W, generator=[one per seed], output_type="np")` under inference mode. The
+  same objects make the weights the same by construction and hold one copy in memory (SD 1.5 in fp32 twice would be
+  8.6 GB). The engine converts its UNet's weights to channels_last at load, so theirs runs on channels_last weights
+  too; the profile times their UNet on those and on contiguous weights, diffusers' default.
+
+Each repeat times both sides back to back, which goes first alternating, and the ratio is taken within a repeat;
+figures are medians over repeats, after a one-step warm-up of each side at each batch. The first image of each side
+is compared (the parity: max difference in 8-bit levels). Progress is checkpointed in the cache after every repeat:
+`--resume` continues an interrupted run of the same settings (each repeat is still one process's pair).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.flops import torch_threads
+from bench.report import cpu_model, fmt, median, table
+from bench.sd_pipeline import DEFAULT_CACHE, MODEL, SHAPES, Shape, prepared
+
+BATCHES = (1, 4)
+DEFAULTS = {"repeats": 3, "steps": 10, "threads": 2, "pipeline": None, "cache": None, "resume": False}
+QUICK = {"repeats": 1, "steps": 2, "pipeline": "tiny"}
+PROMPT = "a photograph of a red heart on the moon"
+GUIDANCE = 7.5
+GOAL_BATCH_1 = 0.9  # ours/theirs in images/s at batch 1
+# docs/BENCHMARKS.md, Against diffusers: the ceiling of one-row calls on the ddpm-cifar10-32 architecture, batch 8.
+DOCUMENTED_CEILING = "0.76x to 0.82x"
+PARTS = ("unet", "vae", "text_encoder")
+
+
+def rss() -> int | None:
+    """The process's resident set now (VmRSS), in bytes; None where /proc cannot say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakRSS:
+    """The most RSS seen while inside, sampled every `every` seconds by a thread, with the RSS at the start and end.
+    Sampled, not the kernel's high-water mark: the engine resets that (VmHWM) while it measures its model at load."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every, self.peak = every, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+
+    def watch(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss() or 0)
+            if self.done.wait(self.every):
+                return
+
+    def __enter__(self) -> PeakRSS:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, rss() or 0)
+
+
+@contextlib.contextmanager
+def timed_calls(owner: type, name: str) -> Iterator[list[float]]:
+    """The seconds of each call of the method `owner.name` while inside."""
+    original, spent = getattr(owner, name), []
+
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    setattr(owner, name, wrapper)
+    try:
+        yield spent
+    finally:
+        setattr(owner, name, original)
+
+
+def load(store: Path, probes: Path) -> tuple[object, dict]:
+    """The engine of the imported pipeline, and its load: seconds in all, the probe's seconds and whether the probe
+    came from the cache, RSS after it and its high-water mark."""
+    from diffusion.denoiser import Denoiser
+    from model_store import Store
+    from worker.engine import load_engine
+
+    with PeakRSS() as memory, timed_calls(Denoiser, "calibrate") as probe_s:
+        started = time.perf_counter()
+        engine = load_engine(MODEL, Store(store), device="cpu", probe_cache=probes)
+        load_s = time.perf_counter() - started
+    return engine, {
+        "load_s": load_s,
+        "probe_s": sum(probe_s),
+        "probe_cached": bool(engine.denoiser.cached),
+        "rss_after_load": rss(),
+        "peak_rss_load": memory.peak,
+        "engine_memory": None if engine.memory is None else engine.memory.to_json(),
+    }
+
+
+def their_pipeline(engine, folder: Path):
+    """StableDiffusionPipeline on the engine's own modules, with the folder's tokenizer and DDIM scheduler."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    pipe = StableDiffusionPipeline(
+        unet=engine.denoiser.net.unet,
+        vae=engine.model.vae,
+        text_encoder=engine.model.text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True),
+        scheduler=DDIMScheduler.from_pretrained(folder / "scheduler", local_files_only=True),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ours(engine, batch: int, steps: int, size: tuple[int, int]) -> tuple[float, np.ndarray]:
+    """Seconds and (B, H, W, 3) uint8 images of our whole process: the prompts encoded afresh, DDIM, the decode."""
+    engine.model.embeddings.clear()  # as for a prompt this worker has not seen
+    engine.model.cached_bytes = 0
+    started = time.perf_counter()
+    conditions = [engine.condition(PROMPT, GUIDANCE) for _ in range(batch)]
+    images = engine.generate(list(range(batch)), steps, [0.0] * batch, conditions, size=size)
+    return time.perf_counter() - started, images
+
+
+def theirs(pipe, batch: int, steps: int, size: tuple[int, int]) -> tuple[float, np.ndarray]:
+    """Seconds and images of one plain diffusers call (its float images quantised as its numpy_to_pil does)."""
+    width, height = size
+    with torch.inference_mode():
+        started = time.perf_counter()
+        out = pipe(
+            prompt=[PROMPT] * batch,
+            num_inference_steps=steps,
+            guidance_scale=GUIDANCE,
+            height=height,
+            width=width,
+            generator=[torch.Generator().manual_seed(seed) for seed in range(batch)],
+            output_type="np",
+        )
+        seconds = time.perf_counter() - started
+    return seconds, (out.images * 255).round().astype(np.uint8)
+
+
+def level_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def paired(run: dict, pairs: list[dict], repeats: int, save: Callable[[], None], say: Callable[[str], None]) -> None:
+    """Time both sides back to back until `pairs` holds `repeats` pairs; which side goes first alternates. `run` maps
+    "ours" and "theirs" to a function of the steps giving (seconds, images)."""
+    if len(pairs) >= repeats:
+        return
+    run["ours"](1)  # warm-up, both sides
+    run["theirs"](1)
+    while len(pairs) < repeats:
+        order = ("ours", "theirs") if len(pairs) % 2 == 0 else ("theirs", "ours")
+        seconds, images = {}, {}
+        for side in order:
+            seconds[side], images[side] = run[side](None)
+        pairs.append(
+            {
+                "ours_s": seconds["ours"],
+                "theirs_s": seconds["theirs"],
+                "first": order[0],
+                "first_image_level_diff": level_diff(images["ours"][0], images["theirs"][0]),
+                "level_diff": level_diff(images["ours"], images["theirs"]),
+                "ours_first_image_sha256": hashlib.sha256(images["ours"][0].tobytes()).hexdigest(),
+            }
+        )
+        save()
+        say(f"  repeat {len(pairs)}/{repeats}: ours {seconds['ours']:.1f} s, theirs {seconds['theirs']:.1f} s")
+
+
+def row(engine, batch: int, pairs: list[dict]) -> dict:
+    ours_ips = [batch / p["ours_s"] for p in pairs]
+    theirs_ips = [batch / p["theirs_s"] for p in pairs]
+    return {
+        "batch": batch,
+        "ours_images_per_s": median(ours_ips),
+        "theirs_images_per_s": median(theirs_ips),
+        "ratio": median([a / b for a, b in zip(ours_ips, theirs_ips, strict=True)]),
+        "calls": list(engine.denoiser.shapes.plan(2 * batch)),  # guidance: two rows per image
+        "runs": {"ours": ours_ips, "theirs": theirs_ips, "first": [p["first"] for p in pairs]},
+        "level_diff": max(p["level_diff"] for p in pairs),
+    }
+
+
+def unet_profile(unet, shape: Shape, text_width: int, batches: Sequence[int], repeats: int) -> dict:
+    """Their UNet alone as the pipeline calls it (contiguous inputs, 77 prompt tokens): the median seconds of a call
+    of 1 row and of 2B rows (batch B's calls) on the channels_last weights timed above, and of 2 rows on contiguous
+    weights (diffusers' default layout). The weights are left channels_last."""
+    width, height = shape.size
+    factor = 2 ** (len(shape.vae["block_out_channels"]) - 1)
+    rows = sorted({1, *(2 * b for b in batches)})
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows[-1], shape.unet["in_channels"], height // factor, width // factor, generator=gen)
+    c = torch.randn(rows[-1], 77, text_width, generator=gen)
+    t = torch.full((rows[-1],), 500)
+
+    def call_s(n: int) -> float:
+        with torch.inference_mode():
+            unet(x[:n], t[:n], encoder_hidden_states=c[:n])  # warm-up
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                unet(x[:n], t[:n], encoder_hidden_states=c[:n])
+                times.append(time.perf_counter() - started)
+        return median(times)
+
+    channels_last = {n: call_s(n) for n in rows}
+    try:
+        unet.to(memory_format=torch.contiguous_format)
+        contiguous = call_s(2)
+    finally:
+        unet.to(memory_format=torch.channels_last)
+    return {
+        "rows_s": {str(n): s for n, s in channels_last.items()},
+        "contiguous_2_rows_s": contiguous,
+        "one_row_ceiling": {str(b): channels_last[2 * b] / (2 * b) / channels_last[1] for b in batches},
+    }
+
+
+def parameters(engine) -> tuple[dict, dict]:
+    modules = dict(zip(PARTS, (engine.denoiser.net.unet, engine.model.vae, engine.model.text_encoder), strict=True))
+    counts = {name: sum(p.numel() for p in m.parameters()) for name, m in modules.items()}
+    sizes = {name: sum(p.numel() * p.element_size() for p in m.parameters()) for name, m in modules.items()}
+    return counts, {**sizes, "total": sum(sizes.values())}
+
+
+def checkpoint(file: Path, key: dict, resume: bool, say: Callable[[str], None]) -> dict:
+    """The progress of an interrupted run of the same key (with `resume`), else a fresh one."""
+    if resume:
+        try:
+            found = json.loads(file.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found and found.get("key") == key:
+            done = {b: len(p) for b, p in found["pairs"].items()}
+            say(f"resuming from {file}: repeats done {done}")
+            found["processes"] += 1
+            return found
+        say(f"nothing to resume in {file} for these settings: starting afresh")
+    return {"key": key, "pairs": {}, "profile": None, "processes": 1}
+
+
+def write_checkpoint(file: Path, progress: dict) -> None:
+    partial = file.with_name(file.name + ".partial")
+    partial.write_text(json.dumps(progress, indent=1, sort_keys=True))
+    os.replace(partial, file)
+
+
+def timed(
+    engine,
+    pipe,
+    shape: Shape,
+    steps: int,
+    repeats: int,
+    batches: Sequence[int],
+    progress: dict,
+    save: Callable[[], None],
+    say: Callable[[str], None],
+) -> None:
+    """The repeats still missing from `progress` at each batch, then their UNet's profile, saved as they come."""
+    for batch in batches:
+        say(f"{shape.name}, batch {batch}, {steps} steps:")
+        run = {
+            "ours": lambda n, b=batch: ours(engine, b, n or steps, shape.size),
+            "theirs": lambda n, b=batch: theirs(pipe, b, n or steps, shape.size),
+        }
+        paired(run, progress["pairs"].setdefault(str(batch), []), repeats, save, say)
+    if progress["profile"] is None:
+        say(f"{shape.name}: their UNet alone")
+        width = engine.model.text_encoder.config.hidden_size
+        progress["profile"] = unet_profile(engine.denoiser.net.unet, shape, width, batches, repeats)
+        save()
+
+
+def compare(
+    shape: Shape,
+    cache: Path,
+    steps: int,
+    repeats: int,
+    batches: Sequence[int],
+    resume: bool,
+    say: Callable[[str], None],
+) -> dict:
+    """One pipeline, both ways: its figures, load, memory and parity."""
+    import diffusers
+
+    folder, store = prepared(shape, cache, say)
+    engine, loaded = load(store, cache.expanduser() / "probes")
+    pipe = their_pipeline(engine, folder)
+    key = {
+        "identity": engine.manifest.identity,
+        "engine": engine.id,
+        "steps": steps,
+        "threads": torch.get_num_threads(),
+        "batches": list(batches),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
+    file = folder.parent / "progress.json"
+    progress = checkpoint(file, key, resume, say)
+    with PeakRSS() as memory:
+        timed(engine, pipe, shape, steps, repeats, batches, progress, lambda: write_checkpoint(file, progress), say)
+    pairs = progress["pairs"]
+    first = pairs[str(batches[0])][0]
+    counts, sizes = parameters(engine)
+    digests = {p["ours_first_image_sha256"] for b in batches for p in pairs[str(b)]}
+    return {
+        "pipeline": shape.name,
+        "size": list(shape.size),
+        "model": engine.manifest.ref,
+        "engine": engine.id,
+        "flops": engine.manifest.extras.get("flops"),
+        "parameters": counts,
+        "parameter_bytes": sizes,
+        **loaded,
+        "call_sizes": list(engine.probe.shapes.sizes),
+        "rejected_sizes": list(engine.probe.rejected),
+        "rows": [row(engine, b, pairs[str(b)][:repeats]) for b in batches],
+        "parity": {
+            "batch": batches[0],
+            "first_image_level_diff": first["first_image_level_diff"],
+            "level_diff": max(p["level_diff"] for b in batches for p in pairs[str(b)]),
+            "ours_first_image_same_in_every_run": len(digests) == 1,
+        },
+        "peak_rss_run": memory.peak,
+        "profile": progress["profile"],
+        "processes": progress["processes"],
+    }
+
+
+def run(
+    repeats: int = DEFAULTS["repeats"],
+    steps: int = DEFAULTS["steps"],
+    threads: int | None = DEFAULTS["threads"],
+    pipeline: str | None = DEFAULTS["pipeline"],
+    cache: str | Path | None = DEFAULTS["cache"],
+    resume: bool = DEFAULTS["resume"],
+    batches: Sequence[int] = BATCHES,
+    say: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> dict:
+    import diffusers
+    import transformers
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    names = [pipeline] if pipeline else list(SHAPES)
+    where = Path(cache) if cache else DEFAULT_CACHE
+    with torch_threads(threads) as n_threads:
+        results = {name: compare(SHAPES[name], where, steps, repeats, batches, resume, say) for name in names}
+    return {
+        "threads": n_threads,
+        "steps": steps,
+        "repeats": repeats,
+        "guidance": GUIDANCE,
+        "prompt": PROMPT,
+        "eta": 0.0,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "goal_batch_1": GOAL_BATCH_1,
+        "documented_one_row_ceiling": DOCUMENTED_CEILING,
+        "pipelines": results,
+    }
+
+
+def size_of(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def engine_memory(record: dict | None) -> str:
+    if record is None:
+        return "none"
+    return (
+        f"weights {size_of(record['parameters'])}, activations {size_of(record['activations'])} "
+        f"({record['rows']}-row call or the decode), max batch {record['max_batch']}"
+    )
+
+
+def goals(res: dict, result: dict) -> list[str]:
+    rows = {r["batch"]: r for r in result["rows"]}
+    notes = []
+    if 1 in rows:
+        met = "met" if rows[1]["ratio"] >= res["goal_batch_1"] else "not met"
+        notes.append(f"batch 1: {rows[1]['ratio']:.2f}x against a goal of >= {res['goal_batch_1']}x: {met}")
+    one_row = result["call_sizes"] == [1]
+    for batch, ceiling in result["profile"]["one_row_ceiling"].items():
+        if int(batch) > 1 and int(batch) in rows:
+            here = f"{ceiling:.2f}x for this UNet's {2 * int(batch)}-row calls (profile)"
+            if not one_row:
+                here += f", though this engine's calls are not one-row ({result['call_sizes']})"
+            notes.append(
+                f"batch {batch}: {rows[int(batch)]['ratio']:.2f}x beside the ceiling of one-row calls: "
+                f"{res['documented_one_row_ceiling']} on ddpm-cifar10-32 at batch 8 (docs/BENCHMARKS.md, Against "
+                f"diffusers); {here}"
+            )
+    return notes
+
+
+def format_pipeline(res: dict, r: dict) -> str:
+    headers = ["batch", "ours images/s", "theirs images/s", "ours/theirs", "our UNet calls (rows)"]
+    rows = [
+        [x["batch"], fmt(x["ours_images_per_s"]), fmt(x["theirs_images_per_s"]), f"{x['ratio']:.2f}x", x["calls"]]
+        for x in r["rows"]
+    ]
+    b, p = r["parameter_bytes"], r["profile"]
+    parity = r["parity"]
+    width, height = r["size"]
+    resumed = "" if r["processes"] == 1 else f", from {r['processes']} processes (resumed)"
+    rows_s = ", ".join(f"{n} rows {s:.3g} s" for n, s in p["rows_s"].items())
+    notes = [
+        f"{r['pipeline']}: random weights, fp32, {sum(r['parameters'].values()):,} parameters ("
+        + ", ".join(f"{k} {v:,}" for k, v in r["parameters"].items())
+        + f"), {size_of(b['total'])}",
+        f"{width}x{height}, {res['steps']} steps, guidance {res['guidance']} (2 UNet rows an image), eta 0, "
+        f"{res['threads']} torch threads; medians over {res['repeats']} repeats, each timing both sides back to back "
+        f"(which first alternating){resumed}",
+        f"ours: {r['model']} (imported with `diffusetv import diffusers`), engine {r['engine']}: condition + generate, "
+        "prompt embeddings encoded afresh each run, VAE decode one row per call",
+        f"theirs: diffusers {res['diffusers']} StableDiffusionPipeline on the engine's own unet, vae and text_encoder "
+        "objects (same weights, one copy; so their UNet weights are channels_last too), output_type='np'",
+        f"load {r['load_s']:.1f} s, of which the probe {r['probe_s']:.1f} s "
+        f"({'from the probe cache' if r['probe_cached'] else 'probed, then cached'}); call sizes {r['call_sizes']}, "
+        f"rejected {r['rejected_sizes']}",
+        f"parity at batch {parity['batch']}: first image max diff {parity['first_image_level_diff']} levels "
+        f"(all images, all batches: {parity['level_diff']}); ours the same in every run: "
+        f"{parity['ours_first_image_same_in_every_run']}",
+        f"memory: RSS {size_of(r['rss_after_load'])} after load, peak {size_of(r['peak_rss_load'])} during load, "
+        f"{size_of(r['peak_rss_run'])} while timing (sampled every 50 ms); the engine's own record: "
+        + engine_memory(r["engine_memory"]),
+        f"their UNet alone, a call on channels_last weights: {rows_s}; on contiguous weights: "
+        f"2 rows {p['contiguous_2_rows_s']:.3g} s",
+        *goals(res, r),
+    ]
+    return table(f"Stable Diffusion against diffusers: {r['pipeline']}", headers, rows, notes)
+
+
+def format_result(res: dict) -> str:
+    return "\n\n".join(format_pipeline(res, r) for r in res["pipelines"].values())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.__main__ import main as bench_main
+
+    return bench_main(["sd", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
