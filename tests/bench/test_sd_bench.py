@@ -77,7 +77,9 @@ def test_the_tiny_sd_bench_writes_its_figures_and_a_parity_within_two_levels(tmp
     assert tiny["parameter_bytes"]["total"] == 4 * sum(tiny["parameters"].values())  # fp32
     assert tiny["peak_rss_load"] >= tiny["rss_after_load"] > tiny["parameter_bytes"]["total"]
     assert tiny["peak_rss_run"] > 0 and tiny["engine_memory"]["parameters"] > 0
-    assert set(tiny["profile"]["rows_s"]) == {"1", "2", "8"} and tiny["profile"]["contiguous_2_rows_s"] > 0
+    profile = tiny["profile"]
+    assert set(profile["unet_contiguous_s"]) == {"1", "2", "8"} and set(profile["unet_channels_last_s"]) == {"1", "2"}
+    assert profile["decode_row_s"] > 0 and set(profile["one_row_ceiling"]) == {"1", "4"}
     assert tiny["processes"] == 1
 
     # Again from the cache: nothing is built or imported, the probe comes from the probe cache, and --resume with
