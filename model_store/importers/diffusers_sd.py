@@ -345,6 +345,8 @@ def read_part(
     state, file, dtype = read_weights(folder, WEIGHTS[part], part)
     net = build(part, config)
     state = fit(net, state, folder / file)
+    if part == "text_encoder":  # stored as transformers 5 names its keys, whichever transformers read them
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
     return state, {"file": file, "source_dtype": dtype}, measure_at(net)
 
 
