@@ -114,6 +114,21 @@ def test_a_pipeline_becomes_one_diffusers_sd_version(pipelines, store, pipeline,
     want = {f"{p}.{k}": v.to(dtype).float() for p, net in parts.items() for k, v in net.state_dict().items()}
     assert sorted(state) == sorted(want)
     assert all(v.dtype == torch.float32 and torch.equal(v, want[k]) for k, v in state.items())
+    rebuild_from_the_manifest(m, state)
+
+
+def rebuild_from_the_manifest(m, state: dict[str, torch.Tensor]) -> None:
+    """Each part builds from its field of model.json alone and takes its prefixed weights strictly."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    nets = {
+        "unet": UNet2DConditionModel.from_config(m.config),
+        "vae": AutoencoderKL.from_config(m.extras["vae"]),
+        "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(m.extras["text_encoder"])),
+    }
+    for part, net in nets.items():
+        net.load_state_dict({k.removeprefix(f"{part}."): v for k, v in state.items() if k.startswith(f"{part}.")})
 
 
 def test_the_tokenizer_file_loads_with_tokenizers_alone_and_gives_transformers_ids(pipelines, store):
