@@ -173,8 +173,26 @@ def check_text_encoder(config: dict, unet: dict, file: Path) -> dict:
     return text
 
 
-def vae_scale_factor(vae: dict) -> int:
-    return 2 ** (len(vae["block_out_channels"]) - 1)
+def check_configs(configs: dict[str, dict], source: Path) -> tuple[dict, dict, dict]:
+    """(the UNet's, the VAE's and the text encoder's configs as their classes read them), checked together."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    unet = resolved(UNet2DConditionModel, configs["unet"])
+    vae = resolved(AutoencoderKL, configs["vae"])
+    check_vae(vae, source / "vae" / "config.json")
+    check_unet(unet, vae, source / "unet" / "config.json")
+    text = check_text_encoder(configs["text_encoder"], unet, source / "text_encoder" / "config.json")
+    return unet, vae, text
+
+
+def latent_space(vae: dict) -> dict:
+    """The manifest's `latent`: the VAE's latent channels, scale factor (pixels a latent is a side) and scaling."""
+    return {
+        "channels": vae["latent_channels"],
+        "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
+        "scaling_factor": vae["scaling_factor"],
+        "shift_factor": vae["shift_factor"],
+    }
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -283,7 +301,6 @@ def check_tokenizer_file(tokenizer, data: bytes, folder: Path) -> None:
 
 def build(part: str, config: dict) -> nn.Module:
     """An untrained part of this config (diffusers' or transformers' class), in eval mode."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # built from local configs; nothing is fetched
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -337,9 +354,7 @@ def measure(part: str, net: nn.Module, size: list[int], latent: dict, tokens: in
     return flops(lambda: net(torch.zeros(1, tokens, dtype=torch.long)))
 
 
-def read_part(
-    source: Path, part: str, config: dict, measure_at: Callable[[nn.Module], int]
-) -> tuple[dict[str, torch.Tensor], dict, int]:
+def read_part(source: Path, part: str, config: dict, cost: Callable[[nn.Module], int]) -> tuple[dict, dict, int]:
     """(the part's fp32 state dict as stored, its record, its FLOPs): read, built, loaded strictly, measured."""
     folder = source / part
     state, file, dtype = read_weights(folder, WEIGHTS[part], part)
@@ -347,7 +362,21 @@ def read_part(
     state = fit(net, state, folder / file)
     if part == "text_encoder":  # stored as transformers 5 names its keys, whichever transformers read them
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    return state, {"file": file, "source_dtype": dtype}, measure_at(net)
+    return state, {"file": file, "source_dtype": dtype}, cost(net)
+
+
+def read_parts(
+    source: Path, configs: dict[str, dict], size: list[int], latent: dict, tokens: int, width: int, stage: Progress
+) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(every part's weights under its prefix, each part's record, the manifest's `flops`), one part at a time."""
+    state, parts, cost = {}, {}, {}
+    for part in WEIGHTS:
+        stage(part)
+        part_state, parts[part], cost[part] = read_part(
+            source, part, configs[part], lambda net, p=part: measure(p, net, size, latent, tokens, width)
+        )
+        state.update({f"{part}.{k}": v for k, v in part_state.items()})
+    return state, parts, {"unet_row": cost["unet"], "vae_decode": cost["vae"], "text_encoder": cost["text_encoder"]}
 
 
 def import_sd(
@@ -359,8 +388,7 @@ def import_sd(
     progress: Progress | None = None,
 ) -> Manifest:
     """Convert a Stable Diffusion pipeline folder and publish it as the next version of `name`."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every part is read from DIR: nothing is fetched from a hub
     store = store or Store()
     store.next_version(name)  # a bad or bundled name is refused before anything is read
     stage = progress or (lambda _: None)
@@ -369,36 +397,20 @@ def import_sd(
     index_file = source / "model_index.json"
     index = read_json(index_file)
     ignored_parts = check_index(index, index_file)
-    configs = {part: read_json(source / part / "config.json") for part in ("unet", "vae", "text_encoder")}
-    unet = resolved(UNet2DConditionModel, configs["unet"])
-    vae = resolved(AutoencoderKL, configs["vae"])
-    check_vae(vae, source / "vae" / "config.json")
-    check_unet(unet, vae, source / "unet" / "config.json")
-    text = check_text_encoder(configs["text_encoder"], unet, source / "text_encoder" / "config.json")
+    configs = {part: read_json(source / part / "config.json") for part in WEIGHTS}
+    unet, vae, text = check_configs(configs, source)
     scheduler_file = source / "scheduler" / "scheduler_config.json"
     scheduler_config = read_json(scheduler_file)
     settings, ignored_keys = ddim_scheduler(scheduler_config, str(scheduler_file))
-    factor = vae_scale_factor(vae)
+    latent = latent_space(vae)
+    factor = latent["vae_scale_factor"]
     sizes_ = check_sizes(sizes, factor) if sizes else default_sizes(unet, factor)
     guidance = check_guidance(DEFAULT_GUIDANCE if default_guidance is None else default_guidance)
-    latent = {
-        "channels": vae["latent_channels"],
-        "vae_scale_factor": factor,
-        "scaling_factor": vae["scaling_factor"],
-        "shift_factor": vae["shift_factor"],
-    }
     stage("tokenizer")
     tokenizer_json, tokenizer = read_tokenizer(source / "tokenizer", text)
+    plain = {part: {k: v for k, v in c.items() if not k.startswith("_")} for part, c in configs.items()}
     tokens, width = tokenizer["model_max_length"], unet["cross_attention_dim"]
-    build_configs = {part: {k: v for k, v in c.items() if not k.startswith("_")} for part, c in configs.items()}
-    state, parts, cost = {}, {}, {}
-    for part in WEIGHTS:
-        stage(part)
-        part_state, parts[part], cost[part] = read_part(
-            source, part, build_configs[part], lambda net, p=part: measure(p, net, sizes_[0], latent, tokens, width)
-        )
-        state.update({f"{part}.{k}": v for k, v in part_state.items()})
-        del part_state
+    state, parts, cost = read_parts(source, plain, sizes_[0], latent, tokens, width, stage)
     stage("store")
     training = {
         "imported": {
@@ -416,16 +428,15 @@ def import_sd(
     extras = {
         "scheduler": settings,
         "scheduler_config": scheduler_config,
-        "vae": build_configs["vae"],
+        "vae": plain["vae"],
         "text_encoder": {k: v for k, v in configs["text_encoder"].items() if k != "_name_or_path"},
         "tokenizer": tokenizer,
         "latent": latent,
         "sizes": sizes_,
         "default_guidance": guidance,
-        "flops": {"unet_row": cost["unet"], "vae_decode": cost["vae"], "text_encoder": cost["text_encoder"]},
+        "flops": cost,
     }
     schedule = "trained_betas" if settings["trained_betas"] is not None else settings["beta_schedule"]
     mean = std = [0.5] * 3  # model space [-1, 1]: pixels are x/2 + 0.5, as StableDiffusionPipeline's
-    config = build_configs["unet"]
     files = {tokenizer["file"]: tokenizer_json}
-    return save_state(store, name, state, config, schedule, mean, std, training, KIND, extras, files)
+    return save_state(store, name, state, plain["unet"], schedule, mean, std, training, KIND, extras, files)
