@@ -52,7 +52,7 @@ def test_the_model_lists_its_sizes_and_refuses_others(manifest):
     assert kind.image_shape(manifest) == (16, 16, 3)
     assert kind.image_shape(manifest, 24, 16) == (16, 24, 3)
     assert kind.image_shape(manifest, None, 24) == (24, 16, 3)
-    with pytest.raises(kinds.SizeError, match="makes 16x16, 24x16, 16x24 .width x height., not 32x16"):
+    with pytest.raises(kinds.SizeError, match=r"makes 16x16, 24x16, 16x24 \(width x height\), not 32x16"):
         kind.image_shape(manifest, 32, None)
     entry = kind.describe(manifest)
     assert entry["kind"] == "diffusers-sd" and entry["conditioning"] == "text"
