@@ -15,10 +15,9 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from sd_pipelines import save_sd_pipeline
-from test_diffusers_e2e import read_events
 
 from app.core.png import decode_png, read_parameters
-from helpers import run_cli
+from helpers import read_events, run_cli
 from model_store.importers.diffusers_sd import import_sd
 from stack import running_stack
 
