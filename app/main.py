@@ -25,7 +25,7 @@ from app.peers import TransportPeer
 from app.reaper import Reaper
 from app.routes import events, jobs, page, system
 from app.waker import Waker
-from model_store import Store, kinds
+from model_store import kinds
 
 REDIS_RETRY_AFTER_S = 2
 BUSY_RETRY_AFTER_S = 1
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.settings = settings
-        app.state.store = Store(settings.model_store)
+        app.state.store = settings.store()
         url = settings.redis_url or "redis://127.0.0.1:6379/0"
         # One bounded pool for every request and the reaper: a request that waits longer than
         # REDIS_POOL_WAIT_S for a connection is a 429 (the API is busy), never a 503 (Redis is fine).

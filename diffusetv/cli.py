@@ -80,10 +80,21 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import a model trained elsewhere (diffusers, Keras) as the next store version")
     imports = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    q = imports.add_parser("diffusers", help="a diffusers DDPM/DDIM pipeline folder, or a UNet2DModel folder")
-    q.add_argument("dir", help="pipeline folder (model_index.json, unet/, scheduler/) or UNet2DModel folder")
+    q = imports.add_parser(
+        "diffusers", help="a diffusers DDPM/DDIM or Stable Diffusion pipeline folder, or a UNet2DModel folder"
+    )
+    q.add_argument("dir", help="pipeline folder (model_index.json, unet/, scheduler/, …) or UNet2DModel folder")
     q.add_argument("--name", required=True, help="store name; the next version is written")
     q.add_argument("--scheduler", default=None, help="scheduler_config.json or its folder (needed for a UNet folder)")
+    q.add_argument(
+        "--sizes",
+        default=None,
+        metavar="WxH,…",
+        help="Stable Diffusion: the image sizes served, the first the default (default: the native size, 3:2, 2:3)",
+    )
+    q.add_argument(
+        "--default-guidance", type=float, default=None, help="Stable Diffusion: guidance when a request has none (7.5)"
+    )
     q.set_defaults(run="diffusetv.imports:diffusers")
     q = imports.add_parser("keras", help="a Keras 3 .weights.h5 of the Keras DDIM example's DiffusionModel")
     q.add_argument("file", help="the .weights.h5 file (DiffusionModel.save_weights)")

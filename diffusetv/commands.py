@@ -206,18 +206,18 @@ def models(args: argparse.Namespace) -> int:
     store = Store()
     refs = store.refs()
     if not refs:  # a typo in DIFFUSETV_MODEL_STORE must not read as "all verified"
-        where = "no folder" if not store.root.is_dir() else "no models"
-        raise UserError(f"{where} at {store.root}: set DIFFUSETV_MODEL_STORE to a model store (or unset it)")
+        where = "no folder" if not any(root.is_dir() for root in store.roots) else "no models"
+        raise UserError(f"{where} at {store.where()}: set DIFFUSETV_MODEL_STORE to a model store (or unset it)")
     if args.action == "verify":
         for ref in refs:
             manifest = store.verify(ref)
             print(f"ok  {ref}  sha256:{manifest.digest}")
-        print(f"{len(refs)} model(s) verified in {store.root}")
+        print(f"{len(refs)} model(s) verified in {store.where()}")
         return 0
     default = default_model()
     rows = store.list()
     if not any(default in (m.name, m.ref) for m in rows):
-        print(f"warning: the default model DIFFUSETV_MODEL={default} is not in {store.root}", file=sys.stderr)
+        print(f"warning: the default model DIFFUSETV_MODEL={default} is not in {store.where()}", file=sys.stderr)
     for m in rows:
         latest = store.versions(m.name)[-1] == m.version
         mark = " (default)" if (latest and default in (m.name, m.ref)) or default == m.ref else ""
@@ -336,12 +336,11 @@ def worker(args: argparse.Namespace) -> int:
 
 def every_served_model() -> str | None:
     """The local stack's default: the default model, then every other model of the store that a worker can serve,
-    newest versions (the bundled store: emoji32 and emoji32-text)."""
+    newest versions (the user store's and the bundled emoji32 and emoji32-text)."""
     from app.models import every_served
-    from model_store import Store
 
     s = settings()
-    return ",".join(every_served(Store(s.model_store), s.model)) or None
+    return ",".join(every_served(s.store(), s.model)) or None
 
 
 def worker_check() -> int:

@@ -6,6 +6,6 @@ Listing, references and verification are torch-free; `weights` imports torch whe
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
 from model_store.refs import parse_ref
-from model_store.store import Store, default_root
+from model_store.store import Store, user_root
 
-__all__ = ["Manifest", "ModelStoreError", "Store", "default_root", "parse_ref"]
+__all__ = ["Manifest", "ModelStoreError", "Store", "parse_ref", "user_root"]

@@ -72,8 +72,10 @@ def save_state(
     training: dict,
     kind: str = UNET_KIND,
     extras: dict | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> Manifest:
-    """Write a state dict (as safetensors) and its manifest as the next version of `name`, atomically."""
+    """Write a state dict (as safetensors) and its manifest as the next version of `name`, atomically, with `files`
+    (plain names: bytes, e.g. a tokenizer the manifest names with its sha256) beside them."""
     version = store.next_version(name)
     data = save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
     manifest = Manifest(
@@ -95,6 +97,8 @@ def save_state(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a published model is readable like any file
     try:
+        for file, content in (files or {}).items():
+            (tmp / file).write_bytes(content)
         (tmp / WEIGHTS).write_bytes(data)
         (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
         os.rename(tmp, final)  # fails if the version appeared meanwhile: never overwrite a model

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,17 +20,29 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
+    # The default user store (model_store.store.user_root) is a fresh folder for the session, for this process and
+    # its subprocesses: a test never reads or writes the real ~/.local/share/diffusetv/models.
+    config.user_data = tempfile.mkdtemp(prefix="diffusetv-tests-data-")
+    os.environ["XDG_DATA_HOME"] = config.user_data
+    for name in ("DIFFUSETV_MODEL_STORE", "DIFFUSETV_BUNDLED_MODELS"):
+        os.environ.pop(name, None)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "user_data", ""), ignore_errors=True)
 
 
 @pytest.fixture
 def tiny_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A store holding `tiny@1`, made the default store and model for this test and its subprocesses."""
+    """A store holding `tiny@1`, made the default store (without the bundled models) and the default model for this
+    test and its subprocesses."""
     from model_store import Store
     from model_store.weights import save_model
 
     store = Store(tmp_path / "models")
     save_model(store, "tiny", make_tiny_net(), "offset_cosine", [0.5, 0.45, 0.4], [0.25, 0.2, 0.3], {"steps": 0})
     monkeypatch.setenv("DIFFUSETV_MODEL_STORE", str(store.root))
+    monkeypatch.setenv("DIFFUSETV_BUNDLED_MODELS", "0")
     monkeypatch.setenv("DIFFUSETV_MODEL", "tiny")
     return store
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -185,3 +186,23 @@ def fill_redis(conn) -> None:
     meanwhile makes room). Every write that could grow it is refused until `maxmemory` is set back to 0."""
     conn.config_set("maxmemory-policy", "noeviction")
     conn.config_set("maxmemory", conn.info("memory")["used_memory"] // 2)
+
+
+def read_events(client, job_id, headers=None, on_event=None, timeout=60):
+    """All events of the stream until the server closes it: [(id, event, data)]."""
+    out, current = [], {}
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers or {}, timeout=timeout) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith(":"):
+                continue
+            if not line:
+                if current:
+                    out.append((current["id"], current["event"], json.loads(current["data"])))
+                    if on_event:
+                        on_event(out[-1])
+                current = {}
+                continue
+            field, _, value = line.partition(": ")
+            current[field] = value
+    return out

@@ -156,11 +156,13 @@ class Stack:
 
 
 def stack_env(redis_url: str, store: Path, model: str = "tiny", **extra: str) -> dict[str, str]:
+    """The environment of a stack that serves exactly `store` (the bundled models left out unless it is theirs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFUSETV_")}
     return {
         **env,
         "DIFFUSETV_REDIS_URL": redis_url,
         "DIFFUSETV_MODEL_STORE": str(store),
+        "DIFFUSETV_BUNDLED_MODELS": "0",
         "DIFFUSETV_MODEL": model,
         "DIFFUSETV_TORCH_THREADS": "1",
         "DIFFUSETV_HEARTBEAT_S": "1",

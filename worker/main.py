@@ -24,7 +24,7 @@ from app.core.logs import configure_logging
 from app.core.redis import connect_sync, is_oom, skip_when_full, wait_for_redis, while_full
 from app.core.runs import fail_jobs
 from app.core.settings import Settings, get_settings
-from model_store import Store, kinds
+from model_store import kinds
 from worker import health, jobs, registry
 from worker.engine import load_engine
 from worker.heartbeat import Heartbeat, claim_engines
@@ -121,7 +121,7 @@ def load(settings: Settings, refs: list[str]) -> list[str]:
     import torch
 
     torch.set_num_threads(settings.torch_threads)
-    store = Store(settings.model_store)
+    store = settings.store()
     kinds.load_modules(settings.extra_kind_modules)
     loaded = []
     for ref in refs:

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from app.core.cpus import usable_cpus
 from app.core.leases import MAX_LEASE_S
 from model_store.refs import parse_ref
-from model_store.store import BUNDLED
+from model_store.store import Store
 
 
 class Settings(BaseSettings):
@@ -32,7 +32,10 @@ class Settings(BaseSettings):
         None, description="comma-separated references that workers without --model serve; unset: the default model"
     )
     kind_modules: str | None = Field(None, description="comma-separated modules that register more model kinds")
-    model_store: Path = Field(BUNDLED, description="where models live")
+    model_store: Path | None = Field(
+        None, description="the user store, where imports go; unset: $XDG_DATA_HOME/diffusetv/models (model_store.store)"
+    )
+    bundled_models: bool = Field(True, description="serve the bundled models beside the user store's")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = Field(False, description="CPU workers: run the network through torch.compile (needs c++)")
@@ -179,6 +182,10 @@ class Settings(BaseSettings):
     def served_models(self) -> list[str]:
         """DIFFUSETV_MODELS as a list of references; the default model when unset."""
         return (self.models or self.model).split(",")
+
+    def store(self) -> Store:
+        """The models served: the user store, then (unless BUNDLED_MODELS is false) the bundled ones."""
+        return Store.layered(self.model_store, self.bundled_models)
 
     @property
     def extra_kind_modules(self) -> list[str]:

@@ -19,18 +19,26 @@ from safetensors.torch import load_file
 
 from model_store.diffusers_kind import KIND, ddim_scheduler, shape
 from model_store.errors import ModelStoreError
+from model_store.importers.single_file import refusal
 from model_store.manifest import Manifest
 from model_store.store import Store
 from model_store.weights import save_state
 
 # Pipeline components that make a pipeline latent or conditional: refused.
 LATENT_OR_CONDITIONAL = ("vae", "vqvae", "text_encoder", "text_encoder_2", "tokenizer", "image_encoder", "unet_2")
-# The weights files of a diffusers model folder, in order of preference, and their source dtype when fixed.
+# The weights files of a diffusers model folder, in order of preference: safetensors, its fp16 variant, a pickle.
 WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.fp16.safetensors",
     "diffusion_pytorch_model.bin",
     "diffusion_pytorch_model.fp16.bin",
+)
+# The same for a transformers model folder (a text encoder).
+TRANSFORMERS_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.fp16.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.fp16.bin",
 )
 CHANNELS = (1, 3)  # greyscale (an L PNG) and RGB
 
@@ -80,6 +88,8 @@ def check_unet(config: dict, file: Path) -> None:
 
 def find_folders(source: Path, scheduler: Path | None) -> tuple[Path, Path, str]:
     """(the UNet folder, the scheduler config file, what DIR is) for a pipeline folder or a UNet folder."""
+    if source.is_file():
+        raise ModelStoreError(refusal(source))
     if not source.is_dir():
         raise ModelStoreError(f"{source}: not a folder (a diffusers pipeline folder or a UNet2DModel folder)")
     index_file = source / "model_index.json"
@@ -101,10 +111,13 @@ def find_folders(source: Path, scheduler: Path | None) -> tuple[Path, Path, str]
     return unet_dir, scheduler_file, what
 
 
-def read_weights(unet_dir: Path) -> tuple[dict[str, torch.Tensor], str, str]:
-    """(the fp32 state dict, the file read, the source dtype). A `.bin` is a pickle: weights_only=True."""
-    for name in WEIGHT_FILES:
-        file = unet_dir / name
+def read_weights(
+    folder: Path, files: tuple[str, ...] = WEIGHT_FILES, part: str = "UNet"
+) -> tuple[dict[str, torch.Tensor], str, str]:
+    """(the fp32 state dict, the file read, the source dtype) of the first of `files` in `folder`. A `.bin` is a
+    pickle: weights_only=True."""
+    for name in files:
+        file = folder / name
         if not file.is_file():
             continue
         try:
@@ -121,18 +134,23 @@ def read_weights(unet_dir: Path) -> tuple[dict[str, torch.Tensor], str, str]:
             raise ModelStoreError(f"{file}: no floating-point weights")
         state = {k: (v.to(torch.float32) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
         return state, name, ",".join(dtypes)
-    if (unet_dir / "diffusion_pytorch_model.safetensors.index.json").is_file():
-        raise ModelStoreError(f"{unet_dir}: sharded weights are not supported")
-    raise ModelStoreError(f"{unet_dir}: no UNet weights (looked for {', '.join(WEIGHT_FILES)})")
+    index = next(folder.glob("*.index*.json"), None)
+    if index is not None:
+        raise ModelStoreError(f"{folder}: sharded weights ({index.name}) are not supported")
+    raise ModelStoreError(f"{folder}: no {part} weights (looked for {', '.join(files)})")
+
+
+def check_finite(state: dict[str, torch.Tensor], file: Path) -> None:
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise ModelStoreError(f"{file}: weight {bad!r} is not finite")
 
 
 def verify(config: dict, state: dict[str, torch.Tensor], file: Path) -> None:
     """The weights fit the config exactly, as diffusers' UNet2DModel, and are finite."""
     from diffusion.diffusers_unet import unet2d
 
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad is not None:
-        raise ModelStoreError(f"{file}: weight {bad!r} is not finite")
+    check_finite(state, file)
     try:
         net = unet2d(config)
     except ImportError as exc:
@@ -183,5 +201,5 @@ def import_diffusers(source: Path, name: str, scheduler: Path | None = None, sto
         [0.5] * channels,
         training,
         kind=KIND,
-        extras={"scheduler": settings},
+        extras={"scheduler": settings, "scheduler_config": scheduler_config},
     )

@@ -5,7 +5,6 @@ canceled, shows previews and interpolates."""
 from __future__ import annotations
 
 import io
-import json
 import threading
 
 import numpy as np
@@ -17,7 +16,7 @@ from diffusers_models import save_pipeline, tiny_unet
 from PIL import Image
 
 from app.core.png import decode_png, read_parameters
-from helpers import run_cli
+from helpers import read_events, run_cli
 from model_store.importers.diffusers import import_diffusers
 from stack import running_stack
 
@@ -68,25 +67,6 @@ def test_an_imported_pipeline_serves_the_clis_bytes_alone_and_in_a_batch(cifar_s
         assert png == cli_png(tiny_store.root, tmp_path, seed, eta)
     assert alone_png == cli_png(tiny_store.root, tmp_path, 99, 1.0)
     assert len(np.unique(decode_png(pngs[0]))) > 50
-
-
-def read_events(client, job_id, on_event=None) -> list[tuple[str, str, dict]]:
-    """The job's Server-Sent Events until the server closes the stream: [(id, event, data)]."""
-    out, current = [], {}
-    with client.stream("GET", f"/jobs/{job_id}/events", timeout=60) as r:
-        for line in r.iter_lines():
-            if line.startswith(":"):
-                continue
-            if not line:
-                if current:
-                    out.append((current["id"], current["event"], json.loads(current["data"])))
-                    if on_event:
-                        on_event(out[-1])
-                current = {}
-                continue
-            field, _, value = line.partition(": ")
-            current[field] = value
-    return out
 
 
 def test_an_imported_pipeline_cancels_previews_and_interpolates(cifar_stack):

@@ -1,6 +1,5 @@
 """Server-Sent Events and interpolation, against real processes, read with a plain HTTP client."""
 
-import json
 import threading
 import time
 
@@ -10,28 +9,9 @@ import pytest
 from app.core.events import preview_steps
 from app.core.png import decode_png, read_parameters
 from diffusion.grid import tile
+from helpers import read_events
 
 pytestmark = pytest.mark.slow
-
-
-def read_events(client, job_id, headers=None, on_event=None, timeout=60):
-    """All events of the stream until the server closes it: [(id, event, data)]."""
-    out, current = [], {}
-    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers or {}, timeout=timeout) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith(":"):
-                continue
-            if not line:
-                if current:
-                    out.append((current["id"], current["event"], json.loads(current["data"])))
-                    if on_event:
-                        on_event(out[-1])
-                current = {}
-                continue
-            field, _, value = line.partition(": ")
-            current[field] = value
-    return out
 
 
 def test_events_in_order_with_previews_then_the_stream_closes(stack):

@@ -15,10 +15,9 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from sd_pipelines import save_sd_pipeline
-from test_diffusers_e2e import read_events
 
 from app.core.png import decode_png, read_parameters
-from helpers import run_cli
+from helpers import read_events, run_cli
 from model_store.importers.diffusers_sd import import_sd
 from stack import running_stack
 
@@ -98,7 +97,7 @@ def test_a_latent_model_serves_the_clis_bytes_alone_and_batched_with_other_promp
     assert len(np.unique(decode_png(alone_png))) > 50
 
 
-def test_a_latent_model_shows_previews_and_cancels(sd_stack):
+def test_a_latent_model_shows_previews_cancels_and_interpolates(sd_stack):
     with sd_stack.client() as c:
         job = c.post("/generate", json={"seed": 7, "steps": 20, "previews": True, "model": "sd", "prompt": "a cat"})
         evs = read_events(c, job.json()["id"])
@@ -117,3 +116,20 @@ def test_a_latent_model_shows_previews_and_cancels(sd_stack):
         evs = read_events(c, long["id"], on_event=cancel_when_running)
         assert evs[-1][1:] == ("status", {"status": "canceled"})
         assert c.get(f"/jobs/{long['id']}").json()["progress"]["step"] < 900
+
+        walk = {"seed_a": 11, "seed_b": 12, "frames": 3, "steps": STEPS, "model": "sd", "width": 24, "height": 16}
+        r = c.post("/interpolate", json={**walk, "prompt": "a red heart", "prompt_b": "a blue cat"})
+        assert r.status_code == 202, r.text
+        done = final(c, r.json()["id"])
+        assert done["status"] == "succeeded", done
+        strip = decode_png(c.get(done["strip_url"]).content)
+        assert strip.shape == (16, 3 * 24, 3)
+        ends = [
+            {"seed": 11, "prompt": "a red heart", "width": 24, "height": 16},
+            {"seed": 12, "prompt": "a blue cat", "width": 24, "height": 16},
+        ]
+        first, last = (
+            final(c, c.post("/generate", json={**e, "steps": STEPS, "model": "sd"}).json()["id"]) for e in ends
+        )
+        assert np.array_equal(strip[:, :24], decode_png(c.get(first["image_url"]).content))  # seed_a with prompt
+        assert np.array_equal(strip[:, -24:], decode_png(c.get(last["image_url"]).content))  # seed_b with prompt_b

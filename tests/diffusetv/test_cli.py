@@ -155,11 +155,12 @@ def test_a_settings_error_names_the_variable():
 
 
 def test_a_missing_or_empty_store_is_an_error_that_names_it(tmp_path):
+    alone = {"DIFFUSETV_BUNDLED_MODELS": "0"}  # the user store only
     for args in (("models",), ("models", "verify")):
-        proc = run_cli(*args, env={"DIFFUSETV_MODEL_STORE": str(tmp_path / "nonexistent")}, check=False)
+        proc = run_cli(*args, env={**alone, "DIFFUSETV_MODEL_STORE": str(tmp_path / "nonexistent")}, check=False)
         assert proc.returncode == 2 and f"no folder at {tmp_path / 'nonexistent'}" in proc.stderr
         assert "verified" not in proc.stdout
-    proc = run_cli("models", "verify", env={"DIFFUSETV_MODEL_STORE": str(tmp_path)}, check=False)
+    proc = run_cli("models", "verify", env={**alone, "DIFFUSETV_MODEL_STORE": str(tmp_path)}, check=False)
     assert proc.returncode == 2 and f"no models at {tmp_path}" in proc.stderr
 
 

@@ -40,6 +40,7 @@ def test_a_pipeline_becomes_a_diffusers_unet2d_version_with_the_resolved_ddim_se
     assert (m.ref, m.kind, m.weights) == ("cifar@1", "diffusers-unet2d", "ema.safetensors")
     assert m.config["block_out_channels"] == [16, 32] and "_class_name" not in m.config
     s = m.extras["scheduler"]
+    assert m.extras["scheduler_config"] == json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text())
     # DDPMScheduler's values, and DDIMScheduler's defaults for what DDPMScheduler does not say
     assert (s["beta_schedule"], s["clip_sample"], s["set_alpha_to_one"], s["steps_offset"]) == ("linear", True, True, 0)
     imported = m.training["imported"]

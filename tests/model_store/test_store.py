@@ -116,3 +116,98 @@ def test_listing_and_verifying_do_not_import_torch(tiny_store):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['tiny@1']"
+
+
+@pytest.fixture
+def layers(tmp_path, monkeypatch):
+    """(user, bundled): a user store with `mine@1` and `both@1`, and a bundled store with `shipped@1..2` and
+    `both@1..3`, the default store's two layers."""
+    from model_store import store as store_module
+
+    user, bundled = Store(tmp_path / "user"), Store(tmp_path / "bundled")
+    for store, name, versions in ((user, "mine", 1), (user, "both", 1), (bundled, "shipped", 2), (bundled, "both", 3)):
+        for seed in range(versions):
+            save_model(store, name, make_tiny_net(seed=seed), "linear", [0.5] * 3, [0.2] * 3, {})
+    monkeypatch.setattr(store_module, "BUNDLED", bundled.root)
+    monkeypatch.setenv("DIFFUSETV_MODEL_STORE", str(user.root))
+    monkeypatch.delenv("DIFFUSETV_BUNDLED_MODELS", raising=False)
+    return user, bundled
+
+
+def test_the_user_store_is_the_setting_else_xdg_data_home_else_the_home_folder(tmp_path, monkeypatch):
+    from model_store import user_root
+
+    monkeypatch.setenv("DIFFUSETV_MODEL_STORE", str(tmp_path / "mine"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert user_root() == tmp_path / "mine"
+    monkeypatch.delenv("DIFFUSETV_MODEL_STORE")
+    assert user_root() == tmp_path / "xdg" / "diffusetv" / "models"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert user_root() == tmp_path / "home" / ".local" / "share" / "diffusetv" / "models"
+
+
+def test_the_default_store_reads_the_user_store_first_then_the_bundled_one(layers):
+    user, bundled = layers
+    store = Store()
+    assert (store.root, store.roots) == (user.root, (user.root, bundled.root))
+    assert store.names() == ["both", "mine", "shipped"]
+    assert store.refs() == ["both@1", "mine@1", "shipped@1", "shipped@2"]  # `both`: the user store's, all of it
+    assert [m.path for m in store.list()] == [user.root / "both" / "1", user.root / "mine" / "1"] + [
+        bundled.root / "shipped" / str(v) for v in (1, 2)
+    ]
+    assert store.resolve("both").path == user.root / "both" / "1" and store.versions("both") == [1]
+    assert store.resolve("shipped").path == bundled.root / "shipped" / "2"
+    with pytest.raises(ModelStoreError, match=r"'nope' not found in .*user and .*bundled \(available: both, mine"):
+        store.resolve("nope")
+
+
+def test_writes_go_to_the_user_store_and_a_bundled_name_is_refused(layers):
+    user, bundled = layers
+    store = Store()
+    assert save_model(store, "mine", make_tiny_net(seed=3), "linear", [0.5] * 3, [0.2] * 3, {}).path == (
+        user.root / "mine" / "2"
+    )
+    assert store.next_version("new") == 1
+    with pytest.raises(ModelStoreError) as info:
+        save_model(store, "shipped", make_tiny_net(), "linear", [0.5] * 3, [0.2] * 3, {})
+    assert str(info.value) == (
+        f"model name 'shipped' is a bundled model ({bundled.root / 'shipped'}); pick another name"
+    )
+    assert not (user.root / "shipped").exists() and bundled.versions("shipped") == [1, 2]
+
+
+def test_bundled_models_can_be_left_out_and_stay_reserved(layers, monkeypatch):
+    user, _ = layers
+    monkeypatch.setenv("DIFFUSETV_BUNDLED_MODELS", "0")
+    store = Store()
+    assert store.roots == (user.root,) and store.names() == ["both", "mine"]
+    with pytest.raises(ModelStoreError, match="is a bundled model"):
+        store.next_version("shipped")
+    assert Store.layered(user.root, bundled=True).names() == ["both", "mine", "shipped"]
+    monkeypatch.setenv("DIFFUSETV_BUNDLED_MODELS", "maybe")
+    with pytest.raises(ModelStoreError, match="DIFFUSETV_BUNDLED_MODELS='maybe': expected true or false"):
+        Store()
+
+
+def test_an_explicit_root_is_exactly_one_directory(layers):
+    user, bundled = layers
+    store = Store(user.root)
+    assert store.roots == (user.root,) and store.names() == ["both", "mine"]
+    assert store.next_version("shipped") == 1  # no bundled store here, so no reserved names
+    assert Store(bundled.root).resolve("both").version == 3
+
+
+def test_a_user_store_that_is_the_bundled_folder_is_that_one_directory(layers, monkeypatch):
+    _, bundled = layers
+    monkeypatch.setenv("DIFFUSETV_MODEL_STORE", str(bundled.root))
+    store = Store()
+    assert store.roots == (bundled.root,) and store.next_version("shipped") == 3  # publishing a bundled model
+
+
+def test_the_services_store_comes_from_their_settings(layers, tmp_path):
+    from app.core.settings import Settings
+
+    user, bundled = layers
+    assert Settings().store().roots == (user.root, bundled.root)
+    assert Settings(model_store=tmp_path / "other", bundled_models=False).store().roots == (tmp_path / "other",)

@@ -75,10 +75,10 @@ def worker_env(redis_url: str, store: Path, tmp_path: Path, model: str) -> dict[
 @pytest.mark.slow
 def test_sigterm_during_the_model_load_stops_pid1_within_5_s(redis_server, tmp_path):
     """emoji32's load with its kernel probe takes seconds; SIGTERM in the middle of it ends the worker at once."""
-    from model_store import default_root
+    from model_store.store import BUNDLED
 
     log = tmp_path / "worker.log"
-    env = worker_env(redis_server.url, default_root(), tmp_path, "emoji32")
+    env = worker_env(redis_server.url, BUNDLED, tmp_path, "emoji32")
     proc = start_as_pid1(env, log)
     try:
         pid = namespace_init(proc)
