@@ -52,6 +52,7 @@ GOAL_BATCH_1 = 0.9  # ours/theirs in images/s at batch 1
 # docs/BENCHMARKS.md, Against diffusers: the ceiling of one-row calls on the ddpm-cifar10-32 architecture, batch 8.
 DOCUMENTED_CEILING = "0.76x to 0.82x"
 PARTS = ("unet", "vae", "text_encoder")
+CHECKPOINT = 2  # the checkpoint's format: one of another is not resumed
 
 
 def rss() -> int | None:
@@ -154,23 +155,32 @@ def layout(module: torch.nn.Module, channels_last: bool) -> None:
     module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def ours(engine, batch: int, steps: int, size: tuple[int, int]) -> tuple[float, np.ndarray]:
-    """Seconds and (B, H, W, 3) uint8 images of our whole process: the prompts encoded afresh, DDIM, the decode."""
+@contextlib.contextmanager
+def clock() -> Iterator[dict]:
+    """The wall-clock seconds (`s`) and the process's CPU seconds, every thread's (`cpu_s`), spent inside."""
+    spent, wall, cpu = {}, time.perf_counter(), time.process_time()
+    yield spent
+    spent["s"], spent["cpu_s"] = time.perf_counter() - wall, time.process_time() - cpu
+
+
+def ours(engine, batch: int, steps: int, size: tuple[int, int]) -> tuple[dict, np.ndarray]:
+    """The clock's seconds and the (B, H, W, 3) uint8 images of our whole process: the prompts encoded afresh, DDIM,
+    the decode."""
     layout(engine.denoiser.net, engine.denoiser.channels_last)  # as the engine loaded it
     engine.model.embeddings.clear()  # as for a prompt this worker has not seen
     engine.model.cached_bytes = 0
-    started = time.perf_counter()
-    conditions = [engine.condition(PROMPT, GUIDANCE) for _ in range(batch)]
-    images = engine.generate(list(range(batch)), steps, [0.0] * batch, conditions, size=size)
-    return time.perf_counter() - started, images
+    with clock() as spent:
+        conditions = [engine.condition(PROMPT, GUIDANCE) for _ in range(batch)]
+        images = engine.generate(list(range(batch)), steps, [0.0] * batch, conditions, size=size)
+    return spent, images
 
 
-def theirs(pipe, batch: int, steps: int, size: tuple[int, int]) -> tuple[float, np.ndarray]:
-    """Seconds and images of one plain diffusers call (its float images quantised as its numpy_to_pil does)."""
+def theirs(pipe, batch: int, steps: int, size: tuple[int, int]) -> tuple[dict, np.ndarray]:
+    """The clock's seconds and the images of one plain diffusers call (its float images quantised as its
+    numpy_to_pil does)."""
     layout(pipe.unet, channels_last=False)  # diffusers' own layout
     width, height = size
-    with torch.inference_mode():
-        started = time.perf_counter()
+    with torch.inference_mode(), clock() as spent:
         out = pipe(
             prompt=[PROMPT] * batch,
             num_inference_steps=steps,
@@ -180,8 +190,7 @@ def theirs(pipe, batch: int, steps: int, size: tuple[int, int]) -> tuple[float, 
             generator=[torch.Generator().manual_seed(seed) for seed in range(batch)],
             output_type="np",
         )
-        seconds = time.perf_counter() - started
-    return seconds, (out.images * 255).round().astype(np.uint8)
+    return spent, (out.images * 255).round().astype(np.uint8)
 
 
 def level_diff(a: np.ndarray, b: np.ndarray) -> int:
@@ -190,20 +199,19 @@ def level_diff(a: np.ndarray, b: np.ndarray) -> int:
 
 def paired(run: dict, pairs: list[dict], repeats: int, save: Callable[[], None], say: Callable[[str], None]) -> None:
     """Time both sides back to back until `pairs` holds `repeats` pairs; which side goes first alternates. `run` maps
-    "ours" and "theirs" to a function of the steps giving (seconds, images)."""
+    "ours" and "theirs" to a function of the steps giving (the clock's seconds, images)."""
     if len(pairs) >= repeats:
         return
     run["ours"](1)  # warm-up, both sides
     run["theirs"](1)
     while len(pairs) < repeats:
         order = ("ours", "theirs") if len(pairs) % 2 == 0 else ("theirs", "ours")
-        seconds, images = {}, {}
+        spent, images = {}, {}
         for side in order:
-            seconds[side], images[side] = run[side](None)
+            spent[side], images[side] = run[side](None)
         pairs.append(
             {
-                "ours_s": seconds["ours"],
-                "theirs_s": seconds["theirs"],
+                **{f"{side}_{k}": v for side in order for k, v in spent[side].items()},
                 "first": order[0],
                 "first_image_level_diff": level_diff(images["ours"][0], images["theirs"][0]),
                 "level_diff": level_diff(images["ours"], images["theirs"]),
@@ -211,10 +219,15 @@ def paired(run: dict, pairs: list[dict], repeats: int, save: Callable[[], None],
             }
         )
         save()
-        say(f"  repeat {len(pairs)}/{repeats}: ours {seconds['ours']:.1f} s, theirs {seconds['theirs']:.1f} s")
+        say(
+            f"  repeat {len(pairs)}/{repeats}: "
+            + ", ".join(f"{side} {spent[side]['s']:.1f} s ({spent[side]['cpu_s']:.1f} s CPU)" for side in order)
+        )
 
 
-def row(engine, batch: int, pairs: list[dict]) -> dict:
+def row(engine, batch: int, pairs: list[dict], threads: int) -> dict:
+    """A batch's figures. Besides the wall clock's, the ratio of CPU seconds (less moved by other processes on the
+    cores), and each run's CPU share: CPU seconds / (wall seconds x threads), below 1 where the process waited."""
     ours_ips = [batch / p["ours_s"] for p in pairs]
     theirs_ips = [batch / p["theirs_s"] for p in pairs]
     return {
@@ -222,8 +235,15 @@ def row(engine, batch: int, pairs: list[dict]) -> dict:
         "ours_images_per_s": median(ours_ips),
         "theirs_images_per_s": median(theirs_ips),
         "ratio": median([a / b for a, b in zip(ours_ips, theirs_ips, strict=True)]),
+        "cpu_ratio": median([p["theirs_cpu_s"] / p["ours_cpu_s"] for p in pairs]),
         "calls": list(engine.denoiser.shapes.plan(2 * batch)),  # guidance: two rows per image
-        "runs": {"ours": ours_ips, "theirs": theirs_ips, "first": [p["first"] for p in pairs]},
+        "runs": {
+            "ours": ours_ips,
+            "theirs": theirs_ips,
+            "first": [p["first"] for p in pairs],
+            "ours_cpu_share": [p["ours_cpu_s"] / p["ours_s"] / threads for p in pairs],
+            "theirs_cpu_share": [p["theirs_cpu_s"] / p["theirs_s"] / threads for p in pairs],
+        },
         "level_diff": max(p["level_diff"] for p in pairs),
     }
 
@@ -334,6 +354,7 @@ def compare(
     engine, loaded = load(store, cache.expanduser() / "probes")
     pipe = their_pipeline(engine, folder)
     key = {
+        "checkpoint": CHECKPOINT,
         "identity": engine.manifest.identity,
         "engine": engine.id,
         "steps": steps,
@@ -362,7 +383,7 @@ def compare(
         **loaded,
         "call_sizes": list(engine.probe.shapes.sizes),
         "rejected_sizes": list(engine.probe.rejected),
-        "rows": [row(engine, b, pairs[str(b)][:repeats]) for b in batches],
+        "rows": [row(engine, b, pairs[str(b)][:repeats], torch.get_num_threads()) for b in batches],
         "parity": {
             "batch": batches[0],
             "first_image_level_diff": first["first_image_level_diff"],
@@ -447,11 +468,19 @@ def goals(res: dict, result: dict) -> list[str]:
 
 
 def format_pipeline(res: dict, r: dict) -> str:
-    headers = ["batch", "ours images/s", "theirs images/s", "ours/theirs", "our UNet calls (rows)"]
+    headers = ["batch", "ours images/s", "theirs images/s", "ours/theirs", "by CPU time", "our UNet calls (rows)"]
     rows = [
-        [x["batch"], fmt(x["ours_images_per_s"]), fmt(x["theirs_images_per_s"]), f"{x['ratio']:.2f}x", x["calls"]]
+        [
+            x["batch"],
+            fmt(x["ours_images_per_s"]),
+            fmt(x["theirs_images_per_s"]),
+            f"{x['ratio']:.2f}x",
+            f"{x['cpu_ratio']:.2f}x",
+            x["calls"],
+        ]
         for x in r["rows"]
     ]
+    shares = [v for x in r["rows"] for k in ("ours_cpu_share", "theirs_cpu_share") for v in x["runs"][k]]
     b, p = r["parameter_bytes"], r["profile"]
     parity = r["parity"]
     width, height = r["size"]
@@ -464,7 +493,8 @@ def format_pipeline(res: dict, r: dict) -> str:
         + f"), {size_of(b['total'])}",
         f"{width}x{height}, {res['steps']} steps, guidance {res['guidance']} (2 UNet rows an image), eta 0, "
         f"{res['threads']} torch threads; medians over {res['repeats']} repeats, each timing both sides back to back "
-        f"(which first alternating){resumed}",
+        f"(which first alternating){resumed}; by CPU time: the ratio of the process's CPU seconds, all threads; "
+        f"CPU share of the timed runs (CPU s / wall s / threads) {min(shares):.2f} to {max(shares):.2f}",
         f"ours: {r['model']} (imported with `diffusetv import diffusers`), engine {r['engine']}: condition + generate, "
         "prompt embeddings encoded afresh each run, VAE decode one row per call",
         f"theirs: diffusers {res['diffusers']} StableDiffusionPipeline on the engine's own unet, vae and text_encoder "

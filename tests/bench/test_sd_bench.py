@@ -66,6 +66,9 @@ def test_the_tiny_sd_bench_writes_its_figures_and_a_parity_within_two_levels(tmp
     assert [r["batch"] for r in tiny["rows"]] == [1, 4]
     for row in tiny["rows"]:
         assert row["ours_images_per_s"] > 0 and row["theirs_images_per_s"] > 0 and row["ratio"] > 0
+        assert row["cpu_ratio"] > 0 and all(
+            0 < v < 2 for v in row["runs"]["ours_cpu_share"] + row["runs"]["theirs_cpu_share"]
+        )
         assert len(row["runs"]["ours"]) == len(row["runs"]["theirs"]) == 2 and row["runs"]["first"] == [
             "ours",
             "theirs",
