@@ -364,7 +364,7 @@ def compare(
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
     }
-    file = folder.parent / "progress.json"
+    file = folder.parent / f"progress-{steps}-steps-{key['threads']}-threads.json"  # one per setting
     progress = checkpoint(file, key, resume, say)
     with PeakRSS() as memory:
         timed(engine, pipe, shape, steps, repeats, batches, progress, lambda: write_checkpoint(file, progress), say)
@@ -444,6 +444,24 @@ def engine_memory(record: dict | None) -> str:
     )
 
 
+def flops_note(res: dict, r: dict) -> list[str]:
+    """The import's FLOP counts (model.json's `flops`, at the default size) and the rates they give at batch 1."""
+    f = r["flops"]
+    if not f or not {"unet_row", "vae_decode", "text_encoder"} <= set(f):
+        return []
+    image = 2 * res["steps"] * f["unet_row"] + f["vae_decode"] + 2 * f["text_encoder"]  # guidance: 2 rows, 2 prompts
+    one = next((x for x in r["rows"] if x["batch"] == 1), None)
+    rates = ""
+    if one is not None:
+        ours, theirs = (image * one[f"{side}_images_per_s"] / 1e9 for side in ("ours", "theirs"))
+        rates = f"; at batch 1 ours {ours:.0f} GFLOP/s, theirs {theirs:.0f} GFLOP/s"
+    g = {k: v / 1e9 for k, v in f.items()}
+    return [
+        f"FLOPs (counted at import): a UNet row {g['unet_row']:.0f} G, the VAE decode {g['vae_decode']:.0f} G, "
+        f"a prompt's encoding {g['text_encoder']:.1f} G: {image / 1e12:.2f} TFLOP an image{rates}"
+    ]
+
+
 def goals(res: dict, result: dict) -> list[str]:
     """Each batch's ratio beside its goal: >= GOAL_BATCH_1 at batch 1; beyond, the ceiling of one-row calls, as
     documented for ddpm-cifar10-32 and as the profile gives it for this UNet."""
@@ -511,6 +529,7 @@ def format_pipeline(res: dict, r: dict) -> str:
         + engine_memory(r["engine_memory"]),
         f"a UNet call alone: contiguous, as theirs, {theirs_s}; channels_last, as ours, {ours_s}; "
         f"a one-row VAE decode {p['decode_row_s']:.3g} s",
+        *flops_note(res, r),
         *goals(res, r),
     ]
     return table(f"Stable Diffusion against diffusers: {r['pipeline']}", headers, rows, notes)
