@@ -454,11 +454,11 @@ def flops_note(res: dict, r: dict) -> list[str]:
     rates = ""
     if one is not None:
         ours, theirs = (image * one[f"{side}_images_per_s"] / 1e9 for side in ("ours", "theirs"))
-        rates = f"; at batch 1 ours {ours:.0f} GFLOP/s, theirs {theirs:.0f} GFLOP/s"
-    g = {k: v / 1e9 for k, v in f.items()}
+        rates = f"; at batch 1 ours {fmt(ours)} GFLOP/s, theirs {fmt(theirs)} GFLOP/s"
     return [
-        f"FLOPs (counted at import): a UNet row {g['unet_row']:.0f} G, the VAE decode {g['vae_decode']:.0f} G, "
-        f"a prompt's encoding {g['text_encoder']:.1f} G: {image / 1e12:.2f} TFLOP an image{rates}"
+        f"FLOPs (counted at import): a UNet row {fmt(f['unet_row'] / 1e9)} G, the VAE decode "
+        f"{fmt(f['vae_decode'] / 1e9)} G, a prompt's encoding {fmt(f['text_encoder'] / 1e9)} G: "
+        f"{fmt(image / 1e9)} GFLOP an image{rates}"
     ]
 
 
