@@ -35,10 +35,11 @@ def spec_of(job: Job | None) -> GenerateSpec | None:
         return None
 
 
-def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, GenerateSpec]]) -> None:
+def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, GenerateSpec]], timeout: int) -> None:
     """Take jobs of batch key `key` off the queue (oldest first) into `taken` until it holds `room`, each recorded as
-    this worker's. A job is in `taken` from the moment it leaves the queue: should recording it fail (Redis full until
-    the job's time is up), the caller fails it with the others."""
+    this worker's, for the batch's time (`timeout`, its leader's) or the job's own where longer. A job is in `taken`
+    from the moment it leaves the queue: should recording it fail (Redis full until the job's time is up), the caller
+    fails it with the others."""
     ids = [i.decode() for i in redis.lrange(queue.key, 0, SCAN - 1)]
     if not ids or len(taken) >= room:
         return
@@ -48,17 +49,18 @@ def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, Gen
         spec = spec_of(job)
         if spec is not None and spec.batch_key() == key and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
             taken.append((job, spec))
-            take(redis, [spec.job_id])
+            take(redis, [spec.job_id], max(timeout, job.timeout or 0))
             while_full(log, f"starting RQ job {job.id}", job.set_status, RQStatus.STARTED)
 
 
 def gather(
-    redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, GenerateSpec]]
+    redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, GenerateSpec]], timeout: int
 ) -> list[tuple[Job, GenerateSpec]]:
-    """Claim jobs of batch key `key` into `taken` until the batch is full or `wait_ms` has passed."""
+    """Claim jobs of batch key `key` into `taken` until the batch is full or `wait_ms` has passed; `timeout` is the
+    batch's time, its leader's RQ timeout."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        claim(redis, queue, key, room, taken)
+        claim(redis, queue, key, room, taken, timeout)
         if len(taken) >= room or time.monotonic() >= deadline:
             return taken
         time.sleep(POLL_S)
