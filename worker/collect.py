@@ -1,22 +1,31 @@
 """Dynamic batching: after taking a job, take compatible queued ones (the same batch key: model and steps) with it.
 
 Compatible jobs are claimed straight from the model's RQ queue list with LREM, so each is taken by
-exactly one worker; the wait for more is bounded by MAX_BATCH_WAIT_MS.
+exactly one worker; the wait for more is bounded by MAX_BATCH_WAIT_MS. A batch takes at most MAX_BATCH_SIZE jobs, the
+most its model's memory budget allows, and the most whose work its leader's time covers (`batch_room`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from rq import Queue
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from app.core import timeouts
 from app.core.redis import while_full
+from app.core.settings import Settings
 from app.core.spec import GenerateSpec
 from worker.batch import take
+
+if TYPE_CHECKING:
+    from worker.engine import Engine
 
 log = logging.getLogger("diffusetv.worker")
 SCAN = 256  # queue entries looked at per pass
@@ -33,6 +42,22 @@ def spec_of(job: Job | None) -> GenerateSpec | None:
         return GenerateSpec.from_kwargs(kwargs) if name == GenerateSpec.FUNC else None
     except Exception:  # not a JSON job, or a newer API's (SpecError): leave it to the worker that takes it
         return None
+
+
+def batch_room(settings: Settings, engine: Engine, spec: GenerateSpec, timeout: int) -> int:
+    """How many queued jobs may join the batch that `spec` leads, under its RQ timeout of `timeout` seconds: the batch
+    holds at most MAX_BATCH_SIZE jobs, the most the model's memory budget allows (Engine.max_batch) and, for a model
+    that records its cost (app.core.timeouts), the most whose work fits the leader's time at MIN_GFLOPS, each job that
+    joins counted as the costliest of its batch key (GenerateSpec.batch_work)."""
+    caps = [settings.max_batch_size]
+    if engine.max_batch is not None:
+        caps.append(engine.max_batch)
+    lead = timeouts.flops(engine.manifest, spec.work())
+    each = timeouts.flops(engine.manifest, spec.batch_work())
+    if lead is not None and each:
+        covered = Fraction(timeout) * Fraction(settings.min_gflops) * 10**9  # the FLOPs the leader's time covers
+        caps.append(1 + math.floor((covered - lead) / each))
+    return max(0, min(caps) - 1)
 
 
 def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, GenerateSpec]], timeout: int) -> None:
@@ -56,8 +81,8 @@ def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, Gen
 def gather(
     redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, GenerateSpec]], timeout: int
 ) -> list[tuple[Job, GenerateSpec]]:
-    """Claim jobs of batch key `key` into `taken` until the batch is full or `wait_ms` has passed; `timeout` is the
-    batch's time, its leader's RQ timeout."""
+    """Claim jobs of batch key `key` into `taken` until the batch is full (`room`: batch_room) or `wait_ms` has passed;
+    `timeout` is the batch's time, its leader's RQ timeout."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
         claim(redis, queue, key, room, taken, timeout)

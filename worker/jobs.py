@@ -18,7 +18,7 @@ from app.core.settings import get_settings
 from app.core.spec import GenerateSpec, InterpolateSpec, Spec, SpecError
 from worker import registry
 from worker.batch import FAIL_PATIENCE_S, fail, run_batch, take
-from worker.collect import gather, settle
+from worker.collect import batch_room, gather, settle
 
 log = logging.getLogger("diffusetv.worker")
 
@@ -69,7 +69,7 @@ def generate(**kwargs) -> dict:
         engine = registry.get(spec.model_ref)
         check_identity(engine, spec)
         queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
-        room = settings.max_batch_size - 1
+        room = batch_room(settings, engine, spec, timeout)
         gather(redis, queue, spec.batch_key(), room, settings.max_batch_wait_ms, claimed, timeout)
         specs = [spec] + [s for _, s in claimed]
         outcome = run_batch(redis, engine, specs, settings.result_ttl)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.core.jobs import new_job_id
 from app.core.submit import result_cost
+from model_store.bounds import MAX_GUIDANCE
 from model_store.kinds import Work
 
 if TYPE_CHECKING:
@@ -183,6 +184,11 @@ class GenerateSpec(Spec):
     def work(self) -> Work:
         prompts = 1 + (self.negative_prompt is not None)
         return Work(1, self.steps, self.guidance, prompts, self.width, self.height)
+
+    def batch_work(self) -> Work:
+        """The most a job of its batch key may ask (its steps and size; a prompt and a negative one, guided at the
+        highest scale): what each job that joins its batch is counted (worker.collect.batch_room)."""
+        return Work(1, self.steps, MAX_GUIDANCE, 2, self.width, self.height)
 
     @property
     def size(self) -> tuple[int, int] | None:

@@ -186,11 +186,13 @@ def test_compute_counts_two_rows_a_sample_when_guided_and_keeps_the_existing_kin
 
 
 def test_work_says_what_a_kinds_estimate_reads():
+    from model_store.bounds import MAX_GUIDANCE
     from model_store.kinds import Work
 
     spec = GenerateSpec(JOB, SD[1], SD[0], 1, 30, 0.0, prompt="a cat", guidance=7.5, width=768, height=512)
     assert spec.work() == Work(1, 30, 7.5, 1, 768, 512)
     assert GenerateSpec(JOB, SD[1], SD[0], 1, 30, 0.0, guidance=2.0, negative_prompt="dog").work().prompts == 2
+    assert spec.batch_work() == Work(1, 30, MAX_GUIDANCE, 2, 768, 512)  # the costliest job of its batch key
     walk = InterpolateSpec(
         JOB, SD[1], SD[0], 1, 2, 6, 20, prompt="a", prompt_b="b", guidance=7.5, width=512, height=512
     )
