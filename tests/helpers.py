@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,6 +187,18 @@ def fill_redis(conn) -> None:
     meanwhile makes room). Every write that could grow it is refused until `maxmemory` is set back to 0."""
     conn.config_set("maxmemory-policy", "noeviction")
     conn.config_set("maxmemory", conn.info("memory")["used_memory"] // 2)
+
+
+def canceled_when_running(stack, client, job_id: str) -> list[tuple[str, str, dict]]:
+    """The job's events, canceling it (from another connection) at its first progress event."""
+    seen = []
+
+    def cancel_when_running(event):
+        if event[1] == "progress" and not seen:
+            seen.append(event)
+            threading.Thread(target=lambda: stack.client().delete(f"/jobs/{job_id}")).start()
+
+    return read_events(client, job_id, on_event=cancel_when_running)
 
 
 def read_events(client, job_id, headers=None, on_event=None, timeout=60):

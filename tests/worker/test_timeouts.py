@@ -54,7 +54,7 @@ def test_the_room_holds_the_jobs_whose_work_the_leaders_time_covers(tiny_store):
 
 
 def test_a_batch_holds_no_more_than_the_memory_budget_allows(service):
-    service.engine.memory = Memory(parameters=1, activations=1, rows=1, budget=1, max_batch=3)
+    service.engine.memory = Memory(parameters=1, activations=1, rows=1, per_sample=1, budget=1, max_batch=3)
     ids = [service.post("/generate", json={"seed": i, "steps": 4}).json()["id"] for i in range(7)]
     service.work()
     assert sorted(service.get(f"/jobs/{i}").json()["batch_size"] for i in ids) == [1, 3, 3, 3, 3, 3, 3]
