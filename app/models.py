@@ -10,12 +10,15 @@ from collections.abc import Iterable
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 
-from app.core import keys
+from app.core import keys, timeouts
 from app.core.settings import Settings
+from app.core.spec import Spec
 from model_store import Manifest, ModelStoreError, Store, kinds
+from model_store.bounds import MAX_FRAMES, MAX_STEPS, MIN_FRAMES, MIN_STEPS
 from model_store.text import NO_TEXT, TEXT_FIELD, Prompted, PromptError, TextSpec
 
 NO_WORKER_RETRY_S = 5
+TIME_BOUNDED = {"steps": (MIN_STEPS, MAX_STEPS), "frames": (MIN_FRAMES, MAX_FRAMES)}  # check_time's fields, bounds
 
 
 def served(redis, refs: Iterable[str]) -> set[str]:
@@ -53,6 +56,32 @@ def check_request(manifest: Manifest, steps: int, given: Iterable[str]) -> None:
         errors.append({"type": "less_than_equal", "loc": ("body", "steps"), "msg": msg, "input": steps})
     if errors:
         raise RequestValidationError(errors)
+
+
+def check_time(settings: Settings, manifest: Manifest, spec: Spec, field: str) -> None:
+    """422 naming `field` (`steps`, or an interpolation's `frames`) when the job's time (app.core.timeouts) would pass
+    MAX_JOB_TIMEOUT, saying the most this model takes with the request's other fields as they are: the most steps, or
+    the most frames (at most MAX_FRAMES) at its steps. An interpolation too long even at its fewest frames is refused
+    naming `steps`. Never for a model that records no cost: its jobs have JOB_TIMEOUT."""
+    seconds = timeouts.job_timeout(settings, manifest, spec)
+    if seconds <= settings.max_job_timeout:
+        return
+    asked, asked_for = field, getattr(spec, field)
+    most = timeouts.most(settings, manifest, spec, field, *TIME_BOUNDED[field])
+    if most < TIME_BOUNDED[field][0]:  # too long even at its fewest frames: fewer steps are what fit
+        field = "steps"
+        most = timeouts.most(settings, manifest, spec, field, *TIME_BOUNDED[field])
+    given = getattr(spec, field)
+    held = "this guidance"
+    if asked == "frames":
+        held += f" and {spec.steps} steps" if field == "frames" else f" and {asked_for} frames"
+    size = f" at {spec.width}x{spec.height}" if spec.width is not None else ""
+    msg = (
+        f"{manifest.ref} takes at most {most} {field}{size} with {held}: {given} {field} would take {seconds} s at "
+        f"the slowest rate assumed (DIFFUSETV_MIN_GFLOPS={settings.min_gflops:g} GFLOP/s), past "
+        f"DIFFUSETV_MAX_JOB_TIMEOUT ({settings.max_job_timeout} s)"
+    )
+    raise RequestValidationError([{"type": "less_than_equal", "loc": ("body", field), "msg": msg, "input": given}])
 
 
 def resolve_model(store: Store, ref: str | None, settings: Settings) -> Manifest:

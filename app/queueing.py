@@ -21,6 +21,7 @@ from app.core.jobs import new_record
 from app.core.settings import Settings
 from app.core.spec import Spec
 from app.core.submit import Admission, Bounds, Entry, admit
+from app.core.timeouts import job_timeout
 from app.models import image_shape, model_record
 from model_store import Manifest
 
@@ -34,18 +35,20 @@ def queue_for(redis, model_ref: str) -> Queue:
 
 @dataclass(frozen=True)
 class NewJob:
-    """A job before it is queued: its spec, its record and the bytes its results will take."""
+    """A job before it is queued: its spec, its record, the bytes its results will take and its RQ timeout."""
 
     spec: Spec
     record: dict[str, str]
     cost: int
+    timeout: int  # seconds (app.core.timeouts.job_timeout)
 
 
-def new_job(spec: Spec, manifest: Manifest, owner: str = "", notes: dict | None = None) -> NewJob:
+def new_job(settings: Settings, spec: Spec, manifest: Manifest, owner: str = "", notes: dict | None = None) -> NewJob:
     """The job of `spec` for the model of `manifest`, owned by `owner`; `notes`: how its prompt was read (the
     prompt's unknown words, its tokens cut)."""
     record = new_record(spec, model_record(manifest), owner, notes=notes)
-    return NewJob(spec, record, spec.cost(*image_shape(manifest, spec.width, spec.height)))
+    cost = spec.cost(*image_shape(manifest, spec.width, spec.height))
+    return NewJob(spec, record, cost, job_timeout(settings, manifest, spec))
 
 
 def current_engine(redis, model_ref: str) -> str:
@@ -66,8 +69,8 @@ def submit(redis, settings: Settings, job: NewJob, client: str = "") -> str:
     cache_key = key if engine != runs.PENDING_ENGINE else ""
     queue = queue_for(redis, spec.model_ref)
     entry = Entry(spec.job_id, job.record, job.cost, queue.key, key, cache_key, spec.compute())
-    commands = rq_commands(redis, queue, spec, settings)
-    refuse(admit(redis, entry, Bounds.of(settings, client, now), commands, now), settings)
+    commands = rq_commands(redis, queue, spec, settings, job.timeout)
+    refuse(admit(redis, entry, Bounds.of(settings, client, now, job.timeout), commands, now), settings)
     return spec.job_id
 
 
@@ -98,19 +101,19 @@ def too_many(message: str, retry_after: int) -> HTTPException:
     return HTTPException(429, message, headers={"Retry-After": str(max(1, retry_after))})
 
 
-def rq_commands(redis, queue: Queue, spec: Spec, settings: Settings) -> list[tuple]:
-    """The Redis commands with which RQ would enqueue this job (its hash, TTL and queue entry), recorded on an
-    unsent pipeline so that the submit script can run them with everything else."""
+def rq_commands(redis, queue: Queue, spec: Spec, settings: Settings, timeout: int) -> list[tuple]:
+    """The Redis commands with which RQ would enqueue this job (its hash, TTL and queue entry) with a `timeout` of
+    so many seconds, recorded on an unsent pipeline so that the submit script can run them with everything else."""
     queue.redis_server_version = server_version(redis)
     pipe = redis.pipeline(transaction=False)
     queue.enqueue_call(
         spec.FUNC,
         kwargs=spec.to_kwargs(),
         job_id=spec.job_id,
-        timeout=settings.job_timeout,
+        timeout=timeout,
         result_ttl=settings.result_ttl,
         failure_ttl=settings.result_ttl,
-        ttl=settings.pending_ttl,
+        ttl=settings.pending_ttl(timeout),
         pipeline=pipe,
     )
     commands = [tuple(args) for args, _ in pipe.command_stack]

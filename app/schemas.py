@@ -6,7 +6,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from model_store.bounds import MAX_ETA, MAX_GUIDANCE, MAX_SEED, MAX_STEPS, MIN_ETA, MIN_GUIDANCE, MIN_STEPS
+from model_store.bounds import (
+    MAX_ETA,
+    MAX_FRAMES,
+    MAX_GUIDANCE,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_ETA,
+    MIN_FRAMES,
+    MIN_GUIDANCE,
+    MIN_STEPS,
+)
 
 Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED, description="noise seed, 0..2^53-1", examples=[42])]
 Steps = Annotated[
@@ -85,7 +95,9 @@ class InterpolateRequest(BaseModel):
 
     seed_a: Seed
     seed_b: Seed
-    frames: int = Field(8, strict=True, ge=2, le=32, description="interpolation points, both ends included")
+    frames: int = Field(
+        8, strict=True, ge=MIN_FRAMES, le=MAX_FRAMES, description="interpolation points, both ends included"
+    )
     steps: Steps = 50
     model: ModelRef = None
     prompt: Prompt = None

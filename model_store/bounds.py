@@ -6,3 +6,4 @@ MAX_SEED = 2**53 - 1  # the largest integer a JavaScript number holds exactly
 MIN_STEPS, MAX_STEPS = 1, 1000  # DDIM steps
 MIN_ETA, MAX_ETA = 0.0, 1.0  # 0: deterministic DDIM; 1: DDPM-like (it scales sigma)
 MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0  # classifier-free guidance scale s
+MIN_FRAMES, MAX_FRAMES = 2, 32  # an interpolation's points, both ends included

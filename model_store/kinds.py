@@ -30,6 +30,22 @@ class SizeError(ModelStoreError):
 
 
 @dataclass(frozen=True)
+class Work:
+    """What a job asks of its model, as a kind's estimate of its cost reads it (app.core.spec.Spec.work)."""
+
+    samples: int  # images made: one, or an interpolation's frames
+    steps: int
+    guidance: float | None  # a text job's s (None: no guidance)
+    prompts: int  # texts it encodes: its prompt (the empty one too), a negative prompt, an interpolation's prompt_b
+    width: int | None = None  # a model of several sizes: the image's (None: the model's default)
+    height: int | None = None
+
+
+# flops(manifest, work) -> the job's model work in FLOPs, or None for a model that records no cost
+Flops = Callable[[Manifest, Work], int | None]
+
+
+@dataclass(frozen=True)
 class Kind:
     name: str
     shape: Callable[[dict], Shape]  # the image shape, from the manifest's config
@@ -46,6 +62,7 @@ class Kind:
     sizes: Callable[[Manifest], list[tuple[int, int]]] | None = (
         None  # a kind whose models make several sizes: each model's (width, height) list, its default first
     )
+    flops: Flops | None = None  # a kind whose models may record their cost: a job's model work (None: never known)
 
     def image_shape(self, manifest: Manifest, width: int | None = None, height: int | None = None) -> Shape:
         """(height, width, channels) of the model's image at the requested size (its default when not given); a
@@ -194,5 +211,6 @@ register(
         prompts=sd_kind.prompts,
         default_guidance=sd_kind.default_guidance,
         sizes=sd_kind.sizes,
+        flops=sd_kind.flops,
     )
 )

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,6 +189,18 @@ def fill_redis(conn) -> None:
     conn.config_set("maxmemory", conn.info("memory")["used_memory"] // 2)
 
 
+def canceled_when_running(stack, client, job_id: str) -> list[tuple[str, str, dict]]:
+    """The job's events, canceling it (from another connection) at its first progress event."""
+    seen = []
+
+    def cancel_when_running(event):
+        if event[1] == "progress" and not seen:
+            seen.append(event)
+            threading.Thread(target=lambda: stack.client().delete(f"/jobs/{job_id}")).start()
+
+    return read_events(client, job_id, on_event=cancel_when_running)
+
+
 def read_events(client, job_id, headers=None, on_event=None, timeout=60):
     """All events of the stream until the server closes it: [(id, event, data)]."""
     out, current = [], {}
@@ -206,3 +219,43 @@ def read_events(client, job_id, headers=None, on_event=None, timeout=60):
             field, _, value = line.partition(": ")
             current[field] = value
     return out
+
+
+# Stable Diffusion 1.5's FLOPs at 512x512 (2 per multiply-add), counted as docs/MODELS.md says ("A job's time").
+SD15_FLOPS = {"unet_row": 803_273_441_280, "vae_decode": 2_514_518_933_504, "text_encoder": 13_298_503_680}
+
+
+def save_sd_manifest(store, name: str = "sd", flops: dict | None = SD15_FLOPS, sizes=((512, 512), (768, 512))):
+    """`name@1`: a `diffusers-sd` model.json as the import writes it, and its tokenizer.json, but no weights: what the
+    API reads of such a model (its sizes, step bound, FLOPs and tokenizer), for tests that need no worker. Returns its
+    manifest."""
+    import hashlib
+    import json
+    import tempfile
+
+    from sd_pipelines import write_tokenizer
+    from transformers import CLIPTokenizer
+
+    folder = store.root / name / "1"
+    folder.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        CLIPTokenizer.from_pretrained(write_tokenizer(Path(tmp))).backend_tokenizer.save(str(folder / "tokenizer.json"))
+    digest = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()
+    manifest = {
+        "format": "diffusetv-model/1",
+        "kind": "diffusers-sd",
+        "name": name,
+        "version": 1,
+        "config": {"in_channels": 4, "sample_size": 64},
+        "schedule": "scaled_linear",
+        "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+        "weights": {"file": "model.safetensors", "sha256": "0" * 64},
+        "scheduler": {"num_train_timesteps": 1000, "steps_offset": 1, "timestep_spacing": "leading"},
+        "tokenizer": {"file": "tokenizer.json", "sha256": digest, "model_max_length": 77, "pad_token": "<|endoftext|>"},
+        "latent": {"channels": 4, "vae_scale_factor": 8, "scaling_factor": 0.18215, "shift_factor": None},
+        "sizes": [list(size) for size in sizes],
+        "default_guidance": 7.5,
+        **({"flops": flops} if flops is not None else {}),
+    }
+    (folder / "model.json").write_text(json.dumps(manifest))
+    return store.resolve(f"{name}@1")

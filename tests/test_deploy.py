@@ -39,6 +39,7 @@ SHARED = (
     "KIND_MODULES",
     "RESULT_TTL",
     "JOB_TIMEOUT",
+    "MIN_GFLOPS",
     "MAX_RETRIES",
     "HEARTBEAT_S",
     "LOG_FORMAT",

@@ -33,12 +33,17 @@ STALE = {
     "docs/OPERATIONS.md": [
         "until the API implements the `scope` parameter",  # /readyz?scope=api is implemented
         "hold one of the API's worker threads while they wait",  # idle long polls wait on app/waker.py
+        "Whatever the hardware, no batch runs longer than",  # a model that records its FLOPs gets more time
     ],
     "app/headers.py": ["Swagger UI from a CDN"],  # served from the package's own files
     "app/clients.py": ["A client cannot pick its own identity"],  # it can pick its source address
 }
 TRUE_NOW = {
-    "docs/OPERATIONS.md": ["`/readyz?scope=api`, asks only whether Redis answers", "hold no thread and no pooled"],
+    "docs/OPERATIONS.md": [
+        "`/readyz?scope=api`, asks only whether Redis answers",
+        "hold no thread and no pooled",
+        "timeout = max(JOB_TIMEOUT, ceil(FLOPs / (MIN_GFLOPS × 10⁹)))",  # app.core.timeouts.job_timeout
+    ],
     "app/clients.py": ["the whole loopback range (127.0.0.0/8 and ::1) is one client"],
 }
 

@@ -173,7 +173,7 @@ def test_settings_match_compose_and_secrets_are_files():
     assert {f"{PREFIX}{s}" for s in SHARED} <= settings.keys()
     assert settings[f"{PREFIX}REDIS_URL"].startswith("redis://diffusetv@"), "the ACL user, no password"
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["x-settings"]
-    for key in ("RESULT_TTL", "JOB_TIMEOUT", "MAX_RETRIES", "HEARTBEAT_S"):
+    for key in ("RESULT_TTL", "JOB_TIMEOUT", "MIN_GFLOPS", "MAX_RETRIES", "HEARTBEAT_S"):
         assert compose[PREFIX + key].split(":-")[1].rstrip("}") == settings[PREFIX + key], key
     for name in VARIANTS:
         for container in containers(variant(name)).values():

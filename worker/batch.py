@@ -7,8 +7,8 @@ canceled leaves the batch at the next step; the others are unaffected, since a s
 depend on its batch mates.
 
 A full Redis (`maxmemory`, `noeviction`) refuses writes for a while: progress, previews and counters are then
-skipped, every other write is tried again until Redis takes it or the job's time is up (JOB_TIMEOUT: RQ's timeout
-interrupts the wait), and failing a run never raises (`fail`).
+skipped, every other write is tried again until Redis takes it or the job's time is up (its RQ timeout, JOB_TIMEOUT or
+more: app.core.timeouts; RQ's timeout interrupts the wait), and failing a run never raises (`fail`).
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ def log_line(**fields) -> None:
     log.info(json.dumps({"event": "job", **fields}, sort_keys=True))
 
 
-def take(redis, run_ids: Sequence[str]) -> None:
+def take(redis, run_ids: Sequence[str], timeout: int) -> None:
     """Record that this worker holds these runs, before anything else: if it dies, the reaper re-queues them.
-    Their records get a fresh TTL for the time the runs may take (Settings.pending_ttl).
+    Their records get a fresh TTL for the time the runs may take, each `timeout` seconds (Settings.pending_ttl).
 
     A run's id is its leading job's id, which is also its RQ job's id."""
-    ttl = get_settings().pending_ttl
+    ttl = get_settings().pending_ttl(timeout)
     for run_id in run_ids:
         what = f"taking run {run_id}"
         while_full(log, what, runs.mark_running, redis, run_id, registry.WORKER_ID, run_id, [run_id], ttl)

@@ -1,22 +1,31 @@
 """Dynamic batching: after taking a job, take compatible queued ones (the same batch key: model and steps) with it.
 
 Compatible jobs are claimed straight from the model's RQ queue list with LREM, so each is taken by
-exactly one worker; the wait for more is bounded by MAX_BATCH_WAIT_MS.
+exactly one worker; the wait for more is bounded by MAX_BATCH_WAIT_MS. A batch takes at most MAX_BATCH_SIZE jobs, the
+most its model's memory budget allows, and the most whose work its leader's time covers (`batch_room`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from rq import Queue
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from app.core import timeouts
 from app.core.redis import while_full
+from app.core.settings import Settings
 from app.core.spec import GenerateSpec
 from worker.batch import take
+
+if TYPE_CHECKING:
+    from worker.engine import Engine
 
 log = logging.getLogger("diffusetv.worker")
 SCAN = 256  # queue entries looked at per pass
@@ -35,10 +44,27 @@ def spec_of(job: Job | None) -> GenerateSpec | None:
         return None
 
 
-def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, GenerateSpec]]) -> None:
+def batch_room(settings: Settings, engine: Engine, spec: GenerateSpec, timeout: int) -> int:
+    """How many queued jobs may join the batch that `spec` leads, under its RQ timeout of `timeout` seconds: the batch
+    holds at most MAX_BATCH_SIZE jobs, the most the model's memory budget allows (Engine.max_batch) and, for a model
+    that records its cost (app.core.timeouts), the most whose work fits the leader's time at MIN_GFLOPS, each job that
+    joins counted as the costliest of its batch key (GenerateSpec.batch_work)."""
+    caps = [settings.max_batch_size]
+    if engine.max_batch is not None:
+        caps.append(engine.max_batch)
+    lead = timeouts.flops(engine.manifest, spec.work())
+    each = timeouts.flops(engine.manifest, spec.batch_work())
+    if lead is not None and each:
+        covered = Fraction(timeout) * Fraction(settings.min_gflops) * 10**9  # the FLOPs the leader's time covers
+        caps.append(1 + math.floor((covered - lead) / each))
+    return max(0, min(caps) - 1)
+
+
+def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, GenerateSpec]], timeout: int) -> None:
     """Take jobs of batch key `key` off the queue (oldest first) into `taken` until it holds `room`, each recorded as
-    this worker's. A job is in `taken` from the moment it leaves the queue: should recording it fail (Redis full until
-    the job's time is up), the caller fails it with the others."""
+    this worker's, for the batch's time (`timeout`, its leader's) or the job's own where longer. A job is in `taken`
+    from the moment it leaves the queue: should recording it fail (Redis full until the job's time is up), the caller
+    fails it with the others."""
     ids = [i.decode() for i in redis.lrange(queue.key, 0, SCAN - 1)]
     if not ids or len(taken) >= room:
         return
@@ -48,17 +74,18 @@ def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, Gen
         spec = spec_of(job)
         if spec is not None and spec.batch_key() == key and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
             taken.append((job, spec))
-            take(redis, [spec.job_id])
+            take(redis, [spec.job_id], max(timeout, job.timeout or 0))
             while_full(log, f"starting RQ job {job.id}", job.set_status, RQStatus.STARTED)
 
 
 def gather(
-    redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, GenerateSpec]]
+    redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, GenerateSpec]], timeout: int
 ) -> list[tuple[Job, GenerateSpec]]:
-    """Claim jobs of batch key `key` into `taken` until the batch is full or `wait_ms` has passed."""
+    """Claim jobs of batch key `key` into `taken` until the batch is full (`room`: batch_room) or `wait_ms` has passed;
+    `timeout` is the batch's time, its leader's RQ timeout."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        claim(redis, queue, key, room, taken)
+        claim(redis, queue, key, room, taken, timeout)
         if len(taken) >= room or time.monotonic() >= deadline:
             return taken
         time.sleep(POLL_S)

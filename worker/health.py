@@ -2,7 +2,7 @@
 
 Only the main thread writes it, never the heartbeat thread:
 - before each wait for jobs: the wait (RQ's dequeue timeout) plus a margin;
-- before each job: JOB_TIMEOUT plus the margin (RQ's own timeout ends a job by then).
+- before each job: its RQ timeout (JOB_TIMEOUT, or more: app.core.timeouts) plus the margin (RQ ends it by then).
 A worker whose main loop is stuck misses its deadline, even while its heartbeat thread could still beat.
 No file means the worker has not loaded its models yet: not ready.
 """

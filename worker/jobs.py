@@ -18,7 +18,7 @@ from app.core.settings import get_settings
 from app.core.spec import GenerateSpec, InterpolateSpec, Spec, SpecError
 from worker import registry
 from worker.batch import FAIL_PATIENCE_S, fail, run_batch, take
-from worker.collect import gather, settle
+from worker.collect import batch_room, gather, settle
 
 log = logging.getLogger("diffusetv.worker")
 
@@ -41,24 +41,40 @@ def decode(cls: type[Spec], redis, kwargs: dict) -> Spec:
         raise
 
 
+def timeout_of(job: Job) -> int:
+    """The job's RQ timeout in seconds, which the API set (app.core.timeouts); JOB_TIMEOUT where RQ holds none."""
+    return job.timeout if job.timeout and job.timeout > 0 else get_settings().job_timeout
+
+
+def timed_out(timeout: int) -> str:
+    """The error of a job that ran past its `timeout`, saying where that time came from."""
+    settings = get_settings()
+    if timeout <= settings.job_timeout:
+        return f"timed out after {timeout} s (DIFFUSETV_JOB_TIMEOUT)"
+    return f"timed out after {timeout} s (its model's work at DIFFUSETV_MIN_GFLOPS={settings.min_gflops:g} GFLOP/s)"
+
+
 def generate(**kwargs) -> dict:
-    """Run a queued generation job, batched with compatible queued jobs (RQ job function)."""
+    """Run a queued generation job, batched with compatible queued jobs (RQ job function). The batch runs within
+    this job's RQ timeout."""
     job = get_current_job()
     redis = job.connection
     spec = decode(GenerateSpec, redis, kwargs)
     settings = get_settings()
-    take(redis, [spec.job_id])
+    timeout = timeout_of(job)
+    take(redis, [spec.job_id], timeout)
     claimed: list = []
     specs = [spec]
     try:
         engine = registry.get(spec.model_ref)
         check_identity(engine, spec)
         queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
-        gather(redis, queue, spec.batch_key(), settings.max_batch_size - 1, settings.max_batch_wait_ms, claimed)
+        room = batch_room(settings, engine, spec, timeout)
+        gather(redis, queue, spec.batch_key(), room, settings.max_batch_wait_ms, claimed, timeout)
         specs = [spec] + [s for _, s in claimed]
         outcome = run_batch(redis, engine, specs, settings.result_ttl)
     except JobTimeoutException:
-        give_up(redis, spec, claimed, f"timed out after {settings.job_timeout} s (DIFFUSETV_JOB_TIMEOUT)")
+        give_up(redis, spec, claimed, timed_out(timeout))
         raise
     except Exception as exc:
         give_up(redis, spec, claimed, f"{type(exc).__name__}: {exc}")
@@ -88,18 +104,14 @@ def interpolate(**kwargs) -> dict:
     job = get_current_job()
     spec = decode(InterpolateSpec, job.connection, kwargs)
     settings = get_settings()
-    take(job.connection, [spec.job_id])
+    timeout = timeout_of(job)
+    take(job.connection, [spec.job_id], timeout)
     try:
         engine = registry.get(spec.model_ref)
         check_identity(engine, spec)
         status = run_interpolation(job.connection, engine, spec, settings.result_ttl)
     except JobTimeoutException:
-        fail(
-            job.connection,
-            [spec.job_id],
-            f"timed out after {settings.job_timeout} s (DIFFUSETV_JOB_TIMEOUT)",
-            settings.result_ttl,
-        )
+        fail(job.connection, [spec.job_id], timed_out(timeout), settings.result_ttl)
         raise
     except Exception as exc:
         fail(job.connection, [spec.job_id], f"{type(exc).__name__}: {exc}", settings.result_ttl)

@@ -46,8 +46,13 @@ class DiffuseWorker(SimpleWorker):
     busy = False
 
     def promise(self) -> None:
+        """Busy: the running job's RQ timeout (app.core.timeouts), from RQ's execution of it, which it holds in memory
+        (no Redis call); JOB_TIMEOUT until RQ has started it. Idle: the wait for a job."""
         settings = get_settings()
-        seconds = settings.job_timeout if self.busy else self.dequeue_timeout
+        seconds = self.dequeue_timeout
+        if self.busy:
+            job = self.get_current_job() if self.executions else None
+            seconds = jobs.timeout_of(job) if job is not None else settings.job_timeout
         health.promise(settings.health_file, seconds + health.MARGIN_S, "busy" if self.busy else "idle")
 
     def heartbeat(self, timeout=None, pipeline=None):  # RQ calls it before each wait for jobs and after each job

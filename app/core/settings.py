@@ -63,7 +63,22 @@ class Settings(BaseSettings):
         "probe's reference call; unset: 90% of the GPU's memory, or 80% of the machine's",
     )
     result_ttl: int = Field(86_400, ge=60, le=30 * 86_400, description="seconds a result and its job are kept")
-    job_timeout: int = Field(600, ge=5, le=86_400, description="seconds before a running job fails")
+    job_timeout: int = Field(
+        600,
+        ge=5,
+        le=86_400,
+        description="seconds before a running job fails; a model that records its FLOPs may get more",
+    )
+    min_gflops: float = Field(
+        20.0,
+        gt=0,
+        le=1e9,
+        description="the slowest sustained rate (GFLOP/s) a worker is assumed to reach: a model that records its FLOPs "
+        "gives its jobs the time their work takes at it (never less than JOB_TIMEOUT)",
+    )
+    max_job_timeout: int = Field(
+        6 * 3600, ge=5, le=86_400, description="the longest time a job may be given; a longer one is refused (422)"
+    )
     max_queue: int = Field(1000, ge=1, le=1_000_000, description="queued jobs before 429")
     max_retries: int = Field(2, ge=0, le=10, description="re-runs after a worker death")
     heartbeat_s: int = Field(5, ge=1, le=300, description="worker heartbeat period; the TTL is twice this")
@@ -155,6 +170,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _timeouts(self) -> Settings:
+        if self.max_job_timeout < self.job_timeout:
+            raise ValueError(
+                f"DIFFUSETV_MAX_JOB_TIMEOUT ({self.max_job_timeout}) must be at least DIFFUSETV_JOB_TIMEOUT "
+                f"({self.job_timeout})"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _keys(self) -> Settings:
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ValueError(f"DIFFUSETV_API_KEYS_FILE: {self.api_keys_file} is not a readable file")
@@ -195,12 +219,11 @@ class Settings(BaseSettings):
     def heartbeat_ttl(self) -> int:
         return 2 * self.heartbeat_s
 
-    @property
-    def pending_ttl(self) -> int:
-        """TTL of a job that has not ended (record, events, run, RQ job): the longest legitimate wait, a queue wait
-        of up to RESULT_TTL and JOB_TIMEOUT x (MAX_RETRIES + 1) of runs. Refreshed when its run starts; RESULT_TTL
-        once it ends."""
-        return self.result_ttl + self.job_timeout * (self.max_retries + 1)
+    def pending_ttl(self, timeout: int) -> int:
+        """TTL of a job that has not ended (record, events, run, RQ job) whose runs may take `timeout` seconds each (its
+        RQ timeout, app.core.timeouts): the longest legitimate wait, a queue wait of up to RESULT_TTL and `timeout` x
+        (MAX_RETRIES + 1) of runs. Refreshed when its run starts; RESULT_TTL once it ends."""
+        return self.result_ttl + timeout * (self.max_retries + 1)
 
     def exposure_problem(self) -> str | None:
         """Why the API must not start on HOST (an open API on the network), or None."""

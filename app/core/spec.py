@@ -8,8 +8,9 @@ A spec's fields are of two sorts:
 
 Every place that reads a request's fields asks the spec, with one method each: the engine key's fields
 (`key_fields`, for app.core.runs.engine_key), which jobs may share a batch (`batch_key`), the job's `params`
-(`params`), the PNG's `parameters` (`png_parameters`), the bytes its results take (`cost`) and the RQ job's
-kwargs (`to_kwargs`, read back by `from_kwargs`).
+(`params`), the PNG's `parameters` (`png_parameters`), the bytes its results take (`cost`), its model work (`compute`
+for the quota, `work` for its kind's estimate of the time it takes) and the RQ job's kwargs (`to_kwargs`, read back by
+`from_kwargs`).
 
 **The rule that keeps keys stable.** A field with a default joins the engine key, the params, the PNG's
 `parameters` and the RQ kwargs only when it differs from its default. A field added later, with a default,
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.core.jobs import new_job_id
 from app.core.submit import result_cost
+from model_store.bounds import MAX_GUIDANCE
+from model_store.kinds import Work
 
 if TYPE_CHECKING:
     from model_store import Manifest
@@ -99,8 +102,13 @@ class Spec:
         raise NotImplementedError
 
     def compute(self) -> int:
-        """The model work of its run, in image-steps: rows × steps, twice the rows with a prompt (a guided
-        sample's conditional and unconditional rows, DESIGN.md: classifier-free guidance)."""
+        """The model work of its run, in image-steps: rows × steps, twice the rows with a prompt or a guidance above 1
+        (a guided sample's conditional and unconditional rows, DESIGN.md: classifier-free guidance; a latent text
+        model guides the empty prompt too)."""
+        raise NotImplementedError
+
+    def work(self) -> Work:
+        """What the job asks of its model, for its kind's estimate of the work (model_store.kinds.Kind.flops)."""
         raise NotImplementedError
 
     def to_kwargs(self) -> dict[str, Any]:
@@ -131,6 +139,12 @@ class Spec:
         and guidance, app.models.prompted) in place of the raw ones."""
         given = {name: getattr(body, name) for name in cls.request_names() if hasattr(body, name)}
         return cls(new_job_id(), manifest.ref, manifest.identity, **{**given, **normalised})
+
+
+def guided_rows(prompt: str | None, guidance: float | None) -> int:
+    """A sample's rows per step, as the compute quota counts them: 2 with a prompt or a guidance above 1 (a latent text
+    model guides the empty prompt too), else 1."""
+    return 2 if prompt or (guidance or 0) > 1 else 1
 
 
 @functools.cache
@@ -165,7 +179,16 @@ class GenerateSpec(Spec):
         return result_cost(side, channels, self.steps, self.previews)
 
     def compute(self) -> int:
-        return self.steps * (2 if self.prompt else 1)
+        return self.steps * guided_rows(self.prompt, self.guidance)
+
+    def work(self) -> Work:
+        prompts = 1 + (self.negative_prompt is not None)
+        return Work(1, self.steps, self.guidance, prompts, self.width, self.height)
+
+    def batch_work(self) -> Work:
+        """The most a job of its batch key may ask (its steps and size; a prompt and a negative one, guided at the
+        highest scale): what each job that joins its batch is counted (worker.collect.batch_room)."""
+        return Work(1, self.steps, MAX_GUIDANCE, 2, self.width, self.height)
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -205,4 +228,8 @@ class InterpolateSpec(Spec):
         return result_cost(side, channels, self.steps, False, images=2 * self.frames)  # the animation and the strip
 
     def compute(self) -> int:
-        return self.frames * self.steps * (2 if self.prompt else 1)
+        return self.frames * self.steps * guided_rows(self.prompt, self.guidance)
+
+    def work(self) -> Work:
+        prompts = 1 + (self.negative_prompt is not None) + (self.prompt_b is not None)
+        return Work(self.frames, self.steps, self.guidance, prompts, self.width, self.height)

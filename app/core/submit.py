@@ -191,17 +191,18 @@ class Bounds:
     """What the script checks before it writes, and the TTLs of what it writes."""
 
     quota: Quota
-    ttl: int  # of a waiting job and its run (Settings.pending_ttl)
+    ttl: int  # of a waiting job and its run (Settings.pending_ttl of its timeout)
     result_ttl: int  # of a result, and of a job answered from the cache
     max_queue: int
     max_followers: int
 
     @classmethod
-    def of(cls, settings: Settings, client: str, now: float) -> Bounds:
-        """The service's bounds for one client's submission at `now`."""
+    def of(cls, settings: Settings, client: str, now: float, timeout: int) -> Bounds:
+        """The service's bounds for one client's submission at `now` of a job whose runs may take `timeout` seconds
+        (app.core.timeouts)."""
         s = settings
         quota = quota_for(client, s.client_jobs, s.client_bytes, s.quota_window_s, now, s.client_compute)
-        return cls(quota, s.pending_ttl, s.result_ttl, s.max_queue, s.max_followers)
+        return cls(quota, s.pending_ttl(timeout), s.result_ttl, s.max_queue, s.max_followers)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.core.spec import GenerateSpec, InterpolateSpec
 from app.deps import RedisDep, SettingsDep, StoreDep
-from app.models import check_request, prompted, require_served, resolve_model, sized
+from app.models import check_request, check_time, prompted, require_served, resolve_model, sized
 from app.queueing import new_job, queue_position, submit
 from app.reaper import reconcile
 from app.views import job_view
@@ -127,9 +127,10 @@ def generate(
     manifest = offered_model(store, settings, body)
     text = prompted(manifest, body.prompt, body.guidance, negative_prompt=body.negative_prompt)
     size = sized(manifest, body.width, body.height)
-    require_served(redis, manifest)
     spec = GenerateSpec.from_request(body, manifest, **text.fields(), **size)
-    job_id = submit(redis, settings, new_job(spec, manifest, owner, text.notes()), client)
+    check_time(settings, manifest, spec, "steps")
+    require_served(redis, manifest)
+    job_id = submit(redis, settings, new_job(settings, spec, manifest, owner, text.notes()), client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 
@@ -156,14 +157,15 @@ def interpolate(
         )
     # prompt_b keeps prompt's guidance; an empty one is none: the condition stays `prompt` all along
     end = prompted(manifest, body.prompt_b, None, "prompt_b") if body.prompt_b is not None else NO_TEXT
-    require_served(redis, manifest)
     spec = InterpolateSpec.from_request(body, manifest, **text.fields(), prompt_b=end.prompt, **size)
+    check_time(settings, manifest, spec, "frames")
+    require_served(redis, manifest)
     notes = text.notes()
     if ignored := list(dict.fromkeys(text.ignored + end.ignored)):
         notes["ignored_words"] = ignored
     if end.truncated_tokens:
         notes["prompt_b_truncated_tokens"] = end.truncated_tokens
-    job_id = submit(redis, settings, new_job(spec, manifest, owner, notes), client)
+    job_id = submit(redis, settings, new_job(settings, spec, manifest, owner, notes), client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 

@@ -5,7 +5,6 @@ canceled, shows previews and interpolates."""
 from __future__ import annotations
 
 import io
-import threading
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from diffusers_models import save_pipeline, tiny_unet
 from PIL import Image
 
 from app.core.png import decode_png, read_parameters
-from helpers import read_events, run_cli
+from helpers import canceled_when_running, read_events, run_cli
 from model_store.importers.diffusers import import_diffusers
 from stack import running_stack
 
@@ -78,14 +77,7 @@ def test_an_imported_pipeline_cancels_previews_and_interpolates(cifar_stack):
         assert evs[-1][1:] == ("status", {"status": "succeeded"})
 
         long = c.post("/generate", json={"seed": 8, "steps": 1000, "model": "cifar"}).json()
-        seen = []
-
-        def cancel_when_running(event):
-            if event[1] == "progress" and not seen:
-                seen.append(event)
-                threading.Thread(target=lambda: cifar_stack.client().delete(f"/jobs/{long['id']}")).start()
-
-        evs = read_events(c, long["id"], on_event=cancel_when_running)
+        evs = canceled_when_running(cifar_stack, c, long["id"])
         assert evs[-1][1:] == ("status", {"status": "canceled"})
 
         r = c.post("/interpolate", json={"seed_a": 11, "seed_b": 12, "frames": 4, "steps": STEPS, "model": "cifar"})

@@ -5,7 +5,6 @@ repeat; other sizes are a 422 that lists the model's."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ pytest.importorskip("transformers")
 from sd_pipelines import save_sd_pipeline
 
 from app.core.png import decode_png, read_parameters
-from helpers import read_events, run_cli
+from helpers import canceled_when_running, read_events, run_cli
 from model_store.importers.diffusers_sd import import_sd
 from stack import running_stack
 
@@ -106,14 +105,7 @@ def test_a_latent_model_shows_previews_cancels_and_interpolates(sd_stack):
         assert evs[-1][1:] == ("status", {"status": "succeeded"})
 
         long = c.post("/generate", json={"seed": 8, "steps": 900, "model": "sd", "prompt": "a dog"}).json()
-        seen = []
-
-        def cancel_when_running(event):
-            if event[1] == "progress" and not seen:
-                seen.append(event)
-                threading.Thread(target=lambda: sd_stack.client().delete(f"/jobs/{long['id']}")).start()
-
-        evs = read_events(c, long["id"], on_event=cancel_when_running)
+        evs = canceled_when_running(sd_stack, c, long["id"])
         assert evs[-1][1:] == ("status", {"status": "canceled"})
         assert c.get(f"/jobs/{long['id']}").json()["progress"]["step"] < 900
 

@@ -166,3 +166,35 @@ def test_a_new_optional_field_at_its_default_changes_no_key_params_or_png_byte(t
     assert encode_png(pixels, engine.parameters(at_default)) == png
     labelled = encode_png(pixels, engine.parameters(given))
     assert labelled != png and b'"dummy":3' in labelled
+
+
+SD = ("c" * 64, "sd@1")
+
+
+def test_compute_counts_two_rows_a_sample_when_guided_and_keeps_the_existing_kinds_counts():
+    assert prompt_free().compute() == 50 and prompted().compute() == 40  # as before: rows x steps, twice with a prompt
+    walk = InterpolateSpec(JOB, TEXT[1], TEXT[0], seed_a=1, seed_b=2, frames=4, steps=10)
+    assert walk.compute() == 40
+    assert InterpolateSpec(JOB, TEXT[1], TEXT[0], 1, 2, 4, 10, prompt="red heart", guidance=3.0).compute() == 80
+
+    def latent(**fields):  # a diffusers-sd job: every job guided, the empty prompt too (prompt None)
+        return GenerateSpec(JOB, SD[1], SD[0], seed=1, steps=50, eta=0.0, width=512, height=512, **fields)
+
+    assert latent(guidance=7.5).compute() == 100  # the unconditional row beside the empty prompt's
+    assert latent(guidance=1.0).compute() == 50  # s <= 1: the conditional row alone
+    assert latent(prompt="a cat", guidance=7.5).compute() == 100
+
+
+def test_work_says_what_a_kinds_estimate_reads():
+    from model_store.bounds import MAX_GUIDANCE
+    from model_store.kinds import Work
+
+    spec = GenerateSpec(JOB, SD[1], SD[0], 1, 30, 0.0, prompt="a cat", guidance=7.5, width=768, height=512)
+    assert spec.work() == Work(1, 30, 7.5, 1, 768, 512)
+    assert GenerateSpec(JOB, SD[1], SD[0], 1, 30, 0.0, guidance=2.0, negative_prompt="dog").work().prompts == 2
+    assert spec.batch_work() == Work(1, 30, MAX_GUIDANCE, 2, 768, 512)  # the costliest job of its batch key
+    walk = InterpolateSpec(
+        JOB, SD[1], SD[0], 1, 2, 6, 20, prompt="a", prompt_b="b", guidance=7.5, width=512, height=512
+    )
+    assert walk.work() == Work(6, 20, 7.5, 2, 512, 512)
+    assert prompt_free().work() == Work(1, 50, None, 1)

@@ -19,6 +19,7 @@ def setup(tmp_path, monkeypatch):
     save_model(store, "tiny32", net, "offset_cosine", [0.8, 0.8, 0.8], [0.3, 0.3, 0.3], {"steps": 0})
     monkeypatch.setenv("DIFFUSETV_MODEL_STORE", str(store.root))
     monkeypatch.setenv("DIFFUSETV_MODEL", "tiny32")
+    monkeypatch.setenv("DIFFUSETV_BUNDLED_MODELS", "0")  # this store alone
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:32, :32]
     images = np.full((60, 32, 32, 3), 255, dtype=np.uint8)

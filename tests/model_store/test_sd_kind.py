@@ -1,80 +1,50 @@
-"""Kind `diffusers-sd`, torch-free: CLIP's prompt rules, tokens counted with the stored tokenizer.json alone, the
-model's sizes and what `GET /models` says of it."""
-
-from __future__ import annotations
+"""Kind `diffusers-sd`'s estimate of a job's model work (model_store.sd_kind), torch-free."""
 
 import pytest
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
+from model_store import ModelStoreError, kinds, sd_kind
+from model_store.kinds import Work
+from model_store.manifest import Manifest
 
-from sd_pipelines import save_sd_pipeline
-
-from model_store import Store, kinds
-from model_store.importers.diffusers_sd import import_sd
-from model_store.sd_kind import normalise, prompts, token_count, truncated_tokens
-from model_store.text import PromptError
+FLOPS = {"unet_row": 1001, "vae_decode": 8, "text_encoder": 3}
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd-kind")
-    folder = save_sd_pipeline(root / "pipe", seed=1)
-    return import_sd(folder, "sd", store=Store(root / "models"), default_guidance=6.0)
+def sd(flops: dict | None = FLOPS, sizes=((512, 512), (768, 512), (512, 768))) -> Manifest:
+    extras = {"sizes": [list(s) for s in sizes], **({"flops": flops} if flops is not None else {})}
+    return Manifest("sd", 1, {}, "scaled_linear", [0.5] * 3, [0.5] * 3, "0" * 64, kind=sd_kind.KIND, extras=extras)
 
 
-def test_prompts_are_normalised_as_clip_reads_them():
-    assert normalise("  A  Red\tHEART\n") == "a red heart"
-    assert normalise("e\u0301toile") == "\u00e9toile"  # NFC
-    assert normalise("red\u200bheart\u202e!\x00\x07") == "redheart!"  # format (Cf) and control (Cc) marks dropped
-    assert normalise(None) == normalise("") == ""
-    assert normalise("🐱 cat") == "🐱 cat"
+def test_a_jobs_flops_at_the_default_size_are_its_rows_decodes_and_prompts():
+    # steps x rows x unet_row + images x vae_decode + prompts x text_encoder
+    assert sd_kind.job_flops(sd(), 50, 2, 1, 512, 512, 1) == 50 * 2 * 1001 + 8 + 3
+    assert sd_kind.job_flops(sd(), 7, 16, 8, 512, 512, 3) == 7 * 16 * 1001 + 8 * 8 + 3 * 3
 
 
-def test_the_rules_default_guidance_and_count_truncated_tokens(manifest):
-    text = prompts(manifest, "A Red Heart", None)
-    assert (text.prompt, text.guidance, text.negative_prompt, text.truncated_tokens) == ("a red heart", 6.0, None, 0)
-    assert text.fields() == {"prompt": "a red heart", "guidance": 6.0, "negative_prompt": None}
-    assert text.notes() == {}
-    empty = prompts(manifest, "   ", 2.0, "")
-    assert (empty.prompt, empty.guidance, empty.negative_prompt) == (None, 2.0, None)
-    assert prompts(manifest, "x", 7.5, " A Tree ").negative_prompt == "a tree"
-    long = prompts(manifest, " ".join(["a red heart on the moon"] * 20), None)
-    assert long.truncated_tokens == token_count(manifest, long.prompt) - 77 > 0
-    assert long.notes() == {"truncated_tokens": long.truncated_tokens}
-    assert truncated_tokens(manifest, "a red heart") == 0 and token_count(manifest, "a red heart") == 5
-    with pytest.raises(PromptError, match="guidance"):
-        prompts(manifest, "a", 21.0)
+def test_another_size_scales_the_unet_and_the_vae_by_its_pixels_rounded_up_once():
+    # 768x512 is 3/2 of the default's pixels: (3 x 1001 + 8) x 3/2 = 4516.5, rounded up; the prompts do not scale
+    assert sd_kind.job_flops(sd(), 3, 1, 1, 768, 512, 2) == 4517 + 2 * 3
+    assert sd_kind.job_flops(sd(), 4, 1, 1, 768, 512, 0) == (4 * 1001 + 8) * 3 // 2  # a whole number: exact
+    tall = sd(sizes=((512, 768), (512, 512)))  # the default is the first size: 512x512 is 2/3 of it
+    assert sd_kind.job_flops(tall, 3, 1, 1, 512, 512, 0) == 2008  # (3003 + 8) x 2/3 = 2007.33...
 
 
-def test_the_model_lists_its_sizes_and_refuses_others(manifest):
-    kind = kinds.of(manifest)
-    assert kind.image_shape(manifest) == (16, 16, 3)
-    assert kind.image_shape(manifest, 24, 16) == (16, 24, 3)
-    assert kind.image_shape(manifest, None, 24) == (24, 16, 3)
-    with pytest.raises(kinds.SizeError, match=r"makes 16x16, 24x16, 16x24 \(width x height\), not 32x16"):
-        kind.image_shape(manifest, 32, None)
-    entry = kind.describe(manifest)
-    assert entry["kind"] == "diffusers-sd" and entry["conditioning"] == "text"
-    assert entry["shape"] == {"height": 16, "width": 16, "channels": 3}
-    assert entry["sizes"][1] == {"width": 24, "height": 16} and entry["default_guidance"] == 6.0
-    assert entry["max_steps"] == 999  # DDIMScheduler's leading grid with steps_offset 1
-    one_size = kinds.get("ddim-unet")
-    assert one_size.sizes is None
+def test_the_kinds_hook_counts_two_rows_a_sample_only_when_guided():
+    flops = kinds.get(sd_kind.KIND).flops
+    assert flops is not None
+    assert flops(sd(), Work(1, 50, 7.5, 1)) == 50 * 2 * 1001 + 8 + 3  # the default size when none is given
+    assert flops(sd(), Work(1, 50, 1.0, 1, 512, 512)) == 50 * 1001 + 8 + 3  # s <= 1: the conditional row alone
+    assert flops(sd(), Work(1, 50, None, 1, 512, 512)) == 50 * 1001 + 8 + 3
+    walk = Work(8, 20, 7.5, 3, 512, 768)  # 8 frames, a prompt, a negative prompt and prompt_b
+    assert flops(sd(), walk) == -(-(20 * 16 * 1001 + 8 * 8) * 3 // 2) + 3 * 3
 
 
-def test_the_api_counts_tokens_without_torch(manifest):
-    """The API's half reads the tokenizer with the `tokenizers` package alone."""
-    import subprocess
-    import sys
+def test_no_estimate_without_recorded_flops_and_none_for_other_kinds():
+    assert sd_kind.flops(sd(flops=None), Work(1, 50, 7.5, 1, 512, 512)) is None
+    assert all(kinds.get(name).flops is None for name in ("ddim-unet", "ddim-unet-text", "diffusers-unet2d"))
 
-    code = (
-        "import sys\n"
-        "from model_store import Store\n"
-        "from model_store.sd_kind import truncated_tokens\n"
-        f"m = Store({str(manifest.path.parent.parent)!r}).resolve('sd')\n"
-        "print(truncated_tokens(m, ' '.join(['a red heart on the moon'] * 20)))\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert int(out.stdout) > 0
+
+@pytest.mark.parametrize("flops", [{"unet_row": 1}, {**FLOPS, "vae_decode": "many"}, {**FLOPS, "text_encoder": -1}, 7])
+def test_malformed_flops_are_one_line_naming_the_manifest(flops):
+    with pytest.raises(ModelStoreError, match="flops") as info:
+        sd_kind.job_flops(sd(flops=flops), 1, 1, 1, 512, 512, 1)
+    assert "\n" not in str(info.value) and "model.json" in str(info.value)
