@@ -19,9 +19,10 @@ configs, imported with `diffusetv import diffusers` and cached. Both sides make 
   channels_last for ours, contiguous for theirs. A layout changes no value.
 
 Each repeat times both sides back to back, which goes first alternating, and the ratio is taken within a repeat;
-figures are medians over repeats, after a one-step warm-up of each side at each batch. The first image of each side
-is compared (the parity: max difference in 8-bit levels). Progress is checkpointed in the cache after every repeat:
-`--resume` continues an interrupted run of the same settings (each repeat is still one process's pair).
+figures are medians over repeats, after a one-step warm-up of each side at each batch. Each run's images are
+compared with the other side's (the parity: max difference in 8-bit levels, the first image's apart). Progress is
+checkpointed in the cache after every repeat: `--resume` continues an interrupted run of the same settings (each
+repeat is still one process's pair).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def rss() -> int | None:
 
 
 class PeakRSS:
-    """The most RSS seen while inside, sampled every `every` seconds by a thread, with the RSS at the start and end.
+    """The most RSS seen while inside, sampled every `every` seconds by a thread (the RSS at the end included).
     Sampled, not the kernel's high-water mark: the engine resets that (VmHWM) while it measures its model at load."""
 
     def __init__(self, every: float = 0.05) -> None:
@@ -112,7 +113,7 @@ def timed_calls(owner: type, name: str) -> Iterator[list[float]]:
 
 def load(store: Path, probes: Path) -> tuple[object, dict]:
     """The engine of the imported pipeline, and its load: seconds in all, the probe's seconds and whether the probe
-    came from the cache, RSS after it and its high-water mark."""
+    came from the cache, the RSS after it and its sampled peak during it, and the engine's own memory record."""
     from diffusion.denoiser import Denoiser
     from model_store import Store
     from worker.engine import load_engine
