@@ -10,22 +10,11 @@ from pathlib import Path
 
 import torch
 
+from bench.sd_pipeline import bytes_to_unicode  # GPT-2's (and CLIP's) map of bytes to characters
+
 # A byte-level BPE vocabulary: every byte's symbol (as GPT-2/CLIP map bytes to unicode), each also with the
 # end-of-word marker, a few merges, and CLIP's specials. Any text tokenizes (unknown words fall back to bytes).
 WORDS = ("a", "red", "heart", "blue", "cat", "dog", "tree", "house", "sun", "moon", "on", "the", "of", "big")
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's (and CLIP's) reversible map of bytes to printable characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def write_tokenizer(folder: Path, max_length: int = 77, pad: str = "<|endoftext|>") -> Path:
