@@ -3,8 +3,9 @@
 At load the engine measures its model: the bytes of every part's weights, and the peak above them of one network
 call of the most rows it makes (the probe's largest call size) at its largest image size, or of the image decode
 where that is larger (a latent model's VAE). On CUDA the peak is the allocator's (`max_memory_allocated`); on the
-CPU it is the process's resident high-water mark (VmHWM, reset through /proc/self/clear_refs), which counts what
-the allocator returned to the system too. Where neither can be read, the activations are 0 and `measured` says so.
+CPU it is the growth of the process's resident high-water mark (VmHWM, reset through /proc/self/clear_refs), once
+the C allocator's free memory is handed back (glibc's malloc_trim), so that what the call allocates shows as growth
+rather than reusing freed pages unseen. Where neither can be read, the activations are 0 and `measured` says so.
 
 The budget (DIFFUSETV_MEMORY_BUDGET_MB, else 90 % of the GPU's memory or 80 % of the machine's) caps two things:
 the probe's reference call on CUDA (128 rows today), so the largest call fits beside the weights; and the samples
@@ -15,6 +16,7 @@ embeddings and its decoded image while the batch runs.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -70,6 +72,12 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
+def release_free_memory() -> None:
+    """Hand the C allocator's free memory back to the system (glibc's malloc_trim), where there is one."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def peak_bytes(call: Callable[[], object], device: str) -> int | None:
     """The peak memory above the current use while `call` runs; None where it cannot be measured."""
     if device == "cuda":
@@ -79,6 +87,7 @@ def peak_bytes(call: Callable[[], object], device: str) -> int | None:
         call()
         torch.cuda.synchronize()
         return max(0, torch.cuda.max_memory_allocated() - before)
+    release_free_memory()  # else memory the allocator holds, freed but resident, is reused unseen
     try:  # Linux: writing 5 resets the resident high-water mark to the current resident size
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
