@@ -126,15 +126,13 @@ def sized(manifest: Manifest, width: int | None, height: int | None) -> dict[str
     """The request's size fields for the spec: for a model of several sizes, its width and height, defaulted (so that
     one size has one engine key); none for a model of one size. A 422 naming `width` (or `height`) for a size the
     model does not make, listing the sizes it does."""
-    kind = kinds.of(manifest)
     try:
-        height_, width_, _ = kind.image_shape(manifest, width, height)
+        return kinds.of(manifest).size_fields(manifest, width, height)
     except kinds.SizeError as exc:
         field, given = ("width", width) if width is not None else ("height", height)
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", field), "msg": str(exc), "input": given}]
         ) from None
-    return {} if kind.sizes is None else {"width": width_, "height": height_}
 
 
 def offered(store: Store) -> list[Manifest]:

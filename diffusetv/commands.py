@@ -109,12 +109,10 @@ def size_of(manifest, width: int | None, height: int | None) -> dict[str, int]:
     """--width and --height, defaulted to the model's default size for a model of several sizes, as the API does."""
     from model_store import kinds
 
-    kind = kinds.of(manifest)
     try:
-        height_, width_, _ = kind.image_shape(manifest, width, height)
+        return kinds.of(manifest).size_fields(manifest, width, height)
     except kinds.SizeError as exc:
         raise UserError(f"--width/--height: {exc}") from None
-    return {} if kind.sizes is None else {"width": width_, "height": height_}
 
 
 def train(args: argparse.Namespace) -> int:

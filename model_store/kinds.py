@@ -88,6 +88,12 @@ class Kind:
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelStoreError(f"{manifest.file}: cannot read its step bound ({exc!r})") from None
 
+    def size_fields(self, manifest: Manifest, width: int | None, height: int | None) -> dict[str, int]:
+        """A request's size fields for its spec: a model of several sizes always gets its width and height, defaulted,
+        so that one size has one engine key; a model of one size gets none. A SizeError for a size it does not make."""
+        height_, width_, _ = self.image_shape(manifest, width, height)
+        return {} if self.sizes is None else {"width": width_, "height": height_}
+
     def describe(self, manifest: Manifest) -> dict:
         """What `GET /models` says of a model of this kind, beside its name, version and digests."""
         height, width, channels = self.image_shape(manifest)
