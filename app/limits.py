@@ -1,5 +1,6 @@
-"""Request body limits: 413 for a body over 64 KiB, whether or not it declares its length, and 408 for one that
-does not arrive in full within BODY_TIMEOUT_S (a client that never finishes its body holds nothing for long)."""
+"""Request body limits: 413 for a body over 64 KiB (over DIFFUSETV_IMAGE_BODY_BYTES on the routes that take pictures,
+PICTURE_ROUTES), whether or not it declares its length, before any of it is parsed, and 408 for one that does not arrive
+in full within BODY_TIMEOUT_S (a client that never finishes its body holds nothing for long)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 64 * 1024
 BODY_TIMEOUT_S = 10.0
+PICTURE_ROUTES = frozenset({"/generate", "/interpolate", "/invert"})  # their bodies may hold pictures (base64)
 
 
 async def _send_error(send: Send, status: int, detail: str, close: bool = False) -> None:
@@ -21,23 +23,32 @@ async def _send_error(send: Send, status: int, detail: str, close: bool = False)
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_413(send: Send) -> None:
-    await _send_error(send, 413, "request body over 64 KiB")
+async def _send_413(send: Send, limit: int) -> None:
+    size = f"{limit // 1024} KiB" if limit < 2**20 else f"{limit / 2**20:g} MiB"
+    await _send_error(send, 413, f"request body over {size}")
 
 
 class BodySizeLimit:
-    """Reads the whole body first (at most `limit` bytes are kept, within `timeout_s`), then hands it to the app."""
+    """Reads the whole body first (at most `limit` bytes are kept, `picture_limit` on PICTURE_ROUTES, within
+    `timeout_s`), then hands it to the app."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES, timeout_s: float = BODY_TIMEOUT_S) -> None:
-        self.app, self.limit, self.timeout_s = app, limit, timeout_s
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int = MAX_BODY_BYTES,
+        timeout_s: float = BODY_TIMEOUT_S,
+        picture_limit: int = MAX_BODY_BYTES,
+    ) -> None:
+        self.app, self.limit, self.timeout_s, self.picture_limit = app, limit, timeout_s, picture_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.picture_limit if scope.get("path") in PICTURE_ROUTES else self.limit
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await _send_413(send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _send_413(send, limit)
             return
         chunks, size, more = [], 0, True
         with anyio.move_on_after(self.timeout_s) as deadline:
@@ -48,8 +59,8 @@ class BodySizeLimit:
                     return
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > self.limit:
-                    await _send_413(send)
+                if size > limit:
+                    await _send_413(send, limit)
                     return
                 chunks.append(chunk)
                 more = message.get("more_body", False)

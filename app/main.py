@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.content_type import JsonBodies
+from app.core.pictures import DecodeGate
 from app.core.redis import PoolExhausted, connect_sync, is_oom
 from app.core.settings import Settings, get_settings
 from app.headers import SecurityHeaders
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.settings = settings
         app.state.store = settings.store()
+        app.state.decodes = DecodeGate(settings.image_decodes)  # pictures decoded at once (app.inputs)
         url = settings.redis_url or "redis://127.0.0.1:6379/0"
         # One bounded pool for every request and the reaper: a request that waits longer than
         # REDIS_POOL_WAIT_S for a connection is a 429 (the API is busy), never a 503 (Redis is fine).
@@ -63,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         description="Deterministic DDIM image generation: POST a seed, get a PNG.",
     )
-    app.add_middleware(BodySizeLimit, timeout_s=settings.body_timeout_s)
+    app.add_middleware(BodySizeLimit, timeout_s=settings.body_timeout_s, picture_limit=settings.image_body_bytes)
     app.add_middleware(JsonBodies)
     app.add_middleware(SecurityHeaders)  # outside the others, so that their answers carry the headers too
     app.add_middleware(TransportPeer)  # last, so outermost: it reads the server's own `receive`

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import HTTPException
 from rq import Queue
@@ -35,20 +35,32 @@ def queue_for(redis, model_ref: str) -> Queue:
 
 @dataclass(frozen=True)
 class NewJob:
-    """A job before it is queued: its spec, its record, the bytes its results will take and its RQ timeout."""
+    """A job before it is queued: its spec, its record, the bytes its results will take, its RQ timeout and its inputs
+    (app.inputs: digest -> blob, stored with it)."""
 
     spec: Spec
     record: dict[str, str]
     cost: int
     timeout: int  # seconds (app.core.timeouts.job_timeout)
+    inputs: dict[str, bytes] = field(default_factory=dict)
 
 
-def new_job(settings: Settings, spec: Spec, manifest: Manifest, owner: str = "", notes: dict | None = None) -> NewJob:
+def new_job(
+    settings: Settings,
+    spec: Spec,
+    manifest: Manifest,
+    owner: str = "",
+    notes: dict | None = None,
+    inputs: dict[str, bytes] | None = None,
+) -> NewJob:
     """The job of `spec` for the model of `manifest`, owned by `owner`; `notes`: how its prompt was read (the
-    prompt's unknown words, its tokens cut)."""
+    prompt's unknown words, its tokens cut); `inputs`: the blobs of the digests its spec names (Spec.inputs)."""
+    inputs = dict(inputs or {})
+    if set(inputs) != set(spec.inputs()):
+        raise ValueError(f"a job's inputs are its spec's: {sorted(inputs)} given for {sorted(spec.inputs())}")
     record = new_record(spec, model_record(manifest), owner, notes=notes)
     cost = spec.cost(*image_shape(manifest, spec.width, spec.height))
-    return NewJob(spec, record, cost, job_timeout(settings, manifest, spec))
+    return NewJob(spec, record, cost, job_timeout(settings, manifest, spec), inputs)
 
 
 def current_engine(redis, model_ref: str) -> str:
@@ -68,7 +80,7 @@ def submit(redis, settings: Settings, job: NewJob, client: str = "") -> str:
     key = runs.engine_key(spec, engine)  # identical jobs share one model run and its cache entry (app.core.runs)
     cache_key = key if engine != runs.PENDING_ENGINE else ""
     queue = queue_for(redis, spec.model_ref)
-    entry = Entry(spec.job_id, job.record, job.cost, queue.key, key, cache_key, spec.compute())
+    entry = Entry(spec.job_id, job.record, job.cost, queue.key, key, cache_key, spec.compute(), job.inputs)
     commands = rq_commands(redis, queue, spec, settings, job.timeout)
     refuse(admit(redis, entry, Bounds.of(settings, client, now, job.timeout), commands, now), settings)
     return spec.job_id

@@ -7,15 +7,19 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 from model_store.bounds import (
+    DEFAULT_STRENGTH,
     MAX_ETA,
     MAX_FRAMES,
     MAX_GUIDANCE,
+    MAX_HARMONIZE,
     MAX_SEED,
     MAX_STEPS,
+    MAX_STRENGTH,
     MIN_ETA,
     MIN_FRAMES,
     MIN_GUIDANCE,
     MIN_STEPS,
+    MIN_STRENGTH,
 )
 
 Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED, description="noise seed, 0..2^53-1", examples=[42])]
@@ -69,6 +73,52 @@ Side = Annotated[
         "model's sizes; its default size when absent",
     ),
 ]
+
+
+class JobRef(BaseModel):
+    """A finished job of the same owner, by its id: another owner's job is a 404, as an unknown id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(max_length=64, description="the job's id (32 hex characters)")
+
+
+MAX_IMAGE_CHARS = 12 * 2**20  # base64 text of an image; the body limit of the image routes bounds it first
+ImageInput = Annotated[
+    str | JobRef | None,
+    Field(
+        None,
+        description="a picture: its file's bytes (PNG, JPEG or WebP) in standard base64 or as a "
+        '`data:image/...;base64,` URL, or `{"job": id}`, a finished job\'s image (a generation, an image-to-image or '
+        "inpainting job, an inversion's reconstruction). Converted once, at the API, to the model's size and "
+        "channels (docs/API.md, Pictures in)",
+    ),
+]
+LatentInput = Annotated[
+    JobRef | None,
+    Field(None, description='`{"job": id}` of a succeeded inversion (POST /invert) of the same model and steps'),
+]
+Strength = Annotated[
+    float | None,
+    Field(
+        None,
+        strict=True,
+        ge=MIN_STRENGTH,
+        le=MAX_STRENGTH,
+        description=f"with `image`: the share of the steps that run, from the picture noised to the first of them "
+        f"(SDEdit; 0: no step, the picture's pixels; 1: from noise); {DEFAULT_STRENGTH} when absent",
+    ),
+]
+Harmonize = Annotated[
+    int,
+    Field(
+        0,
+        strict=True,
+        ge=0,
+        le=MAX_HARMONIZE,
+        description="with `mask`: RePaint's back-and-forth jumps per step (Lugmayr et al. 2022), 0..10",
+    ),
+]
 ModelRef = Annotated[
     str | None,
     Field(None, max_length=80, description="NAME or NAME@VERSION; the default model when absent", examples=["emoji32"]),
@@ -78,7 +128,7 @@ ModelRef = Annotated[
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: Seed
+    seed: Seed | None = Field(None, description="noise seed, 0..2^53-1; required unless `latent` is given")
     steps: Steps = 50
     eta: Eta = 0.0
     model: ModelRef = None
@@ -88,13 +138,18 @@ class GenerateRequest(BaseModel):
     negative_prompt: NegativePrompt = None
     width: Side = None
     height: Side = None
+    image: ImageInput = None
+    strength: Strength = None
+    mask: ImageInput = Field(None, description="with `image`: inpainting's mask, white = repaint, black = keep")
+    harmonize: Harmonize = 0
+    latent: LatentInput = None
 
 
 class InterpolateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed_a: Seed
-    seed_b: Seed
+    seed_a: Seed | None = Field(None, description="the first end's noise seed, unless `image_a` or `latent_a` is given")
+    seed_b: Seed | None = Field(None, description="the last end's noise seed, unless `image_b` or `latent_b` is given")
     frames: int = Field(
         8, strict=True, ge=MIN_FRAMES, le=MAX_FRAMES, description="interpolation points, both ends included"
     )
@@ -103,6 +158,26 @@ class InterpolateRequest(BaseModel):
     prompt: Prompt = None
     prompt_b: Prompt = Field(None, description="text models: with `prompt`, the condition moves to prompt_b's")
     guidance: Guidance = None
+    negative_prompt: NegativePrompt = None
+    width: Side = None
+    height: Side = None
+    image_a: ImageInput = Field(None, description="a picture for the first end: it is inverted (as POST /invert)")
+    image_b: ImageInput = Field(None, description="a picture for the last end")
+    latent_a: LatentInput = None
+    latent_b: LatentInput = None
+
+
+class InvertRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: ImageInput = Field(description="the picture to invert (as `image` of POST /generate)")
+    steps: Steps = 50
+    model: ModelRef = None
+    previews: bool = Field(False, strict=True, description="stream previews as events: the noise rising, then falling")
+    prompt: Prompt = None
+    guidance: Guidance = Field(
+        None, description="text models: the guidance it inverts with; 1 (the conditional model alone) when absent"
+    )
     negative_prompt: NegativePrompt = None
     width: Side = None
     height: Side = None
@@ -137,10 +212,14 @@ class Params(TextParams):
 
     model_config = ConfigDict(extra="allow")
 
-    seed: int
+    seed: int | None
     steps: int
     eta: float
     previews: bool = False
+    image: str | None = Field(None, description="image-to-image: the picture's pixel digest (absent without one)")
+    strength: float | None = Field(None, description="with image: the share of the steps that ran")
+    mask: str | None = Field(None, description="inpainting: the mask's pixel digest")
+    latent: str | None = Field(None, description="the inversion's latent's digest it started from")
 
 
 class InterpolateParams(TextParams):
@@ -148,11 +227,21 @@ class InterpolateParams(TextParams):
 
     model_config = ConfigDict(extra="allow")
 
-    seed_a: int
-    seed_b: int
+    seed_a: int | None
+    seed_b: int | None
     frames: int
     steps: int
     prompt_b: str | None = None
+
+
+class InvertParams(TextParams):
+    """An inversion job's request (app.core.spec.InvertSpec.params), as Params."""
+
+    model_config = ConfigDict(extra="allow")
+
+    image: str = Field(description="the picture's pixel digest")
+    steps: int
+    previews: bool = False
 
 
 class ModelInfo(BaseModel):
@@ -179,9 +268,9 @@ class Progress(BaseModel):
 
 class Job(BaseModel):
     id: str = Field(description="32 hex characters")
-    kind: str = Field("generate", description="generate or interpolate")
+    kind: str = Field("generate", description="generate, interpolate or invert")
     status: str = Field(description="queued, running, succeeded, failed or canceled")
-    params: Params | InterpolateParams
+    params: Params | InterpolateParams | InvertParams
     model: ModelInfo
     engine: Engine | None = None
     progress: Progress | None = None
@@ -193,11 +282,15 @@ class Job(BaseModel):
     error: str | None = None
     image_url: str | None = Field(None, description="the PNG (animated for an interpolation), once succeeded")
     strip_url: str | None = Field(None, description="an interpolation's frames side by side, once succeeded")
+    latent_url: str | None = Field(None, description="an inversion's latent (safetensors), once succeeded")
     events_url: str = Field(description="Server-Sent Events of this job")
 
 
 # The request fields every model takes; any other is a kind's own (model_store.kinds.Kind.fields).
-COMMON_FIELDS = frozenset({"seed", "steps", "eta", "model", "previews", "seed_a", "seed_b", "frames"})
+COMMON_FIELDS = frozenset(
+    {"seed", "steps", "eta", "model", "previews", "seed_a", "seed_b", "frames"}
+    | {"image", "strength", "mask", "harmonize", "latent", "image_a", "image_b", "latent_a", "latent_b"}
+)
 
 
 class Shape(BaseModel):
@@ -258,8 +351,8 @@ ERROR_DESCRIPTIONS = {
     401: "API keys are configured and the bearer key is missing or wrong",
     404: "no such job: unknown, malformed, expired, or another key's",
     408: "the request body did not arrive in full within DIFFUSETV_BODY_TIMEOUT_S",
-    409: "the job has not succeeded (image) or has already ended (cancel)",
-    413: "request body over 64 KiB",
+    409: "the job has not succeeded (image, latent, or a job named as an input) or has already ended (cancel)",
+    413: "request body over 64 KiB (over DIFFUSETV_IMAGE_BODY_BYTES on the routes that take pictures)",
     415: "the body is not declared as JSON (send Content-Type: application/json)",
     429: (
         "a bound was reached (the model's queue, the followers of one run, this client's quota of jobs or bytes, "

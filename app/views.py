@@ -37,5 +37,6 @@ def job_view(record: dict[str, str], queue_position: int | None = None) -> schem
         error=record.get("error") or None,
         image_url=f"/jobs/{record['id']}/image.png" if succeeded else None,
         strip_url=f"/jobs/{record['id']}/strip.png" if succeeded and kind == "interpolate" else None,
+        latent_url=f"/jobs/{record['id']}/latent" if succeeded and kind == "invert" else None,
         events_url=f"/jobs/{record['id']}/events",
     )

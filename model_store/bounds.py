@@ -7,3 +7,7 @@ MIN_STEPS, MAX_STEPS = 1, 1000  # DDIM steps
 MIN_ETA, MAX_ETA = 0.0, 1.0  # 0: deterministic DDIM; 1: DDPM-like (it scales sigma)
 MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0  # classifier-free guidance scale s
 MIN_FRAMES, MAX_FRAMES = 2, 32  # an interpolation's points, both ends included
+MIN_STRENGTH, MAX_STRENGTH = 0.0, 1.0  # image-to-image: the share of the steps that run
+DEFAULT_STRENGTH = 0.8  # as diffusers' image-to-image pipelines
+MAX_HARMONIZE = 10  # inpainting: RePaint's back-and-forth jumps per step
+INVERSION_REFINE = 4  # fixed-point iterations of each inverse DDIM step (diffusion.inversion): calls per step, less one

@@ -27,8 +27,8 @@ from app.core.jobs import JobStatus, deliver, transition
 from app.core.png import encode_png
 from app.core.redis import skip_when_full, while_full
 from app.core.settings import get_settings
-from app.core.spec import GenerateSpec
-from worker import registry
+from app.core.spec import GenerateSpec, Spec
+from worker import inputs, registry
 from worker.engine import Engine
 
 log = logging.getLogger("diffusetv.worker")
@@ -40,7 +40,7 @@ ACTIVE = (JobStatus.QUEUED.value.encode(), JobStatus.RUNNING.value.encode())
 
 @dataclass
 class Run:
-    spec: GenerateSpec  # the leading job's spec; its job id is the run's id
+    spec: Spec  # the leading job's spec; its job id is the run's id
     cache_key: str
     active: bool = True
     last_progress: float = field(default=0.0)
@@ -49,20 +49,36 @@ class Run:
     def id(self) -> str:
         return self.spec.job_id
 
+    @property
+    def steps(self) -> int:
+        """The steps its progress counts: those its row runs (an image-to-image row runs the last ones), an
+        inversion's and its reconstruction's."""
+        return getattr(self.spec, "steps_run", self.spec.steps)
+
 
 def log_line(**fields) -> None:
     log.info(json.dumps({"event": "job", **fields}, sort_keys=True))
 
 
-def take(redis, run_ids: Sequence[str], timeout: int) -> None:
+def take(redis, run_ids: Sequence[str], timeout: int, inputs: Sequence[str] = ()) -> None:
     """Record that this worker holds these runs, before anything else: if it dies, the reaper re-queues them.
-    Their records get a fresh TTL for the time the runs may take, each `timeout` seconds (Settings.pending_ttl).
+    Their records, and the `inputs` they read (app.core.keys.job_input), get a fresh TTL for the time the runs may
+    take, each `timeout` seconds (Settings.pending_ttl), so that a re-run after a reap still finds its inputs.
 
     A run's id is its leading job's id, which is also its RQ job's id."""
     ttl = get_settings().pending_ttl(timeout)
     for run_id in run_ids:
         what = f"taking run {run_id}"
         while_full(log, what, runs.mark_running, redis, run_id, registry.WORKER_ID, run_id, [run_id], ttl)
+    for digest in inputs:
+        keep_input(redis, digest, ttl)
+
+
+def keep_input(redis, digest: str, ttl: int) -> None:
+    """An input's TTL raised to `ttl` (never lowered: another job may need it longer). EXPIRE's GT is Redis 7's."""
+    key = keys.job_input(digest)
+    if redis.ttl(key) < ttl:
+        redis.expire(key, ttl)
 
 
 def active_jobs(redis, batch: list[Run]) -> list[list[str]]:
@@ -91,7 +107,7 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
                 "status": JobStatus.RUNNING,
                 "started_at": now,
                 "engine": json.dumps(engine.record()),
-                "progress": json.dumps({"step": 0, "steps": run.spec.steps}),
+                "progress": json.dumps({"step": 0, "steps": run.steps}),
             }
             while_full(log, f"starting job {job_id}", transition, redis, job_id, (JobStatus.QUEUED,), fields)
         kept.append(run)
@@ -102,13 +118,17 @@ def report_progress(
     redis, batch: list[Run], waiting: list[list[str]], step: int, steps: int, force: bool, ttl: int
 ) -> None:
     """Progress on the job records and their event streams: at most every PROGRESS_INTERVAL_S, and on `force`. A full
-    Redis skips it, and the next one waits FULL_PAUSE_S."""
+    Redis skips it, and the next one waits FULL_PAUSE_S. `step` of `steps` is the batch's grid position; each run
+    counts the steps its row has run (Run.steps: a row that enters late reports nothing before it enters)."""
     now = time.monotonic()
     pipe = redis.pipeline(transaction=False)
     wrote = False
-    progress = {"step": step, "steps": steps}
     for run, job_ids in zip(batch, waiting, strict=True):
-        if run.active and (force or now - run.last_progress >= PROGRESS_INTERVAL_S or step == steps):
+        ran = step - (steps - run.steps) if run.steps <= steps else step
+        if ran <= 0:
+            continue
+        progress = {"step": ran, "steps": run.steps}
+        if run.active and (force or now - run.last_progress >= PROGRESS_INTERVAL_S or ran == run.steps):
             for job_id in job_ids:
                 pipe.hset(keys.job(job_id), "progress", json.dumps(progress))
                 events.emit(pipe, job_id, events.PROGRESS, progress, ttl)
@@ -123,9 +143,11 @@ def preview_url(pixels) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(pixels)).decode()
 
 
-def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int) -> None:
-    """The step's x0 of each run, to the jobs that asked for previews (a full Redis skips them). Reads only: the bytes
-    stay the same."""
+def send_previews(
+    redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int, shown=None
+) -> None:
+    """The step's x0 of each run, to the jobs that asked for previews (a full Redis skips them); `shown`: which rows
+    to show (those that ran the step), all when None. Reads only: the bytes stay the same."""
     pipe = redis.pipeline(transaction=False)
     for job_ids in waiting:
         for job_id in job_ids:
@@ -134,17 +156,28 @@ def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[st
     pipe = redis.pipeline(transaction=False)
     for i, job_ids in enumerate(waiting):
         asking = [j for j in job_ids if json.loads(next(wants) or b"{}").get("previews")]
-        if asking:
+        if asking and (shown is None or shown[i]):
             url = preview_url(engine.pixels(x0[i : i + 1])[0])
+            run = batch[i]
+            ran = step - (run.spec.steps - run.steps) if run.steps <= run.spec.steps else step
             for job_id in asking:
-                events.emit(pipe, job_id, events.PREVIEW, {"step": step, "steps": batch[i].spec.steps, "url": url}, ttl)
+                events.emit(pipe, job_id, events.PREVIEW, {"step": ran, "steps": run.steps, "url": url}, ttl)
     skip_when_full(log, f"previews at step {step}", pipe.execute)
 
 
-def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: int, strip: bytes | None = None) -> int:
+def finish(
+    redis,
+    run: Run,
+    png: bytes,
+    batch_size: int,
+    engine: Engine,
+    ttl: int,
+    strip: bytes | None = None,
+    latent: bytes | None = None,
+) -> int:
     """Close the run (no job can join it now), then give every job still waiting the PNG (and an interpolation's
-    strip). Returns how many got it. A full Redis delays it: each write is tried again until Redis takes it (or
-    the job's time is up)."""
+    strip, an inversion's latent). Returns how many got it. A full Redis delays it: each write is tried again until
+    Redis takes it (or the job's time is up)."""
     sha256 = hashlib.sha256(png).hexdigest()
     now = repr(time.time())
     fields = {
@@ -152,21 +185,24 @@ def finish(redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: in
         "sha256": sha256,
         "batch_size": str(batch_size),
         "engine": json.dumps(engine.record()),
-        "progress": json.dumps({"step": run.spec.steps, "steps": run.spec.steps}),
+        "progress": json.dumps({"step": run.steps, "steps": run.steps}),
         **({"strip_sha256": hashlib.sha256(strip).hexdigest()} if strip is not None else {}),
+        **({"latent_sha256": hashlib.sha256(latent).hexdigest()} if latent is not None else {}),
     }
     delivered = []
     for job_id in while_full(log, f"closing run {run.id}", runs.close, redis, run.id, "done"):
         if strip is not None:  # first: a succeeded job always has its strip
             while_full(log, f"the strip of job {job_id}", redis.set, keys.strip(job_id), strip, ttl)
+        if latent is not None:  # and its latent
+            while_full(log, f"the latent of job {job_id}", redis.set, keys.latent(job_id), latent, ttl)
         # the first job to get the PNG also becomes the cache entry, in the same atomic step
         entry = None if delivered else (keys.cache(run.cache_key), json.dumps({"job": job_id, "sha256": sha256}))
         if while_full(log, f"delivering job {job_id}", deliver, redis, job_id, png, ttl, fields, entry):
             delivered.append(job_id)
             # a job that joined in the last moment
             while_full(log, f"finishing job {job_id}", redis.hsetnx, keys.job(job_id), "started_at", now)
-        elif strip is not None:
-            redis.delete(keys.strip(job_id))
+        else:
+            redis.delete(keys.strip(job_id), keys.latent(job_id))
     runs.forget(redis, run.id)
     return len(delivered)
 
@@ -194,8 +230,13 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
     size = len(batch)
     # text models: each run's own condition; else prompt-free
     conditions = [engine.condition(r.spec.prompt, r.spec.guidance, r.spec.negative_prompt) for r in batch]
-    seeds, etas = [r.spec.seed for r in batch], [r.spec.eta for r in batch]
-    sampler = engine.run(seeds, steps, etas, conditions=conditions, size=specs[0].size)
+    seeds, etas = [0 if r.spec.seed is None else r.spec.seed for r in batch], [r.spec.eta for r in batch]
+    pictures = [inputs.picture_in(redis, r.spec) for r in batch]  # image-to-image and inpainting rows
+    latents = [inputs.latent(redis, r.spec.latent) if r.spec.latent else None for r in batch]
+    sampler = engine.run(
+        seeds, steps, etas, conditions=conditions, size=specs[0].size, pictures=pictures,
+        harmonize=specs[0].harmonize, latents=latents,
+    )  # fmt: skip
     live = list(batch)  # the runs still in the sampler, in its row order
     preview_at = events.preview_steps(steps, get_settings().preview_every_steps)
     last = None
@@ -206,15 +247,17 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
             live[i].active = False
         if gone and len(gone) < len(live):
             sampler.drop(gone)  # nobody waits for these any more: they leave the batch
+            kept = [i for i in range(len(live)) if i not in set(gone)]
+            pictures = [pictures[i] for i in kept]
         live, waiting = [r for r in live if r.active], [w for w in waiting if w]
         if not live:
             break
         preview = last.step in preview_at
         report_progress(redis, live, waiting, last.step, steps, preview, result_ttl)
         if preview:
-            send_previews(redis, engine, live, waiting, last.x0_pred, last.step, result_ttl)
+            send_previews(redis, engine, live, waiting, last.x0_pred, last.step, result_ttl, last.active)
     if last is not None and last.step == steps and live:
-        pixels = engine.pixels(engine.model.final(last))
+        pixels = engine.images(last, pictures)
         for i, run in enumerate(live):
             png = encode_png(pixels[i], engine.parameters(run.spec))
             outcome[run.id] = "succeeded" if finish(redis, run, png, size, engine, result_ttl) else "canceled"

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from app.core import timeouts
 from app.core.redis import while_full
 from app.core.settings import Settings
-from app.core.spec import GenerateSpec
+from app.core.spec import GenerateSpec, InvertSpec, Spec
 from worker.batch import take
 
 if TYPE_CHECKING:
@@ -32,19 +32,22 @@ SCAN = 256  # queue entries looked at per pass
 POLL_S = 0.001
 
 
-def spec_of(job: Job | None) -> GenerateSpec | None:
-    """The spec of a queued generation job; None for any other job, or one this worker cannot run (left to the
-    worker that takes it, which fails it with the reason)."""
+BATCHED = {cls.FUNC: cls for cls in (GenerateSpec, InvertSpec)}  # the jobs that run in batches
+
+
+def spec_of(job: Job | None) -> Spec | None:
+    """The spec of a queued job that runs in batches (a generation, an inversion); None for any other job, or one
+    this worker cannot run (left to the worker that takes it, which fails it with the reason)."""
     if job is None:
         return None
     try:
         name, kwargs = job.func_name, job.kwargs
-        return GenerateSpec.from_kwargs(kwargs) if name == GenerateSpec.FUNC else None
+        return BATCHED[name].from_kwargs(kwargs) if name in BATCHED else None
     except Exception:  # not a JSON job, or a newer API's (SpecError): leave it to the worker that takes it
         return None
 
 
-def batch_room(settings: Settings, engine: Engine, spec: GenerateSpec, timeout: int) -> int:
+def batch_room(settings: Settings, engine: Engine, spec: GenerateSpec | InvertSpec, timeout: int) -> int:
     """How many queued jobs may join the batch that `spec` leads, under its RQ timeout of `timeout` seconds: the batch
     holds at most MAX_BATCH_SIZE jobs, the most the model's memory budget allows (Engine.max_batch) and, for a model
     that records its cost (app.core.timeouts), the most whose work fits the leader's time at MIN_GFLOPS, each job that
@@ -60,7 +63,7 @@ def batch_room(settings: Settings, engine: Engine, spec: GenerateSpec, timeout: 
     return max(0, min(caps) - 1)
 
 
-def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, GenerateSpec]], timeout: int) -> None:
+def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, Spec]], timeout: int) -> None:
     """Take jobs of batch key `key` off the queue (oldest first) into `taken` until it holds `room`, each recorded as
     this worker's, for the batch's time (`timeout`, its leader's) or the job's own where longer. A job is in `taken`
     from the moment it leaves the queue: should recording it fail (Redis full until the job's time is up), the caller
@@ -74,13 +77,13 @@ def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, Gen
         spec = spec_of(job)
         if spec is not None and spec.batch_key() == key and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
             taken.append((job, spec))
-            take(redis, [spec.job_id], max(timeout, job.timeout or 0))
+            take(redis, [spec.job_id], max(timeout, job.timeout or 0), spec.inputs())
             while_full(log, f"starting RQ job {job.id}", job.set_status, RQStatus.STARTED)
 
 
 def gather(
-    redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, GenerateSpec]], timeout: int
-) -> list[tuple[Job, GenerateSpec]]:
+    redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, Spec]], timeout: int
+) -> list[tuple[Job, Spec]]:
     """Claim jobs of batch key `key` into `taken` until the batch is full (`room`: batch_room) or `wait_ms` has passed;
     `timeout` is the batch's time, its leader's RQ timeout."""
     deadline = time.monotonic() + wait_ms / 1000

@@ -15,7 +15,7 @@ from rq.timeouts import JobTimeoutException
 
 from app.core.redis import while_full
 from app.core.settings import get_settings
-from app.core.spec import GenerateSpec, InterpolateSpec, Spec, SpecError
+from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec, Spec, SpecError
 from worker import registry
 from worker.batch import FAIL_PATIENCE_S, fail, run_batch, take
 from worker.collect import batch_room, gather, settle
@@ -57,12 +57,25 @@ def timed_out(timeout: int) -> str:
 def generate(**kwargs) -> dict:
     """Run a queued generation job, batched with compatible queued jobs (RQ job function). The batch runs within
     this job's RQ timeout."""
+    return batched(GenerateSpec, run_batch, kwargs)
+
+
+def invert(**kwargs) -> dict:
+    """Run a queued inversion job, batched with compatible queued inversions (RQ job function)."""
+    from worker.inversion import run_inversions
+
+    return batched(InvertSpec, run_inversions, kwargs)
+
+
+def batched(cls: type[Spec], runner, kwargs: dict) -> dict:
+    """Take the job of `kwargs`, gather queued jobs of its batch key, and run them together with `runner` (worker.batch.
+    run_batch, worker.inversion.run_inversions) within this job's RQ timeout."""
     job = get_current_job()
     redis = job.connection
-    spec = decode(GenerateSpec, redis, kwargs)
+    spec = decode(cls, redis, kwargs)
     settings = get_settings()
     timeout = timeout_of(job)
-    take(redis, [spec.job_id], timeout)
+    take(redis, [spec.job_id], timeout, spec.inputs())
     claimed: list = []
     specs = [spec]
     try:
@@ -72,7 +85,7 @@ def generate(**kwargs) -> dict:
         room = batch_room(settings, engine, spec, timeout)
         gather(redis, queue, spec.batch_key(), room, settings.max_batch_wait_ms, claimed, timeout)
         specs = [spec] + [s for _, s in claimed]
-        outcome = run_batch(redis, engine, specs, settings.result_ttl)
+        outcome = runner(redis, engine, specs, settings.result_ttl)
     except JobTimeoutException:
         give_up(redis, spec, claimed, timed_out(timeout))
         raise
@@ -84,7 +97,7 @@ def generate(**kwargs) -> dict:
     return {"status": outcome[spec.job_id], "batch": len(specs)}
 
 
-def give_up(redis, spec: GenerateSpec, claimed: list[tuple[Job, GenerateSpec]], error: str) -> None:
+def give_up(redis, spec: Spec, claimed: list[tuple[Job, Spec]], error: str) -> None:
     """Fail the batch's runs, and end the RQ jobs claimed with the taken one as failed. It never raises: whatever Redis
     does not take is logged, and the runs are left to the reaper (worker.batch.fail)."""
     ttl = get_settings().result_ttl
@@ -105,7 +118,7 @@ def interpolate(**kwargs) -> dict:
     spec = decode(InterpolateSpec, job.connection, kwargs)
     settings = get_settings()
     timeout = timeout_of(job)
-    take(job.connection, [spec.job_id], timeout)
+    take(job.connection, [spec.job_id], timeout, spec.inputs())
     try:
         engine = registry.get(spec.model_ref)
         check_identity(engine, spec)
@@ -119,4 +132,4 @@ def interpolate(**kwargs) -> dict:
     return {"status": status}
 
 
-ALLOWED = {f"{__name__}.{name}" for name in ("generate", "interpolate")}
+ALLOWED = {f"{__name__}.{name}" for name in ("generate", "interpolate", "invert")}

@@ -28,6 +28,17 @@ def strip(job_id: str) -> str:
     return f"{PREFIX}strip:{job_id}"
 
 
+def latent(job_id: str) -> str:
+    """String: an inversion's latent (safetensors: a tensor `latent` and its metadata), kept RESULT_TTL seconds."""
+    return f"{PREFIX}latent:{job_id}"
+
+
+def job_input(digest: str) -> str:
+    """String with the TTL of the jobs that need it: a job's input by its digest (app.core.pictures: converted pixels,
+    or an inversion's latent), written with the job by the submit script and read by the worker that runs it."""
+    return f"{PREFIX}input:{digest}"
+
+
 def queue_name(model_ref: str) -> str:
     """The RQ queue of one model version (`name@version`); RQ stores it under `rq:queue:<name>`."""
     return f"{PREFIX}generate:{model_ref}"
@@ -100,6 +111,8 @@ LUA_KEYS = "".join(
         ("events_key", events, "id"),
         ("png_key", png, "id"),
         ("strip_key", strip, "id"),
+        ("latent_key", latent, "id"),
+        ("input_key", job_input, "digest"),
         ("run_key", run, "id"),
         ("jobs_key", run_jobs, "id"),
         ("open_key", open_run, "ek"),

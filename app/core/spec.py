@@ -32,8 +32,8 @@ from dataclasses import MISSING, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from app.core.jobs import new_job_id
-from app.core.submit import result_cost
-from model_store.bounds import MAX_GUIDANCE
+from app.core.submit import PNG_OVERHEAD_BYTES, result_cost
+from model_store.bounds import INVERSION_REFINE, MAX_GUIDANCE
 from model_store.kinds import Work
 
 if TYPE_CHECKING:
@@ -111,6 +111,10 @@ class Spec:
         """What the job asks of its model, for its kind's estimate of the work (model_store.kinds.Kind.flops)."""
         raise NotImplementedError
 
+    def inputs(self) -> tuple[str, ...]:
+        """The digests of the inputs its worker reads (app.core.keys.job_input): pictures, masks and latents."""
+        return ()
+
     def to_kwargs(self) -> dict[str, Any]:
         """The RQ job's JSON kwargs."""
         return {**{name: getattr(self, name) for name in ADDRESS}, **self.request()}
@@ -141,6 +145,20 @@ class Spec:
         return cls(new_job_id(), manifest.ref, manifest.identity, **{**given, **normalised})
 
 
+def start_step(steps: int, strength: float | None) -> int:
+    """The first step of the `steps`-step grid that an image-to-image row runs: it runs the last
+    int(steps × strength) steps (diffusers' `get_timesteps`); `steps` runs none. None: a row from noise, step 0."""
+    if strength is None:
+        return 0
+    return steps - min(int(steps * strength), steps)
+
+
+def inverse_calls(steps: int) -> int:
+    """Network calls of an inversion of `steps` steps: each inverse step and its fixed-point refinements
+    (model_store.bounds.INVERSION_REFINE, diffusion.inversion)."""
+    return steps * (1 + INVERSION_REFINE)
+
+
 def guided_rows(prompt: str | None, guidance: float | None) -> int:
     """A sample's rows per step, as the compute quota counts them: 2 with a prompt or a guidance above 1 (a latent text
     model guides the empty prompt too), else 1."""
@@ -155,14 +173,19 @@ def log_retired(spec: str, names: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class GenerateSpec(Spec):
-    """A generation job: DDIM from one seed."""
+    """A generation job: DDIM from one seed's noise, or from a picture (image-to-image, inpainting), or from an
+    inversion's latent.
+
+    Rows of one batch share the grid and its steps, but not where they start: an image-to-image row enters the run at
+    its start step (`start_step`), so it shares calls with seed jobs. Inpainting's `harmonize` adds calls to every
+    step, so only jobs of equal `harmonize` share a batch."""
 
     FUNC: ClassVar[str] = "worker.jobs.generate"
     KIND: ClassVar[str] = "generate"
-    BATCH: ClassVar[tuple[str, ...]] = ("steps", "width", "height")
+    BATCH: ClassVar[tuple[str, ...]] = ("steps", "width", "height", "harmonize")
     NOT_OUTPUT: ClassVar[tuple[str, ...]] = ("previews",)
 
-    seed: int
+    seed: int | None  # None only with `latent` (its noise matters only when eta > 0: seed 0's stream then)
     steps: int
     eta: float
     previews: bool = False
@@ -171,24 +194,49 @@ class GenerateSpec(Spec):
     negative_prompt: str | None = None  # latent text models: the normalised negative prompt (None: none)
     width: int | None = None  # models of several sizes: the image's, always given for them (None: the one size)
     height: int | None = None
+    image: str | None = None  # image-to-image and inpainting: the input's pixel digest (app.core.pictures.digest)
+    strength: float | None = None  # with `image`: the share of the steps that run (start_step); else None
+    mask: str | None = None  # inpainting: the mask's digest (white: repaint)
+    harmonize: int = 0  # inpainting: RePaint's back-and-forth jumps per step
+    latent: str | None = None  # start from an inversion's latent: its blob's digest (app.core.keys.job_input)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eta", float(self.eta) + 0.0)  # -0.0 is 0.0: one engine key, one set of bytes
+        if self.strength is not None:
+            object.__setattr__(self, "strength", float(self.strength) + 0.0)
+
+    @property
+    def start(self) -> int:
+        """The grid step its row enters the run at (0 from noise or a latent; `steps`: it runs none)."""
+        return start_step(self.steps, self.strength if self.image is not None else None)
+
+    @property
+    def steps_run(self) -> int:
+        """The steps its row runs (its progress counts these)."""
+        return self.steps - self.start
+
+    def calls(self) -> int:
+        """Its row's network calls: each step it runs, and RePaint's re-steps on every one but the last."""
+        return self.steps_run + self.harmonize * max(0, self.steps_run - 1)
+
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(d for d in (self.image, self.mask, self.latent) if d is not None)
 
     def cost(self, side: int, channels: int) -> int:
-        return result_cost(side, channels, self.steps, self.previews)
+        return result_cost(side, channels, self.steps_run, self.previews)
 
     def compute(self) -> int:
-        return self.steps * guided_rows(self.prompt, self.guidance)
+        return self.calls() * guided_rows(self.prompt, self.guidance)
 
     def work(self) -> Work:
         prompts = 1 + (self.negative_prompt is not None)
-        return Work(1, self.steps, self.guidance, prompts, self.width, self.height)
+        return Work(1, self.calls(), self.guidance, prompts, self.width, self.height)
 
     def batch_work(self) -> Work:
         """The most a job of its batch key may ask (its steps and size; a prompt and a negative one, guided at the
         highest scale): what each job that joins its batch is counted (worker.collect.batch_room)."""
-        return Work(1, self.steps, MAX_GUIDANCE, 2, self.width, self.height)
+        calls = self.steps + self.harmonize * max(0, self.steps - 1)
+        return Work(1, calls, MAX_GUIDANCE, 2, self.width, self.height)
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -198,13 +246,14 @@ class GenerateSpec(Spec):
 
 @dataclass(frozen=True)
 class InterpolateSpec(Spec):
-    """An interpolation job: DDIM (eta 0) from `frames` points on the great circle between two seeds' noises."""
+    """An interpolation job: DDIM (eta 0) from `frames` points on the great circle between two ends' noises: each end
+    a seed's noise, a picture's inversion (`image_a`, `image_b`) or an inversion's latent (`latent_a`, `latent_b`)."""
 
     FUNC: ClassVar[str] = "worker.jobs.interpolate"
     KIND: ClassVar[str] = "interpolate"
 
-    seed_a: int
-    seed_b: int
+    seed_a: int | None  # None: the end is a picture or a latent
+    seed_b: int | None
     frames: int
     steps: int
     prompt: str | None = None  # text models: the condition at seed_a's end ...
@@ -213,10 +262,21 @@ class InterpolateSpec(Spec):
     negative_prompt: str | None = None  # as GenerateSpec's
     width: int | None = None
     height: int | None = None
+    image_a: str | None = None  # a picture's pixel digest: the end is its inversion
+    image_b: str | None = None
+    latent_a: str | None = None  # an inversion's latent blob's digest
+    latent_b: str | None = None
 
     @property
     def size(self) -> tuple[int, int] | None:
         return None if self.width is None else (self.width, self.height)
+
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(d for d in (self.image_a, self.image_b, self.latent_a, self.latent_b) if d is not None)
+
+    def inverted(self) -> int:
+        """How many of its ends are pictures to invert."""
+        return (self.image_a is not None) + (self.image_b is not None)
 
     def key_fields(self) -> dict[str, Any]:
         return {**super().key_fields(), "kind": self.KIND}  # never a generation's key, whatever fields come
@@ -228,8 +288,64 @@ class InterpolateSpec(Spec):
         return result_cost(side, channels, self.steps, False, images=2 * self.frames)  # the animation and the strip
 
     def compute(self) -> int:
-        return self.frames * self.steps * guided_rows(self.prompt, self.guidance)
+        calls = self.frames * self.steps + self.inverted() * inverse_calls(self.steps)
+        return calls * guided_rows(self.prompt, self.guidance)
 
     def work(self) -> Work:
         prompts = 1 + (self.negative_prompt is not None) + (self.prompt_b is not None)
-        return Work(self.frames, self.steps, self.guidance, prompts, self.width, self.height)
+        steps = self.steps + -(-self.inverted() * inverse_calls(self.steps) // self.frames)  # its ends' inversions
+        return Work(self.frames, steps, self.guidance, prompts, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class InvertSpec(Spec):
+    """An inversion job: DDIM run backwards from a picture to the x_T whose generation draws it (diffusion.inversion),
+    then forwards again from that latent: the job's image is the reconstruction, its latent the x_T. Inversions batch
+    with inversions of the same steps and size."""
+
+    FUNC: ClassVar[str] = "worker.jobs.invert"
+    KIND: ClassVar[str] = "invert"
+    BATCH: ClassVar[tuple[str, ...]] = ("steps", "width", "height")
+    NOT_OUTPUT: ClassVar[tuple[str, ...]] = ("previews",)
+
+    image: str  # the picture's pixel digest
+    steps: int
+    previews: bool = False
+    prompt: str | None = None  # text models: the condition it inverts with (at guidance 1 unless asked otherwise)
+    guidance: float | None = None
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return None if self.width is None else (self.width, self.height)
+
+    @property
+    def steps_run(self) -> int:
+        """Its progress's steps: the inversion's, then the reconstruction's."""
+        return 2 * self.steps
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.image,)
+
+    def key_fields(self) -> dict[str, Any]:
+        return {**super().key_fields(), "kind": self.KIND, "refine": INVERSION_REFINE}
+
+    def png_parameters(self) -> dict[str, Any]:
+        return {**self.output(), "eta": 0.0}  # the reconstruction runs DDIM at eta 0
+
+    def cost(self, side: int, channels: int) -> int:
+        latent = side * side * channels * 4 + PNG_OVERHEAD_BYTES  # float32, at most the picture's size in model space
+        return result_cost(side, channels, self.steps_run, self.previews) + latent
+
+    def compute(self) -> int:
+        return (inverse_calls(self.steps) + self.steps) * guided_rows(self.prompt, self.guidance)
+
+    def work(self) -> Work:
+        prompts = 1 + (self.negative_prompt is not None)
+        return Work(1, inverse_calls(self.steps) + self.steps, self.guidance, prompts, self.width, self.height)
+
+    def batch_work(self) -> Work:
+        """The most an inversion of its batch key may ask (GenerateSpec.batch_work)."""
+        return Work(1, inverse_calls(self.steps) + self.steps, MAX_GUIDANCE, 2, self.width, self.height)

@@ -7,7 +7,7 @@ runs a script alone, and refuses its first write (and so the whole script) when 
 
 A job is answered one of three ways, tried in order:
 - `cached`: the engine key's result exists; the job is a new, already succeeded job with a copy of the PNG (and
-  of an interpolation's strip);
+  of an interpolation's strip, an inversion's latent);
 - `follow`: a run of the same engine key is queued or running; the job joins it (at most MAX_FOLLOWERS do);
 - `lead`: a new run, queued on the model's RQ queue (at most MAX_QUEUE runs wait there). Only a new run is
   charged the model work it will take (the compute quota); cache hits and joins take none.
@@ -61,6 +61,14 @@ local function charge(cost, compute)
   if compute > 0 then redis.call('HINCRBY', q.key, 'compute', compute) end
   if redis.call('TTL', q.key) < 0 then redis.call('EXPIRE', q.key, q.expire) end
 end
+local function write_inputs(ttl)  -- ARGV[2 .. 1 + #spec.inputs]: the blobs of spec.inputs' digests
+  for i, digest in ipairs(spec.inputs) do
+    local key = input_key(digest)
+    if not redis.call('SET', key, ARGV[1 + i], 'NX', 'EX', ttl) and redis.call('TTL', key) < ttl then
+      redis.call('EXPIRE', key, ttl)
+    end
+  end
+end
 local function write_job(fields, status_events, ttl)
   local jk, ek = job_key(spec.job), events_key(spec.job)
   for k, v in pairs(fields) do redis.call('HSET', jk, k, v) end
@@ -79,18 +87,25 @@ if spec.cache_key ~= '' then
     local size = redis.call('STRLEN', png_key(entry.job))
     if size > 0 then
       local strip = redis.call('STRLEN', strip_key(entry.job))
-      local cost = size + strip + spec.record_bytes
+      local latent = redis.call('STRLEN', latent_key(entry.job))
+      local cost = size + strip + latent + spec.record_bytes
       local refused = over(cost, 0)
       if refused then return refused end
       charge(cost, 0)
       redis.call('COPY', png_key(entry.job), png_key(spec.job), 'REPLACE')
       redis.call('EXPIRE', png_key(spec.job), spec.result_ttl)
-      local source = redis.call('HMGET', job_key(entry.job), 'engine', 'batch_size', 'progress', 'strip_sha256')
+      local source = redis.call(
+        'HMGET', job_key(entry.job), 'engine', 'batch_size', 'progress', 'strip_sha256', 'latent_sha256')
       local fields = spec.record
       if strip > 0 then
         redis.call('COPY', strip_key(entry.job), strip_key(spec.job), 'REPLACE')
         redis.call('EXPIRE', strip_key(spec.job), spec.result_ttl)
         fields.strip_sha256 = source[4] or ''
+      end
+      if latent > 0 then
+        redis.call('COPY', latent_key(entry.job), latent_key(spec.job), 'REPLACE')
+        redis.call('EXPIRE', latent_key(spec.job), spec.result_ttl)
+        fields.latent_sha256 = source[5] or ''
       end
       fields.status, fields.started_at, fields.finished_at = 'succeeded', spec.now, spec.now
       fields.cached, fields.sha256 = '1', entry.sha256
@@ -109,9 +124,10 @@ if spec.engine_key ~= '' then
     local status = redis.call('HGET', run_key(rid), 'status')
     if status == 'queued' or status == 'running' then
       if redis.call('SCARD', jobs_key(rid)) > spec.max_followers then return {{'followers', rid, status}} end
-      local refused = over(spec.cost, 0)
+      local refused = over(spec.cost + spec.input_bytes, 0)
       if refused then return refused end
-      charge(spec.cost, 0)
+      charge(spec.cost + spec.input_bytes, 0)
+      write_inputs(spec.ttl)
       local fields = spec.record
       fields.run = rid
       local statuses = {{spec.events.queued}}
@@ -129,9 +145,10 @@ end
 
 -- 3. a new run on the model's queue: only a new run charges the model work it will take
 if redis.call('LLEN', spec.queue) >= spec.max_queue then return {{'queue_full', '', ''}} end
-local refused = over(spec.cost, spec.compute)
+local refused = over(spec.cost + spec.input_bytes, spec.compute)
 if refused then return refused end
-charge(spec.cost, spec.compute)
+charge(spec.cost + spec.input_bytes, spec.compute)
+write_inputs(spec.ttl)
 local fields = spec.record
 fields.run = spec.job
 write_job(fields, {{spec.events.queued}}, spec.ttl)
@@ -142,7 +159,7 @@ if spec.engine_key ~= '' then
   redis.call('EXPIRE', run_key(spec.job), spec.ttl)
   redis.call('EXPIRE', jobs_key(spec.job), spec.ttl)
 end
-local i = 2
+local i = 2 + #spec.inputs
 while i <= #ARGV do  -- the RQ job and its queue entry, as RQ itself writes them
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))
@@ -184,6 +201,7 @@ class Entry:
     engine_key: str = ""
     cache_key: str = ""
     compute: int = 0  # the image-steps of model work a new run takes (cache hits and joins take none)
+    inputs: dict[str, bytes] = dataclasses.field(default_factory=dict)  # digest -> blob (app.inputs)
 
 
 @dataclass(frozen=True)
@@ -238,6 +256,8 @@ def admit(redis, entry: Entry, bounds: Bounds, rq_commands: Sequence[Sequence[An
         "quota": dataclasses.asdict(bounds.quota),
         "cost": entry.cost,
         "compute": entry.compute,
+        "inputs": list(entry.inputs),
+        "input_bytes": sum(len(blob) for blob in entry.inputs.values()),
         "record_bytes": RECORD_BYTES,
         "ttl": bounds.ttl,
         "result_ttl": bounds.result_ttl,
@@ -250,7 +270,8 @@ def admit(redis, entry: Entry, bounds: Bounds, rq_commands: Sequence[Sequence[An
     flat: list[Any] = []
     for command in rq_commands:
         flat += [len(command), *(c.value if isinstance(c, Enum) else c for c in command)]
-    outcome, detail, status = (_decode(v) for v in redis.eval(_LUA, 0, json.dumps(spec), *flat))
+    blobs = list(entry.inputs.values())
+    outcome, detail, status = (_decode(v) for v in redis.eval(_LUA, 0, json.dumps(spec), *blobs, *flat))
     return Admission(outcome, detail, status)
 
 

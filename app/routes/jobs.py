@@ -16,12 +16,14 @@ from app.cancel import cancel
 from app.clients import ClientDep
 from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
-from app.core.spec import GenerateSpec, InterpolateSpec
+from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec
 from app.deps import RedisDep, SettingsDep, StoreDep
+from app.inputs import Inputs, check_generate, check_interpolate, picture, read_generate, read_interpolate
 from app.models import check_request, check_time, prompted, require_served, resolve_model, sized
 from app.queueing import new_job, queue_position, submit
 from app.reaper import reconcile
 from app.views import job_view
+from model_store.bounds import DEFAULT_STRENGTH
 from model_store.text import NO_TEXT
 from model_store.vocabulary import normalise
 
@@ -105,7 +107,7 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
-def offered_model(store, settings, body: schemas.GenerateRequest | schemas.InterpolateRequest):
+def offered_model(store, settings, body: schemas.GenerateRequest | schemas.InterpolateRequest | schemas.InvertRequest):
     """The request's model: known, of a served kind that takes the request's fields. Whether a live worker serves
     it is asked last (require_served), once the whole request is valid: a bad request is a 422, worker or not."""
     manifest = resolve_model(store, body.model, settings)
@@ -116,6 +118,7 @@ def offered_model(store, settings, body: schemas.GenerateRequest | schemas.Inter
 @router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413, 415))
 def generate(
     body: schemas.GenerateRequest,
+    request: Request,
     response: Response,
     redis: RedisDep,
     settings: SettingsDep,
@@ -123,14 +126,20 @@ def generate(
     owner: OwnerDep,
     client: ClientDep,
 ) -> schemas.Job:
-    """Queue a DDIM generation job; poll `Location` for it. 503 when no live worker serves the model."""
+    """Queue a DDIM generation job: from a seed's noise, a picture (`image`, `strength`; with `mask`, inpainting) or an
+    inversion's latent; poll `Location` for it. 503 when no live worker serves the model."""
     manifest = offered_model(store, settings, body)
+    check_generate(body)
     text = prompted(manifest, body.prompt, body.guidance, negative_prompt=body.negative_prompt)
     size = sized(manifest, body.width, body.height)
-    spec = GenerateSpec.from_request(body, manifest, **text.fields(), **size)
+    wh = (size.get("width"), size.get("height"))
+    inputs = read_generate(request.app.state.decodes, settings, redis, owner, manifest, body, wh)
+    strength = {"strength": DEFAULT_STRENGTH if body.strength is None else body.strength} if body.image else {}
+    spec = GenerateSpec.from_request(body, manifest, **text.fields(), **size, **inputs.fields, **strength)
     check_time(settings, manifest, spec, "steps")
     require_served(redis, manifest)
-    job_id = submit(redis, settings, new_job(settings, spec, manifest, owner, text.notes()), client)
+    job = new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs)
+    job_id = submit(redis, settings, job, client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
 
@@ -140,6 +149,7 @@ def generate(
 )
 def interpolate(
     body: schemas.InterpolateRequest,
+    request: Request,
     response: Response,
     redis: RedisDep,
     settings: SettingsDep,
@@ -147,8 +157,10 @@ def interpolate(
     owner: OwnerDep,
     client: ClientDep,
 ) -> schemas.Job:
-    """Queue a seed interpolation: DDIM (eta 0) from the spherical walk between two seeds' noises."""
+    """Queue an interpolation: DDIM (eta 0) from the spherical walk between two ends' noises, each a seed's, a
+    picture's inversion or an inversion's latent."""
     manifest = offered_model(store, settings, body)
+    check_interpolate(body)
     text = prompted(manifest, body.prompt, body.guidance, negative_prompt=body.negative_prompt)
     size = sized(manifest, body.width, body.height)
     if normalise(body.prompt_b or "") and text.prompt is None:
@@ -157,7 +169,9 @@ def interpolate(
         )
     # prompt_b keeps prompt's guidance; an empty one is none: the condition stays `prompt` all along
     end = prompted(manifest, body.prompt_b, None, "prompt_b") if body.prompt_b is not None else NO_TEXT
-    spec = InterpolateSpec.from_request(body, manifest, **text.fields(), prompt_b=end.prompt, **size)
+    wh = (size.get("width"), size.get("height"))
+    inputs = read_interpolate(request.app.state.decodes, settings, redis, owner, manifest, body, wh)
+    spec = InterpolateSpec.from_request(body, manifest, **text.fields(), prompt_b=end.prompt, **size, **inputs.fields)
     check_time(settings, manifest, spec, "frames")
     require_served(redis, manifest)
     notes = text.notes()
@@ -165,9 +179,73 @@ def interpolate(
         notes["ignored_words"] = ignored
     if end.truncated_tokens:
         notes["prompt_b_truncated_tokens"] = end.truncated_tokens
-    job_id = submit(redis, settings, new_job(settings, spec, manifest, owner, notes), client)
+    job_id = submit(redis, settings, new_job(settings, spec, manifest, owner, notes, inputs.blobs), client)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, owner))
+
+
+@router.post(
+    "/invert",
+    status_code=202,
+    response_model=schemas.Job,
+    responses=schemas.error_responses(404, 408, 409, 413, 415),
+)
+def invert(
+    body: schemas.InvertRequest,
+    request: Request,
+    response: Response,
+    redis: RedisDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    owner: OwnerDep,
+    client: ClientDep,
+) -> schemas.Job:
+    """Queue a DDIM inversion: from the picture back to the x_T whose generation draws it (`GET /jobs/{id}/latent`),
+    then forward again: the job's image is the reconstruction. A text model inverts with its prompt at guidance 1
+    unless `guidance` says otherwise."""
+    manifest = offered_model(store, settings, body)
+    guidance = body.guidance if body.guidance is not None else (1.0 if normalise(body.prompt or "") else None)
+    text = prompted(manifest, body.prompt, guidance, negative_prompt=body.negative_prompt)
+    size = sized(manifest, body.width, body.height)
+    inputs = Inputs()
+    wh = (size.get("width"), size.get("height"))
+    picture(request.app.state.decodes, settings, redis, owner, manifest, body.image, "image", wh, inputs)
+    spec = InvertSpec.from_request(body, manifest, **text.fields(), **size, **inputs.fields)
+    check_time(settings, manifest, spec, "steps")
+    require_served(redis, manifest)
+    job_id = submit(redis, settings, new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs), client)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return view(redis, load_record(redis, job_id, owner))
+
+
+@router.get(
+    "/jobs/{job_id}/latent",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}, **schemas.error_responses(404, 409)},
+)
+async def get_latent(
+    job_id: str,
+    request: Request,
+    redis: RedisDep,
+    settings: SettingsDep,
+    owner: OwnerDep,
+    client: ClientDep,
+    wait: Wait = 0,
+) -> Response:
+    """An inversion's latent as safetensors: one float32 tensor `latent` (C, H, W), and in its metadata the model's
+    identity and ref, the steps, the prompt and guidance it was inverted with. Never a pickle. 404 for another kind of
+    job, 409 while not succeeded."""
+    record = await wait_for_end(request, redis, job_id, owner, client, wait, settings.result_ttl)
+    if record.get("kind") != "invert":
+        raise HTTPException(404, "not an inversion job")
+    if record["status"] != JobStatus.SUCCEEDED.value:
+        raise HTTPException(409, f"job is {record['status']}; the latent exists once it has succeeded")
+    blob = await run_in_threadpool(redis.get, keys.latent(job_id))
+    if blob is None:
+        raise HTTPException(404, "the result has expired")
+    name = f"diffusetv-{job_id}.safetensors"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "ETag": f'"{record.get("latent_sha256", "")}"'}
+    return Response(blob, media_type="application/octet-stream", headers=headers)
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job, responses=schemas.error_responses(404))

@@ -1,0 +1,182 @@
+"""Pictures and latents in: a request's inputs, read once at the API and handed to the worker by digest.
+
+An image input is a file's bytes in base64 (or a data URL), or `{"job": id}`, a finished job's image of the same
+owner. Either way it is decoded here, once, and converted to the model's size and channels (app.core.pictures); the
+job's spec holds the digest of the converted pixels, so the same picture sent as another file hits the same engine
+key and cache entry, and the submit script stores the pixels by that digest beside the job (app.core.submit). The
+worker reads them by digest and never decodes a user's file. A latent input is a succeeded inversion of the same
+model, steps and size (`{"job": id}`): its latent is stored the same way, by the digest of its bytes.
+
+Every refusal names the request field: 422 for a bad input, 404 for a job that is unknown, another owner's or whose
+result expired, 409 for one that has not succeeded, 503 with Retry-After when this API is already decoding as many
+pictures as it may at once (DIFFUSETV_IMAGE_DECODES).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+
+from app import schemas
+from app.core import keys, pictures
+from app.core.jobs import JobStatus, read_record
+from app.core.settings import Settings
+from model_store import Manifest, kinds
+
+DECODE_RETRY_S = 1
+IMAGE_KINDS = frozenset({"generate", "invert"})  # jobs whose image.png is one picture (not an interpolation)
+
+
+@dataclass
+class Inputs:
+    """A request's inputs: each spec field's digest, and the blobs the submit script stores by digest."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+    def add(self, name: str, digest: str, blob: bytes) -> None:
+        self.fields[name] = digest
+        self.blobs[digest] = blob
+
+
+def refuse(name: str, message: str, given: object = None) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", name), "msg": message, "input": given}])
+
+
+def target(manifest: Manifest, width: int | None, height: int | None) -> tuple[int, int, int]:
+    """(height, width, channels) of the model's image at the request's size: what a picture is converted to."""
+    return kinds.of(manifest).image_shape(manifest, width, height)
+
+
+def finished_job(redis, ref: schemas.JobRef, owner: str, name: str) -> dict[str, str]:
+    """The record of the job a request names as an input: 404 unknown, expired or another owner's; 409 unfinished."""
+    record = read_record(redis, ref.job) if keys.valid_job_id(ref.job) else None
+    if record is None or not hmac.compare_digest(record.get("owner", ""), owner):
+        raise HTTPException(404, f"{name}: no such job")
+    if record["status"] != JobStatus.SUCCEEDED.value:
+        status = record["status"]
+        raise HTTPException(409, f"{name}: job {ref.job} is {status}; it can be an input once it has succeeded")
+    return record
+
+
+def decoded(gate: pictures.DecodeGate, settings: Settings, value: str | schemas.JobRef, name: str, redis, owner: str):
+    """The input's picture (PIL), from a base64 file or a finished job's PNG, decoded under the gate."""
+    if isinstance(value, schemas.JobRef):
+        record = finished_job(redis, value, owner, name)
+        if record.get("kind", "generate") not in IMAGE_KINDS:
+            raise refuse(name, f"job {value.job} is an {record['kind']} job: name a job with one image", value.job)
+        png = redis.get(keys.png(value.job))
+        if png is None:
+            raise HTTPException(404, f"{name}: the image of job {value.job} has expired")
+        value = "data:image/png;base64," + base64.b64encode(png).decode()
+    try:
+        with gate:
+            return pictures.decode(value, name, settings.max_image_pixels)
+    except pictures.Busy as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": str(DECODE_RETRY_S)}) from None
+    except pictures.PictureError as exc:
+        raise refuse(exc.field, str(exc)) from None
+
+
+def picture(gate, settings: Settings, redis, owner: str, manifest: Manifest, value, name: str, size, inputs: Inputs):
+    """An image input, converted to the model's size and channels, into `inputs` under `name`."""
+    height, width, channels = target(manifest, *size)
+    image = decoded(gate, settings, value, name, redis, owner)
+    try:
+        pixels = pictures.convert(image, width, height, channels)
+    except pictures.PictureError as exc:
+        raise refuse(name, str(exc)) from None
+    inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
+
+
+def mask(gate, settings: Settings, redis, owner: str, manifest: Manifest, value, name: str, size, inputs: Inputs):
+    """A mask input: white repaints, black keeps; box-filtered to the model's size, thresholded at 128."""
+    height, width, _ = target(manifest, *size)
+    image = decoded(gate, settings, value, name, redis, owner)
+    try:
+        pixels = pictures.convert_mask(image, width, height)
+    except pictures.PictureError as exc:
+        raise refuse(name, str(exc)) from None
+    inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
+
+
+def latent(redis, owner: str, manifest: Manifest, ref: schemas.JobRef, name: str, steps: int, size, inputs: Inputs):
+    """An inversion's latent, into `inputs` under `name`: 422 for a job that is not an inversion, or one of another
+    model, step count or size."""
+    record = finished_job(redis, ref, owner, name)
+    if record.get("kind") != "invert":
+        raise refuse(name, f"job {ref.job} is not an inversion (POST /invert)", ref.job)
+    blob = redis.get(keys.latent(ref.job))
+    if blob is None:
+        raise HTTPException(404, f"{name}: the latent of job {ref.job} has expired")
+    try:
+        meta = pictures.latent_metadata(blob)
+    except pictures.PictureError as exc:
+        raise refuse(name, str(exc), ref.job) from None
+    wanted = {"identity": manifest.identity, "steps": str(steps), **size_metadata(*size)}
+    for key, value in wanted.items():
+        if meta.get(key, "") != value:
+            what = {"identity": f"model {manifest.ref}", "steps": f"{steps} steps"}.get(key, f"{key} {value}")
+            raise refuse(name, f"job {ref.job} inverted with another {key} ({meta.get(key)}); this job has {what}")
+    inputs.add(name, hashlib.sha256(blob).hexdigest(), blob)
+
+
+def size_metadata(width: int | None, height: int | None) -> dict[str, str]:
+    """A latent's size in its metadata: a model of several sizes records the width and height it was inverted at."""
+    return {} if width is None else {"width": str(width), "height": str(height)}
+
+
+def check_generate(body: schemas.GenerateRequest) -> None:
+    """422 naming the field for inputs that do not go together (docs/API.md, Pictures in)."""
+    given = body.model_fields_set
+    if body.latent is not None:
+        for name in ("image", "strength", "mask"):
+            if name in given and getattr(body, name) is not None:
+                raise refuse("latent", f"latent starts from an inversion's noise: it takes no {name}")
+        if body.seed is None and body.eta > 0:
+            raise refuse("seed", "eta > 0 draws noise from the seed: send `seed` with `latent` and eta > 0")
+    elif body.seed is None:
+        raise refuse("seed", "seed is required (unless `latent` is given)")
+    if body.image is None:
+        for name in ("strength", "mask"):
+            if getattr(body, name) is not None:
+                raise refuse(name, f"{name} needs `image`")
+    if body.harmonize and body.mask is None:
+        raise refuse("harmonize", "harmonize needs `mask` (inpainting)", body.harmonize)
+
+
+def check_interpolate(body: schemas.InterpolateRequest) -> None:
+    """422 naming the field unless each end is exactly one of a seed, a picture and a latent."""
+    for end in ("a", "b"):
+        names = [f"seed_{end}", f"image_{end}", f"latent_{end}"]
+        sent = [n for n in names if getattr(body, n) is not None]
+        if not sent:
+            raise refuse(f"seed_{end}", f"seed_{end} is required (unless image_{end} or latent_{end} is given)")
+        if len(sent) > 1:
+            raise refuse(sent[1], f"the {end} end is one of {', '.join(names)}; got {' and '.join(sent)}")
+
+
+def read_generate(gate, settings, redis, owner: str, manifest: Manifest, body, size) -> Inputs:
+    inputs = Inputs()
+    if body.image is not None:
+        picture(gate, settings, redis, owner, manifest, body.image, "image", size, inputs)
+    if body.mask is not None:
+        mask(gate, settings, redis, owner, manifest, body.mask, "mask", size, inputs)
+    if body.latent is not None:
+        latent(redis, owner, manifest, body.latent, "latent", body.steps, size, inputs)
+    return inputs
+
+
+def read_interpolate(gate, settings, redis, owner: str, manifest: Manifest, body, size) -> Inputs:
+    inputs = Inputs()
+    for end in ("a", "b"):
+        if (value := getattr(body, f"image_{end}")) is not None:
+            picture(gate, settings, redis, owner, manifest, value, f"image_{end}", size, inputs)
+        if (ref := getattr(body, f"latent_{end}")) is not None:
+            latent(redis, owner, manifest, ref, f"latent_{end}", body.steps, size, inputs)
+    return inputs
