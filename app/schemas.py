@@ -259,6 +259,9 @@ class Engine(BaseModel):
     kernels: str = Field(
         "", description="fingerprint of the worker's kernel arithmetic: equal kernels, equal bytes (DETERMINISM.md)"
     )
+    encoder: str = Field(
+        "", description="fingerprint of the worker's PNG encoder (Pillow and its zlib): part of the engine (DETERMINISM.md)"
+    )
 
 
 class Progress(BaseModel):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.core.png import encoder_fingerprint
 from app.core.spec import Spec
 from diffusion.ddim import DDIMRun, draw, generators, last_step, sample_loop
 from diffusion.denoiser import Denoiser
@@ -112,9 +113,15 @@ class Engine:
         return self.sized[size][0]
 
     @property
+    def encoder(self) -> str:
+        """Names the PNG encoder (app.core.png.encoder_fingerprint): Pillow builds with another zlib give other bytes
+        for the same pixels, so the encoder is part of the engine as the kernels are."""
+        return encoder_fingerprint()
+
+    @property
     def id(self) -> str:
-        """`device/precision/kernels`: what a model's workers must share (worker.heartbeat, app.core.runs)."""
-        return f"{self.device}/{self.precision}/{self.kernels}"
+        """`device/precision/kernels/encoder`: what a model's workers must share (worker.heartbeat, app.core.runs)."""
+        return f"{self.device}/{self.precision}/{self.kernels}/{self.encoder}"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -123,7 +130,7 @@ class Engine:
 
     def record(self) -> dict[str, str]:
         """A finished job's `engine`: what ran it (app.schemas.Engine)."""
-        return {"device": self.device, "precision": self.precision, "kernels": self.kernels}
+        return {"device": self.device, "precision": self.precision, "kernels": self.kernels, "encoder": self.encoder}
 
     def run(
         self,

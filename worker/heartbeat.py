@@ -34,7 +34,7 @@ class EngineConflict(RuntimeError):
 
 
 def claim_engines(redis, engines: dict[str, str], ttl: int) -> None:
-    """Refuse to serve a model whose queue another engine (device/precision/kernels) serves."""
+    """Refuse to serve a model whose queue another engine (device/precision/kernels/encoder) serves."""
     for ref, engine in engines.items():
         redis.set(keys.engine(ref), engine, nx=True, ex=ttl)
         current = redis.get(keys.engine(ref))

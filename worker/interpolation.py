@@ -1,9 +1,10 @@
-"""Interpolation jobs: frames from the spherical walk between two seeds' noises, rendered in one batch.
+"""Interpolation jobs: frames from the spherical walk between two ends' noises, rendered in one batch.
 
-The result is an animated PNG (one frame per interpolation point) and a horizontal strip. The ends
-are the images of `/generate` with seed_a and seed_b at eta = 0, pixel for pixel: the walk is exact at
-its ends, and a sample's output does not depend on its batch. Identical interpolations share one run and
-its cache entry, as generations do (app.core.runs).
+Each end is a seed's noise, a picture's inversion (both pictures inverted in one batch, with the end's condition) or
+an inversion's latent. The result is an animated PNG (one frame per interpolation point) and a horizontal strip. The
+ends are the images of `/generate` with seed_a and seed_b at eta = 0 (or the pictures' reconstructions), pixel for
+pixel: the walk is exact at its ends, and a sample's output does not depend on its batch. Identical interpolations
+share one run and its cache entry, as generations do (app.core.runs).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from app.core.spec import InterpolateSpec
 from diffusion.grid import make_grid
 from diffusion.guidance import Condition
 from diffusion.interpolate import interpolated_noises
+from worker import inputs
 from worker.batch import Run, active_jobs, count, finish, report_progress, start, withdraw
 from worker.engine import Engine
 
@@ -53,6 +55,37 @@ def frame_conditions(engine: Engine, spec: InterpolateSpec) -> list[Condition] |
     return [Condition(lerp(a, b, w), start.scale, start.negative) for w in weights]
 
 
+def end_noises(redis, engine: Engine, spec: InterpolateSpec, conditions, run: Run, ttl: int):
+    """The noises at the walk's two ends: a seed's x_T, an inversion's latent, or a picture's inversion (both pictures
+    in one batch, each with its end's condition). None when every job left the run during the inversion."""
+    size = spec.size
+    ends: list[torch.Tensor | None] = []
+    for seed, latent in ((spec.seed_a, spec.latent_a), (spec.seed_b, spec.latent_b)):
+        if latent is not None:
+            ends.append(inputs.latent(redis, latent))
+        elif seed is not None:
+            ends.append(engine.initial_noise(seed, size))
+        else:
+            ends.append(None)
+    which = [i for i, image in enumerate((spec.image_a, spec.image_b)) if image is not None]
+    if not which:
+        return ends
+    pixels = [inputs.pixels(redis, (spec.image_a, spec.image_b)[i]) for i in which]
+    at_ends = None if conditions is None else [conditions[0], conditions[-1]]
+    chosen = None if at_ends is None else [at_ends[i] for i in which]
+    latent = None
+    for inverse in engine.invert(pixels, spec.steps, conditions=chosen, size=size):
+        latent = inverse.x
+        waiting = active_jobs(redis, [run])
+        if not waiting[0]:
+            withdraw(redis, run, ttl)
+            return None
+        report_progress(redis, [run], waiting, inverse.step, spec.steps_run, False, ttl)
+    for row, i in enumerate(which):
+        ends[i] = latent[row]
+    return ends
+
+
 def lerp(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     """(1 - w)·a + w·b, exactly a at w = 0 and exactly b at w = 1."""
     if w == 0:
@@ -72,18 +105,22 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
     # batch_size is jobs sharing a model run, as for /generate: an interpolation runs alone (its frames are rows).
     run_started = time.monotonic()
     size = spec.size
-    ends = engine.initial_noise(spec.seed_a, size), engine.initial_noise(spec.seed_b, size)
-    x_T = interpolated_noises(*ends, spec.frames)
     conditions = frame_conditions(engine, spec)
+    ends = end_noises(redis, engine, spec, conditions, run, ttl)
+    if ends is None:
+        return JobStatus.CANCELED.value
+    x_T = interpolated_noises(*ends, spec.frames)
     frames = spec.frames
-    sampler = engine.run([spec.seed_a] * frames, spec.steps, [0.0] * frames, x_T=x_T, conditions=conditions, size=size)
+    seed = spec.seed_a or 0  # eta 0: nothing is drawn after x_T, which the walk gives
+    sampler = engine.run([seed] * frames, spec.steps, [0.0] * frames, x_T=x_T, conditions=conditions, size=size)
     last = None
+    done = spec.steps_run - spec.steps  # the steps of the ends' inversion
     for last in sampler:
         waiting = active_jobs(redis, [run])
         if not waiting[0]:
             withdraw(redis, run, ttl)
             return JobStatus.CANCELED.value
-        report_progress(redis, [run], waiting, last.step, spec.steps, False, ttl)
+        report_progress(redis, [run], waiting, done + last.step, spec.steps_run, False, ttl)
     frames = engine.pixels(engine.model.final(last))
     params = engine.parameters(spec)
     apng = animated_png(frames, params)

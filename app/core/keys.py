@@ -53,7 +53,7 @@ WORKERS = f"{PREFIX}workers"  # sorted set: worker id -> its heartbeat's expiry 
 
 
 def engine(model_ref: str) -> str:
-    """String with TTL 2 x HEARTBEAT_S: the engine (`device/precision/kernels`) that serves a model version."""
+    """String with TTL 2 x HEARTBEAT_S: the engine (`device/precision/kernels/encoder`) that serves a model version."""
     return f"{PREFIX}engine:{model_ref}"
 
 

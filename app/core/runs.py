@@ -30,10 +30,10 @@ PENDING_ENGINE = "pending"  # no worker has claimed the model yet: the engine is
 def engine_key(spec: Spec, engine: str) -> str:
     """sha256 of the canonical engine key: the spec's fields that fix the bytes (app.core.spec.Spec.key_fields: the
     model's identity and ref, the seed, steps and eta, a text model's normalised prompt and guidance) and the
-    engine, `device/precision/kernels` (worker.engine.Engine.id); workers whose kernels differ give other bytes,
-    so their results never mix."""
-    device, precision, kernels = [*engine.split("/", 2), "", ""][:3]
-    key = {**spec.key_fields(), "device": device, "precision": precision, "kernels": kernels}
+    engine, `device/precision/kernels/encoder` (worker.engine.Engine.id); workers whose kernels or PNG encoder differ
+    give other bytes, so their results never mix."""
+    device, precision, kernels, encoder = [*engine.split("/", 3), "", "", ""][:4]
+    key = {**spec.key_fields(), "device": device, "precision": precision, "kernels": kernels, "encoder": encoder}
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

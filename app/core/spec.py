@@ -278,6 +278,11 @@ class InterpolateSpec(Spec):
         """How many of its ends are pictures to invert."""
         return (self.image_a is not None) + (self.image_b is not None)
 
+    @property
+    def steps_run(self) -> int:
+        """Its progress's steps: its ends' inversion (run together), if any, then the frames'."""
+        return self.steps * (2 if self.inverted() else 1)
+
     def key_fields(self) -> dict[str, Any]:
         return {**super().key_fields(), "kind": self.KIND}  # never a generation's key, whatever fields come
 
