@@ -208,3 +208,29 @@ def test_a_worker_survives_a_full_redis_during_a_batch(tiny_store, tmp_path, eac
         s.wait_ready(timeout=10)
         assert png == undisturbed_png(s, body)
         assert c.get("/readyz").status_code == 200
+
+
+def test_sigkill_mid_image_to_image_reruns_with_its_input_and_the_same_bytes(stack):
+    """A worker killed mid-job: the re-run still finds the job's input (its TTL is refreshed when a run is taken), and
+    gives the bytes an undisturbed run gives."""
+    import base64
+
+    stack.start_worker("worker2")
+    stack.wait_ready()
+    conn = redis_lib.Redis.from_url(stack.redis.url)
+    with stack.client() as c:
+        source = c.post("/generate", json={"seed": 40, "steps": 5}).json()
+        png = c.get(f"/jobs/{source['id']}/image.png", params={"wait": 30}).content
+        body = {"seed": 41, "steps": 1000, "eta": 0.5, "image": base64.b64encode(png).decode(), "strength": 0.9}
+        job = c.post("/generate", json=body).json()
+        (stored,) = conn.keys(keys.job_input("*"))
+        wait_for(lambda: status(c, job["id"])["status"] == "running", 20, "running")
+        os.kill(busy_worker_pid(conn, job["id"]), signal.SIGKILL)
+        done = c.get(f"/jobs/{job['id']}", params={"wait": 30}).json()
+        if done["status"] not in ("succeeded", "failed"):
+            done = c.get(f"/jobs/{job['id']}", params={"wait": 30}).json()
+        assert done["status"] == "succeeded", done
+        assert conn.exists(stored)
+        png = c.get(f"/jobs/{job['id']}/image.png").content
+    assert png == undisturbed_png(stack, body)
+    assert float(conn.hget(keys.METRICS, "requeued")) == 1
