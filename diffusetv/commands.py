@@ -28,7 +28,10 @@ def check_steps(steps: int) -> None:
 def sample(args: argparse.Namespace) -> int:
     from model_store.bounds import MAX_ETA, MAX_SEED, MIN_ETA
 
-    if not 0 <= args.seed <= MAX_SEED - max(args.n - 1, 0):
+    if args.seed is None and args.latent is None:
+        raise UserError("--seed is required (unless --latent is given)")
+    seed = 0 if args.seed is None else args.seed
+    if not 0 <= seed <= MAX_SEED - max(args.n - 1, 0):
         raise UserError(f"--seed must be in 0..2^53-1 (got {args.seed})")
     check_steps(args.steps)
     if not MIN_ETA <= args.eta <= MAX_ETA:
@@ -37,36 +40,24 @@ def sample(args: argparse.Namespace) -> int:
         raise UserError(f"--n must be in 1..1024 (got {args.n})")
     from app.core.png import encode_png
     from app.core.spec import GenerateSpec
+    from diffusetv.pictures import sample_inputs
+    from diffusion.ddim import last_step
     from diffusion.grid import grid_columns, make_grid
-    from worker.engine import load_engine
 
-    if os.environ.get("DIFFUSETV_TORCH_THREADS"):
-        import torch
-
-        torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
-    from model_store import kinds
-
-    service = settings()
-    kinds.load_modules(service.extra_kind_modules)
-    from model_store import Store
-
-    manifest = Store().resolve(args.model or default_model())
-    bound = kinds.served(manifest).steps_bound(manifest)
-    if args.steps > bound:
-        raise UserError(f"--steps: {manifest.ref} runs at most {bound} steps (got {args.steps})")
-    engine = load_engine(
-        args.model or default_model(),
-        device=args.device,
-        precision=args.precision,
-        compile=args.compile,
-        probe_cache=service.probe_cache,
-    )
+    engine = service_engine(args)
     text = prompt_of(engine.manifest, args.prompt, args.guidance, args.negative_prompt)
     size = size_of(engine.manifest, args.width, args.height)
-    spec = GenerateSpec.from_request(args, engine.manifest, **text.fields(), **size)  # the first sample's, as the API's
-    seeds = list(range(spec.seed, spec.seed + args.n))
+    inputs = sample_inputs(args, engine.manifest, size)
+    # the first sample's spec, as the API's
+    spec = GenerateSpec.from_request(args, engine.manifest, **text.fields(), **size, **inputs.fields)
+    seeds = list(range(seed, seed + args.n))
     conditions = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)] * args.n
-    images = engine.generate(seeds, spec.steps, [spec.eta] * args.n, conditions, size=spec.size)
+    pictures, latents = [inputs.picture] * args.n, [inputs.latent] * args.n
+    run = engine.run(
+        seeds, spec.steps, [spec.eta] * args.n, conditions=conditions, size=spec.size, pictures=pictures,
+        harmonize=spec.harmonize, latents=latents,
+    )  # fmt: skip
+    images = engine.images(last_step(run), pictures)
     parameters = engine.parameters(spec)
     if args.n > 1:
         parameters["n"] = args.n
@@ -79,6 +70,31 @@ def sample(args: argparse.Namespace) -> int:
     m = engine.manifest
     print(f"wrote {out} ({args.n} image{'s' * (args.n > 1)}, {m.ref}, {engine.device}/{engine.precision})")
     return 0
+
+
+def service_engine(args: argparse.Namespace):
+    """The engine of --model on --device at --precision (with --compile), loaded as a worker loads it (its kinds, its
+    probe cache, DIFFUSETV_TORCH_THREADS), its steps checked against the model's bound."""
+    from model_store import Store, kinds
+    from worker.engine import load_engine
+
+    if os.environ.get("DIFFUSETV_TORCH_THREADS"):
+        import torch
+
+        torch.set_num_threads(int(os.environ["DIFFUSETV_TORCH_THREADS"]))
+    service = settings()
+    kinds.load_modules(service.extra_kind_modules)
+    manifest = Store().resolve(args.model or default_model())
+    bound = kinds.served(manifest).steps_bound(manifest)
+    if args.steps > bound:
+        raise UserError(f"--steps: {manifest.ref} runs at most {bound} steps (got {args.steps})")
+    return load_engine(
+        args.model or default_model(),
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        probe_cache=service.probe_cache,
+    )
 
 
 def prompt_of(manifest, prompt: str | None, guidance: float | None, negative: str | None = None):
