@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.core.png import decode_png, read_parameters
+from app.core.png import decode_png, encoder_fingerprint, read_parameters
 from helpers import run_cli
 
 pytestmark = pytest.mark.slow
@@ -42,8 +42,9 @@ def test_lifecycle_png_and_cli_identity(stack, tiny_store, tmp_path):
         assert statuses[0] in ("queued", "running")
         assert len(set(seen)) >= 3 and seen == sorted(seen), seen  # progress moved forward
         assert job["progress"] == {"step": 1000, "steps": 1000} and job["batch_size"] == 1
-        kernels = job["engine"]["kernels"]
-        assert job["engine"] == {"device": "cpu", "precision": "fp32", "kernels": kernels} and len(kernels) == 16
+        kernels, encoder = job["engine"]["kernels"], job["engine"]["encoder"]
+        assert job["engine"] == {"device": "cpu", "precision": "fp32", "kernels": kernels, "encoder": encoder}
+        assert len(kernels) == 16 and encoder == encoder_fingerprint()
         png = c.get(job["image_url"])
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         assert png.headers["etag"] == f'"{hashlib.sha256(png.content).hexdigest()}"'
