@@ -97,8 +97,8 @@ def decode(value: str, field: str, max_pixels: int, max_chars: int = MAX_BASE64_
     bound = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise PictureError(field, f"too many pixels ({exc})") from None
+    except Image.DecompressionBombError:  # more than twice Pillow's own bound, seen by Image.open
+        raise PictureError(field, f"more than {bound} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error):  # UnidentifiedImageError is an OSError
         raise PictureError(field, "not a PNG, JPEG or WebP image") from None
     width, height = image.size
@@ -110,8 +110,8 @@ def decode(value: str, field: str, max_pixels: int, max_chars: int = MAX_BASE64_
         image.seek(0)
         image.load()
         image.getexif()  # read here, so that a corrupt EXIF block is this field's error, not convert's
-    except Image.DecompressionBombError as exc:
-        raise PictureError(field, f"too many pixels ({exc})") from None
+    except Image.DecompressionBombError:  # an animated file's later frame, as Pillow checks it
+        raise PictureError(field, f"more than {bound} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, MemoryError):
         raise PictureError(field, f"a truncated or corrupt {image.format} file") from None
     return image
