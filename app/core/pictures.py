@@ -220,7 +220,10 @@ def to_blob(pixels: np.ndarray) -> bytes:
 
 def from_blob(blob: bytes) -> np.ndarray:
     """`to_blob`'s bytes -> the pixels; ValueError unless they are (h, w, c) uint8 with the digest recorded."""
-    header = _header(blob, "pixels")
+    try:
+        header = _header(blob, "pixels")
+    except PictureError as exc:
+        raise ValueError(f"not a pixels blob: {exc.message}") from None
     recorded = (header.get("__metadata__") or {}).get("digest")
     pixels = load_tensors(bytes(blob)).get("pixels")
     if pixels is None or pixels.dtype != np.uint8 or pixels.ndim != 3:

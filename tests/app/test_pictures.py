@@ -324,7 +324,6 @@ def test_a_blob_round_trips_and_checks_its_digest():
     blob = to_blob(pixels)
     back = from_blob(blob)
     assert back.dtype == np.uint8 and np.array_equal(back, pixels)
-    assert latent_metadata.__module__ == "app.core.pictures"
     header = json.loads(blob[8 : 8 + struct.unpack("<Q", blob[:8])[0]])
     assert header["__metadata__"] == {"digest": digest(pixels)}
     tampered = bytearray(blob)
@@ -333,6 +332,9 @@ def test_a_blob_round_trips_and_checks_its_digest():
         from_blob(bytes(tampered))
     with pytest.raises(ValueError):
         from_blob(save_tensors({"pixels": pixels.astype(np.float32)}, metadata={"digest": digest(pixels)}))
+    with pytest.raises(ValueError, match="not a pixels blob: no tensor 'pixels'") as caught:
+        from_blob(save_tensors({"latent": pixels}))
+    assert not isinstance(caught.value, PictureError), "a broken blob is ours, not the request's"
 
 
 # ------------------------------------------------------------------------------------------------ latents
