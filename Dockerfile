@@ -3,7 +3,7 @@
 # DiffuseTV images. One file, two targets, each installed from its own lock file (deploy/locks/, made by
 # `make lock`) with `pip install --require-hashes`:
 #
-#   docker build --target api -t diffusetv-api .        # the HTTP API: deploy/locks/api.txt (no torch, numpy, Pillow)
+#   docker build --target api -t diffusetv-api .        # the HTTP API: deploy/locks/api.txt (no torch)
 #   docker build --target worker -t diffusetv-worker .  # the RQ worker: deploy/locks/worker-cpu.txt (torch's CPU build)
 #   docker build --target worker --build-arg TORCH_VARIANT=cuda --build-arg TORCH_INDEX_URL= \
 #       --build-arg TORCH_CUDA=13.0 -t diffusetv-worker-gpu .   # deploy/locks/worker-cuda.txt (torch's CUDA 13.0 build)
@@ -46,7 +46,7 @@ COPY . /src
 # The project alone, built with the locked setuptools: nothing is resolved or fetched here.
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation /src \
     && /opt/venv/bin/pip check \
-    && /opt/venv/bin/python -c "import app.main, sys; sys.exit(bool({'torch', 'numpy', 'PIL'} & set(sys.modules)))"
+    && /opt/venv/bin/python -c "import app.main, app.core.pictures, importlib.util as u, sys; sys.exit(bool({'torch', 'diffusion', 'worker'} & set(sys.modules)) or u.find_spec('torch') is not None)"
 
 FROM api-base AS api
 ARG VERSION=0.1.0

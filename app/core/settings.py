@@ -110,6 +110,20 @@ class Settings(BaseSettings):
         10.0, ge=0.1, le=600, description="longest time a request head may take to arrive; then the connection closes"
     )
     body_timeout_s: float = Field(10.0, ge=0.1, le=600, description="longest time a request body may take to arrive")
+    # Pictures in (app/core/pictures.py): what one request's image may cost the API.
+    max_image_pixels: int = Field(
+        4096 * 4096,
+        ge=64 * 64,
+        le=2**30,
+        description="decoded pixels (width x height, read from the file's header) an input image may have; more is "
+        "refused before decoding. Pillow's own bound (Image.MAX_IMAGE_PIXELS) stays as a backstop",
+    )
+    image_body_bytes: int = Field(
+        8 * 2**20, ge=2**16, le=2**30, description="body limit of the routes that take images (others keep 64 KiB)"
+    )
+    image_decodes: int = Field(
+        2, ge=1, le=256, description="images decoded at once per API process, in threads; past them: a wait, then 503"
+    )
     log_format: Literal["text", "json"] = Field("text", description="log lines as text, or one JSON object a line")
     health_file: Path = Field(
         Path(tempfile.gettempdir()) / "diffusetv-worker.health",

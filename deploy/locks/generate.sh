@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the image lock files from pyproject.toml (`make lock`): one per image, with hashes.
 #
-#   api.txt          the API image: the base install (no torch, numpy or Pillow)
+#   api.txt          the API image: the base install (no torch; numpy and Pillow decode pictures)
 #   worker-cpu.txt   the worker image: [worker] with torch's CPU build
 #   worker-cuda.txt  the GPU worker image: [worker] with torch's CUDA build
 #
