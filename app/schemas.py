@@ -199,11 +199,12 @@ class TextParams(BaseModel):
     @model_serializer(mode="wrap")
     def _drop_absent(self, handler):
         data = handler(self)
-        return {k: v for k, v in data.items() if v is not None or k not in TEXT_PARAMS}
+        return {k: v for k, v in data.items() if v is not None or k not in OPTIONAL_PARAMS}
 
 
-TEXT_PARAMS = frozenset(
+OPTIONAL_PARAMS = frozenset(  # params absent from a job that has none of them (a prompt-free job, one from noise)
     {"prompt", "guidance", "ignored_words", "prompt_b", "negative_prompt", "truncated_tokens", "width", "height"}
+    | {"image", "strength", "mask", "latent", "image_a", "image_b", "latent_a", "latent_b"}
 )
 
 

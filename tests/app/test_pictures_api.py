@@ -138,7 +138,7 @@ def test_a_body_over_the_image_limit_is_413_and_other_routes_keep_64_kib(setup):
     big = b64(b"\0" * BODY_LIMIT)
     r = c.post("/generate", json={"seed": 1, "image": big})
     assert r.status_code == 413 and "256 KiB" in r.json()["detail"]
-    under = png_file(glyph(side=120))  # about 45 KB of noise: over 64 KiB as base64 JSON, under the image limit
+    under = png_file(glyph(side=160))  # about 80 KB of noise: over 64 KiB as base64 JSON, under the image limit
     assert 64 * 1024 < len(b64(under)) < BODY_LIMIT
     assert c.post("/generate", json={"seed": 1, "image": b64(under)}).status_code == 202
     r = c.post("/jobs/" + "0" * 32, content=b"x" * 70_000, headers={"Content-Type": "application/json"})
