@@ -80,7 +80,7 @@ def decoded(gate: pictures.DecodeGate, settings: Settings, value: str | schemas.
     except pictures.Busy as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": str(DECODE_RETRY_S)}) from None
     except pictures.PictureError as exc:
-        raise refuse(exc.field, str(exc)) from None
+        raise refuse(exc.field, exc.message) from None
 
 
 def picture(gate, settings: Settings, redis, owner: str, manifest: Manifest, value, name: str, size, inputs: Inputs):
@@ -90,7 +90,7 @@ def picture(gate, settings: Settings, redis, owner: str, manifest: Manifest, val
     try:
         pixels = pictures.convert(image, width, height, channels)
     except pictures.PictureError as exc:
-        raise refuse(name, str(exc)) from None
+        raise refuse(name, exc.message) from None
     inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
 
 
@@ -101,7 +101,7 @@ def mask(gate, settings: Settings, redis, owner: str, manifest: Manifest, value,
     try:
         pixels = pictures.convert_mask(image, width, height)
     except pictures.PictureError as exc:
-        raise refuse(name, str(exc)) from None
+        raise refuse(name, exc.message) from None
     inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
 
 
@@ -117,7 +117,7 @@ def latent(redis, owner: str, manifest: Manifest, ref: schemas.JobRef, name: str
     try:
         meta = pictures.latent_metadata(blob)
     except pictures.PictureError as exc:
-        raise refuse(name, str(exc), ref.job) from None
+        raise refuse(name, exc.message, ref.job) from None
     wanted = {"identity": manifest.identity, "steps": str(steps), **size_metadata(*size)}
     for key, value in wanted.items():
         if meta.get(key, "") != value:

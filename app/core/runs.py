@@ -33,7 +33,9 @@ def engine_key(spec: Spec, engine: str) -> str:
     engine, `device/precision/kernels/encoder` (worker.engine.Engine.id); workers whose kernels or PNG encoder differ
     give other bytes, so their results never mix."""
     device, precision, kernels, encoder = [*engine.split("/", 3), "", "", ""][:4]
-    key = {**spec.key_fields(), "device": device, "precision": precision, "kernels": kernels, "encoder": encoder}
+    key = {**spec.key_fields(), "device": device, "precision": precision, "kernels": kernels}
+    if encoder:  # every worker's engine names its encoder; a key without one is the join key before any reports
+        key["encoder"] = encoder
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -45,6 +45,23 @@ def test_previews_and_the_job_id_are_outside_the_key_minus_zero_is_zero():
     assert engine_key(prompt_free(), ENGINE.replace("0123", "9999")) != GOLDEN["prompt-free"]
 
 
+def test_the_png_encoder_is_in_the_key_so_every_key_changed_once():
+    """A worker's engine names its PNG encoder (worker.engine.Engine.encoder): keys of before it are orphaned once,
+    and workers whose encoders differ never share a key."""
+    with_encoder = engine_key(prompt_free(), f"{ENGINE}/00112233aabbccdd")
+    assert with_encoder not in GOLDEN.values()
+    assert with_encoder != engine_key(prompt_free(), f"{ENGINE}/ffffffffffffffff")
+    assert with_encoder == engine_key(prompt_free(previews=True), f"{ENGINE}/00112233aabbccdd")
+
+
+def test_picture_fields_join_the_key_only_when_given():
+    base = engine_key(prompt_free(), ENGINE)
+    pictured = engine_key(prompt_free(image="c" * 64, strength=0.5), ENGINE)
+    assert pictured != base and pictured != engine_key(prompt_free(image="c" * 64, strength=0.6), ENGINE)
+    assert engine_key(prompt_free(image="c" * 64, strength=0.5, mask="d" * 64), ENGINE) != pictured
+    assert engine_key(prompt_free(harmonize=0), ENGINE) == base  # a default joins nothing
+
+
 BUNDLED_PARAMETERS = {  # Engine.parameters of the bundled models before the spec, on an fp32 CPU engine
     "emoji32@1": '{"device":"cpu","digest":"e0f310630721b5977116adbc3cf607dba2549537054ac6e7f914c50d70822fd2",'
     '"eta":0.0,"identity":"111ad635c361de98e018957cc7f3cd41ee80e9c9fe0c23fc76917679ec7dfbc5","model":"emoji32",'
