@@ -1,4 +1,4 @@
-"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|all]`: run, print tables, write JSON."""
+"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|inversion|all]`: run, print tables, JSON."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ MODULES = {
     "gpu": "bench.gpu",
     "guidance": "bench.guidance",
     "sd": "bench.sd",
+    "inversion": "bench.inversion",
 }
-ALL = ("engine", "precision", "diffusers", "service")  # `gpu` needs a GPU, `sd` half an hour: run them by name
+# `gpu` needs a GPU, `sd` half an hour, `inversion` the emoji font and some minutes: run them by name
+ALL = ("engine", "precision", "diffusers", "service")
 SERVICE_ONLY = ("clients", "requests", "store", "model")
 STORE_ONLY = ("store", "model")  # guidance: the text model to time
 SD_ONLY = ("pipeline", "cache", "resume")

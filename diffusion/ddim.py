@@ -1,15 +1,17 @@
-"""DDIM sampling (Song et al. 2020) over the Keras example's time grid.
+"""DDIM sampling (Song et al. 2020) over the Keras example's time grid, from noise or from a picture.
 
 `ddim_step` is pure: all randomness is passed in. The loop draws each sample's noise from its own
 CPU `torch.Generator(seed)` (x_T first, then one draw per step when eta > 0), so a sample never
-depends on the other samples in its batch.
+depends on the other samples in its batch. A row may start from a picture (`Picture`: image-to-image,
+SDEdit, Meng et al. 2022) at a later grid step, with a mask (inpainting) and RePaint's resampling
+(Lugmayr et al. 2022); the order of its draws is fixed (DDIMRun).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -51,6 +53,33 @@ def ddim_step(
     return x_prev, x0_pred
 
 
+def forward_noise(x0: torch.Tensor, eps: torch.Tensor, alpha_bar: Scalar) -> torch.Tensor:
+    """x0 noised to the level alpha_bar (DDPM, Ho et al. 2020, eq. 4; the notes' x_t = √ᾱ·x0 + √(1−ᾱ)·ε)."""
+    a = torch.as_tensor(alpha_bar, dtype=x0.dtype, device=x0.device)
+    return torch.sqrt(a) * x0 + torch.sqrt(1 - a) * eps  # x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε
+
+
+def keep(x: torch.Tensor, known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The kept region (mask 0) of x replaced by `known`, the repainted one (mask 1) left:
+    mask·x + (1 − mask)·known (RePaint, Lugmayr et al. 2022, eq. 8; StableDiffusionInpaintPipeline's blend)."""
+    return mask * x + (1 - mask) * known  # x_{t-1} = m ⊙ x^unknown_{t-1} + (1 − m) ⊙ x^known_{t-1}
+
+
+def jump(x_prev: torch.Tensor, z: torch.Tensor, alpha_bar: Scalar, alpha_bar_prev: Scalar) -> torch.Tensor:
+    """RePaint's jump back from a step's end to its start (Lugmayr et al. 2022, Alg. 1 line 9, on the DDIM grid):
+    x_t = √(ᾱ_t/ᾱ_prev)·x_prev + √(1−ᾱ_t/ᾱ_prev)·z, the forward process from ᾱ_prev to ᾱ_t (DDPM eq. 4 between
+    two levels)."""
+    a_t = torch.as_tensor(alpha_bar, dtype=x_prev.dtype, device=x_prev.device)
+    ratio = a_t / torch.as_tensor(alpha_bar_prev, dtype=x_prev.dtype, device=x_prev.device)
+    return torch.sqrt(ratio) * x_prev + torch.sqrt(1 - ratio) * z  # x_t ~ N(√(ᾱ_t/ᾱ_prev)·x_prev, (1−ᾱ_t/ᾱ_prev)·I)
+
+
+def start_step(steps: int, strength: float) -> int:
+    """The first grid step an image-to-image row runs: of `steps`, the last int(steps·strength) run
+    (diffusers' `get_timesteps`: t_start = N − min(int(N·strength), N)). `steps` means it runs none."""
+    return steps - min(int(steps * strength), steps)
+
+
 def time_grid(steps: int) -> list[tuple[float, float]]:
     """Keras example: step k = 0..N-1 runs at t_k = 1 - k/N and moves to t_k - 1/N."""
     if steps < 1:
@@ -83,8 +112,18 @@ class Step:
 
     step: int
     steps: int
-    x0_pred: torch.Tensor  # (B, C, H, W), normalised model space
-    x: torch.Tensor  # x at the next time
+    x0_pred: torch.Tensor  # (B, C, H, W), normalised model space; a row that has not entered yet: its picture
+    x: torch.Tensor  # x at the next time (a row that has not entered yet: its x at entry)
+    active: list[bool] = field(default_factory=list)  # which current rows ran this step
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A row that starts from a picture: image-to-image (SDEdit), and with a mask inpainting."""
+
+    x0: torch.Tensor  # (C, H, W) the picture in model space, float32 on the CPU
+    start: int  # the first grid step the row runs (0..steps; steps: it runs none), see start_step
+    mask: torch.Tensor | None = None  # (1, H, W) float in model space's size: 1 = repaint, 0 = keep
 
 
 def generators(seeds: Sequence[int]) -> list[torch.Generator]:
@@ -103,6 +142,23 @@ class DDIMRun:
 
     Rows can leave between steps (`drop`), e.g. a canceled job: the others are unaffected, since each
     row has its own noise stream and the network's output for a row does not depend on its batch.
+
+    **Rows of their own.** `gens` are the rows' generators (default: `generators(seeds)`; the engine may have
+    drawn from them already). `latents` give some rows their x_T. A `pictures` row enters the run at its
+    `start` step from x = √ᾱ·x0 + √(1−ᾱ)·ε (ᾱ of that step, ε its first draw) and makes no network call
+    before: the network is called on the rows that run the step only, so an image-to-image row shares calls
+    with seed rows. With a mask, after each step the kept region is the input noised to the step's end,
+    √ᾱ_prev·x0 + √(1−ᾱ_prev)·ε with the same ε (as StableDiffusionInpaintPipeline does), and `harmonize`
+    (one number, or one per row) is RePaint's resampling: after each step but the last, that many times, x_prev
+    jumps back to the step's level with a fresh draw z and the step is run again.
+
+    **The draws from each row's generator, in order** (part of the determinism contract):
+    1. (a latent model's picture row: the VAE's latent sample, drawn by the engine before the run);
+    2. x_T, or the picture's ε: one draw of the sample's shape (made also for a row given its latent, then
+       replaced);
+    3. for each step that the row runs, in step order: its eta noise (eta > 0 only); then, for a masked row
+       with `harmonize` N and a step other than the last, N times: the jump's z, then the re-run step's eta
+       noise (eta > 0 only).
     """
 
     def __init__(
@@ -118,6 +174,10 @@ class DDIMRun:
         grid: Sequence[GridStep] | None = None,
         read: Read | None = None,
         guidance: Guidance | None = None,
+        pictures: Sequence[Picture | None] | None = None,
+        harmonize: int | Sequence[int] = 0,
+        gens: Sequence[torch.Generator] | None = None,
+        latents: Sequence[torch.Tensor | None] | None = None,
     ) -> None:
         self.eps_model, self.steps, self.shape, self.device = eps_model, steps, shape, device
         self.grid = list(grid) if grid is not None else keras_grid(schedule, steps)
@@ -125,43 +185,119 @@ class DDIMRun:
             raise ValueError(f"a grid of {len(self.grid)} steps for a run of {steps}")
         self.read = read
         self.guidance = guidance  # per-sample text conditions: eps_model is then called with them (diffusion.guidance)
-        self.gens = generators(seeds)
-        noise = draw(self.gens, shape)  # x_T: the first draw of each sample's generator
-        self.x = (noise if x_T is None else x_T).to(device)
+        n = len(seeds)
+        self.gens = list(gens) if gens is not None else generators(seeds)
+        self.pictures = list(pictures) if pictures is not None else [None] * n
+        self.harmonize = [int(harmonize)] * n if isinstance(harmonize, int) else [int(h) for h in harmonize]
+        if not len(self.gens) == len(self.pictures) == len(self.harmonize) == n:
+            raise ValueError(f"{n} seeds, but {len(self.gens)} generators, {len(self.pictures)} pictures")
+        noise = draw(self.gens, shape)  # x_T, or a picture's ε: the first draw of each sample's generator (2.)
+        x = noise if x_T is None else x_T
+        if latents is not None and any(latent is not None for latent in latents):
+            x = x.clone()
+            for i, latent in enumerate(latents):
+                if latent is not None:
+                    x[i] = latent
+        self.starts = [0 if p is None else p.start for p in self.pictures]
+        if any(not 0 <= s <= steps for s in self.starts):
+            raise ValueError(f"a picture's start step must be in 0..{steps}")
+        self.x0 = self.eps = self.mask = None  # (B, C, H, W) pictures, their ε, (B, 1, H, W) masks (1: repaint)
+        if any(p is not None for p in self.pictures):
+            x, self.x0, self.mask = x.clone(), torch.zeros_like(noise), torch.ones((n, 1, *shape[1:]))
+            for i, p in enumerate(self.pictures):
+                if p is None:
+                    continue
+                self.x0[i] = p.x0
+                at = self.grid[p.start].alpha_bar if p.start < steps else 1.0  # a row that runs no step: x0
+                x[i] = forward_noise(p.x0, noise[i], at)  # DDPM eq. 4, ε = the row's first draw
+                if p.mask is not None:
+                    self.mask[i] = p.mask
+            self.x0, self.eps, self.mask = self.x0.to(device), noise.to(device), self.mask.to(device)
+        self.masked = [p is not None and p.mask is not None for p in self.pictures]
+        self.x = x.to(device)
         etas = torch.as_tensor(eta, dtype=torch.float64).reshape(-1)
-        self.etas = etas.expand(len(seeds)).clone() if etas.numel() == 1 else etas.clone()
-        self.rows = list(range(len(seeds)))  # original index of each current row
+        self.etas = etas.expand(n).clone() if etas.numel() == 1 else etas.clone()
+        self.rows = list(range(n))  # original index of each current row
 
     def drop(self, rows: Sequence[int]) -> None:
         """Remove current rows (indices into the current batch) from the rest of the run."""
-        keep = [i for i in range(len(self.rows)) if i not in set(rows)]
-        self.x = self.x[keep]
-        self.gens = [self.gens[i] for i in keep]
-        self.etas = self.etas[keep]
-        self.rows = [self.rows[i] for i in keep]
+        keep_rows = [i for i in range(len(self.rows)) if i not in set(rows)]
+        self.x = self.x[keep_rows]
+        self.gens = [self.gens[i] for i in keep_rows]
+        self.etas = self.etas[keep_rows]
+        self.rows = [self.rows[i] for i in keep_rows]
+        for name in ("pictures", "harmonize", "starts", "masked"):
+            setattr(self, name, [getattr(self, name)[i] for i in keep_rows])
+        if self.x0 is not None:
+            self.x0, self.eps, self.mask = self.x0[keep_rows], self.eps[keep_rows], self.mask[keep_rows]
+
+    def denoise(self, x: torch.Tensor, at: list[int], g: GridStep) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM step (eq. 12) of the current rows `at`, whose x is `x`: one network call on those rows, then
+        each stochastic row's eta noise from its generator. Returns (x_prev, x0_pred)."""
+        times = torch.full((x.shape[0], 1, 1, 1), g.time, dtype=x.dtype, device=x.device)
+        if self.guidance is None:
+            out = self.eps_model(x, times)
+        else:  # each sample with its own text condition, from one call of the conditioned network
+            out = self.guidance(self.eps_model, x, times, [self.rows[i] for i in at])
+        eps, x0_given = self.read(out, x, g.alpha_bar) if self.read is not None else (out, None)
+        etas = self.etas[at] if len(at) < len(self.rows) else self.etas
+        stochastic = etas > 0
+        step_noise = None
+        if bool(stochastic.any()):
+            # Only samples with eta > 0 draw, so an eta = 0 sample's stream is unchanged.
+            step_noise = torch.zeros(x.shape, dtype=torch.float32)
+            for j in torch.nonzero(stochastic).flatten().tolist():
+                step_noise[j] = torch.randn(self.shape, generator=self.gens[at[j]], dtype=torch.float32)
+            step_noise = step_noise.to(x.device)
+        eta_b = etas.reshape(-1, 1, 1, 1).to(device=x.device, dtype=x.dtype)
+        return ddim_step(x, eps, g.alpha_bar, g.alpha_bar_prev, eta_b, step_noise, x0=x0_given)
+
+    def known(self, x: torch.Tensor, x0: torch.Tensor, at: list[int], g: GridStep) -> tuple[torch.Tensor, ...]:
+        """The masked rows among `at`: the kept region of x_prev replaced by the input noised to ᾱ_prev with the
+        row's ε, and that of x0_pred by the input."""
+        m = [j for j, i in enumerate(at) if self.masked[i]]
+        if not m:
+            return x, x0
+        rows = [at[j] for j in m]
+        x0_in, mask = self.x0[rows], self.mask[rows]
+        x, x0 = x.clone(), x0.clone()
+        x[m] = keep(x[m], forward_noise(x0_in, self.eps[rows], g.alpha_bar_prev), mask)
+        x0[m] = keep(x0[m], x0_in, mask)
+        return x, x0
+
+    def resample(self, x: torch.Tensor, x0: torch.Tensor, at: list[int], g: GridStep) -> tuple[torch.Tensor, ...]:
+        """RePaint (Lugmayr et al. 2022, Alg. 1): each masked row of `at` with harmonize N jumps back to the step's
+        level with a fresh z (its next draw) and runs the step again, N times."""
+        for u in range(max((self.harmonize[i] for i in at if self.masked[i]), default=0)):
+            m = [j for j, i in enumerate(at) if self.masked[i] and self.harmonize[i] > u]
+            rows = [at[j] for j in m]
+            z = draw([self.gens[i] for i in rows], self.shape).to(x.device)
+            x_t = jump(x[m], z, g.alpha_bar, g.alpha_bar_prev)
+            again, x0_again = self.known(*self.denoise(x_t, rows, g), rows, g)
+            x, x0 = x.clone(), x0.clone()
+            x[m], x0[m] = again, x0_again
+        return x, x0
 
     def __iter__(self) -> Iterator[Step]:
         for k, g in enumerate(self.grid):
             if not self.rows:
                 return
-            x = self.x
-            times = torch.full((x.shape[0], 1, 1, 1), g.time, dtype=x.dtype, device=x.device)
-            if self.guidance is None:
-                out = self.eps_model(x, times)
-            else:  # each sample with its own text condition, from one call of the conditioned network
-                out = self.guidance(self.eps_model, x, times, self.rows)
-            eps, x0_given = self.read(out, x, g.alpha_bar) if self.read is not None else (out, None)
-            stochastic = self.etas > 0
-            step_noise = None
-            if bool(stochastic.any()):
-                # Only samples with eta > 0 draw, so an eta = 0 sample's stream is unchanged.
-                step_noise = torch.zeros(x.shape, dtype=torch.float32)
-                for i in torch.nonzero(stochastic).flatten().tolist():
-                    step_noise[i] = torch.randn(self.shape, generator=self.gens[i], dtype=torch.float32)
-                step_noise = step_noise.to(x.device)
-            eta_b = self.etas.reshape(-1, 1, 1, 1).to(device=x.device, dtype=x.dtype)
-            self.x, x0 = ddim_step(x, eps, g.alpha_bar, g.alpha_bar_prev, eta_b, step_noise, x0=x0_given)
-            yield Step(k + 1, self.steps, x0, self.x)
+            active = [s <= k for s in self.starts]
+            at = [i for i, a in enumerate(active) if a]
+            if len(at) == len(self.rows):  # every row runs this step (always, without pictures)
+                x, x0 = self.known(*self.denoise(self.x, at, g), at, g)
+                if k < self.steps - 1:
+                    x, x0 = self.resample(x, x0, at, g)
+                self.x = x
+            else:  # rows that have not entered make no call; they show their picture
+                x0 = self.x0.clone()
+                if at:
+                    x_at, x0_at = self.known(*self.denoise(self.x[at], at, g), at, g)
+                    if k < self.steps - 1:
+                        x_at, x0_at = self.resample(x_at, x0_at, at, g)
+                    self.x = self.x.clone()
+                    self.x[at], x0[at] = x_at, x0_at
+            yield Step(k + 1, self.steps, x0, self.x, active)
 
 
 # DDIM from each seed's x_T; iterate it for every step's x0 prediction (progress, previews, cancel).

@@ -4,7 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.ddim import ddim_step, sample, sample_loop, time_grid
+from diffusion.ddim import (
+    Picture,
+    ddim_step,
+    forward_noise,
+    generators,
+    jump,
+    keep,
+    sample,
+    sample_loop,
+    start_step,
+    time_grid,
+)
 from diffusion.denoiser import Denoiser
 from diffusion.kernels import CallShapes
 from diffusion.schedule import offset_cosine
@@ -171,3 +182,169 @@ def test_dropping_a_row_mid_run_leaves_the_others_unchanged():
             assert run.rows == [0, 2]
     assert torch.equal(step.x0_pred[0], full[0]) and torch.equal(step.x0_pred[1], full[2])
     assert step.x0_pred.shape[0] == 2
+
+
+# Pictures in: image-to-image, inpainting, RePaint, latents.
+
+
+def probed_denoiser(shape=(3, 16, 16)) -> Denoiser:
+    """The tiny net with the call sizes its probe keeps (padded up to, as the engine calls it)."""
+    denoiser = Denoiser(make_tiny_net(), [0.5] * 3, [0.25] * 3, channels_last=True)
+    denoiser.calibrate(shape, reference=8)
+    return denoiser
+
+
+def a_picture(seed: int, shape=(3, 16, 16)) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def left_half_kept(shape=(3, 16, 16)) -> torch.Tensor:
+    mask = torch.ones((1, *shape[1:]))
+    mask[..., : shape[2] // 2] = 0  # keep the left half, repaint the right
+    return mask
+
+
+@pytest.mark.parametrize("steps", [1, 7, 10, 50])
+@pytest.mark.parametrize("strength", [0.0, 0.05, 0.3, 0.5, 0.75, 0.99, 1.0])
+def test_start_step_is_diffusers_get_timesteps(steps, strength):
+    from types import SimpleNamespace
+
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DDIMScheduler()
+    scheduler.set_timesteps(steps)
+    pipe = SimpleNamespace(scheduler=scheduler)
+    timesteps, runs = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps(pipe, steps, strength, "cpu")
+    start = start_step(steps, strength)
+    assert runs == steps - start == len(timesteps)
+    assert timesteps.tolist() == scheduler.timesteps[start:].tolist()
+
+
+def test_forward_noise_jump_and_keep_are_their_equations():
+    rng = np.random.default_rng(3)
+    x0, eps, z, x = (torch.from_numpy(rng.standard_normal((2, 3, 4, 4))) for _ in range(4))
+    mask = torch.from_numpy((rng.random((2, 1, 4, 4)) > 0.5).astype(np.float64))
+    assert torch.allclose(forward_noise(x0, eps, 0.36), 0.6 * x0 + 0.8 * eps, rtol=1e-12)
+    assert torch.allclose(jump(x, z, 0.3, 0.6), math.sqrt(0.5) * x + math.sqrt(0.5) * z, rtol=1e-12)
+    kept = keep(x, x0, mask)
+    assert torch.equal(kept, torch.where(mask.bool(), x, x0))  # exact for a 0/1 mask
+    # a jump from ᾱ_prev to ᾱ of the forward-noised x0 has the statistics of x0 noised to ᾱ
+    big = torch.randn(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noise = torch.randn(200_000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    jumped = jump(forward_noise(torch.ones_like(big), big, 0.6), noise, 0.3, 0.6)
+    assert jumped.mean().item() == pytest.approx(math.sqrt(0.3), abs=0.01)
+    assert jumped.var().item() == pytest.approx(0.7, abs=0.01)
+
+
+def test_a_picture_row_enters_at_its_start_step_from_its_noised_picture():
+    denoiser, shape, steps = probed_denoiser(), (3, 16, 16), 10
+    x0 = a_picture(0)
+    run = sample_loop(denoiser, [4], steps, shape, eta=0.5, pictures=[Picture(x0, 6)])
+    grid = run.grid
+    # the same: DDIM over the last 4 steps of the grid from x0 noised with the seed's first draw
+    eps = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    x_T = forward_noise(x0, eps, grid[6].alpha_bar)[None]  # its x_T draw is ε, then eta noise per step
+    steps_seen = list(run)
+    want = sample_loop(denoiser, [4], 4, shape, eta=0.5, grid=grid[6:], x_T=x_T)
+    assert [s.active for s in steps_seen] == [[False]] * 6 + [[True]] * 4
+    assert all(torch.equal(s.x0_pred[0], x0) for s in steps_seen[:6])  # not entered: it shows its picture
+    for ours, theirs in zip(steps_seen[6:], want, strict=True):
+        assert torch.equal(ours.x0_pred, theirs.x0_pred) and torch.equal(ours.x, theirs.x)
+
+
+def test_strength_zero_runs_no_step_and_makes_no_call():
+    calls = []
+
+    def eps_model(x, t):
+        calls.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    x0 = a_picture(1, (3, 4, 4))
+    run = sample_loop(eps_model, [1, 2], 5, (3, 4, 4), pictures=[Picture(x0, 5), None])
+    for step in run:
+        assert step.active == [False, True]
+        assert torch.equal(step.x0_pred[0], x0) and torch.equal(step.x[0], x0)
+    assert calls == [1] * 5  # the seed row alone, each step
+    only = list(sample_loop(eps_model, [1], 3, (3, 4, 4), pictures=[Picture(x0, 3)]))
+    assert len(only) == 3 and calls == [1] * 5 and torch.equal(only[-1].x0_pred[0], x0)
+
+
+def run_rows(denoiser, seeds, pictures, etas, steps=8, harmonize=0, drop_at=None, drop=()):
+    run = sample_loop(denoiser, seeds, steps, (3, 16, 16), eta=etas, pictures=pictures, harmonize=harmonize)
+    for step in run:
+        if step.step == drop_at:
+            run.drop(list(drop))
+    return step
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_a_picture_row_is_bit_identical_alone_batched_with_seeds_and_after_a_drop(eta):
+    denoiser = probed_denoiser()
+    mask = left_half_kept()
+    rows = [
+        (11, Picture(a_picture(2), 3)),
+        (12, None),
+        (13, Picture(a_picture(3), 5, mask)),
+        (14, Picture(a_picture(4), 0)),
+        (15, None),
+    ]
+    alone = [run_rows(denoiser, [s], [p], [eta], harmonize=2) for s, p in rows]
+    together = run_rows(denoiser, [s for s, _ in rows], [p for _, p in rows], [eta] * 5, harmonize=2)
+    for i, one in enumerate(alone):
+        assert torch.equal(together.x0_pred[i], one.x0_pred[0]) and torch.equal(together.x[i], one.x[0]), i
+    dropped = run_rows(
+        denoiser, [s for s, _ in rows], [p for _, p in rows], [eta] * 5, harmonize=2, drop_at=4, drop=(1, 3)
+    )
+    for j, i in enumerate([0, 2, 4]):
+        assert torch.equal(dropped.x0_pred[j], alone[i].x0_pred[0]) and torch.equal(dropped.x[j], alone[i].x[0])
+
+
+def test_no_pictures_and_own_generators_leave_a_run_unchanged():
+    denoiser, shape = probed_denoiser(), (3, 16, 16)
+    plain = sample(denoiser, [1, 2, 3], 6, shape, eta=[0.0, 0.5, 1.0])
+    same = sample(denoiser, [1, 2, 3], 6, shape, eta=[0.0, 0.5, 1.0], pictures=[None] * 3, gens=generators([1, 2, 3]))
+    assert torch.equal(plain, same)
+
+
+def test_a_latent_replaces_x_T_after_its_draw():
+    denoiser, shape = probed_denoiser(), (3, 16, 16)
+    latent = torch.randn(shape, generator=torch.Generator().manual_seed(99))
+    given = sample(denoiser, [5, 6], 6, shape, eta=1.0, latents=[latent, None])
+    x_T = torch.stack([latent, torch.randn(shape, generator=torch.Generator().manual_seed(6))])
+    assert torch.equal(given, sample(denoiser, [5, 6], 6, shape, eta=1.0, x_T=x_T))
+
+
+@pytest.mark.parametrize("harmonize", [0, 3])
+def test_inpainting_keeps_the_kept_region_at_every_step(harmonize):
+    denoiser, shape = probed_denoiser(), (3, 16, 16)
+    x0, mask = a_picture(5), left_half_kept()
+    run = sample_loop(denoiser, [7], 6, shape, eta=0.5, pictures=[Picture(x0, 0, mask)], harmonize=harmonize)
+    eps = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    kept = mask[0] == 0
+    for step, g in zip(run, run.grid, strict=True):
+        known = forward_noise(x0, eps, g.alpha_bar_prev)
+        assert torch.equal(step.x[0][:, kept], known[:, kept])
+        assert torch.equal(step.x0_pred[0][:, kept], x0[:, kept])
+        assert not torch.equal(step.x[0][:, ~kept], known[:, ~kept])
+
+
+def test_harmonize_changes_the_repainted_region_only_deterministically_and_draws_in_order():
+    denoiser, shape, steps = probed_denoiser(), (3, 16, 16), 6
+    x0, mask = a_picture(6), left_half_kept()
+    picture = [Picture(x0, 2, mask)]
+    base = run_rows(denoiser, [8], picture, [1.0], steps=steps)
+    once = run_rows(denoiser, [8], picture, [1.0], steps=steps, harmonize=2)
+    again = run_rows(denoiser, [8], picture, [1.0], steps=steps, harmonize=2)
+    kept = mask[0] == 0
+    assert torch.equal(once.x0_pred, again.x0_pred) and torch.equal(once.x, again.x)
+    assert torch.equal(once.x0_pred[0][:, kept], base.x0_pred[0][:, kept])
+    assert not torch.equal(once.x0_pred[0][:, ~kept], base.x0_pred[0][:, ~kept])
+    # the documented order: ε, then per step run: eta noise, then per jump (not at the last step): z, eta noise
+    run = sample_loop(denoiser, [8], steps, shape, eta=1.0, pictures=picture, harmonize=2)
+    for _ in run:
+        pass
+    runs = steps - 2
+    draws = 1 + runs + (runs - 1) * 2 * 2
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(draws):
+        torch.randn(shape, generator=gen)
+    assert torch.equal(run.gens[0].get_state(), gen.get_state())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -78,9 +79,26 @@ class KindModel(ABC):
         """What the image is made of, from a run's last step: its x̂0 (a kind may take its x_prev instead)."""
         return step.x0_pred
 
+    @property
+    def image_is_x0(self) -> bool:
+        """Whether the image is the last step's x̂0 (`final`), rather than its x: where inversion starts
+        (diffusion.inversion)."""
+        return True
+
     @abstractmethod
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         """(B, C, H, W) model space -> (B, H, W, C) uint8."""
+
+    def to_model(self, pixels: np.ndarray, gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """(B, H, W, C) uint8 -> (B, C, h, w) float32 on the CPU in model space: the inverse of `pixels`. A kind that
+        samples (a VAE's latent distribution) draws from each row's generator in `gens`, and takes the
+        distribution's mode without them (inversion). A kind without it takes no picture."""
+        raise ModelStoreError(f"{self.manifest.ref} takes no picture")
+
+    def mask_to_model(self, mask: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 1) uint8 {0, 255} (white: repaint) -> (B, 1, h, w) float32 0/1 in model space's size (a
+        pixel-space kind: the mask itself)."""
+        return mask_tensor(mask)
 
     def embed(self, prompt: str) -> torch.Tensor:
         """A prompt's embedding, computed alone (text-conditioned kinds)."""
@@ -98,6 +116,11 @@ class KindModel(ABC):
     def probe_conditions(self, rows: int) -> torch.Tensor | None:
         """One condition per probe row for a conditioned network; None for an unconditioned one."""
         return None
+
+
+def mask_tensor(mask: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 1) uint8 -> (B, 1, H, W) float32: 1 where the mask is white (>= 128: repaint), 0 where it is black."""
+    return torch.from_numpy(np.ascontiguousarray(mask) >= 128).permute(0, 3, 1, 2).float().contiguous()
 
 
 # The built-in kinds' models, imported when first needed (their modules import this one).

@@ -6,12 +6,14 @@ denormalised with the manifest's per-channel mean and std.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
 
 from diffusion.ddim import GridStep, keras_grid
-from diffusion.denoiser import denormalised_pixels, noise_variance
+from diffusion.denoiser import denormalised_pixels, noise_variance, normalised_pixels
 from diffusion.schedule import get_schedule
 from model_store.weights import load_model
 from worker.kinds import KindModel
@@ -29,3 +31,6 @@ class DDIMUNet(KindModel):
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         return denormalised_pixels(x0, self.manifest.mean, self.manifest.std)
+
+    def to_model(self, pixels: np.ndarray, gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        return normalised_pixels(pixels, self.manifest.mean, self.manifest.std)  # (p/255 − mean)/std

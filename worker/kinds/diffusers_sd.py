@@ -12,6 +12,10 @@
   (DDIMScheduler's), and the image is the last step's latents.
 - **The pixels** are `vae.decode(latents / scaling_factor)`, one row per call (so a row's bits never depend on its
   batch), then as diffusers maps them: (x/2 + 0.5) clamped to [0, 1], round(x·255).
+- **A picture** goes in as `StableDiffusionImg2ImgPipeline.prepare_latents` takes a one-image batch:
+  `vae.encode(2·p/255 − 1)`, one row per call, its `latent_dist` sampled with the row's generator (before the
+  run draws its noise from it), times `scaling_factor`; an inversion, which has no seed, takes the distribution's
+  mode. A mask goes to the latents' size as StableDiffusionInpaintPipeline's `interpolate` (nearest).
 - **Precision.** The engine's precision (bf16 on a GPU that has it) is the UNet's; the text encoder and the VAE
   always run in fp32, where the VAE's decoder is known to stay finite.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -31,6 +36,7 @@ from diffusion.guidance import Condition
 from model_store import Manifest, ModelStoreError
 from model_store.manifest import read_verified_weights
 from model_store.sd_kind import KIND, TokenizerFile, sizes
+from worker.kinds import mask_tensor
 from worker.kinds.diffusers_unet2d import DiffusersUNet2D
 
 EMBEDDING_CACHE_BYTES = 64 * 2**20  # an SD prompt embedding is 77 x 768 fp32, about 236 KB: some 280 prompts
@@ -168,6 +174,34 @@ class DiffusersSD(DiffusersUNet2D):
     def probe_conditions(self, rows: int) -> torch.Tensor:
         """Conditions for the kernel probe: a few fixed prompts' embeddings, in turn."""
         return torch.stack([self.embed(PROBE_PROMPTS[i % len(PROBE_PROMPTS)]) for i in range(rows)])
+
+    @torch.inference_mode()
+    def to_model(self, pixels: np.ndarray, gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, C, h, w) latents, one row per call: `vae.encode(2·p/255 − 1).latent_dist`
+        sampled with the row's generator (its `.mode()` without generators), times `scaling_factor` (with a shift
+        factor, (z − shift)·scaling, the inverse of `pixels`)."""
+        if self.vae is None:
+            raise RuntimeError("the network is not loaded")
+        if gens is not None and len(gens) != len(pixels):
+            raise ValueError(f"{len(pixels)} pictures and {len(gens)} generators")
+        device = next(self.vae.parameters()).device
+        images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+        images = 2.0 * images - 1.0  # VaeImageProcessor.normalize
+        latents = []
+        for i, row in enumerate(images.split(1)):
+            dist = self.vae.encode(row.to(device), return_dict=False)[0]
+            z = dist.mode() if gens is None else dist.sample(generator=gens[i])  # retrieve_latents
+            z = z.float()
+            z = z * self.scaling if self.shift is None else (z - float(self.shift)) * self.scaling
+            latents.append(z.cpu())
+        return torch.cat(latents).contiguous()
+
+    def mask_to_model(self, mask: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 1) uint8 -> (B, 1, H/f, W/f) float 0/1: StableDiffusionInpaintPipeline.prepare_mask_latents'
+        `interpolate(mask, size=(H // f, W // f))` (nearest)."""
+        full = mask_tensor(mask)
+        size = (full.shape[2] // self.factor, full.shape[3] // self.factor)
+        return torch.nn.functional.interpolate(full, size=size).contiguous()
 
     @torch.inference_mode()
     def pixels(self, x0: torch.Tensor) -> np.ndarray:

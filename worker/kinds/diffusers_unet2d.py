@@ -9,13 +9,15 @@ the shared DDIM step (diffusion.ddim, eq. 12). Pixels: [-1, 1] -> (x/2 + 0.5), c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
 
 from diffusion import diffusers_ddim
 from diffusion.ddim import GridStep, Step
-from diffusion.denoiser import denormalised_pixels
+from diffusion.denoiser import denormalised_pixels, normalised_pixels
 from diffusion.diffusers_unet import UNet2DNetwork, unet2d
 from model_store import ModelStoreError
 from model_store.diffusers_kind import KIND
@@ -50,6 +52,14 @@ class DiffusersUNet2D(KindModel):
     def final(self, step: Step) -> torch.Tensor:
         return step.x  # DDIMPipeline's image is the last step's prev_sample
 
+    @property
+    def image_is_x0(self) -> bool:
+        return False  # the image is the last step's x (at its ᾱ_prev): inversion starts from it
+
     def pixels(self, x0: torch.Tensor) -> np.ndarray:
         channels = x0.shape[1]
         return denormalised_pixels(x0, [0.5] * channels, [0.5] * channels)  # (x/2 + 0.5).clamp(0, 1), round(·255)
+
+    def to_model(self, pixels: np.ndarray, gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        channels = pixels.shape[-1]
+        return normalised_pixels(pixels, [0.5] * channels, [0.5] * channels)  # (p/255 − 0.5)/0.5 = 2·p/255 − 1
