@@ -14,9 +14,8 @@ import time
 from collections.abc import Sequence
 
 import torch
-from safetensors.torch import save as save_safetensors
 
-from app.core import events, runs
+from app.core import events, pictures, runs
 from app.core.png import encode_png
 from app.core.settings import get_settings
 from app.core.spec import InvertSpec
@@ -37,7 +36,7 @@ def latent_blob(engine: Engine, spec: InvertSpec, latent: torch.Tensor) -> bytes
     }
     if spec.width is not None:
         meta |= {"width": str(spec.width), "height": str(spec.height)}
-    return save_safetensors({"latent": latent.detach().to("cpu", torch.float32).contiguous()}, metadata=meta)
+    return pictures.latent_file(latent.detach().to("cpu", torch.float32).numpy(), meta)
 
 
 def run_inversions(redis, engine: Engine, specs: Sequence[InvertSpec], result_ttl: int) -> dict[str, str]:

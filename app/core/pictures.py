@@ -235,6 +235,21 @@ def from_blob(blob: bytes) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ latents
 
+
+def latent_file(latent: np.ndarray, metadata: dict[str, str]) -> bytes:
+    """A latent as safetensors bytes, the same bytes for the same tensor and metadata: one float32 tensor `latent`,
+    the header's JSON with sorted keys, padded with spaces to 8 bytes as the format asks (safetensors' own writer
+    orders the metadata as its hash map iterates, which changes from one process to the next)."""
+    data = np.ascontiguousarray(latent, dtype="<f4").tobytes()
+    header = {
+        "__metadata__": {str(k): str(v) for k, v in metadata.items()},
+        "latent": {"dtype": "F32", "shape": list(latent.shape), "data_offsets": [0, len(data)]},
+    }
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
 ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 

@@ -26,6 +26,7 @@ from app.core.pictures import (
     decode,
     digest,
     from_blob,
+    latent_file,
     latent_metadata,
     latent_shape,
     to_blob,
@@ -461,3 +462,15 @@ def test_the_encoder_fingerprint_names_pillows_zlib(fresh_fingerprint, monkeypat
     monkeypatch.setattr(png.features, "version", lambda name: "9.9.9" if name == "zlib_ng" else version(name))
     fresh_fingerprint.cache_clear()
     assert fresh_fingerprint() != first
+
+
+def test_a_latent_file_is_the_same_bytes_for_the_same_tensor_and_metadata():
+    from safetensors.numpy import load as load_numpy
+
+    latent = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4) / 7
+    meta = {"steps": "50", "identity": "a" * 64, "model": "m@1", "prompt": "null"}
+    blob = latent_file(latent, meta)
+    assert blob == latent_file(latent, dict(reversed(list(meta.items()))))
+    assert np.array_equal(load_numpy(blob)["latent"], latent)
+    assert latent_metadata(blob) == meta and latent_shape(blob) == (2, 3, 4)
+    assert int.from_bytes(blob[:8], "little") % 8 == 0
