@@ -412,8 +412,12 @@ async function setPicture(value, url, name) {
 
 async function pictureFromFile(file) {
   if (!file) return;
-  const url = await readFile(file);
-  await setPicture(url, url, file.name);
+  try {
+    const url = await readFile(file);
+    await setPicture(url, url, file.name);
+  } catch (error) {
+    $("picture-error").textContent = `Could not read ${file.name}: ${error.message}`;
+  }
 }
 
 // "Use this result": a finished job's image becomes the picture, sent as {job: id}.
