@@ -59,10 +59,11 @@ def start_api_only(store, redis_server, tmp_path) -> Stack:
 
 
 def fetch_bytes(page, selector) -> bytes:
-    """The bytes behind an <img> (a blob URL), read inside the page."""
+    """The bytes behind an <img> or a link (a blob URL), read inside the page."""
     b64 = page.evaluate(
         """async (sel) => {
-            const buf = await (await fetch(document.querySelector(sel).src)).arrayBuffer();
+            const element = document.querySelector(sel);
+            const buf = await (await fetch(element.src || element.href)).arrayBuffer();
             let s = ""; for (const b of new Uint8Array(buf)) s += String.fromCharCode(b);
             return btoa(s);
         }""",
@@ -422,5 +423,75 @@ def test_a_picture_with_a_painted_mask_in_the_image_tab(browser, tiny_store, red
         assert page.is_hidden("#same-again")  # a link cannot carry the picture
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "page-image.png"), full_page=True)
+    finally:
+        stack.stop_all()
+
+
+def test_results_and_pictures_go_in_as_pictures_inverted_and_interpolated(browser, tiny_store, redis_server, tmp_path):
+    """Two picked pictures are an interpolation's ends; "Use this result" makes a finished job the picture, sent as
+    {"job": id}; Invert fills the televisions (the picture first), offers the latent, served as the API serves it,
+    and Generate from this latent starts from it."""
+    ends = [tmp_path / "a.png", tmp_path / "b.png"]
+    for seed, path in enumerate(ends):
+        picture_png(path, seed)
+    stack = start_stack(tiny_store, redis_server, tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 1000})
+        page.goto(stack.base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+
+        page.click("#tab-interpolate")
+        assert page.is_hidden("#tvs")  # the televisions belong to Generate and Image
+        page.set_input_files("#picture-a", str(ends[0]))
+        page.set_input_files("#picture-b", str(ends[1]))
+        page.wait_for_selector("#picture-b-thumb", state="visible")
+        assert page.is_disabled("#seed-a") and page.is_disabled("#seed-b")
+        page.fill("#frames", "3")
+        page.fill("#i-steps", "8")
+        with page.expect_response(lambda r: r.url == stack.base + "/interpolate") as answered:
+            page.click("#interpolate")
+        assert answered.value.status == 202, answered.value.text()
+        body = answered.value.request.post_data_json
+        assert set(body) == {"image_a", "image_b", "frames", "steps", "model"}, body
+        for end, path in zip(("image_a", "image_b"), ends, strict=True):
+            assert body[end] == "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+        page.click("#tab-generate")
+        page.fill("#seed", "5")
+        page.fill("#steps", "8")
+        page.click("#generate")
+        page.wait_for_selector("body[data-done]", timeout=60_000)
+        generated = page.evaluate("document.body.dataset.done")
+        page.click("#use-result")
+        assert page.get_attribute("#tab-image", "aria-selected") == "true"
+        page.wait_for_selector("#mask", state="visible")
+        assert page.eval_on_selector("#picture", "i => [i.naturalWidth, i.width]") == [16, 256]
+        page.click("#history li:first-child button.use")  # the same job, from the history
+        page.wait_for_selector("#mask", state="visible")
+
+        with page.expect_response(lambda r: r.url == stack.base + "/invert") as answered:
+            page.click("#invert")
+        assert answered.value.status == 202, answered.value.text()
+        body = answered.value.request.post_data_json
+        assert body == {"image": {"job": generated}, "steps": 8, "previews": True, "model": "tiny@1"}, body
+        inversion = answered.value.json()["id"]
+        page.wait_for_selector(f"body[data-ended='{inversion}']", timeout=60_000)
+        with stack.client() as c:
+            job = c.get(f"/jobs/{inversion}").json()
+            assert job["status"] == "succeeded", job.get("error")
+            latent = c.get(f"/jobs/{inversion}/latent").content
+        tvs = page.eval_on_selector_all("#tvs li img", "imgs => imgs.map(i => i.alt)")
+        assert tvs[0] == "the picture it starts from" and len(tvs) >= 4, tvs
+        assert any("towards static" in alt for alt in tvs) and any("reconstruction" in alt for alt in tvs), tvs
+        assert page.is_visible("#from-latent")
+        assert page.get_attribute("#latent-download", "download") == f"diffusetv-{inversion}.safetensors"
+        assert fetch_bytes(page, "#latent-download") == latent
+
+        with page.expect_response(lambda r: r.url == stack.base + "/generate") as answered:
+            page.click("#from-latent")
+        assert answered.value.status == 202, answered.value.text()
+        body = answered.value.request.post_data_json
+        assert (body["latent"], body["steps"]) == ({"job": inversion}, 8) and "image" not in body, body
+        page.wait_for_selector(f"body[data-done='{answered.value.json()['id']}']", timeout=60_000)
     finally:
         stack.stop_all()
