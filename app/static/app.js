@@ -6,7 +6,10 @@ const KEY_STORE = "diffusetv.key";
 const HISTORY_STORE = "diffusetv.history";
 const $ = (id) => document.getElementById(id);
 
-export const state = { events: [], progress: [], jobId: null, objectUrls: [], models: [], info: {}, prompts: {} };
+export const state = {
+  events: [], progress: [], jobId: null, objectUrls: [], models: [], info: {}, prompts: {},
+  picture: null, masked: false, inversion: null, ends: { a: null, b: null },
+};
 window.diffusetv = state; // for people poking around, and for the browser tests
 
 function authHeaders() {
@@ -111,15 +114,30 @@ function staticTv() {
   return li;
 }
 
-function tvFor(step, steps, url) {
+// `inverting`: an inversion's previews count 2 × steps: its x going back to static, then the reconstruction.
+function tvFor(step, steps, url, inverting = false) {
   const li = document.createElement("li");
   li.className = "tv";
   const img = document.createElement("img");
   img.src = url;
-  img.alt = `the model's guess at the clean picture after step ${step} of ${steps}`;
+  const half = steps / 2;
+  img.alt = !inverting ? `the model's guess at the clean picture after step ${step} of ${steps}`
+    : step <= half ? `the picture run backwards towards static, step ${step} of ${half}`
+      : `the reconstruction from the found static, step ${step - half} of ${half}`;
   const label = document.createElement("span");
   label.textContent = `${step}/${steps}`;
   li.append(img, label);
+  return li;
+}
+
+// The first television of a job from a picture shows the picture.
+function pictureTv() {
+  const li = document.createElement("li");
+  li.className = "tv";
+  const img = document.createElement("img");
+  img.src = $("picture").src;
+  img.alt = "the picture it starts from";
+  li.append(img);
   return li;
 }
 
@@ -141,6 +159,18 @@ function sameAgainHref(params, model) {
   return `/?${q}`;
 }
 
+// A job in words, for the history and the result's alt text.
+function jobWords(done) {
+  const p = done.params;
+  const model = `${done.model.name}@${done.model.version}`;
+  const prompt = p.prompt ? `“${p.prompt}” at guidance ${p.guidance}, ` : "";
+  if (done.kind === "invert") return `inversion of a picture, ${prompt}${p.steps} steps, ${model}`;
+  const from = p.latent ? "from an inverted latent, "
+    : p.image ? `${p.mask ? "inpainting" : "image-to-image"} at strength ${p.strength}, ` : "";
+  const seed = p.seed != null ? `seed ${p.seed}, ` : "";
+  return `${from}${prompt}${seed}${p.steps} steps, eta ${p.eta}, ${model}`;
+}
+
 function remember(entry) {
   const history = JSON.parse(localStorage.getItem(HISTORY_STORE) || "[]").filter((h) => h.id !== entry.id);
   history.unshift(entry);
@@ -153,17 +183,30 @@ function renderHistory() {
   list.replaceChildren();
   for (const h of JSON.parse(localStorage.getItem(HISTORY_STORE) || "[]")) {
     const li = document.createElement("li");
-    const a = document.createElement("a");
-    a.href = h.href;
     const prompt = h.prompt ? `“${h.prompt}” at guidance ${h.guidance}, ` : "";
-    a.textContent = `${prompt}seed ${h.seed}, ${h.steps} steps, eta ${h.eta}, ${h.model}`;
+    const words = h.label ?? `${prompt}seed ${h.seed}, ${h.steps} steps, eta ${h.eta}, ${h.model}`;
+    let text = document.createElement("span");
+    if (h.href) {
+      text = document.createElement("a");
+      text.href = h.href;
+    }
+    text.textContent = words;
     if (h.thumb) {
       const img = document.createElement("img");
       img.src = h.thumb;
       img.alt = "";
       li.append(img);
     }
-    li.append(a, ` — ${h.status}`);
+    li.append(text, ` — ${h.status} `);
+    if (h.status === "succeeded") {
+      const use = document.createElement("button");
+      use.type = "button";
+      use.className = "use";
+      use.textContent = "Use this result";
+      use.setAttribute("aria-label", `Use this result as the picture: ${words}`);
+      use.addEventListener("click", () => useJob(h.id));
+      li.append(use);
+    }
     list.append(li);
   }
 }
@@ -179,24 +222,46 @@ function thumbnail(img) {
   }
 }
 
-async function generate(event) {
-  event?.preventDefault();
+function postJson(path, body) {
+  return api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+}
+
+// The seed box's value, or null after saying what is wrong with it.
+function checkedSeed() {
   const seed = parseSeed($("seed").value);
   $("seed-error").textContent = seed === null ? "Enter a whole number from 0 to 9007199254740991." : "";
-  if (seed === null) return $("seed").focus();
-  const body = { seed, steps: Number($("steps").value), eta: Number($("eta").value), previews: $("previews").checked };
+  if (seed === null) $("seed").focus();
+  return seed;
+}
+
+// The run settings that every generation takes (the seed aside).
+function runFields() {
+  const body = { steps: Number($("steps").value), eta: Number($("eta").value), previews: $("previews").checked };
   if ($("model").value) body.model = $("model").value;
-  Object.assign(body, textBody("model", "prompt", null, "guidance"));
-  $("prompt-error").textContent = "";
-  $("generate").disabled = true;
+  return Object.assign(body, textBody("model", "prompt", null, "guidance"));
+}
+
+async function generate(event) {
+  event?.preventDefault();
+  const seed = checkedSeed();
+  if (seed === null) return;
+  await runJob("/generate", { seed, ...runFields() }, staticTv());
+}
+
+// Post a job, fill the televisions from its previews, show and remember its image; the finished job, or null.
+async function runJob(path, body, firstTv) {
+  const inverting = path === "/invert";
+  for (const id of ["prompt-error", "picture-error"]) $(id).textContent = "";
+  for (const button of document.querySelectorAll("button.run")) button.disabled = true;
   $("result").hidden = true;
-  $("tvs").replaceChildren(staticTv());
+  $("tvs").replaceChildren(firstTv);
+  $("tvs").setAttribute("aria-label", inverting
+    ? "The row of televisions: the picture turning into static, then back into the picture"
+    : "The row of televisions, from static to picture");
   $("progress").value = 0;
   state.progress = [];
   try {
-    const job = await (await api("/generate", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    })).json();
+    const job = await (await postJson(path, body)).json();
     state.jobId = job.id;
     document.body.dataset.jobId = job.id;
     $("status").textContent = describe(job.status, job);
@@ -210,46 +275,60 @@ async function generate(event) {
       } else if (name === "preview") {
         $("progress").value = data.step / data.steps;
         state.progress.push(data.step);
-        $("tvs").append(tvFor(data.step, data.steps, data.url));
+        $("tvs").append(tvFor(data.step, data.steps, data.url, inverting));
       }
       return null;
     });
     const done = await (await api(`/jobs/${job.id}`)).json();
-    if (final.status === "succeeded") {
-      $("progress").value = 1;
-      const url = await blobUrl(done.image_url);
-      const img = $("result-image");
-      img.src = url;
-      const asked = done.params.prompt ? `“${done.params.prompt}”, ` : "";
-      img.alt = `generated image: ${asked}seed ${done.params.seed}, ${done.params.steps} steps, eta ${done.params.eta}`;
-      await img.decode().catch(() => {});
-      $("result-params").textContent = JSON.stringify({ ...done.params, model: done.model, engine: done.engine });
-      $("download").href = url;
-      $("download").download = `diffusetv-${done.params.seed}-${done.params.steps}-${done.params.eta}.png`;
-      $("same-again").href = sameAgainHref(done.params, done.model);
-      $("result").hidden = false;
-      document.body.dataset.done = job.id;
-      remember({ id: job.id, seed: String(done.params.seed), steps: done.params.steps, eta: done.params.eta,
-        model: `${done.model.name}@${done.model.version}`, status: "succeeded",
-        prompt: done.params.prompt, guidance: done.params.guidance,
-        href: sameAgainHref(done.params, done.model), thumb: thumbnail(img) });
-    } else {
+    document.body.dataset.ended = job.id;
+    if (final.status !== "succeeded") {
       $("status").textContent = `${describe(final.status, final)}${done.error ? ": " + done.error : ""}`;
+      return null;
     }
+    await showResult(done);
+    return done;
   } catch (error) {
     $("status").textContent = `Error: ${error.message}`;
     if (/^(prompt|guidance):/.test(error.message)) $("prompt-error").textContent = error.message;
+    if (/^(image|mask|strength|harmonize|latent):/.test(error.message)) $("picture-error").textContent = error.message;
+    return null;
   } finally {
-    $("generate").disabled = false;
+    for (const button of document.querySelectorAll("button.run")) button.disabled = false;
   }
+}
+
+async function showResult(done) {
+  const p = done.params;
+  $("progress").value = 1;
+  const url = await blobUrl(done.image_url);
+  const img = $("result-image");
+  img.src = url;
+  img.alt = `${done.kind === "invert" ? "reconstructed picture" : "generated image"}: ${jobWords(done)}`;
+  await img.decode().catch(() => {});
+  $("result-params").textContent = JSON.stringify({ ...p, model: done.model, engine: done.engine });
+  $("download").href = url;
+  $("download").download = p.seed != null && !p.image && !p.latent
+    ? `diffusetv-${p.seed}-${p.steps}-${p.eta}.png` : `diffusetv-${done.id}.png`;
+  const plain = done.kind === "generate" && p.seed != null && !p.image && !p.latent; // a link can say all of it
+  $("same-again").hidden = !plain;
+  if (plain) $("same-again").href = sameAgainHref(p, done.model);
+  $("result").hidden = false;
+  state.doneId = done.id;
+  document.body.dataset.done = done.id;
+  remember({ id: done.id, seed: p.seed != null ? String(p.seed) : null, steps: p.steps, eta: p.eta,
+    model: `${done.model.name}@${done.model.version}`, status: "succeeded", prompt: p.prompt, guidance: p.guidance,
+    label: jobWords(done), href: plain ? sameAgainHref(p, done.model) : null, thumb: thumbnail(img) });
 }
 
 async function interpolate(event) {
   event.preventDefault();
   const a = parseSeed($("seed-a").value), b = parseSeed($("seed-b").value);
-  $("interpolate-error").textContent = a === null || b === null ? "Seeds are whole numbers from 0 to 9007199254740991." : "";
-  if (a === null || b === null) return;
-  const body = { seed_a: a, seed_b: b, frames: Number($("frames").value), steps: Number($("i-steps").value) };
+  const [imageA, imageB] = [state.ends.a, state.ends.b];
+  const bad = (!imageA && a === null) || (!imageB && b === null);
+  $("interpolate-error").textContent = bad ? "Seeds are whole numbers from 0 to 9007199254740991." : "";
+  if (bad) return;
+  const body = { frames: Number($("frames").value), steps: Number($("i-steps").value) };
+  Object.assign(body, imageA ? { image_a: imageA } : { seed_a: a }, imageB ? { image_b: imageB } : { seed_b: b });
   if ($("i-model").value) body.model = $("i-model").value;
   Object.assign(body, textBody("i-model", "i-prompt", "i-prompt-b", "i-guidance"));
   $("interpolate").disabled = true;
@@ -274,7 +353,8 @@ async function interpolate(event) {
     const [strip, animation] = [$("strip"), $("animation")];
     strip.src = await blobUrl(done.strip_url);
     const walk = done.params.prompt_b ? ` and from “${done.params.prompt}” to “${done.params.prompt_b}”` : "";
-    strip.alt = `${body.frames} frames walking from seed ${a} to seed ${b}${walk}`;
+    const [from, to] = [imageA ? "picture A" : `seed ${a}`, imageB ? "picture B" : `seed ${b}`];
+    strip.alt = `${body.frames} frames walking from ${from} to ${to}${walk}`;
     animation.src = await blobUrl(done.image_url);
     animation.alt = `the same walk as an animation, ${body.frames} frames`;
     await strip.decode().catch(() => {});
@@ -287,6 +367,211 @@ async function interpolate(event) {
   } finally {
     $("interpolate").disabled = false;
   }
+}
+
+// ---- The image tab: a picture in, a mask painted over it, and what to do with them.
+
+const PICTURE_SIDE = 256; // the picture's displayed long side, in CSS pixels; the mask is painted at that size
+
+// A file as a data URL, read in the browser: the API gets the file's own bytes.
+function readFile(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+// The picture to send (`value`: a data URL or {job: id}), shown at PICTURE_SIDE with an empty mask over it.
+async function setPicture(value, url, name) {
+  const img = $("picture");
+  img.src = url;
+  try {
+    await img.decode();
+  } catch (_) {
+    state.picture = null;
+    img.hidden = $("mask").hidden = true;
+    $("drop-hint").hidden = false;
+    $("picture-error").textContent = `${name} is not a picture this browser can show.`;
+    return;
+  }
+  const scale = PICTURE_SIDE / Math.max(img.naturalWidth, img.naturalHeight);
+  img.width = Math.round(img.naturalWidth * scale);
+  img.height = Math.round(img.naturalHeight * scale);
+  img.alt = `the picture: ${name}`;
+  const mask = $("mask");
+  mask.width = img.width;
+  mask.height = img.height;
+  state.picture = { value, name };
+  img.hidden = mask.hidden = false;
+  $("drop-hint").hidden = true;
+  $("picture-error").textContent = "";
+  clearMask();
+}
+
+async function pictureFromFile(file) {
+  if (!file) return;
+  try {
+    const url = await readFile(file);
+    await setPicture(url, url, file.name);
+  } catch (error) {
+    $("picture-error").textContent = `Could not read ${file.name}: ${error.message}`;
+  }
+}
+
+// "Use this result": a finished job's image becomes the picture, sent as {job: id}.
+async function useJob(id) {
+  selectTab($("tab-image"));
+  try {
+    await setPicture({ job: id }, await blobUrl(`/jobs/${id}/image.png`), `the result of job ${id}`);
+  } catch (error) {
+    $("picture-error").textContent = `Error: ${error.message}`;
+  }
+}
+
+function clearMask() {
+  const mask = $("mask");
+  mask.getContext("2d").clearRect(0, 0, mask.width, mask.height);
+  state.masked = false;
+  $("harmonize-field").hidden = true;
+}
+
+// The brush: pointer strokes in the overlay's colour; what is painted repaints (maskDataUrl).
+function setUpBrush() {
+  const mask = $("mask");
+  const ctx = mask.getContext("2d");
+  let last = null;
+  const at = (e) => {
+    const box = mask.getBoundingClientRect();
+    return [(e.clientX - box.left) * (mask.width / box.width), (e.clientY - box.top) * (mask.height / box.height)];
+  };
+  const stroke = (from, to) => {
+    ctx.strokeStyle = "#ff2d6f";
+    ctx.lineWidth = Number($("brush").value);
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(...from);
+    ctx.lineTo(...to);
+    ctx.stroke();
+    state.masked = true;
+    $("harmonize-field").hidden = false;
+  };
+  mask.addEventListener("pointerdown", (e) => {
+    mask.setPointerCapture(e.pointerId);
+    last = at(e);
+    stroke(last, last);
+  });
+  mask.addEventListener("pointermove", (e) => {
+    if (!last) return;
+    const point = at(e);
+    stroke(last, point);
+    last = point;
+  });
+  for (const name of ["pointerup", "pointercancel"]) mask.addEventListener(name, () => { last = null; });
+}
+
+// The mask as the API reads it: a PNG, white = repaint on black = keep, at the picture's displayed size.
+function maskDataUrl() {
+  const mask = $("mask");
+  const pixels = mask.getContext("2d").getImageData(0, 0, mask.width, mask.height);
+  const d = pixels.data;
+  for (let i = 0; i < d.length; i += 4) {
+    d[i] = d[i + 1] = d[i + 2] = d[i + 3] >= 128 ? 255 : 0; // the brush's soft edge: painted from half on
+    d[i + 3] = 255;
+  }
+  const out = document.createElement("canvas");
+  out.width = mask.width;
+  out.height = mask.height;
+  out.getContext("2d").putImageData(pixels, 0, 0);
+  return out.toDataURL("image/png");
+}
+
+function needPicture() {
+  if (!state.picture) $("picture-error").textContent = "Pick or drop a picture first.";
+  return state.picture;
+}
+
+async function generateFromPicture(event) {
+  event?.preventDefault();
+  if (!needPicture()) return;
+  const seed = checkedSeed();
+  if (seed === null) return;
+  const body = { seed, ...runFields(), image: state.picture.value, strength: Number($("strength").value) };
+  if (state.masked) {
+    body.mask = maskDataUrl();
+    body.harmonize = Number($("harmonize").value);
+  }
+  await runJob("/generate", body, pictureTv());
+}
+
+// An inversion runs with the prompt alone (the API inverts at guidance 1), and always shows its televisions.
+async function invert() {
+  if (!needPicture()) return;
+  const { steps, model, prompt } = runFields();
+  const body = { image: state.picture.value, steps, previews: true, ...(model && { model }), ...(prompt && { prompt }) };
+  $("from-latent").hidden = $("latent-download").hidden = true;
+  const done = await runJob("/invert", body, pictureTv());
+  if (!done) return;
+  state.inversion = { id: done.id, steps: done.params.steps };
+  const link = $("latent-download");
+  link.href = await blobUrl(done.latent_url);
+  link.download = `diffusetv-${done.id}.safetensors`;
+  link.hidden = $("from-latent").hidden = false;
+}
+
+// From the inversion's latent: its steps; a prompt now (none at inversion) edits the picture.
+async function generateFromLatent() {
+  const body = { ...runFields(), latent: { job: state.inversion.id }, steps: state.inversion.steps };
+  const seed = parseSeed($("seed").value);
+  if (seed !== null) body.seed = seed; // only eta > 0 draws from it
+  await runJob("/generate", body, staticTv());
+}
+
+function setUpImageTab() {
+  const stage = $("stage");
+  $("picture-file").addEventListener("change", (e) => pictureFromFile(e.target.files[0]));
+  stage.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    stage.classList.add("over");
+  });
+  stage.addEventListener("dragleave", () => stage.classList.remove("over"));
+  stage.addEventListener("drop", (e) => {
+    e.preventDefault();
+    stage.classList.remove("over");
+    pictureFromFile(e.dataTransfer.files[0]);
+  });
+  setUpBrush();
+  $("clear-mask").addEventListener("click", clearMask);
+  $("strength").addEventListener("input", () => { $("strength-value").value = $("strength").value; });
+  $("image-form").addEventListener("submit", generateFromPicture);
+  $("invert").addEventListener("click", invert);
+  $("from-latent").addEventListener("click", generateFromLatent);
+  $("use-result").addEventListener("click", () => useJob(state.doneId));
+  for (const end of ["a", "b"]) {
+    $(`picture-${end}`).addEventListener("change", async (e) => {
+      const file = e.target.files[0];
+      state.ends[end] = file ? await readFile(file) : null;
+      showEnd(end);
+    });
+    $(`clear-${end}`).addEventListener("click", () => {
+      state.ends[end] = null;
+      $(`picture-${end}`).value = "";
+      showEnd(end);
+    });
+  }
+}
+
+// An interpolation's end: a picture when one is picked (its seed box is then unused), else the seed.
+function showEnd(end) {
+  const picture = state.ends[end];
+  const thumb = $(`picture-${end}-thumb`);
+  thumb.hidden = !picture;
+  if (picture) thumb.src = picture;
+  else thumb.removeAttribute("src");
+  thumb.alt = picture ? `the picture for ${end.toUpperCase()}` : "";
+  $(`clear-${end}`).hidden = !picture;
+  $(`seed-${end}`).disabled = Boolean(picture);
 }
 
 // A text model's fields: only what was typed (an empty prompt is none; an empty guidance is the model's default).
@@ -347,6 +632,9 @@ function selectTab(tab) {
     t.tabIndex = selected ? 0 : -1;
     $(t.getAttribute("aria-controls")).hidden = !selected;
   }
+  const slot = $(tab.getAttribute("aria-controls")).querySelector(".settings-slot");
+  if (slot) slot.append($("run-settings")); // one set of seed, steps, model and prompt for both tabs
+  $("run-view").hidden = !slot;
   tab.focus();
 }
 
@@ -375,6 +663,7 @@ async function main() {
   $("model").addEventListener("change", () => showTextFields("model", "text-fields", "guidance"));
   $("i-model").addEventListener("change", () => showTextFields("i-model", "i-text-fields", "i-guidance"));
   $("interpolate-form").addEventListener("submit", interpolate);
+  setUpImageTab();
   const query = new URLSearchParams(location.search);
   $("seed").value = query.get("seed") ?? String(randomSeed());
   if (query.get("steps")) $("steps").value = query.get("steps");

@@ -59,10 +59,11 @@ def start_api_only(store, redis_server, tmp_path) -> Stack:
 
 
 def fetch_bytes(page, selector) -> bytes:
-    """The bytes behind an <img> (a blob URL), read inside the page."""
+    """The bytes behind an <img> or a link (a blob URL), read inside the page."""
     b64 = page.evaluate(
         """async (sel) => {
-            const buf = await (await fetch(document.querySelector(sel).src)).arrayBuffer();
+            const element = document.querySelector(sel);
+            const buf = await (await fetch(element.src || element.href)).arrayBuffer();
             let s = ""; for (const b of new Uint8Array(buf)) s += String.fromCharCode(b);
             return btoa(s);
         }""",
@@ -323,5 +324,174 @@ def test_a_prompt_typed_in_the_page_fills_the_televisions_and_gets_the_png(brows
             done = c.get(f"/jobs/{page.evaluate('document.body.dataset.interpolationDone')}").json()
         assert (done["params"]["prompt"], done["params"]["prompt_b"]) == ("cat face", "dog face")
         assert "from “cat face” to “dog face”" in page.get_attribute("#strip", "alt")
+    finally:
+        stack.stop_all()
+
+
+def picture_png(path, seed=29):
+    """A 16×16 RGB picture of the tiny model's size, with no flat area: any changed pixel shows."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def data_url_pixels(url: str) -> np.ndarray:
+    head, _, b64 = url.partition(",")
+    assert head == "data:image/png;base64", head
+    return decode_png(base64.b64decode(b64))
+
+
+def distance_to_segment(shape, a, b) -> np.ndarray:
+    """Each pixel centre's distance to the segment a–b, in pixels (canvas coordinates: x right, y down)."""
+    ys, xs = np.mgrid[: shape[0], : shape[1]] + 0.5
+    (ax, ay), (bx, by) = a, b
+    t = np.clip(((xs - ax) * (bx - ax) + (ys - ay) * (by - ay)) / ((bx - ax) ** 2 + (by - ay) ** 2), 0, 1)
+    return np.hypot(xs - ax - t * (bx - ax), ys - ay - t * (by - ay))
+
+
+def test_a_picture_with_a_painted_mask_in_the_image_tab(browser, tiny_store, redis_server, tmp_path):
+    """Upload a picture, paint a mask with the mouse, set the strength, press Generate from picture: the request holds
+    the file's pixels, a black-and-white mask with white where the brush went, the slider's strength; the job succeeds
+    and every pixel in the mask's kept region is the picture's."""
+    file = tmp_path / "picture.png"
+    picture = picture_png(file)
+    stack = start_stack(tiny_store, redis_server, tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 1000})
+        page.goto(stack.base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        page.click("#tab-image")
+        assert page.is_visible("#seed") and page.is_visible("#steps")  # the run settings follow the tab
+        page.set_input_files("#picture-file", str(file))
+        page.wait_for_selector("#mask", state="visible")
+        assert page.is_hidden("#harmonize-field")  # no mask painted yet
+        shown = page.eval_on_selector("#picture", "i => [i.width, i.height, i.naturalWidth, i.naturalHeight]")
+        assert shown == [256, 256, 16, 16], shown
+
+        page.focus("#brush")
+        page.keyboard.press("End")  # the widest brush: 64 px
+        page.focus("#strength")
+        for _ in range(4):
+            page.keyboard.press("ArrowLeft")  # 0.8 → 0.6
+        assert page.text_content("#strength-value") == "0.6"
+        mask = page.locator("#mask")
+        mask.scroll_into_view_if_needed()
+        box = mask.bounding_box()
+        a, b = (64, 128), (192, 128)  # a horizontal stroke across the middle, in the canvas's pixels
+        page.mouse.move(box["x"] + a[0], box["y"] + a[1])
+        page.mouse.down()
+        page.mouse.move(box["x"] + b[0], box["y"] + b[1], steps=12)
+        page.mouse.up()
+        assert page.is_visible("#harmonize")
+        page.fill("#seed", "1234")
+        page.fill("#steps", "10")
+
+        with page.expect_response(lambda r: r.url == stack.base + "/generate") as answered:
+            page.click("#image-generate")
+        assert answered.value.request.method == "POST"
+        body = answered.value.request.post_data_json
+        assert answered.value.status == 202, answered.value.text()
+        assert (body["seed"], body["steps"], body["strength"], body["harmonize"]) == (1234, 10, 0.6, 0)
+        assert body["image"] == "data:image/png;base64," + base64.b64encode(file.read_bytes()).decode()  # the file
+        assert np.array_equal(data_url_pixels(body["image"]), picture)
+        sent_mask = data_url_pixels(body["mask"])
+        assert sent_mask.shape == (256, 256, 3), sent_mask.shape  # the picture's displayed size
+        assert set(np.unique(sent_mask)) <= {0, 255}
+        distance = distance_to_segment(sent_mask.shape[:2], a, b)
+        assert (sent_mask[distance <= 30] == 255).all()  # the brush's 32 px radius, less its soft edge
+        assert (sent_mask[distance >= 34] == 0).all()
+
+        job_id = answered.value.json()["id"]
+        page.wait_for_selector(f"body[data-ended='{job_id}']", timeout=60_000)
+        with stack.client() as c:
+            job = c.get(f"/jobs/{job_id}").json()
+            assert job["status"] == "succeeded", job.get("error")
+            png = c.get(f"/jobs/{job_id}/image.png").content
+        served = decode_png(png)
+        assert job["params"]["strength"] == 0.6 and job["params"]["image"] and job["params"]["mask"]
+        # the API's mask: a box filter to 16×16, then ≥ 128 repaints. Blocks wholly black are kept, wholly white
+        # repainted, whatever the filter's rounding
+        blocks = sent_mask[..., 0].reshape(16, 16, 16, 16).swapaxes(1, 2).reshape(16, 16, 256)
+        kept, repainted = (blocks == 0).all(axis=2), (blocks == 255).all(axis=2)
+        assert kept.sum() >= 150 and repainted.sum() >= 20, (kept.sum(), repainted.sum())
+        assert np.array_equal(served[kept], picture[kept])
+        assert not np.array_equal(served[repainted], picture[repainted])  # 6 of 10 steps ran there
+        assert fetch_bytes(page, "#result-image") == png
+        assert "inpainting at strength 0.6" in page.get_attribute("#result-image", "alt")
+        assert page.is_hidden("#same-again")  # a link cannot carry the picture
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-image.png"), full_page=True)
+    finally:
+        stack.stop_all()
+
+
+def test_results_and_pictures_go_in_as_pictures_inverted_and_interpolated(browser, tiny_store, redis_server, tmp_path):
+    """Two picked pictures are an interpolation's ends; "Use this result" makes a finished job the picture, sent as
+    {"job": id}; Invert fills the televisions (the picture first), offers the latent, served as the API serves it,
+    and Generate from this latent starts from it."""
+    ends = [tmp_path / "a.png", tmp_path / "b.png"]
+    for seed, path in enumerate(ends):
+        picture_png(path, seed)
+    stack = start_stack(tiny_store, redis_server, tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1000, "height": 1000})
+        page.goto(stack.base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+
+        page.click("#tab-interpolate")
+        assert page.is_hidden("#tvs")  # the televisions belong to Generate and Image
+        page.set_input_files("#picture-a", str(ends[0]))
+        page.set_input_files("#picture-b", str(ends[1]))
+        page.wait_for_selector("#picture-b-thumb", state="visible")
+        assert page.is_disabled("#seed-a") and page.is_disabled("#seed-b")
+        page.fill("#frames", "3")
+        page.fill("#i-steps", "8")
+        with page.expect_response(lambda r: r.url == stack.base + "/interpolate") as answered:
+            page.click("#interpolate")
+        assert answered.value.status == 202, answered.value.text()
+        body = answered.value.request.post_data_json
+        assert set(body) == {"image_a", "image_b", "frames", "steps", "model"}, body
+        for end, path in zip(("image_a", "image_b"), ends, strict=True):
+            assert body[end] == "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+        page.click("#tab-generate")
+        page.fill("#seed", "5")
+        page.fill("#steps", "8")
+        page.click("#generate")
+        page.wait_for_selector("body[data-done]", timeout=60_000)
+        generated = page.evaluate("document.body.dataset.done")
+        page.click("#use-result")
+        assert page.get_attribute("#tab-image", "aria-selected") == "true"
+        page.wait_for_selector("#mask", state="visible")
+        assert page.eval_on_selector("#picture", "i => [i.naturalWidth, i.width]") == [16, 256]
+        page.click("#history li:first-child button.use")  # the same job, from the history
+        page.wait_for_selector("#mask", state="visible")
+
+        with page.expect_response(lambda r: r.url == stack.base + "/invert") as answered:
+            page.click("#invert")
+        assert answered.value.status == 202, answered.value.text()
+        body = answered.value.request.post_data_json
+        assert body == {"image": {"job": generated}, "steps": 8, "previews": True, "model": "tiny@1"}, body
+        inversion = answered.value.json()["id"]
+        page.wait_for_selector(f"body[data-ended='{inversion}']", timeout=60_000)
+        with stack.client() as c:
+            job = c.get(f"/jobs/{inversion}").json()
+            assert job["status"] == "succeeded", job.get("error")
+            latent = c.get(f"/jobs/{inversion}/latent").content
+        tvs = page.eval_on_selector_all("#tvs li img", "imgs => imgs.map(i => i.alt)")
+        assert tvs[0] == "the picture it starts from" and len(tvs) >= 4, tvs
+        assert any("towards static" in alt for alt in tvs) and any("reconstruction" in alt for alt in tvs), tvs
+        assert page.is_visible("#from-latent")
+        assert page.get_attribute("#latent-download", "download") == f"diffusetv-{inversion}.safetensors"
+        assert fetch_bytes(page, "#latent-download") == latent
+
+        with page.expect_response(lambda r: r.url == stack.base + "/generate") as answered:
+            page.click("#from-latent")
+        assert answered.value.status == 202, answered.value.text()
+        body = answered.value.request.post_data_json
+        assert (body["latent"], body["steps"]) == ({"job": inversion}, 8) and "image" not in body, body
+        page.wait_for_selector(f"body[data-done='{answered.value.json()['id']}']", timeout=60_000)
     finally:
         stack.stop_all()
