@@ -45,7 +45,8 @@ def test_the_api_docs_cannot_be_framed(client):
         ("GET", "/models", None, 200),
         ("GET", "/jobs/" + "0" * 32, None, 404),
         ("POST", "/generate", b'{"seed": "1"}', 422),
-        ("POST", "/generate", b"x" * 70_000, 413),
+        ("POST", "/generate", b"x" * (8 * 2**20 + 1), 413),
+        ("DELETE", "/jobs/" + "0" * 32, b"x" * 70_000, 413),
     ],
 )
 def test_json_responses_say_nosniff(client, method, path, body, status):
