@@ -91,3 +91,48 @@ def test_an_imported_pipeline_cancels_previews_and_interpolates(cifar_stack):
         end = c.post("/generate", json={"seed": 11, "steps": STEPS, "model": "cifar"}).json()
         first = decode_png(c.get(f"/jobs/{end['id']}/image.png", params={"wait": 30}).content)
         assert np.array_equal(strip[:, :16], first)  # the strip starts at seed_a's image
+
+
+def test_an_imported_pipeline_takes_pictures_with_the_clis_bytes(cifar_stack, tiny_store, tmp_path):
+    """Image-to-image, inpainting and inversion of a pixel-space diffusers model through the stack; the CLI's
+    `sample --image --mask` and `invert` give the same bytes."""
+    import base64
+
+    with cifar_stack.client() as c:
+        source = c.post("/generate", json={"seed": 5, "steps": STEPS, "model": "cifar"}).json()
+        source = c.get(f"/jobs/{source['id']}", params={"wait": 30}).json()
+        picture = c.get(source["image_url"]).content
+        (tmp_path / "in.png").write_bytes(picture)
+        side = decode_png(picture).shape[0]
+        mask = np.zeros((side, side), np.uint8)
+        mask[: side // 2] = 255  # repaint the top half
+        buffer = io.BytesIO()
+        Image.fromarray(mask).save(buffer, format="PNG")
+        (tmp_path / "mask.png").write_bytes(buffer.getvalue())
+        body = {"seed": 6, "steps": STEPS, "model": "cifar", "image": {"job": source["id"]}, "strength": 0.75}
+        img2img = c.get(f"/jobs/{c.post('/generate', json=body).json()['id']}", params={"wait": 30}).json()
+        masked = {**body, "strength": 1.0, "mask": base64.b64encode(buffer.getvalue()).decode()}
+        inpaint = c.get(f"/jobs/{c.post('/generate', json=masked).json()['id']}", params={"wait": 30}).json()
+        inverted = c.post("/invert", json={"image": {"job": source["id"]}, "steps": STEPS, "model": "cifar"}).json()
+        inverted = c.get(f"/jobs/{inverted['id']}", params={"wait": 30}).json()
+        assert [j["status"] for j in (img2img, inpaint, inverted)] == ["succeeded"] * 3
+        assert img2img["progress"] == {"step": 6, "steps": 6}
+        pngs = [c.get(j["image_url"]).content for j in (img2img, inpaint, inverted)]
+        latent = c.get(inverted["latent_url"]).content
+    out = decode_png(pngs[1])
+    assert np.array_equal(out[side // 2 :], decode_png(picture)[side // 2 :])  # the kept half, exactly
+    env = {"DIFFUSETV_MODEL_STORE": str(tiny_store.root), "DIFFUSETV_TORCH_THREADS": "1"}
+    common = ["--model", "cifar", "--steps", str(STEPS), "--device", "cpu"]
+    run_cli("sample", *common, "--seed", "6", "--image", str(tmp_path / "in.png"), "--strength", "0.75",
+            "--out", str(tmp_path / "a.png"), env=env)  # fmt: skip
+    run_cli("sample", *common, "--seed", "6", "--image", str(tmp_path / "in.png"), "--strength", "1",
+            "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "b.png"), env=env)  # fmt: skip
+    run_cli("invert", str(tmp_path / "in.png"), *common, "--out", str(tmp_path / "latent.safetensors"),
+            "--reconstruction", str(tmp_path / "c.png"), env=env)  # fmt: skip
+    assert (tmp_path / "a.png").read_bytes() == pngs[0]
+    assert (tmp_path / "b.png").read_bytes() == pngs[1]
+    assert (tmp_path / "c.png").read_bytes() == pngs[2]
+    assert (tmp_path / "latent.safetensors").read_bytes() == latent
+    run_cli("sample", *common, "--latent", str(tmp_path / "latent.safetensors"), "--out", str(tmp_path / "d.png"),
+            env=env)  # fmt: skip
+    assert np.array_equal(decode_png((tmp_path / "d.png").read_bytes()), decode_png(pngs[2]))
