@@ -1,4 +1,5 @@
-"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|inversion|all]`: run, print tables, JSON."""
+"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|inversion|pictures|all]`: run, print tables,
+JSON."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ MODULES = {
     "guidance": "bench.guidance",
     "sd": "bench.sd",
     "inversion": "bench.inversion",
+    "pictures": "bench.pictures",
 }
 # `gpu` needs a GPU, `sd` half an hour, `inversion` the emoji font and some minutes: run them by name
 ALL = ("engine", "precision", "diffusers", "service")

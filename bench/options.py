@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-SUITES = ("engine", "precision", "diffusers", "service", "gpu", "guidance", "sd", "inversion", "all")
+SUITES = ("engine", "precision", "diffusers", "service", "gpu", "guidance", "sd", "inversion", "pictures", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

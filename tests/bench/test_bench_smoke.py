@@ -184,3 +184,13 @@ def test_guidance_bench_times_the_same_text_model_with_and_without_a_prompt(caps
     (row,) = result["rows"]
     assert row["batch"] == 2 and len(row["ratios"]) == 2 and all(r > 0 for r in row["ratios"])
     assert row["cost_ratio"] == sorted(row["ratios"])[0] + (sorted(row["ratios"])[1] - sorted(row["ratios"])[0]) / 2
+
+
+def test_the_pictures_bench_times_each_strength_against_plain(tiny_store):
+    from bench import pictures
+
+    result = pictures.run(steps=4, repeats=2, rows=2, model="tiny@1", threads=1)
+    assert list(result["ratio"]) == ["plain", "strength 0.3", "strength 0.6", "strength 1.0"]
+    assert result["ratio"]["plain"] == 1.0 and all(s > 0 for s in result["seconds"].values())
+    text = pictures.format_result(result)
+    assert "strength 0.6" in text and "tiny@1, a batch of 2 rows, 4 steps" in text
