@@ -3,8 +3,10 @@
     python -m bench.figures --run runs/emoji32 --model emoji32 --out docs/img
 
 Writes loss.png (the training curve), training.png (EMA samples at several points in training),
-samples.png (64 samples: seeds 0..63, 50 steps, eta 0) and televisions.png (the row of televisions:
-static, then the x0 prediction at every 5th step of 50, for a few seeds).
+samples.png (64 samples: seeds 0..63, 50 steps, eta 0), televisions.png (the row of televisions:
+static, then the x0 prediction at every 5th step of 50, for a few seeds) and pictures.png (pictures in: held-out
+glyphs, their reconstructions from a refined inversion, image-to-image at three strengths and an inpainted half;
+`--only pictures` remakes it alone).
 """
 
 from __future__ import annotations
@@ -97,13 +99,53 @@ def televisions(engine, seeds: list[int], steps: int, out: Path) -> None:
     strip.save(out)
 
 
+PICTURE_COLUMNS = ("glyph", "inverted", "0.3", "0.6", "1.0", "mask", "inpainted", "harmonize 4")
+STRENGTHS = (0.3, 0.6, 1.0)
+
+
+def pictures_figure(engine, glyphs: np.ndarray, steps: int, out: Path, seed: int = 0) -> None:
+    """One row per held-out glyph: the glyph, its reconstruction (refined inversion, then DDIM at eta 0), image-to-image
+    from it at strengths 0.3, 0.6 and 1.0 (seed `seed`), the mask (white: repaint the left half) and the inpainted
+    glyph (plain, and with harmonize 4), each as a job with those inputs gives it; row r uses seed `seed` + r."""
+    from diffusion.ddim import last_step
+    from worker.engine import PictureIn
+
+    n, size = len(glyphs), glyphs.shape[1]
+    *_, inverse = engine.invert(list(glyphs), steps)
+    columns = [glyphs, engine.images(last_step(engine.reconstruct(list(inverse.x), steps)))]
+    seeds = [seed + r for r in range(n)]
+    for strength in STRENGTHS:
+        rows = [PictureIn(g, strength) for g in glyphs]
+        columns.append(engine.images(last_step(engine.run(seeds, steps, [0.0] * n, pictures=rows)), rows))
+    mask = np.zeros((size, size, 1), np.uint8)
+    mask[:, : size // 2] = 255
+    shown = np.where(mask > 0, 150, 30).astype(np.uint8)  # grey: repaint; dark: keep
+    columns.append(np.repeat(np.broadcast_to(shown, (n, size, size, 1)), 3, axis=3))
+    rows = [PictureIn(g, 1.0, mask) for g in glyphs]
+    for harmonize in (0, 4):
+        run = engine.run(seeds, steps, [0.0] * n, pictures=rows, harmonize=harmonize)
+        columns.append(engine.images(last_step(run), rows))
+    pad, tile, head = 4, size * SCALE, 18
+    figure = Image.new("RGB", (len(columns) * (tile + pad) + pad, head + n * (tile + pad) + pad), "white")
+    draw = ImageDraw.Draw(figure)
+    for c, (name, images) in enumerate(zip(PICTURE_COLUMNS, columns, strict=True)):
+        draw.text((pad + c * (tile + pad) + 2, 3), name, fill="black")
+        for r in range(n):
+            figure.paste(upscale(np.ascontiguousarray(images[r])), (pad + c * (tile + pad), head + r * (tile + pad)))
+    figure.save(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/emoji32"))
     parser.add_argument("--model", default="emoji32")
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
+    parser.add_argument("--only", choices=["all", "pictures"], default="all", help="pictures: pictures.png alone")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only == "pictures":
+        make_pictures(args.model, args.out / "pictures.png")
+        return
     if (args.run / "loss.csv").exists():
         loss_plot(args.run, args.out / "loss.png")
         training_montage(args.run, args.out / "training.png")
@@ -111,7 +153,18 @@ def main(argv: list[str] | None = None) -> None:
     grid = make_grid(engine.generate(list(range(64)), 50, [0.0] * 64), cols=8)
     upscale(grid, 2).save(args.out / "samples.png")
     televisions(engine, [3, 14, 15], 50, args.out / "televisions.png")
+    make_pictures(args.model, args.out / "pictures.png")
     print(f"wrote figures to {args.out}")
+
+
+def make_pictures(model: str, out: Path, picks: tuple[int, ...] = (0, 35, 70, 105)) -> None:
+    """pictures.png from a few of the held-out glyphs (diffusion.emoji, rendered from the Noto Color Emoji font)."""
+    from diffusion import emoji
+
+    engine = load_engine(model, Store(), device="cpu")
+    heldout = emoji.build(emoji.DEFAULT_FONT, engine.shape[1])["heldout"]
+    pictures_figure(engine, heldout[list(picks)], 50, out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
