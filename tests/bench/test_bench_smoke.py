@@ -184,3 +184,23 @@ def test_guidance_bench_times_the_same_text_model_with_and_without_a_prompt(caps
     (row,) = result["rows"]
     assert row["batch"] == 2 and len(row["ratios"]) == 2 and all(r > 0 for r in row["ratios"])
     assert row["cost_ratio"] == sorted(row["ratios"])[0] + (sorted(row["ratios"])[1] - sorted(row["ratios"])[0]) / 2
+
+
+def test_inversion_bench_reports_naive_and_refined_for_each_model(capsys):
+    from helpers import require_prerequisite
+
+    require_prerequisite("emoji-font")
+    from bench.__main__ import main
+    from worker.engine import REFINE
+
+    assert main(["inversion", "--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Inversion: 8 held-out emoji32 glyphs, 5 steps" in out and "emoji32-text, caption" in out
+    from bench import inversion
+
+    result = inversion.run(steps=2, glyphs=2, models=("emoji32",), threads=1)
+    assert [(r["method"], r["calls"]) for r in result["rows"]] == [
+        ("naive", 2),
+        (f"refined ({REFINE})", 2 * (1 + REFINE)),
+    ]
+    assert all(r["median_db"] > 5 for r in result["rows"]) and result["cpu"]
