@@ -29,6 +29,7 @@ from diffusion.inversion import InverseStep, invert
 from diffusion.kernels import Probe, probe_inputs, reference_rows, row_flops
 from diffusion.probe_cache import machine_key
 from model_store import Manifest, ModelStoreError, Store, kinds
+from model_store.bounds import INVERSION_REFINE
 from worker.kinds import KindModel, model_for
 from worker.memory import (
     STEP_COPIES,
@@ -45,10 +46,9 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 REFERENCE_ROWS = {"cpu": 16, "cuda": 128}
 COMPILED_SIZES = (1, 2, 4, 8, 16)  # with `compile`, the call sizes probed (each one is a compilation)
 FINGERPRINT_CHARS = 16
-# Fixed-point iterations per inverse step (diffusion.inversion): on the 140 held-out emoji32 glyphs at 50 steps the
-# reconstruction's median PSNR is naive 26 dB, 1: 37 dB, 2: 42 dB, for 1, 2, 3 network calls per step
-# (`python -m bench inversion`). The same for every row, so that a row's latent never depends on its batch.
-REFINE = 2
+# Fixed-point iterations per inverse step (diffusion.inversion): model_store.bounds.INVERSION_REFINE, which the API's
+# estimate of a job's work and its engine key read too.
+REFINE = INVERSION_REFINE
 
 
 def resolve_device(device: str) -> str:

@@ -194,3 +194,23 @@ def test_the_pictures_bench_times_each_strength_against_plain(tiny_store):
     assert result["ratio"]["plain"] == 1.0 and all(s > 0 for s in result["seconds"].values())
     text = pictures.format_result(result)
     assert "strength 0.6" in text and "tiny@1, a batch of 2 rows, 4 steps" in text
+
+
+def test_inversion_bench_reports_naive_and_refined_for_each_model(capsys):
+    from helpers import require_prerequisite
+
+    require_prerequisite("emoji-font")
+    from bench.__main__ import main
+    from worker.engine import REFINE
+
+    assert main(["inversion", "--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Inversion: 8 held-out emoji32 glyphs, 5 steps" in out and "emoji32-text, caption" in out
+    from bench import inversion
+
+    result = inversion.run(steps=2, glyphs=2, models=("emoji32",), threads=1)
+    assert [(r["method"], r["calls"]) for r in result["rows"]] == [
+        ("naive", 2),
+        (f"refined ({REFINE})", 2 * (1 + REFINE)),
+    ]
+    assert all(r["median_db"] > 5 for r in result["rows"]) and result["cpu"]
