@@ -64,7 +64,8 @@ def new_job(
 
 
 def current_engine(redis, model_ref: str) -> str:
-    """`device/precision/kernels/encoder` of the workers serving the model, or PENDING_ENGINE while none has claimed it."""
+    """`device/precision/kernels/encoder` of the workers serving the model, or PENDING_ENGINE while none has claimed
+    it."""
     engine = redis.get(keys.engine(model_ref))
     return engine.decode() if engine else runs.PENDING_ENGINE
 

@@ -261,7 +261,8 @@ class Engine(BaseModel):
         "", description="fingerprint of the worker's kernel arithmetic: equal kernels, equal bytes (DETERMINISM.md)"
     )
     encoder: str = Field(
-        "", description="fingerprint of the worker's PNG encoder (Pillow and its zlib): part of the engine (DETERMINISM.md)"
+        "",
+        description="fingerprint of the worker's PNG encoder (Pillow and its zlib): part of the engine (DETERMINISM.md)",
     )
 
 
