@@ -262,7 +262,7 @@ class Engine(BaseModel):
     )
     encoder: str = Field(
         "",
-        description="fingerprint of the worker's PNG encoder (Pillow and its zlib): part of the engine (DETERMINISM.md)",
+        description="fingerprint of the worker's PNG encoder (Pillow, its zlib): part of the engine (DETERMINISM.md)",
     )
 
 
