@@ -48,11 +48,6 @@ def refuse(name: str, message: str, given: object = None) -> RequestValidationEr
     return RequestValidationError([{"type": "value_error", "loc": ("body", name), "msg": message, "input": given}])
 
 
-def target(manifest: Manifest, width: int | None, height: int | None) -> tuple[int, int, int]:
-    """(height, width, channels) of the model's image at the request's size: what a picture is converted to."""
-    return kinds.of(manifest).image_shape(manifest, width, height)
-
-
 def finished_job(redis, ref: schemas.JobRef, owner: str, name: str) -> dict[str, str]:
     """The record of the job a request names as an input: 404 unknown, expired or another owner's; 409 unfinished."""
     record = read_record(redis, ref.job) if keys.valid_job_id(ref.job) else None
@@ -64,66 +59,81 @@ def finished_job(redis, ref: schemas.JobRef, owner: str, name: str) -> dict[str,
     return record
 
 
-def decoded(gate: pictures.DecodeGate, settings: Settings, value: str | schemas.JobRef, name: str, redis, owner: str):
-    """The input's picture (PIL), from a base64 file or a finished job's PNG, decoded under the gate."""
-    if isinstance(value, schemas.JobRef):
-        record = finished_job(redis, value, owner, name)
-        if record.get("kind", "generate") not in IMAGE_KINDS:
-            raise refuse(name, f"job {value.job} is an {record['kind']} job: name a job with one image", value.job)
-        png = redis.get(keys.png(value.job))
-        if png is None:
-            raise HTTPException(404, f"{name}: the image of job {value.job} has expired")
-        value = "data:image/png;base64," + base64.b64encode(png).decode()
-    try:
-        with gate:
-            return pictures.decode(value, name, settings.max_image_pixels)
-    except pictures.Busy as exc:
-        raise HTTPException(503, str(exc), headers={"Retry-After": str(DECODE_RETRY_S)}) from None
-    except pictures.PictureError as exc:
-        raise refuse(exc.field, exc.message) from None
+@dataclass
+class Reader:
+    """Reads one request's inputs for the model of `manifest` at the request's `size` (width, height; None, None for
+    a model of one size), as `owner`, into `inputs`."""
 
+    gate: pictures.DecodeGate
+    settings: Settings
+    redis: object
+    owner: str
+    manifest: Manifest
+    size: tuple[int | None, int | None]
+    inputs: Inputs = field(default_factory=Inputs)
 
-def picture(gate, settings: Settings, redis, owner: str, manifest: Manifest, value, name: str, size, inputs: Inputs):
-    """An image input, converted to the model's size and channels, into `inputs` under `name`."""
-    height, width, channels = target(manifest, *size)
-    image = decoded(gate, settings, value, name, redis, owner)
-    try:
-        pixels = pictures.convert(image, width, height, channels)
-    except pictures.PictureError as exc:
-        raise refuse(name, exc.message) from None
-    inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
+    def target(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the model's image at the request's size: what a picture is converted to."""
+        return kinds.of(self.manifest).image_shape(self.manifest, *self.size)
 
+    def decoded(self, value: str | schemas.JobRef, name: str):
+        """The input's picture (PIL), from a base64 file or a finished job's PNG, decoded under the gate."""
+        if isinstance(value, schemas.JobRef):
+            record = finished_job(self.redis, value, self.owner, name)
+            if record.get("kind", "generate") not in IMAGE_KINDS:
+                raise refuse(name, f"job {value.job} is an {record['kind']} job: name a job with one image", value.job)
+            png = self.redis.get(keys.png(value.job))
+            if png is None:
+                raise HTTPException(404, f"{name}: the image of job {value.job} has expired")
+            value = "data:image/png;base64," + base64.b64encode(png).decode()
+        try:
+            with self.gate:
+                return pictures.decode(value, name, self.settings.max_image_pixels)
+        except pictures.Busy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(DECODE_RETRY_S)}) from None
+        except pictures.PictureError as exc:
+            raise refuse(exc.field, exc.message) from None
 
-def mask(gate, settings: Settings, redis, owner: str, manifest: Manifest, value, name: str, size, inputs: Inputs):
-    """A mask input: white repaints, black keeps; box-filtered to the model's size, thresholded at 128."""
-    height, width, _ = target(manifest, *size)
-    image = decoded(gate, settings, value, name, redis, owner)
-    try:
-        pixels = pictures.convert_mask(image, width, height)
-    except pictures.PictureError as exc:
-        raise refuse(name, exc.message) from None
-    inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
+    def picture(self, value: str | schemas.JobRef, name: str) -> None:
+        """An image input, converted to the model's size and channels, under `name`."""
+        height, width, channels = self.target()
+        image = self.decoded(value, name)
+        try:
+            pixels = pictures.convert(image, width, height, channels)
+        except pictures.PictureError as exc:
+            raise refuse(name, exc.message) from None
+        self.inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
 
+    def mask(self, value: str | schemas.JobRef, name: str) -> None:
+        """A mask input: white repaints, black keeps; box-filtered to the model's size, thresholded at 128."""
+        height, width, _ = self.target()
+        image = self.decoded(value, name)
+        try:
+            pixels = pictures.convert_mask(image, width, height)
+        except pictures.PictureError as exc:
+            raise refuse(name, exc.message) from None
+        self.inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
 
-def latent(redis, owner: str, manifest: Manifest, ref: schemas.JobRef, name: str, steps: int, size, inputs: Inputs):
-    """An inversion's latent, into `inputs` under `name`: 422 for a job that is not an inversion, or one of another
-    model, step count or size."""
-    record = finished_job(redis, ref, owner, name)
-    if record.get("kind") != "invert":
-        raise refuse(name, f"job {ref.job} is not an inversion (POST /invert)", ref.job)
-    blob = redis.get(keys.latent(ref.job))
-    if blob is None:
-        raise HTTPException(404, f"{name}: the latent of job {ref.job} has expired")
-    try:
-        meta = pictures.latent_metadata(blob)
-    except pictures.PictureError as exc:
-        raise refuse(name, exc.message, ref.job) from None
-    wanted = {"identity": manifest.identity, "steps": str(steps), **size_metadata(*size)}
-    for key, value in wanted.items():
-        if meta.get(key, "") != value:
-            what = {"identity": f"model {manifest.ref}", "steps": f"{steps} steps"}.get(key, f"{key} {value}")
-            raise refuse(name, f"job {ref.job} inverted with another {key} ({meta.get(key)}); this job has {what}")
-    inputs.add(name, hashlib.sha256(blob).hexdigest(), blob)
+    def latent(self, ref: schemas.JobRef, name: str, steps: int) -> None:
+        """An inversion's latent, under `name`: 422 for a job that is not an inversion, or one of another model, step
+        count or size."""
+        record = finished_job(self.redis, ref, self.owner, name)
+        if record.get("kind") != "invert":
+            raise refuse(name, f"job {ref.job} is not an inversion (POST /invert)", ref.job)
+        blob = self.redis.get(keys.latent(ref.job))
+        if blob is None:
+            raise HTTPException(404, f"{name}: the latent of job {ref.job} has expired")
+        try:
+            meta = pictures.latent_metadata(blob)
+        except pictures.PictureError as exc:
+            raise refuse(name, exc.message, ref.job) from None
+        manifest = self.manifest
+        wanted = {"identity": manifest.identity, "steps": str(steps), **size_metadata(*self.size)}
+        for key, value in wanted.items():
+            if meta.get(key, "") != value:
+                what = {"identity": f"model {manifest.ref}", "steps": f"{steps} steps"}.get(key, f"{key} {value}")
+                raise refuse(name, f"job {ref.job} inverted with another {key} ({meta.get(key)}); this job has {what}")
+        self.inputs.add(name, hashlib.sha256(blob).hexdigest(), blob)
 
 
 def size_metadata(width: int | None, height: int | None) -> dict[str, str]:
@@ -161,22 +171,20 @@ def check_interpolate(body: schemas.InterpolateRequest) -> None:
             raise refuse(sent[1], f"the {end} end is one of {', '.join(names)}; got {' and '.join(sent)}")
 
 
-def read_generate(gate, settings, redis, owner: str, manifest: Manifest, body, size) -> Inputs:
-    inputs = Inputs()
+def read_generate(reader: Reader, body: schemas.GenerateRequest) -> Inputs:
     if body.image is not None:
-        picture(gate, settings, redis, owner, manifest, body.image, "image", size, inputs)
+        reader.picture(body.image, "image")
     if body.mask is not None:
-        mask(gate, settings, redis, owner, manifest, body.mask, "mask", size, inputs)
+        reader.mask(body.mask, "mask")
     if body.latent is not None:
-        latent(redis, owner, manifest, body.latent, "latent", body.steps, size, inputs)
-    return inputs
+        reader.latent(body.latent, "latent", body.steps)
+    return reader.inputs
 
 
-def read_interpolate(gate, settings, redis, owner: str, manifest: Manifest, body, size) -> Inputs:
-    inputs = Inputs()
+def read_interpolate(reader: Reader, body: schemas.InterpolateRequest) -> Inputs:
     for end in ("a", "b"):
         if (value := getattr(body, f"image_{end}")) is not None:
-            picture(gate, settings, redis, owner, manifest, value, f"image_{end}", size, inputs)
+            reader.picture(value, f"image_{end}")
         if (ref := getattr(body, f"latent_{end}")) is not None:
-            latent(redis, owner, manifest, ref, f"latent_{end}", body.steps, size, inputs)
-    return inputs
+            reader.latent(ref, f"latent_{end}", body.steps)
+    return reader.inputs

@@ -53,10 +53,8 @@ def sample(args: argparse.Namespace) -> int:
     seeds = list(range(seed, seed + args.n))
     conditions = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)] * args.n
     pictures, latents = [inputs.picture] * args.n, [inputs.latent] * args.n
-    run = engine.run(
-        seeds, spec.steps, [spec.eta] * args.n, conditions=conditions, size=spec.size, pictures=pictures,
-        harmonize=spec.harmonize, latents=latents,
-    )  # fmt: skip
+    etas = [spec.eta] * args.n
+    run = engine.run(seeds, spec.steps, etas, x_T=latents, conditions=conditions, size=spec.size, pictures=pictures)
     images = engine.images(last_step(run), pictures)
     parameters = engine.parameters(spec)
     if args.n > 1:

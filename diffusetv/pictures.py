@@ -98,7 +98,7 @@ def sample_inputs(args: argparse.Namespace, manifest, size: dict) -> Inputs:
     found.fields = {"image": pictures.digest(pixels), "strength": float(strength), "harmonize": args.harmonize}
     if mask is not None:
         found.fields["mask"] = pictures.digest(mask)
-    found.picture = PictureIn(pixels, float(strength), mask)
+    found.picture = PictureIn(pixels, float(strength), mask, args.harmonize)
     return found
 
 
@@ -131,7 +131,7 @@ def invert(args: argparse.Namespace) -> int:
     if args.reconstruction:
         from diffusion.ddim import last_step
 
-        run = engine.run([0], spec.steps, [0.0], conditions=condition, size=spec.size, latents=[latent[0]])
+        run = engine.reconstruct([latent[0]], spec.steps, conditions=condition, size=spec.size)
         png = encode_png(engine.images(last_step(run))[0], engine.parameters(spec))
         Path(args.reconstruction).write_bytes(png)
         print(f"wrote {args.reconstruction} (its reconstruction)")

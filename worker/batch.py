@@ -143,11 +143,9 @@ def preview_url(pixels) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(pixels)).decode()
 
 
-def send_previews(
-    redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int, shown=None
-) -> None:
-    """The step's x0 of each run, to the jobs that asked for previews (a full Redis skips them); `shown`: which rows
-    to show (those that ran the step), all when None. Reads only: the bytes stay the same."""
+def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int) -> None:
+    """The step's x0 of each run, to the jobs that asked for previews (a full Redis skips them). Reads only: the bytes
+    stay the same."""
     pipe = redis.pipeline(transaction=False)
     for job_ids in waiting:
         for job_id in job_ids:
@@ -156,7 +154,7 @@ def send_previews(
     pipe = redis.pipeline(transaction=False)
     for i, job_ids in enumerate(waiting):
         asking = [j for j in job_ids if json.loads(next(wants) or b"{}").get("previews")]
-        if asking and (shown is None or shown[i]):
+        if asking:
             url = preview_url(engine.pixels(x0[i : i + 1])[0])
             run = batch[i]
             ran = step - (run.spec.steps - run.steps) if run.steps <= run.spec.steps else step
@@ -165,19 +163,16 @@ def send_previews(
     skip_when_full(log, f"previews at step {step}", pipe.execute)
 
 
+EXTRAS = {"strip": keys.strip, "latent": keys.latent}  # a result's other files: an interpolation's, an inversion's
+
+
 def finish(
-    redis,
-    run: Run,
-    png: bytes,
-    batch_size: int,
-    engine: Engine,
-    ttl: int,
-    strip: bytes | None = None,
-    latent: bytes | None = None,
+    redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: int, extras: dict[str, bytes] | None = None
 ) -> int:
-    """Close the run (no job can join it now), then give every job still waiting the PNG (and an interpolation's
-    strip, an inversion's latent). Returns how many got it. A full Redis delays it: each write is tried again until
-    Redis takes it (or the job's time is up)."""
+    """Close the run (no job can join it now), then give every job still waiting the PNG and the `extras` (EXTRAS: an
+    interpolation's strip, an inversion's latent). Returns how many got it. A full Redis delays it: each write is
+    tried again until Redis takes it (or the job's time is up)."""
+    extras = extras or {}
     sha256 = hashlib.sha256(png).hexdigest()
     now = repr(time.time())
     fields = {
@@ -186,23 +181,20 @@ def finish(
         "batch_size": str(batch_size),
         "engine": json.dumps(engine.record()),
         "progress": json.dumps({"step": run.steps, "steps": run.steps}),
-        **({"strip_sha256": hashlib.sha256(strip).hexdigest()} if strip is not None else {}),
-        **({"latent_sha256": hashlib.sha256(latent).hexdigest()} if latent is not None else {}),
+        **{f"{name}_sha256": hashlib.sha256(data).hexdigest() for name, data in extras.items()},
     }
     delivered = []
     for job_id in while_full(log, f"closing run {run.id}", runs.close, redis, run.id, "done"):
-        if strip is not None:  # first: a succeeded job always has its strip
-            while_full(log, f"the strip of job {job_id}", redis.set, keys.strip(job_id), strip, ttl)
-        if latent is not None:  # and its latent
-            while_full(log, f"the latent of job {job_id}", redis.set, keys.latent(job_id), latent, ttl)
+        for name, data in extras.items():  # first: a succeeded job always has its strip or latent
+            while_full(log, f"the {name} of job {job_id}", redis.set, EXTRAS[name](job_id), data, ttl)
         # the first job to get the PNG also becomes the cache entry, in the same atomic step
         entry = None if delivered else (keys.cache(run.cache_key), json.dumps({"job": job_id, "sha256": sha256}))
         if while_full(log, f"delivering job {job_id}", deliver, redis, job_id, png, ttl, fields, entry):
             delivered.append(job_id)
             # a job that joined in the last moment
             while_full(log, f"finishing job {job_id}", redis.hsetnx, keys.job(job_id), "started_at", now)
-        else:
-            redis.delete(keys.strip(job_id), keys.latent(job_id))
+        elif extras:
+            redis.delete(*(EXTRAS[name](job_id) for name in extras))
     runs.forget(redis, run.id)
     return len(delivered)
 
@@ -233,10 +225,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
     seeds, etas = [0 if r.spec.seed is None else r.spec.seed for r in batch], [r.spec.eta for r in batch]
     pictures = [inputs.picture_in(redis, r.spec) for r in batch]  # image-to-image and inpainting rows
     latents = [inputs.latent(redis, r.spec.latent) if r.spec.latent else None for r in batch]
-    sampler = engine.run(
-        seeds, steps, etas, conditions=conditions, size=specs[0].size, pictures=pictures,
-        harmonize=specs[0].harmonize, latents=latents,
-    )  # fmt: skip
+    sampler = engine.run(seeds, steps, etas, x_T=latents, conditions=conditions, size=specs[0].size, pictures=pictures)
     live = list(batch)  # the runs still in the sampler, in its row order
     preview_at = events.preview_steps(steps, get_settings().preview_every_steps)
     last = None
@@ -255,7 +244,9 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
         preview = last.step in preview_at
         report_progress(redis, live, waiting, last.step, steps, preview, result_ttl)
         if preview:
-            send_previews(redis, engine, live, waiting, last.x0_pred, last.step, result_ttl, last.active)
+            shown = [i for i, ran in enumerate(last.active) if ran]  # the rows that ran this step
+            runs_, waits = [live[i] for i in shown], [waiting[i] for i in shown]
+            send_previews(redis, engine, runs_, waits, last.x0_pred[shown], last.step, result_ttl)
     if last is not None and last.step == steps and live:
         pixels = engine.images(last, pictures)
         for i, run in enumerate(live):

@@ -85,11 +85,13 @@ Size = tuple[int, int] | None  # a model of several sizes: (width, height); None
 @dataclass(frozen=True)
 class PictureIn:
     """A row's picture, as a job gives it: its converted pixels, its strength (of the grid, the last
-    int(steps·strength) steps run) and its mask (white: repaint), at the image's size."""
+    int(steps·strength) steps run), its mask (white: repaint), at the image's size, and with a mask RePaint's jumps per
+    step (`harmonize`)."""
 
     pixels: np.ndarray  # (H, W, C) uint8
     strength: float
     mask: np.ndarray | None = None  # (H, W, 1) uint8 {0, 255}
+    harmonize: int = 0
 
 
 @dataclass
@@ -152,20 +154,19 @@ class Engine:
         seeds: Sequence[int],
         steps: int,
         etas: Sequence[float],
-        x_T: torch.Tensor | None = None,
+        x_T: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
         conditions: Sequence[Condition] | None = None,
         size: Size = None,
         pictures: Sequence[PictureIn | None] | None = None,
-        harmonize: int | Sequence[int] = 0,
-        latents: Sequence[torch.Tensor | None] | None = None,
     ) -> DDIMRun:
         """DDIM for a batch on the kind's grid; iterate it for each step (x0 predictions in model space).
 
         A text model's samples are guided, each by its own condition (`condition`; none: the empty prompt). A model
-        of several sizes makes the (width, height) `size` (its default for None). A row with a picture starts from
-        it (image-to-image, inpainting with its mask; `harmonize`: RePaint's jumps per step), a row with a latent
-        from that x_T (an inversion's). Each row's generator is its seed's: a latent kind's picture takes its VAE
-        sample from it first (diffusion.ddim.DDIMRun says the order of the draws)."""
+        of several sizes makes the (width, height) `size` (its default for None). `x_T` gives every row's x_T (a
+        (B, C, H, W) tensor) or some rows' (a list, None for a seed's: an inversion's latent). A row with a picture
+        starts from it (image-to-image; inpainting with its mask and its `harmonize`). Each row's generator is its
+        seed's: a latent kind's picture takes its VAE sample from it first (diffusion.ddim.DDIMRun says the order of
+        the draws)."""
         grid, read = self.model.grid(steps), self.model.read
         guidance = None
         if self.model.conditioned:
@@ -176,8 +177,11 @@ class Engine:
         denoiser, shape = self.denoiser_at(size), self.model.shape_at(size)
         gens = generators(seeds)
         rows = None if pictures is None else self.picture_rows(pictures, gens, steps, size)
+        harmonize = [0 if p is None else p.harmonize for p in pictures] if pictures is not None else 0
+        latents = None if x_T is None or isinstance(x_T, torch.Tensor) else list(x_T)
+        whole = x_T if isinstance(x_T, torch.Tensor) else None
         return sample_loop(
-            denoiser, seeds, steps, shape, eta=list(etas), device=self.device, x_T=x_T, grid=grid, read=read,
+            denoiser, seeds, steps, shape, eta=list(etas), device=self.device, x_T=whole, grid=grid, read=read,
             guidance=guidance, pictures=rows, harmonize=harmonize, gens=gens, latents=latents,
         )  # fmt: skip
 
@@ -257,7 +261,7 @@ class Engine:
     ) -> DDIMRun:
         """DDIM (eta 0) from inverted latents: an inversion's picture back."""
         n = len(latents)
-        return self.run([0] * n, steps, [0.0] * n, conditions=conditions, size=size, latents=list(latents))
+        return self.run([0] * n, steps, [0.0] * n, x_T=list(latents), conditions=conditions, size=size)
 
     def condition(self, prompt: str | None, guidance: float | None, negative: str | None = None) -> Condition:
         """A sample's condition, by its kind's rules (worker.kinds.KindModel.condition): its (normalised) prompt's

@@ -39,4 +39,4 @@ def picture_in(redis, spec: Spec) -> PictureIn | None:
     if image is None:
         return None
     mask = pixels(redis, spec.mask) if spec.mask is not None else None
-    return PictureIn(pixels(redis, image), spec.strength, mask)
+    return PictureIn(pixels(redis, image), spec.strength, mask, spec.harmonize)

@@ -76,7 +76,7 @@ def run_inversions(redis, engine: Engine, specs: Sequence[InvertSpec], result_tt
             break
     last = None
     if latent is not None and any(r.active for r in batch):
-        sampler = engine.run([0] * rows, steps, [0.0] * rows, conditions=conditions, size=size, latents=list(latent))
+        sampler = engine.reconstruct(list(latent), steps, conditions=conditions, size=size)
         for last in sampler:
             if not tick(steps + last.step, last.x0_pred):
                 break
@@ -87,7 +87,7 @@ def run_inversions(redis, engine: Engine, specs: Sequence[InvertSpec], result_tt
                 continue
             png = encode_png(images[i], engine.parameters(run.spec))
             blob = latent_blob(engine, run.spec, latent[i])
-            delivered = finish(redis, run, png, rows, engine, result_ttl, latent=blob)
+            delivered = finish(redis, run, png, rows, engine, result_ttl, {"latent": blob})
             outcome[run.id] = "succeeded" if delivered else "canceled"
     for run in batch:
         if not run.active:  # every job of it was canceled

@@ -18,7 +18,7 @@ from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, read_record
 from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec
 from app.deps import RedisDep, SettingsDep, StoreDep
-from app.inputs import Inputs, check_generate, check_interpolate, picture, read_generate, read_interpolate
+from app.inputs import Reader, check_generate, check_interpolate, read_generate, read_interpolate
 from app.models import check_request, check_time, prompted, require_served, resolve_model, sized
 from app.queueing import new_job, queue_position, submit
 from app.reaper import reconcile
@@ -107,6 +107,13 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
+def reader(request: Request, redis, owner: str, manifest, size: dict[str, int]) -> Reader:
+    """The request's reader of pictures and latents (app.inputs), for its model at its size."""
+    settings = request.app.state.settings
+    where = (size.get("width"), size.get("height"))
+    return Reader(request.app.state.decodes, settings, redis, owner, manifest, where)
+
+
 def offered_model(store, settings, body: schemas.GenerateRequest | schemas.InterpolateRequest | schemas.InvertRequest):
     """The request's model: known, of a served kind that takes the request's fields. Whether a live worker serves
     it is asked last (require_served), once the whole request is valid: a bad request is a 422, worker or not."""
@@ -132,8 +139,7 @@ def generate(
     check_generate(body)
     text = prompted(manifest, body.prompt, body.guidance, negative_prompt=body.negative_prompt)
     size = sized(manifest, body.width, body.height)
-    wh = (size.get("width"), size.get("height"))
-    inputs = read_generate(request.app.state.decodes, settings, redis, owner, manifest, body, wh)
+    inputs = read_generate(reader(request, redis, owner, manifest, size), body)
     strength = {"strength": DEFAULT_STRENGTH if body.strength is None else body.strength} if body.image else {}
     spec = GenerateSpec.from_request(body, manifest, **text.fields(), **size, **inputs.fields, **strength)
     check_time(settings, manifest, spec, "steps")
@@ -169,8 +175,7 @@ def interpolate(
         )
     # prompt_b keeps prompt's guidance; an empty one is none: the condition stays `prompt` all along
     end = prompted(manifest, body.prompt_b, None, "prompt_b") if body.prompt_b is not None else NO_TEXT
-    wh = (size.get("width"), size.get("height"))
-    inputs = read_interpolate(request.app.state.decodes, settings, redis, owner, manifest, body, wh)
+    inputs = read_interpolate(reader(request, redis, owner, manifest, size), body)
     spec = InterpolateSpec.from_request(body, manifest, **text.fields(), prompt_b=end.prompt, **size, **inputs.fields)
     check_time(settings, manifest, spec, "frames")
     require_served(redis, manifest)
@@ -207,9 +212,9 @@ def invert(
     guidance = body.guidance if body.guidance is not None else (1.0 if normalise(body.prompt or "") else None)
     text = prompted(manifest, body.prompt, guidance, negative_prompt=body.negative_prompt)
     size = sized(manifest, body.width, body.height)
-    inputs = Inputs()
-    wh = (size.get("width"), size.get("height"))
-    picture(request.app.state.decodes, settings, redis, owner, manifest, body.image, "image", wh, inputs)
+    pictures_in = reader(request, redis, owner, manifest, size)
+    pictures_in.picture(body.image, "image")
+    inputs = pictures_in.inputs
     spec = InvertSpec.from_request(body, manifest, **text.fields(), **size, **inputs.fields)
     check_time(settings, manifest, spec, "steps")
     require_served(redis, manifest)

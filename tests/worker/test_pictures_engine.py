@@ -74,16 +74,16 @@ def test_picture_rows_are_bit_identical_alone_with_seed_jobs_and_after_a_drop(en
     rows = [
         (10, PictureIn(a_picture(2), 0.6)),
         (11, None),
-        (12, PictureIn(a_picture(3), 0.9, mask)),
+        (12, PictureIn(a_picture(3), 0.9, mask, 2)),
         (13, None),
-        (14, PictureIn(a_picture(4), 1.0, mask)),
+        (14, PictureIn(a_picture(4), 1.0, mask, 2)),
     ]
     seeds, pictures = [s for s, _ in rows], [p for _, p in rows]
-    alone = [last_step(engine.run([s], STEPS, [eta], pictures=[p], harmonize=2)) for s, p in rows]
-    together = last_step(engine.run(seeds, STEPS, [eta] * 5, pictures=pictures, harmonize=2))
+    alone = [last_step(engine.run([s], STEPS, [eta], pictures=[p])) for s, p in rows]
+    together = last_step(engine.run(seeds, STEPS, [eta] * 5, pictures=pictures))
     for i, one in enumerate(alone):
         assert torch.equal(together.x0_pred[i], one.x0_pred[0]) and torch.equal(together.x[i], one.x[0]), i
-    run = engine.run(seeds, STEPS, [eta] * 5, pictures=pictures, harmonize=2)
+    run = engine.run(seeds, STEPS, [eta] * 5, pictures=pictures)
     for step in run:
         if step.step == 3:
             run.drop([1, 2])  # a seed job and an inpainting job leave mid-run
@@ -97,8 +97,8 @@ def test_picture_rows_are_bit_identical_alone_with_seed_jobs_and_after_a_drop(en
 @pytest.mark.parametrize("harmonize", [0, 2])
 def test_inpainting_keeps_every_kept_pixel_of_the_input(engine, harmonize):
     picture, mask = a_picture(5), right_half_mask()
-    rows = [PictureIn(picture, strength, mask) for strength in (1.0, 0.5)]
-    images = finish(engine, engine.run([21, 22], STEPS, [0.0, 1.0], pictures=rows, harmonize=harmonize), rows)
+    rows = [PictureIn(picture, strength, mask, harmonize) for strength in (1.0, 0.5)]
+    images = finish(engine, engine.run([21, 22], STEPS, [0.0, 1.0], pictures=rows), rows)
     for image in images:
         assert np.array_equal(image[:, :8], picture[:, :8])
         assert not np.array_equal(image[:, 8:], picture[:, 8:])
@@ -106,10 +106,10 @@ def test_inpainting_keeps_every_kept_pixel_of_the_input(engine, harmonize):
 
 def test_harmonize_changes_the_repainted_region_only_and_is_deterministic(engine):
     picture, mask = a_picture(6), right_half_mask()
-    rows = [PictureIn(picture, 0.8, mask)]
+    rows, harmonized = [PictureIn(picture, 0.8, mask)], [PictureIn(picture, 0.8, mask, 3)]
     plain = finish(engine, engine.run([30], STEPS, [0.0], pictures=rows), rows)
-    first = finish(engine, engine.run([30], STEPS, [0.0], pictures=rows, harmonize=3), rows)
-    second = finish(engine, engine.run([30], STEPS, [0.0], pictures=rows, harmonize=3), rows)
+    first = finish(engine, engine.run([30], STEPS, [0.0], pictures=harmonized), harmonized)
+    second = finish(engine, engine.run([30], STEPS, [0.0], pictures=harmonized), harmonized)
     assert np.array_equal(first, second)
     assert np.array_equal(first[0][:, :8], plain[0][:, :8])
     assert not np.array_equal(first[0][:, 8:], plain[0][:, 8:])
