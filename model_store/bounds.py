@@ -12,6 +12,6 @@ DEFAULT_STRENGTH = 0.8  # as diffusers' image-to-image pipelines
 MAX_HARMONIZE = 10  # inpainting: RePaint's back-and-forth jumps per step
 # Fixed-point iterations of each inverse DDIM step (diffusion.inversion): 1 + INVERSION_REFINE network calls per
 # step, the same for every row (a row's latent never depends on its batch). On the 140 held-out emoji32 glyphs at
-# 50 steps the reconstruction's median PSNR is 22.6 dB naive and 37.5 dB with 2 (`python -m bench inversion`; on the
-# first 16 glyphs: 26.5 naive, 37.0 with 1, 41.9 with 2, 43.6 with 3).
+# 50 steps the reconstruction's median PSNR is 22.6 dB naive and 37.5 dB with 2 (`python -m bench inversion`,
+# docs/MODEL.md).
 INVERSION_REFINE = 2
