@@ -107,6 +107,13 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
+def queued(redis, settings, job, client: str, response: Response) -> schemas.Job:
+    """Submit the job (app.queueing.submit), point `Location` at it and answer its view."""
+    job_id = submit(redis, settings, job, client)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return view(redis, load_record(redis, job_id, job.record["owner"]))
+
+
 def reader(request: Request, redis, owner: str, manifest, size: dict[str, int]) -> Reader:
     """The request's reader of pictures and latents (app.inputs), for its model at its size."""
     settings = request.app.state.settings
@@ -122,7 +129,10 @@ def offered_model(store, settings, body: schemas.GenerateRequest | schemas.Inter
     return manifest
 
 
-@router.post("/generate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413, 415))
+PICTURE_ERRORS = schemas.error_responses(404, 408, 409, 413, 415)  # 404, 409: a job named as an input (app.inputs)
+
+
+@router.post("/generate", status_code=202, response_model=schemas.Job, responses=PICTURE_ERRORS)
 def generate(
     body: schemas.GenerateRequest,
     request: Request,
@@ -144,15 +154,12 @@ def generate(
     spec = GenerateSpec.from_request(body, manifest, **text.fields(), **size, **inputs.fields, **strength)
     check_time(settings, manifest, spec, "steps")
     require_served(redis, manifest)
-    job = new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs)
-    job_id = submit(redis, settings, job, client)
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return view(redis, load_record(redis, job_id, owner))
+    return queued(
+        redis, settings, new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs), client, response
+    )
 
 
-@router.post(
-    "/interpolate", status_code=202, response_model=schemas.Job, responses=schemas.error_responses(408, 413, 415)
-)
+@router.post("/interpolate", status_code=202, response_model=schemas.Job, responses=PICTURE_ERRORS)
 def interpolate(
     body: schemas.InterpolateRequest,
     request: Request,
@@ -184,17 +191,10 @@ def interpolate(
         notes["ignored_words"] = ignored
     if end.truncated_tokens:
         notes["prompt_b_truncated_tokens"] = end.truncated_tokens
-    job_id = submit(redis, settings, new_job(settings, spec, manifest, owner, notes, inputs.blobs), client)
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return view(redis, load_record(redis, job_id, owner))
+    return queued(redis, settings, new_job(settings, spec, manifest, owner, notes, inputs.blobs), client, response)
 
 
-@router.post(
-    "/invert",
-    status_code=202,
-    response_model=schemas.Job,
-    responses=schemas.error_responses(404, 408, 409, 413, 415),
-)
+@router.post("/invert", status_code=202, response_model=schemas.Job, responses=PICTURE_ERRORS)
 def invert(
     body: schemas.InvertRequest,
     request: Request,
@@ -218,9 +218,9 @@ def invert(
     spec = InvertSpec.from_request(body, manifest, **text.fields(), **size, **inputs.fields)
     check_time(settings, manifest, spec, "steps")
     require_served(redis, manifest)
-    job_id = submit(redis, settings, new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs), client)
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return view(redis, load_record(redis, job_id, owner))
+    return queued(
+        redis, settings, new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs), client, response
+    )
 
 
 @router.get(
