@@ -9,6 +9,15 @@ from collections.abc import Sequence
 EXIT_USER_ERROR = 2
 
 
+def engine_options(p: argparse.ArgumentParser) -> None:
+    """The image's size and the engine a command runs the model on, as a worker would."""
+    p.add_argument("--width", type=int, default=None, help="models of several sizes: one of its sizes (GET /models)")
+    p.add_argument("--height", type=int, default=None, help="and its height (default: the model's default size)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the network, as DIFFUSETV_COMPILE workers do")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusetv", description="Serve and train a DDIM diffusion model.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -22,11 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=None, help="text models: what to draw (normalised as the API does)")
     p.add_argument("--guidance", type=float, default=None, help="text models: guidance scale s (default: the model's)")
     p.add_argument("--negative-prompt", default=None, help="latent text models: what to steer away from")
-    p.add_argument("--width", type=int, default=None, help="models of several sizes: one of its sizes (GET /models)")
-    p.add_argument("--height", type=int, default=None, help="and its height (default: the model's default size)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the network, as DIFFUSETV_COMPILE workers do")
+    engine_options(p)
     p.add_argument("--image", default=None, help="image-to-image: a PNG, JPEG or WebP to start from")
     p.add_argument("--strength", type=float, default=None, help="with --image: the share of the steps run (0.8)")
     p.add_argument("--mask", default=None, help="with --image: inpainting's mask (white: repaint, black: keep)")
@@ -41,11 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps, 1..1000 (default 50)")
     p.add_argument("--prompt", default=None, help="text models: the condition it inverts with (at guidance 1)")
     p.add_argument("--guidance", type=float, default=None, help="text models: guidance scale s (default 1)")
-    p.add_argument("--width", type=int, default=None, help="models of several sizes: one of its sizes")
-    p.add_argument("--height", type=int, default=None, help="and its height")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the network, as DIFFUSETV_COMPILE workers do")
+    engine_options(p)
     p.add_argument("--out", required=True, help="the latent's safetensors file to write")
     p.add_argument("--reconstruction", default=None, help="also write the reconstruction's PNG here")
     p.set_defaults(run="diffusetv.pictures:invert")

@@ -38,9 +38,11 @@ def sample(args: argparse.Namespace) -> int:
         raise UserError(f"--eta must be in {MIN_ETA:g}..{MAX_ETA:g} (got {args.eta})")
     if not 1 <= args.n <= 1024:
         raise UserError(f"--n must be in 1..1024 (got {args.n})")
+    from diffusetv.pictures import check_options, sample_inputs
+
+    check_options(args)
     from app.core.png import encode_png
     from app.core.spec import GenerateSpec
-    from diffusetv.pictures import sample_inputs
     from diffusion.ddim import last_step
     from diffusion.grid import grid_columns, make_grid
 

@@ -66,33 +66,42 @@ def read_latent(path: str, manifest, steps: int, size: dict):
     return hashlib.sha256(blob).hexdigest(), tensor.float()
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """`sample`'s --image, --strength, --mask, --harmonize and --latent, checked as the API checks them, before any
+    model is loaded."""
+    from model_store.bounds import MAX_HARMONIZE
+
+    if args.latent is not None:
+        if args.image is not None or args.mask is not None or args.strength is not None:
+            raise UserError("--latent starts from an inversion's noise: it takes no --image, --mask or --strength")
+        if args.seed is None and args.eta > 0:
+            raise UserError("--eta > 0 draws noise from the seed: give --seed with --latent")
+    elif args.image is None:
+        for option, value in (("--strength", args.strength), ("--mask", args.mask)):
+            if value is not None:
+                raise UserError(f"{option} needs --image")
+    if args.harmonize and args.mask is None:
+        raise UserError("--harmonize needs --mask (and --image)")
+    if not 0 <= args.harmonize <= MAX_HARMONIZE:
+        raise UserError(f"--harmonize must be in 0..{MAX_HARMONIZE} (got {args.harmonize})")
+    if args.strength is not None and not 0 <= args.strength <= 1:
+        raise UserError(f"--strength must be in 0..1 (got {args.strength})")
+
+
 def sample_inputs(args: argparse.Namespace, manifest, size: dict) -> Inputs:
-    """`sample`'s --image, --strength, --mask, --harmonize and --latent, checked as the API checks them."""
+    """`sample`'s picture options (checked by `check_options`), read and converted as the API does."""
     from app.core import pictures
-    from model_store.bounds import DEFAULT_STRENGTH, MAX_HARMONIZE
+    from model_store.bounds import DEFAULT_STRENGTH
     from worker.engine import PictureIn
 
     found = Inputs()
     if args.latent is not None:
-        if args.image is not None or args.mask is not None or args.strength is not None:
-            raise UserError("--latent starts from an inversion's noise: it takes no --image, --mask or --strength")
         digest, found.latent = read_latent(args.latent, manifest, args.steps, size)
         found.fields["latent"] = digest
         return found
     if args.image is None:
-        for option, value in (("--strength", args.strength), ("--mask", args.mask)):
-            if value is not None:
-                raise UserError(f"{option} needs --image")
-        if args.harmonize:
-            raise UserError("--harmonize needs --image and --mask")
         return found
-    if args.harmonize and args.mask is None:
-        raise UserError("--harmonize needs --mask")
-    if not 0 <= args.harmonize <= MAX_HARMONIZE:
-        raise UserError(f"--harmonize must be in 0..{MAX_HARMONIZE} (got {args.harmonize})")
     strength = DEFAULT_STRENGTH if args.strength is None else args.strength
-    if not 0 <= strength <= 1:
-        raise UserError(f"--strength must be in 0..1 (got {strength})")
     pixels = read_picture(args.image, "--image", manifest, size)
     mask = read_picture(args.mask, "--mask", manifest, size, mask=True) if args.mask is not None else None
     found.fields = {"image": pictures.digest(pixels), "strength": float(strength), "harmonize": args.harmonize}
@@ -105,20 +114,21 @@ def sample_inputs(args: argparse.Namespace, manifest, size: dict) -> Inputs:
 def invert(args: argparse.Namespace) -> int:
     """`diffusetv invert IN.png --out LATENT.safetensors`: as POST /invert (its latent, and with --reconstruction
     its image), the same bytes."""
+    from app.core import pictures
     from app.core.png import encode_png
     from app.core.spec import InvertSpec
     from diffusetv.commands import check_steps, prompt_of, service_engine, size_of
     from worker.inversion import latent_blob
 
     check_steps(args.steps)
+    if not Path(args.image).is_file():
+        raise UserError(f"IMAGE: no file {args.image}")
     engine = service_engine(args)
     manifest = engine.manifest
     guidance = args.guidance if args.guidance is not None else (1.0 if (args.prompt or "").strip() else None)
     text = prompt_of(manifest, args.prompt, guidance)
     size = size_of(manifest, args.width, args.height)
     pixels = read_picture(args.image, "IMAGE", manifest, size)
-    from app.core import pictures
-
     spec = InvertSpec.from_request(args, manifest, **text.fields(), **size, image=pictures.digest(pixels))
     condition = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)]
     latent = None

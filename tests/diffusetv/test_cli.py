@@ -168,3 +168,35 @@ def test_an_unknown_default_model_is_a_warning_in_models(tiny_store):
     proc = run_cli("models", env={"DIFFUSETV_MODEL": "cats"})
     assert "tiny@1" in proc.stdout and "(default)" not in proc.stdout
     assert f"warning: the default model DIFFUSETV_MODEL=cats is not in {tiny_store.root}" in proc.stderr
+
+
+def test_picture_options_that_do_not_go_together_are_one_line_errors(tiny_store, tmp_path):
+    picture = tmp_path / "in.png"
+    run_cli("sample", "--model", "tiny", "--seed", "1", "--steps", "2", "--out", str(picture))
+    cases = [
+        (["--seed", "1", "--mask", str(picture)], "--mask needs --image"),
+        (["--seed", "1", "--strength", "0.5"], "--strength needs --image"),
+        (["--seed", "1", "--image", str(picture), "--harmonize", "2"], "--harmonize needs --mask"),
+        (["--seed", "1", "--image", str(picture), "--strength", "2"], "--strength must be in 0..1"),
+        (["--latent", str(picture), "--image", str(picture)], "--latent starts from an inversion's noise"),
+        (["--steps", "5"], "--seed is required (unless --latent is given)"),
+        (["--seed", "1", "--image", str(tmp_path / "nope.png")], "--image: cannot read"),
+        (["--seed", "1", "--latent", str(picture)], "is not an inversion's latent"),
+    ]
+    for args, message in cases:
+        proc = run_cli("sample", "--model", "tiny", *args, "--out", str(tmp_path / "x.png"), check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_invert_then_sample_from_the_latent_redraws_the_reconstruction(tiny_store, tmp_path):
+    picture, latent, again = tmp_path / "in.png", tmp_path / "in.safetensors", tmp_path / "again.png"
+    run_cli("sample", "--model", "tiny", "--seed", "3", "--steps", "6", "--out", str(picture))
+    run_cli("invert", str(picture), "--model", "tiny", "--steps", "6", "--out", str(latent),
+            "--reconstruction", str(tmp_path / "back.png"))  # fmt: skip
+    run_cli("sample", "--model", "tiny", "--steps", "6", "--latent", str(latent), "--out", str(again))
+    assert np.array_equal(decode_png(again.read_bytes()), decode_png((tmp_path / "back.png").read_bytes()))
+    args = ["--model", "tiny", "--steps", "5", "--latent", str(latent), "--out", str(again)]
+    proc = run_cli("sample", *args, check=False)
+    assert proc.returncode == 2 and "inverted with steps 6, not 5" in proc.stderr
