@@ -227,8 +227,9 @@ def test_sigkill_mid_image_to_image_reruns_with_its_input_and_the_same_bytes(sta
         wait_for(lambda: status(c, job["id"])["status"] == "running", 20, "running")
         os.kill(busy_worker_pid(conn, job["id"]), signal.SIGKILL)
         deadline = time.monotonic() + 180
-        while (done := c.get(f"/jobs/{job['id']}", params={"wait": 30}).json())["status"] not in ("succeeded", "failed"):
+        while (done := status(c, job["id"]))["status"] not in ("succeeded", "failed"):
             assert time.monotonic() < deadline, done
+            c.get(f"/jobs/{job['id']}", params={"wait": 30})
         assert done["status"] == "succeeded", done
         assert conn.exists(stored)
         png = c.get(f"/jobs/{job['id']}/image.png").content
