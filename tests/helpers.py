@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,3 +260,13 @@ def save_sd_manifest(store, name: str = "sd", flops: dict | None = SD15_FLOPS, s
     }
     (folder / "model.json").write_text(json.dumps(manifest))
     return store.resolve(f"{name}@1")
+
+
+def final_job(client, job_id: str, deadline_s: float = 300) -> dict:
+    """The job once it has ended: long polls repeated until then, within one generous deadline (a busy machine may
+    take longer than one long poll)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        job = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
+        if job["status"] not in ("queued", "running") or time.monotonic() > end:
+            return job

@@ -5,7 +5,6 @@ canceled, shows previews and interpolates."""
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from PIL import Image
 
 from app.core.png import decode_png, read_parameters
 from helpers import canceled_when_running, read_events, run_cli
+from helpers import final_job as final
 from model_store.importers.diffusers import import_diffusers
 from stack import running_stack
 
@@ -92,15 +92,6 @@ def test_an_imported_pipeline_cancels_previews_and_interpolates(cifar_stack):
         end = c.post("/generate", json={"seed": 11, "steps": STEPS, "model": "cifar"}).json()
         first = decode_png(c.get(f"/jobs/{end['id']}/image.png", params={"wait": 30}).content)
         assert np.array_equal(strip[:, :16], first)  # the strip starts at seed_a's image
-
-
-def final(client, job_id: str, deadline_s: float = 300) -> dict:
-    """The job once it has ended: long polls repeated until then, within one generous deadline."""
-    end = time.monotonic() + deadline_s
-    while True:
-        job = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
-        if job["status"] not in ("queued", "running") or time.monotonic() > end:
-            return job
 
 
 def test_an_imported_pipeline_takes_pictures_with_the_clis_bytes(cifar_stack, tiny_store, tmp_path):

@@ -5,8 +5,6 @@ repeat; other sizes are a 422 that lists the model's."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -17,6 +15,7 @@ from sd_pipelines import save_sd_pipeline
 
 from app.core.png import decode_png, read_parameters
 from helpers import canceled_when_running, read_events, run_cli
+from helpers import final_job as final
 from model_store.importers.diffusers_sd import import_sd
 from stack import running_stack
 
@@ -47,15 +46,6 @@ def cli_png(store_root, tmp_path, body: dict) -> bytes:
             args += [f"--{field}", str(body[field])]
     run_cli(*args, "--device", "cpu", "--out", str(out), env=env)
     return out.read_bytes()
-
-
-def final(client, job_id: str, deadline_s: float = 300) -> dict:
-    """The job once it has ended: long polls repeated until then, within one generous deadline."""
-    end = time.monotonic() + deadline_s
-    while True:
-        job = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
-        if job["status"] not in ("queued", "running") or time.monotonic() > end:
-            return job
 
 
 def test_a_latent_model_serves_the_clis_bytes_alone_and_batched_with_other_prompts(sd_stack, tiny_store, tmp_path):
