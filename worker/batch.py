@@ -55,6 +55,11 @@ class Run:
         inversion's and its reconstruction's."""
         return getattr(self.spec, "steps_run", self.spec.steps)
 
+    def ran(self, step: int) -> int:
+        """The steps its row has run when its batch has run `step`: an image-to-image row enters at its start step
+        (app.core.spec.GenerateSpec.start); every other run counts the batch's steps."""
+        return step - getattr(self.spec, "start", 0)
+
 
 def log_line(**fields) -> None:
     log.info(json.dumps({"event": "job", **fields}, sort_keys=True))
@@ -114,17 +119,15 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
     return kept
 
 
-def report_progress(
-    redis, batch: list[Run], waiting: list[list[str]], step: int, steps: int, force: bool, ttl: int
-) -> None:
+def report_progress(redis, batch: list[Run], waiting: list[list[str]], step: int, force: bool, ttl: int) -> None:
     """Progress on the job records and their event streams: at most every PROGRESS_INTERVAL_S, and on `force`. A full
-    Redis skips it, and the next one waits FULL_PAUSE_S. `step` of `steps` is the batch's grid position; each run
-    counts the steps its row has run (Run.steps: a row that enters late reports nothing before it enters)."""
+    Redis skips it, and the next one waits FULL_PAUSE_S. `step` is the batch's; each run counts the steps its row has
+    run (Run.ran: a row that enters late reports nothing before it enters)."""
     now = time.monotonic()
     pipe = redis.pipeline(transaction=False)
     wrote = False
     for run, job_ids in zip(batch, waiting, strict=True):
-        ran = step - (steps - run.steps) if run.steps <= steps else step
+        ran = run.ran(step)
         if ran <= 0:
             continue
         progress = {"step": ran, "steps": run.steps}
@@ -156,10 +159,9 @@ def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[st
         asking = [j for j in job_ids if json.loads(next(wants) or b"{}").get("previews")]
         if asking:
             url = preview_url(engine.pixels(x0[i : i + 1])[0])
-            run = batch[i]
-            ran = step - (run.spec.steps - run.steps) if run.steps <= run.spec.steps else step
+            progress = {"step": batch[i].ran(step), "steps": batch[i].steps}
             for job_id in asking:
-                events.emit(pipe, job_id, events.PREVIEW, {"step": ran, "steps": run.steps, "url": url}, ttl)
+                events.emit(pipe, job_id, events.PREVIEW, {**progress, "url": url}, ttl)
     skip_when_full(log, f"previews at step {step}", pipe.execute)
 
 
@@ -242,7 +244,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
         if not live:
             break
         preview = last.step in preview_at
-        report_progress(redis, live, waiting, last.step, steps, preview, result_ttl)
+        report_progress(redis, live, waiting, last.step, preview, result_ttl)
         if preview:
             shown = [i for i, ran in enumerate(last.active) if ran]  # the rows that ran this step
             runs_, waits = [live[i] for i in shown], [waiting[i] for i in shown]

@@ -80,7 +80,7 @@ def end_noises(redis, engine: Engine, spec: InterpolateSpec, conditions, run: Ru
         if not waiting[0]:
             withdraw(redis, run, ttl)
             return None
-        report_progress(redis, [run], waiting, inverse.step, spec.steps_run, False, ttl)
+        report_progress(redis, [run], waiting, inverse.step, False, ttl)
     for row, i in enumerate(which):
         ends[i] = latent[row]
     return ends
@@ -120,7 +120,7 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
         if not waiting[0]:
             withdraw(redis, run, ttl)
             return JobStatus.CANCELED.value
-        report_progress(redis, [run], waiting, done + last.step, spec.steps_run, False, ttl)
+        report_progress(redis, [run], waiting, done + last.step, False, ttl)
     frames = engine.pixels(engine.model.final(last))
     params = engine.parameters(spec)
     apng = animated_png(frames, params)

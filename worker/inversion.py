@@ -64,7 +64,7 @@ def run_inversions(redis, engine: Engine, specs: Sequence[InvertSpec], result_tt
         if not live:
             return False
         runs_, waits = [batch[i] for i in live], [waiting[i] for i in live]
-        report_progress(redis, runs_, waits, step, 2 * steps, step in preview_at, result_ttl)
+        report_progress(redis, runs_, waits, step, step in preview_at, result_ttl)
         if step in preview_at:  # the inversion's x (noise rising), then the reconstruction's x̂0
             send_previews(redis, engine, runs_, waits, x[live], step, result_ttl)
         return True
