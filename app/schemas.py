@@ -170,7 +170,7 @@ class InterpolateRequest(BaseModel):
 class InvertRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image: ImageInput = Field(description="the picture to invert (as `image` of POST /generate)")
+    image: str | JobRef = Field(description="the picture to invert (as `image` of POST /generate)")
     steps: Steps = 50
     model: ModelRef = None
     previews: bool = Field(False, strict=True, description="stream previews as events: the noise rising, then falling")

@@ -234,5 +234,7 @@ def test_invert_takes_a_picture_and_refuses_a_bad_one(setup):
     bad = c.post("/invert", json={"image": b64(b"GIF89a....")})
     assert bad.status_code == 422 and ("body", "image") in field_of(bad)
     assert c.post("/invert", json={"steps": 20}).status_code == 422
+    none = c.post("/invert", json={"image": None, "steps": 20})
+    assert none.status_code == 422 and ("body", "image") in [tuple(e["loc"][:2]) for e in none.json()["detail"]]
     latent = c.get(f"/jobs/{r.json()['id']}/latent")
     assert latent.status_code == 409
