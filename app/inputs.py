@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 from dataclasses import dataclass, field
 
 from fastapi import HTTPException
@@ -24,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 
 from app import schemas
 from app.core import keys, pictures
-from app.core.jobs import JobStatus, read_record
+from app.core.jobs import JobStatus, owned_record
 from app.core.settings import Settings
 from model_store import Manifest, kinds
 
@@ -50,8 +49,8 @@ def refuse(name: str, message: str, given: object = None) -> RequestValidationEr
 
 def finished_job(redis, ref: schemas.JobRef, owner: str, name: str) -> dict[str, str]:
     """The record of the job a request names as an input: 404 unknown, expired or another owner's; 409 unfinished."""
-    record = read_record(redis, ref.job) if keys.valid_job_id(ref.job) else None
-    if record is None or not hmac.compare_digest(record.get("owner", ""), owner):
+    record = owned_record(redis, ref.job, owner)
+    if record is None:
         raise HTTPException(404, f"{name}: no such job")
     if record["status"] != JobStatus.SUCCEEDED.value:
         status = record["status"]
@@ -128,17 +127,12 @@ class Reader:
         except pictures.PictureError as exc:
             raise refuse(name, exc.message, ref.job) from None
         manifest = self.manifest
-        wanted = {"identity": manifest.identity, "steps": str(steps), **size_metadata(*self.size)}
-        for key, value in wanted.items():
-            if meta.get(key, "") != value:
-                what = {"identity": f"model {manifest.ref}", "steps": f"{steps} steps"}.get(key, f"{key} {value}")
-                raise refuse(name, f"job {ref.job} inverted with another {key} ({meta.get(key)}); this job has {what}")
+        mismatch = pictures.latent_mismatch(meta, pictures.latent_key(manifest.identity, steps, *self.size))
+        if mismatch is not None:
+            key, found, value = mismatch
+            what = {"identity": f"model {manifest.ref}", "steps": f"{steps} steps"}.get(key, f"{key} {value}")
+            raise refuse(name, f"job {ref.job} inverted with another {key} ({found}); this job has {what}")
         self.inputs.add(name, hashlib.sha256(blob).hexdigest(), blob)
-
-
-def size_metadata(width: int | None, height: int | None) -> dict[str, str]:
-    """A latent's size in its metadata: a model of several sizes records the width and height it was inverted at."""
-    return {} if width is None else {"width": str(width), "height": str(height)}
 
 
 def check_generate(body: schemas.GenerateRequest) -> None:

@@ -57,12 +57,10 @@ def read_latent(path: str, manifest, steps: int, size: dict):
         raise UserError(f"--latent: cannot read {path} ({exc.strerror})") from None
     except (pictures.PictureError, SafetensorError, KeyError) as exc:
         raise UserError(f"--latent: {path} is not an inversion's latent ({exc})") from None
-    wanted = {"identity": manifest.identity, "steps": str(steps)}
-    if size:
-        wanted |= {"width": str(size["width"]), "height": str(size["height"])}
-    for key, value in wanted.items():
-        if meta.get(key) != value:
-            raise UserError(f"--latent: {path} was inverted with {key} {meta.get(key)}, not {value}")
+    wanted = pictures.latent_key(manifest.identity, steps, size.get("width"), size.get("height"))
+    if (mismatch := pictures.latent_mismatch(meta, wanted)) is not None:
+        key, found, value = mismatch
+        raise UserError(f"--latent: {path} was inverted with {key} {found}, not {value}")
     return hashlib.sha256(blob).hexdigest(), tensor.float()
 
 

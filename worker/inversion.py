@@ -27,15 +27,12 @@ from worker.engine import Engine
 def latent_blob(engine: Engine, spec: InvertSpec, latent: torch.Tensor) -> bytes:
     """The latent as safetensors, with what it was inverted by in its metadata (strings, as safetensors keeps them)."""
     meta = {
-        "identity": engine.manifest.identity,
+        **pictures.latent_key(engine.manifest.identity, spec.steps, spec.width, spec.height),
         "model": engine.manifest.ref,
-        "steps": str(spec.steps),
         "prompt": json.dumps(spec.prompt),
         "guidance": json.dumps(spec.guidance),
         "engine": engine.id,
     }
-    if spec.width is not None:
-        meta |= {"width": str(spec.width), "height": str(spec.height)}
     return pictures.latent_file(latent.detach().to("cpu", torch.float32).numpy(), meta)
 
 

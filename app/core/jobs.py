@@ -6,6 +6,7 @@ update can never overwrite each other.
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import uuid
@@ -136,6 +137,15 @@ def expire(redis, job_id: str, ttl: int) -> None:
     """A finished job, its events and its results live `ttl` more seconds (RESULT_TTL), then are 404."""
     for key in (keys.job(job_id), keys.events(job_id)):
         redis.expire(key, ttl)
+
+
+def owned_record(redis, job_id: str, owner: str) -> dict[str, str] | None:
+    """The job's record when `job_id` is well formed (else Redis is not asked), the job exists and `owner` owns it;
+    None otherwise, so that another key's job looks like an unknown one."""
+    record = read_record(redis, job_id) if keys.valid_job_id(job_id) else None
+    if record is None or not hmac.compare_digest(record.get("owner", ""), owner):
+        return None
+    return record
 
 
 def read_record(redis, job_id: str) -> dict[str, str] | None:

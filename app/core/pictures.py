@@ -236,6 +236,21 @@ def from_blob(blob: bytes) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ latents
 
 
+def latent_key(identity: str, steps: int, width: int | None = None, height: int | None = None) -> dict[str, str]:
+    """What an inversion's latent must say in its metadata to start a job: the model's identity, the steps and, for a
+    model of several sizes, the width and height it was inverted at."""
+    size = {} if width is None else {"width": str(width), "height": str(height)}
+    return {"identity": identity, "steps": str(steps), **size}
+
+
+def latent_mismatch(metadata: dict[str, str], wanted: dict[str, str]) -> tuple[str, str | None, str] | None:
+    """The first of `wanted`'s entries (latent_key) that a latent's metadata does not hold: (key, found, wanted)."""
+    for key, value in wanted.items():
+        if metadata.get(key) != value:
+            return key, metadata.get(key), value
+    return None
+
+
 def latent_file(latent: np.ndarray, metadata: dict[str, str]) -> bytes:
     """A latent as safetensors bytes, the same bytes for the same tensor and metadata: one float32 tensor `latent`,
     the header's JSON with sorted keys, padded with spaces to 8 bytes as the format asks (safetensors' own writer

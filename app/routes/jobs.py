@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Annotated
 
@@ -15,7 +14,7 @@ from app.auth import OwnerDep
 from app.cancel import cancel
 from app.clients import ClientDep
 from app.core import keys, leases
-from app.core.jobs import FINAL, JobStatus, read_record
+from app.core.jobs import FINAL, JobStatus, owned_record, read_record
 from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.inputs import Reader, check_generate, check_interpolate, read_generate, read_interpolate
@@ -41,10 +40,8 @@ Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this
 
 def load_record(redis, job_id: str, owner: str) -> dict[str, str]:
     """The job's record; 404 for a malformed id (Redis untouched), an unknown or expired one, or another key's."""
-    if not keys.valid_job_id(job_id):
-        raise HTTPException(404, "no such job")
-    record = read_record(redis, job_id)
-    if record is None or not hmac.compare_digest(record.get("owner", ""), owner):
+    record = owned_record(redis, job_id, owner)
+    if record is None:
         raise HTTPException(404, "no such job")
     return record
 
