@@ -9,7 +9,12 @@ complete, resolved set that decides a run.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from model_store.errors import ModelStoreError
+
+if TYPE_CHECKING:
+    from model_store.manifest import Manifest
 
 KIND = "diffusers-unet2d"
 
@@ -96,3 +101,81 @@ def max_steps(scheduler: dict) -> int:
 def steps_limit(extras: dict) -> int:
     """The step bound of a stored model, from its manifest's `scheduler` (model_store.kinds.Kind.limit)."""
     return max_steps(extras["scheduler"])
+
+
+# DPMSolverMultistepScheduler.__init__'s and UniPCMultistepScheduler.__init__'s defaults (diffusers 0.42) for the keys
+# that describe the model and its grid: the two read them alike, so both samplers call the network on one grid.
+MULTISTEP_DEFAULTS: dict = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+}
+# Keys that would change the multistep grid or the reading of the output in a way not implemented: refused when set
+# to anything but the value shown (their defaults).
+MULTISTEP_UNSUPPORTED: dict = {
+    "thresholding": False,
+    "use_karras_sigmas": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "use_lu_lambdas": False,
+    "use_flow_sigmas": False,
+    "use_dynamic_shifting": False,
+    "final_sigmas_type": "zero",
+    "variance_type": None,
+}
+
+
+def multistep_scheduler(config: dict, where: str = "scheduler config") -> dict:
+    """The settings that DPMSolverMultistepScheduler.from_config(config) and UniPCMultistepScheduler.from_config(config)
+    run a model with, as far as they decide its grid and its output: each missing key at its default. The keys that
+    define a solver (`algorithm_type`, `solver_order`, `solver_type`, `lower_order_final`, ...) are the sampler's, not
+    the model's: the sampler a request names runs at its own definition (model_store.samplers). A one-line error for a
+    setting not implemented (Karras or other sigma spacings, thresholding, learned variance, a clipped lambda)."""
+    for key, default in MULTISTEP_UNSUPPORTED.items():
+        if config.get(key, default) != default:
+            raise ModelStoreError(f"{where}: {key} {config[key]!r} is not supported by the multistep samplers")
+    clipped = config.get("lambda_min_clipped", float("-inf"))
+    if clipped is not None and float(clipped) != float("-inf"):
+        raise ModelStoreError(f"{where}: lambda_min_clipped {clipped!r} is not supported by the multistep samplers")
+    resolved = {k: config.get(k, default) for k, default in MULTISTEP_DEFAULTS.items()}
+    for key, allowed in SUPPORTED.items():
+        if key == "beta_schedule" and resolved["trained_betas"] is not None:
+            continue
+        if resolved[key] not in allowed:
+            supported = ", ".join(allowed)
+            raise ModelStoreError(f"{where}: {key} {resolved[key]!r} is not supported (supported: {supported})")
+    T = resolved["num_train_timesteps"]
+    if not isinstance(T, int) or T < 2:
+        raise ModelStoreError(f"{where}: num_train_timesteps must be an integer >= 2, got {T!r}")
+    if resolved["trained_betas"] is not None:
+        resolved["trained_betas"] = [float(b) for b in resolved["trained_betas"]]
+    resolved["beta_start"], resolved["beta_end"] = float(resolved["beta_start"]), float(resolved["beta_end"])
+    resolved["steps_offset"] = int(resolved["steps_offset"])
+    resolved["rescale_betas_zero_snr"] = bool(resolved["rescale_betas_zero_snr"])
+    return resolved
+
+
+REIMPORT = "re-import it (diffusetv import diffusers) to keep its scheduler config, which the multistep samplers read"
+
+
+def sampler_refusal(manifest: Manifest, sampler: str) -> str | None:
+    """Why a stored diffusers model cannot run `sampler`, in one line; None when it can. DDIM always runs; the
+    multistep samplers read the pipeline's original scheduler config, which models imported before it was kept lack."""
+    from model_store.samplers import MULTISTEP
+
+    extras, ref = manifest.extras, manifest.ref
+    if sampler not in MULTISTEP:
+        return None
+    if "scheduler_config" not in extras:
+        return f"{ref} was imported without its original scheduler config: {REIMPORT}"
+    try:
+        multistep_scheduler(extras["scheduler_config"], f"{ref}'s scheduler config")
+    except ModelStoreError as exc:
+        return str(exc)
+    return None

@@ -18,6 +18,7 @@ from model_store.bounds import MAX_STEPS
 from model_store.diffusers_kind import steps_limit
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
+from model_store.samplers import SAMPLERS
 from model_store.text import Prompted, TextSpec, resolve_for
 
 Shape = tuple[int, int, int]  # (height, width, channels)
@@ -63,6 +64,18 @@ class Kind:
         None  # a kind whose models make several sizes: each model's (width, height) list, its default first
     )
     flops: Flops | None = None  # a kind whose models may record their cost: a job's model work (None: never known)
+    # why a model of the kind cannot run a sampler (model_store.samplers), in one line; None: every sampler runs
+    sampler_refusal: Callable[[Manifest, str], str | None] | None = None
+
+    def samplers(self, manifest: Manifest) -> list[str]:
+        """The samplers the model runs (GET /models), in model_store.samplers.SAMPLERS's order."""
+        return [s for s in SAMPLERS if self.refuse_sampler(manifest, s) is None]
+
+    def refuse_sampler(self, manifest: Manifest, sampler: str) -> str | None:
+        """Why the model cannot run `sampler`, in words a client may see; None when it can."""
+        if sampler not in SAMPLERS:
+            return f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}"
+        return None if self.sampler_refusal is None else self.sampler_refusal(manifest, sampler)
 
     def image_shape(self, manifest: Manifest, width: int | None = None, height: int | None = None) -> Shape:
         """(height, width, channels) of the model's image at the requested size (its default when not given); a
@@ -102,6 +115,7 @@ class Kind:
             "shape": {"height": height, "width": width, "channels": channels},
             "conditioning": self.conditioning,
             "max_steps": self.steps_bound(manifest),
+            "samplers": self.samplers(manifest),
         }
         if self.default_guidance is not None:  # the guidance of a request that sends none
             entry["default_guidance"] = self.default_guidance(manifest)
@@ -204,6 +218,7 @@ register(
         diffusers_kind.shape,
         served=True,
         limit=diffusers_kind.steps_limit,
+        sampler_refusal=diffusers_kind.sampler_refusal,
     )
 )
 register(
@@ -218,5 +233,6 @@ register(
         default_guidance=sd_kind.default_guidance,
         sizes=sd_kind.sizes,
         flops=sd_kind.flops,
+        sampler_refusal=diffusers_kind.sampler_refusal,
     )
 )
