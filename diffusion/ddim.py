@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from diffusion.guidance import Guidance
+from diffusion.samplers import History, predicted_x0
+from diffusion.samplers import get as get_sampler
 from diffusion.schedule import Schedule, offset_cosine
 
 Scalar = float | torch.Tensor
@@ -72,6 +74,19 @@ def jump(x_prev: torch.Tensor, z: torch.Tensor, alpha_bar: Scalar, alpha_bar_pre
     a_t = torch.as_tensor(alpha_bar, dtype=x_prev.dtype, device=x_prev.device)
     ratio = a_t / torch.as_tensor(alpha_bar_prev, dtype=x_prev.dtype, device=x_prev.device)
     return torch.sqrt(ratio) * x_prev + torch.sqrt(1 - ratio) * z  # x_t ~ N(√(ᾱ_t/ᾱ_prev)·x_prev, (1−ᾱ_t/ᾱ_prev)·I)
+
+
+def clamped(read: Read | None, clip: float | None) -> Read | None:
+    """DDIM's reading of the network: the kind's (ε̂, x̂0), x̂0 clamped to ±clip (DDIMScheduler.step, 4.: `clip_sample`;
+    ε̂ is not re-derived). `read` itself when the kind does not clamp."""
+    if clip is None:
+        return read
+
+    def reading(out: torch.Tensor, x_t: torch.Tensor, alpha_bar: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        eps, x0 = read(out, x_t, alpha_bar) if read is not None else (out, None)
+        return eps, (predicted_x0(x_t, eps, alpha_bar) if x0 is None else x0).clamp(-clip, clip)
+
+    return reading
 
 
 def start_step(steps: int, strength: float) -> int:
@@ -178,12 +193,14 @@ class DDIMRun:
         harmonize: int | Sequence[int] = 0,
         gens: Sequence[torch.Generator] | None = None,
         latents: Sequence[torch.Tensor | None] | None = None,
+        samplers: Sequence[str] | None = None,
+        clip: float | None = None,
     ) -> None:
         self.eps_model, self.steps, self.shape, self.device = eps_model, steps, shape, device
         self.grid = list(grid) if grid is not None else keras_grid(schedule, steps)
         if len(self.grid) != steps:
             raise ValueError(f"a grid of {len(self.grid)} steps for a run of {steps}")
-        self.read = read
+        self.read, self.clip = read, clip
         self.guidance = guidance  # per-sample text conditions: eps_model is then called with them (diffusion.guidance)
         n = len(seeds)
         self.gens = list(gens) if gens is not None else generators(seeds)
@@ -218,6 +235,13 @@ class DDIMRun:
         etas = torch.as_tensor(eta, dtype=torch.float64).reshape(-1)
         self.etas = etas.expand(n).clone() if etas.numel() == 1 else etas.clone()
         self.rows = list(range(n))  # original index of each current row
+        self.samplers = [get_sampler(name) for name in (samplers if samplers is not None else ["ddim"] * n)]
+        if len(self.samplers) != n:
+            raise ValueError(f"{n} seeds, but {len(self.samplers)} samplers")
+        for i, sampler in enumerate(self.samplers):
+            if sampler.multistep and (self.etas[i] > 0 or self.harmonize[i] > 0):
+                raise ValueError(f"{sampler.name} takes no eta and no harmonize (a row has eta {float(self.etas[i])})")
+        self.histories = [History() for _ in range(n)]  # each row's solver state (diffusion.samplers)
 
     def drop(self, rows: Sequence[int]) -> None:
         """Remove current rows (indices into the current batch) from the rest of the run."""
@@ -226,20 +250,42 @@ class DDIMRun:
         self.gens = [self.gens[i] for i in keep_rows]
         self.etas = self.etas[keep_rows]
         self.rows = [self.rows[i] for i in keep_rows]
-        for name in ("pictures", "harmonize", "starts", "masked"):
+        for name in ("pictures", "harmonize", "starts", "masked", "samplers", "histories"):
             setattr(self, name, [getattr(self, name)[i] for i in keep_rows])
         if self.x0 is not None:
             self.x0, self.eps, self.mask = self.x0[keep_rows], self.eps[keep_rows], self.mask[keep_rows]
 
-    def denoise(self, x: torch.Tensor, at: list[int], g: GridStep) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DDIM step (eq. 12) of the current rows `at`, whose x is `x`: one network call on those rows, then
-        each stochastic row's eta noise from its generator. Returns (x_prev, x0_pred)."""
+    def denoise(self, x: torch.Tensor, at: list[int], g: GridStep, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step k of the current rows `at`, whose x is `x`: one network call on those rows, then each row's update by
+        its sampler (diffusion.samplers), a DDIM row with eta > 0 with noise from its generator. Returns (x_prev,
+        x0_pred)."""
         times = torch.full((x.shape[0], 1, 1, 1), g.time, dtype=x.dtype, device=x.device)
         if self.guidance is None:
             out = self.eps_model(x, times)
         else:  # each sample with its own text condition, from one call of the conditioned network
             out = self.guidance(self.eps_model, x, times, [self.rows[i] for i in at])
-        eps, x0_given = self.read(out, x, g.alpha_bar) if self.read is not None else (out, None)
+        groups: dict[str, list[int]] = {}
+        for j, i in enumerate(at):
+            groups.setdefault(self.samplers[i].name, []).append(j)
+        if len(groups) == 1:  # one sampler for every row (always, for jobs of one sampler)
+            return self.update(x, out, at, g, k)
+        x_prev, x0 = torch.empty_like(x), torch.empty_like(x)
+        for js in groups.values():
+            index = torch.tensor(js, device=x.device)
+            x_prev[index], x0[index] = self.update(x[index], out[index], [at[j] for j in js], g, k)
+        return x_prev, x0
+
+    def update(
+        self, x: torch.Tensor, out: torch.Tensor, at: list[int], g: GridStep, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The update of rows `at` of one sampler from the network's output `out` at x: the kind's reading (ε̂, x̂0;
+        through its clamp for a sampler that `clips`), then the sampler's step."""
+        sampler = self.samplers[at[0]]
+        read = clamped(self.read, self.clip) if sampler.clips else self.read
+        eps, x0 = read(out, x, g.alpha_bar) if read is not None else (out, None)
+        if sampler.multistep:
+            histories = [self.histories[i] for i in at]
+            return sampler.step(x, eps, x0, g, k == self.steps - 1, histories)
         etas = self.etas[at] if len(at) < len(self.rows) else self.etas
         stochastic = etas > 0
         step_noise = None
@@ -250,7 +296,7 @@ class DDIMRun:
                 step_noise[j] = torch.randn(self.shape, generator=self.gens[at[j]], dtype=torch.float32)
             step_noise = step_noise.to(x.device)
         eta_b = etas.reshape(-1, 1, 1, 1).to(device=x.device, dtype=x.dtype)
-        return ddim_step(x, eps, g.alpha_bar, g.alpha_bar_prev, eta_b, step_noise, x0=x0_given)
+        return sampler.step(x, eps, x0, g, k == self.steps - 1, [], eta_b, step_noise)
 
     def known(self, x: torch.Tensor, x0: torch.Tensor, at: list[int], g: GridStep) -> tuple[torch.Tensor, ...]:
         """The masked rows among `at`: the kept region of x_prev replaced by the input noised to ᾱ_prev with the
@@ -265,7 +311,9 @@ class DDIMRun:
         x0[m] = keep(x0[m], x0_in, mask)
         return x, x0
 
-    def resample(self, x: torch.Tensor, x0: torch.Tensor, at: list[int], g: GridStep) -> tuple[torch.Tensor, ...]:
+    def resample(
+        self, x: torch.Tensor, x0: torch.Tensor, at: list[int], g: GridStep, k: int
+    ) -> tuple[torch.Tensor, ...]:
         """RePaint (Lugmayr et al. 2022, Alg. 1): each masked row of `at` with harmonize N jumps back to the step's
         level with a fresh z (its next draw) and runs the step again, N times."""
         for u in range(max((self.harmonize[i] for i in at if self.masked[i]), default=0)):
@@ -273,7 +321,7 @@ class DDIMRun:
             rows = [at[j] for j in m]
             z = draw([self.gens[i] for i in rows], self.shape).to(x.device)
             x_t = jump(x[m], z, g.alpha_bar, g.alpha_bar_prev)
-            again, x0_again = self.known(*self.denoise(x_t, rows, g), rows, g)
+            again, x0_again = self.known(*self.denoise(x_t, rows, g, k), rows, g)
             x, x0 = x.clone(), x0.clone()
             x[m], x0[m] = again, x0_again
         return x, x0
@@ -285,16 +333,16 @@ class DDIMRun:
             active = [s <= k for s in self.starts]
             at = [i for i, a in enumerate(active) if a]
             if len(at) == len(self.rows):  # every row runs this step (always, without pictures)
-                x, x0 = self.known(*self.denoise(self.x, at, g), at, g)
+                x, x0 = self.known(*self.denoise(self.x, at, g, k), at, g)
                 if k < self.steps - 1:
-                    x, x0 = self.resample(x, x0, at, g)
+                    x, x0 = self.resample(x, x0, at, g, k)
                 self.x = x
             else:  # rows that have not entered make no call; they show their picture
                 x0 = self.x0.clone()
                 if at:
-                    x_at, x0_at = self.known(*self.denoise(self.x[at], at, g), at, g)
+                    x_at, x0_at = self.known(*self.denoise(self.x[at], at, g, k), at, g)
                     if k < self.steps - 1:
-                        x_at, x0_at = self.resample(x_at, x0_at, at, g)
+                        x_at, x0_at = self.resample(x_at, x0_at, at, g, k)
                     self.x = self.x.clone()
                     self.x[at], x0[at] = x_at, x0_at
             yield Step(k + 1, self.steps, x0, self.x, active)

@@ -19,6 +19,12 @@ from ᾱ_prev_k to ᾱ_k, steps N−1 down to 0, and the last inverse step's x i
 
 With `guidance`, the network takes each row's condition (diffusion.guidance): a text model inverts with its
 prompt at guidance 1 (the conditional row alone), since guided inversion drifts.
+
+**DPM-Solver++(2M)** (`multistep`) inverts as diffusers' `DPMSolverMultistepInverseScheduler` does: the same solver
+(diffusion.samplers.dpmpp_2m) run up the levels, naive (the network at step k's time on the x the step leaves), first
+order at its first step (DDIM's, which also starts from a picture at zero noise), then second order with the x̂0 of
+the step before, which is one level less noisy. A multistep step's forward image uses an output the inversion has not
+seen yet, so there is no fixed point to refine: `refine` applies to DDIM.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import torch
 
 from diffusion.ddim import EpsModel, GridStep, Read, Scalar
 from diffusion.guidance import Guidance
+from diffusion.samplers import Level, predicted_x0
+from diffusion.samplers.dpmpp_2m import coefficients, dpmpp_2m_step
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,11 @@ def invert(
     image_is_x0: bool = False,
     refine: int = 0,
     guidance: Guidance | None = None,
+    multistep: bool = False,
 ) -> Iterator[InverseStep]:
     """Invert the pictures `x_image` (B, C, H, W, model space) over `grid` (the forward run's, first step first):
     yields each inverse step's x, the last one x_T. `read` maps the network's output to (ε̂, x̂0) as the forward run
-    does; `refine` fixed-point iterations per step (0: naive)."""
+    does; `refine` fixed-point iterations per step (0: naive); `multistep`: DPM-Solver++(2M) up the levels."""
     if refine < 0:
         raise ValueError("refine must be >= 0")
     steps, x = len(grid), x_image
@@ -81,10 +90,25 @@ def invert(
         out = eps_model(x_at, times) if guidance is None else guidance(eps_model, x_at, times, rows)
         return read(out, x_at, alpha_bar) if read is not None else (out, None)
 
+    earlier: tuple[torch.Tensor, Level] | None = None  # multistep: the last step's x̂0 and its level
     for n, k in enumerate(reversed(range(steps))):
         g = grid[k]
         low = 1.0 if image_is_x0 and k == steps - 1 else g.alpha_bar_prev  # the picture itself is x̂0: ᾱ = 1
         eps, x0 = predict(x, g, low)  # naive: ε̂ at the point the step leaves, at step k's time
+        if multistep:
+            m0 = predicted_x0(x, eps, low) if x0 is None else x0
+            if earlier is not None and low < 1.0:  # DPM-Solver++(2M) up from ᾱ_prev_k to ᾱ_k, with the step before's x̂0
+                a, b, c = (
+                    torch.tensor(v, dtype=x.dtype, device=x.device)
+                    for v in coefficients(Level.of(low), Level.of(g.alpha_bar), earlier[1])
+                )
+                x_next = dpmpp_2m_step(x, m0, earlier[0], a, b, c)
+            else:  # first order: DDIM's inverse step, which also leaves the zero noise of a picture
+                x_next = inverse_step(x, eps, low, g.alpha_bar, x0)
+            earlier = (m0, Level.of(low))
+            x = x_next
+            yield InverseStep(n + 1, steps, x)
+            continue
         x_next = inverse_step(x, eps, low, g.alpha_bar, x0)
         for _ in range(refine):  # x_k ← inverse(x_{k+1}, ε̂(x_k, t_k)): the forward step of x_k gives x_{k+1}
             eps, _ = predict(x_next, g, g.alpha_bar)

@@ -212,8 +212,8 @@ def withdraw(redis, run: Run, ttl: int) -> None:
 
 def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: int) -> dict[str, str]:
     """Run the runs led by `specs` together (already taken, see `take`); returns each run's outcome."""
-    if len({s.batch_key() for s in specs}) > 1:
-        raise ValueError("a batch shares one batch key (app.core.spec.Spec.batch_key): one model, step count and size")
+    if len({engine.batch_key(s) for s in specs}) > 1:
+        raise ValueError("a batch shares one batch key (Engine.batch_key): one model, step count, size and grid")
     steps = specs[0].steps
     started = time.monotonic()
     batch = [Run(s, runs.engine_key(s, engine.id)) for s in specs]
@@ -227,7 +227,10 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
     seeds, etas = [0 if r.spec.seed is None else r.spec.seed for r in batch], [r.spec.eta for r in batch]
     pictures = [inputs.picture_in(redis, r.spec) for r in batch]  # image-to-image and inpainting rows
     latents = [inputs.latent(redis, r.spec.latent) if r.spec.latent else None for r in batch]
-    sampler = engine.run(seeds, steps, etas, x_T=latents, conditions=conditions, size=specs[0].size, pictures=pictures)
+    samplers = [r.spec.sampler for r in batch]  # each row's own (model_store.samplers), on the batch's one grid
+    sampler = engine.run(
+        seeds, steps, etas, x_T=latents, conditions=conditions, size=specs[0].size, pictures=pictures, samplers=samplers
+    )
     live = list(batch)  # the runs still in the sampler, in its row order
     preview_at = events.preview_steps(steps, get_settings().preview_every_steps)
     last = None

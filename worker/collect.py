@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
@@ -63,11 +64,19 @@ def batch_room(settings: Settings, engine: Engine, spec: GenerateSpec | InvertSp
     return max(0, min(caps) - 1)
 
 
-def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, Spec]], timeout: int) -> None:
-    """Take jobs of batch key `key` off the queue (oldest first) into `taken` until it holds `room`, each recorded as
-    this worker's, for the batch's time (`timeout`, its leader's) or the job's own where longer. A job is in `taken`
-    from the moment it leaves the queue: should recording it fail (Redis full until the job's time is up), the caller
-    fails it with the others."""
+def claim(
+    redis,
+    queue: Queue,
+    key: tuple,
+    room: int,
+    taken: list[tuple[Job, Spec]],
+    timeout: int,
+    key_of: Callable[[Spec], tuple] = Spec.batch_key,
+) -> None:
+    """Take jobs of batch key `key` (`key_of` a spec gives it: the engine's, Engine.batch_key) off the queue (oldest
+    first) into `taken` until it holds `room`, each recorded as this worker's, for the batch's time (`timeout`, its
+    leader's) or the job's own where longer. A job is in `taken` from the moment it leaves the queue: should recording
+    it fail (Redis full until the job's time is up), the caller fails it with the others."""
     ids = [i.decode() for i in redis.lrange(queue.key, 0, SCAN - 1)]
     if not ids or len(taken) >= room:
         return
@@ -75,20 +84,27 @@ def claim(redis, queue: Queue, key: tuple, room: int, taken: list[tuple[Job, Spe
         if len(taken) >= room:
             break
         spec = spec_of(job)
-        if spec is not None and spec.batch_key() == key and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
+        if spec is not None and key_of(spec) == key and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
             taken.append((job, spec))
             take(redis, [spec.job_id], max(timeout, job.timeout or 0), spec.inputs())
             while_full(log, f"starting RQ job {job.id}", job.set_status, RQStatus.STARTED)
 
 
 def gather(
-    redis, queue: Queue, key: tuple, room: int, wait_ms: int, taken: list[tuple[Job, Spec]], timeout: int
+    redis,
+    queue: Queue,
+    key: tuple,
+    room: int,
+    wait_ms: int,
+    taken: list[tuple[Job, Spec]],
+    timeout: int,
+    key_of: Callable[[Spec], tuple] = Spec.batch_key,
 ) -> list[tuple[Job, Spec]]:
     """Claim jobs of batch key `key` into `taken` until the batch is full (`room`: batch_room) or `wait_ms` has passed;
     `timeout` is the batch's time, its leader's RQ timeout."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        claim(redis, queue, key, room, taken, timeout)
+        claim(redis, queue, key, room, taken, timeout, key_of)
         if len(taken) >= room or time.monotonic() >= deadline:
             return taken
         time.sleep(POLL_S)

@@ -22,7 +22,7 @@ import torch
 
 from app.core.png import encoder_fingerprint
 from app.core.spec import Spec
-from diffusion.ddim import DDIMRun, Picture, Step, draw, generators, last_step, sample_loop, start_step
+from diffusion.ddim import DDIMRun, Picture, Step, clamped, draw, generators, last_step, sample_loop, start_step
 from diffusion.denoiser import Denoiser
 from diffusion.guidance import Condition, Guidance
 from diffusion.inversion import InverseStep, invert
@@ -30,6 +30,7 @@ from diffusion.kernels import Probe, probe_inputs, reference_rows, row_flops
 from diffusion.probe_cache import machine_key
 from model_store import Manifest, ModelStoreError, Store, kinds
 from model_store.bounds import INVERSION_REFINE
+from model_store.samplers import INVERTIBLE, MULTISTEP
 from worker.kinds import KindModel, model_for
 from worker.memory import (
     STEP_COPIES,
@@ -145,6 +146,12 @@ class Engine:
         """(channels, height, width) of one sample of the default size."""
         return self.model.shape
 
+    def batch_key(self, spec: Spec) -> tuple:
+        """Jobs with equal batch keys run as rows of one batch: the spec's (app.core.spec.Spec.batch_key), and the grid
+        its sampler calls the network on (a continuous-time kind has one for all; a diffusers model's DDIM and
+        multistep grids differ)."""
+        return (*spec.batch_key(), self.model.grid_key(getattr(spec, "sampler", "ddim")))
+
     def record(self) -> dict[str, str]:
         """A finished job's `engine`: what ran it (app.schemas.Engine)."""
         return {"device": self.device, "precision": self.precision, "kernels": self.kernels, "encoder": self.encoder}
@@ -158,8 +165,11 @@ class Engine:
         conditions: Sequence[Condition] | None = None,
         size: Size = None,
         pictures: Sequence[PictureIn | None] | None = None,
+        samplers: Sequence[str] | None = None,
     ) -> DDIMRun:
-        """DDIM for a batch on the kind's grid; iterate it for each step (x0 predictions in model space).
+        """A batch's run on the kind's grid; iterate it for each step (x0 predictions in model space). Each row runs its
+        sampler (`samplers`, model_store.samplers; all DDIM by default); rows of one run share the grid their samplers
+        call the network on (KindModel.grid_key).
 
         A text model's samples are guided, each by its own condition (`condition`; none: the empty prompt). A model
         of several sizes makes the (width, height) `size` (its default for None). `x_T` gives every row's x_T (a
@@ -167,7 +177,12 @@ class Engine:
         starts from it (image-to-image; inpainting with its mask and its `harmonize`). Each row's generator is its
         seed's: a latent kind's picture takes its VAE sample from it first (diffusion.ddim.DDIMRun says the order of
         the draws)."""
-        grid, read = self.model.grid(steps), self.model.read
+        samplers = list(samplers) if samplers is not None else ["ddim"] * len(seeds)
+        grids = {self.model.grid_key(name) for name in samplers}
+        if len(grids) > 1:
+            names = sorted(set(samplers))
+            raise ModelStoreError(f"{self.manifest.ref}: samplers {names} call the network at other times")
+        grid = self.model.grid(steps, samplers[0]) if samplers else self.model.grid(steps)
         guidance = None
         if self.model.conditioned:
             conditions = list(conditions) if conditions is not None else [Condition(None)] * len(seeds)
@@ -181,8 +196,9 @@ class Engine:
         latents = None if x_T is None or isinstance(x_T, torch.Tensor) else list(x_T)
         whole = x_T if isinstance(x_T, torch.Tensor) else None
         return sample_loop(
-            denoiser, seeds, steps, shape, eta=list(etas), device=self.device, x_T=whole, grid=grid, read=read,
-            guidance=guidance, pictures=rows, harmonize=harmonize, gens=gens, latents=latents,
+            denoiser, seeds, steps, shape, eta=list(etas), device=self.device, x_T=whole, grid=grid,
+            read=self.model.read, clip=self.model.clip, guidance=guidance, pictures=rows, harmonize=harmonize,
+            gens=gens, latents=latents, samplers=samplers,
         )  # fmt: skip
 
     def picture_rows(
@@ -229,6 +245,7 @@ class Engine:
         conditions: Sequence[Condition] | None = None,
         size: Size = None,
         refine: int | None = None,
+        sampler: str = "ddim",
     ) -> Iterator[InverseStep]:
         """DDIM inversion of pictures ((H, W, C) uint8 each) over the kind's `steps`-step grid (diffusion.inversion),
         `refine` fixed-point iterations per step (REFINE by default; 0: naive). Yields every inverse step; the last
@@ -246,9 +263,13 @@ class Engine:
             if p.shape != (height, width, channels) or p.dtype != np.uint8:
                 raise ModelStoreError(f"{self.manifest.ref}: a picture must be {width}x{height}x{channels} uint8")
         x = self.model.to_model(np.stack(list(pixels)), None).to(self.device)
+        if sampler not in INVERTIBLE:
+            raise ModelStoreError(f"{sampler} does not invert; invert with one of {', '.join(INVERTIBLE)}")
+        multistep = sampler in MULTISTEP
+        read = self.model.read if multistep else clamped(self.model.read, self.model.clip)  # DDIM's clamp
         found = invert(
-            self.denoiser_at(size), self.model.grid(steps), x, self.model.read, self.model.image_is_x0,
-            REFINE if refine is None else refine, guidance,
+            self.denoiser_at(size), self.model.grid(steps, sampler), x, read, self.model.image_is_x0,
+            0 if multistep else REFINE if refine is None else refine, guidance, multistep,
         )  # fmt: skip
         return (InverseStep(step.step, step.steps, step.x.float().cpu()) for step in found)
 
@@ -258,10 +279,12 @@ class Engine:
         steps: int,
         conditions: Sequence[Condition] | None = None,
         size: Size = None,
+        sampler: str = "ddim",
     ) -> DDIMRun:
-        """DDIM (eta 0) from inverted latents: an inversion's picture back."""
+        """The run (eta 0) from inverted latents with the inversion's sampler: an inversion's picture back."""
         n = len(latents)
-        return self.run([0] * n, steps, [0.0] * n, x_T=list(latents), conditions=conditions, size=size)
+        x_T, samplers = list(latents), [sampler] * n
+        return self.run([0] * n, steps, [0.0] * n, x_T=x_T, conditions=conditions, size=size, samplers=samplers)
 
     def condition(self, prompt: str | None, guidance: float | None, negative: str | None = None) -> Condition:
         """A sample's condition, by its kind's rules (worker.kinds.KindModel.condition): its (normalised) prompt's
@@ -279,9 +302,10 @@ class Engine:
         etas: Sequence[float],
         conditions: Sequence[Condition] | None = None,
         size: Size = None,
+        samplers: Sequence[str] | None = None,
     ) -> np.ndarray:
         """(B, H, W, C) uint8 final images."""
-        run = self.run(seeds, steps, etas, conditions=conditions, size=size)
+        run = self.run(seeds, steps, etas, conditions=conditions, size=size, samplers=samplers)
         return self.pixels(self.model.final(last_step(run)))
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:

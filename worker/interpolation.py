@@ -74,7 +74,7 @@ def end_noises(redis, engine: Engine, spec: InterpolateSpec, conditions, run: Ru
     at_ends = None if conditions is None else [conditions[0], conditions[-1]]
     chosen = None if at_ends is None else [at_ends[i] for i in which]
     latent = None
-    for inverse in engine.invert(pixels, spec.steps, conditions=chosen, size=size):
+    for inverse in engine.invert(pixels, spec.steps, conditions=chosen, size=size, sampler=spec.sampler):
         latent = inverse.x
         waiting = active_jobs(redis, [run])
         if not waiting[0]:
@@ -112,7 +112,10 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
     x_T = interpolated_noises(*ends, spec.frames)
     frames = spec.frames
     seed = spec.seed_a or 0  # eta 0: nothing is drawn after x_T, which the walk gives
-    sampler = engine.run([seed] * frames, spec.steps, [0.0] * frames, x_T=x_T, conditions=conditions, size=size)
+    etas, samplers = [0.0] * frames, [spec.sampler] * frames
+    sampler = engine.run(
+        [seed] * frames, spec.steps, etas, x_T=x_T, conditions=conditions, size=size, samplers=samplers
+    )
     last = None
     done = spec.steps_run - spec.steps  # the steps of the ends' inversion
     for last in sampler:

@@ -39,9 +39,9 @@ def latent_blob(engine: Engine, spec: InvertSpec, latent: torch.Tensor) -> bytes
 def run_inversions(redis, engine: Engine, specs: Sequence[InvertSpec], result_ttl: int) -> dict[str, str]:
     """Invert and reconstruct the runs led by `specs` together (already taken); returns each run's outcome. A run
     every job of which was canceled stops being reported and is withdrawn; the batch stops once none is left."""
-    if len({s.batch_key() for s in specs}) > 1:
-        raise ValueError("a batch shares one batch key (app.core.spec.Spec.batch_key): one model, step count and size")
-    steps, size = specs[0].steps, specs[0].size
+    if len({engine.batch_key(s) for s in specs}) > 1:
+        raise ValueError("a batch shares one batch key (Engine.batch_key): one model, step count, size and sampler")
+    steps, size, how = specs[0].steps, specs[0].size, specs[0].sampler
     started = time.monotonic()
     outcome = {s.job_id: "canceled" for s in specs}
     batch = start(redis, [Run(s, runs.engine_key(s, engine.id)) for s in specs], engine)
@@ -67,13 +67,13 @@ def run_inversions(redis, engine: Engine, specs: Sequence[InvertSpec], result_tt
         return True
 
     latent = None
-    for inverse in engine.invert(pixels, steps, conditions=conditions, size=size):
+    for inverse in engine.invert(pixels, steps, conditions=conditions, size=size, sampler=how):
         latent = inverse.x
         if not tick(inverse.step, latent):
             break
     last = None
     if latent is not None and any(r.active for r in batch):
-        sampler = engine.reconstruct(list(latent), steps, conditions=conditions, size=size)
+        sampler = engine.reconstruct(list(latent), steps, conditions=conditions, size=size, sampler=how)
         for last in sampler:
             if not tick(steps + last.step, last.x0_pred):
                 break

@@ -83,7 +83,8 @@ def batched(cls: type[Spec], runner, kwargs: dict) -> dict:
         check_identity(engine, spec)
         queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
         room = batch_room(settings, engine, spec, timeout)
-        gather(redis, queue, spec.batch_key(), room, settings.max_batch_wait_ms, claimed, timeout)
+        key = engine.batch_key(spec)  # the spec's, and the grid its sampler calls the network on
+        gather(redis, queue, key, room, settings.max_batch_wait_ms, claimed, timeout, engine.batch_key)
         specs = [spec] + [s for _, s in claimed]
         outcome = runner(redis, engine, specs, settings.result_ttl)
     except JobTimeoutException:

@@ -31,6 +31,7 @@ class KindModel(ABC):
     kernel probe runs with (`probe_conditions`)."""
 
     conditioned = False
+    clip: float | None = None  # the clamp of x̂0 that DDIM applies (a diffusers scheduler's `clip_sample`); None: none
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
@@ -68,11 +69,18 @@ class KindModel(ABC):
         return t
 
     @abstractmethod
-    def grid(self, steps: int) -> list[GridStep]:
-        """The `steps` steps of a run: each one's network time and its alpha-bars."""
+    def grid(self, steps: int, sampler: str = "ddim") -> list[GridStep]:
+        """The `steps` steps of a run of `sampler` (model_store.samplers): each one's network time and its alpha-bars.
+        A continuous-time kind has one grid for every sampler."""
+
+    def grid_key(self, sampler: str) -> str:
+        """Names the grid `sampler` calls the network on: jobs of equal grid keys share network calls. "" for a kind
+        whose every sampler runs on one grid."""
+        return ""
 
     def read(self, out: torch.Tensor, x_t: torch.Tensor, alpha_bar: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(ε̂, x̂0 or None) from the network's output; None lets the DDIM step derive x̂0 from ε̂ (eq. 12)."""
+        """(ε̂, x̂0 or None) from the network's output; None lets the sampler derive x̂0 from ε̂ (eq. 12). Unclamped:
+        DDIM alone applies `clip` (diffusion.samplers)."""
         return out, None
 
     def final(self, step: Step) -> torch.Tensor:

@@ -26,7 +26,7 @@ class DDIMUNet(KindModel):
     def time_input(self, t: torch.Tensor) -> torch.Tensor:
         return noise_variance(t)  # the grid's time is the noise rate; the U-Net takes its square
 
-    def grid(self, steps: int) -> list[GridStep]:
+    def grid(self, steps: int, sampler: str = "ddim") -> list[GridStep]:
         return keras_grid(get_schedule(self.manifest.schedule), steps)
 
     def pixels(self, x0: torch.Tensor) -> np.ndarray:

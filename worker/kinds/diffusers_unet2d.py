@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusion import diffusers_ddim
+from diffusion import diffusers_ddim, diffusers_multistep
 from diffusion.ddim import GridStep, Step
 from diffusion.denoiser import denormalised_pixels, normalised_pixels
 from diffusion.diffusers_unet import UNet2DNetwork, unet2d
 from model_store import ModelStoreError
-from model_store.diffusers_kind import KIND
+from model_store.diffusers_kind import KIND, multistep_scheduler, sampler_refusal
+from model_store.samplers import grid_family
 from model_store.weights import read_state
 from worker.kinds import KindModel
 
@@ -43,11 +44,21 @@ class DiffusersUNet2D(KindModel):
             raise ModelStoreError(f"{self.manifest.weights_path}: weights do not fit the config ({exc})") from None
         return UNet2DNetwork(unet).to(device).eval()
 
-    def grid(self, steps: int) -> list[GridStep]:
-        return diffusers_ddim.grid(self.scheduler, steps)
+    def grid(self, steps: int, sampler: str = "ddim") -> list[GridStep]:
+        """DDIMScheduler's grid for DDIM; the multistep schedulers' for the others, from the pipeline's original
+        scheduler config (diffusion.diffusers_multistep)."""
+        if grid_family(sampler) == "ddim":
+            return diffusers_ddim.grid(self.scheduler, steps)
+        refusal = sampler_refusal(self.manifest, sampler)
+        if refusal is not None:
+            raise ModelStoreError(refusal)
+        return diffusers_multistep.grid(multistep_scheduler(self.manifest.extras["scheduler_config"]), steps)
+
+    def grid_key(self, sampler: str) -> str:
+        return grid_family(sampler)  # DDIM's timesteps and the multistep ones differ, even at equal steps
 
     def read(self, out: torch.Tensor, x_t: torch.Tensor, alpha_bar: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return diffusers_ddim.read(self.scheduler.prediction_type, out, x_t, alpha_bar, self.clip)
+        return diffusers_ddim.read(self.scheduler.prediction_type, out, x_t, alpha_bar, None)  # DDIM clamps (`clip`)
 
     def final(self, step: Step) -> torch.Tensor:
         return step.x  # DDIMPipeline's image is the last step's prev_sample
