@@ -21,6 +21,7 @@ MODULES = {
     "inversion": "bench.inversion",
     "pictures": "bench.pictures",
     "quality": "bench.quality",
+    "samplers": "bench.samplers",
 }
 # `gpu` needs a GPU, `sd` half an hour, `inversion` the emoji font and some minutes: run them by name
 ALL = ("engine", "precision", "diffusers", "service")
