@@ -114,9 +114,9 @@ class Reader:
             raise refuse(name, exc.message) from None
         self.inputs.add(name, pictures.digest(pixels), pictures.to_blob(pixels))
 
-    def latent(self, ref: schemas.JobRef, name: str, steps: int) -> None:
+    def latent(self, ref: schemas.JobRef, name: str, steps: int, sampler: str) -> None:
         """An inversion's latent, under `name`: 422 for a job that is not an inversion, or one of another model, step
-        count or size."""
+        count, size or sampler."""
         record = finished_job(self.redis, ref, self.owner, name)
         if record.get("kind") != "invert":
             raise refuse(name, f"job {ref.job} is not an inversion (POST /invert)", ref.job)
@@ -128,7 +128,7 @@ class Reader:
         except pictures.PictureError as exc:
             raise refuse(name, exc.message, ref.job) from None
         manifest = self.manifest
-        mismatch = pictures.latent_mismatch(meta, pictures.latent_key(manifest.identity, steps, *self.size))
+        mismatch = pictures.latent_mismatch(meta, pictures.latent_key(manifest.identity, steps, *self.size, sampler))
         if mismatch is not None:
             key, found, value = mismatch
             what = {"identity": f"model {manifest.ref}", "steps": f"{steps} steps"}.get(key, f"{key} {value}")
@@ -194,7 +194,7 @@ def read_generate(reader: Reader, body: schemas.GenerateRequest) -> Inputs:
     if body.mask is not None:
         reader.mask(body.mask, "mask")
     if body.latent is not None:
-        reader.latent(body.latent, "latent", body.steps)
+        reader.latent(body.latent, "latent", body.steps, body.sampler)
     return reader.inputs
 
 
@@ -203,5 +203,5 @@ def read_interpolate(reader: Reader, body: schemas.InterpolateRequest) -> Inputs
         if (value := getattr(body, f"image_{end}")) is not None:
             reader.picture(value, f"image_{end}")
         if (ref := getattr(body, f"latent_{end}")) is not None:
-            reader.latent(ref, f"latent_{end}", body.steps)
+            reader.latent(ref, f"latent_{end}", body.steps, body.sampler)
     return reader.inputs

@@ -55,10 +55,11 @@ def sample(args: argparse.Namespace) -> int:
     seeds = list(range(seed, seed + args.n))
     conditions = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)] * args.n
     pictures, latents = [inputs.picture] * args.n, [inputs.latent] * args.n
-    etas, samplers = [spec.eta] * args.n, sampler_rows(spec.sampler, args.n)
+    etas, samplers = [spec.eta] * args.n, [spec.sampler] * args.n
     run = engine.run(
-        seeds, spec.steps, etas, x_T=latents, conditions=conditions, size=spec.size, pictures=pictures, **samplers
-    )
+        seeds, spec.steps, etas, x_T=latents, conditions=conditions, size=spec.size, pictures=pictures,
+        samplers=samplers,
+    )  # fmt: skip
     images = engine.images(last_step(run), pictures)
     parameters = engine.parameters(spec)
     if args.n > 1:
@@ -107,20 +108,6 @@ def check_sampler(manifest, sampler: str) -> None:
     refused = kinds.of(manifest).refuse_sampler(manifest, sampler)
     if refused is not None:
         raise UserError(f"--sampler {sampler}: {refused}")
-
-
-def sampler_rows(sampler: str, n: int) -> dict:
-    """Engine.run's and Engine.generate's keyword for `n` rows of `sampler`; none for DDIM, the engine's default."""
-    from model_store.samplers import DEFAULT_SAMPLER
-
-    return {} if sampler == DEFAULT_SAMPLER else {"samplers": [sampler] * n}
-
-
-def sampler_of(sampler: str) -> dict:
-    """Engine.invert's and Engine.reconstruct's keyword for `sampler`; none for DDIM, the engine's default."""
-    from model_store.samplers import DEFAULT_SAMPLER
-
-    return {} if sampler == DEFAULT_SAMPLER else {"sampler": sampler}
 
 
 def prompt_of(manifest, prompt: str | None, guidance: float | None, negative: str | None = None):
@@ -468,9 +455,7 @@ def evaluate(args: argparse.Namespace) -> int:
     untrained = ev.untrained_generator(m.config, m.mean, m.std, m.schedule, args.steps, args.seed, engine.device)
     try:
         result = ev.evaluate(
-            lambda seeds: engine.generate(
-                seeds, args.steps, [0.0] * len(seeds), **sampler_rows(args.sampler, len(seeds))
-            ),
+            lambda seeds: engine.generate(seeds, args.steps, [0.0] * len(seeds), samplers=[args.sampler] * len(seeds)),
             untrained,
             extractor.extract,
             train,
@@ -519,8 +504,8 @@ def write_picture(engine, path: str, steps: int, guidance: float, sampler: str) 
     for prompt in PICTURE_PROMPTS:
         condition = engine.condition(prompt, guidance)
         seeds = list(range(PICTURE_SEEDS))
-        conditions, samplers = [condition] * len(seeds), sampler_rows(sampler, len(seeds))
-        rows.append(engine.generate(seeds, steps, [0.0] * len(seeds), conditions, **samplers))
+        conditions, samplers = [condition] * len(seeds), [sampler] * len(seeds)
+        rows.append(engine.generate(seeds, steps, [0.0] * len(seeds), conditions, samplers=samplers))
     grid = make_grid(np.concatenate(rows), cols=PICTURE_SEEDS)
     named = {} if sampler == DEFAULT_SAMPLER else {"sampler": sampler}  # as a spec names a defaulted field
     parameters = {"prompts": list(PICTURE_PROMPTS), "seeds": seeds, "steps": steps, "guidance": guidance,
@@ -541,9 +526,7 @@ def prompt_figures(engine, extractor, train, heldout, args) -> dict:
 
     def generate(captions, seeds):
         conditions = [engine.condition(c, guidance) for c in captions]
-        return engine.generate(
-            seeds, args.steps, [0.0] * len(seeds), conditions, **sampler_rows(args.sampler, len(seeds))
-        )
+        return engine.generate(seeds, args.steps, [0.0] * len(seeds), conditions, samplers=[args.sampler] * len(seeds))
 
     text = evaluate_prompts(
         generate, extractor.extract, train, heldout, load_captions(data, "train"), load_captions(data, "heldout"),

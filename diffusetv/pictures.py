@@ -41,9 +41,9 @@ def read_picture(path: str, option: str, manifest, size: dict, mask: bool = Fals
         raise UserError(f"{option}: {exc}") from None
 
 
-def read_latent(path: str, manifest, steps: int, size: dict):
+def read_latent(path: str, manifest, steps: int, size: dict, sampler: str = "ddim"):
     """An inversion's latent file (`invert --out`, or GET /jobs/{id}/latent): its digest and tensor, refused when it
-    was inverted for another model, step count or size."""
+    was inverted for another model, step count, size or sampler."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -57,7 +57,7 @@ def read_latent(path: str, manifest, steps: int, size: dict):
         raise UserError(f"--latent: cannot read {path} ({exc.strerror})") from None
     except (pictures.PictureError, SafetensorError, KeyError) as exc:
         raise UserError(f"--latent: {path} is not an inversion's latent ({exc})") from None
-    wanted = pictures.latent_key(manifest.identity, steps, size.get("width"), size.get("height"))
+    wanted = pictures.latent_key(manifest.identity, steps, size.get("width"), size.get("height"), sampler)
     if (mismatch := pictures.latent_mismatch(meta, wanted)) is not None:
         key, found, value = mismatch
         raise UserError(f"--latent: {path} was inverted with {key} {found}, not {value}")
@@ -101,7 +101,7 @@ def sample_inputs(args: argparse.Namespace, manifest, size: dict) -> Inputs:
 
     found = Inputs()
     if args.latent is not None:
-        digest, found.latent = read_latent(args.latent, manifest, args.steps, size)
+        digest, found.latent = read_latent(args.latent, manifest, args.steps, size, args.sampler)
         found.fields["latent"] = digest
         return found
     if args.image is None:
@@ -122,7 +122,7 @@ def invert(args: argparse.Namespace) -> int:
     from app.core import pictures
     from app.core.png import encode_png
     from app.core.spec import InvertSpec
-    from diffusetv.commands import check_steps, prompt_of, sampler_of, service_engine, size_of
+    from diffusetv.commands import check_steps, prompt_of, service_engine, size_of
     from model_store.samplers import INVERTIBLE
     from worker.inversion import latent_blob
 
@@ -139,9 +139,8 @@ def invert(args: argparse.Namespace) -> int:
     pixels = read_picture(args.image, "IMAGE", manifest, size)
     spec = InvertSpec.from_request(args, manifest, **text.fields(), **size, image=pictures.digest(pixels))
     condition = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)]
-    sampler = sampler_of(spec.sampler)
     latent = None
-    for inverse in engine.invert([pixels], spec.steps, conditions=condition, size=spec.size, **sampler):
+    for inverse in engine.invert([pixels], spec.steps, conditions=condition, size=spec.size, sampler=spec.sampler):
         latent = inverse.x
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +149,7 @@ def invert(args: argparse.Namespace) -> int:
     if args.reconstruction:
         from diffusion.ddim import last_step
 
-        run = engine.reconstruct([latent[0]], spec.steps, conditions=condition, size=spec.size, **sampler)
+        run = engine.reconstruct([latent[0]], spec.steps, conditions=condition, size=spec.size, sampler=spec.sampler)
         png = encode_png(engine.images(last_step(run))[0], engine.parameters(spec))
         Path(args.reconstruction).write_bytes(png)
         print(f"wrote {args.reconstruction} (its reconstruction)")

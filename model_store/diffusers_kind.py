@@ -127,8 +127,8 @@ MULTISTEP_UNSUPPORTED: dict = {
     "use_flow_sigmas": False,
     "use_dynamic_shifting": False,
     "final_sigmas_type": "zero",
-    "variance_type": None,
 }
+LEARNED_VARIANCE = ("learned", "learned_range")  # DPMSolverMultistepScheduler then reads the first channels only
 
 
 def multistep_scheduler(config: dict, where: str = "scheduler config") -> dict:
@@ -140,6 +140,10 @@ def multistep_scheduler(config: dict, where: str = "scheduler config") -> dict:
     for key, default in MULTISTEP_UNSUPPORTED.items():
         if config.get(key, default) != default:
             raise ModelStoreError(f"{where}: {key} {config[key]!r} is not supported by the multistep samplers")
+    if config.get("variance_type") in LEARNED_VARIANCE:
+        raise ModelStoreError(
+            f"{where}: variance_type {config['variance_type']!r} is not supported by the multistep samplers"
+        )
     clipped = config.get("lambda_min_clipped", float("-inf"))
     if clipped is not None and float(clipped) != float("-inf"):
         raise ModelStoreError(f"{where}: lambda_min_clipped {clipped!r} is not supported by the multistep samplers")

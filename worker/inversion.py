@@ -27,7 +27,7 @@ from worker.engine import Engine
 def latent_blob(engine: Engine, spec: InvertSpec, latent: torch.Tensor) -> bytes:
     """The latent as safetensors, with what it was inverted by in its metadata (strings, as safetensors keeps them)."""
     meta = {
-        **pictures.latent_key(engine.manifest.identity, spec.steps, spec.width, spec.height),
+        **pictures.latent_key(engine.manifest.identity, spec.steps, spec.width, spec.height, spec.sampler),
         "model": engine.manifest.ref,
         "prompt": json.dumps(spec.prompt),
         "guidance": json.dumps(spec.guidance),

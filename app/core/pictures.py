@@ -236,18 +236,28 @@ def from_blob(blob: bytes) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ latents
 
 
-def latent_key(identity: str, steps: int, width: int | None = None, height: int | None = None) -> dict[str, str]:
-    """What an inversion's latent must say in its metadata to start a job: the model's identity, the steps and, for a
-    model of several sizes, the width and height it was inverted at."""
+# A latent's metadata entries that are left out at their default (so that DDIM inversions' files keep their bytes).
+LATENT_DEFAULTS = {"sampler": "ddim"}
+
+
+def latent_key(
+    identity: str, steps: int, width: int | None = None, height: int | None = None, sampler: str = "ddim"
+) -> dict[str, str]:
+    """What an inversion's latent must say in its metadata to start a job: the model's identity, the steps, the sampler
+    (the one it was inverted with redraws the picture; DDIM's is left out) and, for a model of several sizes, the width
+    and height it was inverted at."""
     size = {} if width is None else {"width": str(width), "height": str(height)}
-    return {"identity": identity, "steps": str(steps), **size}
+    how = {} if sampler == LATENT_DEFAULTS["sampler"] else {"sampler": sampler}
+    return {"identity": identity, "steps": str(steps), **size, **how}
 
 
 def latent_mismatch(metadata: dict[str, str], wanted: dict[str, str]) -> tuple[str, str | None, str] | None:
-    """The first of `wanted`'s entries (latent_key) that a latent's metadata does not hold: (key, found, wanted)."""
-    for key, value in wanted.items():
-        if metadata.get(key) != value:
-            return key, metadata.get(key), value
+    """The first of `wanted`'s entries (latent_key) that a latent's metadata does not hold: (key, found, wanted). An
+    entry left out at its default (LATENT_DEFAULTS) is that default, on either side."""
+    for key in dict.fromkeys([*wanted, *LATENT_DEFAULTS]):
+        found, value = metadata.get(key, LATENT_DEFAULTS.get(key)), wanted.get(key, LATENT_DEFAULTS.get(key))
+        if found != value:
+            return key, found, value  # type: ignore[return-value]
     return None
 
 

@@ -35,7 +35,7 @@ from app.core.jobs import new_job_id
 from app.core.submit import PNG_OVERHEAD_BYTES, result_cost
 from model_store.bounds import INVERSION_REFINE, MAX_GUIDANCE
 from model_store.kinds import Work
-from model_store.samplers import DEFAULT_SAMPLER
+from model_store.samplers import DEFAULT_SAMPLER, MULTISTEP
 
 if TYPE_CHECKING:
     from model_store import Manifest
@@ -154,10 +154,16 @@ def start_step(steps: int, strength: float | None) -> int:
     return steps - min(int(steps * strength), steps)
 
 
-def inverse_calls(steps: int) -> int:
+def refinements(sampler: str) -> int:
+    """Fixed-point iterations per inverse step: DDIM's (model_store.bounds.INVERSION_REFINE); a multistep sampler
+    inverts without (diffusion.inversion)."""
+    return 0 if sampler in MULTISTEP else INVERSION_REFINE
+
+
+def inverse_calls(steps: int, sampler: str = DEFAULT_SAMPLER) -> int:
     """Network calls of an inversion of `steps` steps: each inverse step and its fixed-point refinements
-    (model_store.bounds.INVERSION_REFINE, diffusion.inversion)."""
-    return steps * (1 + INVERSION_REFINE)
+    (diffusion.inversion)."""
+    return steps * (1 + refinements(sampler))
 
 
 def guided_rows(prompt: str | None, guidance: float | None) -> int:
@@ -298,12 +304,13 @@ class InterpolateSpec(Spec):
         return result_cost(side, channels, self.steps, False, images=2 * self.frames)  # the animation and the strip
 
     def compute(self) -> int:
-        calls = self.frames * self.steps + self.inverted() * inverse_calls(self.steps)
+        calls = self.frames * self.steps + self.inverted() * inverse_calls(self.steps, self.sampler)
         return calls * guided_rows(self.prompt, self.guidance)
 
     def work(self) -> Work:
         prompts = 1 + (self.negative_prompt is not None) + (self.prompt_b is not None)
-        steps = self.steps + -(-self.inverted() * inverse_calls(self.steps) // self.frames)  # its ends' inversions
+        inverting = self.inverted() * inverse_calls(self.steps, self.sampler)  # its ends' inversions
+        steps = self.steps + -(-inverting // self.frames)
         return Work(self.frames, steps, self.guidance, prompts, self.width, self.height)
 
 
@@ -341,7 +348,7 @@ class InvertSpec(Spec):
         return (self.image,)
 
     def key_fields(self) -> dict[str, Any]:
-        return {**super().key_fields(), "kind": self.KIND, "refine": INVERSION_REFINE}
+        return {**super().key_fields(), "kind": self.KIND, "refine": refinements(self.sampler)}
 
     def png_parameters(self) -> dict[str, Any]:
         return {**self.output(), "eta": 0.0}  # the reconstruction runs at eta 0
@@ -351,12 +358,13 @@ class InvertSpec(Spec):
         return result_cost(side, channels, self.steps_run, self.previews) + latent
 
     def compute(self) -> int:
-        return (inverse_calls(self.steps) + self.steps) * guided_rows(self.prompt, self.guidance)
+        return (inverse_calls(self.steps, self.sampler) + self.steps) * guided_rows(self.prompt, self.guidance)
 
     def work(self) -> Work:
         prompts = 1 + (self.negative_prompt is not None)
-        return Work(1, inverse_calls(self.steps) + self.steps, self.guidance, prompts, self.width, self.height)
+        calls = inverse_calls(self.steps, self.sampler) + self.steps
+        return Work(1, calls, self.guidance, prompts, self.width, self.height)
 
     def batch_work(self) -> Work:
         """The most an inversion of its batch key may ask (GenerateSpec.batch_work)."""
-        return Work(1, inverse_calls(self.steps) + self.steps, MAX_GUIDANCE, 2, self.width, self.height)
+        return Work(1, inverse_calls(self.steps, self.sampler) + self.steps, MAX_GUIDANCE, 2, self.width, self.height)

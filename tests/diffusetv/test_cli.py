@@ -202,18 +202,6 @@ def test_invert_then_sample_from_the_latent_redraws_the_reconstruction(tiny_stor
     assert proc.returncode == 2 and "inverted with steps 6, not 5" in proc.stderr
 
 
-def engine_takes_samplers() -> bool:
-    import inspect
-
-    from worker.engine import Engine
-
-    return "samplers" in inspect.signature(Engine.run).parameters
-
-
-# Runs a multistep sampler through the engine (Engine.run's `samplers`, Engine.invert's `sampler`).
-needs_engine_samplers = pytest.mark.skipif(not engine_takes_samplers(), reason="the engine takes no `samplers`")
-
-
 def test_sampler_options_that_do_not_go_together_are_one_line_errors(tiny_store, tmp_path):
     picture = tmp_path / "in.png"
     run_cli("sample", "--model", "tiny", "--seed", "1", "--steps", "2", "--out", str(picture))
@@ -258,7 +246,6 @@ def test_sampler_ddim_is_the_default_byte_for_byte(tiny_store, tmp_path):
     assert named == plain and "sampler" not in read_parameters(named)
 
 
-@needs_engine_samplers
 def test_a_multistep_sample_is_deterministic_named_in_its_png_and_the_same_in_a_grid(tiny_store, tmp_path):
     ddim = decode_png(sample(tmp_path, "ddim.png", "--seed", "5"))
     for sampler in ("dpmpp_2m", "unipc"):
@@ -270,7 +257,6 @@ def test_a_multistep_sample_is_deterministic_named_in_its_png_and_the_same_in_a_
         assert np.array_equal(tile(grid, 1, (16, 16), 2), decode_png(a)), sampler  # seed 5 is the grid's second
 
 
-@needs_engine_samplers
 def test_invert_with_dpmpp_2m_names_it_and_redraws_its_reconstruction(tiny_store, tmp_path):
     picture, latent, back = tmp_path / "in.png", tmp_path / "in.safetensors", tmp_path / "back.png"
     run_cli("sample", "--model", "tiny", "--seed", "3", "--steps", "6", "--out", str(picture))

@@ -72,16 +72,7 @@ def test_eval_errors_are_one_line(setup, tmp_path, monkeypatch):
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def engine_takes_samplers() -> bool:
-    import inspect
-
-    from worker.engine import Engine
-
-    return "samplers" in inspect.signature(Engine.run).parameters
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not engine_takes_samplers(), reason="the engine takes no `samplers`")
 def test_eval_samples_with_the_sampler_and_names_it(setup):
     _, data = setup
     run_cli("features", "--data", str(data), "--name", "feats", "--steps", "3")
