@@ -26,6 +26,7 @@ from app.core import keys, pictures
 from app.core.jobs import JobStatus, owned_record
 from app.core.settings import Settings
 from model_store import Manifest, kinds
+from model_store.samplers import INVERTIBLE, MULTISTEP
 
 DECODE_RETRY_S = 1
 IMAGE_KINDS = frozenset({"generate", "invert"})  # jobs whose image.png is one picture (not an interpolation)
@@ -136,7 +137,13 @@ class Reader:
 
 
 def check_generate(body: schemas.GenerateRequest) -> None:
-    """422 naming the field for inputs that do not go together (docs/API.md, Pictures in)."""
+    """422 naming the field for inputs that do not go together (docs/API.md, Samplers and Pictures in)."""
+    if body.sampler in MULTISTEP:
+        if body.eta > 0:
+            raise refuse("eta", f"eta is DDIM's alone: sampler {body.sampler!r} takes eta 0", body.eta)
+        if body.harmonize:
+            msg = f"harmonize is DDIM's alone: sampler {body.sampler!r} keeps a history per row and takes harmonize 0"
+            raise refuse("harmonize", msg, body.harmonize)
     given = body.model_fields_set
     if body.latent is not None:
         for name in ("image", "strength", "mask"):
@@ -155,7 +162,8 @@ def check_generate(body: schemas.GenerateRequest) -> None:
 
 
 def check_interpolate(body: schemas.InterpolateRequest) -> None:
-    """422 naming the field unless each end is exactly one of a seed, a picture and a latent."""
+    """422 naming the field unless each end is exactly one of a seed, a picture and a latent, and a picture end's
+    sampler inverts."""
     for end in ("a", "b"):
         names = [f"seed_{end}", f"image_{end}", f"latent_{end}"]
         sent = [n for n in names if getattr(body, n) is not None]
@@ -163,6 +171,21 @@ def check_interpolate(body: schemas.InterpolateRequest) -> None:
             raise refuse(f"seed_{end}", f"seed_{end} is required (unless image_{end} or latent_{end} is given)")
         if len(sent) > 1:
             raise refuse(sent[1], f"the {end} end is one of {', '.join(names)}; got {' and '.join(sent)}")
+    pictured = [name for name in ("image_a", "image_b") if getattr(body, name) is not None]
+    if pictured and body.sampler not in INVERTIBLE:
+        msg = f"{pictured[0]} is inverted with the job's sampler, {not_invertible(body.sampler)}"
+        raise refuse("sampler", msg, body.sampler)
+
+
+def check_invert(body: schemas.InvertRequest) -> None:
+    """422 naming `sampler` for one that does not invert."""
+    if body.sampler not in INVERTIBLE:
+        msg = f"an inversion runs its sampler backwards, {not_invertible(body.sampler)}"
+        raise refuse("sampler", msg, body.sampler)
+
+
+def not_invertible(sampler: str) -> str:
+    return f"and {sampler!r} does not invert: use one of {', '.join(INVERTIBLE)}"
 
 
 def read_generate(reader: Reader, body: schemas.GenerateRequest) -> Inputs:

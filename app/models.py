@@ -15,6 +15,7 @@ from app.core.settings import Settings
 from app.core.spec import Spec
 from model_store import Manifest, ModelStoreError, Store, kinds
 from model_store.bounds import MAX_FRAMES, MAX_STEPS, MIN_FRAMES, MIN_STEPS
+from model_store.samplers import DEFAULT_SAMPLER
 from model_store.text import NO_TEXT, TEXT_FIELD, Prompted, PromptError, TextSpec
 
 NO_WORKER_RETRY_S = 5
@@ -43,8 +44,9 @@ def require_served(redis, manifest: Manifest) -> None:
         )
 
 
-def check_request(manifest: Manifest, steps: int, given: Iterable[str]) -> None:
-    """422 naming the field when the request asks for more than the model's kind takes."""
+def check_request(manifest: Manifest, steps: int, given: Iterable[str], sampler: str = DEFAULT_SAMPLER) -> None:
+    """422 naming the field when the request asks for more than the model's kind takes: a field, more steps than its
+    bound, or a sampler the model cannot run (model_store.kinds.Kind.refuse_sampler)."""
     kind = kinds.served(manifest)
     errors = [
         {"type": "value_error", "loc": ("body", field), "msg": f"kind {kind.name!r} does not take {field!r}"}
@@ -54,6 +56,10 @@ def check_request(manifest: Manifest, steps: int, given: Iterable[str]) -> None:
     if steps > bound:
         msg = f"{manifest.ref} (kind {kind.name!r}) runs at most {bound} steps"
         errors.append({"type": "less_than_equal", "loc": ("body", "steps"), "msg": msg, "input": steps})
+    refused = kind.refuse_sampler(manifest, sampler)
+    if refused is not None:
+        msg = f"sampler {sampler!r}: {refused}"
+        errors.append({"type": "value_error", "loc": ("body", "sampler"), "msg": msg, "input": sampler})
     if errors:
         raise RequestValidationError(errors)
 

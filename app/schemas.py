@@ -24,11 +24,11 @@ from model_store.bounds import (
 
 Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED, description="noise seed, 0..2^53-1", examples=[42])]
 Steps = Annotated[
-    int, Field(strict=True, ge=MIN_STEPS, le=MAX_STEPS, description=f"DDIM steps, {MIN_STEPS}..{MAX_STEPS}")
+    int, Field(strict=True, ge=MIN_STEPS, le=MAX_STEPS, description=f"the sampler's steps, {MIN_STEPS}..{MAX_STEPS}")
 ]
 Eta = Annotated[
     float,
-    Field(strict=True, ge=MIN_ETA, le=MAX_ETA, description="0 = deterministic DDIM, 1 = DDPM-like (scales sigma)"),
+    Field(strict=True, ge=MIN_ETA, le=MAX_ETA, description="DDIM's: 0 = deterministic, 1 = DDPM-like (scales sigma)"),
 ]
 Prompt = Annotated[
     str | None,
@@ -119,6 +119,17 @@ Harmonize = Annotated[
         description="with `mask`: RePaint's back-and-forth jumps per step (Lugmayr et al. 2022), 0..10",
     ),
 ]
+SamplerName = Literal["ddim", "dpmpp_2m", "unipc"]  # model_store.samplers.SAMPLERS
+Sampler = Annotated[
+    SamplerName,
+    Field(
+        "ddim",
+        description="how each step is computed from the network's output (docs/API.md, Samplers): `ddim` (Song et al. "
+        "2020, with `eta`), `dpmpp_2m` (DPM-Solver++(2M), Lu et al. 2022) or `unipc` (UniPC, Zhao et al. 2023), which "
+        "reach DDIM's quality in fewer steps. The multistep samplers take no `eta` > 0 and no `harmonize` > 0, and "
+        "`unipc` does not invert. A model may run fewer (GET /models: `samplers`)",
+    ),
+]
 ModelRef = Annotated[
     str | None,
     Field(None, max_length=80, description="NAME or NAME@VERSION; the default model when absent", examples=["emoji32"]),
@@ -143,6 +154,7 @@ class GenerateRequest(BaseModel):
     mask: ImageInput = Field(None, description="with `image`: inpainting's mask, white = repaint, black = keep")
     harmonize: Harmonize = 0
     latent: LatentInput = None
+    sampler: Sampler = "ddim"
 
 
 class InterpolateRequest(BaseModel):
@@ -165,6 +177,7 @@ class InterpolateRequest(BaseModel):
     image_b: ImageInput = Field(None, description="a picture for the last end")
     latent_a: LatentInput = None
     latent_b: LatentInput = None
+    sampler: Sampler = Field("ddim", description="as POST /generate's; picture ends are inverted with it, so not unipc")
 
 
 class InvertRequest(BaseModel):
@@ -181,6 +194,7 @@ class InvertRequest(BaseModel):
     negative_prompt: NegativePrompt = None
     width: Side = None
     height: Side = None
+    sampler: Sampler = Field("ddim", description="the sampler it inverts and reconstructs with: ddim or dpmpp_2m")
 
 
 class TextParams(BaseModel):
@@ -195,6 +209,7 @@ class TextParams(BaseModel):
     )
     width: int | None = Field(None, description="models of several sizes: the image's width in pixels")
     height: int | None = Field(None, description="and its height")
+    sampler: SamplerName | None = Field(None, description="the sampler, when not ddim; absent: ddim")
 
     @model_serializer(mode="wrap")
     def _drop_absent(self, handler):
@@ -204,6 +219,7 @@ class TextParams(BaseModel):
 
 OPTIONAL_PARAMS = frozenset(  # params absent from a job that has none of them (a prompt-free job, one from noise)
     {"prompt", "guidance", "ignored_words", "prompt_b", "negative_prompt", "truncated_tokens", "width", "height"}
+    | {"sampler"}
     | {"image", "strength", "mask", "latent", "image_a", "image_b", "latent_a", "latent_b"}
 )
 
@@ -293,7 +309,7 @@ class Job(BaseModel):
 
 # The request fields every model takes; any other is a kind's own (model_store.kinds.Kind.fields).
 COMMON_FIELDS = frozenset(
-    {"seed", "steps", "eta", "model", "previews", "seed_a", "seed_b", "frames"}
+    {"seed", "steps", "eta", "model", "previews", "seed_a", "seed_b", "frames", "sampler"}
     | {"image", "strength", "mask", "harmonize", "latent", "image_a", "image_b", "latent_a", "latent_b"}
 )
 
@@ -327,6 +343,7 @@ class ModelEntry(BaseModel):
     conditioning: Literal["none", "text"] = Field(description="what a request conditions the image on")
     default_guidance: float | None = Field(None, description="text models: the guidance s of a request without one")
     max_steps: int = Field(description="the most DDIM steps the model runs")
+    samplers: list[SamplerName] = Field(description="the samplers the model runs (a request's `sampler`)")
     schedule: str
     default: bool = Field(description="what /generate uses without `model`")
     served: bool = Field(description="a live worker has the model loaded: requests for it are queued, not 503")

@@ -20,6 +20,8 @@ MODULES = {
     "sd": "bench.sd",
     "inversion": "bench.inversion",
     "pictures": "bench.pictures",
+    "quality": "bench.quality",
+    "samplers": "bench.samplers",
 }
 # `gpu` needs a GPU, `sd` half an hour, `inversion` the emoji font and some minutes: run them by name
 ALL = ("engine", "precision", "diffusers", "service")

@@ -6,7 +6,8 @@ Writes loss.png (the training curve), training.png (EMA samples at several point
 samples.png (64 samples: seeds 0..63, 50 steps, eta 0), televisions.png (the row of televisions:
 static, then the x0 prediction at every 5th step of 50, for a few seeds) and pictures.png (pictures in: held-out
 glyphs, their reconstructions from a refined inversion, image-to-image at three strengths and an inpainted half;
-`--only pictures` remakes it alone).
+`--only pictures` remakes it alone) and samplers.png (the same seeds by each sampler at several steps; `--only
+samplers`).
 """
 
 from __future__ import annotations
@@ -134,16 +135,41 @@ def pictures_figure(engine, glyphs: np.ndarray, steps: int, out: Path, seed: int
     figure.save(out)
 
 
+SAMPLER_STEPS = (("ddim", (5, 10, 20, 50)), ("dpmpp_2m", (5, 10, 20)), ("unipc", (5, 10, 20)))
+
+
+def samplers_figure(engine, seeds: list[int], out: Path) -> None:
+    """One column per sampler and step count, one row per seed (eta 0): each tile is the job's image."""
+    columns = [
+        (f"{name} {steps}", engine.generate(seeds, steps, [0.0] * len(seeds), samplers=[name] * len(seeds)))
+        for name, each in SAMPLER_STEPS
+        for steps in each
+    ]
+    pad, tile, head = 4, engine.shape[1] * SCALE, 18
+    figure = Image.new("RGB", (len(columns) * (tile + pad) + pad, head + len(seeds) * (tile + pad) + pad), "white")
+    draw = ImageDraw.Draw(figure)
+    for c, (name, images) in enumerate(columns):
+        draw.text((pad + c * (tile + pad) + 2, 3), name, fill="black")
+        for r in range(len(seeds)):
+            figure.paste(upscale(np.ascontiguousarray(images[r])), (pad + c * (tile + pad), head + r * (tile + pad)))
+    figure.save(out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, default=Path("runs/emoji32"))
     parser.add_argument("--model", default="emoji32")
     parser.add_argument("--out", type=Path, default=Path("docs/img"))
-    parser.add_argument("--only", choices=["all", "pictures"], default="all", help="pictures: pictures.png alone")
+    parser.add_argument(
+        "--only", choices=["all", "pictures", "samplers"], default="all", help="pictures.png or samplers.png alone"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only == "pictures":
         make_pictures(args.model, args.out / "pictures.png")
+        return
+    if args.only == "samplers":
+        make_samplers(args.model, args.out / "samplers.png")
         return
     if (args.run / "loss.csv").exists():
         loss_plot(args.run, args.out / "loss.png")
@@ -153,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     upscale(grid, 2).save(args.out / "samples.png")
     televisions(engine, [3, 14, 15], 50, args.out / "televisions.png")
     make_pictures(args.model, args.out / "pictures.png")
+    make_samplers(args.model, args.out / "samplers.png")
     print(f"wrote figures to {args.out}")
 
 
@@ -168,3 +195,9 @@ def make_pictures(model: str, out: Path, picks: tuple[int, ...] = (0, 35, 70, 10
 
 if __name__ == "__main__":
     main()
+
+
+def make_samplers(model: str, out: Path, seeds: tuple[int, ...] = (3, 14, 15, 42)) -> None:
+    """samplers.png: the same seeds by each sampler at several steps."""
+    samplers_figure(load_engine(model, Store(), device="cpu"), list(seeds), out)
+    print(f"wrote {out}")

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-SUITES = ("engine", "precision", "diffusers", "service", "gpu", "guidance", "sd", "inversion", "pictures", "all")
+SUITES = (
+    "engine",
+    "precision",
+    "diffusers",
+    "service",
+    "gpu",
+    "guidance",
+    "sd",
+    "inversion",
+    "pictures",
+    "quality",
+    "samplers",
+    "all",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from model_store.samplers import DEFAULT_SAMPLER, SAMPLERS
+
 EXIT_USER_ERROR = 2
 
 
@@ -18,6 +20,11 @@ def engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network, as DIFFUSETV_COMPILE workers do")
 
 
+def sampler_option(p: argparse.ArgumentParser, help: str) -> None:
+    """--sampler, as a request's `sampler` (docs/API.md, Samplers)."""
+    p.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS, help=help)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffusetv", description="Serve and train a DDIM diffusion model.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -25,12 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="generate images from seeds into a PNG")
     p.add_argument("--model", default=None, help="NAME or NAME@VERSION (default: $DIFFUSETV_MODEL or emoji32)")
     p.add_argument("--seed", type=int, default=None, help="first seed, 0..2^53-1 (required unless --latent)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps, 1..1000 (default 50)")
+    p.add_argument("--steps", type=int, default=50, help="the sampler's steps, 1..1000 (default 50)")
     p.add_argument("--eta", type=float, default=0.0, help="0 = deterministic DDIM, 1 = DDPM-like (default 0)")
     p.add_argument("--n", type=int, default=1, help="images: seeds S..S+n-1 in a grid of ceil(sqrt(n)) columns")
     p.add_argument("--prompt", default=None, help="text models: what to draw (normalised as the API does)")
     p.add_argument("--guidance", type=float, default=None, help="text models: guidance scale s (default: the model's)")
     p.add_argument("--negative-prompt", default=None, help="latent text models: what to steer away from")
+    sampler_option(p, "ddim (default, the only one with --eta and --harmonize), dpmpp_2m or unipc: fewer steps")
     engine_options(p)
     p.add_argument("--image", default=None, help="image-to-image: a PNG, JPEG or WebP to start from")
     p.add_argument("--strength", type=float, default=None, help="with --image: the share of the steps run (0.8)")
@@ -40,12 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(run="diffusetv.commands:sample")
 
-    p = sub.add_parser("invert", help="DDIM inversion: the latent whose generation draws a picture")
+    p = sub.add_parser("invert", help="inversion: the latent whose generation draws a picture")
     p.add_argument("image", help="a PNG, JPEG or WebP")
     p.add_argument("--model", default=None, help="NAME or NAME@VERSION (default: $DIFFUSETV_MODEL or emoji32)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps, 1..1000 (default 50)")
+    p.add_argument("--steps", type=int, default=50, help="the sampler's steps, 1..1000 (default 50)")
     p.add_argument("--prompt", default=None, help="text models: the condition it inverts with (at guidance 1)")
     p.add_argument("--guidance", type=float, default=None, help="text models: guidance scale s (default 1)")
+    sampler_option(p, "the sampler it inverts and reconstructs with: ddim (default) or dpmpp_2m")
     engine_options(p)
     p.add_argument("--out", required=True, help="the latent's safetensors file to write")
     p.add_argument("--reconstruction", default=None, help="also write the reconstruction's PNG here")
@@ -180,7 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help=".npz with `train` and `heldout` arrays")
     p.add_argument("--features", default="emoji32-features", help="a feature CNN in the store, or `inception`")
     p.add_argument("--n", type=int, default=500, help="samples, from seeds 0..n-1 (default 500)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps, eta 0 (default 50)")
+    p.add_argument("--steps", type=int, default=50, help="the sampler's steps, eta 0 (default 50)")
+    sampler_option(p, "the sampler of the model's samples (default ddim)")
     p.add_argument("--seed", type=int, default=0, help="seeds the noise images, the untrained network and the subsets")
     p.add_argument("--subsets", type=int, default=100, help="KID subsets (default 100)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -55,8 +55,10 @@ def sample(args: argparse.Namespace) -> int:
     seeds = list(range(seed, seed + args.n))
     conditions = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)] * args.n
     pictures, latents = [inputs.picture] * args.n, [inputs.latent] * args.n
-    etas = [spec.eta] * args.n
-    run = engine.run(seeds, spec.steps, etas, x_T=latents, conditions=conditions, size=spec.size, pictures=pictures)
+    etas, samplers = [spec.eta] * args.n, sampler_rows(spec.sampler, args.n)
+    run = engine.run(
+        seeds, spec.steps, etas, x_T=latents, conditions=conditions, size=spec.size, pictures=pictures, **samplers
+    )
     images = engine.images(last_step(run), pictures)
     parameters = engine.parameters(spec)
     if args.n > 1:
@@ -88,6 +90,7 @@ def service_engine(args: argparse.Namespace):
     bound = kinds.served(manifest).steps_bound(manifest)
     if args.steps > bound:
         raise UserError(f"--steps: {manifest.ref} runs at most {bound} steps (got {args.steps})")
+    check_sampler(manifest, args.sampler)
     return load_engine(
         args.model or default_model(),
         device=args.device,
@@ -95,6 +98,29 @@ def service_engine(args: argparse.Namespace):
         compile=args.compile,
         probe_cache=service.probe_cache,
     )
+
+
+def check_sampler(manifest, sampler: str) -> None:
+    """--sampler on a model that cannot run it: a one-line error (model_store.kinds.Kind.refuse_sampler)."""
+    from model_store import kinds
+
+    refused = kinds.of(manifest).refuse_sampler(manifest, sampler)
+    if refused is not None:
+        raise UserError(f"--sampler {sampler}: {refused}")
+
+
+def sampler_rows(sampler: str, n: int) -> dict:
+    """Engine.run's and Engine.generate's keyword for `n` rows of `sampler`; none for DDIM, the engine's default."""
+    from model_store.samplers import DEFAULT_SAMPLER
+
+    return {} if sampler == DEFAULT_SAMPLER else {"samplers": [sampler] * n}
+
+
+def sampler_of(sampler: str) -> dict:
+    """Engine.invert's and Engine.reconstruct's keyword for `sampler`; none for DDIM, the engine's default."""
+    from model_store.samplers import DEFAULT_SAMPLER
+
+    return {} if sampler == DEFAULT_SAMPLER else {"sampler": sampler}
 
 
 def prompt_of(manifest, prompt: str | None, guidance: float | None, negative: str | None = None):
@@ -438,29 +464,33 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     engine = load_engine(args.model or default_model(), device=args.device)
     m = engine.manifest
+    check_sampler(m, args.sampler)
     untrained = ev.untrained_generator(m.config, m.mean, m.std, m.schedule, args.steps, args.seed, engine.device)
     try:
         result = ev.evaluate(
-            lambda seeds: engine.generate(seeds, args.steps, [0.0] * len(seeds)),
+            lambda seeds: engine.generate(
+                seeds, args.steps, [0.0] * len(seeds), **sampler_rows(args.sampler, len(seeds))
+            ),
             untrained,
             extractor.extract,
             train,
             heldout,
             args.n,
             seed=args.seed,
-            model_label=f"{m.ref} ({args.steps} steps)",
+            model_label=f"{m.ref} ({args.sampler}, {args.steps} steps)",
             features=extractor.name,
             subsets=args.subsets,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    figures = {"model": m.ref, "digest": m.digest, "steps": args.steps, "seed": args.seed, **result.to_json()}
+    figures = {"model": m.ref, "digest": m.digest, "sampler": args.sampler, "steps": args.steps, "seed": args.seed}
+    figures |= result.to_json()
     text = prompt_figures(engine, extractor, train, heldout, args) if engine.model.conditioned else None
     if text is not None:
         text.pop("samples")
         figures["prompts"] = text
         if args.picture:
-            write_picture(engine, args.picture, args.steps, text["guidance"])
+            write_picture(engine, args.picture, args.steps, text["guidance"], args.sampler)
     if args.json:
         print(json.dumps(figures))
     else:
@@ -468,7 +498,7 @@ def evaluate(args: argparse.Namespace) -> int:
         if text is not None:
             from diffusion.prompt_eval import format_prompts
 
-            print(f"\nguidance {text['guidance']}, {args.steps} steps, eta 0")
+            print(f"\nguidance {text['guidance']}, {args.sampler}, {args.steps} steps, eta 0")
             print(format_prompts(text))
     return 0
 
@@ -477,21 +507,24 @@ PICTURE_PROMPTS = ("red heart", "blue heart", "cat face", "dog face", "grinning 
 PICTURE_SEEDS = 6
 
 
-def write_picture(engine, path: str, steps: int, guidance: float) -> None:
+def write_picture(engine, path: str, steps: int, guidance: float, sampler: str) -> None:
     """The README's picture: prompts (rows) x seeds (columns), a labelled PNG."""
     import numpy as np
 
     from app.core.png import encode_png
     from diffusion.grid import make_grid
+    from model_store.samplers import DEFAULT_SAMPLER
 
     rows = []
     for prompt in PICTURE_PROMPTS:
         condition = engine.condition(prompt, guidance)
         seeds = list(range(PICTURE_SEEDS))
-        rows.append(engine.generate(seeds, steps, [0.0] * len(seeds), [condition] * len(seeds)))
+        conditions, samplers = [condition] * len(seeds), sampler_rows(sampler, len(seeds))
+        rows.append(engine.generate(seeds, steps, [0.0] * len(seeds), conditions, **samplers))
     grid = make_grid(np.concatenate(rows), cols=PICTURE_SEEDS)
+    named = {} if sampler == DEFAULT_SAMPLER else {"sampler": sampler}  # as a spec names a defaulted field
     parameters = {"prompts": list(PICTURE_PROMPTS), "seeds": seeds, "steps": steps, "guidance": guidance,
-                  **engine.model_parameters()}  # fmt: skip
+                  **named, **engine.model_parameters()}  # fmt: skip
     Path(path).write_bytes(encode_png(grid, parameters))
     print(f"wrote {path}: {len(PICTURE_PROMPTS)} prompts x {PICTURE_SEEDS} seeds", file=sys.stderr)
 
@@ -508,7 +541,9 @@ def prompt_figures(engine, extractor, train, heldout, args) -> dict:
 
     def generate(captions, seeds):
         conditions = [engine.condition(c, guidance) for c in captions]
-        return engine.generate(seeds, args.steps, [0.0] * len(seeds), conditions)
+        return engine.generate(
+            seeds, args.steps, [0.0] * len(seeds), conditions, **sampler_rows(args.sampler, len(seeds))
+        )
 
     text = evaluate_prompts(
         generate, extractor.extract, train, heldout, load_captions(data, "train"), load_captions(data, "heldout"),

@@ -65,9 +65,16 @@ def read_latent(path: str, manifest, steps: int, size: dict):
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """`sample`'s --image, --strength, --mask, --harmonize and --latent, checked as the API checks them, before any
-    model is loaded."""
+    """`sample`'s --sampler, --image, --strength, --mask, --harmonize and --latent, checked as the API checks them,
+    before any model is loaded."""
     from model_store.bounds import MAX_HARMONIZE
+    from model_store.samplers import MULTISTEP
+
+    if args.sampler in MULTISTEP:
+        if args.eta > 0:
+            raise UserError(f"--eta is DDIM's alone: --sampler {args.sampler} takes --eta 0")
+        if args.harmonize:
+            raise UserError(f"--harmonize is DDIM's alone: --sampler {args.sampler} takes --harmonize 0")
 
     if args.latent is not None:
         if args.image is not None or args.mask is not None or args.strength is not None:
@@ -110,15 +117,18 @@ def sample_inputs(args: argparse.Namespace, manifest, size: dict) -> Inputs:
 
 
 def invert(args: argparse.Namespace) -> int:
-    """`diffusetv invert IN.png --out LATENT.safetensors`: as POST /invert (its latent, and with --reconstruction
-    its image), the same bytes."""
+    """`diffusetv invert IN.png --out LATENT.safetensors [--sampler S]`: as POST /invert (its latent, and with
+    --reconstruction its image), the same bytes."""
     from app.core import pictures
     from app.core.png import encode_png
     from app.core.spec import InvertSpec
-    from diffusetv.commands import check_steps, prompt_of, service_engine, size_of
+    from diffusetv.commands import check_steps, prompt_of, sampler_of, service_engine, size_of
+    from model_store.samplers import INVERTIBLE
     from worker.inversion import latent_blob
 
     check_steps(args.steps)
+    if args.sampler not in INVERTIBLE:
+        raise UserError(f"--sampler {args.sampler} does not invert: use one of {', '.join(INVERTIBLE)}")
     if not Path(args.image).is_file():
         raise UserError(f"IMAGE: no file {args.image}")
     engine = service_engine(args)
@@ -129,8 +139,9 @@ def invert(args: argparse.Namespace) -> int:
     pixels = read_picture(args.image, "IMAGE", manifest, size)
     spec = InvertSpec.from_request(args, manifest, **text.fields(), **size, image=pictures.digest(pixels))
     condition = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)]
+    sampler = sampler_of(spec.sampler)
     latent = None
-    for inverse in engine.invert([pixels], spec.steps, conditions=condition, size=spec.size):
+    for inverse in engine.invert([pixels], spec.steps, conditions=condition, size=spec.size, **sampler):
         latent = inverse.x
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +150,7 @@ def invert(args: argparse.Namespace) -> int:
     if args.reconstruction:
         from diffusion.ddim import last_step
 
-        run = engine.reconstruct([latent[0]], spec.steps, conditions=condition, size=spec.size)
+        run = engine.reconstruct([latent[0]], spec.steps, conditions=condition, size=spec.size, **sampler)
         png = encode_png(engine.images(last_step(run))[0], engine.parameters(spec))
         Path(args.reconstruction).write_bytes(png)
         print(f"wrote {args.reconstruction} (its reconstruction)")

@@ -35,6 +35,7 @@ from app.core.jobs import new_job_id
 from app.core.submit import PNG_OVERHEAD_BYTES, result_cost
 from model_store.bounds import INVERSION_REFINE, MAX_GUIDANCE
 from model_store.kinds import Work
+from model_store.samplers import DEFAULT_SAMPLER
 
 if TYPE_CHECKING:
     from model_store import Manifest
@@ -173,12 +174,13 @@ def log_retired(spec: str, names: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class GenerateSpec(Spec):
-    """A generation job: DDIM from one seed's noise, or from a picture (image-to-image, inpainting), or from an
-    inversion's latent.
+    """A generation job: its sampler (model_store.samplers) from one seed's noise, or from a picture (image-to-image,
+    inpainting), or from an inversion's latent.
 
     Rows of one batch share the grid and its steps, but not where they start: an image-to-image row enters the run at
     its start step (`start_step`), so it shares calls with seed jobs. Inpainting's `harmonize` adds calls to every
-    step, so only jobs of equal `harmonize` share a batch."""
+    step, so only jobs of equal `harmonize` share a batch. Rows of different samplers share a batch where their
+    samplers call the network on one grid: the worker adds that grid to the batch key (Engine.batch_key)."""
 
     FUNC: ClassVar[str] = "worker.jobs.generate"
     KIND: ClassVar[str] = "generate"
@@ -199,6 +201,7 @@ class GenerateSpec(Spec):
     mask: str | None = None  # inpainting: the mask's digest (white: repaint)
     harmonize: int = 0  # inpainting: RePaint's back-and-forth jumps per step
     latent: str | None = None  # start from an inversion's latent: its blob's digest (app.core.keys.job_input)
+    sampler: str = DEFAULT_SAMPLER  # model_store.samplers.SAMPLERS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eta", float(self.eta) + 0.0)  # -0.0 is 0.0: one engine key, one set of bytes
@@ -246,8 +249,9 @@ class GenerateSpec(Spec):
 
 @dataclass(frozen=True)
 class InterpolateSpec(Spec):
-    """An interpolation job: DDIM (eta 0) from `frames` points on the great circle between two ends' noises: each end
-    a seed's noise, a picture's inversion (`image_a`, `image_b`) or an inversion's latent (`latent_a`, `latent_b`)."""
+    """An interpolation job: its sampler at eta 0 (DDIM by default) from `frames` points on the great circle between two
+    ends' noises: each end a seed's noise, a picture's inversion with the same sampler (`image_a`, `image_b`) or an
+    inversion's latent (`latent_a`, `latent_b`)."""
 
     FUNC: ClassVar[str] = "worker.jobs.interpolate"
     KIND: ClassVar[str] = "interpolate"
@@ -266,6 +270,7 @@ class InterpolateSpec(Spec):
     image_b: str | None = None
     latent_a: str | None = None  # an inversion's latent blob's digest
     latent_b: str | None = None
+    sampler: str = DEFAULT_SAMPLER  # the frames' sampler, and its picture ends' inversion's
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -287,7 +292,7 @@ class InterpolateSpec(Spec):
         return {**super().key_fields(), "kind": self.KIND}  # never a generation's key, whatever fields come
 
     def png_parameters(self) -> dict[str, Any]:
-        return {**self.output(), "eta": 0.0}  # the walk runs DDIM at eta 0
+        return {**self.output(), "eta": 0.0}  # the walk runs at eta 0 (whatever its sampler, no noise is added)
 
     def cost(self, side: int, channels: int) -> int:
         return result_cost(side, channels, self.steps, False, images=2 * self.frames)  # the animation and the strip
@@ -304,13 +309,13 @@ class InterpolateSpec(Spec):
 
 @dataclass(frozen=True)
 class InvertSpec(Spec):
-    """An inversion job: DDIM run backwards from a picture to the x_T whose generation draws it (diffusion.inversion),
-    then forwards again from that latent: the job's image is the reconstruction, its latent the x_T. Inversions batch
-    with inversions of the same steps and size."""
+    """An inversion job: its sampler (DDIM by default) run backwards from a picture to the x_T whose generation draws it
+    (diffusion.inversion), then forwards again from that latent: the job's image is the reconstruction, its latent the
+    x_T. Inversions batch with inversions of the same steps, size and sampler."""
 
     FUNC: ClassVar[str] = "worker.jobs.invert"
     KIND: ClassVar[str] = "invert"
-    BATCH: ClassVar[tuple[str, ...]] = ("steps", "width", "height")
+    BATCH: ClassVar[tuple[str, ...]] = ("steps", "width", "height", "sampler")
     NOT_OUTPUT: ClassVar[tuple[str, ...]] = ("previews",)
 
     image: str  # the picture's pixel digest
@@ -321,6 +326,7 @@ class InvertSpec(Spec):
     negative_prompt: str | None = None
     width: int | None = None
     height: int | None = None
+    sampler: str = DEFAULT_SAMPLER  # model_store.samplers.INVERTIBLE: its inversion's and reconstruction's
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -338,7 +344,7 @@ class InvertSpec(Spec):
         return {**super().key_fields(), "kind": self.KIND, "refine": INVERSION_REFINE}
 
     def png_parameters(self) -> dict[str, Any]:
-        return {**self.output(), "eta": 0.0}  # the reconstruction runs DDIM at eta 0
+        return {**self.output(), "eta": 0.0}  # the reconstruction runs at eta 0
 
     def cost(self, side: int, channels: int) -> int:
         latent = side * side * channels * 4 + PNG_OVERHEAD_BYTES  # float32, at most the picture's size in model space

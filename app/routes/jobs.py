@@ -17,7 +17,7 @@ from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, owned_record, read_record
 from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec
 from app.deps import RedisDep, SettingsDep, StoreDep
-from app.inputs import Reader, check_generate, check_interpolate, read_generate, read_interpolate
+from app.inputs import Reader, check_generate, check_interpolate, check_invert, read_generate, read_interpolate
 from app.models import check_request, check_time, prompted, require_served, resolve_model, sized
 from app.queueing import new_job, queue_position, submit
 from app.reaper import reconcile
@@ -122,7 +122,7 @@ def offered_model(store, settings, body: schemas.GenerateRequest | schemas.Inter
     """The request's model: known, of a served kind that takes the request's fields. Whether a live worker serves
     it is asked last (require_served), once the whole request is valid: a bad request is a 422, worker or not."""
     manifest = resolve_model(store, body.model, settings)
-    check_request(manifest, body.steps, body.model_fields_set - schemas.COMMON_FIELDS)
+    check_request(manifest, body.steps, body.model_fields_set - schemas.COMMON_FIELDS, body.sampler)
     return manifest
 
 
@@ -140,8 +140,9 @@ def generate(
     owner: OwnerDep,
     client: ClientDep,
 ) -> schemas.Job:
-    """Queue a DDIM generation job: from a seed's noise, a picture (`image`, `strength`; with `mask`, inpainting) or an
-    inversion's latent; poll `Location` for it. 503 when no live worker serves the model."""
+    """Queue a generation job (DDIM, or the request's `sampler`): from a seed's noise, a picture (`image`, `strength`;
+    with `mask`, inpainting) or an inversion's latent; poll `Location` for it. 503 when no live worker serves the
+    model."""
     manifest = offered_model(store, settings, body)
     check_generate(body)
     text = prompted(manifest, body.prompt, body.guidance, negative_prompt=body.negative_prompt)
@@ -167,8 +168,8 @@ def interpolate(
     owner: OwnerDep,
     client: ClientDep,
 ) -> schemas.Job:
-    """Queue an interpolation: DDIM (eta 0) from the spherical walk between two ends' noises, each a seed's, a
-    picture's inversion or an inversion's latent."""
+    """Queue an interpolation: DDIM at eta 0 (or the request's `sampler`) from the spherical walk between two ends'
+    noises, each a seed's, a picture's inversion or an inversion's latent."""
     manifest = offered_model(store, settings, body)
     check_interpolate(body)
     text = prompted(manifest, body.prompt, body.guidance, negative_prompt=body.negative_prompt)
@@ -202,10 +203,11 @@ def invert(
     owner: OwnerDep,
     client: ClientDep,
 ) -> schemas.Job:
-    """Queue a DDIM inversion: from the picture back to the x_T whose generation draws it (`GET /jobs/{id}/latent`),
-    then forward again: the job's image is the reconstruction. A text model inverts with its prompt at guidance 1
-    unless `guidance` says otherwise."""
+    """Queue an inversion (DDIM, or the request's `sampler`): from the picture back to the x_T whose generation draws
+    it (`GET /jobs/{id}/latent`), then forward again: the job's image is the reconstruction. A text model inverts with
+    its prompt at guidance 1 unless `guidance` says otherwise."""
     manifest = offered_model(store, settings, body)
+    check_invert(body)
     guidance = body.guidance if body.guidance is not None else (1.0 if normalise(body.prompt or "") else None)
     text = prompted(manifest, body.prompt, guidance, negative_prompt=body.negative_prompt)
     size = sized(manifest, body.width, body.height)

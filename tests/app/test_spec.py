@@ -10,8 +10,8 @@ import pytest
 
 from app.core.png import encode_png, parameters_json
 from app.core.runs import engine_key
-from app.core.spec import GenerateSpec, InterpolateSpec, SpecError
-from app.schemas import GenerateRequest, InterpolateRequest
+from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec, SpecError
+from app.schemas import GenerateRequest, InterpolateRequest, InvertRequest
 from model_store import Store
 
 ENGINE = "cpu/fp32/0123456789abcdef"
@@ -144,8 +144,8 @@ def test_batch_keys_split_models_and_steps_not_seeds_or_prompts():
 def test_decoding_ignores_retired_fields_and_refuses_unknown_or_missing_ones():
     old = {**prompt_free().to_kwargs(), "previews": False, "prompt": None, "guidance": None, "run_key": "f" * 64}
     assert GenerateSpec.from_kwargs(old) == prompt_free()
-    with pytest.raises(SpecError, match=r"\['sampler'\].*upgrade the workers"):
-        GenerateSpec.from_kwargs({**prompt_free().to_kwargs(), "sampler": "unipc"})
+    with pytest.raises(SpecError, match=r"\['scheduler'\].*upgrade the workers"):
+        GenerateSpec.from_kwargs({**prompt_free().to_kwargs(), "scheduler": "karras"})
     with pytest.raises(SpecError, match="incomplete"):
         GenerateSpec.from_kwargs({k: v for k, v in prompt_free().to_kwargs().items() if k != "seed"})
 
@@ -215,3 +215,74 @@ def test_work_says_what_a_kinds_estimate_reads():
     )
     assert walk.work() == Work(6, 20, 7.5, 2, 512, 512)
     assert prompt_free().work() == Work(1, 50, None, 1)
+
+
+# The key of a `dpmpp_2m` job: sha256 of its canonical JSON, the DDIM job's fields and `"sampler":"dpmpp_2m"`.
+MULTISTEP_KEY = "c904e0b1dab0e1d285c355ae119aeee0107852c15406dd1a86efe4969af6bd88"
+MULTISTEP_JSON = (
+    '{"device":"cpu","eta":0.0,"identity":"' + "a" * 64 + '","kernels":"0123456789abcdef","model":"tiny@1",'
+    '"precision":"fp32","sampler":"dpmpp_2m","seed":42,"steps":50}'
+)
+
+
+def test_a_ddim_job_keeps_its_key_params_png_and_kwargs_and_another_sampler_is_named_in_each():
+    import hashlib
+
+    assert engine_key(prompt_free(sampler="ddim"), ENGINE) == GOLDEN["prompt-free"]
+    assert engine_key(prompted(sampler="ddim"), ENGINE) == GOLDEN["prompted"]
+    assert prompt_free(sampler="ddim").to_kwargs() == prompt_free().to_kwargs()
+    assert "sampler" not in prompt_free().to_kwargs() and "sampler" not in prompt_free().png_parameters()
+
+    multistep = prompt_free(sampler="dpmpp_2m")
+    assert engine_key(multistep, ENGINE) == MULTISTEP_KEY == hashlib.sha256(MULTISTEP_JSON.encode()).hexdigest()
+    assert engine_key(prompt_free(sampler="unipc"), ENGINE) not in (MULTISTEP_KEY, *GOLDEN.values())
+    assert multistep.params() == {"seed": 42, "steps": 50, "eta": 0.0, "sampler": "dpmpp_2m"}
+    assert multistep.png_parameters() == multistep.params()
+    kwargs = json.loads(json.dumps(multistep.to_kwargs()))
+    assert kwargs["sampler"] == "dpmpp_2m" and GenerateSpec.from_kwargs(kwargs) == multistep
+
+
+def test_the_walk_and_the_inversion_name_a_sampler_other_than_ddim():
+    walk = {"seed_a": 1, "seed_b": 2, "frames": 4, "steps": 10}
+    ddim_walk = InterpolateSpec(JOB, TINY[1], TINY[0], **walk, sampler="ddim")
+    assert ddim_walk == InterpolateSpec(JOB, TINY[1], TINY[0], **walk)
+    assert ddim_walk.png_parameters() == {**walk, "eta": 0.0}
+    unipc_walk = InterpolateSpec(JOB, TINY[1], TINY[0], **walk, sampler="unipc")
+    assert unipc_walk.png_parameters() == {**walk, "sampler": "unipc", "eta": 0.0}
+    assert engine_key(unipc_walk, ENGINE) != engine_key(ddim_walk, ENGINE)
+
+    inversion = InvertSpec(JOB, TINY[1], TINY[0], image="c" * 64, steps=20)
+    multistep = InvertSpec(JOB, TINY[1], TINY[0], image="c" * 64, steps=20, sampler="dpmpp_2m")
+    assert inversion.params() == {"image": "c" * 64, "steps": 20}
+    assert multistep.params() == {"image": "c" * 64, "steps": 20, "sampler": "dpmpp_2m"}
+    assert engine_key(multistep, ENGINE) != engine_key(inversion, ENGINE)
+    assert InvertSpec.from_kwargs(multistep.to_kwargs()) == multistep
+
+
+def test_inversions_of_two_samplers_never_share_a_batch_generations_leave_it_to_the_worker():
+    inversion = InvertSpec(JOB, TINY[1], TINY[0], image="c" * 64, steps=20)
+    assert inversion.batch_key() != InvertSpec(JOB, TINY[1], TINY[0], "c" * 64, 20, sampler="dpmpp_2m").batch_key()
+    assert inversion.batch_key() == InvertSpec(JOB, TINY[1], TINY[0], "d" * 64, 20, sampler="ddim").batch_key()
+    # the grid its sampler calls the network on joins a generation's batch key at the worker (Engine.batch_key)
+    assert prompt_free(sampler="unipc").batch_key() == prompt_free().batch_key()
+
+
+def test_a_request_without_a_sampler_is_ddim_and_the_spec_takes_the_one_sent():
+    manifest = Store().resolve("emoji32@1")
+    assert GenerateSpec.from_request(GenerateRequest(seed=1), manifest).sampler == "ddim"
+    assert GenerateSpec.from_request(GenerateRequest(seed=1, sampler="unipc"), manifest).sampler == "unipc"
+    walk = InterpolateSpec.from_request(InterpolateRequest(seed_a=1, seed_b=2, sampler="dpmpp_2m"), manifest)
+    assert walk.sampler == "dpmpp_2m"
+    inversion = InvertSpec.from_request(InvertRequest(image="x", sampler="dpmpp_2m"), manifest, image="c" * 64)
+    assert (inversion.sampler, inversion.image) == ("dpmpp_2m", "c" * 64)
+
+
+def test_the_schemas_sampler_names_are_the_stores():
+    from typing import get_args
+
+    from app.schemas import SamplerName
+    from model_store.samplers import DEFAULT_SAMPLER, SAMPLERS
+
+    assert get_args(SamplerName) == SAMPLERS
+    for request in (GenerateRequest, InterpolateRequest, InvertRequest):
+        assert request.model_fields["sampler"].default == DEFAULT_SAMPLER

@@ -200,3 +200,84 @@ def test_invert_then_sample_from_the_latent_redraws_the_reconstruction(tiny_stor
     args = ["--model", "tiny", "--steps", "5", "--latent", str(latent), "--out", str(again)]
     proc = run_cli("sample", *args, check=False)
     assert proc.returncode == 2 and "inverted with steps 6, not 5" in proc.stderr
+
+
+def engine_takes_samplers() -> bool:
+    import inspect
+
+    from worker.engine import Engine
+
+    return "samplers" in inspect.signature(Engine.run).parameters
+
+
+# Runs a multistep sampler through the engine (Engine.run's `samplers`, Engine.invert's `sampler`).
+needs_engine_samplers = pytest.mark.skipif(not engine_takes_samplers(), reason="the engine takes no `samplers`")
+
+
+def test_sampler_options_that_do_not_go_together_are_one_line_errors(tiny_store, tmp_path):
+    picture = tmp_path / "in.png"
+    run_cli("sample", "--model", "tiny", "--seed", "1", "--steps", "2", "--out", str(picture))
+    out = ["--out", str(tmp_path / "x.png")]
+    cases = [
+        (["sample", "--seed", "1", "--sampler", "dpmpp_2m", "--eta", "0.5", *out],
+         "error: --eta is DDIM's alone: --sampler dpmpp_2m takes --eta 0"),
+        (["sample", "--seed", "1", "--sampler", "unipc", "--image", str(picture), "--mask", str(picture),
+          "--harmonize", "2", *out], "error: --harmonize is DDIM's alone: --sampler unipc takes --harmonize 0"),
+        (["sample", "--seed", "1", "--sampler", "euler", *out], "--sampler: invalid choice: 'euler'"),
+        (["invert", str(picture), "--sampler", "unipc", *out],
+         "error: --sampler unipc does not invert: use one of ddim, dpmpp_2m"),
+    ]  # fmt: skip
+    for args, message in cases:
+        proc = run_cli(*args[:1], "--model", "tiny", *args[1:], check=False)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_sampler_the_model_cannot_run_is_refused_by_the_kinds_reason(tiny_store, monkeypatch):
+    import argparse
+    import dataclasses
+
+    from diffusetv.commands import service_engine
+    from diffusetv.errors import UserError
+    from model_store import kinds
+
+    refusal = lambda manifest, sampler: None if sampler == "ddim" else f"{manifest.ref} runs DDIM only"  # noqa: E731
+    monkeypatch.setitem(
+        kinds.KINDS, "ddim-unet", dataclasses.replace(kinds.KINDS["ddim-unet"], sampler_refusal=refusal)
+    )
+    args = argparse.Namespace(model="tiny", steps=4, sampler="unipc", device="cpu", precision="fp32", compile=False)
+    with pytest.raises(UserError, match=r"^--sampler unipc: tiny@1 runs DDIM only$"):
+        service_engine(args)
+    assert service_engine(argparse.Namespace(**{**vars(args), "sampler": "ddim"})).manifest.ref == "tiny@1"
+
+
+def test_sampler_ddim_is_the_default_byte_for_byte(tiny_store, tmp_path):
+    plain = sample(tmp_path, "plain.png", "--seed", "42")
+    named = sample(tmp_path, "named.png", "--seed", "42", "--sampler", "ddim")
+    assert named == plain and "sampler" not in read_parameters(named)
+
+
+@needs_engine_samplers
+def test_a_multistep_sample_is_deterministic_named_in_its_png_and_the_same_in_a_grid(tiny_store, tmp_path):
+    ddim = decode_png(sample(tmp_path, "ddim.png", "--seed", "5"))
+    for sampler in ("dpmpp_2m", "unipc"):
+        a = sample(tmp_path, f"{sampler}-a.png", "--seed", "5", "--sampler", sampler)
+        assert sample(tmp_path, f"{sampler}-b.png", "--seed", "5", "--sampler", sampler) == a
+        assert read_parameters(a)["sampler"] == sampler and read_parameters(a)["eta"] == 0.0
+        assert not np.array_equal(decode_png(a), ddim)
+        grid = decode_png(sample(tmp_path, f"{sampler}-grid.png", "--seed", "4", "--n", "4", "--sampler", sampler))
+        assert np.array_equal(tile(grid, 1, (16, 16), 2), decode_png(a)), sampler  # seed 5 is the grid's second
+
+
+@needs_engine_samplers
+def test_invert_with_dpmpp_2m_names_it_and_redraws_its_reconstruction(tiny_store, tmp_path):
+    picture, latent, back = tmp_path / "in.png", tmp_path / "in.safetensors", tmp_path / "back.png"
+    run_cli("sample", "--model", "tiny", "--seed", "3", "--steps", "6", "--out", str(picture))
+    run_cli("invert", str(picture), "--model", "tiny", "--steps", "6", "--sampler", "dpmpp_2m", "--out", str(latent),
+            "--reconstruction", str(back))  # fmt: skip
+    assert read_parameters(back.read_bytes())["sampler"] == "dpmpp_2m"
+    again = tmp_path / "again.png"
+    run_cli("sample", "--model", "tiny", "--steps", "6", "--latent", str(latent), "--sampler", "dpmpp_2m",
+            "--out", str(again))  # fmt: skip
+    assert np.array_equal(decode_png(again.read_bytes()), decode_png(back.read_bytes()))

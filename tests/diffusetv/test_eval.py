@@ -46,6 +46,8 @@ def test_features_are_published_listed_verified_and_used_by_eval(setup):
     args = ["eval", "--data", str(data), "--features", "feats", "--n", "6", "--steps", "2", "--subsets", "5"]
     figures = json.loads(run_cli(*args, "--json").stdout)
     assert figures["model"] == "tiny32@1" and figures["features"] == "feats@1" and figures["heldout"] == 20
+    assert (figures["sampler"], figures["steps"]) == ("ddim", 2)
+    assert figures["rows"][0]["label"] == "tiny32@1 (ddim, 2 steps)"
     assert [r["key"] for r in figures["rows"]] == ["model", "train", "noise", "untrained"]
     assert [r["n"] for r in figures["rows"]] == [6, 40, 6, 6]
     assert [r["subset_size"] for r in figures["rows"]] == [6, 20, 6, 6]  # min(1000, n, 20 held-out)
@@ -68,3 +70,25 @@ def test_eval_errors_are_one_line(setup, tmp_path, monkeypatch):
         proc = run_cli("eval", "--data", str(data), *extra, check=False)
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def engine_takes_samplers() -> bool:
+    import inspect
+
+    from worker.engine import Engine
+
+    return "samplers" in inspect.signature(Engine.run).parameters
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not engine_takes_samplers(), reason="the engine takes no `samplers`")
+def test_eval_samples_with_the_sampler_and_names_it(setup):
+    _, data = setup
+    run_cli("features", "--data", str(data), "--name", "feats", "--steps", "3")
+    args = ["eval", "--data", str(data), "--features", "feats", "--n", "6", "--steps", "2", "--subsets", "5"]
+    ddim = json.loads(run_cli(*args, "--json").stdout)
+    unipc = json.loads(run_cli(*args, "--sampler", "unipc", "--json").stdout)
+    assert (unipc["sampler"], unipc["rows"][0]["label"]) == ("unipc", "tiny32@1 (unipc, 2 steps)")
+    assert unipc["rows"][0]["kid"] != ddim["rows"][0]["kid"]  # other samples
+    assert unipc["rows"][1:] == ddim["rows"][1:]  # the same floor, noise and untrained network
+    assert "tiny32@1 (unipc, 2 steps)" in run_cli(*args, "--sampler", "unipc").stdout

@@ -60,13 +60,13 @@ def test_a_job_without_the_fields_at_their_defaults_runs(service):
 
 def test_a_newer_apis_job_fails_with_the_field_it_needs_not_a_type_error(service):
     job_id = "c" * 32
-    kwargs = {"job_id": job_id, "seed": 3, "steps": 6, "eta": 0.0, "model_ref": "tiny@1", "sampler": "unipc"}
+    kwargs = {"job_id": job_id, "seed": 3, "steps": 6, "eta": 0.0, "model_ref": "tiny@1", "scheduler": "karras"}
     kwargs["identity"] = service.engine.manifest.identity
-    plant(service, job_id, kwargs, {"seed": 3, "steps": 6, "eta": 0.0, "sampler": "unipc"})
+    plant(service, job_id, kwargs, {"seed": 3, "steps": 6, "eta": 0.0, "scheduler": "karras"})
     service.work()
     job = service.get(f"/jobs/{job_id}").json()
     assert job["status"] == "failed", job
-    assert "SpecError" in job["error"] and "'sampler'" in job["error"] and "upgrade the workers" in job["error"]
+    assert "SpecError" in job["error"] and "'scheduler'" in job["error"] and "upgrade the workers" in job["error"]
     assert "TypeError" not in job["error"]
     healthy = service.post("/generate", json={"seed": 4, "steps": 6}).json()
     service.work()
