@@ -187,6 +187,26 @@ def test_a_latent_must_be_a_succeeded_inversion_of_this_model_steps_and_size(set
     assert c.post("/generate", json={"latent": {"job": expired}, "steps": 20}).status_code == 404
 
 
+def test_a_latent_is_refused_by_a_sampler_other_than_the_one_it_was_inverted_with(setup):
+    c, conn = setup
+    from safetensors.numpy import save
+
+    manifest = c.app.state.store.resolve("tiny")
+    meta = {"identity": manifest.identity, "model": manifest.ref, "steps": "20"}
+    latent = np.zeros((3, 16, 16), np.float32)
+    by = {}
+    for sampler in ("ddim", "dpmpp_2m"):
+        by[sampler] = succeeded_job(conn, kind="invert")
+        named = {} if sampler == "ddim" else {"sampler": sampler}  # a DDIM inversion's file names no sampler
+        conn.set(keys.latent(by[sampler]), save({"latent": latent}, metadata={**meta, **named}))
+    for inverted, asked, status in [("ddim", "ddim", 202), ("ddim", "dpmpp_2m", 422), ("dpmpp_2m", "ddim", 422),
+                                    ("dpmpp_2m", "dpmpp_2m", 202), ("dpmpp_2m", "unipc", 422)]:  # fmt: skip
+        r = c.post("/generate", json={"latent": {"job": by[inverted]}, "steps": 20, "sampler": asked})
+        assert r.status_code == status, (inverted, asked, r.text)
+        if status == 422:
+            assert ("body", "latent") in field_of(r) and "sampler" in r.json()["detail"][0]["msg"]
+
+
 def test_the_same_picture_in_other_files_is_one_digest_stored_once_and_counted(setup):
     c, conn = setup
     pixels = glyph(3)
