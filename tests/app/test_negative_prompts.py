@@ -25,6 +25,14 @@ REFS = ("tiny@1", "words@1")
 STEPS = 6
 
 
+class BurstWorker(DiffuseWorker):
+    """The worker of a burst run in process, without RQ's command channel: stopping its listener thread can wait out
+    the thread's 60 s poll (redis-py's PubSubWorkerThread.stop joins it), and a burst takes no commands."""
+
+    def subscribe(self) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     """tiny@1 (no prompt) and words@1 (a tiny text model), loaded once for the module's tests."""
@@ -50,7 +58,7 @@ def service(engines, redis_server, monkeypatch):
 
     def work():
         queues = [Queue(keys.queue_name(ref), connection=conn, serializer=JSONSerializer) for ref in REFS]
-        DiffuseWorker(queues, connection=conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
+        BurstWorker(queues, connection=conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
 
     with TestClient(create_app(settings)) as client:
         client.work, client.redis = work, conn
