@@ -160,3 +160,18 @@ def test_a_negative_prompt_costs_no_extra_row(engines):
     tiny = loaded["tiny@1"]
     with pytest.raises(ModelStoreError, match="takes no negative prompt"):
         tiny.condition(None, None, "red")
+
+
+def test_an_interpolation_steers_away_from_its_negative_prompt_all_along(service):
+    guided = {"model": "words", "steps": STEPS, "prompt": "cat face", "guidance": 3.0, "negative_prompt": "dog"}
+    strip_job = service.post("/interpolate", json={**guided, "seed_a": 3, "seed_b": 4, "frames": 3}).json()
+    assert strip_job["params"]["negative_prompt"] == "dog"
+    ends = [service.post("/generate", json={**guided, "seed": seed}).json() for seed in (3, 4)]
+    plain = service.post("/generate", json={**guided, "seed": 3, "negative_prompt": None}).json()
+    (first, _), (last, _), (without, _) = pixels(service, [*ends, plain])
+    done = service.get(f"/jobs/{strip_job['id']}", params={"wait": 10}).json()
+    assert done["status"] == "succeeded", done
+    strip = decode_png(service.get(done["strip_url"]).content)
+    side = strip.shape[0]
+    assert np.array_equal(strip[:, :side], first) and np.array_equal(strip[:, -side:], last)
+    assert not np.array_equal(first, without)
