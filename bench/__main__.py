@@ -1,5 +1,5 @@
-"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|inversion|pictures|all]`: run, print tables,
-JSON."""
+"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|inversion|pictures|negative|all]`: run,
+print tables, JSON."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ MODULES = {
     "pictures": "bench.pictures",
     "quality": "bench.quality",
     "samplers": "bench.samplers",
+    "negative": "bench.negative",
 }
-# `gpu` needs a GPU, `sd` half an hour, `inversion` the emoji font and some minutes: run them by name
+# `gpu` needs a GPU, `sd` half an hour, `inversion` the emoji font and some minutes, `negative` a few minutes: run
+# them by name
 ALL = ("engine", "precision", "diffusers", "service")
 SERVICE_ONLY = ("clients", "requests", "store", "model")
 STORE_ONLY = ("store", "model")  # guidance: the text model to time

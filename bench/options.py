@@ -16,6 +16,7 @@ SUITES = (
     "pictures",
     "quality",
     "samplers",
+    "negative",
     "all",
 )
 

@@ -20,7 +20,8 @@ ConditionedModel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Te
 
 
 def guided_eps(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Ho & Salimans 2022, eq. 6 with s = 1 + w: ε̂ = ε̂(x, ∅) + s·(ε̂(x, c) − ε̂(x, ∅)).
+    """Ho & Salimans 2022, eq. 6 with s = 1 + w: ε̂ = ε̂(x, ∅) + s·(ε̂(x, c) − ε̂(x, ∅)); with a negative prompt n,
+    its standard generalisation ε̂ = ε̂(x, n) + s·(ε̂(x, c) − ε̂(x, n)): `eps_uncond` is then ε̂(x, n).
 
     Three separate elementwise ops, each rounded once: the same bits for a row in any batch."""
     return eps_uncond + scale * (eps_cond - eps_uncond)
@@ -67,7 +68,7 @@ class Guidance:
             uncond_at.append(len(index) if want_uncond else -1)
             if want_uncond:
                 index.append(j)
-                cond.append(self.empty if c.negative is None else c.negative)
+                cond.append(self.empty if c.negative is None else c.negative)  # ∅, or the negative prompt n
             cond_at.append(len(index) if want_cond else -1)
             if want_cond:
                 index.append(j)

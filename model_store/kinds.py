@@ -206,7 +206,7 @@ register(
         square,
         served=True,
         conditioning="text",
-        fields=frozenset({"prompt", "guidance", "prompt_b"}),
+        fields=frozenset({"prompt", "guidance", "prompt_b", "negative_prompt"}),
         prompts=resolve_for,
         default_guidance=lambda manifest: TextSpec.of(manifest).default_guidance,
     )

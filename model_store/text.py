@@ -84,6 +84,7 @@ class Prompted:
 
 NO_TEXT = Prompted(None, None)  # a prompt-free request
 SUGGESTED_WORDS = 8
+NEGATIVE_FIELD = "negative_prompt"  # the request field of a negative prompt
 
 
 def known_words(spec: TextSpec, n: int = SUGGESTED_WORDS) -> list[str]:
@@ -99,34 +100,54 @@ def known_words(spec: TextSpec, n: int = SUGGESTED_WORDS) -> list[str]:
 def resolve_for(
     manifest: Manifest, prompt: str | None, guidance: float | None, negative: str | None = None, field: str = "prompt"
 ) -> Prompted:
-    """A text model's (kind `ddim-unet-text`) rules for a request's prompt (model_store.kinds.Kind.prompts). Its kind
-    takes no negative prompt (the request field is refused before)."""
-    return resolve(TextSpec.of(manifest), prompt, guidance, field)
+    """A text model's (kind `ddim-unet-text`) rules for a request's prompt and negative prompt
+    (model_store.kinds.Kind.prompts)."""
+    return resolve(TextSpec.of(manifest), prompt, guidance, field, negative)
 
 
-def resolve(spec: TextSpec, prompt: str | None, guidance: float | None, field: str = "prompt") -> Prompted:
-    """Normalise a prompt and default its guidance (docs/API.md, "Prompts"), or refuse it naming the field.
+def resolve(
+    spec: TextSpec, prompt: str | None, guidance: float | None, field: str = "prompt", negative: str | None = None
+) -> Prompted:
+    """Normalise a prompt and a negative prompt and default the guidance (docs/API.md, "Prompts"), or refuse them
+    naming the field.
 
     - a control character other than whitespace (NUL, BEL, ESC...): refused, naming each as U+XXXX;
-    - no prompt, or one that normalises to "": the prompt-free job; a guidance with it is refused;
+    - no prompt, or one that normalises to "": the prompt-free job; a guidance or a negative prompt with it is refused;
     - over MAX_PROMPT_CHARS after normalisation, or no known word: refused;
-    - an omitted guidance is the model's default, before keying."""
-    if controls := control_characters(prompt or ""):
-        names = ", ".join(f"U+{ord(c):04X}" for c in controls)
-        raise PromptError(field, f"a prompt may not hold control characters; this one has {names}")
-    text = normalise(prompt) if prompt is not None else ""
+    - an omitted guidance is the model's default, before keying;
+    - a negative prompt follows the prompt's rules (field `negative_prompt`); an empty one is none."""
+    text = normalised(prompt, field)
+    negative_text = normalised(negative, NEGATIVE_FIELD)
     if not text:
         if guidance is not None:
             raise PromptError("guidance", "guidance needs a prompt: send `prompt`, or leave `guidance` out")
+        if negative_text:
+            raise PromptError(NEGATIVE_FIELD, "a negative prompt needs a prompt: send `prompt` too")
         return NO_TEXT
+    ignored = known(spec, text, field).ignored
+    if negative_text:
+        ignored += known(spec, negative_text, NEGATIVE_FIELD).ignored
+    if guidance is None:
+        guidance = spec.default_guidance
+    if not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE:
+        raise PromptError("guidance", f"guidance must be within {MIN_GUIDANCE:g}..{MAX_GUIDANCE:g}, got {guidance}")
+    return Prompted(text, float(guidance) + 0.0, tuple(dict.fromkeys(ignored)), negative_text or None)
+
+
+def normalised(given: str | None, field: str) -> str:
+    """The text normalised ("" for none), or a PromptError naming the field for a control character in it."""
+    if controls := control_characters(given or ""):
+        names = ", ".join(f"U+{ord(c):04X}" for c in controls)
+        raise PromptError(field, f"a prompt may not hold control characters; this one has {names}")
+    return normalise(given) if given is not None else ""
+
+
+def known(spec: TextSpec, text: str, field: str) -> Encoded:
+    """The encoding of a normalised, non-empty text, or a PromptError naming the field: too long, or no known word."""
     if len(text) > MAX_PROMPT_CHARS:
         raise PromptError(field, f"at most {MAX_PROMPT_CHARS} characters after normalisation, got {len(text)}")
     encoded = spec.vocabulary.encode(text)
     if not encoded.known:
         hint = ", ".join(known_words(spec))
         raise PromptError(field, f"no word of {text!r} is known to this model; known words include: {hint}")
-    if guidance is None:
-        guidance = spec.default_guidance
-    if not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE:
-        raise PromptError("guidance", f"guidance must be within {MIN_GUIDANCE:g}..{MAX_GUIDANCE:g}, got {guidance}")
-    return Prompted(text, float(guidance) + 0.0, tuple(dict.fromkeys(encoded.ignored)))
+    return encoded

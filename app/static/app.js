@@ -4,6 +4,8 @@
 const MAX_SEED = 2 ** 53 - 1;
 const KEY_STORE = "diffusetv.key";
 const HISTORY_STORE = "diffusetv.history";
+const DDIM = "ddim"; // the default sampler, and the only one that takes eta > 0
+const SAMPLER_NAMES = { ddim: "DDIM", dpmpp_2m: "DPM-Solver++(2M)", unipc: "UniPC" };
 const $ = (id) => document.getElementById(id);
 
 export const state = {
@@ -151,10 +153,12 @@ async function blobUrl(path) {
 function sameAgainHref(params, model) {
   const q = new URLSearchParams({ seed: String(params.seed), steps: String(params.steps), eta: String(params.eta) });
   if (model) q.set("model", `${model.name}@${model.version}`);
+  if (params.sampler && params.sampler !== DDIM) q.set("sampler", params.sampler);
   if (params.prompt) {
     q.set("prompt", params.prompt);
     q.set("guidance", String(params.guidance));
   }
+  if (params.negative_prompt) q.set("negative_prompt", params.negative_prompt);
   q.set("run", "1");
   return `/?${q}`;
 }
@@ -163,12 +167,14 @@ function sameAgainHref(params, model) {
 function jobWords(done) {
   const p = done.params;
   const model = `${done.model.name}@${done.model.version}`;
-  const prompt = p.prompt ? `“${p.prompt}” at guidance ${p.guidance}, ` : "";
-  if (done.kind === "invert") return `inversion of a picture, ${prompt}${p.steps} steps, ${model}`;
+  const away = p.negative_prompt ? ` away from “${p.negative_prompt}”` : "";
+  const prompt = p.prompt ? `“${p.prompt}”${away} at guidance ${p.guidance}, ` : "";
+  const steps = `${p.steps} ${p.sampler && p.sampler !== DDIM ? `${SAMPLER_NAMES[p.sampler] ?? p.sampler} ` : ""}steps`;
+  if (done.kind === "invert") return `inversion of a picture, ${prompt}${steps}, ${model}`;
   const from = p.latent ? "from an inverted latent, "
     : p.image ? `${p.mask ? "inpainting" : "image-to-image"} at strength ${p.strength}, ` : "";
   const seed = p.seed != null ? `seed ${p.seed}, ` : "";
-  return `${from}${prompt}${seed}${p.steps} steps, eta ${p.eta}, ${model}`;
+  return `${from}${prompt}${seed}${steps}, eta ${p.eta}, ${model}`;
 }
 
 function remember(entry) {
@@ -234,11 +240,14 @@ function checkedSeed() {
   return seed;
 }
 
-// The run settings that every generation takes (the seed aside).
+// The run settings that every generation takes (the seed aside). A sampler other than DDIM runs at eta 0.
 function runFields() {
-  const body = { steps: Number($("steps").value), eta: Number($("eta").value), previews: $("previews").checked };
+  const sampler = $("sampler").value || DDIM;
+  const eta = sampler === DDIM ? Number($("eta").value) : 0;
+  const body = { steps: Number($("steps").value), eta, previews: $("previews").checked };
   if ($("model").value) body.model = $("model").value;
-  return Object.assign(body, textBody("model", "prompt", null, "guidance"));
+  if (sampler !== DDIM) body.sampler = sampler; // DDIM, the default, is left out
+  return Object.assign(body, textBody("model", "prompt", null, "guidance", "negative-prompt"));
 }
 
 async function generate(event) {
@@ -289,7 +298,7 @@ async function runJob(path, body, firstTv) {
     return done;
   } catch (error) {
     $("status").textContent = `Error: ${error.message}`;
-    if (/^(prompt|guidance):/.test(error.message)) $("prompt-error").textContent = error.message;
+    if (/^(prompt|guidance|negative_prompt):/.test(error.message)) $("prompt-error").textContent = error.message;
     if (/^(image|mask|strength|harmonize|latent):/.test(error.message)) $("picture-error").textContent = error.message;
     return null;
   } finally {
@@ -330,7 +339,8 @@ async function interpolate(event) {
   const body = { frames: Number($("frames").value), steps: Number($("i-steps").value) };
   Object.assign(body, imageA ? { image_a: imageA } : { seed_a: a }, imageB ? { image_b: imageB } : { seed_b: b });
   if ($("i-model").value) body.model = $("i-model").value;
-  Object.assign(body, textBody("i-model", "i-prompt", "i-prompt-b", "i-guidance"));
+  if ($("i-sampler").value && $("i-sampler").value !== DDIM) body.sampler = $("i-sampler").value;
+  Object.assign(body, textBody("i-model", "i-prompt", "i-prompt-b", "i-guidance", "i-negative-prompt"));
   $("interpolate").disabled = true;
   $("i-result").hidden = true;
   $("i-progress").value = 0;
@@ -505,11 +515,13 @@ async function generateFromPicture(event) {
   await runJob("/generate", body, pictureTv());
 }
 
-// An inversion runs with the prompt alone (the API inverts at guidance 1), and always shows its televisions.
+// An inversion runs with the prompt alone (the API inverts at guidance 1, where a negative prompt does nothing), with
+// the sampler, and always shows its televisions.
 async function invert() {
   if (!needPicture()) return;
-  const { steps, model, prompt } = runFields();
-  const body = { image: state.picture.value, steps, previews: true, ...(model && { model }), ...(prompt && { prompt }) };
+  const { steps, model, prompt, sampler } = runFields();
+  const body = { image: state.picture.value, steps, previews: true, ...(model && { model }), ...(prompt && { prompt }),
+    ...(sampler && { sampler }) };
   $("from-latent").hidden = $("latent-download").hidden = true;
   const done = await runJob("/invert", body, pictureTv());
   if (!done) return;
@@ -574,8 +586,9 @@ function showEnd(end) {
   $(`seed-${end}`).disabled = Boolean(picture);
 }
 
-// A text model's fields: only what was typed (an empty prompt is none; an empty guidance is the model's default).
-function textBody(modelId, promptId, promptBId, guidanceId) {
+// A text model's fields: only what was typed (an empty prompt is none; an empty guidance is the model's default; a
+// negative prompt without a prompt is sent, for the API to say what is missing).
+function textBody(modelId, promptId, promptBId, guidanceId, negativeId) {
   const info = state.info[$(modelId).value];
   if (!info || info.conditioning !== "text") return {};
   const body = {};
@@ -585,7 +598,27 @@ function textBody(modelId, promptId, promptBId, guidanceId) {
   if (prompt && promptB) body.prompt_b = promptB;
   const guidance = $(guidanceId).value.trim();
   if (prompt && guidance !== "") body.guidance = Number(guidance);
+  const negative = $(negativeId).value.trim();
+  if (negative) body.negative_prompt = negative;
   return body;
+}
+
+// The samplers the model runs (GET /models), the one chosen kept where the model runs it too.
+function showSamplers(modelId, samplerId) {
+  const info = state.info[$(modelId).value];
+  const offered = info?.samplers?.length ? info.samplers : [DDIM];
+  const select = $(samplerId);
+  const keep = offered.includes(select.value) ? select.value : offered.includes(DDIM) ? DDIM : offered[0];
+  select.replaceChildren(...offered.map((name) => new Option(SAMPLER_NAMES[name] ?? name, name)));
+  select.value = keep;
+  showEta();
+}
+
+// Eta is DDIM's alone: another sampler greys it out (and runFields sends 0).
+function showEta() {
+  const ddim = ($("sampler").value || DDIM) === DDIM;
+  $("eta").disabled = !ddim;
+  $("eta-hint").hidden = ddim;
 }
 
 // The prompt fields show for a text model, with its captions as suggestions and its default guidance.
@@ -660,8 +693,15 @@ async function main() {
   });
   $("random-seed").addEventListener("click", () => { $("seed").value = String(randomSeed()); });
   $("generate-form").addEventListener("submit", generate);
-  $("model").addEventListener("change", () => showTextFields("model", "text-fields", "guidance"));
-  $("i-model").addEventListener("change", () => showTextFields("i-model", "i-text-fields", "i-guidance"));
+  $("model").addEventListener("change", () => {
+    showSamplers("model", "sampler");
+    showTextFields("model", "text-fields", "guidance");
+  });
+  $("i-model").addEventListener("change", () => {
+    showSamplers("i-model", "i-sampler");
+    showTextFields("i-model", "i-text-fields", "i-guidance");
+  });
+  $("sampler").addEventListener("change", showEta);
   $("interpolate-form").addEventListener("submit", interpolate);
   setUpImageTab();
   const query = new URLSearchParams(location.search);
@@ -673,8 +713,13 @@ async function main() {
   renderHistory();
   await loadModels();
   if (query.get("model")) $("model").value = query.get("model");
+  showSamplers("model", "sampler");
+  showSamplers("i-model", "i-sampler");
+  if (state.info[$("model").value]?.samplers?.includes(query.get("sampler"))) $("sampler").value = query.get("sampler");
+  showEta();
   if (query.get("prompt")) $("prompt").value = query.get("prompt");
   if (query.get("guidance")) $("guidance").value = query.get("guidance");
+  if (query.get("negative_prompt")) $("negative-prompt").value = query.get("negative_prompt");
   await showTextFields("model", "text-fields", "guidance");
   await showTextFields("i-model", "i-text-fields", "i-guidance");
   document.body.dataset.ready = "1";

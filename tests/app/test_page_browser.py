@@ -495,3 +495,70 @@ def test_results_and_pictures_go_in_as_pictures_inverted_and_interpolated(browse
         page.wait_for_selector(f"body[data-done='{answered.value.json()['id']}']", timeout=60_000)
     finally:
         stack.stop_all()
+
+
+def test_the_sampler_select_and_the_negative_prompt_box_reach_the_request(browser, redis_server, tmp_path):
+    """The bundled emoji32 and emoji32-text served: the sampler select lists each model's samplers (GET /models), a
+    sampler other than DDIM greys out eta and is sent with eta 0; the negative prompt box shows for the text model
+    alone, and its text reaches the request, the job and the result's words."""
+    from model_store import Store
+    from model_store.store import BUNDLED
+
+    stack = start_stack(
+        Store(BUNDLED), redis_server, tmp_path, model="emoji32", DIFFUSETV_MODELS="emoji32,emoji32-text"
+    )
+    try:
+        page = browser.new_page()
+        page.goto(stack.base + "/")
+        page.wait_for_selector("body[data-ready='1']")
+        with stack.client() as c:
+            offered = {m["ref"]: m["samplers"] for m in c.get("/models").json()["models"] if m["served"]}
+        text_ref = next(ref for ref in offered if ref.startswith("emoji32-text@"))
+        assert page.is_hidden("#negative-prompt")  # emoji32, the default, takes no prompt
+        listed = page.eval_on_selector_all("#sampler option", "os => os.map(o => o.value)")
+        assert listed == offered[page.input_value("#model")] and page.input_value("#sampler") == "ddim"
+        page.select_option("#model", text_ref)
+        assert page.is_visible("#negative-prompt") and page.is_visible("#prompt")
+        assert page.eval_on_selector_all("#sampler option", "os => os.map(o => o.value)") == offered[text_ref]
+
+        page.fill("#seed", "12")
+        page.fill("#steps", "6")
+        page.fill("#eta", "0.5")
+        page.fill("#prompt", "heart")
+        page.fill("#guidance", "3")
+        page.fill("#negative-prompt", "  RED ")
+        with page.expect_request(lambda r: r.url == stack.base + "/generate") as sent:
+            page.click("#generate")
+        body = sent.value.post_data_json
+        assert body["negative_prompt"] == "RED" and body["prompt"] == "heart" and body["eta"] == 0.5, body
+        assert "sampler" not in body  # DDIM, the default, is left out
+        page.wait_for_selector("body[data-done]", timeout=60_000)
+        with stack.client() as c:
+            job = c.get(f"/jobs/{page.evaluate('document.body.dataset.done')}").json()
+        assert (job["params"]["negative_prompt"], job["params"]["guidance"]) == ("red", 3.0)
+        assert "“heart” away from “red” at guidance 3" in page.get_attribute("#result-image", "alt")
+        assert "negative_prompt=red" in page.get_attribute("#same-again", "href")
+
+        multistep = next(s for s in offered[text_ref] if s != "ddim")
+        page.select_option("#sampler", multistep)
+        assert page.is_disabled("#eta") and page.is_visible("#eta-hint")
+        with page.expect_request(lambda r: r.url == stack.base + "/generate") as sent:
+            page.click("#generate")
+        body = sent.value.post_data_json  # what the API answers is the samplers' own tests' business
+        assert (body["sampler"], body["eta"], body["negative_prompt"]) == (multistep, 0, "RED"), body
+        page.select_option("#sampler", "ddim")
+        assert page.is_enabled("#eta") and page.is_hidden("#eta-hint") and page.input_value("#eta") == "0.5"
+
+        page.click("#tab-interpolate")
+        page.select_option("#i-model", text_ref)
+        assert page.is_visible("#i-negative-prompt")
+        page.fill("#i-prompt", "heart")
+        page.fill("#i-negative-prompt", "red")
+        page.select_option("#i-sampler", multistep)
+        page.route(stack.base + "/interpolate", lambda route: route.fulfill(status=422, json={"detail": "held"}))
+        with page.expect_request(lambda r: r.url == stack.base + "/interpolate") as sent:
+            page.click("#interpolate")
+        body = sent.value.post_data_json
+        assert (body["sampler"], body["negative_prompt"], body["prompt"]) == (multistep, "red", "heart"), body
+    finally:
+        stack.stop_all()

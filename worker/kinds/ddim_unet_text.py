@@ -3,7 +3,8 @@
 The network is called as net(x, noise variance, c), with c the (B, text_dims) prompt embedding of each
 row. Each prompt is encoded alone (one row, `text_tokens` ids: START, its known words, PAD), so its
 embedding never depends on other prompts; the engine guides each sample with its own scale from the
-rows of one call (diffusion.guidance).
+rows of one call (diffusion.guidance). A negative prompt's embedding takes the empty prompt's place in
+the unconditional row: still two rows per sample.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from diffusion.guidance import Condition
 from diffusion.unet import UNet
 from model_store.text import TextSpec
 from model_store.weights import load_model
@@ -61,6 +63,15 @@ class DDIMUNetText(DDIMUNet):
                 self.embeddings.popitem(last=False)
         self.embeddings.move_to_end(key)
         return self.embeddings[key]
+
+    def condition(self, prompt: str | None, guidance: float | None, negative: str | None = None) -> Condition:
+        """Guidance with the negative prompt's embedding as the unconditional branch (diffusion.guidance), where it
+        has an effect: at s = 0 (the prompt-free picture) and s = 1 (the conditional one) it is dropped, so those
+        samples keep the bytes they have without one. The API refuses a negative prompt without a prompt."""
+        plain = super().condition(prompt, guidance)
+        if not negative or plain.embedding is None or plain.scale in (0, 1):
+            return plain
+        return Condition(plain.embedding, plain.scale, self.embed(negative))
 
     def probe_conditions(self, rows: int) -> torch.Tensor:
         """Conditions for the kernel probe: the empty prompt and single words of the vocabulary, alternating."""
