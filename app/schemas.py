@@ -58,8 +58,9 @@ NegativePrompt = Annotated[
     Field(
         None,
         max_length=2000,
-        description="latent text models: what to steer away from, in place of the empty prompt's unconditional branch "
-        "(used when guidance > 1); normalised like `prompt`; empty is the same as none",
+        description="text models, with a prompt: what to steer away from; its embedding takes the empty prompt's place "
+        "in the unconditional branch, so it acts only where guidance mixes two rows (the emoji text kind: guidance "
+        "other than 0 and 1; latent text models: guidance > 1); normalised like `prompt`; empty is the same as none",
     ),
 ]
 Side = Annotated[

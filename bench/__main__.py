@@ -1,5 +1,5 @@
-"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|inversion|pictures|negative|all]`: run,
-print tables, JSON."""
+"""`python -m bench [engine|precision|diffusers|service|gpu|guidance|sd|inversion|pictures|quality|samplers|negative|
+all]`: run, print tables, JSON."""
 
 from __future__ import annotations
 

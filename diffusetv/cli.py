@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1, help="images: seeds S..S+n-1 in a grid of ceil(sqrt(n)) columns")
     p.add_argument("--prompt", default=None, help="text models: what to draw (normalised as the API does)")
     p.add_argument("--guidance", type=float, default=None, help="text models: guidance scale s (default: the model's)")
-    p.add_argument("--negative-prompt", default=None, help="latent text models: what to steer away from")
+    p.add_argument("--negative-prompt", default=None, help="text models, with a prompt: what to steer away from")
     sampler_option(p, "ddim (default, the only one with --eta and --harmonize), dpmpp_2m or unipc: fewer steps")
     engine_options(p)
     p.add_argument("--image", default=None, help="image-to-image: a PNG, JPEG or WebP to start from")

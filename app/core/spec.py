@@ -199,7 +199,7 @@ class GenerateSpec(Spec):
     previews: bool = False
     prompt: str | None = None  # text models: the normalised prompt (None: prompt-free)
     guidance: float | None = None  # and its guidance scale s
-    negative_prompt: str | None = None  # latent text models: the normalised negative prompt (None: none)
+    negative_prompt: str | None = None  # text models: the normalised negative prompt (None: none)
     width: int | None = None  # models of several sizes: the image's, always given for them (None: the one size)
     height: int | None = None
     image: str | None = None  # image-to-image and inpainting: the input's pixel digest (app.core.pictures.digest)
