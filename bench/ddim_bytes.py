@@ -3,11 +3,11 @@ every DDIM job's bytes (a new sampler, a refactor of the run) prints the same li
 
     python -m bench.ddim_bytes          # in each checkout, then diff the two outputs
 
-Each line is the sha256 (first 16 hex digits) of the uint8 images, or of the float32 latents, of: the bundled emoji32
-at eta 0 and at mixed etas; image-to-image and inpainting with RePaint in one batch; a refined inversion and its
-reconstruction; emoji32-text with guided, prompt-free and eta-1 rows; and a small random diffusers UNet2DModel (seeded)
-whose DDPMScheduler clamps x̂0, generated and inverted. Pixel bytes depend on the CPU's kernels (the engine id), so
-compare outputs from one machine.
+Each line is the sha256 (first 16 hex digits) of the uint8 images, or of the float32 latents, of: the bundled
+emoji32 at eta 0 and at mixed etas; image-to-image and inpainting with RePaint in one batch; a refined inversion and
+its reconstruction; emoji32-text with guided, prompt-free and eta-1 rows, and their PNG files; and a small random
+diffusers UNet2DModel (seeded) whose DDPMScheduler clamps x̂0, generated and inverted. Pixel bytes depend on the CPU's
+kernels (the engine id), so compare outputs from one machine.
 """
 
 from __future__ import annotations
@@ -45,8 +45,22 @@ def emoji_lines() -> dict[str, str]:
     out["emoji32 reconstruction"] = fingerprint(e.images(last_step(e.reconstruct(list(inverse.x), 20))))
     t = load_engine("emoji32-text", device="cpu")
     conditions = [t.condition("red heart", 3.0), t.condition(None, None), t.condition("cat", 1.0)]
-    out["emoji32-text"] = fingerprint(t.generate([0, 1, 2], 20, [0.0, 0.0, 1.0], conditions=conditions))
+    images = t.generate([0, 1, 2], 20, [0.0, 0.0, 1.0], conditions=conditions)
+    out["emoji32-text"] = fingerprint(images)
+    out["emoji32-text PNGs"] = fingerprint(np.frombuffer(pngs(t, images), np.uint8))
     return out
+
+
+def pngs(engine, images) -> bytes:
+    """The jobs' PNG files (pixels and `parameters`), as a worker writes them, for the text model's three rows."""
+    from app.core.png import encode_png
+    from app.core.spec import GenerateSpec
+
+    m = engine.manifest
+    asked = [{"prompt": "red heart", "guidance": 3.0}, {}, {"prompt": "cat", "guidance": 1.0}]
+    specs = [GenerateSpec("0" * 32, m.ref, m.identity, seed=i, steps=20, eta=[0.0, 0.0, 1.0][i], **a)
+             for i, a in enumerate(asked)]  # fmt: skip
+    return b"".join(encode_png(image, engine.parameters(spec)) for image, spec in zip(images, specs, strict=True))
 
 
 def diffusers_lines() -> dict[str, str]:

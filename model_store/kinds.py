@@ -64,6 +64,8 @@ class Kind:
         None  # a kind whose models make several sizes: each model's (width, height) list, its default first
     )
     flops: Flops | None = None  # a kind whose models may record their cost: a job's model work (None: never known)
+    # the fields a PNG's `parameters` name, null when a job has none (None: every one of `fields`)
+    named: frozenset[str] | None = None
     # why a model of the kind cannot run a sampler (model_store.samplers), in one line; None: every sampler runs
     sampler_refusal: Callable[[Manifest, str], str | None] | None = None
 
@@ -207,6 +209,8 @@ register(
         served=True,
         conditioning="text",
         fields=frozenset({"prompt", "guidance", "prompt_b", "negative_prompt"}),
+        # negative_prompt came later: a PNG names it only when given, so that the PNGs of before keep their bytes
+        named=frozenset({"prompt", "guidance", "prompt_b"}),
         prompts=resolve_for,
         default_guidance=lambda manifest: TextSpec.of(manifest).default_guidance,
     )

@@ -327,7 +327,9 @@ class Engine:
         """The PNG `parameters` chunk (DESIGN.md): the spec's part of the engine key (app.core.spec), plus the model
         and the engine. A model's PNG names every request field its kind takes, null when the job has none (a text
         model's prompt and guidance, for a prompt-free sample)."""
-        taken = {name: None for name in kinds.of(self.manifest).fields if name in spec.request_names()}
+        kind = kinds.of(self.manifest)
+        named = kind.fields if kind.named is None else kind.named
+        taken = {name: None for name in named if name in spec.request_names()}
         return {**taken, **spec.png_parameters(), **self.model_parameters()}
 
 
