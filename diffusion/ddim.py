@@ -4,7 +4,8 @@
 CPU `torch.Generator(seed)` (x_T first, then one draw per step when eta > 0), so a sample never
 depends on the other samples in its batch. A row may start from a picture (`Picture`: image-to-image,
 SDEdit, Meng et al. 2022) at a later grid step, with a mask (inpainting) and RePaint's resampling
-(Lugmayr et al. 2022); the order of its draws is fixed (DDIMRun).
+(Lugmayr et al. 2022); the order of its draws is fixed (DDIMRun). Each row moves by its own sampler (DDIM, or a
+multistep one: diffusion.samplers) on the run's one grid, so rows of every sampler share each network call.
 """
 
 from __future__ import annotations
@@ -167,11 +168,14 @@ class DDIMRun:
     (one number, or one per row) is RePaint's resampling: after each step but the last, that many times, x_prev
     jumps back to the step's level with a fresh draw z and the step is run again.
 
+    **Samplers.** `samplers` names each row's (diffusion.samplers; all DDIM by default), which keeps that row's solver
+    state; DDIM alone reads x̂0 through the kind's clamp `clip`. A multistep row takes no eta and no `harmonize`.
+
     **The draws from each row's generator, in order** (part of the determinism contract):
     1. (a latent model's picture row: the VAE's latent sample, drawn by the engine before the run);
     2. x_T, or the picture's ε: one draw of the sample's shape (made also for a row given its latent, then
        replaced);
-    3. for each step that the row runs, in step order: its eta noise (eta > 0 only); then, for a masked row
+    3. for each step that the row runs, in step order: its eta noise (DDIM with eta > 0 only); then, for a masked row
        with `harmonize` N and a step other than the last, N times: the jump's z, then the re-run step's eta
        noise (eta > 0 only).
     """
