@@ -214,3 +214,48 @@ def test_inversion_bench_reports_naive_and_refined_for_each_model(capsys):
         (f"refined ({REFINE})", 2 * (1 + REFINE)),
     ]
     assert all(r["median_db"] > 5 for r in result["rows"]) and result["cpu"]
+
+
+def test_equal_quality_reads_the_intervals_edges_toward_better():
+    from bench.quality import equal_quality, not_worse, wilson
+
+    base = {"metric": "kid", "low": 3.5, "high": 3.7}
+    assert not_worse({"metric": "kid", "low": 3.7, "high": 4.0}, base)
+    assert not not_worse({"metric": "kid", "low": 3.71, "high": 4.0}, base)
+    assert not_worse({"metric": "top5", "low": 0.1, "high": 0.5}, {"metric": "top5", "low": 0.5, "high": 0.7})
+    assert not not_worse({"metric": "top5", "low": 0.1, "high": 0.49}, {"metric": "top5", "low": 0.5, "high": 0.7})
+    rows = [
+        {"model": "m", "sampler": "ddim", "steps": 50, "metric": "kid", "low": 3.5, "high": 3.7},
+        {"model": "m", "sampler": "ddim", "steps": 10, "metric": "kid", "low": 5.0, "high": 5.2},
+        {"model": "m", "sampler": "unipc", "steps": 5, "metric": "kid", "low": 4.0, "high": 4.2},
+        {"model": "m", "sampler": "unipc", "steps": 10, "metric": "kid", "low": 3.6, "high": 3.8},
+        {"model": "m", "sampler": "unipc", "steps": 20, "metric": "kid", "low": 3.4, "high": 3.6},
+    ]
+    assert equal_quality(rows) == {"m": {"ddim": 50, "unipc": 10}}
+    low, high = wilson(150, 300)
+    assert low < 0.5 < high and high - low == pytest.approx(2 * 1.959964 * (0.25 / 300) ** 0.5, rel=0.01)
+
+
+def test_the_quality_and_samplers_benches_run_each_sampler(tmp_path, monkeypatch, capsys):
+    from helpers import require_prerequisite
+
+    require_prerequisite("emoji-font")
+    from bench import quality, samplers
+
+    monkeypatch.setattr(quality, "CACHE", tmp_path)
+    result = quality.run(n=4, models=("emoji32",), grid=(("ddim", (2, 50)), ("unipc", (2,))), threads=1)
+    assert [(r["sampler"], r["steps"], r["metric"]) for r in result["rows"]] == [
+        ("ddim", 2, "kid"), ("ddim", 50, "kid"), ("unipc", 2, "kid"),
+    ]  # fmt: skip
+    assert all(r["low"] <= r["value"] <= r["high"] for r in result["rows"])
+    again = quality.run(n=4, models=("emoji32",), grid=(("ddim", (2, 50)), ("unipc", (2,))), threads=1)
+    assert again["rows"] == result["rows"]  # read back from the checkpoint, not sampled again
+    path = tmp_path / "quality.json"
+    assert set(result["equal_quality"]["emoji32@1"]) == {"ddim", "unipc"}
+    result["equal_quality"]["emoji32@1"]["unipc"] = 2  # as if unipc at 2 steps were not worse than DDIM-50
+    path.write_text(json.dumps({"results": {"quality": result}}))
+    timed = samplers.run(repeats=1, rows=2, quality=path, threads=1)
+    first = timed["results"][0]
+    assert (first["sampler"], first["steps"], first["speedup"]) == ("ddim", 50, 1.0)
+    assert {r["sampler"] for r in timed["results"]} == {"ddim", "unipc"}
+    assert "vs DDIM-50" in samplers.format_result(timed)
