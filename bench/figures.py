@@ -193,11 +193,11 @@ def make_pictures(model: str, out: Path, picks: tuple[int, ...] = (0, 35, 70, 10
     print(f"wrote {out}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def make_samplers(model: str, out: Path, seeds: tuple[int, ...] = (3, 14, 15, 42)) -> None:
     """samplers.png: the same seeds by each sampler at several steps."""
     samplers_figure(load_engine(model, Store(), device="cpu"), list(seeds), out)
     print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
