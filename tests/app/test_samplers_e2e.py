@@ -2,10 +2,11 @@
 `diffusetv api`. A dpmpp_2m and a unipc job give the same bytes alone, batched with DDIM jobs of the same model and
 steps, on a second worker and in the CLI."""
 
+import numpy as np
 import pytest
 import redis as redis_lib
 
-from app.core.png import read_parameters
+from app.core.png import decode_png, read_parameters
 from helpers import final_job, run_cli
 from stack import running_stack
 
@@ -44,6 +45,14 @@ def test_multistep_jobs_keep_their_bytes_alone_batched_with_ddim_on_two_workers_
             again = [finished(c, c.post("/generate", json=body).json()) for body in mine]
             assert [a[1] for a in again] == [a[1] for a in alone]
             assert again[0][0]["params"]["sampler"] == "dpmpp_2m" and "sampler" not in batched[0][0]["params"]
+            # an interpolation of the sampler ends on its /generate images
+            walk = final_job(c, c.post("/interpolate", json={"seed_a": 32, "seed_b": 31, "frames": 3, "steps": 10,
+                                                             "sampler": "unipc"}).json()["id"])  # fmt: skip
+            strip = decode_png(c.get(walk["strip_url"]).content)
+            side = strip.shape[0]
+            assert np.array_equal(strip[:, :side], decode_png(alone[1][1]))
+            other = finished(c, c.post("/generate", json={"seed": 31, "steps": 10, "sampler": "unipc"}).json())[1]
+            assert np.array_equal(strip[:, 2 * side :], decode_png(other))
     params = read_parameters(alone[1][1])
     assert (params["sampler"], params["seed"], params["steps"]) == ("unipc", 32, 10)
     out = tmp_path / "cli.png"
