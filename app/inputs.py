@@ -25,8 +25,7 @@ from app import schemas
 from app.core import keys, pictures
 from app.core.jobs import JobStatus, owned_record
 from app.core.settings import Settings
-from model_store import Manifest, kinds
-from model_store.samplers import INVERTIBLE, MULTISTEP
+from model_store import Manifest, kinds, samplers
 
 DECODE_RETRY_S = 1
 IMAGE_KINDS = frozenset({"generate", "invert"})  # jobs whose image.png is one picture (not an interpolation)
@@ -138,12 +137,9 @@ class Reader:
 
 def check_generate(body: schemas.GenerateRequest) -> None:
     """422 naming the field for inputs that do not go together (docs/API.md, Samplers and Pictures in)."""
-    if body.sampler in MULTISTEP:
-        if body.eta > 0:
-            raise refuse("eta", f"eta is DDIM's alone: sampler {body.sampler!r} takes eta 0", body.eta)
-        if body.harmonize:
-            msg = f"harmonize is DDIM's alone: sampler {body.sampler!r} keeps a history per row and takes harmonize 0"
-            raise refuse("harmonize", msg, body.harmonize)
+    if refused := samplers.refusal(body.sampler, body.eta, body.harmonize):
+        field, msg = refused
+        raise refuse(field, msg, getattr(body, field))
     given = body.model_fields_set
     if body.latent is not None:
         for name in ("image", "strength", "mask"):
@@ -172,20 +168,14 @@ def check_interpolate(body: schemas.InterpolateRequest) -> None:
         if len(sent) > 1:
             raise refuse(sent[1], f"the {end} end is one of {', '.join(names)}; got {' and '.join(sent)}")
     pictured = [name for name in ("image_a", "image_b") if getattr(body, name) is not None]
-    if pictured and body.sampler not in INVERTIBLE:
-        msg = f"{pictured[0]} is inverted with the job's sampler, {not_invertible(body.sampler)}"
-        raise refuse("sampler", msg, body.sampler)
+    if pictured and (refused := samplers.refusal(body.sampler, inverting=True)):
+        raise refuse("sampler", f"{pictured[0]} is inverted with the job's sampler: {refused[1]}", body.sampler)
 
 
 def check_invert(body: schemas.InvertRequest) -> None:
     """422 naming `sampler` for one that does not invert."""
-    if body.sampler not in INVERTIBLE:
-        msg = f"an inversion runs its sampler backwards, {not_invertible(body.sampler)}"
-        raise refuse("sampler", msg, body.sampler)
-
-
-def not_invertible(sampler: str) -> str:
-    return f"and {sampler!r} does not invert: use one of {', '.join(INVERTIBLE)}"
+    if refused := samplers.refusal(body.sampler, inverting=True):
+        raise refuse("sampler", f"an inversion runs its sampler backwards: {refused[1]}", body.sampler)
 
 
 def read_generate(reader: Reader, body: schemas.GenerateRequest) -> Inputs:

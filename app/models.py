@@ -52,9 +52,10 @@ def check_request(manifest: Manifest, steps: int, given: Iterable[str], sampler:
         {"type": "value_error", "loc": ("body", field), "msg": f"kind {kind.name!r} does not take {field!r}"}
         for field in sorted(set(given) - kind.fields)
     ]
-    bound = kind.steps_bound(manifest)
+    bound = kind.steps_bound(manifest, sampler)
     if steps > bound:
-        msg = f"{manifest.ref} (kind {kind.name!r}) runs at most {bound} steps"
+        by = "" if sampler == DEFAULT_SAMPLER else f" with sampler {sampler!r}"
+        msg = f"{manifest.ref} (kind {kind.name!r}) runs at most {bound} steps{by}"
         errors.append({"type": "less_than_equal", "loc": ("body", "steps"), "msg": msg, "input": steps})
     refused = kind.refuse_sampler(manifest, sampler)
     if refused is not None:

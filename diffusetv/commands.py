@@ -88,10 +88,10 @@ def service_engine(args: argparse.Namespace):
     service = settings()
     kinds.load_modules(service.extra_kind_modules)
     manifest = Store().resolve(args.model or default_model())
-    bound = kinds.served(manifest).steps_bound(manifest)
-    if args.steps > bound:
-        raise UserError(f"--steps: {manifest.ref} runs at most {bound} steps (got {args.steps})")
     check_sampler(manifest, args.sampler)
+    bound = kinds.served(manifest).steps_bound(manifest, args.sampler)
+    if args.steps > bound:
+        raise UserError(f"--steps: {manifest.ref} runs at most {bound} steps with {args.sampler} (got {args.steps})")
     return load_engine(
         args.model or default_model(),
         device=args.device,

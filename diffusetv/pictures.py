@@ -68,13 +68,10 @@ def check_options(args: argparse.Namespace) -> None:
     """`sample`'s --sampler, --image, --strength, --mask, --harmonize and --latent, checked as the API checks them,
     before any model is loaded."""
     from model_store.bounds import MAX_HARMONIZE
-    from model_store.samplers import MULTISTEP
+    from model_store.samplers import refusal
 
-    if args.sampler in MULTISTEP:
-        if args.eta > 0:
-            raise UserError(f"--eta is DDIM's alone: --sampler {args.sampler} takes --eta 0")
-        if args.harmonize:
-            raise UserError(f"--harmonize is DDIM's alone: --sampler {args.sampler} takes --harmonize 0")
+    if refused := refusal(args.sampler, args.eta, args.harmonize):
+        raise UserError(f"--{refused[0]}: {refused[1]}")
 
     if args.latent is not None:
         if args.image is not None or args.mask is not None or args.strength is not None:
@@ -123,12 +120,12 @@ def invert(args: argparse.Namespace) -> int:
     from app.core.png import encode_png
     from app.core.spec import InvertSpec
     from diffusetv.commands import check_steps, prompt_of, service_engine, size_of
-    from model_store.samplers import INVERTIBLE
+    from model_store.samplers import refusal
     from worker.inversion import latent_blob
 
     check_steps(args.steps)
-    if args.sampler not in INVERTIBLE:
-        raise UserError(f"--sampler {args.sampler} does not invert: use one of {', '.join(INVERTIBLE)}")
+    if refused := refusal(args.sampler, inverting=True):
+        raise UserError(f"--sampler: {refused[1]}")
     if not Path(args.image).is_file():
         raise UserError(f"IMAGE: no file {args.image}")
     engine = service_engine(args)

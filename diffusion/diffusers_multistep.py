@@ -11,11 +11,11 @@ timestep t_k and moves from σ_k to σ_{k+1}; as a level, ᾱ = 1/(σ² + 1) (th
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from diffusion import diffusers_ddim
 from diffusion.ddim import GridStep
+from model_store.diffusers_kind import multistep_timesteps
 
 
 def alphas_cumprod(settings: dict) -> torch.Tensor:
@@ -32,32 +32,11 @@ def alphas_cumprod(settings: dict) -> torch.Tensor:
     return abar
 
 
-def timesteps(settings: dict, steps: int) -> list[int]:
-    """`set_timesteps(steps)`: the N timesteps, noisiest first (no lambda clipping: `lambda_min_clipped` is −∞)."""
-    T = settings["num_train_timesteps"]
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must be in 1..{T} (num_train_timesteps) for this model, got {steps}")
-    spacing = settings["timestep_spacing"]
-    if spacing == "linspace":
-        ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].copy().astype(np.int64)
-    elif spacing == "leading":
-        ratio = T // (steps + 1)
-        ts = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64)
-        ts += settings["steps_offset"]
-    else:  # "trailing"
-        ts = np.arange(T, 0, -T / steps).round().copy().astype(np.int64)
-        ts -= 1
-    out = [int(t) for t in ts]
-    if len(out) != steps or not all(0 <= t < T for t in out):
-        raise ValueError(f"{steps} steps give timesteps outside 0..{T - 1} with this scheduler ({out[:3]}…)")
-    return out
-
-
 def grid(settings: dict, steps: int) -> list[GridStep]:
     """Each step's timestep and the levels it moves between: σ_k = √((1 − ᾱ_t)/ᾱ_t) read at t_k in float32 (as
     `set_timesteps` takes it), ᾱ = 1/(σ² + 1), and zero noise (ᾱ = 1) after the last step."""
     abar = alphas_cumprod(settings)
     sigmas = (((1 - abar) / abar) ** 0.5).numpy()  # float32, as `set_timesteps`
-    ts = timesteps(settings, steps)
+    ts = multistep_timesteps(settings, steps)
     levels = [1.0 / (float(sigmas[t]) ** 2 + 1.0) for t in ts] + [1.0]  # σ_last = 0: "zero"
     return [GridStep(float(t), levels[k], levels[k + 1]) for k, t in enumerate(ts)]

@@ -20,11 +20,13 @@ from ᾱ_prev_k to ᾱ_k, steps N−1 down to 0, and the last inverse step's x i
 With `guidance`, the network takes each row's condition (diffusion.guidance): a text model inverts with its
 prompt at guidance 1 (the conditional row alone), since guided inversion drifts.
 
-**DPM-Solver++(2M)** (`multistep`) inverts as diffusers' `DPMSolverMultistepInverseScheduler` does: the same solver
-(diffusion.samplers.dpmpp_2m) run up the levels, naive (the network at step k's time on the x the step leaves), first
-order at its first step (DDIM's, which also starts from a picture at zero noise), then second order with the x̂0 of
-the step before, which is one level less noisy. A multistep step's forward image uses an output the inversion has not
-seen yet, so there is no fixed point to refine: `refine` applies to DDIM.
+**DPM-Solver++(2M)** (`multistep`) inverts over the sampler's own forward grid read backwards, naively as DDIM does
+(the network at step k's time on the x the step leaves), with the same solver (diffusion.samplers.dpmpp_2m) run up
+the levels: first order at its first step (DDIM's inverse step, which also leaves a picture at zero noise), then second
+order with the x̂0 of the step before, one level less noisy (from a start at zero noise, λ = ∞, that second-order term
+vanishes, so the second step is first order too). It is not diffusers' `DPMSolverMultistepInverseScheduler`, whose
+grid rises from t = 0 and which calls the network at the sample's own level. A multistep forward step reads an output
+the inversion has not reached yet, so there is no fixed point to refine: `refine` applies to DDIM.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ complete, resolved set that decides a run.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from model_store.errors import ModelStoreError
@@ -163,6 +164,54 @@ def multistep_scheduler(config: dict, where: str = "scheduler config") -> dict:
     resolved["steps_offset"] = int(resolved["steps_offset"])
     resolved["rescale_betas_zero_snr"] = bool(resolved["rescale_betas_zero_snr"])
     return resolved
+
+
+def multistep_timesteps(settings: dict, steps: int) -> list[int]:
+    """DPMSolverMultistepScheduler.set_timesteps(steps) (UniPCMultistepScheduler's is the same) for the resolved
+    settings (`multistep_scheduler`): N + 1 points of the spacing, noisiest first, the last one dropped; no lambda
+    clipping (`lambda_min_clipped` is −∞). A ValueError for a count whose timesteps repeat or leave 0..T−1."""
+    import numpy as np
+
+    T = settings["num_train_timesteps"]
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1..{T} (num_train_timesteps) for this model, got {steps}")
+    spacing = settings["timestep_spacing"]
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1].copy().astype(np.int64)
+    elif spacing == "leading":
+        ratio = T // (steps + 1)
+        ts = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].copy().astype(np.int64)
+        ts += settings["steps_offset"]
+    else:  # "trailing"
+        ts = np.arange(T, 0, -T / steps).round().copy().astype(np.int64)
+        ts -= 1
+    out = [int(t) for t in ts]
+    if len(out) != steps or not all(0 <= t < T for t in out) or any(a <= b for a, b in pairwise(out)):
+        raise ValueError(f"{steps} steps give timesteps that repeat or leave 0..{T - 1} with this scheduler")
+    return out
+
+
+def multistep_max_steps(settings: dict) -> int:
+    """The most steps the multistep samplers run: the largest count whose timesteps are distinct and within 0..T−1
+    (a step between two equal timesteps would divide by h = 0)."""
+    n = int(settings["num_train_timesteps"])
+    while n > 1:
+        try:
+            multistep_timesteps(settings, n)
+            return n
+        except ValueError:
+            n -= 1
+    return 1
+
+
+def sampler_steps(manifest: Manifest, sampler: str) -> int | None:
+    """The step bound of a multistep sampler on a stored model (model_store.kinds.Kind.steps_bound); None for DDIM,
+    whose bound is `steps_limit`'s, or a model that cannot run it (refused on its own)."""
+    from model_store.samplers import grid_family
+
+    if grid_family(sampler) == "ddim" or sampler_refusal(manifest, sampler) is not None:
+        return None
+    return multistep_max_steps(multistep_scheduler(manifest.extras["scheduler_config"]))
 
 
 REIMPORT = "re-import it (diffusetv import diffusers) to keep its scheduler config, which the multistep samplers read"

@@ -18,7 +18,7 @@ from model_store.bounds import MAX_STEPS
 from model_store.diffusers_kind import steps_limit
 from model_store.errors import ModelStoreError
 from model_store.manifest import Manifest
-from model_store.samplers import SAMPLERS
+from model_store.samplers import DDIM, DEFAULT_SAMPLER, SAMPLERS
 from model_store.text import Prompted, TextSpec, resolve_for
 
 Shape = tuple[int, int, int]  # (height, width, channels)
@@ -66,8 +66,11 @@ class Kind:
     flops: Flops | None = None  # a kind whose models may record their cost: a job's model work (None: never known)
     # the fields a PNG's `parameters` name, null when a job has none (None: every one of `fields`)
     named: frozenset[str] | None = None
-    # why a model of the kind cannot run a sampler (model_store.samplers), in one line; None: every sampler runs
+    # why a model of the kind cannot run a sampler (model_store.samplers), in one line, None when it can; by default a
+    # kind runs DDIM alone (a plug-in kind's grid(steps) is DDIM's), and a kind that runs the others says so
     sampler_refusal: Callable[[Manifest, str], str | None] | None = None
+    # a sampler's own step bound on a model, where it is below the kind's (None: the kind's)
+    sampler_steps: Callable[[Manifest, str], int | None] | None = None
 
     def samplers(self, manifest: Manifest) -> list[str]:
         """The samplers the model runs (GET /models), in model_store.samplers.SAMPLERS's order."""
@@ -77,7 +80,7 @@ class Kind:
         """Why the model cannot run `sampler`, in words a client may see; None when it can."""
         if sampler not in SAMPLERS:
             return f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}"
-        return None if self.sampler_refusal is None else self.sampler_refusal(manifest, sampler)
+        return (self.sampler_refusal or ddim_only)(manifest, sampler)
 
     def image_shape(self, manifest: Manifest, width: int | None = None, height: int | None = None) -> Shape:
         """(height, width, channels) of the model's image at the requested size (its default when not given); a
@@ -94,14 +97,15 @@ class Kind:
             raise SizeError(f"{manifest.ref} makes {listed} (width x height), not {want[0]}x{want[1]}")
         return want[1], want[0], self.shape(manifest.config)[2] if self.shape is not None else 3
 
-    def steps_bound(self, manifest: Manifest) -> int:
-        """The most DDIM steps this model runs: the kind's bound, or less where the model's own settings say so."""
-        if self.limit is None:
-            return self.max_steps
+    def steps_bound(self, manifest: Manifest, sampler: str = DEFAULT_SAMPLER) -> int:
+        """The most steps this model runs with `sampler`: the kind's bound, or less where the model's own settings say
+        so (a diffusers scheduler's; its multistep grid's for a multistep sampler)."""
         try:
-            return min(self.max_steps, self.limit(manifest.extras))
+            bound = self.max_steps if self.limit is None else min(self.max_steps, self.limit(manifest.extras))
+            own = None if self.sampler_steps is None else self.sampler_steps(manifest, sampler)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelStoreError(f"{manifest.file}: cannot read its step bound ({exc!r})") from None
+        return bound if own is None else min(bound, own)
 
     def size_fields(self, manifest: Manifest, width: int | None, height: int | None) -> dict[str, int]:
         """A request's size fields for its spec: a model of several sizes always gets its width and height, defaulted,
@@ -124,6 +128,16 @@ class Kind:
         if self.sizes is not None:
             entry["sizes"] = [{"width": w, "height": h} for w, h in self.sizes(manifest)]
         return entry
+
+
+def ddim_only(manifest: Manifest, sampler: str) -> str | None:
+    """A kind's samplers unless it says otherwise: DDIM alone."""
+    return None if sampler == DDIM else f"{manifest.ref} (kind {manifest.kind!r}) runs ddim alone"
+
+
+def every_sampler(manifest: Manifest, sampler: str) -> str | None:
+    """A continuous-time kind: every sampler runs on its one grid."""
+    return None
 
 
 KINDS: dict[str, Kind] = {}
@@ -201,7 +215,7 @@ def square(config: dict) -> Shape:
     return int(config["image_size"]), int(config["image_size"]), int(config.get("channels", 3))
 
 
-register(Kind("ddim-unet", square, served=True))
+register(Kind("ddim-unet", square, served=True, sampler_refusal=every_sampler))
 register(
     Kind(
         "ddim-unet-text",
@@ -213,6 +227,7 @@ register(
         named=frozenset({"prompt", "guidance", "prompt_b"}),
         prompts=resolve_for,
         default_guidance=lambda manifest: TextSpec.of(manifest).default_guidance,
+        sampler_refusal=every_sampler,
     )
 )
 register(Kind("feature-cnn", square))  # the evaluation's feature extractor: in the store, never served
@@ -223,6 +238,7 @@ register(
         served=True,
         limit=diffusers_kind.steps_limit,
         sampler_refusal=diffusers_kind.sampler_refusal,
+        sampler_steps=diffusers_kind.sampler_steps,
     )
 )
 register(
@@ -238,5 +254,6 @@ register(
         sizes=sd_kind.sizes,
         flops=sd_kind.flops,
         sampler_refusal=diffusers_kind.sampler_refusal,
+        sampler_steps=diffusers_kind.sampler_steps,
     )
 )

@@ -24,3 +24,19 @@ def grid_family(sampler: str) -> str:
     """Which grid of a discrete-time model (diffusers') the sampler calls the network on: DDIMScheduler's, or the
     multistep schedulers' (DPMSolverMultistepScheduler's and UniPCMultistepScheduler's, which are the same)."""
     return "multistep" if sampler in MULTISTEP else "ddim"
+
+
+def refusal(sampler: str, eta: float = 0.0, harmonize: int = 0, inverting: bool = False) -> tuple[str, str] | None:
+    """(the request field to name, why) for options that do not go with `sampler`, whatever the model: eta or
+    harmonize with a multistep sampler, or an inversion by one that does not invert; None when they go together. The
+    API (422s) and the CLI (one-line errors) both ask this."""
+    if sampler not in SAMPLERS:
+        return "sampler", f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}"
+    if sampler in MULTISTEP and eta > 0:
+        return "eta", f"eta is DDIM's alone: sampler {sampler!r} takes eta 0"
+    if sampler in MULTISTEP and harmonize:
+        msg = f"harmonize is DDIM's alone: sampler {sampler!r} keeps a history per row and takes harmonize 0"
+        return "harmonize", msg
+    if inverting and sampler not in INVERTIBLE:
+        return "sampler", f"{sampler!r} does not invert: use one of {', '.join(INVERTIBLE)}"
+    return None

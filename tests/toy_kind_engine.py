@@ -49,7 +49,7 @@ class ToyLinear(KindModel):
         net.load_state_dict(read_state(self.manifest, toy_kind.NAME), strict=True)
         return net.to(device).eval()
 
-    def grid(self, steps: int, sampler: str = "ddim") -> list[GridStep]:
+    def grid(self, steps: int) -> list[GridStep]:
         return [GridStep(1 - k / steps, alpha_bar(1 - k / steps), alpha_bar(1 - (k + 1) / steps)) for k in range(steps)]
 
     def read(self, out, x_t, a_t):

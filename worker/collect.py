@@ -71,7 +71,7 @@ def claim(
     room: int,
     taken: list[tuple[Job, Spec]],
     timeout: int,
-    key_of: Callable[[Spec], tuple] = Spec.batch_key,
+    key_of: Callable[[Spec], tuple],
 ) -> None:
     """Take jobs of batch key `key` (`key_of` a spec gives it: the engine's, Engine.batch_key) off the queue (oldest
     first) into `taken` until it holds `room`, each recorded as this worker's, for the batch's time (`timeout`, its
@@ -98,7 +98,7 @@ def gather(
     wait_ms: int,
     taken: list[tuple[Job, Spec]],
     timeout: int,
-    key_of: Callable[[Spec], tuple] = Spec.batch_key,
+    key_of: Callable[[Spec], tuple],
 ) -> list[tuple[Job, Spec]]:
     """Claim jobs of batch key `key` into `taken` until the batch is full (`room`: batch_room) or `wait_ms` has passed;
     `timeout` is the batch's time, its leader's RQ timeout."""

@@ -28,9 +28,10 @@ from diffusion.guidance import Condition, Guidance
 from diffusion.inversion import InverseStep, invert
 from diffusion.kernels import Probe, probe_inputs, reference_rows, row_flops
 from diffusion.probe_cache import machine_key
+from diffusion.samplers import get as get_sampler
 from model_store import Manifest, ModelStoreError, Store, kinds
 from model_store.bounds import INVERSION_REFINE
-from model_store.samplers import INVERTIBLE, MULTISTEP
+from model_store.samplers import refusal
 from worker.kinds import KindModel, model_for
 from worker.memory import (
     STEP_COPIES,
@@ -150,7 +151,7 @@ class Engine:
         """Jobs with equal batch keys run as rows of one batch: the spec's (app.core.spec.Spec.batch_key), and the grid
         its sampler calls the network on (a continuous-time kind has one for all; a diffusers model's DDIM and
         multistep grids differ)."""
-        return (*spec.batch_key(), self.model.grid_key(getattr(spec, "sampler", "ddim")))
+        return (*spec.batch_key(), self.model.grid_key(spec.sampler))
 
     def record(self) -> dict[str, str]:
         """A finished job's `engine`: what ran it (app.schemas.Engine)."""
@@ -182,7 +183,7 @@ class Engine:
         if len(grids) > 1:
             names = sorted(set(samplers))
             raise ModelStoreError(f"{self.manifest.ref}: samplers {names} call the network at other times")
-        grid = self.model.grid(steps, samplers[0]) if samplers else self.model.grid(steps)
+        grid = self.model.grid_of(steps, samplers[0] if samplers else "ddim")
         guidance = None
         if self.model.conditioned:
             conditions = list(conditions) if conditions is not None else [Condition(None)] * len(seeds)
@@ -247,8 +248,9 @@ class Engine:
         refine: int | None = None,
         sampler: str = "ddim",
     ) -> Iterator[InverseStep]:
-        """DDIM inversion of pictures ((H, W, C) uint8 each) over the kind's `steps`-step grid (diffusion.inversion),
-        `refine` fixed-point iterations per step (REFINE by default; 0: naive). Yields every inverse step; the last
+        """Inversion of pictures ((H, W, C) uint8 each) by `sampler` (DDIM, or DPM-Solver++(2M), naive) over the kind's
+        `steps`-step grid for it (diffusion.inversion); DDIM with `refine` fixed-point iterations per step (REFINE by
+        default; 0: naive). Yields every inverse step; the last
         one's x is the latents x_T (B, C, h, w), float32 on the CPU. A text model inverts under `conditions` (a
         prompt at guidance 1: `condition(prompt, 1.0)`; none: the empty prompt)."""
         if self.model.conditioned:
@@ -263,12 +265,13 @@ class Engine:
             if p.shape != (height, width, channels) or p.dtype != np.uint8:
                 raise ModelStoreError(f"{self.manifest.ref}: a picture must be {width}x{height}x{channels} uint8")
         x = self.model.to_model(np.stack(list(pixels)), None).to(self.device)
-        if sampler not in INVERTIBLE:
-            raise ModelStoreError(f"{sampler} does not invert; invert with one of {', '.join(INVERTIBLE)}")
-        multistep = sampler in MULTISTEP
-        read = self.model.read if multistep else clamped(self.model.read, self.model.clip)  # DDIM's clamp
+        if refused := refusal(sampler, inverting=True):
+            raise ModelStoreError(refused[1])
+        how = get_sampler(sampler)
+        multistep = how.multistep
+        read = clamped(self.model.read, self.model.clip) if how.clips else self.model.read  # DDIM's clamp
         found = invert(
-            self.denoiser_at(size), self.model.grid(steps, sampler), x, read, self.model.image_is_x0,
+            self.denoiser_at(size), self.model.grid_of(steps, sampler), x, read, self.model.image_is_x0,
             0 if multistep else REFINE if refine is None else refine, guidance, multistep,
         )  # fmt: skip
         return (InverseStep(step.step, step.steps, step.x.float().cpu()) for step in found)

@@ -70,7 +70,7 @@ PICTURE = picture()
             "/interpolate",
             {"image_a": PICTURE, "seed_b": 2, "sampler": "unipc"},
             "sampler",
-            "image_a is inverted with the job's sampler, and 'unipc' does not invert",
+            "image_a is inverted with the job's sampler: 'unipc' does not invert",
         ),
         (
             "/interpolate",

@@ -208,12 +208,12 @@ def test_sampler_options_that_do_not_go_together_are_one_line_errors(tiny_store,
     out = ["--out", str(tmp_path / "x.png")]
     cases = [
         (["sample", "--seed", "1", "--sampler", "dpmpp_2m", "--eta", "0.5", *out],
-         "error: --eta is DDIM's alone: --sampler dpmpp_2m takes --eta 0"),
+         "error: --eta: eta is DDIM's alone: sampler 'dpmpp_2m' takes eta 0"),
         (["sample", "--seed", "1", "--sampler", "unipc", "--image", str(picture), "--mask", str(picture),
-          "--harmonize", "2", *out], "error: --harmonize is DDIM's alone: --sampler unipc takes --harmonize 0"),
+          "--harmonize", "2", *out], "error: --harmonize: harmonize is DDIM's alone: sampler 'unipc' keeps"),
         (["sample", "--seed", "1", "--sampler", "euler", *out], "--sampler: invalid choice: 'euler'"),
         (["invert", str(picture), "--sampler", "unipc", *out],
-         "error: --sampler unipc does not invert: use one of ddim, dpmpp_2m"),
+         "error: --sampler: 'unipc' does not invert: use one of ddim, dpmpp_2m"),
     ]  # fmt: skip
     for args, message in cases:
         proc = run_cli(*args[:1], "--model", "tiny", *args[1:], check=False)

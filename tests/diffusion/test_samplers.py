@@ -165,3 +165,27 @@ def test_a_multistep_sampler_takes_no_eta_and_no_harmonize():
         DDIMRun(network, [0], 4, SHAPE, grid=grid, harmonize=2, samplers=["unipc"])
     with pytest.raises(ValueError, match="unknown sampler"):
         get("euler")
+
+
+def test_the_samplers_that_keep_a_history_are_the_ones_the_api_refuses_eta_for():
+    from model_store.samplers import MULTISTEP, SAMPLERS, refusal
+
+    assert {name for name in SAMPLERS if get(name).multistep} == MULTISTEP
+    assert [name for name in SAMPLERS if get(name).clips] == ["ddim"]
+    assert refusal("dpmpp_2m", eta=0.1)[0] == "eta" and refusal("unipc", harmonize=1)[0] == "harmonize"
+    assert refusal("unipc", inverting=True)[0] == "sampler" and refusal("ddim", eta=1.0, harmonize=3) is None
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_the_multistep_step_bound_is_the_most_distinct_timesteps(config):
+    diffusers = pytest.importorskip("diffusers")
+    from model_store.diffusers_kind import multistep_max_steps, multistep_timesteps
+
+    settings = multistep_scheduler(CONFIGS[config])
+    bound = multistep_max_steps(settings)
+    scheduler = diffusers.DPMSolverMultistepScheduler.from_config(diffusers.DDPMScheduler(**CONFIGS[config]).config)
+    scheduler.set_timesteps(bound)
+    assert multistep_timesteps(settings, bound) == scheduler.timesteps.tolist()
+    assert len(set(scheduler.timesteps.tolist())) == bound
+    with pytest.raises(ValueError, match=r"repeat or leave|steps must be in"):
+        multistep_timesteps(settings, bound + 1)  # diffusers would divide by h = 0, or read past T

@@ -67,3 +67,22 @@ def test_no_branch_on_a_kind_outside_the_registry():
     branch = re.compile(f"{model_kind}|{job_kind}")
     allowed = ("model_store/kinds.py:", "tests/")
     assert [line for line in lines if branch.search(line) and not line.startswith(allowed)] == []
+
+
+def test_a_kind_runs_ddim_alone_unless_it_says_otherwise(tmp_path):
+    import dataclasses
+
+    from model_store import kinds
+
+    plain = dataclasses.replace(kinds.KINDS["ddim-unet"], name="plug-in", sampler_refusal=None)
+    assert plain.refuse_sampler(_stub("plug-in"), "ddim") is None
+    assert "runs ddim alone" in plain.refuse_sampler(_stub("plug-in"), "unipc")
+    assert plain.samplers(_stub("plug-in")) == ["ddim"]
+    assert kinds.KINDS["ddim-unet"].samplers(_stub("ddim-unet")) == ["ddim", "dpmpp_2m", "unipc"]
+    assert "unknown sampler" in plain.refuse_sampler(_stub("plug-in"), "euler")
+
+
+def _stub(kind: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(ref="mine@1", kind=kind, extras={}, config={})

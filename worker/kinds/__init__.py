@@ -71,7 +71,12 @@ class KindModel(ABC):
     @abstractmethod
     def grid(self, steps: int, sampler: str = "ddim") -> list[GridStep]:
         """The `steps` steps of a run of `sampler` (model_store.samplers): each one's network time and its alpha-bars.
-        A continuous-time kind has one grid for every sampler."""
+        A continuous-time kind has one grid for every sampler; a kind that runs DDIM alone may take `steps` only."""
+
+    def grid_of(self, steps: int, sampler: str) -> list[GridStep]:
+        """`grid` for a sampler the kind runs (model_store.kinds.Kind.refuse_sampler): DDIM's is `grid(steps)`, which
+        every kind takes, a plug-in kind written before samplers too."""
+        return self.grid(steps) if sampler == "ddim" else self.grid(steps, sampler)
 
     def grid_key(self, sampler: str) -> str:
         """Names the grid `sampler` calls the network on: jobs of equal grid keys share network calls. "" for a kind
