@@ -510,7 +510,7 @@ async function generateFromPicture(event) {
   const body = { seed, ...runFields(), image: state.picture.value, strength: Number($("strength").value) };
   if (state.masked) {
     body.mask = maskDataUrl();
-    body.harmonize = Number($("harmonize").value);
+    body.harmonize = ($("sampler").value || DDIM) === DDIM ? Number($("harmonize").value) : 0;
   }
   await runJob("/generate", body, pictureTv());
 }
@@ -614,10 +614,11 @@ function showSamplers(modelId, samplerId) {
   showEta();
 }
 
-// Eta is DDIM's alone: another sampler greys it out (and runFields sends 0).
+// Eta and harmonize are DDIM's alone: another sampler greys them out (and the bodies send 0).
 function showEta() {
   const ddim = ($("sampler").value || DDIM) === DDIM;
   $("eta").disabled = !ddim;
+  $("harmonize").disabled = !ddim;
   $("eta-hint").hidden = ddim;
 }
 

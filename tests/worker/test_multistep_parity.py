@@ -288,3 +288,39 @@ def test_stable_diffusion_with_a_prompt_and_a_negative_prompt_is_diffusers(tmp_p
             print(f"stable diffusion {sampler} {steps} steps: latents {difference:.1e}, {levels} levels")  # pytest -s
             assert levels <= 2, (sampler, steps)
             assert saturation(want) < MAX_SATURATION and len(np.unique(want)) > 80
+
+
+@torch.no_grad()
+def img2img_reference(unet, scheduler, x0: torch.Tensor, seed: int, steps: int, strength: float) -> torch.Tensor:
+    """diffusers' image-to-image with a multistep scheduler, as its img2img pipelines run it: `get_timesteps` (the last
+    int(steps·strength) timesteps), the picture noised to the first of them with `add_noise` (ε: the seed's first
+    draw), `set_begin_index` (an empty history), then `step` at each timestep."""
+    scheduler.set_timesteps(steps)
+    start = steps - min(int(steps * strength), steps)
+    timesteps = scheduler.timesteps[start:]
+    scheduler.set_begin_index(start)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+    x = scheduler.add_noise(x0, noise, timesteps[:1])
+    for t in timesteps:
+        x = scheduler.step(unet(x, t).sample, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_image_to_image_starts_with_an_empty_history_as_set_begin_index(imported, engines, sampler):
+    from worker.engine import PictureIn
+
+    _, pipelines = imported
+    unet, config = pipelines["ddim-sd"]
+    engine = engines["ddim-sd"]
+    picture = engine.generate([5], 20, [0.0])[0]  # a picture the model draws
+    x0 = torch.from_numpy(picture).permute(2, 0, 1)[None].float() / 127.5 - 1  # its model space, 2·p/255 − 1
+    for strength in (0.4, 0.75):
+        theirs = img2img_reference(unet, multistep_scheduler(sampler, config), x0, 3, 10, strength)
+        rows = [PictureIn(picture, strength)]
+        ours = engine.model.final(last_step(engine.run([3], 10, [0.0], pictures=rows, samplers=[sampler])))
+        difference = float((ours.float().cpu() - theirs).abs().max())
+        assert difference <= FLOAT_TOLERANCE, (strength, difference)
+        mine = engine.images(last_step(engine.run([3], 10, [0.0], pictures=rows, samplers=[sampler])), rows)[0]
+        assert np.abs(mine.astype(int) - image(theirs)[0].astype(int)).max() <= 2
+        assert not np.array_equal(mine, picture)
