@@ -212,6 +212,7 @@ def test_inversion_bench_reports_naive_and_refined_for_each_model(capsys):
     assert [(r["method"], r["calls"]) for r in result["rows"]] == [
         ("naive", 2),
         (f"refined ({REFINE})", 2 * (1 + REFINE)),
+        ("dpmpp_2m (naive)", 2),
     ]
     assert all(r["median_db"] > 5 for r in result["rows"]) and result["cpu"]
 
