@@ -11,11 +11,12 @@ timestep t_k and moves from σ_k to σ_{k+1}; as a level, ᾱ = 1/(σ² + 1) (th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from diffusion import diffusers_ddim
 from diffusion.ddim import GridStep
-from model_store.diffusers_kind import multistep_timesteps
 
 
 def alphas_cumprod(settings: dict) -> torch.Tensor:
@@ -32,11 +33,11 @@ def alphas_cumprod(settings: dict) -> torch.Tensor:
     return abar
 
 
-def grid(settings: dict, steps: int) -> list[GridStep]:
-    """Each step's timestep and the levels it moves between: σ_k = √((1 − ᾱ_t)/ᾱ_t) read at t_k in float32 (as
-    `set_timesteps` takes it), ᾱ = 1/(σ² + 1), and zero noise (ᾱ = 1) after the last step."""
+def grid(settings: dict, ts: Sequence[int]) -> list[GridStep]:
+    """Each step's timestep (`ts`: `set_timesteps`'s, model_store.diffusers_kind.multistep_timesteps) and the levels it
+    moves between: σ_k = √((1 − ᾱ_t)/ᾱ_t) read at t_k in float32 (as `set_timesteps` takes it), ᾱ = 1/(σ² + 1), and
+    zero noise (ᾱ = 1) after the last step."""
     abar = alphas_cumprod(settings)
     sigmas = (((1 - abar) / abar) ** 0.5).numpy()  # float32, as `set_timesteps`
-    ts = multistep_timesteps(settings, steps)
     levels = [1.0 / (float(sigmas[t]) ** 2 + 1.0) for t in ts] + [1.0]  # σ_last = 0: "zero"
     return [GridStep(float(t), levels[k], levels[k + 1]) for k, t in enumerate(ts)]

@@ -14,7 +14,7 @@ from diffusion.samplers import Level, get
 from diffusion.samplers.dpmpp_2m import coefficients
 from diffusion.samplers.unipc import corrector_rhos
 from diffusion.schedule import offset_cosine
-from model_store.diffusers_kind import multistep_scheduler
+from model_store.diffusers_kind import multistep_scheduler, multistep_timesteps
 
 SHAPE = (3, 8, 8)
 CONFIGS = {
@@ -54,7 +54,7 @@ def reference(scheduler_cls: str, config: dict, steps: int, x_T: torch.Tensor) -
 
 def ours(sampler: str, config: dict, steps: int, x_T: torch.Tensor) -> torch.Tensor:
     settings = multistep_scheduler(config)
-    grid = diffusers_multistep.grid(settings, steps)
+    grid = diffusers_multistep.grid(settings, multistep_timesteps(settings, steps))
     prediction = settings["prediction_type"]
 
     def read(out, x, alpha_bar):
@@ -85,7 +85,8 @@ def test_the_multistep_grid_is_the_schedulers():
         for cls in (diffusers.DPMSolverMultistepScheduler, diffusers.UniPCMultistepScheduler):
             scheduler = cls.from_config(diffusers.DDPMScheduler(**config).config)
             scheduler.set_timesteps(12)
-            grid = diffusers_multistep.grid(multistep_scheduler(dict(scheduler.config)), 12)
+            settings = multistep_scheduler(dict(scheduler.config))
+            grid = diffusers_multistep.grid(settings, multistep_timesteps(settings, 12))
             assert [int(g.time) for g in grid] == scheduler.timesteps.tolist()
             sigmas = scheduler.sigmas.double()
             assert [g.alpha_bar for g in grid] == pytest.approx((1 / (sigmas[:-1] ** 2 + 1)).tolist(), rel=1e-12)
@@ -179,7 +180,7 @@ def test_the_samplers_that_keep_a_history_are_the_ones_the_api_refuses_eta_for()
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_the_multistep_step_bound_is_the_most_distinct_timesteps(config):
     diffusers = pytest.importorskip("diffusers")
-    from model_store.diffusers_kind import multistep_max_steps, multistep_timesteps
+    from model_store.diffusers_kind import multistep_max_steps
 
     settings = multistep_scheduler(CONFIGS[config])
     bound = multistep_max_steps(settings)

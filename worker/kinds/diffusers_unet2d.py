@@ -20,7 +20,7 @@ from diffusion.ddim import GridStep, Step
 from diffusion.denoiser import denormalised_pixels, normalised_pixels
 from diffusion.diffusers_unet import UNet2DNetwork, unet2d
 from model_store import ModelStoreError
-from model_store.diffusers_kind import KIND, multistep_scheduler, sampler_refusal
+from model_store.diffusers_kind import KIND, multistep_scheduler, multistep_timesteps, sampler_refusal
 from model_store.samplers import grid_family
 from model_store.weights import read_state
 from worker.kinds import KindModel
@@ -52,7 +52,8 @@ class DiffusersUNet2D(KindModel):
         refusal = sampler_refusal(self.manifest, sampler)
         if refusal is not None:
             raise ModelStoreError(refusal)
-        return diffusers_multistep.grid(multistep_scheduler(self.manifest.extras["scheduler_config"]), steps)
+        settings = multistep_scheduler(self.manifest.extras["scheduler_config"])
+        return diffusers_multistep.grid(settings, multistep_timesteps(settings, steps))
 
     def grid_key(self, sampler: str) -> str:
         return grid_family(sampler)  # DDIM's timesteps and the multistep ones differ, even at equal steps
