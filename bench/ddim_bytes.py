@@ -13,6 +13,7 @@ kernels (the engine id), so compare outputs from one machine.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import tempfile
 from pathlib import Path
 
@@ -37,8 +38,9 @@ def emoji_lines() -> dict[str, str]:
     mask = np.zeros((32, 32, 1), np.uint8)
     mask[8:24, 8:24] = 255
     rows = [PictureIn(picture, 0.6), None, PictureIn(picture, 1.0, mask, 2)]
+    where = "starts" if "starts" in inspect.signature(e.run).parameters else "pictures"  # an older engine's keyword
     out["emoji32 pictures in"] = fingerprint(
-        e.images(last_step(e.run([1, 2, 3], 20, [0.0, 0.3, 0.0], pictures=rows)), rows)
+        e.images(last_step(e.run([1, 2, 3], 20, [0.0, 0.3, 0.0], **{where: rows})), rows)
     )
     *_, inverse = e.invert([picture], 20)
     out["emoji32 inversion"] = fingerprint(inverse.x)

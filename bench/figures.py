@@ -117,14 +117,14 @@ def pictures_figure(engine, glyphs: np.ndarray, steps: int, out: Path, seed: int
     seeds = [seed + r for r in range(n)]
     for strength in STRENGTHS:
         rows = [PictureIn(g, strength) for g in glyphs]
-        columns.append(engine.images(last_step(engine.run(seeds, steps, [0.0] * n, pictures=rows)), rows))
+        columns.append(engine.images(last_step(engine.run(seeds, steps, [0.0] * n, starts=rows)), rows))
     mask = np.zeros((size, size, 1), np.uint8)
     mask[:, : size // 2] = 255
     shown = np.where(mask > 0, 150, 30).astype(np.uint8)  # grey: repaint; dark: keep
     columns.append(np.repeat(np.broadcast_to(shown, (n, size, size, 1)), 3, axis=3))
     for harmonize in (0, 4):
         rows = [PictureIn(g, 1.0, mask, harmonize) for g in glyphs]
-        columns.append(engine.images(last_step(engine.run(seeds, steps, [0.0] * n, pictures=rows)), rows))
+        columns.append(engine.images(last_step(engine.run(seeds, steps, [0.0] * n, starts=rows)), rows))
     pad, tile, head = 4, size * SCALE, 18
     figure = Image.new("RGB", (len(columns) * (tile + pad) + pad, head + n * (tile + pad) + pad), "white")
     draw = ImageDraw.Draw(figure)

@@ -28,7 +28,7 @@ def timed(engine, seeds, steps, pictures) -> float:
     from diffusion.ddim import last_step
 
     started = time.perf_counter()
-    run = engine.run(seeds, steps, [0.0] * len(seeds), pictures=pictures)
+    run = engine.run(seeds, steps, [0.0] * len(seeds), starts=pictures)
     engine.images(last_step(run), pictures)
     return time.perf_counter() - started
 

@@ -54,10 +54,11 @@ def sample(args: argparse.Namespace) -> int:
     spec = GenerateSpec.from_request(args, engine.manifest, **text.fields(), **size, **inputs.fields)
     seeds = list(range(seed, seed + args.n))
     conditions = [engine.condition(spec.prompt, spec.guidance, spec.negative_prompt)] * args.n
-    pictures, latents = [inputs.picture] * args.n, [inputs.latent] * args.n
+    pictures = [inputs.picture] * args.n
+    starts = [inputs.picture if inputs.picture is not None else inputs.latent] * args.n
     etas, samplers = [spec.eta] * args.n, [spec.sampler] * args.n
     run = engine.run(
-        seeds, spec.steps, etas, x_T=latents, conditions=conditions, size=spec.size, pictures=pictures,
+        seeds, spec.steps, etas, starts, conditions=conditions, size=spec.size,
         samplers=samplers,
     )  # fmt: skip
     images = engine.images(last_step(run), pictures)

@@ -59,7 +59,7 @@ def keras_rows(folder: Path) -> list[np.ndarray]:
     theirs = example.keras.ops.convert_to_numpy(model.generate_from(example.keras.ops.convert_to_tensor(noise), STEPS))
     theirs = np.round(theirs * 255).astype(np.uint8)
     x_T = torch.from_numpy(noise).permute(0, 3, 1, 2).contiguous()
-    ours = engine.pixels(last_step(engine.run(list(SEEDS), STEPS, [0.0] * len(SEEDS), x_T=x_T)).x0_pred)
+    ours = engine.pixels(last_step(engine.run(list(SEEDS), STEPS, [0.0] * len(SEEDS), starts=x_T)).x0_pred)
     print(f"keras: largest pixel difference {np.abs(theirs.astype(int) - ours).max()}")
     return [theirs, ours]
 

@@ -227,10 +227,9 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
     seeds, etas = [0 if r.spec.seed is None else r.spec.seed for r in batch], [r.spec.eta for r in batch]
     pictures = [inputs.picture_in(redis, r.spec) for r in batch]  # image-to-image and inpainting rows
     latents = [inputs.latent(redis, r.spec.latent) if r.spec.latent else None for r in batch]
+    starts = [p if p is not None else x for p, x in zip(pictures, latents, strict=True)]  # a job has one or neither
     samplers = [r.spec.sampler for r in batch]  # each row's own (model_store.samplers), on the batch's one grid
-    sampler = engine.run(
-        seeds, steps, etas, x_T=latents, conditions=conditions, size=specs[0].size, pictures=pictures, samplers=samplers
-    )
+    sampler = engine.run(seeds, steps, etas, starts, conditions=conditions, size=specs[0].size, samplers=samplers)
     live = list(batch)  # the runs still in the sampler, in its row order
     preview_at = events.preview_steps(steps, get_settings().preview_every_steps)
     last = None

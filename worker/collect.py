@@ -34,6 +34,7 @@ POLL_S = 0.001
 
 
 BATCHED = {cls.FUNC: cls for cls in (GenerateSpec, InvertSpec)}  # the jobs that run in batches
+Joins = Callable[[Spec], bool]  # whether a queued job's spec may join the batch: its batch key is the leader's
 
 
 def spec_of(job: Job | None) -> Spec | None:
@@ -64,16 +65,8 @@ def batch_room(settings: Settings, engine: Engine, spec: GenerateSpec | InvertSp
     return max(0, min(caps) - 1)
 
 
-def claim(
-    redis,
-    queue: Queue,
-    key: tuple,
-    room: int,
-    taken: list[tuple[Job, Spec]],
-    timeout: int,
-    key_of: Callable[[Spec], tuple],
-) -> None:
-    """Take jobs of batch key `key` (`key_of` a spec gives it: the engine's, Engine.batch_key) off the queue (oldest
+def claim(redis, queue: Queue, joins: Joins, room: int, taken: list[tuple[Job, Spec]], timeout: int) -> None:
+    """Take jobs that may join the batch (`joins`: those of its batch key, Engine.batch_key) off the queue (oldest
     first) into `taken` until it holds `room`, each recorded as this worker's, for the batch's time (`timeout`, its
     leader's) or the job's own where longer. A job is in `taken` from the moment it leaves the queue: should recording
     it fail (Redis full until the job's time is up), the caller fails it with the others."""
@@ -84,27 +77,20 @@ def claim(
         if len(taken) >= room:
             break
         spec = spec_of(job)
-        if spec is not None and key_of(spec) == key and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
+        if spec is not None and joins(spec) and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
             taken.append((job, spec))
             take(redis, [spec.job_id], max(timeout, job.timeout or 0), spec.inputs())
             while_full(log, f"starting RQ job {job.id}", job.set_status, RQStatus.STARTED)
 
 
 def gather(
-    redis,
-    queue: Queue,
-    key: tuple,
-    room: int,
-    wait_ms: int,
-    taken: list[tuple[Job, Spec]],
-    timeout: int,
-    key_of: Callable[[Spec], tuple],
+    redis, queue: Queue, joins: Joins, room: int, wait_ms: int, taken: list[tuple[Job, Spec]], timeout: int
 ) -> list[tuple[Job, Spec]]:
-    """Claim jobs of batch key `key` into `taken` until the batch is full (`room`: batch_room) or `wait_ms` has passed;
-    `timeout` is the batch's time, its leader's RQ timeout."""
+    """Claim jobs that may join the batch (`joins`) into `taken` until the batch is full (`room`: batch_room) or
+    `wait_ms` has passed; `timeout` is the batch's time, its leader's RQ timeout."""
     deadline = time.monotonic() + wait_ms / 1000
     while True:
-        claim(redis, queue, key, room, taken, timeout, key_of)
+        claim(redis, queue, joins, room, taken, timeout)
         if len(taken) >= room or time.monotonic() >= deadline:
             return taken
         time.sleep(POLL_S)

@@ -96,6 +96,10 @@ class PictureIn:
     harmonize: int = 0
 
 
+# Where a run's rows start, other than their seed's noise: every row's x_T, or per row an x_T, a picture or None.
+Start = torch.Tensor | Sequence["PictureIn | torch.Tensor | None"] | None
+
+
 @dataclass
 class Engine:
     manifest: Manifest
@@ -162,10 +166,9 @@ class Engine:
         seeds: Sequence[int],
         steps: int,
         etas: Sequence[float],
-        x_T: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+        starts: Start = None,
         conditions: Sequence[Condition] | None = None,
         size: Size = None,
-        pictures: Sequence[PictureIn | None] | None = None,
         samplers: Sequence[str] | None = None,
     ) -> DDIMRun:
         """A batch's run on the kind's grid; iterate it for each step (x0 predictions in model space). Each row runs its
@@ -173,9 +176,10 @@ class Engine:
         call the network on (KindModel.grid_key).
 
         A text model's samples are guided, each by its own condition (`condition`; none: the empty prompt). A model
-        of several sizes makes the (width, height) `size` (its default for None). `x_T` gives every row's x_T (a
-        (B, C, H, W) tensor) or some rows' (a list, None for a seed's: an inversion's latent). A row with a picture
-        starts from it (image-to-image; inpainting with its mask and its `harmonize`). Each row's generator is its
+        of several sizes makes the (width, height) `size` (its default for None). `starts` says where rows start other
+        than from their seed's noise: every row's x_T (a (B, C, H, W) tensor), or one entry per row: its x_T (a tensor:
+        an inversion's latent), its picture (a `PictureIn`: image-to-image; inpainting with its mask and its
+        `harmonize`) or None (its seed's noise). Each row's generator is its
         seed's: a latent kind's picture takes its VAE sample from it first (diffusion.ddim.DDIMRun says the order of
         the draws)."""
         samplers = list(samplers) if samplers is not None else ["ddim"] * len(seeds)
@@ -192,10 +196,12 @@ class Engine:
             raise ModelStoreError(f"{self.manifest.ref} takes no prompt")
         denoiser, shape = self.denoiser_at(size), self.model.shape_at(size)
         gens = generators(seeds)
+        whole = starts if isinstance(starts, torch.Tensor) else None
+        each = None if starts is None or whole is not None else list(starts)
+        pictures = None if each is None else [s if isinstance(s, PictureIn) else None for s in each]
+        latents = None if each is None else [s if isinstance(s, torch.Tensor) else None for s in each]
         rows = None if pictures is None else self.picture_rows(pictures, gens, steps, size)
         harmonize = [0 if p is None else p.harmonize for p in pictures] if pictures is not None else 0
-        latents = None if x_T is None or isinstance(x_T, torch.Tensor) else list(x_T)
-        whole = x_T if isinstance(x_T, torch.Tensor) else None
         return sample_loop(
             denoiser, seeds, steps, shape, eta=list(etas), device=self.device, x_T=whole, grid=grid,
             read=self.model.read, clip=self.model.clip, guidance=guidance, pictures=rows, harmonize=harmonize,
@@ -230,7 +236,7 @@ class Engine:
         pixel for pixel."""
         images = self.pixels(self.model.final(step))
         for i, picture in enumerate(pictures or []):
-            if picture is None:
+            if not isinstance(picture, PictureIn):  # a seed's row, or an inversion's latent
                 continue
             if start_step(step.steps, picture.strength) == step.steps:
                 images[i] = picture.pixels
@@ -287,7 +293,7 @@ class Engine:
         """The run (eta 0) from inverted latents with the inversion's sampler: an inversion's picture back."""
         n = len(latents)
         x_T, samplers = list(latents), [sampler] * n
-        return self.run([0] * n, steps, [0.0] * n, x_T=x_T, conditions=conditions, size=size, samplers=samplers)
+        return self.run([0] * n, steps, [0.0] * n, x_T, conditions=conditions, size=size, samplers=samplers)
 
     def condition(self, prompt: str | None, guidance: float | None, negative: str | None = None) -> Condition:
         """A sample's condition, by its kind's rules (worker.kinds.KindModel.condition): its (normalised) prompt's

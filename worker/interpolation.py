@@ -113,9 +113,7 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
     frames = spec.frames
     seed = spec.seed_a or 0  # eta 0: nothing is drawn after x_T, which the walk gives
     etas, samplers = [0.0] * frames, [spec.sampler] * frames
-    sampler = engine.run(
-        [seed] * frames, spec.steps, etas, x_T=x_T, conditions=conditions, size=size, samplers=samplers
-    )
+    sampler = engine.run([seed] * frames, spec.steps, etas, x_T, conditions=conditions, size=size, samplers=samplers)
     last = None
     done = spec.steps_run - spec.steps  # the steps of the ends' inversion
     for last in sampler:

@@ -84,7 +84,11 @@ def batched(cls: type[Spec], runner, kwargs: dict) -> dict:
         queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
         room = batch_room(settings, engine, spec, timeout)
         key = engine.batch_key(spec)  # the spec's, and the grid its sampler calls the network on
-        gather(redis, queue, key, room, settings.max_batch_wait_ms, claimed, timeout, engine.batch_key)
+
+        def joins(other: Spec) -> bool:
+            return engine.batch_key(other) == key
+
+        gather(redis, queue, joins, room, settings.max_batch_wait_ms, claimed, timeout)
         specs = [spec] + [s for _, s in claimed]
         outcome = runner(redis, engine, specs, settings.result_ttl)
     except JobTimeoutException:

@@ -91,7 +91,7 @@ def test_a_20_step_generate_from_the_same_noise_is_the_examples(checkpoint, stor
     theirs = keras.ops.convert_to_numpy(model.generate_from(keras.ops.convert_to_tensor(noise), STEPS))
     want = np.round(theirs * 255).astype(np.uint8)  # (B, H, W, 3) in [0, 1] -> the PNG's quantisation
     x_T = torch.from_numpy(noise).permute(0, 3, 1, 2).contiguous()
-    last = last_step(engine.run([0, 1, 2, 3], STEPS, [0.0] * 4, x_T=x_T))
+    last = last_step(engine.run([0, 1, 2, 3], STEPS, [0.0] * 4, starts=x_T))
     ours = engine.pixels(engine.model.final(last))
     assert np.abs(ours.astype(int) - want.astype(int)).max() <= 2
     floats = np.clip(last.x0_pred.permute(0, 2, 3, 1).numpy() * np.array(m.std) + np.array(m.mean), 0, 1)

@@ -318,9 +318,9 @@ def test_image_to_image_starts_with_an_empty_history_as_set_begin_index(imported
     for strength in (0.4, 0.75):
         theirs = img2img_reference(unet, multistep_scheduler(sampler, config), x0, 3, 10, strength)
         rows = [PictureIn(picture, strength)]
-        ours = engine.model.final(last_step(engine.run([3], 10, [0.0], pictures=rows, samplers=[sampler])))
+        ours = engine.model.final(last_step(engine.run([3], 10, [0.0], starts=rows, samplers=[sampler])))
         difference = float((ours.float().cpu() - theirs).abs().max())
         assert difference <= FLOAT_TOLERANCE, (strength, difference)
-        mine = engine.images(last_step(engine.run([3], 10, [0.0], pictures=rows, samplers=[sampler])), rows)[0]
+        mine = engine.images(last_step(engine.run([3], 10, [0.0], starts=rows, samplers=[sampler])), rows)[0]
         assert np.abs(mine.astype(int) - image(theirs)[0].astype(int)).max() <= 2
         assert not np.array_equal(mine, picture)

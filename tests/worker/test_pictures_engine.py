@@ -59,7 +59,7 @@ def test_pixels_to_model_and_back_are_the_same_pixels(engine):
 def test_strength_zero_is_the_input_and_strength_cost_counts_steps(engine):
     picture = a_picture(1)
     rows = [PictureIn(picture, 0.0), None, PictureIn(picture, 0.5)]
-    run = engine.run([1, 2, 3], STEPS, [0.0, 0.0, 1.0], pictures=rows)
+    run = engine.run([1, 2, 3], STEPS, [0.0, 0.0, 1.0], starts=rows)
     steps = list(run)
     images = engine.images(steps[-1], rows)
     assert np.array_equal(images[0], picture)
@@ -79,11 +79,11 @@ def test_picture_rows_are_bit_identical_alone_with_seed_jobs_and_after_a_drop(en
         (14, PictureIn(a_picture(4), 1.0, mask, 2)),
     ]
     seeds, pictures = [s for s, _ in rows], [p for _, p in rows]
-    alone = [last_step(engine.run([s], STEPS, [eta], pictures=[p])) for s, p in rows]
-    together = last_step(engine.run(seeds, STEPS, [eta] * 5, pictures=pictures))
+    alone = [last_step(engine.run([s], STEPS, [eta], starts=[p])) for s, p in rows]
+    together = last_step(engine.run(seeds, STEPS, [eta] * 5, starts=pictures))
     for i, one in enumerate(alone):
         assert torch.equal(together.x0_pred[i], one.x0_pred[0]) and torch.equal(together.x[i], one.x[0]), i
-    run = engine.run(seeds, STEPS, [eta] * 5, pictures=pictures)
+    run = engine.run(seeds, STEPS, [eta] * 5, starts=pictures)
     for step in run:
         if step.step == 3:
             run.drop([1, 2])  # a seed job and an inpainting job leave mid-run
@@ -98,7 +98,7 @@ def test_picture_rows_are_bit_identical_alone_with_seed_jobs_and_after_a_drop(en
 def test_inpainting_keeps_every_kept_pixel_of_the_input(engine, harmonize):
     picture, mask = a_picture(5), right_half_mask()
     rows = [PictureIn(picture, strength, mask, harmonize) for strength in (1.0, 0.5)]
-    images = finish(engine, engine.run([21, 22], STEPS, [0.0, 1.0], pictures=rows), rows)
+    images = finish(engine, engine.run([21, 22], STEPS, [0.0, 1.0], starts=rows), rows)
     for image in images:
         assert np.array_equal(image[:, :8], picture[:, :8])
         assert not np.array_equal(image[:, 8:], picture[:, 8:])
@@ -107,9 +107,9 @@ def test_inpainting_keeps_every_kept_pixel_of_the_input(engine, harmonize):
 def test_harmonize_changes_the_repainted_region_only_and_is_deterministic(engine):
     picture, mask = a_picture(6), right_half_mask()
     rows, harmonized = [PictureIn(picture, 0.8, mask)], [PictureIn(picture, 0.8, mask, 3)]
-    plain = finish(engine, engine.run([30], STEPS, [0.0], pictures=rows), rows)
-    first = finish(engine, engine.run([30], STEPS, [0.0], pictures=harmonized), harmonized)
-    second = finish(engine, engine.run([30], STEPS, [0.0], pictures=harmonized), harmonized)
+    plain = finish(engine, engine.run([30], STEPS, [0.0], starts=rows), rows)
+    first = finish(engine, engine.run([30], STEPS, [0.0], starts=harmonized), harmonized)
+    second = finish(engine, engine.run([30], STEPS, [0.0], starts=harmonized), harmonized)
     assert np.array_equal(first, second)
     assert np.array_equal(first[0][:, :8], plain[0][:, :8])
     assert not np.array_equal(first[0][:, 8:], plain[0][:, 8:])
@@ -124,7 +124,7 @@ def test_an_inversion_is_bit_identical_alone_and_batched_and_reconstructs(engine
     assert together.x.shape == (3, 3, 16, 16) and together.x.dtype == torch.float32
     images = finish(engine, engine.reconstruct(list(together.x), STEPS))
     assert images.shape == (3, 16, 16, 3)
-    seeds = last_step(engine.run([0, 0, 0], STEPS, [0.0] * 3, x_T=together.x))
+    seeds = last_step(engine.run([0, 0, 0], STEPS, [0.0] * 3, starts=together.x))
     assert np.array_equal(images, engine.images(seeds))  # reconstruct is DDIM (eta 0) from the latents
 
 
@@ -293,13 +293,13 @@ def test_image_to_image_of_a_latent_pipeline_is_diffusers_img2img(sd_model, prom
     )  # fmt: skip
     want = np.round(out.images[0] * 255).astype(np.uint8)
     rows = [PictureIn(picture, strength)]
-    run = engine.run([seed], STEPS, [0.0], conditions=[engine.condition(prompt, guidance)], pictures=rows)
+    run = engine.run([seed], STEPS, [0.0], conditions=[engine.condition(prompt, guidance)], starts=rows)
     mine = finish(engine, run, rows)[0]
     assert np.abs(mine.astype(int) - want.astype(int)).max() <= 2
     assert len(np.unique(want)) > 50
     # the same row beside a seed job: the same bytes
     both = engine.run(
         [seed, 9], STEPS, [0.0, 0.0], conditions=[engine.condition(prompt, guidance), engine.condition("sun", 3.0)],
-        pictures=[rows[0], None],
+        starts=[rows[0], None],
     )  # fmt: skip
     assert np.array_equal(finish(engine, both, [rows[0], None])[0], mine)

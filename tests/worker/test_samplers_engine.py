@@ -36,7 +36,7 @@ def alone(engine, i: int, conditions=None, pictures=None) -> np.ndarray:
     sampler, eta = ROWS[i]
     cond = None if conditions is None else [conditions[i]]
     pics = None if pictures is None else [pictures[i]]
-    run = engine.run([100 + i], STEPS, [eta], conditions=cond, pictures=pics, samplers=[sampler])
+    run = engine.run([100 + i], STEPS, [eta], conditions=cond, starts=pics, samplers=[sampler])
     return engine.images(last_step(run), pics)[0]
 
 
@@ -76,7 +76,7 @@ def test_image_to_image_rows_of_multistep_samplers_enter_late_with_an_empty_hist
     expected = [alone(engine, i, pictures=pictures) for i in range(len(ROWS))]
     calls = counting(engine)
     seeds = [100 + i for i in range(len(ROWS))]
-    run = engine.run(seeds, STEPS, [e for _, e in ROWS], pictures=pictures, samplers=[s for s, _ in ROWS])
+    run = engine.run(seeds, STEPS, [e for _, e in ROWS], starts=pictures, samplers=[s for s, _ in ROWS])
     images = engine.images(last_step(run), pictures)
     assert len(calls) == STEPS and calls[0] == 2 and calls[-1] == len(ROWS)  # rows enter at their start steps
     for i, image in enumerate(images):
