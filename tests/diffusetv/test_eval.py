@@ -76,10 +76,11 @@ def test_eval_errors_are_one_line(setup, tmp_path, monkeypatch):
 def test_eval_samples_with_the_sampler_and_names_it(setup):
     _, data = setup
     run_cli("features", "--data", str(data), "--name", "feats", "--steps", "3")
-    args = ["eval", "--data", str(data), "--features", "feats", "--n", "6", "--steps", "2", "--subsets", "5"]
+    # 3 steps: at 2, a multistep sampler's second step is its last (first order), so its image is DDIM's
+    args = ["eval", "--data", str(data), "--features", "feats", "--n", "6", "--steps", "3", "--subsets", "5"]
     ddim = json.loads(run_cli(*args, "--json").stdout)
     unipc = json.loads(run_cli(*args, "--sampler", "unipc", "--json").stdout)
-    assert (unipc["sampler"], unipc["rows"][0]["label"]) == ("unipc", "tiny32@1 (unipc, 2 steps)")
+    assert (unipc["sampler"], unipc["rows"][0]["label"]) == ("unipc", "tiny32@1 (unipc, 3 steps)")
     assert unipc["rows"][0]["kid"] != ddim["rows"][0]["kid"]  # other samples
     assert unipc["rows"][1:] == ddim["rows"][1:]  # the same floor, noise and untrained network
-    assert "tiny32@1 (unipc, 2 steps)" in run_cli(*args, "--sampler", "unipc").stdout
+    assert "tiny32@1 (unipc, 3 steps)" in run_cli(*args, "--sampler", "unipc").stdout
