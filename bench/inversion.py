@@ -94,7 +94,7 @@ def run(steps: int = 50, glyphs: int | None = None, models=("emoji32", "emoji32-
 def format_result(result: dict) -> str:
     head = (
         f"Inversion: {result['glyphs']} held-out emoji32 glyphs, {result['steps']} steps, eta 0, on "
-        f"{result['cpu']}; PSNR of the reconstruction (DDIM forward from the latent) against the glyph"
+        f"{result['cpu']}; PSNR of the reconstruction (the same sampler forward from the latent) against the glyph"
     )
     rows = [
         [r["model"], r["method"], f"{r['median_db']:.1f}", f"{r['p10_db']:.1f}", r["calls"], r["reconstruct_calls"],

@@ -259,6 +259,8 @@ class Engine:
         default; 0: naive). Yields every inverse step; the last
         one's x is the latents x_T (B, C, h, w), float32 on the CPU. A text model inverts under `conditions` (a
         prompt at guidance 1: `condition(prompt, 1.0)`; none: the empty prompt)."""
+        if refused := refusal(sampler, inverting=True):
+            raise ModelStoreError(refused[1])
         if self.model.conditioned:
             conditions = list(conditions) if conditions is not None else [Condition(None)] * len(pixels)
             guidance = Guidance(self.model.embed(""), conditions)
@@ -271,8 +273,6 @@ class Engine:
             if p.shape != (height, width, channels) or p.dtype != np.uint8:
                 raise ModelStoreError(f"{self.manifest.ref}: a picture must be {width}x{height}x{channels} uint8")
         x = self.model.to_model(np.stack(list(pixels)), None).to(self.device)
-        if refused := refusal(sampler, inverting=True):
-            raise ModelStoreError(refused[1])
         how = get_sampler(sampler)
         multistep = how.multistep
         read = clamped(self.model.read, self.model.clip) if how.clips else self.model.read  # DDIM's clamp
