@@ -38,8 +38,8 @@ import torch
 
 from diffusion.ddim import EpsModel, GridStep, Read, Scalar
 from diffusion.guidance import Guidance
-from diffusion.samplers import Level, predicted_x0
-from diffusion.samplers.dpmpp_2m import coefficients, dpmpp_2m_step
+from diffusion.samplers import Level, combine, predicted_x0
+from diffusion.samplers.dpmpp_2m import coefficients
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def invert(
                     torch.tensor(v, dtype=x.dtype, device=x.device)
                     for v in coefficients(Level.of(low), Level.of(g.alpha_bar), earlier[1])
                 )
-                x_next = dpmpp_2m_step(x, m0, earlier[0], a, b, c)
+                x_next = combine(x, m0, earlier[0], a, b, c)
             else:  # first order: DDIM's inverse step, which also leaves the zero noise of a picture
                 x_next = inverse_step(x, eps, low, g.alpha_bar, x0)
             earlier = (m0, Level.of(low))

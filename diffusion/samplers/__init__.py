@@ -99,6 +99,14 @@ class Sampler(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def combine(
+    x: torch.Tensor, m0: torch.Tensor, m1: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+) -> torch.Tensor:
+    """a·x + b·m0 + c·(m1 − m0), per-row (B, 1, ..., 1) a, b, c: the shape of every multistep update here, with m0 the
+    newest x̂0 and m1 an earlier one (DPM-Solver++(2M)'s step, UniP's, and the first part of UniC's)."""
+    return a * x + b * m0 + c * (m1 - m0)
+
+
 def predicted_x0(x: torch.Tensor, eps: torch.Tensor, alpha_bar: float) -> torch.Tensor:
     """x̂0 = (x − √(1−ᾱ)·ε̂)/√ᾱ (DDIM paper, eq. 12's "predicted x0"), written as diffusion.ddim.ddim_step writes it."""
     a = torch.as_tensor(alpha_bar, dtype=x.dtype, device=x.device)

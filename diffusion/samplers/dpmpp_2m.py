@@ -16,27 +16,20 @@ from collections.abc import Sequence
 import torch
 
 from diffusion.ddim import GridStep
-from diffusion.samplers import History, Level, Sampler, column, predicted_x0, stacked
+from diffusion.samplers import History, Level, Sampler, column, combine, predicted_x0, stacked
 
 
 def coefficients(s0: Level, t: Level, s1: Level | None) -> tuple[float, float, float]:
-    """(a, b, c) of x_t = a·x_s0 + b·m0 + c·(m0 − m1), from the level s0 of x and m0 = x̂0(x_s0) to t, with m1 = x̂0 at
-    the earlier level s1 (None: first order, c = 0)."""
+    """(a, b, c) of x_t = a·x_s0 + b·m0 + c·(m1 − m0) (diffusion.samplers.combine), from the level s0 of x and
+    m0 = x̂0(x_s0) to t, with m1 = x̂0 at the earlier level s1 (None: first order, c = 0)."""
     h = t.lam - s0.lam  # h_i = λ_{t_i} − λ_{t_{i−1}}
     a = 0.0 if t.sigma == 0.0 else t.sigma / s0.sigma  # σ_{t_i}/σ_{t_{i−1}}
     b = -t.alpha * math.expm1(-h)  # −α_{t_i}(e^{−h_i} − 1): DPM-Solver++(1), Algorithm 2 line 5 (DDIM at eta 0)
     if s1 is None:
         return a, b, 0.0
     r = (s0.lam - s1.lam) / h  # r_i = h_{i−1}/h_i
-    # Algorithm 2, line 7: D_i = (1 + 1/(2r_i))·m0 − 1/(2r_i)·m1 = m0 + (m0 − m1)/(2r_i), so c = b/(2r_i)
-    return a, b, b / (2.0 * r)
-
-
-def dpmpp_2m_step(
-    x: torch.Tensor, m0: torch.Tensor, m1: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
-) -> torch.Tensor:
-    """x_{t_i} = (σ_{t_i}/σ_{t_{i−1}})·x − α_{t_i}(e^{−h_i} − 1)·D_i (Algorithm 2, lines 5 and 7), per-row a, b, c."""
-    return a * x + b * m0 + c * (m0 - m1)
+    # Algorithm 2, line 7: D_i = (1 + 1/(2r_i))·m0 − 1/(2r_i)·m1 = m0 − (m1 − m0)/(2r_i), so c = −b/(2r_i)
+    return a, b, -b / (2.0 * r)
 
 
 class DPMPP2M(Sampler):
@@ -61,7 +54,7 @@ class DPMPP2M(Sampler):
             rows.append(coefficients(s0, t, history.levels[-1] if second else None))
             previous.append(history.outputs[-1] if second else m0[j])  # m1 := m0 for first order: (m0 − m1) = 0
         a, b, c = (column([r[i] for r in rows], x) for i in range(3))
-        x_t = dpmpp_2m_step(x, m0, stacked(previous, x), a, b, c)
+        x_t = combine(x, m0, stacked(previous, x), a, b, c)  # Algorithm 2, lines 5 and 7
         for j, history in enumerate(histories):
             history.push(m0[j], s0, keep=1)
         return x_t, m0

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from diffusion.ddim import GridStep
-from diffusion.samplers import History, Level, Sampler, column, predicted_x0, stacked
+from diffusion.samplers import History, Level, Sampler, column, combine, predicted_x0, stacked
 
 
 def phis(s0: Level, t: Level) -> tuple[float, float, float]:
@@ -62,13 +62,6 @@ def corrector(s0: Level, t: Level, s1: Level | None) -> tuple[float, float, floa
     a = t.sigma / s0.sigma
     c = 0.0 if r is None else -t.alpha * b_h * rho_d1 / r
     return a, -t.alpha * h_phi_1, c, -t.alpha * b_h * rho_t
-
-
-def combine(
-    x: torch.Tensor, m0: torch.Tensor, m1: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
-) -> torch.Tensor:
-    """a·x + b·m0 + c·(m1 − m0), per-row a, b, c: UniP's update (Algorithm 1) and the first part of UniC's."""
-    return a * x + b * m0 + c * (m1 - m0)
 
 
 class UniPC(Sampler):
