@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OURS = {"app", "worker", "diffusion", "model_store", "diffusetv", "bench"}
-SERVICE = ("app", "worker", "model_store", "diffusion")  # below the CLI package
+OURS = {"app", "worker", "notifier", "diffusion", "model_store", "diffusetv", "bench"}
+SERVICE = ("app", "worker", "notifier", "model_store", "diffusion")  # below the CLI package
 PACKAGES = (*SERVICE, "diffusetv")
 
 

@@ -87,6 +87,35 @@ def leases(client: str) -> str:
     return f"{PREFIX}leases:{client}"
 
 
+def delivery(delivery_id: str) -> str:
+    """Hash: one webhook delivery (app.core.hooks): its job, URL, type, the job record snapshotted when it was
+    enqueued, its rendered body once first sent, its state. A job's progress has one slot, `progress_<job id>`."""
+    return f"{PREFIX}delivery:{delivery_id}"
+
+
+def delivery_attempts(delivery_id: str) -> str:
+    """List: a delivery's attempts, oldest first, one JSON object each (time, status code or error, next try)."""
+    return f"{PREFIX}delivery:{delivery_id}:attempts"
+
+
+def job_deliveries(job_id: str) -> str:
+    """List: the ids of a job's deliveries, in the order they were enqueued (GET /jobs/{id}/deliveries)."""
+    return f"{PREFIX}job:{job_id}:deliveries"
+
+
+def webhook_gone(owner: str, url_digest: str) -> str:
+    """String with TTL: a receiver answered 410 Gone for this owner and URL (its sha256): nothing more goes there."""
+    return f"{PREFIX}gone:{owner}:{url_digest}"
+
+
+def idempotency(scope: str, key_digest: str) -> str:
+    """String with TTL IDEMPOTENCY_WINDOW_S: JSON {fingerprint, jobs} of the submission an Idempotency-Key made, per
+    client scope (app.clients.client_id) and the key's sha256."""
+    return f"{PREFIX}idem:{scope}:{key_digest}"
+
+
+DELIVERIES_DUE = f"{PREFIX}deliveries:due"  # sorted set: delivery id -> when a notifier may take it (epoch s)
+DELIVERIES_PENDING = f"{PREFIX}deliveries:pending"  # sorted set: undelivered id -> when it was enqueued (epoch s)
 RUNNING = f"{PREFIX}running"  # set of the run ids a worker has taken (the reaper watches them)
 REAPER_LOCK = f"{PREFIX}reaper"  # string with TTL: the one API instance that reaps dead workers' runs
 METRICS = f"{PREFIX}metrics"  # hash of worker and API counters
@@ -117,5 +146,7 @@ LUA_KEYS = "".join(
         ("jobs_key", run_jobs, "id"),
         ("open_key", open_run, "ek"),
         ("cache_key", cache, "ek"),
+        ("delivery_key", delivery, "id"),
+        ("job_deliveries_key", job_deliveries, "id"),
     )
 )

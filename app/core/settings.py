@@ -124,6 +124,46 @@ class Settings(BaseSettings):
     image_decodes: int = Field(
         2, ge=1, le=256, description="images decoded at once per API process, in threads; past them: a wait, then 503"
     )
+    # Delivery (docs/API.md, Webhooks; docs/RELIABILITY.md, The notifier): webhooks, idempotent submits, /v1.
+    webhook_secret: str | None = Field(
+        None,
+        description="without API keys: the secret (`whsec_` + base64) that signs every webhook; several, separated by "
+        "spaces or commas, sign with each during a rotation. Unset (and no keys): webhooks are refused (422)",
+    )
+    webhook_secret_file: Path | None = Field(None, description="a file holding WEBHOOK_SECRET (compose's secrets)")
+    webhook_secrets_file: Path | None = Field(
+        None,
+        description="with API keys: a JSON file {owner id: secret or [secrets]}, one per key's owner (`diffusetv owner "
+        "-` prints a key's); a webhook from a key with no secret is refused (422)",
+    )
+    webhook_allow_nets: str | None = Field(
+        None,
+        description="comma-separated networks (CIDR) webhooks may reach although not public, e.g. 127.0.0.1/32 for "
+        "local development; plain http is allowed only to these. Default: none",
+    )
+    webhook_attempts: int = Field(8, ge=1, le=50, description="attempts of one delivery before it fails")
+    webhook_base_delay_s: float = Field(
+        30.0, gt=0, le=3600, description="backoff base: retry n waits a uniform draw from [0, base x 2^n] (full jitter)"
+    )
+    webhook_max_delay_s: float = Field(
+        3600.0, gt=0, le=86_400, description="cap of one backoff wait, and of a Retry-After honoured"
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="total deadline of one delivery attempt: connect, send and read together"
+    )
+    webhook_max_response_bytes: int = Field(65_536, ge=0, le=2**24, description="bytes of a receiver's answer read")
+    webhook_per_host: int = Field(4, ge=1, le=1024, description="concurrent deliveries to one host, per notifier")
+    webhook_concurrency: int = Field(32, ge=1, le=4096, description="concurrent deliveries per notifier")
+    webhook_jitter_seed: int | None = Field(None, description="seed of the backoff jitter (tests); unset: random")
+    idempotency_window_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, description="how long an Idempotency-Key maps to the job it made"
+    )
+    openai_wait_s: float = Field(
+        60.0, gt=0, le=600, description="POST /v1/images/generations waits this long for its jobs, then answers 408"
+    )
+    public_url: str | None = Field(
+        None, description="the API's public base URL (e.g. https://tv.example.com): absolute URLs in /v1 answers"
+    )
     log_format: Literal["text", "json"] = Field("text", description="log lines as text, or one JSON object a line")
     health_file: Path = Field(
         Path(tempfile.gettempdir()) / "diffusetv-worker.health",
@@ -163,7 +203,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r} is not a module name")
         return ",".join(items) or None
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "webhook_allow_nets")
     @classmethod
     def _networks(cls, value: str | None) -> str | None:
         items = [v.strip() for v in (value or "").split(",") if v.strip()]
@@ -173,6 +213,42 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{exc} (list addresses, or networks such as 10.0.0.0/8)") from None
         return ",".join(items) or None
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must be an http(s) base URL such as https://tv.example.com (no query)")
+        return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secret_files(cls, values):
+        """WEBHOOK_SECRET_FILE: its content becomes WEBHOOK_SECRET (API_KEYS_FILE and REDIS_PASSWORD_FILE are the
+        other secrets' files)."""
+        if not isinstance(values, dict) or not values.get("webhook_secret_file"):
+            return values
+        path = Path(values["webhook_secret_file"])
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            raise ValueError(f"DIFFUSETV_WEBHOOK_SECRET_FILE: {path} is not a readable file") from None
+        return {**values, "webhook_secret": text}
+
+    @model_validator(mode="after")
+    def _webhook_secrets(self) -> Settings:
+        from app.core.signing import parse_secrets, read_secrets_file
+
+        try:
+            parse_secrets(self.webhook_secret or "")
+            if self.webhook_secrets_file is not None:
+                read_secrets_file(self.webhook_secrets_file)
+        except ValueError as exc:
+            raise ValueError(f"webhook secrets: {exc}") from None
+        return self
 
     @field_validator("redis_url")
     @classmethod
@@ -215,6 +291,11 @@ class Settings(BaseSettings):
     def proxies(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         """TRUSTED_PROXIES as networks (an address is a network of one)."""
         return [ipaddress.ip_network(p) for p in (self.trusted_proxies or "").split(",") if p]
+
+    @property
+    def webhook_nets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """WEBHOOK_ALLOW_NETS as networks."""
+        return [ipaddress.ip_network(p) for p in (self.webhook_allow_nets or "").split(",") if p]
 
     @property
     def served_models(self) -> list[str]:
