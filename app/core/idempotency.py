@@ -9,13 +9,14 @@ import json
 import re
 
 MAX_KEY_CHARS = 255
-_BARE = re.compile(r"[\x21-\x7e]+")  # visible ASCII
+_BARE = re.compile(r"[\x21\x23-\x7e]+")  # visible ASCII but a double quote
 _QUOTED = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')  # a structured-field string (RFC 8941)
 
 
 def parse_key(value: str) -> str | None:
     """The key a header value holds, quoted (`"abc"`, the draft's sf-string, with `\\"` and `\\\\` escapes) or bare
-    (`abc`): 1 to MAX_KEY_CHARS visible ASCII characters (a quoted key may hold spaces). None when it is not one."""
+    (`abc`, no `"` in it): 1 to MAX_KEY_CHARS visible ASCII characters (a quoted key may hold spaces). None when it
+    is not one."""
     value = value.strip(" \t")
     if quoted := _QUOTED.fullmatch(value):
         key = re.sub(r"\\(.)", r"\1", quoted.group(1))
