@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
 
 import pytest
 import redis as redis_lib
 from fastapi.testclient import TestClient
 
 from app.auth import owner_id
-from app.core import keys
+from app.core import keys, runs
 from app.core.settings import Settings
 from app.core.signing import new_secret
 from app.main import create_app
-from helpers import claim_as_worker
+from helpers import claim_as_worker, generate_spec
 
 HOOK = "https://example.com/hooks/diffusetv"
 
@@ -121,3 +122,25 @@ def test_a_url_that_answered_410_is_refused_for_its_owner(client, redis_server):
     assert loc == "webhook" and "410 Gone" in msg
     other = client.post("/generate", json={"seed": 1, "steps": 5, "webhook": HOOK + "/other"})
     assert other.status_code == 202
+
+
+def test_a_cache_hit_enqueues_its_completed_delivery_at_submit(client, redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    engine = "cpu/fp32/aaaa"
+    conn.set(keys.engine("tiny@1"), engine, ex=600)
+    model = client.get("/models").json()["models"][0]
+    source, png = "f" * 32, b"\x89PNG cached"
+    conn.set(keys.png(source), png, ex=600)
+    conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded"})
+    key = runs.engine_key(generate_spec(types.SimpleNamespace(**model), 3, 5, 0.0), engine)
+    conn.set(keys.cache(key), json.dumps({"job": source, "sha256": hashlib.sha256(png).hexdigest()}), ex=600)
+    hit = client.post("/generate", json={"seed": 3, "steps": 5, "webhook": HOOK})
+    assert hit.status_code == 202 and hit.json()["status"] == "succeeded"
+    job_id = hit.json()["id"]
+    (delivery_id,) = [i.decode() for i in conn.lrange(keys.job_deliveries(job_id), 0, -1)]
+    delivery = {k.decode(): v.decode() for k, v in conn.hgetall(keys.delivery(delivery_id)).items()}
+    assert (delivery["type"], delivery["url"], delivery["job"]) == ("job.completed", HOOK, job_id)
+    assert json.loads(delivery["record"])["status"] == "succeeded"
+    assert conn.zscore(keys.DELIVERIES_DUE, delivery_id) is not None
+    plain = client.post("/generate", json={"seed": 3, "steps": 5})  # no webhook: nothing to deliver
+    assert plain.json()["status"] == "succeeded" and not conn.exists(keys.job_deliveries(plain.json()["id"]))
