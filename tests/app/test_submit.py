@@ -16,6 +16,7 @@ import types
 import httpx
 import pytest
 import redis as redis_lib
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from app.core import keys, runs
@@ -376,3 +377,26 @@ def test_a_cache_hit_and_a_join_of_a_running_run_enqueue_their_webhook_deliverie
     (started,) = deliveries_of(conn, joiner.job_id)
     assert started["type"] == "job.started" and json.loads(started["record"])["status"] == "running"
     assert deliveries_of(conn, queued_joiner.job_id) == []  # its start comes when a worker starts it
+
+
+def test_submit_many_queues_every_job_or_none(tiny_store, redis_server):
+    from app.core.spec import GenerateSpec
+    from app.queueing import new_job, submit_many
+
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    conn.set(keys.engine("tiny@1"), ENGINE, ex=600)
+    manifest = tiny_store.resolve("tiny")
+
+    def jobs(*seeds: int) -> list:
+        specs = [GenerateSpec(new_job_id(), manifest.ref, manifest.identity, seed=s, steps=5, eta=0.0) for s in seeds]
+        return [new_job(settings, spec, manifest) for spec in specs]
+
+    settings = settings_for(tiny_store, redis_server, max_queue=3)
+    ids = submit_many(conn, settings, jobs(1, 2, 2))  # the third joins the second's run
+    assert [i.decode() for i in conn.lrange(QUEUE, 0, -1)] == ids[:2]
+    assert conn.hget(keys.job(ids[2]), "run").decode() == ids[1]
+    with pytest.raises(HTTPException) as refused:
+        submit_many(conn, settings, jobs(3, 4))  # one new run fits the queue, two do not: neither is queued
+    assert refused.value.status_code == 429 and "queue is full" in refused.value.detail
+    assert conn.llen(QUEUE) == 2 and len(list(conn.scan_iter(match=keys.job("*")))) == 3
+    assert half_made(conn) == []
