@@ -32,25 +32,11 @@ from app.core.submission import NONE, Submission
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.models import check_request, check_time, prompted, require_served, resolve_model
 from app.openai_errors import error_body
-from app.queueing import NewJob, new_job
+from app.queueing import NewJob, new_job, submit_many
 from app.routes.jobs import WAKE_S, current_record, streams_full
+from app.seeds import draw_seed
 from model_store import Manifest, Store, kinds, samplers
 from model_store.bounds import MAX_SEED
-
-try:  # the multi-job submit and the seed draw of app.queueing and app.seeds
-    from app.queueing import submit_many
-    from app.seeds import draw_seed
-except ImportError:  # pragma: no cover
-    import secrets
-
-    from app.queueing import submit
-
-    def submit_many(redis, settings, jobs, client, submission=NONE):
-        return [submit(redis, settings, job, client) for job in jobs]
-
-    def draw_seed() -> int:
-        return secrets.randbelow(MAX_SEED + 1)
-
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
