@@ -19,12 +19,12 @@ def draw_seed() -> int:
 
 
 def draw_seeds(body: Body) -> Body:
-    """The request with a drawn seed wherever its noise comes from a seed it did not send: /generate's `seed` unless
-    it starts from a `latent` at eta 0 (no noise is drawn then), /interpolate's `seed_a` and `seed_b` for an end with
-    no picture and no latent. Other requests are returned as they are."""
+    """The request with a drawn seed wherever it names none of the noise's sources: /generate's `seed` without a
+    `latent` (with one at eta > 0 the seed is still required: the latent was asked for, its noise is the seed's),
+    /interpolate's `seed_a` and `seed_b` for an end with no picture and no latent. Other requests are as they are."""
     drawn: dict[str, int] = {}
     if isinstance(body, schemas.GenerateRequest):
-        if body.seed is None and (body.latent is None or body.eta > 0):
+        if body.seed is None and body.latent is None:
             drawn["seed"] = draw_seed()
     elif isinstance(body, schemas.InterpolateRequest):
         for end in ("a", "b"):
