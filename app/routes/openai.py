@@ -28,17 +28,18 @@ from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus
 from app.core.settings import Settings
 from app.core.spec import GenerateSpec
-from app.core.submission import NONE, Submission
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.models import check_request, check_time, prompted, require_served, resolve_model
 from app.openai_errors import error_body
 from app.queueing import NewJob, new_job, submit_many
 from app.routes.jobs import WAKE_S, current_record, streams_full
 from app.seeds import draw_seed
+from app.submissions import IdempotencyKey, submission
 from model_store import Manifest, Store, kinds, samplers
 from model_store.bounds import MAX_SEED
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+ROUTE = "/v1/images/generations"  # the Idempotency-Key's fingerprint names it
 SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 TEXT_FIELDS = ("prompt", "guidance", "negative_prompt")  # a prompt-free model takes none of them
 NO_RETRY = {"x-should-retry": "false"}
@@ -102,11 +103,6 @@ def batch(
     require_served(redis, manifest)
     jobs = [new_job(settings, spec, manifest, owner, text.notes()) for spec in specs]
     return Batch(jobs, first, text.prompt or "")
-
-
-def submission_of(request: Request, body: schemas.ImageGenerationRequest, client: str) -> Submission:
-    """The request's Idempotency-Key, if it sent one (no webhook on this route)."""
-    return NONE
 
 
 async def wait_for_all(request: Request, redis, job_ids: list[str], owner: str, lease: leases.Lease) -> list[dict]:
@@ -178,17 +174,19 @@ async def create_images(
     store: StoreDep,
     owner: OwnerDep,
     client: ClientDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.ImagesResponse | JSONResponse:
-    """OpenAI's image generation: `n` images of the model, waited for (at most DIFFUSETV_OPENAI_WAIT_S)."""
+    """OpenAI's image generation: `n` images of the model, waited for (at most DIFFUSETV_OPENAI_WAIT_S). With an
+    Idempotency-Key, the same request again waits for the same jobs."""
+    what = submission(redis, settings, owner, client, ROUTE, body, idempotency_key)  # before the seed is drawn
     made = await run_in_threadpool(batch, body, redis, settings, store, owner, body.seed)
-    submission = submission_of(request, body, client)
     lease = await run_in_threadpool(
         leases.hold, redis, client, settings.client_streams, settings.stream_lease_s
     )  # before anything is queued: a 429 here makes no job
     if lease is None:
         raise streams_full(settings)
     try:
-        job_ids = await run_in_threadpool(submit_many, redis, settings, made.jobs, client, submission)
+        job_ids = await run_in_threadpool(submit_many, redis, settings, made.jobs, client, what)
         records = await wait_for_all(request, redis, job_ids, owner, lease)
     finally:
         await run_in_threadpool(lease.release)

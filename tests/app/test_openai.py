@@ -179,3 +179,23 @@ def test_the_schema_declares_the_route_and_its_openai_errors(client):
     assert "422" not in operation["responses"]  # answered as 400
     error = operation["responses"]["400"]["content"]["application/json"]["schema"]["$ref"]
     assert error.endswith("/OpenAIError")
+
+
+def test_an_idempotency_key_gives_the_same_jobs_and_seed_and_another_body_is_a_400(client, redis_server):
+    body = {"prompt": "", "n": 2, "steps": 4}  # no seed: the server draws one, once
+    first = client.post(URL, json=body, headers={"Idempotency-Key": '"retry-1"'})
+    again = client.post(URL, json={"steps": 4, "n": 2, "prompt": ""}, headers={"Idempotency-Key": "retry-1"})
+    assert first.status_code == again.status_code == 408
+    jobs = error_of(first)["jobs"]
+    assert error_of(again)["jobs"] == jobs
+    redis = redis_lib.Redis.from_url(redis_server.url)
+    assert len(redis.keys("diffusetv:job:*")) == 2  # no second pair of jobs
+    other = client.post(URL, json={**body, "steps": 5}, headers={"Idempotency-Key": "retry-1"})
+    assert other.status_code == 400 and error_of(other)["param"] == "idempotency-key"
+    assert "another request body" in error_of(other)["message"]
+    malformed = client.post(URL, json=body, headers={"Idempotency-Key": "a" * 256})
+    assert malformed.status_code == 400 and error_of(malformed)["param"] == "idempotency-key"
+    assert len(redis.keys("diffusetv:job:*")) == 2
+    generate = client.post("/generate", json={"steps": 4}, headers={"Idempotency-Key": "retry-1"})
+    assert generate.status_code == 422  # the key named another route's request; outside /v1, FastAPI's shape
+    assert generate.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
