@@ -199,3 +199,34 @@ def test_an_idempotency_key_gives_the_same_jobs_and_seed_and_another_body_is_a_4
     generate = client.post("/generate", json={"steps": 4}, headers={"Idempotency-Key": "retry-1"})
     assert generate.status_code == 422  # the key named another route's request; outside /v1, FastAPI's shape
     assert generate.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+
+
+@pytest.mark.parametrize("path", ["/v1/images/generations", "/generate"])
+def test_a_body_that_does_not_arrive_in_time_is_a_408_in_the_shape_of_its_path(path):
+    import anyio
+
+    from app.limits import BodySizeLimit
+    from app.openai_errors import OpenAIErrors
+
+    async def never_called(scope, receive, send):
+        raise AssertionError("the app got a request whose body never arrived")
+
+    app = OpenAIErrors(BodySizeLimit(never_called, timeout_s=0.05))
+    sent = []
+
+    async def receive():
+        await anyio.sleep(60)  # the body never comes
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", b"application/json")]}
+    anyio.run(app, scope, receive, send)
+    start, body = sent
+    assert start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert dict(start["headers"])[b"content-length"] == str(len(body["body"])).encode()
+    answer = json.loads(body["body"])
+    if path.startswith("/v1/"):
+        assert answer["error"]["type"] == "timeout" and "did not arrive" in answer["error"]["message"]
+    else:
+        assert answer == {"detail": "the request body did not arrive within 0.05 s"}
