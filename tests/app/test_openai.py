@@ -230,3 +230,11 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408_in_the_shape_of_its_path(p
         assert answer["error"]["type"] == "timeout" and "did not arrive" in answer["error"]["message"]
     else:
         assert answer == {"detail": "the request body did not arrive within 0.05 s"}
+
+
+def test_the_sdk_does_not_retry_a_408_so_no_more_jobs_are_queued(client, redis_server):
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=2)
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.images.generate(prompt="", n=3, extra_body={"seed": 9, "steps": 3})
+    assert caught.value.status_code == 408 and len(caught.value.body["jobs"]) == 3
+    assert len(redis_lib.Redis.from_url(redis_server.url).keys("diffusetv:job:*")) == 3  # one request, not three

@@ -59,8 +59,11 @@ def test_a_wrong_size_is_a_bad_request_naming_size(sdk):
     assert "size" in caught.value.message and "16x16" in caught.value.message
 
 
-def test_urls_are_the_public_urls_of_the_jobs_images_and_an_unsent_seed_is_drawn(stack, sdk):
-    result = sdk.images.generate(model="tiny", prompt="", n=2, response_format="url", extra_body={"steps": 2})
+def test_urls_are_the_public_urls_of_the_jobs_images_an_unsent_seed_is_drawn_and_a_retry_replays(stack, sdk):
+    retry = {"Idempotency-Key": "urls-1"}
+    result = sdk.images.generate(
+        model="tiny", prompt="", n=2, response_format="url", extra_body={"steps": 2}, extra_headers=retry
+    )
     seed, jobs = result.model_extra["seed"], result.model_extra["jobs"]
     assert [image.url for image in result.data] == [f"{PUBLIC}/jobs/{job_id}/image.png" for job_id in jobs]
     assert all(image.b64_json is None for image in result.data)
@@ -71,3 +74,7 @@ def test_urls_are_the_public_urls_of_the_jobs_images_and_an_unsent_seed_is_drawn
             assert png.headers["etag"] == f'"{hashlib.sha256(png.content).hexdigest()}"'
             assert c.get(f"/jobs/{job_id}").json()["params"]["seed"] == seed + i
             assert png.content == generated(stack, seed + i, 2)
+    again = sdk.images.generate(
+        model="tiny", prompt="", n=2, response_format="url", extra_body={"steps": 2}, extra_headers=retry
+    )  # the same key and body: the same jobs, and the seed drawn for them
+    assert again.model_extra["jobs"] == jobs and again.model_extra["seed"] == seed
