@@ -79,16 +79,13 @@ def check_openai(body: schemas.ImageGenerationRequest) -> None:
 
 @dataclass(frozen=True)
 class Batch:
-    """The request's jobs, the first seed and the prompt as the model reads it."""
+    """The request's jobs and its prompt as the model reads it."""
 
     jobs: list[NewJob]
-    seed: int
     revised_prompt: str
 
 
-def batch(
-    body: schemas.ImageGenerationRequest, redis, settings: Settings, store: Store, owner: str, seed: int | None
-) -> Batch:
+def batch(body: schemas.ImageGenerationRequest, redis, settings: Settings, store: Store, owner: str) -> Batch:
     """The request's `n` jobs (seed `seed` or a drawn one, then the next ones), each the job POST /generate makes
     of the same fields; 400 (naming the field) for an invalid request, 503 when no live worker serves the model."""
     manifest = resolve_model(store, body.model, settings)
@@ -97,12 +94,12 @@ def batch(
     check_request(manifest, body.steps, given, body.sampler)
     size = sized(manifest, body.size)
     text = prompted(manifest, body.prompt or None, body.guidance, negative_prompt=body.negative_prompt)
-    first = seed if seed is not None else min(draw_seed(), MAX_SEED - body.n + 1)
+    first = body.seed if body.seed is not None else min(draw_seed(), MAX_SEED - body.n + 1)
     specs = [GenerateSpec.from_request(body, manifest, seed=first + i, **text.fields(), **size) for i in range(body.n)]
     check_time(settings, manifest, specs[0], "steps")
     require_served(redis, manifest)
     jobs = [new_job(settings, spec, manifest, owner, text.notes()) for spec in specs]
-    return Batch(jobs, first, text.prompt or "")
+    return Batch(jobs, text.prompt or "")
 
 
 async def wait_for_all(request: Request, redis, job_ids: list[str], owner: str, lease: leases.Lease) -> list[dict]:
@@ -179,7 +176,7 @@ async def create_images(
     """OpenAI's image generation: `n` images of the model, waited for (at most DIFFUSETV_OPENAI_WAIT_S). With an
     Idempotency-Key, the same request again waits for the same jobs."""
     what = submission(redis, settings, owner, client, ROUTE, body, idempotency_key)  # before the seed is drawn
-    made = await run_in_threadpool(batch, body, redis, settings, store, owner, body.seed)
+    made = await run_in_threadpool(batch, body, redis, settings, store, owner)
     lease = await run_in_threadpool(
         leases.hold, redis, client, settings.client_streams, settings.stream_lease_s
     )  # before anything is queued: a 429 here makes no job
