@@ -238,3 +238,24 @@ def test_the_sdk_does_not_retry_a_408_so_no_more_jobs_are_queued(client, redis_s
         sdk.images.generate(prompt="", n=3, extra_body={"seed": 9, "steps": 3})
     assert caught.value.status_code == 408 and len(caught.value.body["jobs"]) == 3
     assert len(redis_lib.Redis.from_url(redis_server.url).keys("diffusetv:job:*")) == 3  # one request, not three
+
+
+def test_a_text_models_images_are_generates_jobs_with_the_normalised_prompt(tiny_store, redis_server):
+    from helpers import TEXT_CAPTIONS, save_tiny_text
+
+    save_tiny_text(tiny_store)
+    claim_as_worker(redis_server.url, "words@1")
+    caption = TEXT_CAPTIONS[0]
+    with make_client(tiny_store, redis_server) as c:
+        sent = {"model": "words", "steps": 6, "guidance": 3.0}
+        r = c.post(URL, json={**sent, "prompt": f"  {caption.upper()} ", "n": 2, "seed": 3})
+        assert r.status_code == 408, r.text
+        jobs = error_of(r)["jobs"]
+        params = [c.get(f"/jobs/{job_id}").json()["params"] for job_id in jobs]
+        assert [p["prompt"] for p in params] == [caption, caption] and [p["seed"] for p in params] == [3, 4]
+        follower = c.post("/generate", json={**sent, "prompt": caption, "seed": 4}).json()
+        assert follower["params"] == params[1]
+        run = redis_lib.Redis.from_url(redis_server.url).hget(keys.job(follower["id"]), "run")
+        assert run.decode() == jobs[1]  # the same engine key: /generate's job follows the image's run
+        r = c.post(URL, json={"model": "words", "prompt": "", "negative_prompt": "x"})
+        assert r.status_code == 400 and error_of(r)["param"] == "negative_prompt"
