@@ -25,7 +25,8 @@ from app.limits import BodySizeLimit
 from app.openai_errors import OpenAIErrors, under_v1
 from app.peers import TransportPeer
 from app.reaper import Reaper
-from app.routes import events, jobs, openai, page, system
+from app.routes import events, jobs, page, system
+from app.routes.openai import router as openai_router
 from app.waker import Waker
 from model_store import kinds
 
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(system.router)
     app.include_router(page.router)
-    app.include_router(openai.router)
+    app.include_router(openai_router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
 
     @app.exception_handler(redis_lib.ConnectionError)
