@@ -20,9 +20,8 @@ KEY = "k" * 32
 
 
 def make_client(tiny_store, redis_server, **overrides) -> TestClient:
-    settings = Settings(
-        redis_url=redis_server.url, model_store=tiny_store.root, model="tiny", openai_wait_s=0.3, **overrides
-    )
+    overrides = {"openai_wait_s": 0.3, **overrides}
+    settings = Settings(redis_url=redis_server.url, model_store=tiny_store.root, model="tiny", **overrides)
     return TestClient(create_app(settings))
 
 
@@ -259,3 +258,32 @@ def test_a_text_models_images_are_generates_jobs_with_the_normalised_prompt(tiny
         assert run.decode() == jobs[1]  # the same engine key: /generate's job follows the image's run
         r = c.post(URL, json={"model": "words", "prompt": "", "negative_prompt": "x"})
         assert r.status_code == 400 and error_of(r)["param"] == "negative_prompt"
+
+
+@pytest.mark.parametrize(("end", "status", "says"), [("cancel", 409, "was canceled"), ("fail", 500, "failed: boom")])
+def test_a_job_that_ends_without_an_image_ends_the_wait_naming_the_jobs(tiny_store, redis_server, end, status, says):
+    import threading
+    import time
+
+    from app.core import runs
+
+    claim_as_worker(redis_server.url)
+    redis = redis_lib.Redis.from_url(redis_server.url)
+    answers = []
+    with make_client(tiny_store, redis_server, openai_wait_s=60) as c:
+        post = threading.Thread(target=lambda: answers.append(c.post(URL, json={"prompt": "", "n": 2, "seed": 1})))
+        post.start()
+        deadline = time.monotonic() + 30
+        while len(redis.keys("diffusetv:job:*")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = min(redis.keys("diffusetv:job:*"), key=lambda k: json.loads(redis.hget(k, "params"))["seed"])
+        job_id = first.decode().rsplit(":", 1)[1]
+        if end == "cancel":
+            assert c.delete(f"/jobs/{job_id}").status_code == 202
+        else:
+            runs.fail_run(redis, job_id, "boom", 600)
+        post.join(30)
+    [r] = answers
+    assert r.status_code == status and r.headers["x-should-retry"] == "false", r.text
+    error = error_of(r)
+    assert job_id in error["jobs"] and len(error["jobs"]) == 2 and says in error["message"]
