@@ -22,9 +22,11 @@ from app.core.redis import PoolExhausted, connect_sync, is_oom
 from app.core.settings import Settings, get_settings
 from app.headers import SecurityHeaders
 from app.limits import BodySizeLimit
+from app.openai_errors import OpenAIErrors, under_v1
 from app.peers import TransportPeer
 from app.reaper import Reaper
 from app.routes import deliveries, events, jobs, page, system
+from app.routes.openai import router as openai_router
 from app.waker import Waker
 from model_store import kinds
 
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(BodySizeLimit, timeout_s=settings.body_timeout_s, picture_limit=settings.image_body_bytes)
     app.add_middleware(JsonBodies)
+    app.add_middleware(OpenAIErrors)  # outside the two above: their answers under /v1 take OpenAI's shape too
     app.add_middleware(SecurityHeaders)  # outside the others, so that their answers carry the headers too
     app.add_middleware(TransportPeer)  # last, so outermost: it reads the server's own `receive`
     app.include_router(jobs.router)
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(system.router)
     app.include_router(page.router)
+    app.include_router(openai_router)
     app.mount("/static", StaticFiles(directory=page.STATIC), name="static")
 
     @app.exception_handler(redis_lib.ConnectionError)
@@ -118,8 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return await redis_full(request, exc)
         raise exc
 
-    if not settings.keys:
-        app.openapi = lambda: open_schema(app)  # no keys, no security requirement in the schema
+    app.openapi = lambda: api_schema(app, keyed=bool(settings.keys))
     return app
 
 
@@ -137,15 +140,20 @@ def echoable(value):
     return value
 
 
-def open_schema(app: FastAPI) -> dict:
-    """The OpenAPI schema without the bearer scheme, for a deployment that runs without API keys."""
+def api_schema(app: FastAPI, keyed: bool) -> dict:
+    """The OpenAPI schema: without the bearer scheme for a deployment that runs without API keys, and without the 422
+    of the routes under /v1, which answer a 400 instead (app.openai_errors)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        schema.get("components", {}).pop("securitySchemes", None)
-        for path in schema["paths"].values():
-            for operation in path.values():
-                operation.pop("security", None)
-                operation.get("responses", {}).pop("401", None)
+        if not keyed:
+            schema.get("components", {}).pop("securitySchemes", None)
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                if not keyed:
+                    operation.pop("security", None)
+                    operation.get("responses", {}).pop("401", None)
+                if under_v1(path):
+                    operation.get("responses", {}).pop("422", None)
         app.openapi_schema = schema
     return app.openapi_schema
 

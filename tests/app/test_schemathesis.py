@@ -1,6 +1,7 @@
 """Property-based tests of the live API with schemathesis: every operation of /openapi.json, real processes.
 
-The `stack` fixture starts redis-server, `diffusetv worker` and `diffusetv api` (serving the tiny model);
+The `stack` fixture starts redis-server, `diffusetv worker` and `diffusetv api` (serving the tiny model; POST
+/v1/images/generations waits OPENAI_WAIT_S for its images, then answers its 408);
 schemathesis loads the schema the running API serves and sends up to MAX_EXAMPLES generated valid requests
 to every operation, and as many invalid ones to every operation with a body or a query parameter.
 Reproduce with:
@@ -37,12 +38,16 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
+from stack import running_stack
+
 pytestmark = pytest.mark.slow
 
 MAX_EXAMPLES = 50  # per operation and mode: about 1000 requests for 11 operations, 20 s on a loaded 2-core machine
+OPENAI = "/v1/images/generations"
 MAX_TEST_WAIT_S = 0.5  # `?wait=` may block 30 s; generated values are clamped to this to bound the run
 REQUEST_TIMEOUT_S = 20
 REDIS_DOWN = 503
+OPENAI_WAIT_S = 0.5  # DIFFUSETV_OPENAI_WAIT_S of the stack: a generated request of 10 images at 1000 steps ends soon
 
 # Statuses the API documents (docs/API.md, DESIGN.md) and really answers, missing from the operation's
 # OpenAPI `responses`. Remove an entry once the route declares it.
@@ -50,6 +55,13 @@ KNOWN_SCHEMA_GAPS: frozenset[tuple[str, int]] = frozenset()  # every answered st
 
 gaps_seen: set[tuple[str, int]] = set()
 answered: Counter[tuple[str, int]] = Counter()
+
+
+@pytest.fixture
+def stack(tiny_store, redis_server, tmp_path):
+    """As conftest's, with a short wait on the OpenAI-compatible route."""
+    with running_stack(redis_server, tiny_store.root, tmp_path, DIFFUSETV_OPENAI_WAIT_S=str(OPENAI_WAIT_S)) as s:
+        yield s
 
 
 @pytest.fixture
@@ -154,7 +166,7 @@ def explore(operation: schemathesis.APIOperation, mode: GenerationMode, job_ids:
 def test_api_conforms_to_its_schema(stack, real_job_ids: list[str]) -> None:
     api_schema = schemathesis.openapi.from_url(f"{stack.base}/openapi.json", timeout=REQUEST_TIMEOUT_S)
     ops = operations(api_schema)
-    assert {op.label for op in ops} >= {"POST /generate", "GET /jobs/{job_id}", "GET /healthz"}
+    assert {op.label for op in ops} >= {"POST /generate", "GET /jobs/{job_id}", "GET /healthz", f"POST {OPENAI}"}
     gaps_seen.clear()
     answered.clear()
     failures = [failure for op in ops for mode in modes(op) if (failure := explore(op, mode, real_job_ids))]

@@ -1,0 +1,194 @@
+"""POST /v1/images/generations: OpenAI's images API, so that the official SDKs work unchanged.
+
+A request is `n` generation jobs, seeds `seed`..`seed`+n-1, each exactly the job POST /generate makes of those
+fields (the same engine key: the same cache entry and the same bytes), admitted all or none. The route then waits
+for them, as a long poll does (app.routes.jobs.wait_for_end: the waker, no pooled connection while idle, one stream
+lease taken before anything is queued), at most DIFFUSETV_OPENAI_WAIT_S. Past that it answers a 408 naming the jobs,
+with `x-should-retry: false`: the SDKs retry a 408, and each retry would queue `n` more jobs. Errors are in OpenAI's
+shape (app.openai_errors).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from dataclasses import dataclass
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from app import openai_schemas as schemas
+from app.auth import OwnerDep
+from app.clients import ClientDep
+from app.core import keys, leases
+from app.core.jobs import FINAL, JobStatus
+from app.core.settings import Settings
+from app.core.spec import GenerateSpec
+from app.deps import RedisDep, SettingsDep, StoreDep
+from app.models import check_request, check_time, prompted, require_served, resolve_model
+from app.openai_errors import error_body
+from app.queueing import NewJob, new_job, submit_many
+from app.routes.jobs import WAKE_S, current_record, streams_full
+from app.seeds import draw_seed
+from app.submissions import IdempotencyKey, submission
+from model_store import Manifest, Store, kinds, samplers
+from model_store.bounds import MAX_SEED
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+ROUTE = "/v1/images/generations"  # the Idempotency-Key's fingerprint names it
+SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
+TEXT_FIELDS = ("prompt", "guidance", "negative_prompt")  # a prompt-free model takes none of them
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def refuse(name: str, message: str, given: object = None) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", name), "msg": message, "input": given}])
+
+
+def sized(manifest: Manifest, size: str | None) -> dict[str, int]:
+    """The spec's size fields for `size` ("WxH", "auto" or None: the model's default); a 400 naming `size` for one the
+    model does not make. A model of one size takes its own size only."""
+    kind = kinds.of(manifest)
+    if size in (None, "auto"):
+        return kind.size_fields(manifest, None, None)
+    height, width, _ = kind.image_shape(manifest)
+    made = [(width, height)] if kind.sizes is None else kind.sizes(manifest)
+    listed = ", ".join(f"{w}x{h}" for w, h in made)
+    match = SIZE.fullmatch(size)
+    if match is None or (int(match[1]), int(match[2])) not in made:
+        raise refuse("size", f"{manifest.ref} makes {listed} (WIDTHxHEIGHT) or auto, not {size!r}", size)
+    return kind.size_fields(manifest, int(match[1]), int(match[2])) if kind.sizes is not None else {}
+
+
+def check_openai(body: schemas.ImageGenerationRequest) -> None:
+    """400 naming the field for OpenAI options this API does not offer, and options that do not go together."""
+    if body.stream:
+        raise refuse("stream", "streaming is not supported: send stream false or leave it out", True)
+    if body.output_format not in (None, "png"):
+        raise refuse("output_format", "the images are PNGs: send output_format png or leave it out", body.output_format)
+    if refused := samplers.refusal(body.sampler, body.eta):
+        field, msg = refused
+        raise refuse(field, msg, getattr(body, field))
+    if body.seed is not None and body.seed + body.n - 1 > MAX_SEED:
+        raise refuse("seed", f"the seeds seed..seed+n-1 must be at most {MAX_SEED}", body.seed)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The request's jobs and its prompt as the model reads it."""
+
+    jobs: list[NewJob]
+    revised_prompt: str
+
+
+def batch(body: schemas.ImageGenerationRequest, redis, settings: Settings, store: Store, owner: str) -> Batch:
+    """The request's `n` jobs (seed `seed` or a drawn one, then the next ones), each the job POST /generate makes
+    of the same fields; 400 (naming the field) for an invalid request, 503 when no live worker serves the model."""
+    manifest = resolve_model(store, body.model, settings)
+    check_openai(body)
+    given = {name for name in TEXT_FIELDS if getattr(body, name) not in (None, "")}
+    check_request(manifest, body.steps, given, body.sampler)
+    size = sized(manifest, body.size)
+    text = prompted(manifest, body.prompt or None, body.guidance, negative_prompt=body.negative_prompt)
+    first = body.seed if body.seed is not None else min(draw_seed(), MAX_SEED - body.n + 1)
+    specs = [GenerateSpec.from_request(body, manifest, seed=first + i, **text.fields(), **size) for i in range(body.n)]
+    check_time(settings, manifest, specs[0], "steps")
+    require_served(redis, manifest)
+    jobs = [new_job(settings, spec, manifest, owner, text.notes()) for spec in specs]
+    return Batch(jobs, text.prompt or "")
+
+
+async def wait_for_all(request: Request, redis, job_ids: list[str], owner: str, lease: leases.Lease) -> list[dict]:
+    """The jobs' records once each is final, or as they are after DIFFUSETV_OPENAI_WAIT_S (or once the lease is lost
+    at the client's cap); stops at the first job that failed or was canceled. Holds no connection while idle."""
+    settings = request.app.state.settings
+    deadline = time.monotonic() + settings.openai_wait_s
+    records = []
+    for job_id in job_ids:
+        stream = keys.events(job_id)
+        newest = await run_in_threadpool(redis.xrevrange, stream, "+", "-", 1)
+        last = newest[0][0].decode() if newest else "0-0"
+        record = await run_in_threadpool(current_record, redis, job_id, owner, settings.result_ttl)
+        while record["status"] not in FINAL and (left := deadline - time.monotonic()) > 0:
+            if lease.due() and not await run_in_threadpool(lease.keep):
+                break
+            await request.app.state.waker.wait(stream, last, min(left, WAKE_S, lease.every_s))
+            newest = await run_in_threadpool(redis.xrevrange, stream, "+", "-", 1)
+            last = newest[0][0].decode() if newest else last
+            record = await run_in_threadpool(current_record, redis, job_id, owner, settings.result_ttl)
+        records.append(record)
+        if record["status"] != JobStatus.SUCCEEDED.value:
+            break
+    return records
+
+
+def ended_badly(records: list[dict], job_ids: list[str], wait_s: float) -> JSONResponse | None:
+    """None when every job succeeded; else the answer: 408 (not ready), 409 (canceled) or 500 (failed), all with
+    `x-should-retry: false`, naming the jobs."""
+    last = records[-1]
+    status = last["status"]
+    if len(records) == len(job_ids) and status == JobStatus.SUCCEEDED.value:
+        return None
+    ids = ", ".join(job_ids)
+    if status == JobStatus.FAILED.value:
+        code, message = 500, f"job {last['id']} failed: {last.get('error') or 'no details'} (jobs: {ids})"
+    elif status == JobStatus.CANCELED.value:
+        code, message = 409, f"job {last['id']} was canceled (jobs: {ids})"
+    else:
+        code = 408
+        message = f"the images were not ready within {wait_s:g} s; the jobs go on: GET /jobs/{{id}} (jobs: {ids})"
+    return JSONResponse(error_body(code, message, jobs=job_ids), code, headers=NO_RETRY)
+
+
+def image_url(settings: Settings, job_id: str) -> str:
+    """The job's PNG: absolute with DIFFUSETV_PUBLIC_URL (never from the request's Host), else relative."""
+    return f"{settings.public_url or ''}/jobs/{job_id}/image.png"
+
+
+def images(redis, settings: Settings, body: schemas.ImageGenerationRequest, job_ids: list[str], prompt: str) -> list:
+    if body.response_format == "url":
+        return [schemas.ImageData(url=image_url(settings, i), revised_prompt=prompt) for i in job_ids]
+    pngs = redis.mget([keys.png(i) for i in job_ids])
+    if any(png is None for png in pngs):
+        raise HTTPException(404, "the result has expired")
+    return [schemas.ImageData(b64_json=base64.b64encode(png).decode(), revised_prompt=prompt) for png in pngs]
+
+
+@router.post(
+    "/images/generations",
+    response_model=schemas.ImagesResponse,
+    responses=schemas.error_responses(400, 401, 404, 408, 409, 413, 415, 429, 500, 503),
+)
+async def create_images(
+    body: schemas.ImageGenerationRequest,
+    request: Request,
+    redis: RedisDep,
+    settings: SettingsDep,
+    store: StoreDep,
+    owner: OwnerDep,
+    client: ClientDep,
+    idempotency_key: IdempotencyKey = None,
+) -> schemas.ImagesResponse | JSONResponse:
+    """OpenAI's image generation: `n` images of the model, waited for (at most DIFFUSETV_OPENAI_WAIT_S). With an
+    Idempotency-Key, the same request again waits for the same jobs."""
+    what = submission(redis, settings, owner, client, ROUTE, body, idempotency_key)  # before the seed is drawn
+    made = await run_in_threadpool(batch, body, redis, settings, store, owner)
+    lease = await run_in_threadpool(
+        leases.hold, redis, client, settings.client_streams, settings.stream_lease_s
+    )  # before anything is queued: a 429 here makes no job
+    if lease is None:
+        raise streams_full(settings)
+    try:
+        job_ids = await run_in_threadpool(submit_many, redis, settings, made.jobs, client, what)
+        records = await wait_for_all(request, redis, job_ids, owner, lease)
+    finally:
+        await run_in_threadpool(lease.release)
+    if (refused := ended_badly(records, job_ids, settings.openai_wait_s)) is not None:
+        return refused
+    data = await run_in_threadpool(images, redis, settings, body, job_ids, made.revised_prompt)
+    seed = json.loads(records[0]["params"])["seed"]  # a replayed key's jobs have the seed drawn for them then
+    return schemas.ImagesResponse(created=int(time.time()), data=data, seed=seed, jobs=job_ids)
