@@ -28,9 +28,13 @@ class Event:
 class EventParser:
     """Feed it the stream's lines (without their line ends); it returns an Event at each blank line that ends one."""
 
-    last_id: str | None = None
+    last_id: str | None = None  # the id of the last event dispatched: what a reconnection resumes after
+    _id: str | None = None  # the id of the event being read
     _event: str = ""
     _data: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._id = self.last_id
 
     def feed(self, line: str) -> Event | None:
         if not line:
@@ -44,16 +48,16 @@ class EventParser:
         elif name == "data":
             self._data.append(value)
         elif name == "id" and "\0" not in value:
-            self.last_id = value
+            self._id = value
         return None  # `retry` and unknown fields are ignored
 
     def reset(self) -> None:
-        """The connection ended: an event it did not finish is dropped (`last_id` stays, to resume after)."""
-        self._event, self._data = "", []
+        """The connection ended: an event it did not finish is dropped, its id too (`last_id` stays)."""
+        self._id, self._event, self._data = self.last_id, "", []
 
     def _dispatch(self) -> Event | None:
         event, lines = self._event or "message", self._data
-        self._event, self._data = "", []
+        self.last_id, self._event, self._data = self._id, "", []
         if not lines:
             return None  # an event with no data is not dispatched
         data = "\n".join(lines)
