@@ -140,3 +140,47 @@ def test_the_async_client(live):
     job, events, png = asyncio.run(run())
     assert job.status == "succeeded" and events[-1].data == {"status": "succeeded"}
     assert png == httpx.get(f"{live.base}/jobs/{job.id}/image.png").content
+
+
+class DropFirstAnswer(httpx.BaseTransport):
+    """Real HTTP, but the answer to the first POST is lost after the server made it (a connection reset)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.lost: list[dict] = []
+        self.posts: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.method == "POST":
+            self.posts.append(request)
+            if not self.lost:
+                self.lost.append(json.loads(response.read()))
+                response.close()
+                raise httpx.ReadError("connection reset after the server answered", request=request)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_post_whose_answer_was_lost_is_retried_without_a_second_job(live):
+    transport = DropFirstAnswer()
+    with Client(live.base, transport=transport) as client:
+        job = client.generate(steps=5)  # no seed: the server draws one, once
+    made = transport.lost[0]
+    assert made["status"] in ("queued", "running", "succeeded") and len(transport.posts) == 2
+    assert transport.posts[0].headers["idempotency-key"] == transport.posts[1].headers["idempotency-key"]
+    assert job.id == made["id"] and job.params["seed"] == made["params"]["seed"]
+
+
+def test_one_idempotency_key_is_one_job_and_another_body_is_refused(live):
+    with Client(live.base) as client:
+        first = client.generate(seed=16, steps=5, idempotency_key="client-e2e-16")
+        again = client.generate(seed=16, steps=5, idempotency_key="client-e2e-16")
+        assert again.id == first.id
+        with pytest.raises(ValidationError) as refused:
+            client.generate(seed=17, steps=5, idempotency_key="client-e2e-16")
+        assert refused.value.fields == ["idempotency-key"] and "another request body" in str(refused.value)
+        drawn = client.generate(steps=5)
+        assert isinstance(drawn.params["seed"], int) and drawn.wait(timeout=120).status == "succeeded"
