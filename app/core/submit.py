@@ -1,16 +1,23 @@
-"""The atomic submit: one Lua script admits a job, or refuses it and writes nothing.
+"""The atomic submit: one Lua script admits a submission's jobs, all of them, or refuses it and writes nothing.
 
-Admission checks every bound first (the client's quota of jobs, bytes and model work, the run's followers,
-the model's queue length) and only then writes: the job record, its event stream, its run, the run's open-run entry, the
-RQ job and its queue entry appear together or not at all, each with a TTL from the moment it exists. Redis
-runs a script alone, and refuses its first write (and so the whole script) when it is out of memory.
+Admission plans every job of the submission first (the client's quota of jobs, bytes and model work, summed over
+them; the run's followers; the model's queue length, growing with each new run) and only then writes: the job
+records, their event streams, their runs, the runs' open-run entries, the RQ jobs and their queue entries appear
+together or not at all, each with a TTL from the moment it exists. Redis runs a script alone, and refuses its first
+write (and so the whole script) when it is out of memory.
 
 A job is answered one of three ways, tried in order:
 - `cached`: the engine key's result exists; the job is a new, already succeeded job with a copy of the PNG (and
   of an interpolation's strip, an inversion's latent);
-- `follow`: a run of the same engine key is queued or running; the job joins it (at most MAX_FOLLOWERS do);
+- `follow`: a run of the same engine key is queued or running, or an earlier job of the same submission leads one;
+  the job joins it (at most MAX_FOLLOWERS do);
 - `lead`: a new run, queued on the model's RQ queue (at most MAX_QUEUE runs wait there). Only a new run is
   charged the model work it will take (the compute quota); cache hits and joins take none.
+
+With an Idempotency-Key (app.core.idempotency), the script first reads the key's record: the same request again is
+answered with the jobs it made (`replay`: nothing charged or written), another request is refused (`mismatch`), and an
+admission writes the record. A job that ends or starts here (a cache hit, a join of a running run) enqueues its
+webhook delivery in the same script (app.core.hooks).
 """
 
 from __future__ import annotations
