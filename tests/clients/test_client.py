@@ -272,6 +272,20 @@ def test_every_field_of_the_clients_dataclasses_is_in_the_openapi_schema():
             assert f'"#/components/schemas/{inner.__schema__}"' in refs, (cls.__name__, name, refs)
 
 
+def test_every_argument_of_the_clients_calls_is_a_field_of_the_request():
+    import inspect
+
+    from app.main import create_app
+
+    schemas = create_app().openapi()["components"]["schemas"]
+    calls = {"generate": "GenerateRequest", "interpolate": "InterpolateRequest", "invert": "InvertRequest"}
+    for call, request in calls.items():
+        arguments = set(inspect.signature(getattr(Client, call)).parameters) - {"self", "idempotency_key"}
+        fields = set(schemas[request]["properties"])
+        assert arguments - fields == set(), f"{call}: {sorted(arguments - fields)} are not fields of {request}"
+        assert fields - arguments == set(), f"{call} does not take {sorted(fields - arguments)} of {request}"
+
+
 def _sample(name: str, cls: type):
     """A value for the nested field `name` of `cls`, just enough to build its dataclass."""
     samples = {
