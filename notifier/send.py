@@ -97,10 +97,13 @@ class Sender:
         gate, users = self.hosts.get(host) or (asyncio.Semaphore(self.settings.webhook_per_host), 0)
         self.hosts[host] = (gate, users + 1)
         try:
-            try:
-                await asyncio.wait_for(gate.acquire(), wait_s)
-            except TimeoutError:
-                raise HostBusy(host) from None
+            if gate.locked():
+                try:
+                    await asyncio.wait_for(gate.acquire(), max(wait_s, 0.001))
+                except TimeoutError:
+                    raise HostBusy(host) from None
+            else:
+                await gate.acquire()
             try:
                 yield
             finally:

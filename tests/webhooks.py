@@ -53,11 +53,13 @@ def job_record(job_id: str, status: str, url: str, events: str = "completed", ow
     }
 
 
-def enqueue(redis, job_id: str, url: str, status: str = "succeeded", **record) -> str:
-    """Write a job with a webhook and run the status hook as a status-change script does; the delivery's id."""
+def enqueue(redis, job_id: str, url: str, status: str = "succeeded", **record) -> str | None:
+    """Write a job with a webhook and run the status hook as a status-change script does; the id of the job's last
+    delivery (None: it has none)."""
     redis.hset(keys.job(job_id), mapping=job_record(job_id, status, url, **record))
     redis.eval(_HOOK, 0, job_id, status)
-    return redis.lrange(keys.job_deliveries(job_id), -1, -1)[0].decode()
+    last = redis.lrange(keys.job_deliveries(job_id), -1, -1)
+    return last[0].decode() if last else None
 
 
 def report_progress(redis, job_id: str, step: int, steps: int) -> None:
