@@ -33,7 +33,6 @@ log = logging.getLogger("diffusetv.notifier")
 POLL_S = 0.25  # the longest pause between two looks for due deliveries
 HOST_WAIT_S = LEASE_MARGIN_S / 2  # how long an attempt waits for a slot of its host before it is put back
 RELEASE_DELAY_S = 1.0  # a delivery put back (its host busy) is due again after this
-REDIS_ERRORS = (redis_lib.ConnectionError, redis_lib.TimeoutError)
 
 
 class Notifier:
@@ -79,8 +78,8 @@ class Notifier:
             return POLL_S
         try:
             claims, next_in = await asyncio.to_thread(deliveries.claim, self.redis, free, self.lease_s, self.name)
-        except REDIS_ERRORS as exc:
-            log.warning("Redis not reachable (%s); trying again", exc)
+        except redis_lib.RedisError as exc:  # away, restarting, loading its data, full: look again in a moment
+            log.warning("could not claim deliveries (%s); trying again", exc)
             return 1.0
         for claim in claims:
             task = asyncio.create_task(self.deliver(claim))
@@ -93,8 +92,8 @@ class Notifier:
     async def deliver(self, claim: Claim) -> None:
         try:
             await self._deliver(claim)
-        except REDIS_ERRORS as exc:  # the attempt is taken again once its lease has run out
-            log.warning("%s: Redis not reachable (%s); left for a later claim", claim.message_id, exc)
+        except redis_lib.RedisError as exc:  # the delivery is taken again once its lease has run out
+            log.warning("%s: Redis refused or was away (%s); left for a later claim", claim.message_id, exc)
         except Exception:
             log.exception("%s: unexpected error; left for a later claim", claim.message_id)
 

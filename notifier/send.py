@@ -118,8 +118,13 @@ class Sender:
     async def send(self, url: str, headers: dict[str, str], body: bytes, host_wait_s: float = 0.0) -> Result:
         """POST `body` to `url` once, within the attempt's deadline; HostBusy before anything is sent when the host
         has no free slot within `host_wait_s`."""
-        target = httpx.URL(url)
-        host = target.raw_host.decode("ascii").lower()
+        try:
+            target = httpx.URL(url)
+            host = target.raw_host.decode("ascii").lower()
+        except (httpx.InvalidURL, UnicodeError):
+            return Result(error="not a valid URL")
+        if target.scheme not in ("http", "https") or not host:
+            return Result(error="not an absolute http(s) URL")
         async with self.all, self.host_slot(host, host_wait_s):
             try:
                 async with asyncio.timeout(self.settings.webhook_timeout_s):

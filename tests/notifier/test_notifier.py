@@ -9,6 +9,7 @@ import json
 import time
 
 import pytest
+import redis as redis_lib
 import standardwebhooks
 import standardwebhooks.webhooks
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -26,9 +27,11 @@ from webhooks import (
 )
 
 from app.core import deliveries, keys
+from app.core.redis import connect_sync
 from app.core.signing import new_secret
 from notifier.main import Notifier
 from notifier.schedule import cap
+from stack import RedisServer
 
 JOB = "b" * 32
 
@@ -207,3 +210,26 @@ def test_the_body_is_the_snapshot_at_enqueue_time(redis, redis_server):
             [request] = receiver.wait_for(1)
     assert json.loads(request.body)["data"]["status"] == "succeeded"
     assert json.loads(request.body)["data"] == json.loads(delivery(redis, did)["body"])["data"]
+
+
+def test_a_waiting_retry_survives_a_restart_of_redis():
+    """Redis (append-only file) stops and starts again while a retry waits: the notifier rides it out, and the
+    delivery, whose state is all in Redis, arrives."""
+    server = RedisServer(appendonly=True).start()
+    try:
+        redis = redis_lib.Redis.from_url(server.url)
+        with Receiver([Answer(503, {"retry-after": "2"}), 200]) as receiver:
+            did = enqueue(redis, JOB, receiver.url())
+            with Running(Notifier(settings(server.url), connect_sync(server.url))):
+                receiver.wait_for(1)
+                wait_until(lambda: attempts(redis, did), what="the first attempt's record")
+                server.stop()
+                time.sleep(1.5)  # the notifier finds Redis away
+                server.start()
+                second = receiver.wait_for(2)[1]
+                wait_until(lambda: final_state(redis, did), what="the delivery's end")
+        assert second.headers["webhook-id"] == did
+        assert [a["status_code"] for a in attempts(redis, did)] == [503, 200]
+        assert delivery(redis, did)["state"] == "delivered"
+    finally:
+        server.cleanup()
