@@ -103,6 +103,7 @@ if progress then  -- sent once; its state is the report's it sent, unless a newe
   redis.call('LTRIM', attempts, -tonumber(ARGV[9]), -1)
   local sent = outcome == 'delivered'
   if redis.call('HGET', dk, 'id') == token then redis.call('HSET', dk, 'state', sent and 'delivered' or 'failed') end
+  if outcome == 'gone' then redis.call('SET', KEYS[3], '1', 'EX', ARGV[8]) end
   redis.call('HINCRBY', METRICS, sent and 'webhook_progress_sent' or 'webhook_progress_failed', 1)
   return 1
 end

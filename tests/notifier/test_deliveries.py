@@ -180,11 +180,18 @@ def test_a_progress_slot_is_claimed_once_and_never_retried(redis):
     assert delivery(redis, slot)["state"] == "failed" and due_score(redis, slot) is None
     assert redis.zscore(keys.DELIVERIES_PENDING, slot) is None
 
-    # The next report is due no sooner than PROGRESS_EVERY_S after the one sent.
+    # A 410 to a progress report is remembered as any other.
     report_progress(redis, JOB, 2, 5)
+    redis.zadd(keys.DELIVERIES_DUE, {slot: 0})
+    [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
+    assert deliveries.finish(redis, claim, GONE, time.time(), 410)
+    assert deliveries.is_gone(redis, "", URL)
+
+    # The next report is due no sooner than PROGRESS_EVERY_S after the one sent.
+    report_progress(redis, JOB, 3, 5)
     sent_at = float(delivery(redis, slot)["sent_at"])
     assert due_score(redis, slot) >= sent_at + 0.5 - 1e-6
-    assert delivery(redis, slot)["id"] == f"msg_{JOB}_2"
+    assert delivery(redis, slot)["id"] == f"msg_{JOB}_3"
 
 
 def test_an_expired_delivery_leaves_the_due_and_pending_sets(redis):

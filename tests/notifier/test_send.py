@@ -241,3 +241,11 @@ def test_https_verifies_the_certificate_against_the_name(tmp_path, served):
     else:
         assert result.error.startswith("TLS handshake failed") and result.retried
         assert receiver.requests == []
+
+
+@pytest.mark.parametrize("url", ["http://[::1/hook", "ftp://hooks.test/x", "/relative"])
+def test_an_unusable_url_fails_without_a_lookup(url):
+    stub = Stub(["127.0.0.1"])
+    result = send(Sender(settings("redis://127.0.0.1:1/0"), resolve=stub), url)
+    assert result.error in ("not a valid URL", "not an absolute http(s) URL") and not result.retried
+    assert stub.calls == []
