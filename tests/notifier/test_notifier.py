@@ -26,6 +26,7 @@ from webhooks import (
     wait_until,
 )
 
+from app.auth import owner_id
 from app.core import deliveries, keys
 from app.core.redis import connect_sync
 from app.core.signing import new_secret
@@ -233,3 +234,23 @@ def test_a_waiting_retry_survives_a_restart_of_redis():
         assert delivery(redis, did)["state"] == "delivered"
     finally:
         server.cleanup()
+
+
+def test_with_api_keys_each_owner_signs_with_its_own_secret(redis, redis_server, tmp_path):
+    mine, theirs = "k" * 24, "q" * 24
+    own_secret = new_secret()
+    table = tmp_path / "secrets.json"
+    table.write_text(json.dumps({owner_id(mine): own_secret}))
+    s = settings(redis_server.url, api_keys=f"{mine},{theirs}", webhook_secrets_file=str(table))
+    with Receiver([200]) as receiver:
+        signed = enqueue(redis, JOB, receiver.url(), owner=owner_id(mine))
+        unsigned = enqueue(redis, "f" * 32, receiver.url(), owner=owner_id(theirs))  # its secret since removed
+        with Running(Notifier(s, redis)):
+            [request] = receiver.wait_for(1)
+            wait_until(lambda: final_state(redis, signed) and final_state(redis, unsigned), what="both ends")
+    standardwebhooks.Webhook(own_secret).verify(request.body, request.headers)
+    with pytest.raises(WebhookVerificationError):
+        standardwebhooks.Webhook(SECRET).verify(request.body, request.headers)
+    assert request.headers["webhook-id"] == signed
+    assert delivery(redis, unsigned)["state"] == "failed"
+    assert attempts(redis, unsigned)[0]["error"] == "no webhook secret for its owner"
