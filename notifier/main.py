@@ -69,6 +69,7 @@ class Notifier:
         finally:
             for task in self.tasks:
                 task.cancel()  # left to another notifier once its lease runs out
+            await asyncio.gather(*self.tasks, return_exceptions=True)
             await self.sender.close()
 
     async def tick(self) -> float:
