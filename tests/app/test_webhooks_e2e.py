@@ -80,7 +80,8 @@ def test_every_completed_delivery_verifies(hooked_stack):
         cached = submit(c, receiver, seed=11)  # answered from the cache: completed at once
         assert c.get(f"/jobs/{cached}").json()["status"] == "succeeded"
         canceled = submit(c, receiver, seed=12, steps=1000)
-        assert c.delete(f"/jobs/{canceled}").status_code == 202
+        cancel = c.delete(f"/jobs/{canceled}").status_code  # 409 only if a very fast worker finished it first
+        assert cancel in (202, 409)
         wait_until(lambda: settled(c, cached, 1) and settled(c, canceled, 1), what="the later deliveries")
         requests = receiver.wait_for(5)
         ended = {job_id: deliveries(c, job_id) for job_id in (led, followed, cached, canceled)}
@@ -94,7 +95,7 @@ def test_every_completed_delivery_verifies(hooked_stack):
         data = completed[job_id]["data"]
         assert data["status"] == "succeeded" and data["image_url"] == f"/jobs/{job_id}/image.png"
         assert data["params"]["seed"] == 11
-    assert completed[canceled]["data"]["status"] == "canceled"
+    assert completed[canceled]["data"]["status"] == ("canceled" if cancel == 202 else "succeeded")
     assert [e["data"]["id"] for e in verified if e["type"] == "job.started"] == [led]
     ids = [r.headers["webhook-id"] for r in requests]
     assert len(set(ids)) == len(ids) == 5  # one message each, none sent twice
