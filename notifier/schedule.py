@@ -8,6 +8,7 @@ draw, clamped to [0, WEBHOOK_MAX_DELAY_S]. WEBHOOK_JITTER_SEED makes the draws r
 from __future__ import annotations
 
 import random
+import time
 from email.utils import parsedate_to_datetime
 
 RETRIED_STATUSES = frozenset({408, 429})  # and every 5xx
@@ -46,9 +47,10 @@ class Schedule:
         self.settings = settings
         self.rng = rng or random.Random(settings.webhook_jitter_seed)
 
-    def delay(self, retry: int, retry_after: str | None = None, now: float = 0.0) -> float:
-        """The wait before retry `retry` (0-based): Retry-After when the receiver gave one, else the jittered draw."""
-        asked = retry_after_s(retry_after, now)
+    def delay(self, retry: int, retry_after: str | None = None, now: float | None = None) -> float:
+        """The wait before retry `retry` (0-based): Retry-After when the receiver gave one (a date is read against
+        `now`, default the time now), else the jittered draw."""
+        asked = retry_after_s(retry_after, time.time() if now is None else now)
         if asked is not None:
             return min(max(asked, 0.0), self.settings.webhook_max_delay_s)
         return self.rng.uniform(0.0, cap(self.settings, retry))
