@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import standardwebhooks
@@ -84,3 +86,39 @@ def test_a_notifier_killed_mid_retry_loses_nothing(redis, redis_server, tmp_path
     text = log_path.read_text()
     assert f"{did} job.completed attempt 2/8: 200 -> delivered" in text
     assert "notifier stopped" in text
+
+
+def test_sigterm_lets_the_attempt_in_flight_end_then_exits(redis, redis_server, tmp_path):
+    """The receiver holds the request past the attempt's deadline: on SIGTERM the notifier stops claiming, the attempt
+    ends at its deadline and is recorded (a retry, due later for any notifier), and the process exits 0."""
+    release = threading.Event()
+
+    class Holding(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            release.wait(60)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Holding)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        did = enqueue(redis, JOB, url)
+        with (tmp_path / "notifier.log").open("ab") as log:
+            proc = start(notifier_env(redis_server.url, DIFFUSETV_WEBHOOK_BASE_DELAY_S="60"), log)
+            try:
+                wait_until(lambda: delivery(redis, did).get("claim"), what="the claim")
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0
+            finally:
+                proc.kill()
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    [attempt] = attempts(redis, did)
+    assert attempt["error"] == "timed out" and attempt["next_at"] is not None
+    assert delivery(redis, did)["state"] == "pending" and "claim" not in delivery(redis, did)
