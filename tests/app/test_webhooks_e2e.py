@@ -69,6 +69,13 @@ def settled(client, job_id: str, count: int) -> list[dict] | None:
     return found if len(ended) >= count else None
 
 
+def completed(client, job_id: str) -> list[dict] | None:
+    """The job's deliveries once its job.completed delivery has ended."""
+    found = deliveries(client, job_id)
+    ended = [d for d in found if d["type"] == "job.completed" and d["state"] in ("delivered", "failed")]
+    return found if ended else None
+
+
 @pytest.mark.slow
 def test_every_completed_delivery_verifies(hooked_stack):
     """A run, a job that follows it, a cache hit and a canceled job: each job.completed delivery arrives signed, and
@@ -142,3 +149,20 @@ def test_a_notifier_killed_mid_retry_loses_no_delivery(hooked_stack):
     standardwebhooks.Webhook(SECRET).verify(second.body, second.headers)
     assert delivery["state"] == "delivered"
     assert [a["status_code"] for a in delivery["attempts"]] == [503, 200]
+
+
+@pytest.mark.slow
+def test_progress_is_throttled_latest_wins_and_verifies(hooked_stack):
+    """A job that reports progress many times a second: its job.progress deliveries come at most one per 0.5 s, each
+    the latest report then, each signed."""
+    with Receiver([204]) as receiver, hooked_stack.client() as c:
+        job = submit(c, receiver, seed=41, steps=400, webhook_events=["progress", "completed"])
+        listed = wait_until(lambda: completed(c, job), what="the job.completed delivery")
+    progress = [r for r in receiver.requests if b'"job.progress"' in r.body]
+    assert progress, "no progress delivery arrived"
+    steps = [standardwebhooks.Webhook(SECRET).verify(r.body, r.headers)["data"]["progress"]["step"] for r in progress]
+    assert steps == sorted(set(steps))  # each a later report than the one before
+    # PROGRESS_EVERY_S (0.5 s) apart when sent, against dozens of reports a second (one for a late first send)
+    assert len(progress) <= 2 + (progress[-1].at - progress[0].at) / 0.5
+    assert {d["type"] for d in listed} == {"job.progress", "job.completed"}
+    assert len({r.headers["webhook-id"] for r in progress}) == len(progress)
