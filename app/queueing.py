@@ -1,18 +1,20 @@
 """Putting jobs on the queue (RQ, JSON serializer), and finding their place in it.
 
 As rq's `Queue.create_job` builds the `Job` that `enqueue_job` takes, `new_job` builds a job from its spec
-(app.core.spec) and `submit` puts it on the queue: it is answered from the result cache, joins an identical
-run in flight, or leads a new run, atomically (app.core.submit), or is refused with a 429 that says which
-bound was reached.
+(app.core.spec) and `submit` puts it on the queue (`submit_many` puts several, all or none): it is answered from
+the result cache, joins an identical run in flight, or leads a new run, atomically (app.core.submit), or is refused
+with a 429 that says which bound was reached.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -20,12 +22,14 @@ from app.core import keys, runs
 from app.core.jobs import new_record
 from app.core.settings import Settings
 from app.core.spec import Spec
+from app.core.submission import NONE, Submission
 from app.core.submit import Admission, Bounds, Entry, admit
 from app.core.timeouts import job_timeout
 from app.models import image_shape, model_record
 from model_store import Manifest
 
 QUEUE_FULL_RETRY_S = 5
+MISMATCH = "this Idempotency-Key was used with another request body"
 FOLLOWERS_RETRY_S = 2
 
 
@@ -70,27 +74,51 @@ def current_engine(redis, model_ref: str) -> str:
     return engine.decode() if engine else runs.PENDING_ENGINE
 
 
-def submit(redis, settings: Settings, job: NewJob, client: str = "") -> str:
-    """Answer from the result cache, join an identical run in flight, or queue a new run, atomically
-    (app.core.submit); 429 past a bound. Returns the job's id.
+def submit(redis, settings: Settings, job: NewJob, client: str = "", submission: Submission = NONE) -> str:
+    """Submit one job (submit_many); returns its id, or with an Idempotency-Key already used for this request, the
+    id of the job it made."""
+    return submit_many(redis, settings, [job], client, submission)[0]
+
+
+def submit_many(
+    redis, settings: Settings, jobs: Sequence[NewJob], client: str = "", submission: Submission = NONE
+) -> list[str]:
+    """Answer each job from the result cache, join an identical run in flight (or one an earlier job of the list
+    leads), or queue a new run: all of them or none, atomically (app.core.submit); 429 past a bound, 422 for an
+    Idempotency-Key used with another request. Returns the jobs' ids: with the key already used for this request,
+    the ids of the jobs it made, and nothing new is queued or charged.
 
     Before any worker has claimed the model, its engine is pending: identical jobs still join one run (their
-    key names the pending engine), but none is answered from the cache, since no result can be known."""
-    spec, now = job.spec, time.time()
-    engine = current_engine(redis, spec.model_ref)
-    key = runs.engine_key(spec, engine)  # identical jobs share one model run and its cache entry (app.core.runs)
-    cache_key = key if engine != runs.PENDING_ENGINE else ""
-    queue = queue_for(redis, spec.model_ref)
-    entry = Entry(spec.job_id, job.record, job.cost, queue.key, key, cache_key, spec.compute(), job.inputs)
-    commands = rq_commands(redis, queue, spec, settings, job.timeout)
-    refuse(admit(redis, entry, Bounds.of(settings, client, now, job.timeout), commands, now), settings)
-    return spec.job_id
+    key names the pending engine), but none is answered from the cache, since no result can be known. The
+    submission's webhook fields go into each job's record, never into its spec or engine key."""
+    now = time.time()
+    fields = submission.record_fields(settings)
+    engines: dict[str, str] = {}
+    entries, commands = [], []
+    for job in jobs:
+        spec = job.spec
+        engine = engines.get(spec.model_ref) or engines.setdefault(
+            spec.model_ref, current_engine(redis, spec.model_ref)
+        )
+        key = runs.engine_key(spec, engine)  # identical jobs share one model run and its cache entry (app.core.runs)
+        cache_key = key if engine != runs.PENDING_ENGINE else ""
+        queue = queue_for(redis, spec.model_ref)
+        record = {**job.record, **fields}
+        entries.append(Entry(spec.job_id, record, job.cost, queue.key, key, cache_key, spec.compute(), job.inputs))
+        commands.append(rq_commands(redis, queue, spec, settings, job.timeout))
+    bounds = Bounds.of(settings, client, now, max(job.timeout for job in jobs))
+    admission = admit(redis, entries, bounds, commands, now, submission.idempotency)
+    refuse(admission, settings)
+    return list(admission.job_ids)
 
 
 def refuse(admission: Admission, settings: Settings) -> None:
-    """Nothing for an admitted job; else a 429 with Retry-After that says which bound was reached."""
+    """Nothing for admitted jobs; a 422 naming the Idempotency-Key header for a key used with another request; else
+    a 429 with Retry-After that says which bound was reached."""
     if admission.admitted:
         return
+    if admission.outcome == "mismatch":
+        raise RequestValidationError([{"type": "value_error", "loc": ("header", "idempotency-key"), "msg": MISMATCH}])
     if admission.outcome == "queue_full":
         raise too_many("the queue is full; retry later", QUEUE_FULL_RETRY_S)
     if admission.outcome == "followers":

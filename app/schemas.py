@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
 
 from model_store.bounds import (
     DEFAULT_STRENGTH,
@@ -137,10 +137,48 @@ ModelRef = Annotated[
 ]
 
 
+MAX_WEBHOOK_CHARS = 2048
+Webhook = Annotated[
+    str | None,
+    Field(
+        None,
+        max_length=MAX_WEBHOOK_CHARS,
+        description="an https URL the job's events are POSTed to, signed as Standard Webhooks (docs/API.md, Webhooks); "
+        "plain http only to DIFFUSETV_WEBHOOK_ALLOW_NETS. Part of the submission, not of the job: it never splits a "
+        "run or the cache",
+        examples=["https://example.com/diffusetv-hook"],
+    ),
+]
+WebhookEvent = Literal["start", "progress", "completed"]
+
+
+def _distinct(events: list[str]) -> list[str]:
+    if len(set(events)) != len(events):
+        raise ValueError("each event at most once")
+    return events
+
+
+WebhookEvents = Annotated[
+    Annotated[
+        list[WebhookEvent], Field(min_length=1, json_schema_extra={"uniqueItems": True}), AfterValidator(_distinct)
+    ]
+    | None,
+    Field(
+        None,
+        description="with `webhook`: which events it gets, `start`, `progress` (at most one per 500 ms, latest-wins, "
+        'never retried) and `completed` (succeeded, failed or canceled); ["completed"] when absent',
+    ),
+]
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: Seed | None = Field(None, description="noise seed, 0..2^53-1; required unless `latent` is given")
+    seed: Seed | None = Field(
+        None,
+        description="noise seed, 0..2^53-1; drawn by the server when absent (a CSPRNG; the job's `params.seed` says "
+        "which), unless `latent` is given (with `latent`, required at eta > 0)",
+    )
     steps: Steps = 50
     eta: Eta = 0.0
     model: ModelRef = None
@@ -156,13 +194,19 @@ class GenerateRequest(BaseModel):
     harmonize: Harmonize = 0
     latent: LatentInput = None
     sampler: Sampler = "ddim"
+    webhook: Webhook = None
+    webhook_events: WebhookEvents = None
 
 
 class InterpolateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed_a: Seed | None = Field(None, description="the first end's noise seed, unless `image_a` or `latent_a` is given")
-    seed_b: Seed | None = Field(None, description="the last end's noise seed, unless `image_b` or `latent_b` is given")
+    seed_a: Seed | None = Field(
+        None,
+        description="the first end's noise seed, unless `image_a` or `latent_a` is given; drawn by the server when "
+        "the end has none of the three (`params.seed_a` says which)",
+    )
+    seed_b: Seed | None = Field(None, description="the last end's noise seed, as `seed_a`")
     frames: int = Field(
         8, strict=True, ge=MIN_FRAMES, le=MAX_FRAMES, description="interpolation points, both ends included"
     )
@@ -179,6 +223,8 @@ class InterpolateRequest(BaseModel):
     latent_a: LatentInput = None
     latent_b: LatentInput = None
     sampler: Sampler = Field("ddim", description="as POST /generate's; picture ends are inverted with it, so not unipc")
+    webhook: Webhook = None
+    webhook_events: WebhookEvents = None
 
 
 class InvertRequest(BaseModel):
@@ -196,6 +242,8 @@ class InvertRequest(BaseModel):
     width: Side = None
     height: Side = None
     sampler: Sampler = Field("ddim", description="the sampler it inverts and reconstructs with: ddim or dpmpp_2m")
+    webhook: Webhook = None
+    webhook_events: WebhookEvents = None
 
 
 class TextParams(BaseModel):
@@ -312,6 +360,7 @@ class Job(BaseModel):
 COMMON_FIELDS = frozenset(
     {"seed", "steps", "eta", "model", "previews", "seed_a", "seed_b", "frames", "sampler"}
     | {"image", "strength", "mask", "harmonize", "latent", "image_a", "image_b", "latent_a", "latent_b"}
+    | {"webhook", "webhook_events"}
 )
 
 

@@ -1,31 +1,40 @@
-"""The atomic submit: one Lua script admits a job, or refuses it and writes nothing.
+"""The atomic submit: one Lua script admits a submission's jobs, all of them, or refuses it and writes nothing.
 
-Admission checks every bound first (the client's quota of jobs, bytes and model work, the run's followers,
-the model's queue length) and only then writes: the job record, its event stream, its run, the run's open-run entry, the
-RQ job and its queue entry appear together or not at all, each with a TTL from the moment it exists. Redis
-runs a script alone, and refuses its first write (and so the whole script) when it is out of memory.
+Admission plans every job of the submission first (the client's quota of jobs, bytes and model work, summed over
+them; the run's followers; the model's queue length, growing with each new run) and only then writes: the job
+records, their event streams, their runs, the runs' open-run entries, the RQ jobs and their queue entries appear
+together or not at all, each with a TTL from the moment it exists. Redis runs a script alone, and refuses its first
+write (and so the whole script) when it is out of memory.
 
 A job is answered one of three ways, tried in order:
 - `cached`: the engine key's result exists; the job is a new, already succeeded job with a copy of the PNG (and
   of an interpolation's strip, an inversion's latent);
-- `follow`: a run of the same engine key is queued or running; the job joins it (at most MAX_FOLLOWERS do);
+- `follow`: a run of the same engine key is queued or running, or an earlier job of the same submission leads one;
+  the job joins it (at most MAX_FOLLOWERS do);
 - `lead`: a new run, queued on the model's RQ queue (at most MAX_QUEUE runs wait there). Only a new run is
   charged the model work it will take (the compute quota); cache hits and joins take none.
+
+With an Idempotency-Key (app.core.idempotency), the script first reads the key's record: the same request again is
+answered with the jobs it made (`replay`: nothing charged or written), another request is refused (`mismatch`), and an
+admission writes the record. A job that ends or starts here (a cache hit, a join of a running run) enqueues its
+webhook delivery in the same script (app.core.hooks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from app.core import keys
+from app.core import hooks, keys
 from app.core.events import preview_steps
 from app.core.jobs import MAX_EVENTS
 from app.core.settings import Settings
+from app.core.submission import Idempotency
 
 # A job's hash (MEMORY USAGE: 1.0 to 1.5 kB), its event stream, whose first entry takes a whole stream node
 # (4.8 kB), and the allocator's share of its PNG (about 0.4 kB): `python -m bench.job_bytes` measures them.
@@ -38,6 +47,7 @@ UNBOUNDED = 2**53  # a quota with no bound (Lua numbers are doubles: exact up to
 
 _LUA = (
     keys.LUA_KEYS
+    + hooks.LUA_HOOK
     + f"""
 local spec = cjson.decode(ARGV[1])
 local q = spec.quota
@@ -49,10 +59,12 @@ local function retry_after()
   if ttl < 1 then return q.expire end
   return ttl
 end
+-- one more job taking `cost` bytes and `compute` image-steps, after what the entries before it planned
 local function over(cost, compute)
   if used_jobs + 1 > q.jobs then return {{'quota', 'jobs', retry_after()}} end
   if used_bytes + cost > q.bytes then return {{'quota', 'bytes', retry_after()}} end
   if compute > 0 and used_compute + compute > q.compute then return {{'quota', 'compute', retry_after()}} end
+  used_jobs, used_bytes, used_compute = used_jobs + 1, used_bytes + cost, used_compute + compute
   return nil
 end
 local function charge(cost, compute)
@@ -61,16 +73,16 @@ local function charge(cost, compute)
   if compute > 0 then redis.call('HINCRBY', q.key, 'compute', compute) end
   if redis.call('TTL', q.key) < 0 then redis.call('EXPIRE', q.key, q.expire) end
 end
-local function write_inputs(ttl)  -- ARGV[2 .. 1 + #spec.inputs]: the blobs of spec.inputs' digests
-  for i, digest in ipairs(spec.inputs) do
+local function write_inputs(e, ttl)  -- ARGV[e.blobs ...]: the blobs of e.inputs' digests
+  for i, digest in ipairs(e.inputs) do
     local key = input_key(digest)
-    if not redis.call('SET', key, ARGV[1 + i], 'NX', 'EX', ttl) and redis.call('TTL', key) < ttl then
+    if not redis.call('SET', key, ARGV[e.blobs + i - 1], 'NX', 'EX', ttl) and redis.call('TTL', key) < ttl then
       redis.call('EXPIRE', key, ttl)
     end
   end
 end
-local function write_job(fields, status_events, ttl)
-  local jk, ek = job_key(spec.job), events_key(spec.job)
+local function write_job(id, fields, status_events, ttl)
+  local jk, ek = job_key(id), events_key(id)
   for k, v in pairs(fields) do redis.call('HSET', jk, k, v) end
   for _, data in ipairs(status_events) do
     redis.call('XADD', ek, 'MAXLEN', '~', spec.max_events, '*', 'event', 'status', 'data', data)
@@ -79,93 +91,153 @@ local function write_job(fields, status_events, ttl)
   redis.call('EXPIRE', ek, ttl)
 end
 
--- 1. a cached result: a copy of its PNG (and an interpolation's strip), already succeeded; no model work
-if spec.cache_key ~= '' then
-  local raw = redis.call('GET', cache_key(spec.cache_key))
+-- 0. an Idempotency-Key already used: the same request gets its jobs again (no charge, no new job), another is refused
+local idem = spec.idempotency
+if idem then
+  local raw = redis.call('GET', idem.key)
   if raw then
-    local entry = cjson.decode(raw)
-    local size = redis.call('STRLEN', png_key(entry.job))
-    if size > 0 then
-      local strip = redis.call('STRLEN', strip_key(entry.job))
-      local latent = redis.call('STRLEN', latent_key(entry.job))
-      local cost = size + strip + latent + spec.record_bytes
-      local refused = over(cost, 0)
-      if refused then return refused end
-      charge(cost, 0)
-      redis.call('COPY', png_key(entry.job), png_key(spec.job), 'REPLACE')
-      redis.call('EXPIRE', png_key(spec.job), spec.result_ttl)
-      local source = redis.call(
-        'HMGET', job_key(entry.job), 'engine', 'batch_size', 'progress', 'strip_sha256', 'latent_sha256')
-      local fields = spec.record
-      if strip > 0 then
-        redis.call('COPY', strip_key(entry.job), strip_key(spec.job), 'REPLACE')
-        redis.call('EXPIRE', strip_key(spec.job), spec.result_ttl)
-        fields.strip_sha256 = source[4] or ''
+    local held = cjson.decode(raw)
+    if held.fingerprint ~= idem.fingerprint then return {{'mismatch', '', ''}} end
+    for _, id in ipairs(held.jobs) do
+      if redis.call('EXISTS', job_key(id)) == 1 then  -- while any of its jobs exists; else they start anew
+        local replay = {{'replay', '', ''}}
+        for _, job in ipairs(held.jobs) do replay[#replay + 1] = job end
+        return replay
       end
-      if latent > 0 then
-        redis.call('COPY', latent_key(entry.job), latent_key(spec.job), 'REPLACE')
-        redis.call('EXPIRE', latent_key(spec.job), spec.result_ttl)
-        fields.latent_sha256 = source[5] or ''
-      end
-      fields.status, fields.started_at, fields.finished_at = 'succeeded', spec.now, spec.now
-      fields.cached, fields.sha256 = '1', entry.sha256
-      fields.engine, fields.batch_size, fields.progress = source[1] or '', source[2] or '', source[3] or ''
-      write_job(fields, {{spec.events.succeeded}}, spec.result_ttl)
-      redis.call('HINCRBY', '{keys.METRICS}', 'cache_hits', 1)
-      return {{'cached', entry.job, 'succeeded'}}
     end
   end
 end
 
--- 2. an identical run, queued or running: join it, up to max_followers jobs besides its leader
-if spec.engine_key ~= '' then
-  local rid = redis.call('GET', open_key(spec.engine_key))
-  if rid then
-    local status = redis.call('HGET', run_key(rid), 'status')
-    if status == 'queued' or status == 'running' then
-      if redis.call('SCARD', jobs_key(rid)) > spec.max_followers then return {{'followers', rid, status}} end
-      local refused = over(spec.cost + spec.input_bytes, 0)
-      if refused then return refused end
-      charge(spec.cost + spec.input_bytes, 0)
-      write_inputs(spec.ttl)
-      local fields = spec.record
-      fields.run = rid
-      local statuses = {{spec.events.queued}}
-      if status == 'running' then
-        fields.status, fields.started_at = 'running', spec.now
-        statuses[2] = spec.events.running
+-- Plan every entry, in order, before anything is written: a refusal of any refuses them all.
+local planned_runs = {{}}  -- engine key -> the run an entry of this submission leads
+local members = {{}}  -- run id -> its jobs, with the ones this submission adds
+local queued = {{}}  -- queue -> the runs this submission adds to it
+local function plan(e)
+  -- 1. a cached result: a copy of its PNG (and an interpolation's strip), already succeeded; no model work
+  if e.cache_key ~= '' then
+    local raw = redis.call('GET', cache_key(e.cache_key))
+    if raw then
+      local entry = cjson.decode(raw)
+      local size = redis.call('STRLEN', png_key(entry.job))
+      if size > 0 then
+        local strip = redis.call('STRLEN', strip_key(entry.job))
+        local latent = redis.call('STRLEN', latent_key(entry.job))
+        local cost = size + strip + latent + spec.record_bytes
+        local refused = over(cost, 0)
+        if refused then return refused end
+        return {{'cached', entry.job, 'succeeded', cost = cost, entry = entry, strip = strip, latent = latent}}
       end
-      write_job(fields, statuses, spec.ttl)
-      redis.call('SADD', jobs_key(rid), spec.job)
-      redis.call('HINCRBY', '{keys.METRICS}', 'joined', 1)
+    end
+  end
+  -- 2. an identical run, queued or running (or led by an entry before this one): join it, up to max_followers jobs
+  -- besides its leader
+  if e.engine_key ~= '' then
+    local rid, status = planned_runs[e.engine_key], 'queued'
+    if not rid then
+      rid = redis.call('GET', open_key(e.engine_key))
+      if rid then status = redis.call('HGET', run_key(rid), 'status') end
+    end
+    if rid and (status == 'queued' or status == 'running') then
+      members[rid] = members[rid] or redis.call('SCARD', jobs_key(rid))
+      if members[rid] > spec.max_followers then return {{'followers', rid, status}} end
+      local refused = over(e.cost + e.input_bytes, 0)
+      if refused then return refused end
+      members[rid] = members[rid] + 1
       return {{'follow', rid, status}}
     end
   end
+  -- 3. a new run on the model's queue: only a new run charges the model work it will take
+  if redis.call('LLEN', e.queue) + (queued[e.queue] or 0) >= spec.max_queue then return {{'queue_full', '', ''}} end
+  local refused = over(e.cost + e.input_bytes, e.compute)
+  if refused then return refused end
+  queued[e.queue] = (queued[e.queue] or 0) + 1
+  if e.engine_key ~= '' then
+    planned_runs[e.engine_key] = e.job
+    members[e.job] = 1
+  end
+  return {{'lead', e.job, 'queued'}}
+end
+local plans = {{}}
+for i, e in ipairs(spec.entries) do
+  plans[i] = plan(e)
+  local outcome = plans[i][1]
+  if outcome ~= 'cached' and outcome ~= 'follow' and outcome ~= 'lead' then return plans[i] end
 end
 
--- 3. a new run on the model's queue: only a new run charges the model work it will take
-if redis.call('LLEN', spec.queue) >= spec.max_queue then return {{'queue_full', '', ''}} end
-local refused = over(spec.cost + spec.input_bytes, spec.compute)
-if refused then return refused end
-charge(spec.cost + spec.input_bytes, spec.compute)
-write_inputs(spec.ttl)
-local fields = spec.record
-fields.run = spec.job
-write_job(fields, {{spec.events.queued}}, spec.ttl)
-if spec.engine_key ~= '' then
-  redis.call('HSET', run_key(spec.job), 'status', 'queued', 'engine_key', spec.engine_key)
-  redis.call('SADD', jobs_key(spec.job), spec.job)
-  redis.call('SET', open_key(spec.engine_key), spec.job, 'EX', spec.ttl)
-  redis.call('EXPIRE', run_key(spec.job), spec.ttl)
-  redis.call('EXPIRE', jobs_key(spec.job), spec.ttl)
+-- Then write them all.
+local function write_cached(e, p)
+  local source = p.entry.job
+  charge(p.cost, 0)
+  redis.call('COPY', png_key(source), png_key(e.job), 'REPLACE')
+  redis.call('EXPIRE', png_key(e.job), spec.result_ttl)
+  local from = redis.call('HMGET', job_key(source), 'engine', 'batch_size', 'progress', 'strip_sha256', 'latent_sha256')
+  local fields = e.record
+  if p.strip > 0 then
+    redis.call('COPY', strip_key(source), strip_key(e.job), 'REPLACE')
+    redis.call('EXPIRE', strip_key(e.job), spec.result_ttl)
+    fields.strip_sha256 = from[4] or ''
+  end
+  if p.latent > 0 then
+    redis.call('COPY', latent_key(source), latent_key(e.job), 'REPLACE')
+    redis.call('EXPIRE', latent_key(e.job), spec.result_ttl)
+    fields.latent_sha256 = from[5] or ''
+  end
+  fields.status, fields.started_at, fields.finished_at = 'succeeded', spec.now, spec.now
+  fields.cached, fields.sha256 = '1', p.entry.sha256
+  fields.engine, fields.batch_size, fields.progress = from[1] or '', from[2] or '', from[3] or ''
+  write_job(e.job, fields, {{spec.events.succeeded}}, spec.result_ttl)
+  hook(e.job, 'succeeded')
+  redis.call('HINCRBY', '{keys.METRICS}', 'cache_hits', 1)
 end
-local i = 2 + #spec.inputs
-while i <= #ARGV do  -- the RQ job and its queue entry, as RQ itself writes them
-  local n = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + n))
-  i = i + n + 1
+local function write_follower(e, p)
+  local rid, status = p[2], p[3]
+  charge(e.cost + e.input_bytes, 0)
+  write_inputs(e, spec.ttl)
+  local fields = e.record
+  fields.run = rid
+  local statuses = {{spec.events.queued}}
+  if status == 'running' then
+    fields.status, fields.started_at = 'running', spec.now
+    statuses[2] = spec.events.running
+  end
+  write_job(e.job, fields, statuses, spec.ttl)
+  redis.call('SADD', jobs_key(rid), e.job)
+  if status == 'running' then hook(e.job, 'running') end
+  redis.call('HINCRBY', '{keys.METRICS}', 'joined', 1)
 end
-return {{'lead', spec.job, 'queued'}}
+local function write_leader(e)
+  charge(e.cost + e.input_bytes, e.compute)
+  write_inputs(e, spec.ttl)
+  local fields = e.record
+  fields.run = e.job
+  write_job(e.job, fields, {{spec.events.queued}}, spec.ttl)
+  if e.engine_key ~= '' then
+    redis.call('HSET', run_key(e.job), 'status', 'queued', 'engine_key', e.engine_key)
+    redis.call('SADD', jobs_key(e.job), e.job)
+    redis.call('SET', open_key(e.engine_key), e.job, 'EX', spec.ttl)
+    redis.call('EXPIRE', run_key(e.job), spec.ttl)
+    redis.call('EXPIRE', jobs_key(e.job), spec.ttl)
+  end
+  local i = e.rq_from
+  while i < e.rq_to do  -- the RQ job and its queue entry, as RQ itself writes them
+    local n = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + n))
+    i = i + n + 1
+  end
+end
+local admitted, ids = {{'admitted', '', ''}}, {{}}
+for i, e in ipairs(spec.entries) do
+  local p = plans[i]
+  if p[1] == 'cached' then write_cached(e, p)
+  elseif p[1] == 'follow' then write_follower(e, p)
+  else write_leader(e) end
+  ids[i] = e.job
+  for k = 1, 3 do admitted[#admitted + 1] = p[k] end
+end
+if idem then
+  redis.call('SET', idem.key, cjson.encode({{fingerprint = idem.fingerprint, jobs = ids}}), 'EX', idem.ttl)
+end
+return admitted
 """
 )
 
@@ -213,27 +285,40 @@ class Bounds:
     result_ttl: int  # of a result, and of a job answered from the cache
     max_queue: int
     max_followers: int
+    idempotency_ttl: int = 86400  # of an Idempotency-Key's record (Settings.idempotency_window_s)
 
     @classmethod
     def of(cls, settings: Settings, client: str, now: float, timeout: int) -> Bounds:
-        """The service's bounds for one client's submission at `now` of a job whose runs may take `timeout` seconds
+        """The service's bounds for one client's submission at `now` of jobs whose runs may take `timeout` seconds
         (app.core.timeouts)."""
         s = settings
         quota = quota_for(client, s.client_jobs, s.client_bytes, s.quota_window_s, now, s.client_compute)
-        return cls(quota, s.pending_ttl(timeout), s.result_ttl, s.max_queue, s.max_followers)
+        return cls(quota, s.pending_ttl(timeout), s.result_ttl, s.max_queue, s.max_followers, s.idempotency_window_s)
+
+
+REFUSALS = frozenset({"quota", "followers", "queue_full", "mismatch"})
 
 
 @dataclass(frozen=True)
 class Admission:
-    """What the script did: `cached`, `follow` or `lead` (admitted), else `quota`, `followers` or `queue_full`."""
+    """What the script did. Admitted: each entry's (outcome, detail, status) in `jobs`, `cached`, `follow` or `lead`
+    (the first's also in `outcome`, `detail`, `status`), or `replay`: an Idempotency-Key's earlier submission,
+    whose jobs are `job_ids`. Refused, nothing written: `quota`, `followers` or `queue_full` (for the whole
+    submission, when any entry is), or `mismatch` (the key was used with another request)."""
 
     outcome: str
     detail: str = ""  # the run's id (follow, lead), the cached job's id, or which quota ran out
     status: str = ""  # the run's status (follow), or the quota's seconds until it resets (quota)
+    jobs: tuple[tuple[str, str, str], ...] = ()
+    job_ids: tuple[str, ...] = ()
 
     @property
     def admitted(self) -> bool:
-        return self.outcome in ADMITTED
+        return self.outcome not in REFUSALS
+
+    @property
+    def replayed(self) -> bool:
+        return self.outcome == "replay"
 
 
 def result_cost(image_size: int, channels: int, steps: int, previews: bool, images: int = 1) -> int:
@@ -245,19 +330,31 @@ def result_cost(image_size: int, channels: int, steps: int, previews: bool, imag
     return RECORD_BYTES + steps * PROGRESS_EVENT_BYTES + images * png + shown * (png * 4 // 3)
 
 
-def admit(redis, entry: Entry, bounds: Bounds, rq_commands: Sequence[Sequence[Any]], now: float) -> Admission:
-    """Run the submit script for `entry` within `bounds`; `rq_commands` write its RQ job and queue entry."""
+def admit(
+    redis,
+    entries: Sequence[Entry],
+    bounds: Bounds,
+    rq_commands: Sequence[Sequence[Sequence[Any]]],
+    now: float,
+    idempotency: Idempotency | None = None,
+) -> Admission:
+    """Run the submit script for `entries`, all or none, within `bounds`; `rq_commands[i]` write entry i's RQ job and
+    queue entry (run only when it leads a new run). With `idempotency`, a key already used answers its earlier
+    submission (`replay`) or `mismatch`, and an admission records the key."""
+    if not entries or len(rq_commands) != len(entries):
+        raise ValueError(f"{len(entries)} entries, {len(rq_commands)} lists of RQ commands: one list per entry")
+    argv: list[Any] = []
+    specs = []
+    for entry, commands in zip(entries, rq_commands, strict=True):
+        blobs_at = 2 + len(argv)  # ARGV[1] is the spec
+        argv += entry.inputs.values()
+        rq_from = 2 + len(argv)
+        for command in commands:
+            argv += [len(command), *(c.value if isinstance(c, Enum) else c for c in command)]
+        specs.append(_entry_spec(entry, blobs_at, rq_from, 2 + len(argv)))
     spec = {
-        "job": entry.job_id,
-        "record": entry.record,
-        "engine_key": entry.engine_key,
-        "cache_key": entry.cache_key,
-        "queue": entry.queue_key,
+        "entries": specs,
         "quota": dataclasses.asdict(bounds.quota),
-        "cost": entry.cost,
-        "compute": entry.compute,
-        "inputs": list(entry.inputs),
-        "input_bytes": sum(len(blob) for blob in entry.inputs.values()),
         "record_bytes": RECORD_BYTES,
         "ttl": bounds.ttl,
         "result_ttl": bounds.result_ttl,
@@ -267,12 +364,35 @@ def admit(redis, entry: Entry, bounds: Bounds, rq_commands: Sequence[Sequence[An
         "now": repr(now),
         "events": {s: json.dumps({"status": s}) for s in ("queued", "running", "succeeded")},
     }
-    flat: list[Any] = []
-    for command in rq_commands:
-        flat += [len(command), *(c.value if isinstance(c, Enum) else c for c in command)]
-    blobs = list(entry.inputs.values())
-    outcome, detail, status = (_decode(v) for v in redis.eval(_LUA, 0, json.dumps(spec), *blobs, *flat))
-    return Admission(outcome, detail, status)
+    if idempotency is not None:
+        key = keys.idempotency(idempotency.scope, hashlib.sha256(idempotency.key.encode()).hexdigest())
+        spec["idempotency"] = {"key": key, "fingerprint": idempotency.fingerprint, "ttl": bounds.idempotency_ttl}
+    outcome, detail, status, *rest = (_decode(v) for v in redis.eval(_LUA, 0, json.dumps(spec), *argv))
+    if outcome == "replay":
+        return Admission(outcome, job_ids=tuple(rest))
+    if outcome != "admitted":
+        return Admission(outcome, detail, status)
+    jobs = tuple(tuple(rest[i : i + 3]) for i in range(0, len(rest), 3))
+    return Admission(*jobs[0], jobs=jobs, job_ids=tuple(e.job_id for e in entries))
+
+
+def _entry_spec(entry: Entry, blobs_at: int, rq_from: int, rq_to: int) -> dict[str, Any]:
+    """An entry as the script reads it: its inputs' blobs at ARGV[blobs_at ...], its RQ commands in ARGV[rq_from,
+    rq_to)."""
+    return {
+        "job": entry.job_id,
+        "record": entry.record,
+        "engine_key": entry.engine_key,
+        "cache_key": entry.cache_key,
+        "queue": entry.queue_key,
+        "cost": entry.cost,
+        "compute": entry.compute,
+        "inputs": list(entry.inputs),
+        "input_bytes": sum(len(blob) for blob in entry.inputs.values()),
+        "blobs": blobs_at,
+        "rq_from": rq_from,
+        "rq_to": rq_to,
+    }
 
 
 def _decode(value) -> str:

@@ -16,11 +16,14 @@ from app.clients import ClientDep
 from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, owned_record, read_record
 from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec
+from app.core.submission import NONE, Submission
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.inputs import Reader, check_generate, check_interpolate, check_invert, read_generate, read_interpolate
 from app.models import check_request, check_time, prompted, require_served, resolve_model, sized
 from app.queueing import new_job, queue_position, submit
 from app.reaper import reconcile
+from app.seeds import draw_seeds
+from app.submissions import IdempotencyKey, submission
 from app.views import job_view
 from model_store.bounds import DEFAULT_STRENGTH
 from model_store.text import NO_TEXT
@@ -104,9 +107,10 @@ def view(redis, record: dict[str, str]) -> schemas.Job:
     return job_view(record, position)
 
 
-def queued(redis, settings, job, client: str, response: Response) -> schemas.Job:
-    """Submit the job (app.queueing.submit), point `Location` at it and answer its view."""
-    job_id = submit(redis, settings, job, client)
+def queued(redis, settings, job, client: str, response: Response, what: Submission = NONE) -> schemas.Job:
+    """Submit the job (app.queueing.submit), point `Location` at it and answer its view: with an Idempotency-Key
+    already used for this request, the job that it made, as it is now."""
+    job_id = submit(redis, settings, job, client, what)
     response.headers["Location"] = f"/jobs/{job_id}"
     return view(redis, load_record(redis, job_id, job.record["owner"]))
 
@@ -139,11 +143,14 @@ def generate(
     store: StoreDep,
     owner: OwnerDep,
     client: ClientDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.Job:
     """Queue a generation job (DDIM, or the request's `sampler`): from a seed's noise, a picture (`image`, `strength`;
     with `mask`, inpainting) or an inversion's latent; poll `Location` for it. 503 when no live worker serves the
     model."""
     manifest = offered_model(store, settings, body)
+    what = submission(redis, settings, owner, client, "/generate", body, idempotency_key)
+    body = draw_seeds(body)  # after the key's fingerprint: a retry without a seed gets the same job
     check_generate(body)
     text = prompted(manifest, body.prompt, body.guidance, negative_prompt=body.negative_prompt)
     size = sized(manifest, body.width, body.height)
@@ -152,9 +159,8 @@ def generate(
     spec = GenerateSpec.from_request(body, manifest, **text.fields(), **size, **inputs.fields, **strength)
     check_time(settings, manifest, spec, "steps")
     require_served(redis, manifest)
-    return queued(
-        redis, settings, new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs), client, response
-    )
+    job = new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs)
+    return queued(redis, settings, job, client, response, what)
 
 
 @router.post("/interpolate", status_code=202, response_model=schemas.Job, responses=PICTURE_ERRORS)
@@ -167,10 +173,13 @@ def interpolate(
     store: StoreDep,
     owner: OwnerDep,
     client: ClientDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.Job:
     """Queue an interpolation: DDIM at eta 0 (or the request's `sampler`) from the spherical walk between two ends'
     noises, each a seed's, a picture's inversion or an inversion's latent."""
     manifest = offered_model(store, settings, body)
+    what = submission(redis, settings, owner, client, "/interpolate", body, idempotency_key)
+    body = draw_seeds(body)
     check_interpolate(body)
     text = prompted(manifest, body.prompt, body.guidance, negative_prompt=body.negative_prompt)
     size = sized(manifest, body.width, body.height)
@@ -189,7 +198,9 @@ def interpolate(
         notes["ignored_words"] = ignored
     if end.truncated_tokens:
         notes["prompt_b_truncated_tokens"] = end.truncated_tokens
-    return queued(redis, settings, new_job(settings, spec, manifest, owner, notes, inputs.blobs), client, response)
+    return queued(
+        redis, settings, new_job(settings, spec, manifest, owner, notes, inputs.blobs), client, response, what
+    )
 
 
 @router.post("/invert", status_code=202, response_model=schemas.Job, responses=PICTURE_ERRORS)
@@ -202,11 +213,13 @@ def invert(
     store: StoreDep,
     owner: OwnerDep,
     client: ClientDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.Job:
     """Queue an inversion (DDIM, or the request's `sampler`): from the picture back to the x_T whose generation draws
     it (`GET /jobs/{id}/latent`), then forward again: the job's image is the reconstruction. A text model inverts with
     its prompt at guidance 1 unless `guidance` says otherwise."""
     manifest = offered_model(store, settings, body)
+    what = submission(redis, settings, owner, client, "/invert", body, idempotency_key)
     check_invert(body)
     guidance = body.guidance if body.guidance is not None else (1.0 if normalise(body.prompt or "") else None)
     text = prompted(manifest, body.prompt, guidance, negative_prompt=body.negative_prompt)
@@ -217,9 +230,8 @@ def invert(
     spec = InvertSpec.from_request(body, manifest, **text.fields(), **size, **inputs.fields)
     check_time(settings, manifest, spec, "steps")
     require_served(redis, manifest)
-    return queued(
-        redis, settings, new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs), client, response
-    )
+    job = new_job(settings, spec, manifest, owner, text.notes(), inputs.blobs)
+    return queued(redis, settings, job, client, response, what)
 
 
 @router.get(

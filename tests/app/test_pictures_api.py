@@ -96,7 +96,6 @@ def succeeded_job(conn, owner: str = "", kind: str = "generate", png: bytes | No
         ({"latent": {"job": "0" * 32}, "image": b64(png_file(glyph()))}, "latent"),  # latent excludes image
         ({"latent": {"job": "0" * 32}, "strength": 0.3}, "latent"),
         ({"latent": {"job": "0" * 32}, "eta": 0.5}, "seed"),  # eta > 0 draws from the seed
-        ({"steps": 10}, "seed"),
         ({"seed": 1, "image": {"job": "0" * 32, "extra": 1}}, "image"),
     ],
 )
@@ -111,8 +110,8 @@ def test_bad_picture_inputs_are_422_naming_the_field(setup, body, field):
 def test_each_end_of_an_interpolation_is_one_of_seed_picture_latent(setup):
     c, _ = setup
     picture = b64(png_file(glyph()))
-    r = c.post("/interpolate", json={"seed_a": 1})
-    assert r.status_code == 422 and ("body", "seed_b") in field_of(r)
+    r = c.post("/interpolate", json={"seed_a": 1, "seed_b": 2, "latent_b": {"job": "0" * 32}})
+    assert r.status_code == 422 and ("body", "latent_b") in field_of(r)
     r = c.post("/interpolate", json={"seed_a": 1, "image_a": picture, "seed_b": 2})
     assert r.status_code == 422 and ("body", "image_a") in field_of(r)
 

@@ -17,7 +17,7 @@ def submit(conn, engine_key: str) -> tuple[str, tuple[str, str, str]]:
     bounds = Bounds(
         quota_for("test", 1000, 2**30, 3600, now), ttl=600, result_ttl=600, max_queue=1000, max_followers=1000
     )
-    admission = admit(conn, entry, bounds, [], now)
+    admission = admit(conn, [entry], bounds, [[]], now)
     return job_id, (admission.outcome, admission.detail, admission.status)
 
 

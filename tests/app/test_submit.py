@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 import types
 
 import httpx
 import pytest
 import redis as redis_lib
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from app.core import keys, runs
+from app.core.jobs import new_job_id
 from app.core.png import encode_png
 from app.core.settings import Settings
+from app.core.submission import Idempotency
+from app.core.submit import Admission, Bounds, Entry, admit, quota_for
 from app.main import create_app
 from helpers import claim_as_worker, generate_spec
 from stack import Stack, free_port, stack_env
@@ -224,3 +229,174 @@ def test_model_work_per_client_is_bounded_and_hits_and_joins_take_none(tiny_stor
         hit = client.post("/generate", json={"seed": 3, "steps": 5})  # a cache hit takes no model work
         assert hit.status_code == 202 and hit.json()["status"] == "succeeded"
     assert conn.llen(QUEUE) == 3  # the two walks and the generation: the join and the hit queued nothing
+
+
+def entry_for(engine_key: str = "", cache_key: str = "", cost: int = 100, compute: int = 10, **record) -> Entry:
+    """A job for the script alone (no RQ job): an id, a record, its engine key."""
+    job_id = new_job_id()
+    fields = {"id": job_id, "status": "queued", **record}
+    return Entry(job_id, fields, cost, QUEUE, engine_key, cache_key, compute)
+
+
+def bounds_for(jobs: int = 100, max_queue: int = 100, max_followers: int = 100, compute: int = 10_000) -> Bounds:
+    quota = quota_for("test", jobs, 2**30, 3600, time.time(), compute)
+    return Bounds(quota, ttl=600, result_ttl=600, max_queue=max_queue, max_followers=max_followers)
+
+
+def admit_all(conn, entries: list[Entry], bounds: Bounds | None = None, idempotency=None) -> Admission:
+    """The script over `entries`, each leading run queued by hand (as its RQ commands would)."""
+    commands = [[("RPUSH", QUEUE, e.job_id)] for e in entries]
+    return admit(conn, entries, bounds or bounds_for(), commands, time.time(), idempotency)
+
+
+def written(conn) -> set[str]:
+    """Every key the script may write (jobs, runs, quotas, idempotency records, the queue)."""
+    return {k.decode() for k in conn.scan_iter(count=1000)} - {keys.METRICS}
+
+
+def test_entries_of_one_submission_share_a_run_and_are_written_together(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    a, b, c = entry_for("ek1"), entry_for("ek1"), entry_for("ek2")
+    admission = admit_all(conn, [a, b, c])
+    assert admission.admitted and admission.outcome == "lead" and admission.detail == a.job_id
+    assert admission.jobs == (
+        ("lead", a.job_id, "queued"),
+        ("follow", a.job_id, "queued"),
+        ("lead", c.job_id, "queued"),
+    )
+    assert admission.job_ids == (a.job_id, b.job_id, c.job_id)
+    assert [i.decode() for i in conn.lrange(QUEUE, 0, -1)] == [a.job_id, c.job_id]  # b rides a's run
+    assert sorted(runs.job_ids(conn, a.job_id)) == sorted([a.job_id, b.job_id])
+    assert conn.hget(keys.job(b.job_id), "run") == a.job_id.encode()
+    used = conn.hgetall(keys.quota("test", int(time.time() // 3600)))
+    assert used == {b"jobs": b"3", b"bytes": b"300", b"compute": b"20"}  # one charge each; a join takes no work
+
+
+@pytest.mark.parametrize(
+    ("bound", "outcome"),
+    [
+        ({"jobs": 2}, "quota"),
+        ({"max_queue": 2}, "queue_full"),
+        ({"max_followers": 1}, "followers"),
+        ({"compute": 15}, "quota"),
+    ],
+)
+def test_one_refused_entry_refuses_the_whole_submission_and_writes_nothing(redis_server, bound, outcome):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    before = admit_all(conn, [entry_for("old")])  # a run already queued, with its leader
+    assert before.outcome == "lead"
+    keys_before = written(conn)
+    entries = [entry_for("new1"), entry_for("old"), entry_for("new2")]  # 3 jobs, 2 new runs, 1 joiner of "old"
+    if bound.get("max_followers"):
+        entries.append(entry_for("old"))  # "old" has its leader and one follower: a second one is one too many
+    admission = admit_all(conn, entries, bounds_for(**{"max_queue": 100, **bound}))
+    assert not admission.admitted and admission.outcome == outcome and admission.job_ids == ()
+    assert written(conn) == keys_before  # nothing of any entry: no job, no run, no charge, no queue entry
+    assert conn.llen(QUEUE) == 1 and conn.scard(keys.run_jobs(before.detail)) == 1
+
+
+def test_a_submission_up_to_its_bounds_is_admitted(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    entries = [entry_for(f"ek{i}") for i in range(3)]
+    assert admit_all(conn, entries, bounds_for(jobs=3, max_queue=3, compute=30)).admitted
+    assert conn.llen(QUEUE) == 3
+    assert admit_all(conn, [entry_for("ek9")], bounds_for(jobs=4, max_queue=4, compute=30)).outcome == "quota"
+
+
+def idempotency(key: str = "k1", fingerprint: str = "f1") -> Idempotency:
+    return Idempotency("addr:loopback", key, fingerprint)
+
+
+def test_an_idempotency_key_replays_its_jobs_refuses_another_body_and_charges_once(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    first = admit_all(conn, [entry_for("ek1"), entry_for("ek2")], idempotency=idempotency())
+    assert first.admitted and not first.replayed
+    quota_key = keys.quota("test", int(time.time() // 3600))
+    charged = conn.hgetall(quota_key)
+    again = admit_all(conn, [entry_for("ek3"), entry_for("ek4")], idempotency=idempotency())
+    assert again.admitted and again.replayed and again.job_ids == first.job_ids
+    other = admit_all(conn, [entry_for("ek5")], idempotency=idempotency(fingerprint="f2"))
+    assert not other.admitted and other.outcome == "mismatch"
+    assert conn.hgetall(quota_key) == charged and conn.llen(QUEUE) == 2  # neither charged nor queued anything
+    digest = hashlib.sha256(b"k1").hexdigest()
+    record = json.loads(conn.get(keys.idempotency("addr:loopback", digest)))
+    assert record == {"fingerprint": "f1", "jobs": list(first.job_ids)}
+    assert 0 < conn.ttl(keys.idempotency("addr:loopback", digest)) <= 86400
+    other_scope = admit_all(conn, [entry_for("ek6")], idempotency=Idempotency("key:someone", "k1", "f2"))
+    assert other_scope.admitted and not other_scope.replayed  # a key is its client's own
+
+
+def test_a_refused_submission_records_no_idempotency_key(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    refused = admit_all(conn, [entry_for("a"), entry_for("b")], bounds_for(jobs=1), idempotency())
+    assert refused.outcome == "quota"
+    assert list(conn.scan_iter(match=keys.idempotency("*", "*"))) == []
+    assert admit_all(conn, [entry_for("a")], bounds_for(jobs=1), idempotency()).admitted  # the same key, now fits
+
+
+def test_a_replay_whose_jobs_expired_starts_new_jobs_and_rewrites_the_key(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    first = admit_all(conn, [entry_for("ek1")], idempotency=idempotency())
+    conn.delete(keys.job(first.job_ids[0]))  # RESULT_TTL may end before the key's window
+    again = admit_all(conn, [entry_for("ek2")], idempotency=idempotency())
+    assert again.admitted and not again.replayed and again.job_ids != first.job_ids
+    digest = hashlib.sha256(b"k1").hexdigest()
+    assert json.loads(conn.get(keys.idempotency("addr:loopback", digest)))["jobs"] == list(again.job_ids)
+
+
+WEBHOOK = {"webhook": "https://example.com/hook", "webhook_events": "start,completed", "webhook_ttl": "600"}
+
+
+def deliveries_of(conn, job_id: str) -> list[dict[str, str]]:
+    ids = [i.decode() for i in conn.lrange(keys.job_deliveries(job_id), 0, -1)]
+    return [{k.decode(): v.decode() for k, v in conn.hgetall(keys.delivery(i)).items()} for i in ids]
+
+
+def test_a_cache_hit_and_a_join_of_a_running_run_enqueue_their_webhook_deliveries(each_redis_server):
+    conn = redis_lib.Redis.from_url(each_redis_server.url)
+    source = "f" * 32
+    conn.set(keys.png(source), b"\x89PNG", ex=600)
+    conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded"})
+    conn.set(keys.cache("ck"), json.dumps({"job": source, "sha256": "ab" * 32}), ex=600)
+    hit, quiet = entry_for("ck", "ck", **WEBHOOK), entry_for("ck", "ck")
+    assert admit_all(conn, [hit, quiet]).jobs == (("cached", source, "succeeded"),) * 2
+    (delivery,) = deliveries_of(conn, hit.job_id)
+    assert delivery["type"] == "job.completed" and delivery["url"] == WEBHOOK["webhook"]
+    assert delivery["id"] == f"msg_{hit.job_id}_1" and delivery["job"] == hit.job_id
+    assert json.loads(delivery["record"])["status"] == "succeeded" and json.loads(delivery["record"])["cached"] == "1"
+    assert conn.zscore(keys.DELIVERIES_DUE, delivery["id"]) is not None
+    assert deliveries_of(conn, quiet.job_id) == []  # no webhook, no delivery
+
+    leader = admit_all(conn, [entry_for("run")])
+    conn.hset(keys.run(leader.detail), "status", "running")
+    joiner, queued_joiner = entry_for("run", **WEBHOOK), entry_for("ek", **WEBHOOK)
+    assert admit_all(conn, [joiner, queued_joiner]).jobs == (
+        ("follow", leader.detail, "running"),
+        ("lead", queued_joiner.job_id, "queued"),
+    )
+    (started,) = deliveries_of(conn, joiner.job_id)
+    assert started["type"] == "job.started" and json.loads(started["record"])["status"] == "running"
+    assert deliveries_of(conn, queued_joiner.job_id) == []  # its start comes when a worker starts it
+
+
+def test_submit_many_queues_every_job_or_none(tiny_store, redis_server):
+    from app.core.spec import GenerateSpec
+    from app.queueing import new_job, submit_many
+
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    conn.set(keys.engine("tiny@1"), ENGINE, ex=600)
+    manifest = tiny_store.resolve("tiny")
+
+    def jobs(*seeds: int) -> list:
+        specs = [GenerateSpec(new_job_id(), manifest.ref, manifest.identity, seed=s, steps=5, eta=0.0) for s in seeds]
+        return [new_job(settings, spec, manifest) for spec in specs]
+
+    settings = settings_for(tiny_store, redis_server, max_queue=3)
+    ids = submit_many(conn, settings, jobs(1, 2, 2))  # the third joins the second's run
+    assert [i.decode() for i in conn.lrange(QUEUE, 0, -1)] == ids[:2]
+    assert conn.hget(keys.job(ids[2]), "run").decode() == ids[1]
+    with pytest.raises(HTTPException) as refused:
+        submit_many(conn, settings, jobs(3, 4))  # one new run fits the queue, two do not: neither is queued
+    assert refused.value.status_code == 429 and "queue is full" in refused.value.detail
+    assert conn.llen(QUEUE) == 2 and len(list(conn.scan_iter(match=keys.job("*")))) == 3
+    assert half_made(conn) == []

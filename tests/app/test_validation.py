@@ -31,7 +31,6 @@ def client(tiny_store, redis_server):
         ({"seed": 1.5}, "seed"),
         ({"seed": 1, "steps": "50"}, "steps"),
         ({"seed": 1, "colour": "red"}, "colour"),
-        ({}, "seed"),
         ({"seed": 1, "model": "nope"}, "model"),
         ({"seed": 1, "model": "../etc"}, "model"),
         ({"seed": 1, "previews": "yes"}, "previews"),
