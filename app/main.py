@@ -24,7 +24,7 @@ from app.headers import SecurityHeaders
 from app.limits import BodySizeLimit
 from app.peers import TransportPeer
 from app.reaper import Reaper
-from app.routes import events, jobs, page, system
+from app.routes import deliveries, events, jobs, page, system
 from app.waker import Waker
 from model_store import kinds
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)  # outside the others, so that their answers carry the headers too
     app.add_middleware(TransportPeer)  # last, so outermost: it reads the server's own `receive`
     app.include_router(jobs.router)
+    app.include_router(deliveries.router)
     app.include_router(events.router)
     app.include_router(system.router)
     app.include_router(page.router)

@@ -437,3 +437,24 @@ ERROR_DESCRIPTIONS = {
 def error_responses(*codes: int) -> dict[int | str, dict]:
     """OpenAPI `responses` for the given error statuses, all with a JSON `{"detail": ...}` body."""
     return {code: {"model": Error, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+class DeliveryAttempt(BaseModel):
+    at: str = Field(description="when the attempt was made (ISO 8601)")
+    status_code: int | None = Field(None, description="the receiver's HTTP status; null when there was no answer")
+    error: str | None = Field(None, description="why it failed, in general terms (never a resolved address)")
+    next_attempt_at: str | None = Field(None, description="when it is tried again; null after the last attempt")
+
+
+class Delivery(BaseModel):
+    id: str = Field(description="the webhook-id its requests carry (stable across retries; a progress event's is new)")
+    type: str = Field(description="job.started, job.progress or job.completed")
+    state: Literal["pending", "delivered", "failed"]
+    url: str = Field(description="the job's webhook, as it was sent")
+    created_at: str = Field(description="when the event was enqueued (the envelope's timestamp)")
+    next_attempt_at: str | None = Field(None, description="when a notifier may send it next, while pending")
+    attempts: list[DeliveryAttempt] = Field(description="every attempt, oldest first")
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[Delivery] = Field(description="the job's webhook deliveries, in the order they were enqueued")

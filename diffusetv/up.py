@@ -1,5 +1,8 @@
 """`diffusetv up`: Redis (embedded unless DIFFUSETV_REDIS_URL is set), one worker holding every model of
-DIFFUSETV_MODELS (or `--model`, repeatable), and the API.
+DIFFUSETV_MODELS (or `--model`, repeatable), the API, and the notifier that sends webhooks.
+
+Webhooks may reach this machine (LOCAL_WEBHOOK_NETS) unless DIFFUSETV_WEBHOOK_ALLOW_NETS says otherwise, so that a
+receiver on 127.0.0.1 (docs/API.md, Webhooks) works out of the box.
 
 Ctrl-C (or SIGTERM) stops every child; nothing is left running.
 """
@@ -20,6 +23,9 @@ from pathlib import Path
 
 from diffusetv.errors import UserError
 from diffusetv.launch import redis_server_binary, start_redis, stop, wait_http
+
+CHILDREN = ("worker", "api", "notifier")  # each is `diffusetv NAME`, with the stack's settings
+LOCAL_WEBHOOK_NETS = "127.0.0.0/8"  # DIFFUSETV_WEBHOOK_ALLOW_NETS of the stack, unless set
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -99,6 +105,7 @@ def up(host: str, port: int, models: str | None = None) -> int:
     relays: dict[int, tuple[str, StderrRelay]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="diffusetv-"))
     env = {**os.environ, "DIFFUSETV_HOST": host, "DIFFUSETV_PORT": str(port)}
+    env.setdefault("DIFFUSETV_WEBHOOK_ALLOW_NETS", LOCAL_WEBHOOK_NETS)  # the API's check and the notifier's agree
     if models:
         env["DIFFUSETV_MODELS"] = models  # what the worker loads and what /readyz waits for
 
@@ -114,7 +121,7 @@ def up(host: str, port: int, models: str | None = None) -> int:
         else:
             print("redis   DIFFUSETV_REDIS_URL", flush=True)
         cli = [sys.executable, "-m", "diffusetv.cli"]
-        for name in ("worker", "api"):
+        for name in CHILDREN:
             child = subprocess.Popen(
                 [*cli, name],
                 env=env,

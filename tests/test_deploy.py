@@ -48,7 +48,12 @@ SECRET_VALUES = {
     "redis_password": "r" * 12 + "0123456789abcdef",
     "redis_admin_password": "a" * 12 + "0123456789abcdef",
     "api_keys": "k" * 12 + "0123456789abcdef",
+    "webhook_secret": "whsec_" + "Z2xvYmFs" * 4,
+    "webhook_secrets": '{"' + "0" * 32 + '": "whsec_' + "b3duZXJz" * 4 + '"}',
 }
+NOTIFIER_COMMAND = ["diffusetv", "notifier"]
+BASE_SERVICES = {"redis", "api", "notifier"}  # what every profile runs
+WEBHOOK_SETTINGS = ("WEBHOOK_SECRET_FILE", "WEBHOOK_SECRETS_FILE", "WEBHOOK_ALLOW_NETS")  # the API's and notifier's
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -277,17 +282,17 @@ def test_dockerignore_keeps_local_state_and_secrets_out_of_the_build():
 
 def test_each_profile_runs_its_own_workers(profiles):
     services = {p: set(project["services"]) for p, project in profiles.items()}
-    assert services[""] == {"redis", "api"}
-    assert services["cpu"] == {"redis", "api", "worker"}
-    assert services["gpu"] == {"redis", "api", "worker-gpu-0"}, "the CPU worker must not start on a GPU host"
-    assert services["gpu,gpu1,gpu2,gpu3"] == {"redis", "api"} | {f"worker-gpu-{i}" for i in range(4)}
+    assert services[""] == BASE_SERVICES
+    assert services["cpu"] == BASE_SERVICES | {"worker"}
+    assert services["gpu"] == BASE_SERVICES | {"worker-gpu-0"}, "the CPU worker must not start on a GPU host"
+    assert services["gpu,gpu1,gpu2,gpu3"] == BASE_SERVICES | {f"worker-gpu-{i}" for i in range(4)}
 
 
 def test_env_example_selects_the_cpu_profile(tmp_path, secrets_dir):
     example = ENV_EXAMPLE.read_text()
     assert re.search(r"^COMPOSE_PROFILES=cpu$", example, flags=re.MULTILINE)
     project = config(tmp_path, secrets_dir, env_lines=example)  # as a plain `docker compose up` reads .env
-    assert set(project["services"]) == {"redis", "api", "worker"}
+    assert set(project["services"]) == BASE_SERVICES | {"worker"}
 
 
 def test_one_gpu_per_gpu_worker_by_device_id(profiles):
@@ -345,6 +350,27 @@ def test_compose_runs_the_commands_the_end_to_end_tests_start(profiles):
     assert profiles["cpu"]["services"]["worker"]["command"] == WORKER_COMMAND
 
 
+def test_every_profile_runs_a_notifier_from_the_api_image(profiles):
+    for project in profiles.values():
+        api, notifier = project["services"]["api"], project["services"]["notifier"]
+        assert notifier["command"] == NOTIFIER_COMMAND
+        assert notifier["image"] == api["image"] and notifier["build"] == api["build"], "the API image: no torch"
+        assert notifier["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert notifier["healthcheck"] == {"disable": True}, "the image's check asks the API's port"
+        assert seconds(notifier["stop_grace_period"]) >= 2 * 10, "its attempts end within WEBHOOK_TIMEOUT_S"
+
+
+def test_the_api_and_the_notifier_agree_on_webhooks(profiles, tmp_path, secrets_dir):
+    for project in profiles.values():
+        api, notifier = (project["services"][n]["environment"] for n in ("api", "notifier"))
+        for setting in (*SHARED, *WEBHOOK_SETTINGS):
+            assert api[PREFIX + setting] == notifier[PREFIX + setting], setting
+        assert api[f"{PREFIX}WEBHOOK_ALLOW_NETS"] == "", "only public receivers by default"
+    project = config(tmp_path, secrets_dir, env_lines="DIFFUSETV_WEBHOOK_ALLOW_NETS=10.1.0.0/16\n")
+    for name in ("api", "notifier"):
+        assert project["services"][name]["environment"][f"{PREFIX}WEBHOOK_ALLOW_NETS"] == "10.1.0.0/16", name
+
+
 # ----------------------------------------------------------------------------- compose: settings
 
 
@@ -390,10 +416,17 @@ def test_no_secret_is_in_an_environment_or_a_command(profiles):
             assert value not in text, f"{name} appears in a service definition (docker inspect would show it)"
         for name, service in project["services"].items():
             for key in service.get("environment") or {}:
-                assert not re.search(r"PASSWORD$|API_KEYS$|AUTH$", key), f"{name}: {key} is a secret in the environment"
+                secret = re.search(r"PASSWORD$|API_KEYS$|AUTH$|SECRETS?$", key)
+                assert not secret, f"{name}: {key} is a secret in the environment"
         services = project["services"]
-        assert {s["source"] for s in services["api"]["secrets"]} == {"redis_password", "api_keys"}
+        webhooks = {"webhook_secret", "webhook_secrets"}
+        assert {s["source"] for s in services["api"]["secrets"]} == {"redis_password", "api_keys", *webhooks}
         assert services["api"]["environment"][f"{PREFIX}API_KEYS_FILE"] == "/run/secrets/api_keys"
+        assert {s["source"] for s in services["notifier"]["secrets"]} == {"redis_password", *webhooks}, "no API keys"
+        for service in ("api", "notifier"):
+            env = services[service]["environment"]
+            assert env[f"{PREFIX}WEBHOOK_SECRET_FILE"] == "/run/secrets/webhook_secret", service
+            assert env[f"{PREFIX}WEBHOOK_SECRETS_FILE"] == "/run/secrets/webhook_secrets", service
         assert {s["source"] for s in services["redis"]["secrets"]} == {"redis_password", "redis_admin_password"}
         for worker in workers(project).values():
             assert {s["source"] for s in worker["secrets"]} == {"redis_password"}, "workers get no API keys"
@@ -438,6 +471,85 @@ def test_the_placeholder_secrets_are_refused(tmp_path):
     url = Settings(redis_url="redis://diffusetv@redis:6379/0", redis_password_file=good).redis_url
     assert url == "redis://diffusetv:0123456789abcdef0123%2F%3A%40@redis:6379/0"
     assert "change-me" not in ENV_EXAMPLE.read_text() and "PASSWORD=" not in ENV_EXAMPLE.read_text()
+
+
+def test_make_secrets_writes_every_secret_and_a_webhook_secret_per_key(tmp_path):
+    """deploy/compose/make-secrets.sh: the Redis passwords, an API key, the global webhook secret and one webhook
+    secret per API key's owner, all as the settings read them; run again, it changes nothing."""
+    from app.auth import owner_id
+    from app.core import signing
+    from app.core.settings import Settings
+
+    script = tmp_path / "deploy" / "compose" / "make-secrets.sh"
+    script.parent.mkdir(parents=True)
+    shutil.copy(REPO / "deploy" / "compose" / "make-secrets.sh", script)
+    subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=60)
+    folder = tmp_path / "secrets"
+    written = {p.name: p.read_text() for p in folder.iterdir()}
+    assert set(written) == set(SECRET_VALUES)
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    settings = Settings(
+        api_keys_file=folder / "api_keys",
+        webhook_secret_file=folder / "webhook_secret",
+        webhook_secrets_file=folder / "webhook_secrets",
+    )
+    (key,) = settings.keys
+    assert len(signing.keys_for(settings, owner_id(key))) == 1 and signing.keys_for(settings, "other") == []
+    assert len(signing.parse_secrets(settings.webhook_secret)) == 1
+    subprocess.run(["sh", str(script)], check=True, capture_output=True, timeout=60)
+    assert {p.name: p.read_text() for p in folder.iterdir()} == written
+
+
+def test_the_services_acl_user_runs_the_webhook_hooks_and_the_notifiers_commands(tmp_path):
+    """What a status change's hook (TIME in a script), the deliveries view and a notifier run (claim, finish,
+    metrics) is allowed to the restricted `diffusetv` user."""
+    import redis as redis_lib
+
+    from app.core import hooks, keys
+    from app.core.jobs import JobStatus, transition
+
+    proc, port, log = redis_with_acl(tmp_path, SECRET_VALUES)
+    try:
+        service = redis_lib.Redis(port=port, username="diffusetv", password=SECRET_VALUES["redis_password"])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                service.ping()
+                break
+            except redis_lib.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.05)
+        job_id = "a" * 32
+        service.hset(
+            keys.job(job_id),
+            mapping={"id": job_id, "status": "queued", "owner": "", "webhook": "https://r.example/h"}
+            | {"webhook_events": "start,progress,completed", "webhook_ttl": "600"},
+        )
+        transition(service, job_id, (JobStatus.QUEUED,), {"status": JobStatus.RUNNING})
+        pipe = service.pipeline(transaction=False)
+        hooks.progress(pipe, job_id)
+        pipe.execute()
+        delivery = f"msg_{job_id}_1"
+        assert service.zscore(keys.DELIVERIES_DUE, delivery) is not None
+        now = service.time()[0]
+        # a notifier's claim and finish, as scripts and as commands
+        claim = "local t = redis.call('TIME') return redis.call('ZRANGEBYSCORE', KEYS[1], 0, t[1] + 1, 'LIMIT', 0, 8)"
+        assert delivery.encode() in service.eval(claim, 1, keys.DELIVERIES_DUE)
+        service.zadd(keys.DELIVERIES_DUE, {delivery: now + 20}, xx=True)
+        service.hsetnx(keys.delivery(delivery), "body", "{}")
+        service.rpush(keys.delivery_attempts(delivery), json.dumps({"at": now, "status_code": 200}))
+        service.expire(keys.delivery_attempts(delivery), 600)
+        service.hset(keys.delivery(delivery), mapping={"state": "delivered", "claim": ""})
+        service.zrem(keys.DELIVERIES_DUE, delivery)
+        service.zrem(keys.DELIVERIES_PENDING, delivery)
+        service.hincrby(keys.METRICS, "webhook_delivered", 1)
+        service.set(keys.webhook_gone("", "0" * 64), "1", ex=600)
+        service.zrange(keys.DELIVERIES_PENDING, 0, 0, withscores=True)
+        service.zcard(keys.DELIVERIES_DUE)
+        service.lrange(keys.job_deliveries(job_id), 0, -1)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def redis_with_acl(tmp_path: Path, secrets: dict[str, str]) -> tuple[subprocess.Popen, int, Path]:

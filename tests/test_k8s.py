@@ -201,3 +201,62 @@ def test_every_scanner_skip_says_why():
     makefile = (REPO / "Makefile").read_text()
     assert "--framework dockerfile -f Dockerfile" in makefile and "--framework kubernetes -d deploy/k8s" in makefile
     assert "make scan" in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_notifier_runs_the_api_image_with_the_webhook_secrets_as_files():
+    for name in VARIANTS:
+        resources = variant(name)
+        by_name = containers(resources)
+        api, notifier = by_name["diffusetv-api"], by_name["diffusetv-notifier"]
+        assert notifier["command"] == ["diffusetv", "notifier"]
+        assert notifier["image"] == api["image"], "the API image: no torch"
+        assert not notifier.get("ports"), "it takes no connections"
+        api_env, env = ({e["name"]: e["value"] for e in c["env"]} for c in (api, notifier))
+        for setting in ("WEBHOOK_SECRET_FILE", "WEBHOOK_SECRETS_FILE"):
+            assert env[PREFIX + setting] == api_env[PREFIX + setting], setting
+            assert env[PREFIX + setting].startswith("/run/secrets/diffusetv/")
+        pod = resources[("Deployment", "diffusetv-notifier")]["spec"]["template"]["spec"]
+        (secret,) = [v["secret"] for v in pod["volumes"] if "secret" in v]
+        assert secret["secretName"] == "diffusetv-secrets"
+        assert {i["key"] for i in secret["items"]} == {"redis_password", "webhook_secret", "webhook_secrets"}
+        api_pod = resources[("Deployment", "diffusetv-api")]["spec"]["template"]["spec"]
+        (api_secret,) = [v["secret"] for v in api_pod["volumes"] if "secret" in v]
+        assert {"webhook_secret", "webhook_secrets"} <= {i["key"] for i in api_secret["items"]}
+        settings = resources[("ConfigMap", "diffusetv-settings")]["data"]
+        assert settings[f"{PREFIX}WEBHOOK_ALLOW_NETS"] == "", "public receivers only, by default"
+
+
+def test_the_notifiers_egress_is_dns_redis_and_public_receivers_only():
+    import ipaddress
+
+    from app.core.addresses import refusal
+
+    resources = variant("cpu")
+    policy = resources[("NetworkPolicy", "diffusetv-notifier")]["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "diffusetv-notifier"}
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"} and not policy.get("ingress"), "no connections in"
+    dns, redis, receivers = policy["egress"]
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert redis["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "diffusetv-redis"}
+    redis_port = resources[("Service", "diffusetv-redis")]["spec"]["ports"][0]["port"]
+    assert [(p["port"], p["protocol"]) for p in redis["ports"]] == [(redis_port, "TCP")]
+    assert {(p["port"], p["protocol"]) for p in receivers["ports"]} == {(443, "TCP"), (80, "TCP")}
+    blocks = [b["ipBlock"] for b in receivers["to"]]
+    assert {b["cidr"] for b in blocks} == {"0.0.0.0/0", "::/0"}
+
+    def reachable(address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(
+            ip in ipaddress.ip_network(b["cidr"]) and not any(ip in ipaddress.ip_network(e) for e in b["except"])
+            for b in blocks
+        )
+
+    assert "169.254.169.254/32" in blocks[0]["except"]
+    for address in ("10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "127.0.0.1", "100.100.100.200"):
+        assert refusal(ipaddress.ip_address(address), []) is not None  # the notifier refuses it, and so does this
+        assert not reachable(address), address
+    for address in ("fd00:ec2::254", "fe80::1", "::1"):
+        assert refusal(ipaddress.ip_address(address), []) is not None and not reachable(address), address
+    for address in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"):
+        assert refusal(ipaddress.ip_address(address), []) is None and reachable(address), address

@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.core import events, keys, runs
+from app.core import events, hooks, keys, runs
 from app.core.jobs import JobStatus, deliver, transition
 from app.core.png import encode_png
 from app.core.redis import skip_when_full, while_full
@@ -120,9 +120,10 @@ def start(redis, batch: list[Run], engine: Engine) -> list[Run]:
 
 
 def report_progress(redis, batch: list[Run], waiting: list[list[str]], step: int, force: bool, ttl: int) -> None:
-    """Progress on the job records and their event streams: at most every PROGRESS_INTERVAL_S, and on `force`. A full
-    Redis skips it, and the next one waits FULL_PAUSE_S. `step` is the batch's; each run counts the steps its row has
-    run (Run.ran: a row that enters late reports nothing before it enters)."""
+    """Progress on the job records, their event streams and their `progress` webhooks (app.core.hooks: latest-wins,
+    throttled per job): at most every PROGRESS_INTERVAL_S, and on `force`. A full Redis skips it, and the next one
+    waits FULL_PAUSE_S. `step` is the batch's; each run counts the steps its row has run (Run.ran: a row that enters
+    late reports nothing before it enters)."""
     now = time.monotonic()
     pipe = redis.pipeline(transaction=False)
     wrote = False
@@ -135,6 +136,7 @@ def report_progress(redis, batch: list[Run], waiting: list[list[str]], step: int
             for job_id in job_ids:
                 pipe.hset(keys.job(job_id), "progress", json.dumps(progress))
                 events.emit(pipe, job_id, events.PROGRESS, progress, ttl)
+                hooks.progress(pipe, job_id)
             run.last_progress, wrote = now, True
     if wrote and not skip_when_full(log, f"progress at step {step}", pipe.execute):
         for run in batch:

@@ -90,6 +90,7 @@ local function hook(id, status)
   redis.call('EXPIRE', job_deliveries_key(id), ttl)
 end
 local function progress_hook(id)
+  if redis.call('HGET', job_key(id), 'status') ~= 'running' then return end  -- never after job.completed
   local h = subscribed(id, 'progress')
   if not h then return end
   local now, ttl = redis_now(), tonumber(h[3] or '86400') or 86400

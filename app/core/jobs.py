@@ -13,7 +13,7 @@ import uuid
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from app.core import keys
+from app.core import hooks, keys
 
 if TYPE_CHECKING:
     from app.core.spec import Spec
@@ -33,42 +33,54 @@ class JobStatus(StrEnum):
 
 FINAL = frozenset(s.value for s in JobStatus if s.final)
 
-# KEYS[1] = job hash, KEYS[2] = its event stream; ARGV = status event JSON ('' for none), max stream
-# length, n_allowed, allowed..., then field/value pairs. Returns the old status, and writes (the fields,
-# then the status event) only when it was one of the allowed ones: an event never lies about a status.
-_TRANSITION = """
+# KEYS[1] = job hash, KEYS[2] = its event stream; ARGV = the job id, status event JSON ('' for none), max stream
+# length, n_allowed, allowed..., then field/value pairs. Returns the old status, and writes (the fields, then the
+# status event, then the webhook delivery a new status asks for: app.core.hooks) only when it was one of the allowed
+# ones: an event never lies about a status.
+_TRANSITION = (
+    keys.LUA_KEYS
+    + hooks.LUA_HOOK
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
-local n = tonumber(ARGV[3])
-for i = 4, n + 3 do
+local n = tonumber(ARGV[4])
+for i = 5, n + 4 do
   if current == ARGV[i] then
-    redis.call('HSET', KEYS[1], unpack(ARGV, n + 4))
-    if ARGV[1] ~= '' then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', 'status', 'data', ARGV[1])
+    redis.call('HSET', KEYS[1], unpack(ARGV, n + 5))
+    if ARGV[2] ~= '' then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', ARGV[2])
       if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], 2592000) end
     end
+    local status = redis.call('HGET', KEYS[1], 'status')
+    if status ~= current then hook(ARGV[1], status) end
     return current
   end
 end
 return current
 """
+)
 MAX_EVENTS = 20_000  # per job: progress (<= ~10/s) for JOB_TIMEOUT's default 600 s, statuses and previews fit
 
 
-# KEYS: job hash, its events, its PNG key[, a cache key]. ARGV: PNG bytes, ttl, max events, status event JSON, the
-# cache entry (or ""), then field/value pairs. Only a queued or running job takes the result: the PNG, the fields,
-# the cache entry, the event and the TTLs at once.
-_DELIVER = """
+# KEYS: job hash, its events, its PNG key[, a cache key]. ARGV: the job id, PNG bytes, ttl, max events, status event
+# JSON, the cache entry (or ""), then field/value pairs. Only a queued or running job takes the result: the PNG, the
+# fields, the cache entry, the event, the TTLs and the job's `completed` webhook delivery (app.core.hooks) at once.
+_DELIVER = (
+    keys.LUA_KEYS
+    + hooks.LUA_HOOK
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if current ~= 'queued' and current ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
-if #KEYS == 4 then redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[2]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+if #KEYS == 4 then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', 'status', 'data', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+hook(ARGV[1], 'succeeded')
 return 1
 """
+)
 
 
 def deliver(
@@ -85,7 +97,7 @@ def deliver(
     event = json.dumps({"status": JobStatus.SUCCEEDED.value})
     job_keys = [keys.job(job_id), keys.events(job_id), keys.png(job_id), *([cache[0]] if cache else [])]
     value = cache[1] if cache else ""
-    return bool(redis.eval(_DELIVER, len(job_keys), *job_keys, png, ttl, MAX_EVENTS, event, value, *flat))
+    return bool(redis.eval(_DELIVER, len(job_keys), *job_keys, job_id, png, ttl, MAX_EVENTS, event, value, *flat))
 
 
 def new_job_id() -> str:
@@ -124,6 +136,7 @@ def transition(redis, job_id: str, allowed: tuple[JobStatus, ...], fields: dict[
         2,
         keys.job(job_id),
         keys.events(job_id),
+        job_id,
         event,
         MAX_EVENTS,
         len(allowed),

@@ -17,7 +17,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from app.core import keys
+from app.core import hooks, keys
 from app.core.jobs import MAX_EVENTS, JobStatus, expire, transition
 
 if TYPE_CHECKING:
@@ -65,10 +65,12 @@ return redis.call('SMEMBERS', jobs_key(ARGV[1]))
 """
 )
 
-# ARGV: job id, finished_at, max events, ttl. Cancel the job; withdraw its run when nobody else waits.
-# Returns {old status or false, 1 if the run was withdrawn (its RQ job may leave the queue) else 0}.
+# ARGV: job id, finished_at, max events, ttl. Cancel the job (with its `completed` webhook delivery: app.core.hooks);
+# withdraw its run when nobody else waits. Returns {old status or false, 1 if the run was withdrawn (its RQ job may
+# leave the queue) else 0}.
 _CANCEL = (
     _LUA_KEYS
+    + hooks.LUA_HOOK
     + """
 local jk = job_key(ARGV[1])
 local current = redis.call('HGET', jk, 'status')
@@ -78,6 +80,7 @@ local ek = events_key(ARGV[1])
 redis.call('XADD', ek, 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', '{"status": "canceled"}')
 redis.call('EXPIRE', jk, ARGV[4])
 redis.call('EXPIRE', ek, ARGV[4])
+hook(ARGV[1], 'canceled')
 local rid = redis.call('HGET', jk, 'run')
 if not rid or rid == '' then return {current, 1} end
 for _, other in ipairs(redis.call('SMEMBERS', jobs_key(rid))) do

@@ -3,7 +3,7 @@
 # line, an environment variable or `docker inspect`:
 #
 #   user default      off (no unauthenticated, all-powerful user)
-#   user diffusetv    the API and the workers: their keys (diffusetv:*, rq:*) and RQ's pub/sub channels
+#   user diffusetv    the API, the workers, the notifier: their keys (diffusetv:*, rq:*) and RQ's pub/sub channels
 #                     (rq:*), every command but the dangerous ones, plus INFO and CLIENT SETNAME/LIST,
 #                     which RQ calls
 #   user admin        operators (redis-cli --user admin): everything

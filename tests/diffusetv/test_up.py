@@ -197,3 +197,63 @@ def test_up_serves_every_model_given_with_model(tiny_store, tmp_path):
         up.send_signal(signal.SIGINT)
         rest, _ = up.communicate(timeout=30)
     assert up.returncode == 0, rest
+
+
+def test_up_starts_the_notifier_and_a_receiver_on_this_machine_gets_its_webhook(tiny_store, tmp_path):
+    """`up` runs `diffusetv notifier` beside the worker and the API, allowing 127.0.0.0/8 for it: the docs' local
+    receiver gets a signed job.completed. Ctrl-C stops the notifier with the rest."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from standardwebhooks import Webhook
+
+    from app.core.signing import new_secret
+
+    received: list[tuple[bytes, dict[str, str]]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((body, {k.lower(): v for k, v in self.headers.items()}))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    secret = new_secret()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DIFFUSETV_REDIS_URL", "DIFFUSETV_WEBHOOK_ALLOW_NETS")}
+    env["DIFFUSETV_WEBHOOK_SECRET"] = secret
+    up = start_up(["--port", str(port)], env, tmp_path)
+    lines = []
+    try:
+        while "Ctrl-C stops everything" not in (lines[-1] if lines else ""):
+            line = up.stdout.readline()
+            assert line, "up exited:\n" + "".join(lines)
+            lines.append(line)
+        children = descendants(up.pid)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in children if alive(pid)]
+        assert [b"notifier"] in [c[-2:-1] for c in commands], commands
+        hook = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+        base = f"http://127.0.0.1:{port}"
+        job = httpx.post(f"{base}/generate", json={"seed": 7, "steps": 5, "webhook": hook}).json()
+        assert httpx.get(f"{base}/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
+        deadline = time.monotonic() + 60
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ((body, headers),) = received
+        envelope = Webhook(secret).verify(body, headers)
+        assert envelope["type"] == "job.completed" and envelope["data"]["id"] == job["id"]
+        assert json.loads(body)["data"]["status"] == "succeeded"
+        assert headers["webhook-id"] == f"msg_{job['id']}_1"
+    finally:
+        up.send_signal(signal.SIGINT)
+        rest, _ = up.communicate(timeout=30)
+        receiver.shutdown()
+    assert up.returncode == 0, rest
+    time.sleep(0.5)
+    assert not [pid for pid in children if alive(pid)], "processes left behind"
