@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from app.core import keys
+from app.core import deliveries, keys
 from app.models import offered
 from app.queueing import queue_for
 from model_store import Store
@@ -20,6 +20,8 @@ COUNTERS = {
     "jobs_failed": ("diffusetv_jobs_failed", "Jobs failed by workers"),
 }
 RUN_OUTCOMES = ("succeeded", "canceled")
+WEBHOOK_OUTCOMES = ("delivered", "failed", "gone")  # the notifier's counters `webhook_<outcome>` (app.core.deliveries)
+PROGRESS_OUTCOMES = ("sent", "failed")
 
 
 class RedisCollector:
@@ -49,6 +51,38 @@ class RedisCollector:
         live = GaugeMetricFamily("diffusetv_workers", "Live workers (heartbeat not expired)")
         live.add_metric([], len(self.workers))
         yield live
+        yield from self.webhooks(raw)
+
+    def webhooks(self, raw: dict[str, float]):
+        """The notifier's: deliveries ended by outcome, attempts, progress reports, and what is still pending."""
+        ended = CounterMetricFamily(
+            "diffusetv_webhook_deliveries",
+            "Webhook deliveries ended, by outcome (gone: the receiver answered 410 Gone)",
+            labels=["outcome"],
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            ended.add_metric([outcome], raw.get(f"webhook_{outcome}", 0.0))
+        yield ended
+        attempts = CounterMetricFamily("diffusetv_webhook_attempts", "Webhook attempts made (progress included)")
+        attempts.add_metric([], raw.get("webhook_attempts", 0.0))
+        yield attempts
+        progress = CounterMetricFamily(
+            "diffusetv_webhook_progress", "Progress webhooks (sent once, never retried), by outcome", labels=["outcome"]
+        )
+        for outcome in PROGRESS_OUTCOMES:
+            progress.add_metric([outcome], raw.get(f"webhook_progress_{outcome}", 0.0))
+        yield progress
+        count, oldest = deliveries.pending(self.redis)
+        seconds, micros = self.redis.time()
+        pending = GaugeMetricFamily("diffusetv_webhook_pending", "Webhook deliveries not yet delivered or failed")
+        pending.add_metric([], count)
+        yield pending
+        age = GaugeMetricFamily(
+            "diffusetv_webhook_oldest_pending_seconds",
+            "Age of the oldest webhook delivery not yet delivered or failed (0: none)",
+        )
+        age.add_metric([], max(0.0, seconds + micros / 1e6 - oldest) if oldest is not None else 0.0)
+        yield age
 
 
 def render_metrics(redis, store: Store, workers: list[dict]) -> tuple[bytes, str]:

@@ -159,6 +159,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run="diffusetv.commands:worker")
 
+    p = sub.add_parser("notifier", help="send webhook deliveries: signed, retried with backoff, to public addresses")
+    p.set_defaults(run="diffusetv.commands:notifier")
+
+    p = sub.add_parser("webhook-secret", help="print a new webhook signing secret (whsec_…, Standard Webhooks)")
+    p.set_defaults(run="diffusetv.commands:webhook_secret")
+
+    p = sub.add_parser("owner", help="print the owner id of an API key read from stdin (WEBHOOK_SECRETS_FILE's keys)")
+    p.add_argument("source", nargs="?", choices=["-"], default="-", help="- (stdin, the default)")
+    p.set_defaults(run="diffusetv.commands:owner")
+
     p = sub.add_parser("up", help="the local stack: Redis (embedded unless DIFFUSETV_REDIS_URL), a worker, the API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

@@ -362,6 +362,32 @@ def worker(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
 
 
+def notifier(args: argparse.Namespace) -> int:
+    """`diffusetv notifier`: send the webhook deliveries due in Redis, until SIGTERM (notifier/main.py)."""
+    from notifier.main import run
+
+    return run(settings())
+
+
+def webhook_secret(args: argparse.Namespace) -> int:
+    """A fresh `whsec_…` secret, for DIFFUSETV_WEBHOOK_SECRET or an owner's entry in DIFFUSETV_WEBHOOK_SECRETS_FILE."""
+    from app.core.signing import new_secret
+
+    print(new_secret())
+    return 0
+
+
+def owner(args: argparse.Namespace) -> int:
+    """The owner id (app.auth.owner_id) of the API key on stdin: the key of its entry in WEBHOOK_SECRETS_FILE."""
+    from app.auth import owner_id
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise UserError("write the API key on stdin, e.g. `diffusetv owner < key.txt`")
+    print(owner_id(key))
+    return 0
+
+
 def every_served_model() -> str | None:
     """The local stack's default: the default model, then every other model of the store that a worker can serve,
     newest versions (the user store's and the bundled emoji32 and emoji32-text)."""
