@@ -287,3 +287,33 @@ def test_a_job_that_ends_without_an_image_ends_the_wait_naming_the_jobs(tiny_sto
     assert r.status_code == status and r.headers["x-should-retry"] == "false", r.text
     error = error_of(r)
     assert job_id in error["jobs"] and len(error["jobs"]) == 2 and says in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("broken", "status", "says"),
+    [
+        ("xrevrange", 503, "could not reach Redis"),  # in the wait
+        ("mget", 404, "the result has expired"),  # reading the images
+    ],
+)
+def test_an_error_after_admission_names_the_jobs_and_says_not_to_retry(
+    client, redis_server, monkeypatch, broken, status, says
+):
+    redis = redis_lib.Redis.from_url(redis_server.url)
+    if broken == "xrevrange":
+
+        def fail(self, *args, **kwargs):
+            raise redis_lib.ConnectionError("Redis went away")
+
+        monkeypatch.setattr(redis_lib.Redis, "xrevrange", fail)
+    else:
+        monkeypatch.setattr(keys, "png", lambda job_id: f"gone:{job_id}")  # the images expired ...
+        monkeypatch.setattr("app.routes.openai.ended_badly", lambda records, job_ids, wait_s: None)  # ... once done
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=2)
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.images.generate(prompt="", n=2, response_format="b64_json", extra_body={"seed": 4, "steps": 3})
+    assert caught.value.status_code == status and caught.value.response.headers["x-should-retry"] == "false"
+    error = caught.value.body
+    assert len(error["jobs"]) == 2 and says in error["message"] and error["jobs"][0] in error["message"]
+    assert len(redis.keys("diffusetv:job:*")) == 2  # one request, not three: the SDK did not retry
+    assert redis.zcard(keys.leases("addr:testclient")) == 0  # the wait's stream lease is given back
