@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,13 +29,14 @@ from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus
 from app.core.settings import Settings
 from app.core.spec import GenerateSpec
+from app.core.submit import replayed
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.models import check_request, check_time, prompted, require_served, resolve_model
 from app.openai_errors import error_body
 from app.queueing import NewJob, new_job, submit_many
 from app.routes.jobs import WAKE_S, current_record, streams_full
 from app.seeds import draw_seed
-from app.submissions import IdempotencyKey, invalid, submission
+from app.submissions import IdempotencyKey, idempotency, invalid, submission
 from model_store import Manifest, Store, kinds, samplers
 from model_store.bounds import MAX_SEED
 
@@ -81,15 +81,7 @@ def check_openai(body: schemas.ImageGenerationRequest) -> None:
         raise refuse("seed", f"the seeds seed..seed+n-1 must be at most {MAX_SEED}", body.seed)
 
 
-@dataclass(frozen=True)
-class Batch:
-    """The request's jobs and its prompt as the model reads it."""
-
-    jobs: list[NewJob]
-    revised_prompt: str
-
-
-def batch(body: schemas.ImageGenerationRequest, redis, settings: Settings, store: Store, owner: str) -> Batch:
+def batch(body: schemas.ImageGenerationRequest, redis, settings: Settings, store: Store, owner: str) -> list[NewJob]:
     """The request's `n` jobs (seed `seed` or a drawn one, then the next ones), each the job POST /generate makes
     of the same fields; 400 (naming the field) for an invalid request, 503 when no live worker serves the model."""
     manifest = resolve_model(store, body.model, settings)
@@ -102,8 +94,7 @@ def batch(body: schemas.ImageGenerationRequest, redis, settings: Settings, store
     specs = [GenerateSpec.from_request(body, manifest, seed=first + i, **text.fields(), **size) for i in range(body.n)]
     check_time(settings, manifest, specs[0], "steps")
     require_served(redis, manifest)
-    jobs = [new_job(settings, spec, manifest, owner, text.notes()) for spec in specs]
-    return Batch(jobs, text.prompt or "")
+    return [new_job(settings, spec, manifest, owner, text.notes()) for spec in specs]
 
 
 async def wait_for_all(request: Request, redis, job_ids: list[str], owner: str, lease: leases.Lease) -> list[dict]:
@@ -182,25 +173,27 @@ async def create_images(
 ) -> schemas.ImagesResponse | JSONResponse:
     """OpenAI's image generation: `n` images of the model, waited for (at most DIFFUSETV_OPENAI_WAIT_S). With an
     Idempotency-Key, the same request again waits for the same jobs."""
-    what = submission(redis, settings, owner, client, ROUTE, body, idempotency_key)  # before the seed is drawn
-    made = await run_in_threadpool(batch, body, redis, settings, store, owner)
+    known = await run_in_threadpool(replayed, redis, idempotency(client, ROUTE, body, idempotency_key))
+    if known is None:  # a retry of an admitted request skips the checks: it gets its jobs, whatever they say now
+        what = submission(redis, settings, owner, client, ROUTE, body, idempotency_key)  # before the seed is drawn
+        jobs = await run_in_threadpool(batch, body, redis, settings, store, owner)
     lease = await run_in_threadpool(
         leases.hold, redis, client, settings.client_streams, settings.stream_lease_s
     )  # before anything is queued: a 429 here makes no job
     if lease is None:
         raise streams_full(settings)
-    job_ids: list[str] = []
+    job_ids: list[str] = known or []
     try:
         try:
-            job_ids = await run_in_threadpool(submit_many, redis, settings, made.jobs, client, what)
+            job_ids = known or await run_in_threadpool(submit_many, redis, settings, jobs, client, what)
             records = await wait_for_all(request, redis, job_ids, owner, lease)
         finally:
             await run_in_threadpool(lease.release)
         if (refused := ended_badly(records, job_ids, settings.openai_wait_s)) is not None:
             return refused
-        data = await run_in_threadpool(images, redis, settings, body, job_ids, made.revised_prompt)
-        seed = json.loads(records[0]["params"])["seed"]  # a replayed key's jobs have the seed drawn for them then
-        return schemas.ImagesResponse(created=int(time.time()), data=data, seed=seed, jobs=job_ids)
+        params = json.loads(records[0]["params"])  # a replayed key's jobs have the seed drawn for them then
+        data = await run_in_threadpool(images, redis, settings, body, job_ids, params.get("prompt") or "")
+        return schemas.ImagesResponse(created=int(time.time()), data=data, seed=params["seed"], jobs=job_ids)
     except Exception as error:
         if not job_ids:  # nothing was queued: the app's handlers answer it, and a retry is safe
             raise

@@ -200,6 +200,23 @@ def test_an_idempotency_key_gives_the_same_jobs_and_seed_and_another_body_is_a_4
     assert generate.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
 
 
+def test_a_retry_with_its_key_waits_for_its_jobs_even_once_no_worker_serves_the_model(client, redis_server):
+    from helpers import release_claim
+
+    body, headers = {"prompt": "", "n": 2, "steps": 4}, {"Idempotency-Key": "served-then-not"}
+    first = client.post(URL, json=body, headers=headers)
+    assert first.status_code == 408
+    release_claim(redis_server.url)
+    again = client.post(URL, json=body, headers=headers)
+    assert again.status_code == 408 and error_of(again)["jobs"] == error_of(first)["jobs"]
+    assert client.post(URL, json=body).status_code == 503
+    redis = redis_lib.Redis.from_url(redis_server.url)
+    redis.delete(keys.job(error_of(first)["jobs"][1]))  # one of its jobs expired: the retry starts anew
+    claim_as_worker(redis_server.url)
+    anew = client.post(URL, json=body, headers=headers)
+    assert anew.status_code == 408 and set(error_of(anew)["jobs"]).isdisjoint(error_of(first)["jobs"])
+
+
 @pytest.mark.parametrize("path", ["/v1/images/generations", "/generate"])
 def test_a_body_that_does_not_arrive_in_time_is_a_408_in_the_shape_of_its_path(path):
     import anyio
