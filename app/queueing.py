@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -26,6 +25,7 @@ from app.core.submission import NONE, Submission
 from app.core.submit import Admission, Bounds, Entry, admit
 from app.core.timeouts import job_timeout
 from app.models import image_shape, model_record
+from app.submissions import HEADER_LOC, invalid
 from model_store import Manifest
 
 QUEUE_FULL_RETRY_S = 5
@@ -118,7 +118,7 @@ def refuse(admission: Admission, settings: Settings) -> None:
     if admission.admitted:
         return
     if admission.outcome == "mismatch":
-        raise RequestValidationError([{"type": "value_error", "loc": ("header", "idempotency-key"), "msg": MISMATCH}])
+        raise invalid(HEADER_LOC, MISMATCH)
     if admission.outcome == "queue_full":
         raise too_many("the queue is full; retry later", QUEUE_FULL_RETRY_S)
     if admission.outcome == "followers":

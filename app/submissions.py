@@ -5,14 +5,13 @@ the field or the header, and nothing is queued. Neither enters the job's spec (a
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated
 
 from fastapi import Header
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from app.core import addresses, keys, signing
+from app.core import addresses, deliveries, signing
 from app.core.hooks import DEFAULT_EVENTS
 from app.core.idempotency import MAX_KEY_CHARS, fingerprint, parse_key
 from app.core.settings import Settings
@@ -55,7 +54,7 @@ def webhook_refusal(redis, settings: Settings, owner: str, url: str) -> str | No
         if settings.keys:
             return "this API key has no webhook secret (DIFFUSETV_WEBHOOK_SECRETS_FILE)"
         return "webhooks need DIFFUSETV_WEBHOOK_SECRET"
-    if redis.exists(keys.webhook_gone(owner, hashlib.sha256(url.encode()).hexdigest())):
+    if deliveries.is_gone(redis, owner, url):
         return GONE
     return None
 

@@ -15,9 +15,11 @@ A job is answered one of three ways, tried in order:
   charged the model work it will take (the compute quota); cache hits and joins take none.
 
 With an Idempotency-Key (app.core.idempotency), the script first reads the key's record: the same request again is
-answered with the jobs it made (`replay`: nothing charged or written), another request is refused (`mismatch`), and an
-admission writes the record. A job that ends or starts here (a cache hit, a join of a running run) enqueues its
-webhook delivery in the same script (app.core.hooks).
+answered with the jobs it made while every one of them exists (`replay`: nothing charged or written; once one has
+expired, they all start anew), another request is refused (`mismatch`, even when the jobs have expired), and an
+admission writes the record. The routes read the record first (`replayed`), so that a retry gets its jobs before the
+request's other checks; the script still decides every other case atomically. A job that ends or starts here (a
+cache hit, a join of a running run) enqueues its webhook delivery in the same script (app.core.hooks).
 """
 
 from __future__ import annotations
@@ -98,13 +100,12 @@ if idem then
   if raw then
     local held = cjson.decode(raw)
     if held.fingerprint ~= idem.fingerprint then return {{'mismatch', '', ''}} end
+    local replay = {{'replay', '', ''}}
     for _, id in ipairs(held.jobs) do
-      if redis.call('EXISTS', job_key(id)) == 1 then  -- while any of its jobs exists; else they start anew
-        local replay = {{'replay', '', ''}}
-        for _, job in ipairs(held.jobs) do replay[#replay + 1] = job end
-        return replay
-      end
+      if redis.call('EXISTS', job_key(id)) == 0 then replay = nil break end  -- one expired: they all start anew
+      replay[#replay + 1] = id
     end
+    if replay then return replay end
   end
 end
 
@@ -365,7 +366,7 @@ def admit(
         "events": {s: json.dumps({"status": s}) for s in ("queued", "running", "succeeded")},
     }
     if idempotency is not None:
-        key = keys.idempotency(idempotency.scope, hashlib.sha256(idempotency.key.encode()).hexdigest())
+        key = idempotency_key(idempotency)
         spec["idempotency"] = {"key": key, "fingerprint": idempotency.fingerprint, "ttl": bounds.idempotency_ttl}
     outcome, detail, status, *rest = (_decode(v) for v in redis.eval(_LUA, 0, json.dumps(spec), *argv))
     if outcome == "replay":
@@ -399,3 +400,22 @@ def _decode(value) -> str:
     if isinstance(value, bytes):
         return value.decode()
     return "" if value is None else str(value)
+
+
+def idempotency_key(idempotency: Idempotency) -> str:
+    """The Redis key of an Idempotency-Key's record."""
+    return keys.idempotency(idempotency.scope, hashlib.sha256(idempotency.key.encode()).hexdigest())
+
+
+def replayed(redis, idempotency: Idempotency | None) -> list[str] | None:
+    """The jobs an Idempotency-Key admitted for this same request, while every one of them exists; None otherwise
+    (no key, a key not used yet, another request's, or jobs expired). A read only: the script decides at admission."""
+    if idempotency is None or (raw := redis.get(idempotency_key(idempotency))) is None:
+        return None
+    held = json.loads(raw)
+    if held["fingerprint"] != idempotency.fingerprint:
+        return None
+    pipe = redis.pipeline(transaction=False)
+    for job_id in held["jobs"]:
+        pipe.exists(keys.job(job_id))
+    return list(held["jobs"]) if all(pipe.execute()) else None

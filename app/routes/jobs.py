@@ -17,13 +17,14 @@ from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus, owned_record, read_record
 from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec
 from app.core.submission import NONE, Submission
+from app.core.submit import replayed
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.inputs import Reader, check_generate, check_interpolate, check_invert, read_generate, read_interpolate
 from app.models import check_request, check_time, prompted, require_served, resolve_model, sized
 from app.queueing import new_job, queue_position, submit
 from app.reaper import reconcile
 from app.seeds import draw_seeds
-from app.submissions import IdempotencyKey, submission
+from app.submissions import IdempotencyKey, idempotency, submission
 from app.views import job_view
 from model_store.bounds import DEFAULT_STRENGTH
 from model_store.text import NO_TEXT
@@ -115,6 +116,18 @@ def queued(redis, settings, job, client: str, response: Response, what: Submissi
     return view(redis, load_record(redis, job_id, job.record["owner"]))
 
 
+def replay(redis, client: str, owner: str, route: str, body, key: str | None, response: Response) -> schemas.Job | None:
+    """With an Idempotency-Key this same request already used, the job it made, as it is now (app.core.submit.replayed),
+    before the request's other checks: a retry gets its job even when they would now refuse it (no live worker, a
+    receiver gone). None otherwise: the request goes on, and the submit script decides."""
+    job_ids = replayed(redis, idempotency(client, route, body, key))
+    record = owned_record(redis, job_ids[0], owner) if job_ids else None
+    if record is None:
+        return None
+    response.headers["Location"] = f"/jobs/{job_ids[0]}"
+    return view(redis, record)
+
+
 def reader(request: Request, redis, owner: str, manifest, size: dict[str, int]) -> Reader:
     """The request's reader of pictures and latents (app.inputs), for its model at its size."""
     settings = request.app.state.settings
@@ -148,6 +161,8 @@ def generate(
     """Queue a generation job (DDIM, or the request's `sampler`): from a seed's noise, a picture (`image`, `strength`;
     with `mask`, inpainting) or an inversion's latent; poll `Location` for it. 503 when no live worker serves the
     model."""
+    if (done := replay(redis, client, owner, "/generate", body, idempotency_key, response)) is not None:
+        return done
     manifest = offered_model(store, settings, body)
     what = submission(redis, settings, owner, client, "/generate", body, idempotency_key)
     body = draw_seeds(body)  # after the key's fingerprint: a retry without a seed gets the same job
@@ -177,6 +192,8 @@ def interpolate(
 ) -> schemas.Job:
     """Queue an interpolation: DDIM at eta 0 (or the request's `sampler`) from the spherical walk between two ends'
     noises, each a seed's, a picture's inversion or an inversion's latent."""
+    if (done := replay(redis, client, owner, "/interpolate", body, idempotency_key, response)) is not None:
+        return done
     manifest = offered_model(store, settings, body)
     what = submission(redis, settings, owner, client, "/interpolate", body, idempotency_key)
     body = draw_seeds(body)
@@ -218,6 +235,8 @@ def invert(
     """Queue an inversion (DDIM, or the request's `sampler`): from the picture back to the x_T whose generation draws
     it (`GET /jobs/{id}/latent`), then forward again: the job's image is the reconstruction. A text model inverts with
     its prompt at guidance 1 unless `guidance` says otherwise."""
+    if (done := replay(redis, client, owner, "/invert", body, idempotency_key, response)) is not None:
+        return done
     manifest = offered_model(store, settings, body)
     what = submission(redis, settings, owner, client, "/invert", body, idempotency_key)
     check_invert(body)

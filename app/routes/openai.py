@@ -4,22 +4,23 @@ A request is `n` generation jobs, seeds `seed`..`seed`+n-1, each exactly the job
 fields (the same engine key: the same cache entry and the same bytes), admitted all or none. The route then waits
 for them, as a long poll does (app.routes.jobs.wait_for_end: the waker, no pooled connection while idle, one stream
 lease taken before anything is queued), at most DIFFUSETV_OPENAI_WAIT_S. Past that it answers a 408 naming the jobs,
-with `x-should-retry: false`: the SDKs retry a 408, and each retry would queue `n` more jobs. Errors are in OpenAI's
-shape (app.openai_errors).
+with `x-should-retry: false`: the SDKs retry a 408, and each retry would queue `n` more jobs. So does any error
+once the jobs are admitted (Redis gone, the pool exhausted, an image expired): it names them, and is not retried.
+Errors are in OpenAI's shape (app.openai_errors).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
-from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
 from app import openai_schemas as schemas
 from app.auth import OwnerDep
@@ -28,16 +29,18 @@ from app.core import keys, leases
 from app.core.jobs import FINAL, JobStatus
 from app.core.settings import Settings
 from app.core.spec import GenerateSpec
+from app.core.submit import replayed
 from app.deps import RedisDep, SettingsDep, StoreDep
 from app.models import check_request, check_time, prompted, require_served, resolve_model
 from app.openai_errors import error_body
 from app.queueing import NewJob, new_job, submit_many
 from app.routes.jobs import WAKE_S, current_record, streams_full
 from app.seeds import draw_seed
-from app.submissions import IdempotencyKey, submission
+from app.submissions import IdempotencyKey, idempotency, invalid, submission
 from model_store import Manifest, Store, kinds, samplers
 from model_store.bounds import MAX_SEED
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["openai"])
 ROUTE = "/v1/images/generations"  # the Idempotency-Key's fingerprint names it
 SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
@@ -45,8 +48,9 @@ TEXT_FIELDS = ("prompt", "guidance", "negative_prompt")  # a prompt-free model t
 NO_RETRY = {"x-should-retry": "false"}
 
 
-def refuse(name: str, message: str, given: object = None) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": ("body", name), "msg": message, "input": given}])
+def refuse(name: str, message: str, given: object = None):
+    """A 400 naming body field `name`."""
+    return invalid(("body", name), message, given)
 
 
 def sized(manifest: Manifest, size: str | None) -> dict[str, int]:
@@ -77,15 +81,7 @@ def check_openai(body: schemas.ImageGenerationRequest) -> None:
         raise refuse("seed", f"the seeds seed..seed+n-1 must be at most {MAX_SEED}", body.seed)
 
 
-@dataclass(frozen=True)
-class Batch:
-    """The request's jobs and its prompt as the model reads it."""
-
-    jobs: list[NewJob]
-    revised_prompt: str
-
-
-def batch(body: schemas.ImageGenerationRequest, redis, settings: Settings, store: Store, owner: str) -> Batch:
+def batch(body: schemas.ImageGenerationRequest, redis, settings: Settings, store: Store, owner: str) -> list[NewJob]:
     """The request's `n` jobs (seed `seed` or a drawn one, then the next ones), each the job POST /generate makes
     of the same fields; 400 (naming the field) for an invalid request, 503 when no live worker serves the model."""
     manifest = resolve_model(store, body.model, settings)
@@ -98,13 +94,13 @@ def batch(body: schemas.ImageGenerationRequest, redis, settings: Settings, store
     specs = [GenerateSpec.from_request(body, manifest, seed=first + i, **text.fields(), **size) for i in range(body.n)]
     check_time(settings, manifest, specs[0], "steps")
     require_served(redis, manifest)
-    jobs = [new_job(settings, spec, manifest, owner, text.notes()) for spec in specs]
-    return Batch(jobs, text.prompt or "")
+    return [new_job(settings, spec, manifest, owner, text.notes()) for spec in specs]
 
 
 async def wait_for_all(request: Request, redis, job_ids: list[str], owner: str, lease: leases.Lease) -> list[dict]:
     """The jobs' records once each is final, or as they are after DIFFUSETV_OPENAI_WAIT_S (or once the lease is lost
-    at the client's cap); stops at the first job that failed or was canceled. Holds no connection while idle."""
+    at the client's cap); stops at the first job that failed or was canceled, and once the client has hung up.
+    Holds no connection while idle."""
     settings = request.app.state.settings
     deadline = time.monotonic() + settings.openai_wait_s
     records = []
@@ -117,6 +113,8 @@ async def wait_for_all(request: Request, redis, job_ids: list[str], owner: str, 
             if lease.due() and not await run_in_threadpool(lease.keep):
                 break
             await request.app.state.waker.wait(stream, last, min(left, WAKE_S, lease.every_s))
+            if await request.is_disconnected():  # no one to answer: the 408 goes nowhere, the lease is given back
+                return [*records, record]
             newest = await run_in_threadpool(redis.xrevrange, stream, "+", "-", 1)
             last = newest[0][0].decode() if newest else last
             record = await run_in_threadpool(current_record, redis, job_id, owner, settings.result_ttl)
@@ -175,20 +173,44 @@ async def create_images(
 ) -> schemas.ImagesResponse | JSONResponse:
     """OpenAI's image generation: `n` images of the model, waited for (at most DIFFUSETV_OPENAI_WAIT_S). With an
     Idempotency-Key, the same request again waits for the same jobs."""
-    what = submission(redis, settings, owner, client, ROUTE, body, idempotency_key)  # before the seed is drawn
-    made = await run_in_threadpool(batch, body, redis, settings, store, owner)
+    known = await run_in_threadpool(replayed, redis, idempotency(client, ROUTE, body, idempotency_key))
+    if known is None:  # a retry of an admitted request skips the checks: it gets its jobs, whatever they say now
+        what = submission(redis, settings, owner, client, ROUTE, body, idempotency_key)  # before the seed is drawn
+        jobs = await run_in_threadpool(batch, body, redis, settings, store, owner)
     lease = await run_in_threadpool(
         leases.hold, redis, client, settings.client_streams, settings.stream_lease_s
     )  # before anything is queued: a 429 here makes no job
     if lease is None:
         raise streams_full(settings)
+    job_ids: list[str] = known or []
     try:
-        job_ids = await run_in_threadpool(submit_many, redis, settings, made.jobs, client, what)
-        records = await wait_for_all(request, redis, job_ids, owner, lease)
-    finally:
-        await run_in_threadpool(lease.release)
-    if (refused := ended_badly(records, job_ids, settings.openai_wait_s)) is not None:
-        return refused
-    data = await run_in_threadpool(images, redis, settings, body, job_ids, made.revised_prompt)
-    seed = json.loads(records[0]["params"])["seed"]  # a replayed key's jobs have the seed drawn for them then
-    return schemas.ImagesResponse(created=int(time.time()), data=data, seed=seed, jobs=job_ids)
+        try:
+            job_ids = known or await run_in_threadpool(submit_many, redis, settings, jobs, client, what)
+            records = await wait_for_all(request, redis, job_ids, owner, lease)
+        finally:
+            await run_in_threadpool(lease.release)
+        if (refused := ended_badly(records, job_ids, settings.openai_wait_s)) is not None:
+            return refused
+        params = json.loads(records[0]["params"])  # a replayed key's jobs have the seed drawn for them then
+        data = await run_in_threadpool(images, redis, settings, body, job_ids, params.get("prompt") or "")
+        return schemas.ImagesResponse(created=int(time.time()), data=data, seed=params["seed"], jobs=job_ids)
+    except Exception as error:
+        if not job_ids:  # nothing was queued: the app's handlers answer it, and a retry is safe
+            raise
+        return after_admission(error, job_ids)
+
+
+def after_admission(error: Exception, job_ids: list[str]) -> JSONResponse:
+    """An error once the jobs were admitted, naming them, with `x-should-retry: false`: the SDKs retry a 5xx, and
+    each retry (with no Idempotency-Key) would queue `n` more jobs. An HTTPException keeps its status; Redis's errors
+    are a 503, anything else a 500."""
+    ids = ", ".join(job_ids)
+    if isinstance(error, HTTPException):
+        code, why = error.status_code, str(error.detail)
+    elif isinstance(error, RedisError):
+        code, why = 503, "the service could not reach Redis"
+    else:
+        log.exception("error after admitting jobs %s", ids)
+        code, why = 500, "internal error"
+    message = f"{why}; the jobs were queued and go on: GET /jobs/{{id}} (jobs: {ids})"
+    return JSONResponse(error_body(code, message, jobs=job_ids), code, headers=NO_RETRY)

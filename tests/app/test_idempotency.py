@@ -16,7 +16,7 @@ from app.core import keys
 from app.core.idempotency import fingerprint, parse_key
 from app.core.settings import Settings
 from app.main import create_app
-from helpers import claim_as_worker
+from helpers import claim_as_worker, release_claim
 from stack import Stack, free_port, stack_env
 
 QUEUE = "rq:queue:" + keys.queue_name("tiny@1")
@@ -92,6 +92,24 @@ def test_a_retry_without_a_seed_gets_the_same_job_and_seed(client):
     assert again["id"] == first["id"] and again["params"]["seed"] == first["params"]["seed"]
     other = client.post("/generate", json={"steps": 5}).json()
     assert other["id"] != first["id"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [("/generate", {"seed": 1, "steps": 5}), ("/interpolate", {"seed_a": 1, "seed_b": 2, "steps": 5})],
+)
+def test_a_retry_gets_its_job_even_once_no_worker_serves_the_model(client, redis_server, route, body):
+    """The key is looked up before the request's checks: a retry of an admitted request is never a 503."""
+    headers = {"Idempotency-Key": f"served-then-not{route}"}
+    first = client.post(route, json=body, headers=headers)
+    assert first.status_code == 202
+    release_claim(redis_server.url)  # the model's last worker stops
+    again = client.post(route, json=body, headers=headers)
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["Location"] == f"/jobs/{first.json()['id']}"
+    assert client.post(route, json=body).status_code == 503  # a new request is still refused
+    other = client.post(route, json={**body, "steps": 6}, headers=headers)
+    assert other.status_code == 503  # another body under the key is no replay: the checks come first
 
 
 @pytest.mark.parametrize("value", ['"unclosed', "x" * 256, "two words"])

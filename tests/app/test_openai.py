@@ -38,6 +38,12 @@ def sdk(client):
     return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=0)
 
 
+def job_ids(redis) -> list[str]:
+    """The ids of the jobs in Redis (their records' keys, not the keys under a job: `job:<id>:deliveries`)."""
+    found = (k.decode().removeprefix(keys.job("")) for k in redis.scan_iter(match=keys.job("*")))
+    return sorted(i for i in found if ":" not in i)
+
+
 def error_of(response) -> dict:
     body = response.json()
     assert set(body) == {"error"}, body
@@ -85,7 +91,7 @@ def test_invalid_requests_are_400_naming_the_field(client, redis_server, body, p
     r = client.post(URL, json=body)
     assert r.status_code == 400, r.text
     assert error_of(r)["param"] == param
-    assert redis_lib.Redis.from_url(redis_server.url).keys("diffusetv:job:*") == []  # nothing queued
+    assert job_ids(redis_lib.Redis.from_url(redis_server.url)) == []  # nothing queued
 
 
 def test_ignored_openai_fields_are_accepted(client):
@@ -136,7 +142,7 @@ def test_no_live_worker_is_a_503_in_the_shape_and_queues_nothing(tiny_store, red
         r = c.post(URL, json={"prompt": "", "seed": 1})
     assert r.status_code == 503 and "Retry-After" in r.headers
     assert error_of(r)["type"] == "server_error"
-    assert redis_lib.Redis.from_url(redis_server.url).keys("diffusetv:job:*") == []
+    assert job_ids(redis_lib.Redis.from_url(redis_server.url)) == []
 
 
 def test_a_client_at_its_stream_cap_is_a_429_before_any_job_is_queued(tiny_store, redis_server):
@@ -147,7 +153,7 @@ def test_a_client_at_its_stream_cap_is_a_429_before_any_job_is_queued(tiny_store
             r = c.post(URL, json={"prompt": "", "seed": 2})
     assert r.status_code == 429 and error_of(r)["code"] == "rate_limit_exceeded"
     redis = redis_lib.Redis.from_url(redis_server.url)
-    assert [k.decode() for k in redis.keys("diffusetv:job:*")] == [keys.job(queued)]
+    assert job_ids(redis) == [queued]
 
 
 def test_a_quota_refusal_is_a_429_that_admits_none_of_the_images(tiny_store, redis_server):
@@ -156,7 +162,7 @@ def test_a_quota_refusal_is_a_429_that_admits_none_of_the_images(tiny_store, red
         r = c.post(URL, json={"prompt": "", "seed": 1, "n": 4})
     assert r.status_code == 429 and "Retry-After" in r.headers, r.text
     assert error_of(r)["type"] == "requests"
-    assert redis_lib.Redis.from_url(redis_server.url).keys("diffusetv:job:*") == []
+    assert job_ids(redis_lib.Redis.from_url(redis_server.url)) == []
 
 
 def test_with_keys_a_missing_key_is_a_401_in_the_shape(tiny_store, redis_server):
@@ -188,16 +194,33 @@ def test_an_idempotency_key_gives_the_same_jobs_and_seed_and_another_body_is_a_4
     jobs = error_of(first)["jobs"]
     assert error_of(again)["jobs"] == jobs
     redis = redis_lib.Redis.from_url(redis_server.url)
-    assert len(redis.keys("diffusetv:job:*")) == 2  # no second pair of jobs
+    assert len(job_ids(redis)) == 2  # no second pair of jobs
     other = client.post(URL, json={**body, "steps": 5}, headers={"Idempotency-Key": "retry-1"})
     assert other.status_code == 400 and error_of(other)["param"] == "idempotency-key"
     assert "another request body" in error_of(other)["message"]
     malformed = client.post(URL, json=body, headers={"Idempotency-Key": "a" * 256})
     assert malformed.status_code == 400 and error_of(malformed)["param"] == "idempotency-key"
-    assert len(redis.keys("diffusetv:job:*")) == 2
+    assert len(job_ids(redis)) == 2
     generate = client.post("/generate", json={"steps": 4}, headers={"Idempotency-Key": "retry-1"})
     assert generate.status_code == 422  # the key named another route's request; outside /v1, FastAPI's shape
     assert generate.json()["detail"][0]["loc"] == ["header", "idempotency-key"]
+
+
+def test_a_retry_with_its_key_waits_for_its_jobs_even_once_no_worker_serves_the_model(client, redis_server):
+    from helpers import release_claim
+
+    body, headers = {"prompt": "", "n": 2, "steps": 4}, {"Idempotency-Key": "served-then-not"}
+    first = client.post(URL, json=body, headers=headers)
+    assert first.status_code == 408
+    release_claim(redis_server.url)
+    again = client.post(URL, json=body, headers=headers)
+    assert again.status_code == 408 and error_of(again)["jobs"] == error_of(first)["jobs"]
+    assert client.post(URL, json=body).status_code == 503
+    redis = redis_lib.Redis.from_url(redis_server.url)
+    redis.delete(keys.job(error_of(first)["jobs"][1]))  # one of its jobs expired: the retry starts anew
+    claim_as_worker(redis_server.url)
+    anew = client.post(URL, json=body, headers=headers)
+    assert anew.status_code == 408 and set(error_of(anew)["jobs"]).isdisjoint(error_of(first)["jobs"])
 
 
 @pytest.mark.parametrize("path", ["/v1/images/generations", "/generate"])
@@ -236,7 +259,7 @@ def test_the_sdk_does_not_retry_a_408_so_no_more_jobs_are_queued(client, redis_s
     with pytest.raises(openai.APIStatusError) as caught:
         sdk.images.generate(prompt="", n=3, extra_body={"seed": 9, "steps": 3})
     assert caught.value.status_code == 408 and len(caught.value.body["jobs"]) == 3
-    assert len(redis_lib.Redis.from_url(redis_server.url).keys("diffusetv:job:*")) == 3  # one request, not three
+    assert len(job_ids(redis_lib.Redis.from_url(redis_server.url))) == 3  # one request, not three
 
 
 def test_a_text_models_images_are_generates_jobs_with_the_normalised_prompt(tiny_store, redis_server):
@@ -274,10 +297,9 @@ def test_a_job_that_ends_without_an_image_ends_the_wait_naming_the_jobs(tiny_sto
         post = threading.Thread(target=lambda: answers.append(c.post(URL, json={"prompt": "", "n": 2, "seed": 1})))
         post.start()
         deadline = time.monotonic() + 30
-        while len(redis.keys("diffusetv:job:*")) < 2 and time.monotonic() < deadline:
+        while len(job_ids(redis)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        first = min(redis.keys("diffusetv:job:*"), key=lambda k: json.loads(redis.hget(k, "params"))["seed"])
-        job_id = first.decode().rsplit(":", 1)[1]
+        job_id = min(job_ids(redis), key=lambda i: json.loads(redis.hget(keys.job(i), "params"))["seed"])
         if end == "cancel":
             assert c.delete(f"/jobs/{job_id}").status_code == 202
         else:
@@ -287,3 +309,62 @@ def test_a_job_that_ends_without_an_image_ends_the_wait_naming_the_jobs(tiny_sto
     assert r.status_code == status and r.headers["x-should-retry"] == "false", r.text
     error = error_of(r)
     assert job_id in error["jobs"] and len(error["jobs"]) == 2 and says in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("broken", "status", "says"),
+    [
+        ("xrevrange", 503, "could not reach Redis"),  # in the wait
+        ("mget", 404, "the result has expired"),  # reading the images
+    ],
+)
+def test_an_error_after_admission_names_the_jobs_and_says_not_to_retry(
+    client, redis_server, monkeypatch, broken, status, says
+):
+    redis = redis_lib.Redis.from_url(redis_server.url)
+    if broken == "xrevrange":
+
+        def fail(self, *args, **kwargs):
+            raise redis_lib.ConnectionError("Redis went away")
+
+        monkeypatch.setattr(redis_lib.Redis, "xrevrange", fail)
+    else:
+        monkeypatch.setattr(keys, "png", lambda job_id: f"gone:{job_id}")  # the images expired ...
+        monkeypatch.setattr("app.routes.openai.ended_badly", lambda records, job_ids, wait_s: None)  # ... once done
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=2)
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.images.generate(prompt="", n=2, response_format="b64_json", extra_body={"seed": 4, "steps": 3})
+    assert caught.value.status_code == status and caught.value.response.headers["x-should-retry"] == "false"
+    error = caught.value.body
+    assert len(error["jobs"]) == 2 and says in error["message"] and error["jobs"][0] in error["message"]
+    assert len(job_ids(redis)) == 2  # one request, not three: the SDK did not retry
+    assert redis.zcard(keys.leases("addr:testclient")) == 0  # the wait's stream lease is given back
+
+
+def test_the_wait_ends_once_the_client_has_hung_up(tiny_store, redis_server):
+    """A client that went away is not waited for: the wait returns at its first wake (WAKE_S), not after
+    DIFFUSETV_OPENAI_WAIT_S, and the route then gives its stream lease back."""
+    import time
+    from types import SimpleNamespace
+
+    from app.core import leases
+    from app.routes.openai import wait_for_all
+
+    claim_as_worker(redis_server.url)
+    with make_client(tiny_store, redis_server, openai_wait_s=60) as c:
+        queued = c.post("/generate", json={"seed": 1, "steps": 3}).json()["id"]
+        redis = c.app.state.redis
+        lease = leases.hold(redis, "addr:gone", 1, 30)
+        asked = []
+
+        async def is_disconnected():
+            asked.append(time.monotonic())
+            return True
+
+        request = SimpleNamespace(app=c.app, is_disconnected=is_disconnected)
+        started = time.monotonic()
+        [record] = c.portal.call(wait_for_all, request, redis, [queued], "", lease)
+        took = time.monotonic() - started
+        lease.release()
+    assert record["status"] == "queued" and len(asked) == 1
+    assert took < 30  # one wake (1 s), far from the 60 s wait

@@ -24,7 +24,7 @@ from app.core.jobs import new_job_id
 from app.core.png import encode_png
 from app.core.settings import Settings
 from app.core.submission import Idempotency
-from app.core.submit import Admission, Bounds, Entry, admit, quota_for
+from app.core.submit import Admission, Bounds, Entry, admit, quota_for, replayed
 from app.main import create_app
 from helpers import claim_as_worker, generate_spec
 from stack import Stack, free_port, stack_env
@@ -342,6 +342,28 @@ def test_a_replay_whose_jobs_expired_starts_new_jobs_and_rewrites_the_key(redis_
     assert again.admitted and not again.replayed and again.job_ids != first.job_ids
     digest = hashlib.sha256(b"k1").hexdigest()
     assert json.loads(conn.get(keys.idempotency("addr:loopback", digest)))["jobs"] == list(again.job_ids)
+
+
+def test_a_replay_with_one_of_its_jobs_expired_starts_them_all_anew(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    first = admit_all(conn, [entry_for("ek1"), entry_for("ek2")], idempotency=idempotency())
+    assert replayed(conn, idempotency()) == list(first.job_ids)
+    conn.delete(keys.job(first.job_ids[1]))  # its jobs' TTLs differ: one went first
+    assert replayed(conn, idempotency()) is None
+    again = admit_all(conn, [entry_for("ek3"), entry_for("ek4")], idempotency=idempotency())
+    assert again.admitted and not again.replayed and set(again.job_ids).isdisjoint(first.job_ids)
+    digest = hashlib.sha256(b"k1").hexdigest()
+    assert json.loads(conn.get(keys.idempotency("addr:loopback", digest)))["jobs"] == list(again.job_ids)
+    assert replayed(conn, idempotency()) == list(again.job_ids)
+
+
+def test_another_body_is_a_mismatch_even_once_the_keys_jobs_expired(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    first = admit_all(conn, [entry_for("ek1")], idempotency=idempotency())
+    conn.delete(keys.job(first.job_ids[0]))
+    assert replayed(conn, idempotency(fingerprint="f2")) is None
+    other = admit_all(conn, [entry_for("ek2")], idempotency=idempotency(fingerprint="f2"))
+    assert not other.admitted and other.outcome == "mismatch"
 
 
 WEBHOOK = {"webhook": "https://example.com/hook", "webhook_events": "start,completed", "webhook_ttl": "600"}
