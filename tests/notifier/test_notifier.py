@@ -86,8 +86,8 @@ def test_503_twice_then_200_sends_one_webhook_id_three_times_within_the_schedule
     assert delivery(redis, did)["state"] == "delivered"
     for n, (before, after) in enumerate(itertools.pairwise(requests)):
         wait = recorded[n]["next_at"] - recorded[n]["at"]
-        assert 0 <= wait <= cap(s, n) + s.webhook_timeout_s  # drawn from [0, cap], counted from the attempt's start
-        assert after.at - before.at <= cap(s, n) + 10  # and it went then (a poll later, on a slow machine)
+        assert 0 <= wait <= cap(s, n + 1) + s.webhook_timeout_s  # drawn from [0, cap], counted from the attempt's start
+        assert after.at - before.at <= cap(s, n + 1) + 10  # and it went then (a poll later, on a slow machine)
     assert recorded[-1]["next_at"] is None
 
 
@@ -156,11 +156,13 @@ def test_after_the_last_attempt_the_delivery_fails(redis, redis_server):
     assert redis.hget(keys.METRICS, "webhook_failed") == b"1" and redis.hget(keys.METRICS, "webhook_attempts") == b"3"
 
 
-def test_410_stops_and_is_remembered(redis, redis_server):
+def test_410_stops_and_is_remembered(redis, redis_server, tmp_path):
     owner = "c" * 32
+    table = tmp_path / "secrets.json"
+    table.write_text(json.dumps({owner: SECRET}))
     with Receiver([410, 200]) as receiver:
         did = enqueue(redis, JOB, receiver.url(), owner=owner)
-        s = settings(redis_server.url)
+        s = settings(redis_server.url, webhook_secrets_file=str(table))
         with Running(Notifier(s, redis)):
             wait_until(lambda: final_state(redis, did), what="the first delivery's end")
             assert deliveries.is_gone(redis, owner, receiver.url())
@@ -236,21 +238,29 @@ def test_a_waiting_retry_survives_a_restart_of_redis():
         server.cleanup()
 
 
-def test_with_api_keys_each_owner_signs_with_its_own_secret(redis, redis_server, tmp_path):
+def test_each_owner_signs_with_its_own_secret_in_a_notifier_without_api_keys(redis, redis_server, tmp_path):
+    """The notifier as compose and k8s run it: no API keys, the secrets file and the global secret mounted. A key's
+    job is signed with its owner's secret only, never the global one; a job made without keys with the global one."""
     mine, theirs = "k" * 24, "q" * 24
     own_secret = new_secret()
     table = tmp_path / "secrets.json"
     table.write_text(json.dumps({owner_id(mine): own_secret}))
-    s = settings(redis_server.url, api_keys=f"{mine},{theirs}", webhook_secrets_file=str(table))
-    with Receiver([200]) as receiver:
+    s = settings(redis_server.url, webhook_secrets_file=str(table))
+    assert s.keys == [] and s.webhook_secret == SECRET
+    with Receiver([200, 200]) as receiver:
         signed = enqueue(redis, JOB, receiver.url(), owner=owner_id(mine))
         unsigned = enqueue(redis, "f" * 32, receiver.url(), owner=owner_id(theirs))  # its secret since removed
+        open_job = enqueue(redis, "e" * 32, receiver.url(), owner="")
         with Running(Notifier(s, redis)):
-            [request] = receiver.wait_for(1)
-            wait_until(lambda: final_state(redis, signed) and final_state(redis, unsigned), what="both ends")
+            requests = receiver.wait_for(2)
+            ends = (signed, unsigned, open_job)
+            wait_until(lambda: all(final_state(redis, d) for d in ends), what="the three ends")
+    [request] = [r for r in requests if r.headers["webhook-id"] == signed]
     standardwebhooks.Webhook(own_secret).verify(request.body, request.headers)
     with pytest.raises(WebhookVerificationError):
         standardwebhooks.Webhook(SECRET).verify(request.body, request.headers)
-    assert request.headers["webhook-id"] == signed
+    [other] = [r for r in requests if r.headers["webhook-id"] == open_job]
+    standardwebhooks.Webhook(SECRET).verify(other.body, other.headers)
+    assert len(receiver.requests) == 2
     assert delivery(redis, unsigned)["state"] == "failed"
     assert attempts(redis, unsigned)[0]["error"] == "no webhook secret for its owner"
