@@ -125,7 +125,7 @@ class Sender:
             return Result(error="not a valid URL")
         if target.scheme not in ("http", "https") or not host:
             return Result(error="not an absolute http(s) URL")
-        async with self.all, self.host_slot(host, host_wait_s):
+        async with self.host_slot(host, host_wait_s), self.all:  # a busy host never holds a global slot
             try:
                 async with asyncio.timeout(self.settings.webhook_timeout_s):
                     return await self._attempt(target, host, headers, body)
@@ -147,6 +147,8 @@ class Sender:
         except (OSError, UnicodeError, ValueError):
             return Result(error="the host name did not resolve", retryable=True)
         refused = delivery_refusal(target.scheme, found, self.allowed)
+        if refused is None and any(a.version == 6 and a.is_link_local for a in found):
+            refused = "a link-local IPv6 address (dialling it needs a zone, which a URL cannot carry)"  # even allowed
         if refused is not None:
             return Result(error=f"refused: {refused}")
         pinned = target.copy_with(host=str(found[0]))  # the address that was checked, never a second lookup's
