@@ -143,7 +143,10 @@ class Settings(BaseSettings):
     )
     webhook_attempts: int = Field(8, ge=1, le=50, description="attempts of one delivery before it fails")
     webhook_base_delay_s: float = Field(
-        30.0, gt=0, le=3600, description="backoff base: retry n waits a uniform draw from [0, base x 2^n] (full jitter)"
+        30.0,
+        gt=0,
+        le=3600,
+        description="backoff base: retry k (from 1) waits a uniform draw from [0, base x 2^(k-1)] (full jitter)",
     )
     webhook_max_delay_s: float = Field(
         3600.0, gt=0, le=86_400, description="cap of one backoff wait, and of a Retry-After honoured"

@@ -42,6 +42,22 @@ def final_state(redis, did: str) -> str | None:
     return state if state in ("delivered", "failed") else None
 
 
+MARKER = "9" * 32
+BARRIER_S = 1.0  # a marker is due this long after a delivery ends: after any retry the backoff below could draw
+NO_RETRY_SOON = {"webhook_base_delay_s": 0.01, "webhook_max_delay_s": 0.1, "webhook_concurrency": 1}
+
+
+def after_marker(redis, url: str) -> str:
+    """A barrier instead of a sleep: a marker delivery to the same receiver, due BARRIER_S from now. With one slot
+    (webhook_concurrency=1) deliveries are claimed in due order, so any retry (due within WEBHOOK_MAX_DELAY_S) would
+    reach the receiver before the marker. Returns the marker's id once it has been delivered."""
+    marker = enqueue(redis, MARKER, url)
+    seconds, micros = redis.time()
+    redis.zadd(keys.DELIVERIES_DUE, {marker: seconds + micros / 1e6 + BARRIER_S}, xx=True)
+    wait_until(lambda: final_state(redis, marker), what="the marker's end")
+    return marker
+
+
 def test_a_delivery_arrives_signed_and_verifies(redis, redis_server):
     with Receiver([200]) as receiver:
         did = enqueue(redis, JOB, receiver.url())
@@ -136,10 +152,10 @@ def test_retry_after_is_honoured(redis, redis_server):
 def test_other_4xx_and_3xx_fail_at_once(redis, redis_server, status):
     with Receiver([status, 200]) as receiver:
         did = enqueue(redis, JOB, receiver.url())
-        with Running(Notifier(settings(redis_server.url), redis)):
+        with Running(Notifier(settings(redis_server.url, **NO_RETRY_SOON), redis)):
             wait_until(lambda: final_state(redis, did), what="the delivery's end")
-            time.sleep(0.5)  # a retry would come now
-    assert len(receiver.requests) == 1
+            marker = after_marker(redis, receiver.url())
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [did, marker]  # nothing between them
     assert delivery(redis, did)["state"] == "failed"
     assert [(a["status_code"], a["next_at"]) for a in attempts(redis, did)] == [(status, None)]
     assert redis.zscore(keys.DELIVERIES_DUE, did) is None
@@ -185,19 +201,37 @@ def test_a_refused_address_fails_the_delivery_naming_the_check(redis, redis_serv
 
 
 def test_progress_is_sent_latest_wins_and_never_retried(redis, redis_server):
-    with Receiver([503]) as receiver:
+    with Receiver([503, 200]) as receiver:
         enqueue(redis, JOB, receiver.url(), status="running", events="progress")
         for step in (1, 2, 3):
             report_progress(redis, JOB, step, 5)  # before the notifier runs: one slot, the latest report
         slot = f"progress_{JOB}"
-        with Running(Notifier(settings(redis_server.url), redis)):
+        with Running(Notifier(settings(redis_server.url, **NO_RETRY_SOON), redis)):
             [request] = receiver.wait_for(1)
             wait_until(lambda: final_state(redis, slot), what="the progress delivery's end")
-            time.sleep(0.5)  # a retry would come now
-    assert len(receiver.requests) == 1
+            marker = after_marker(redis, receiver.url())
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [request.headers["webhook-id"], marker]
     envelope = standardwebhooks.Webhook(SECRET).verify(request.body, request.headers)
     assert envelope["type"] == "job.progress" and envelope["data"]["progress"] == {"step": 3, "steps": 5}
     assert redis.hget(keys.METRICS, "webhook_progress_failed") == b"1"
+
+
+def test_an_unexpected_error_is_a_failed_attempt_retried_on_the_schedule(redis, redis_server):
+    """A delivery whose body cannot be rendered (a bug, or bad data): each attempt is recorded with a generic error
+    and retried on the schedule, and the delivery ends failed after its attempts, never a silent loop."""
+    with Receiver([200]) as receiver:
+        did = enqueue(redis, JOB, receiver.url())
+        redis.hset(keys.delivery(did), "record", "{not json")
+        s = settings(redis_server.url, webhook_attempts=3, **NO_RETRY_SOON)
+        with Running(Notifier(s, redis)):
+            wait_until(lambda: final_state(redis, did), what="the delivery's end")
+            marker = after_marker(redis, receiver.url())
+    recorded = attempts(redis, did)
+    assert [(a["status_code"], a["error"]) for a in recorded] == [(None, "internal error")] * 3
+    assert [a["next_at"] is None for a in recorded] == [False, False, True]
+    assert delivery(redis, did)["state"] == "failed" and delivery(redis, did)["claims"] == "3"
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [marker]
+    assert redis.hget(keys.METRICS, "webhook_failed") == b"1"
 
 
 def test_a_job_without_a_subscription_enqueues_nothing(redis):
