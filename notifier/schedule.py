@@ -1,8 +1,8 @@
 """When a failed attempt is tried again: exponential backoff with full jitter, or the receiver's Retry-After.
 
 Retry k (counted from 1: retry 1 follows the first attempt) waits a uniform draw from [0, min(WEBHOOK_MAX_DELAY_S,
-WEBHOOK_BASE_DELAY_S x 2^(k-1))] ("full jitter", as AWS's architecture blog names it). A Retry-After (delay-seconds or an HTTP date) replaces the
-draw, clamped to [0, WEBHOOK_MAX_DELAY_S]. WEBHOOK_JITTER_SEED makes the draws repeatable.
+WEBHOOK_BASE_DELAY_S x 2^(k-1))] ("full jitter", as AWS's architecture blog names it). A Retry-After (delay-seconds
+or an HTTP date) replaces the draw, clamped to [0, WEBHOOK_MAX_DELAY_S]. WEBHOOK_JITTER_SEED makes the draws repeatable.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ class Schedule:
         self.rng = rng or random.Random(settings.webhook_jitter_seed)
 
     def delay(self, retry: int, retry_after: str | None = None, now: float | None = None) -> float:
-        """The wait before retry `retry` (counted from 1): Retry-After when the receiver gave one (a date is read against
-        `now`, default the time now), else the jittered draw."""
+        """The wait before retry `retry` (counted from 1): Retry-After when the receiver gave one (a date is read
+        against `now`, default the time now), else the jittered draw."""
         asked = retry_after_s(retry_after, time.time() if now is None else now)
         if asked is not None:
             return min(max(asked, 0.0), self.settings.webhook_max_delay_s)

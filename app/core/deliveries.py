@@ -49,9 +49,9 @@ end
 )
 
 # ARGV: the most deliveries to take, the lease (s), the claimant's name, how long a delivery is kept past its lease
-# (RESULT_TTL: its hash never expires under a claim or before its record has been read). Returns {claims, seconds until the next due
-# delivery or ''}; a claim is {delivery id, token, its hash as a flat list}. A regular delivery's token is the
-# claimant's name and the delivery's claim count; a progress slot's is the message id it holds now.
+# (RESULT_TTL: its hash never expires under a claim or before its record has been read). Returns {claims, seconds
+# until the next due delivery or ''}; a claim is {delivery id, token, its hash as a flat list}. A regular delivery's
+# token is the claimant's name and the delivery's claim count; a progress slot's is the message id it holds now.
 _CLAIM = (
     _LUA_HEAD
     + """
@@ -83,7 +83,8 @@ return {claims, first[2] and stamp(math.max(0, tonumber(first[2]) - now)) or ''}
 
 # KEYS: the delivery's hash, its attempts, its gone key. ARGV: the delivery's id, the claim token, the outcome, the
 # attempt's time, its status code (''), its error (''), the delay before a retry (s), the gone key's TTL, how many
-# attempts a progress slot keeps, how long a delivery is kept past its next attempt (RESULT_TTL). Returns 1, or 0 when the claim is no longer this one (nothing written).
+# attempts a progress slot keeps, how long a delivery is kept past its next attempt (RESULT_TTL). Returns 1, or 0 when
+# the claim is no longer this one (nothing written).
 _FINISH = (
     _LUA_HEAD
     + """
@@ -186,9 +187,7 @@ def lease_s(timeout_s: float, host_wait_s: float) -> float:
     return host_wait_s + 2 * timeout_s + LEASE_MARGIN_S
 
 
-def claim(
-    redis, limit: int, lease_s: float, claimant: str, keep_s: float = 0.0
-) -> tuple[list[Claim], float | None]:
+def claim(redis, limit: int, lease_s: float, claimant: str, keep_s: float = 0.0) -> tuple[list[Claim], float | None]:
     """Up to `limit` due deliveries, taken for `lease_s` seconds (each kept in Redis `keep_s` past its lease at
     least); and the seconds until the next one is due (None: none is waiting)."""
     taken, next_in = redis.eval(_CLAIM, 0, limit, lease_s, claimant, keep_s)
@@ -235,7 +234,8 @@ def finish(
 ) -> bool:
     """Record one attempt (`at`, its status code or error) and what follows: DELIVERED, FAILED or GONE (final), RETRY
     after `delay_s` (the delivery then kept `keep_s` past it at least), RELEASE (not attempted: due again after
-    `delay_s`, no attempt recorded) or DROPPED (a progress report not sent). False when the claim had passed to another notifier (nothing written)."""
+    `delay_s`, no attempt recorded) or DROPPED (a progress report not sent). False when the claim had passed to
+    another notifier (nothing written)."""
     gone = gone_key(claim.fields.get("owner", ""), claim.fields.get("url", ""))
     written = redis.eval(
         _FINISH,

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from webhooks import Answer, Listener, Receiver, settings
@@ -173,8 +174,8 @@ class Streamed(BaseHTTPRequestHandler):
     the client hung up."""
 
     TOTAL, CHUNK = 64 * 2**20, 64 * 2**10
-    written: list[int] = []
-    done = threading.Event()
+    written: ClassVar[list[int]] = []
+    done: ClassVar[threading.Event] = threading.Event()
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("content-length") or 0))
