@@ -53,7 +53,7 @@ class Notifier:
         self.clock = clock
         self.schedule = schedule or Schedule(settings)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lease_s = deliveries.lease_s(settings.webhook_timeout_s, HOST_WAIT_S)
+        self.lease_s = deliveries.lease_s(settings, HOST_WAIT_S)
         self.tasks: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -23,7 +23,6 @@ from app.views import iso, job_view
 DELIVERED, FAILED, RETRY, GONE, RELEASE = "delivered", "failed", "retry", "gone", "release"
 DROPPED = "dropped"  # a progress report not sent (its host was busy, or its job ended first)
 GONE_TTL_S = 30 * 86_400  # a 410 Gone is remembered this long for its owner and URL
-LEASE_MARGIN_S = 30.0  # what a claim's lease allows beyond the attempt itself (lease_s)
 PROGRESS_ATTEMPTS_KEPT = 20  # a progress slot keeps its latest attempts only (one per report sent)
 
 _LUA_HEAD = (
@@ -180,11 +179,11 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def lease_s(timeout_s: float, host_wait_s: float) -> float:
+def lease_s(settings, host_wait_s: float) -> float:
     """A claim's lease: generous, so that a live notifier always records its attempt within it (else another notifier
     sends the delivery again). It covers the wait for a host slot, two attempt deadlines (one for the attempt, one for
-    the resolver's and Redis's threads being slow) and LEASE_MARGIN_S for the rest."""
-    return host_wait_s + 2 * timeout_s + LEASE_MARGIN_S
+    the resolver's and Redis's threads being slow) and WEBHOOK_LEASE_MARGIN_S (30 s) for the rest."""
+    return host_wait_s + 2 * settings.webhook_timeout_s + settings.webhook_lease_margin_s
 
 
 def claim(redis, limit: int, lease_s: float, claimant: str, keep_s: float = 0.0) -> tuple[list[Claim], float | None]:

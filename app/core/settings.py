@@ -154,6 +154,13 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(
         10.0, gt=0, le=120, description="total deadline of one delivery attempt: connect, send and read together"
     )
+    webhook_lease_margin_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="what a notifier's claim allows beyond two attempt deadlines and the wait for a host slot: a "
+        "delivery whose notifier died is sent again this long after its lease began (tests shorten it)",
+    )
     webhook_max_response_bytes: int = Field(65_536, ge=0, le=2**24, description="bytes of a receiver's answer read")
     webhook_per_host: int = Field(4, ge=1, le=1024, description="concurrent deliveries to one host, per notifier")
     webhook_concurrency: int = Field(32, ge=1, le=4096, description="concurrent deliveries per notifier")

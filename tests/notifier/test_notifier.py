@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as real_datetime
 import itertools
 import json
+import signal
 import time
 
 import pytest
@@ -250,8 +251,9 @@ def test_the_body_is_the_snapshot_at_enqueue_time(redis, redis_server):
 
 
 def test_a_waiting_retry_survives_a_restart_of_redis():
-    """Redis (append-only file) stops and starts again while a retry waits: the notifier rides it out, and the
-    delivery, whose state is all in Redis, arrives."""
+    """Redis (append-only file, appendfsync always, as compose runs it) is killed (SIGKILL: no clean shutdown) and
+    starts again while a retry waits: the notifier rides it out, and the delivery, whose state is all in Redis,
+    arrives."""
     server = RedisServer(appendonly=True).start()
     try:
         redis = redis_lib.Redis.from_url(server.url)
@@ -260,7 +262,7 @@ def test_a_waiting_retry_survives_a_restart_of_redis():
             with Running(Notifier(settings(server.url), connect_sync(server.url))):
                 receiver.wait_for(1)
                 wait_until(lambda: attempts(redis, did), what="the first attempt's record")
-                server.stop()
+                server.stop(signal.SIGKILL)
                 time.sleep(1.5)  # the notifier finds Redis away
                 server.start()
                 second = receiver.wait_for(2)[1]
