@@ -19,6 +19,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -87,9 +88,12 @@ class Sender:
         self.all = asyncio.Semaphore(settings.webhook_concurrency)
         self.hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}
         self.agent = user_agent()
+        # the resolver's own threads: a hung getaddrinfo never takes a thread that Redis calls (claim, finish) need
+        self.resolvers = ThreadPoolExecutor(settings.webhook_concurrency, thread_name_prefix="notifier-dns")
 
     async def close(self) -> None:
         await self.client.aclose()
+        self.resolvers.shutdown(wait=False, cancel_futures=True)
 
     @asynccontextmanager
     async def host_slot(self, host: str, wait_s: float):
@@ -137,7 +141,7 @@ class Sender:
         written = literal(host)
         if written is not None:
             return [written]
-        found = await asyncio.to_thread(self.resolve, host, port)
+        found = await asyncio.get_running_loop().run_in_executor(self.resolvers, self.resolve, host, port)
         return [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
 
     async def _attempt(self, target: httpx.URL, host: str, headers: dict[str, str], body: bytes) -> Result:
