@@ -20,7 +20,12 @@ COUNTERS = {
     "jobs_failed": ("diffusetv_jobs_failed", "Jobs failed by workers"),
 }
 RUN_OUTCOMES = ("succeeded", "canceled")
-WEBHOOK_OUTCOMES = ("delivered", "failed", "gone")  # the notifier's counters `webhook_<outcome>` (app.core.deliveries)
+WEBHOOK_OUTCOMES = (
+    "delivered",
+    "failed",
+    "gone",
+    "expired",
+)  # the notifier's counters `webhook_<outcome>` (app.core.deliveries)
 PROGRESS_OUTCOMES = ("sent", "failed")
 
 
@@ -57,7 +62,7 @@ class RedisCollector:
         """The notifier's: deliveries ended by outcome, attempts, progress reports, and what is still pending."""
         ended = CounterMetricFamily(
             "diffusetv_webhook_deliveries",
-            "Webhook deliveries ended, by outcome (gone: the receiver answered 410 Gone)",
+            "Webhook deliveries ended, by outcome (gone: the receiver answered 410; expired: found expired when due)",
             labels=["outcome"],
         )
         for outcome in WEBHOOK_OUTCOMES:

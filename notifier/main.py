@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis as redis_lib
 
 from app.core import deliveries, signing
-from app.core.deliveries import DELIVERED, FAILED, GONE, LEASE_MARGIN_S, RELEASE, RETRY, Claim
+from app.core.deliveries import DELIVERED, DROPPED, FAILED, GONE, RELEASE, RETRY, Claim
 from app.core.logs import configure_logging
 from app.core.redis import connect_sync, wait_for_redis
 from notifier.schedule import Schedule
@@ -31,7 +31,7 @@ from notifier.send import HostBusy, Result, Sender
 
 log = logging.getLogger("diffusetv.notifier")
 POLL_S = 0.25  # the longest pause between two looks for due deliveries
-HOST_WAIT_S = LEASE_MARGIN_S / 2  # how long an attempt waits for a slot of its host before it is put back
+HOST_WAIT_S = 2.5  # how long an attempt waits for a slot of its host before it is put back
 RELEASE_DELAY_S = 1.0  # a delivery put back (its host busy) is due again after this
 
 
@@ -53,7 +53,7 @@ class Notifier:
         self.clock = clock
         self.schedule = schedule or Schedule(settings)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
+        self.lease_s = deliveries.lease_s(settings, HOST_WAIT_S)
         self.tasks: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -78,7 +78,9 @@ class Notifier:
         if free <= 0:
             return POLL_S
         try:
-            claims, next_in = await asyncio.to_thread(deliveries.claim, self.redis, free, self.lease_s, self.name)
+            claims, next_in = await asyncio.to_thread(
+                deliveries.claim, self.redis, free, self.lease_s, self.name, self.settings.result_ttl
+            )
         except redis_lib.RedisError as exc:  # away, restarting, loading its data, full: look again in a moment
             log.warning("could not claim deliveries (%s); trying again", exc)
             return 1.0
@@ -91,16 +93,20 @@ class Notifier:
         return POLL_S if next_in is None else min(POLL_S, next_in)
 
     async def deliver(self, claim: Claim) -> None:
+        at, attempt = time.time(), claim.attempts + 1
         try:
-            await self._deliver(claim)
+            await self._deliver(claim, at, attempt)
         except redis_lib.RedisError as exc:  # the delivery is taken again once its lease has run out
             log.warning("%s: Redis refused or was away (%s); left for a later claim", claim.message_id, exc)
-        except Exception:
-            log.exception("%s: unexpected error; left for a later claim", claim.message_id)
+        except Exception:  # a bug or bad data: an attempt that failed, retried on the schedule, never a silent loop
+            log.exception("%s: unexpected error; recorded as a failed attempt", claim.message_id)
+            outcome = FAILED if claim.progress or self.schedule.last(attempt) else RETRY
+            try:
+                await self.record(claim, attempt, outcome, at, Result(error="internal error"))
+            except Exception:
+                log.exception("%s: could not record the failed attempt; left for a later claim", claim.message_id)
 
-    async def _deliver(self, claim: Claim) -> None:
-        at = time.time()
-        attempt = claim.attempts + 1
+    async def _deliver(self, claim: Claim, at: float, attempt: int) -> None:
         owner, url = claim.fields.get("owner", ""), claim.fields["url"]
         if await asyncio.to_thread(deliveries.is_gone, self.redis, owner, url):
             return await self.record(claim, attempt, FAILED, at, Result(error="the receiver answered 410 Gone before"))
@@ -111,9 +117,9 @@ class Notifier:
         headers = signing.headers(keys, claim.message_id, int(self.clock()), body)
         try:
             result = await self.sender.send(url, headers, body, host_wait_s=HOST_WAIT_S)
-        except HostBusy:
-            if not claim.progress:
-                await asyncio.to_thread(deliveries.finish, self.redis, claim, RELEASE, at, None, None, RELEASE_DELAY_S)
+        except HostBusy:  # a regular delivery is put back; a progress report is dropped (a newer one will come)
+            outcome = DROPPED if claim.progress else RELEASE
+            await asyncio.to_thread(deliveries.finish, self.redis, claim, outcome, at, None, None, RELEASE_DELAY_S)
             log.info("%s: its host is busy; put back", claim.message_id)
             return
         if result.delivered:
@@ -127,10 +133,11 @@ class Notifier:
         await self.record(claim, attempt, outcome, at, result)
 
     async def record(self, claim: Claim, attempt: int, outcome: str, at: float, result: Result) -> None:
-        delay = self.schedule.delay(attempt - 1, result.retry_after, time.time()) if outcome == RETRY else 0.0
+        delay = self.schedule.delay(attempt, result.retry_after, time.time()) if outcome == RETRY else 0.0
         written = await asyncio.to_thread(
-            deliveries.finish, self.redis, claim, outcome, at, result.status_code, result.error, delay
-        )
+            deliveries.finish, self.redis, claim, outcome, at, result.status_code, result.error, delay,
+            self.settings.result_ttl,
+        )  # fmt: skip
         answer = result.status_code if result.status_code is not None else result.error
         then = f", again in {delay:.1f} s" if outcome == RETRY else ""
         stale = "" if written else " (its claim had passed to another notifier: not recorded)"

@@ -1,8 +1,8 @@
 """When a failed attempt is tried again: exponential backoff with full jitter, or the receiver's Retry-After.
 
-Retry n (n = 0 after the first attempt) waits a uniform draw from [0, min(WEBHOOK_MAX_DELAY_S, WEBHOOK_BASE_DELAY_S x
-2^n)] ("full jitter", as AWS's architecture blog names it). A Retry-After (delay-seconds or an HTTP date) replaces the
-draw, clamped to [0, WEBHOOK_MAX_DELAY_S]. WEBHOOK_JITTER_SEED makes the draws repeatable.
+Retry k (counted from 1: retry 1 follows the first attempt) waits a uniform draw from [0, min(WEBHOOK_MAX_DELAY_S,
+WEBHOOK_BASE_DELAY_S x 2^(k-1))] ("full jitter", as AWS's architecture blog names it). A Retry-After (delay-seconds
+or an HTTP date) replaces the draw, clamped to [0, WEBHOOK_MAX_DELAY_S]. WEBHOOK_JITTER_SEED makes the draws repeatable.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import time
 from email.utils import parsedate_to_datetime
+
+from app.core.hooks import backoff_cap, backoff_window_s
 
 RETRIED_STATUSES = frozenset({408, 429})  # and every 5xx
 
@@ -19,9 +21,7 @@ def retried(status_code: int) -> bool:
     return status_code in RETRIED_STATUSES or 500 <= status_code <= 599
 
 
-def cap(settings, retry: int) -> float:
-    """The longest wait before retry `retry` (0-based)."""
-    return min(settings.webhook_max_delay_s, settings.webhook_base_delay_s * 2**retry)
+cap = backoff_cap  # the longest wait before retry k (counted from 1), app.core.hooks' formula
 
 
 def retry_after_s(value: str | None, now: float) -> float | None:
@@ -48,8 +48,8 @@ class Schedule:
         self.rng = rng or random.Random(settings.webhook_jitter_seed)
 
     def delay(self, retry: int, retry_after: str | None = None, now: float | None = None) -> float:
-        """The wait before retry `retry` (0-based): Retry-After when the receiver gave one (a date is read against
-        `now`, default the time now), else the jittered draw."""
+        """The wait before retry `retry` (counted from 1): Retry-After when the receiver gave one (a date is read
+        against `now`, default the time now), else the jittered draw."""
         asked = retry_after_s(retry_after, time.time() if now is None else now)
         if asked is not None:
             return min(max(asked, 0.0), self.settings.webhook_max_delay_s)
@@ -62,5 +62,5 @@ class Schedule:
 
 def window_s(settings) -> tuple[float, float]:
     """The longest time all of a delivery's waits may take together, and their expected sum (half of it)."""
-    longest = sum(cap(settings, n) for n in range(settings.webhook_attempts - 1))
+    longest = backoff_window_s(settings)
     return longest, longest / 2

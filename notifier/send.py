@@ -19,6 +19,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -87,9 +88,12 @@ class Sender:
         self.all = asyncio.Semaphore(settings.webhook_concurrency)
         self.hosts: dict[str, tuple[asyncio.Semaphore, int]] = {}
         self.agent = user_agent()
+        # the resolver's own threads: a hung getaddrinfo never takes a thread that Redis calls (claim, finish) need
+        self.resolvers = ThreadPoolExecutor(settings.webhook_concurrency, thread_name_prefix="notifier-dns")
 
     async def close(self) -> None:
         await self.client.aclose()
+        self.resolvers.shutdown(wait=False, cancel_futures=True)
 
     @asynccontextmanager
     async def host_slot(self, host: str, wait_s: float):
@@ -125,7 +129,7 @@ class Sender:
             return Result(error="not a valid URL")
         if target.scheme not in ("http", "https") or not host:
             return Result(error="not an absolute http(s) URL")
-        async with self.all, self.host_slot(host, host_wait_s):
+        async with self.host_slot(host, host_wait_s), self.all:  # a busy host never holds a global slot
             try:
                 async with asyncio.timeout(self.settings.webhook_timeout_s):
                     return await self._attempt(target, host, headers, body)
@@ -137,7 +141,7 @@ class Sender:
         written = literal(host)
         if written is not None:
             return [written]
-        found = await asyncio.to_thread(self.resolve, host, port)
+        found = await asyncio.get_running_loop().run_in_executor(self.resolvers, self.resolve, host, port)
         return [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
 
     async def _attempt(self, target: httpx.URL, host: str, headers: dict[str, str], body: bytes) -> Result:
@@ -147,6 +151,8 @@ class Sender:
         except (OSError, UnicodeError, ValueError):
             return Result(error="the host name did not resolve", retryable=True)
         refused = delivery_refusal(target.scheme, found, self.allowed)
+        if refused is None and any(a.version == 6 and a.is_link_local for a in found):
+            refused = "a link-local IPv6 address (dialling it needs a zone, which a URL cannot carry)"  # even allowed
         if refused is not None:
             return Result(error=f"refused: {refused}")
         pinned = target.copy_with(host=str(found[0]))  # the address that was checked, never a second lookup's

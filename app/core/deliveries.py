@@ -17,43 +17,52 @@ import json
 from dataclasses import dataclass
 
 from app.core import keys
-from app.core.hooks import PROGRESS_PREFIX
+from app.core.hooks import LUA_NOW, PROGRESS_PREFIX
 from app.views import iso, job_view
 
 DELIVERED, FAILED, RETRY, GONE, RELEASE = "delivered", "failed", "retry", "gone", "release"
+DROPPED = "dropped"  # a progress report not sent (its host was busy, or its job ended first)
 GONE_TTL_S = 30 * 86_400  # a 410 Gone is remembered this long for its owner and URL
-LEASE_MARGIN_S = 5.0  # a claim's lease is one attempt's deadline (WEBHOOK_TIMEOUT_S) plus this
 PROGRESS_ATTEMPTS_KEPT = 20  # a progress slot keeps its latest attempts only (one per report sent)
 
 _LUA_HEAD = (
     keys.LUA_KEYS
+    + keys._lua_function("delivery_attempts_key", keys.delivery_attempts)
     + f"""
 local DUE, PENDING, METRICS = '{keys.DELIVERIES_DUE}', '{keys.DELIVERIES_PENDING}', '{keys.METRICS}'
 local PROGRESS_PREFIX = '{PROGRESS_PREFIX}'
 """
+    + LUA_NOW
     + """
-local function redis_now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
 local function stamp(t) return string.format('%.6f', t) end
+-- keep a delivery and its attempts at least `keep` seconds from now (a TTL is never shortened)
+local function keep_for(dk, attempts, keep)
+  local ttl = redis.call('TTL', dk)
+  if ttl >= 0 and ttl < keep then
+    redis.call('EXPIRE', dk, keep)
+    ttl = keep
+  end
+  if ttl > 0 and redis.call('EXISTS', attempts) == 1 then redis.call('EXPIRE', attempts, ttl) end
+end
 """
 )
 
-# ARGV: the most deliveries to take, the lease (s), the claimant's name. Returns {claims, seconds until the next due
-# delivery or ''}; a claim is {delivery id, token, its hash as a flat list}. A regular delivery's token is the
-# claimant's name and the delivery's claim count; a progress slot's is the message id it holds now.
+# ARGV: the most deliveries to take, the lease (s), the claimant's name, how long a delivery is kept past its lease
+# (RESULT_TTL: its hash never expires under a claim or before its record has been read). Returns {claims, seconds
+# until the next due delivery or ''}; a claim is {delivery id, token, its hash as a flat list}. A regular delivery's
+# token is the claimant's name and the delivery's claim count; a progress slot's is the message id it holds now.
 _CLAIM = (
     _LUA_HEAD
     + """
 local now = redis_now()
-local limit, lease, claimant = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local limit, lease, claimant, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local claims = {}
 for _, did in ipairs(redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, limit)) do
   local dk = delivery_key(did)
-  if redis.call('EXISTS', dk) == 0 then  -- expired with its job: nothing left to send
+  if redis.call('EXISTS', dk) == 0 then  -- expired before it was sent: counted, and nothing left to send
     redis.call('ZREM', DUE, did)
     redis.call('ZREM', PENDING, did)
+    redis.call('HINCRBY', METRICS, 'webhook_expired', 1)
   elseif string.sub(did, 1, #PROGRESS_PREFIX) == PROGRESS_PREFIX then
     redis.call('ZREM', DUE, did)
     redis.call('HSET', dk, 'sent_at', stamp(now))
@@ -62,6 +71,7 @@ for _, did in ipairs(redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, l
     local token = claimant .. '/' .. redis.call('HINCRBY', dk, 'claims', 1)
     redis.call('HSET', dk, 'claim', token)
     redis.call('ZADD', DUE, now + lease, did)
+    keep_for(dk, delivery_attempts_key(did), math.ceil(lease + keep))
     claims[#claims + 1] = {did, token, redis.call('HGETALL', dk)}
   end
 end
@@ -72,7 +82,8 @@ return {claims, first[2] and stamp(math.max(0, tonumber(first[2]) - now)) or ''}
 
 # KEYS: the delivery's hash, its attempts, its gone key. ARGV: the delivery's id, the claim token, the outcome, the
 # attempt's time, its status code (''), its error (''), the delay before a retry (s), the gone key's TTL, how many
-# attempts a progress slot keeps. Returns 1, or 0 when the claim is no longer this one (nothing written).
+# attempts a progress slot keeps, how long a delivery is kept past its next attempt (RESULT_TTL). Returns 1, or 0 when
+# the claim is no longer this one (nothing written).
 _FINISH = (
     _LUA_HEAD
     + """
@@ -88,6 +99,10 @@ local now = redis_now()
 if outcome == 'release' then  -- not attempted (its host was busy): due again after the delay
   redis.call('ZADD', DUE, now + tonumber(ARGV[7]), did)
   redis.call('HDEL', dk, 'claim')
+  return 1
+end
+if outcome == 'dropped' then  -- a progress report not sent: no attempt, and no longer pending
+  if progress and redis.call('HGET', dk, 'id') == token then redis.call('HSET', dk, 'state', 'dropped') end
   return 1
 end
 local attempt = {at = tonumber(ARGV[4]), status_code = cjson.null, error = cjson.null, next_at = cjson.null}
@@ -108,9 +123,10 @@ if progress then  -- sent once; its state is the report's it sent, unless a newe
   return 1
 end
 redis.call('HDEL', dk, 'claim')
-if outcome == 'retry' then
+if outcome == 'retry' then  -- kept past its next attempt, whatever TTL the API gave it
   redis.call('ZADD', DUE, attempt.next_at, did)
   redis.call('HSET', dk, 'next_at', stamp(attempt.next_at))
+  keep_for(dk, attempts, math.ceil(tonumber(ARGV[7]) + tonumber(ARGV[10])))
   return 1
 end
 redis.call('ZREM', DUE, did)
@@ -124,6 +140,15 @@ redis.call('HINCRBY', METRICS, 'webhook_' .. outcome, 1)
 return 1
 """
 )
+
+
+# KEYS: the delivery's hash. ARGV: its rendered body. Stores it unless one is there (the first claim's wins), only in
+# a hash that still exists (never a new hash with no TTL); returns the stored body, or nil when the hash has expired.
+_KEEP_BODY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSETNX', KEYS[1], 'body', ARGV[1])
+return redis.call('HGET', KEYS[1], 'body')
+"""
 
 
 @dataclass(frozen=True)
@@ -154,10 +179,17 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def claim(redis, limit: int, lease_s: float, claimant: str) -> tuple[list[Claim], float | None]:
-    """Up to `limit` due deliveries, taken for `lease_s` seconds; and the seconds until the next one is due (None:
-    none is waiting)."""
-    taken, next_in = redis.eval(_CLAIM, 0, limit, lease_s, claimant)
+def lease_s(settings, host_wait_s: float) -> float:
+    """A claim's lease: generous, so that a live notifier always records its attempt within it (else another notifier
+    sends the delivery again). It covers the wait for a host slot, two attempt deadlines (one for the attempt, one for
+    the resolver's and Redis's threads being slow) and WEBHOOK_LEASE_MARGIN_S (30 s) for the rest."""
+    return host_wait_s + 2 * settings.webhook_timeout_s + settings.webhook_lease_margin_s
+
+
+def claim(redis, limit: int, lease_s: float, claimant: str, keep_s: float = 0.0) -> tuple[list[Claim], float | None]:
+    """Up to `limit` due deliveries, taken for `lease_s` seconds (each kept in Redis `keep_s` past its lease at
+    least); and the seconds until the next one is due (None: none is waiting)."""
+    taken, next_in = redis.eval(_CLAIM, 0, limit, lease_s, claimant, keep_s)
     claims = []
     for did, token, flat in taken:
         fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
@@ -184,11 +216,9 @@ def body(redis, claim: Claim) -> bytes:
         return render(claim.fields)
     if "body" in claim.fields:
         return claim.fields["body"].encode()
-    pipe = redis.pipeline(transaction=True)
-    pipe.hsetnx(keys.delivery(claim.id), "body", render(claim.fields))
-    pipe.hget(keys.delivery(claim.id), "body")
-    _, stored = pipe.execute()
-    return stored if stored is not None else render(claim.fields)
+    rendered = render(claim.fields)
+    stored = redis.eval(_KEEP_BODY, 1, keys.delivery(claim.id), rendered)
+    return stored if stored is not None else rendered
 
 
 def finish(
@@ -199,10 +229,12 @@ def finish(
     status_code: int | None = None,
     error: str | None = None,
     delay_s: float = 0.0,
+    keep_s: float = 0.0,
 ) -> bool:
     """Record one attempt (`at`, its status code or error) and what follows: DELIVERED, FAILED or GONE (final), RETRY
-    after `delay_s`, or RELEASE (not attempted: due again after `delay_s`, no attempt recorded). False when the claim
-    had passed to another notifier (nothing written)."""
+    after `delay_s` (the delivery then kept `keep_s` past it at least), RELEASE (not attempted: due again after
+    `delay_s`, no attempt recorded) or DROPPED (a progress report not sent). False when the claim had passed to
+    another notifier (nothing written)."""
     gone = gone_key(claim.fields.get("owner", ""), claim.fields.get("url", ""))
     written = redis.eval(
         _FINISH,
@@ -219,6 +251,7 @@ def finish(
         delay_s,
         GONE_TTL_S,
         PROGRESS_ATTEMPTS_KEPT,
+        keep_s,
     )
     return bool(written)
 

@@ -26,20 +26,36 @@ def progress_slot(job_id: str) -> str:
     return PROGRESS_PREFIX + job_id
 
 
+def backoff_cap(settings, retry: int) -> float:
+    """The longest wait before retry `retry` (counted from 1: retry k waits up to WEBHOOK_BASE_DELAY_S x 2^(k-1),
+    capped at WEBHOOK_MAX_DELAY_S)."""
+    return min(settings.webhook_max_delay_s, settings.webhook_base_delay_s * 2 ** (retry - 1))
+
+
+def backoff_window_s(settings) -> float:
+    """The longest time all of a delivery's backoff waits may take together (every wait at its cap)."""
+    return sum(backoff_cap(settings, k) for k in range(1, settings.webhook_attempts))
+
+
 def retry_window_s(settings) -> float:
     """The longest time from a delivery's first attempt to its last: every backoff wait at its cap, every attempt at
-    its deadline."""
-    waits = sum(
-        min(settings.webhook_max_delay_s, settings.webhook_base_delay_s * 2**n)
-        for n in range(settings.webhook_attempts - 1)
-    )
-    return waits + settings.webhook_attempts * settings.webhook_timeout_s
+    its deadline. Only the submit's first TTL: the notifier extends it at each claim and retry (app.core.deliveries)
+    with its own settings."""
+    return backoff_window_s(settings) + settings.webhook_attempts * settings.webhook_timeout_s
 
 
 def delivery_ttl(settings) -> int:
     """How long a delivery and its attempts are kept: RESULT_TTL past the end of its retries."""
     return int(settings.result_ttl + retry_window_s(settings)) + 1
 
+
+# Lua: Redis's clock (TIME) in seconds, the one clock every due time is read against.
+LUA_NOW = """
+local function redis_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+"""
 
 # Lua: `hook(id, status)` after a status change has been written; `progress_hook(id)` after a progress report. Both do
 # nothing for a job without a webhook or that did not subscribe to the event. The time is Redis's (TIME), the one
@@ -50,11 +66,8 @@ local DUE, PENDING = '{keys.DELIVERIES_DUE}', '{keys.DELIVERIES_PENDING}'
 local PROGRESS_EVERY, PROGRESS_PREFIX = {PROGRESS_EVERY_S}, '{PROGRESS_PREFIX}'
 local TYPES = {{start = '{TYPES["start"]}', progress = '{TYPES["progress"]}', completed = '{TYPES["completed"]}'}}
 """
+    + LUA_NOW
     + """
-local function redis_now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
 local function subscribed(id, event)
   local h = redis.call('HMGET', job_key(id), 'webhook', 'webhook_events', 'webhook_ttl')
   if not h[1] or h[1] == '' then return nil end
@@ -75,7 +88,9 @@ local function hook(id, status)
   elseif status == 'succeeded' or status == 'failed' or status == 'canceled' then event = 'completed'
   else return end
   local h = subscribed(id, event)
-  if event == 'completed' then redis.call('ZREM', DUE, PROGRESS_PREFIX .. id) end
+  if event == 'completed' and redis.call('ZREM', DUE, PROGRESS_PREFIX .. id) == 1 then  -- never sent now
+    redis.call('HSET', delivery_key(PROGRESS_PREFIX .. id), 'state', 'dropped')
+  end
   if not h then return end
   local now, ttl = redis_now(), tonumber(h[3] or '86400') or 86400
   local did = message_id(id)

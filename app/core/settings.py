@@ -143,13 +143,23 @@ class Settings(BaseSettings):
     )
     webhook_attempts: int = Field(8, ge=1, le=50, description="attempts of one delivery before it fails")
     webhook_base_delay_s: float = Field(
-        30.0, gt=0, le=3600, description="backoff base: retry n waits a uniform draw from [0, base x 2^n] (full jitter)"
+        30.0,
+        gt=0,
+        le=3600,
+        description="backoff base: retry k (from 1) waits a uniform draw from [0, base x 2^(k-1)] (full jitter)",
     )
     webhook_max_delay_s: float = Field(
         3600.0, gt=0, le=86_400, description="cap of one backoff wait, and of a Retry-After honoured"
     )
     webhook_timeout_s: float = Field(
         10.0, gt=0, le=120, description="total deadline of one delivery attempt: connect, send and read together"
+    )
+    webhook_lease_margin_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="what a notifier's claim allows beyond two attempt deadlines and the wait for a host slot: a "
+        "delivery whose notifier died is sent again this long after its lease began (tests shorten it)",
     )
     webhook_max_response_bytes: int = Field(65_536, ge=0, le=2**24, description="bytes of a receiver's answer read")
     webhook_per_host: int = Field(4, ge=1, le=1024, description="concurrent deliveries to one host, per notifier")

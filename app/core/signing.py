@@ -13,9 +13,12 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import secrets
+import threading
 from pathlib import Path
 
+log = logging.getLogger("diffusetv.webhooks")
 PREFIX = "whsec_"
 MIN_KEY_BYTES, MAX_KEY_BYTES = 24, 64
 
@@ -60,13 +63,50 @@ def read_secrets_file(path: Path) -> dict[str, list[bytes]]:
     return keys
 
 
+class SecretsFile:
+    """WEBHOOK_SECRETS_FILE, read again only when its (mtime, size) changes: cheap enough for every attempt. A file
+    that no longer parses (half written during an edit) keeps the last good table and is logged once per change."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.cached: dict[Path, tuple[tuple[int, int], dict[str, list[bytes]]]] = {}
+
+    def table(self, path: Path) -> dict[str, list[bytes]]:
+        path = Path(path)
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = (-1, -1)
+        with self.lock:
+            held = self.cached.get(path)
+            if held is not None and held[0] == stamp:
+                return held[1]
+            try:
+                table = read_secrets_file(path)
+            except ValueError as exc:
+                if held is None:
+                    raise
+                log.error("webhook secrets: %s; keeping the last good table", exc)
+                table = held[1]
+            self.cached[path] = (stamp, table)
+            return table
+
+
+SECRETS = SecretsFile()
+
+
 def keys_for(settings, owner: str) -> list[bytes]:
-    """The keys that sign `owner`'s webhooks: its own with API keys on (WEBHOOK_SECRETS_FILE), else the global
-    WEBHOOK_SECRET; [] when it has none (a webhook is then refused at submit)."""
-    if settings.keys:
+    """The keys that sign `owner`'s webhooks. A job made with an API key (owner != '') is signed with its owner's own
+    secret from WEBHOOK_SECRETS_FILE, whether or not this process has API keys (the notifier has none); it is never
+    signed with the global secret. A job made without keys (owner '') is signed with WEBHOOK_SECRET. [] when it has
+    none (a webhook is then refused at submit, and a delivery fails)."""
+    if owner:
         if settings.webhook_secrets_file is None:
             return []
-        return read_secrets_file(settings.webhook_secrets_file).get(owner, [])
+        return SECRETS.table(settings.webhook_secrets_file).get(owner, [])
+    if settings.keys:
+        return []
     return parse_secrets(settings.webhook_secret or "")
 
 

@@ -125,7 +125,8 @@ def test_503_twice_then_200_arrives_three_times_with_one_webhook_id(hooked_stack
     assert delivery["state"] == "delivered"
     assert [a["status_code"] for a in delivery["attempts"]] == [503, 503, 200]
     for n, (before, after) in enumerate(itertools.pairwise(requests)):
-        # retry n waits a draw from [0, BASE_DELAY_S x 2^n] after its attempt; a poll and an attempt may add a little
+        # retry k = n + 1 waits a draw from [0, BASE_DELAY_S x 2^(k-1)] after its attempt; a poll and an attempt may
+        # add a little
         assert 0 <= after.at - before.at <= BASE_DELAY_S * 2**n + TIMEOUT_S + 5
 
 

@@ -11,7 +11,7 @@ import redis as redis_lib
 from webhooks import attempts, delivery, enqueue, report_progress
 
 from app.core import deliveries, keys
-from app.core.deliveries import DELIVERED, FAILED, GONE, RELEASE, RETRY
+from app.core.deliveries import DELIVERED, DROPPED, FAILED, GONE, RELEASE, RETRY
 from app.views import job_view
 
 JOB = "a" * 32
@@ -199,6 +199,47 @@ def test_an_expired_delivery_leaves_the_due_and_pending_sets(redis):
     redis.delete(keys.delivery(did))
     assert deliveries.claim(redis, 10, 30.0, "n1")[0] == []
     assert due_score(redis, did) is None and redis.zscore(keys.DELIVERIES_PENDING, did) is None
+    assert redis.hget(keys.METRICS, "webhook_expired") == b"1"  # counted, never silent
+
+
+def test_a_claim_and_a_retry_keep_the_delivery_past_its_schedule(redis):
+    """The submit's TTL comes from the API's settings; the notifier's own schedule may be longer. Each claim keeps the
+    delivery past its lease, and each retry past its next attempt, by `keep_s` (RESULT_TTL) at least."""
+    did = enqueue(redis, JOB, URL)
+    redis.expire(keys.delivery(did), 10)  # as if the API had computed a short window
+    [claim], _ = deliveries.claim(redis, 10, 30.0, "n1", keep_s=100)
+    assert 129 <= redis.ttl(keys.delivery(did)) <= 130
+    assert deliveries.finish(redis, claim, RETRY, time.time(), 503, None, 500.0, 100)
+    assert 599 <= redis.ttl(keys.delivery(did)) <= 600
+    assert 599 <= redis.ttl(keys.delivery_attempts(did)) <= 600
+    redis.zadd(keys.DELIVERIES_DUE, {did: 0})
+    deliveries.claim(redis, 10, 30.0, "n1", keep_s=100)
+    assert 599 <= redis.ttl(keys.delivery(did)) <= 600  # never shortened
+
+
+def test_the_body_of_an_expired_delivery_is_not_stored(redis):
+    """An expired hash is never brought back as a hash with only a body and no TTL."""
+    did = enqueue(redis, JOB, URL)
+    [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
+    redis.delete(keys.delivery(did))
+    assert json.loads(deliveries.body(redis, claim))["data"]["id"] == JOB  # still sent by this attempt
+    assert redis.exists(keys.delivery(did)) == 0
+
+
+def test_a_progress_slot_not_sent_is_marked_dropped(redis):
+    """A report dropped on a busy host, or still waiting when its job ends, is no longer `pending`."""
+    enqueue(redis, JOB, URL, status="running", events="progress,completed")
+    report_progress(redis, JOB, 1, 5)
+    slot = f"progress_{JOB}"
+    [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
+    assert deliveries.finish(redis, claim, DROPPED, time.time())
+    assert delivery(redis, slot)["state"] == "dropped" and attempts(redis, slot) == []
+
+    report_progress(redis, JOB, 2, 5)
+    assert delivery(redis, slot)["state"] == "pending" and due_score(redis, slot) is not None
+    redis.hset(keys.job(JOB), "status", "succeeded")
+    enqueue(redis, JOB, URL, status="succeeded", events="progress,completed")  # its end: job.completed
+    assert delivery(redis, slot)["state"] == "dropped" and due_score(redis, slot) is None
 
 
 def test_claim_says_when_the_next_delivery_is_due(redis):

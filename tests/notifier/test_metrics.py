@@ -41,6 +41,7 @@ def test_deliveries_by_outcome_attempts_and_the_oldest_pending(redis, tiny_store
     assert got[("diffusetv_webhook_deliveries_total", (("outcome", "delivered"),))] == 1
     assert got[("diffusetv_webhook_deliveries_total", (("outcome", "gone"),))] == 1
     assert got[("diffusetv_webhook_deliveries_total", (("outcome", "failed"),))] == 0
+    assert got[("diffusetv_webhook_deliveries_total", (("outcome", "expired"),))] == 0
     assert got[("diffusetv_webhook_attempts_total", ())] == 3
     assert got[("diffusetv_webhook_pending", ())] == 1
     assert 119 <= got[("diffusetv_webhook_oldest_pending_seconds", ())] < 180

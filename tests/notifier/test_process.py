@@ -88,6 +88,64 @@ def test_a_notifier_killed_mid_retry_loses_nothing(redis, redis_server, tmp_path
     assert "notifier stopped" in text
 
 
+@pytest.mark.slow
+def test_a_notifier_killed_with_its_attempt_in_flight_is_taken_over_once_the_lease_lapses(
+    redis, redis_server, tmp_path
+):
+    """The receiver holds the first request open; the notifier is killed (SIGKILL) while it waits for the answer, so
+    nothing of that attempt is recorded. A second notifier takes the delivery once the dead one's lease has run out
+    (host wait + 2 x WEBHOOK_TIMEOUT_S + WEBHOOK_LEASE_MARGIN_S, shortened here) and sends the same webhook-id."""
+    held, release = threading.Event(), threading.Event()
+    seen: list[dict[str, str]] = []
+
+    class HoldFirst(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            seen.append({k.lower(): v for k, v in self.headers.items()})
+            if len(seen) == 1:
+                held.set()
+                release.wait(60)
+                return
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HoldFirst)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    env = notifier_env(redis_server.url, DIFFUSETV_WEBHOOK_TIMEOUT_S="3", DIFFUSETV_WEBHOOK_LEASE_MARGIN_S="0")
+    try:
+        did = enqueue(redis, JOB, url)
+        with (tmp_path / "notifier.log").open("ab") as log:
+            first = start(env, log)
+            try:
+                assert held.wait(60), "the first attempt never arrived"
+                first.send_signal(signal.SIGKILL)
+                assert first.wait(10) == -signal.SIGKILL
+            finally:
+                first.kill()
+            assert attempts(redis, did) == [] and delivery(redis, did)["claim"]  # in flight: nothing recorded
+            second = start(env, log)
+            try:
+                wait_until(lambda: delivery(redis, did).get("state") == "delivered", timeout=120, what="the delivery")
+            finally:
+                second.send_signal(signal.SIGTERM)
+                second.wait(30)
+                second.kill()
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert [h["webhook-id"] for h in seen] == [did, did]
+    [attempt] = attempts(redis, did)  # the killed attempt left no record; the second one did
+    assert attempt["status_code"] == 200
+    assert delivery(redis, did)["claims"] == "2"
+
+
 def test_sigterm_lets_the_attempt_in_flight_end_then_exits(redis, redis_server, tmp_path):
     """The receiver holds the request past the attempt's deadline: on SIGTERM the notifier stops claiming, the attempt
     ends at its deadline and is recorded (a retry, due later for any notifier), and the process exits 0."""

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from webhooks import Answer, Listener, Receiver, settings
@@ -168,10 +169,50 @@ def test_one_deadline_bounds_a_trickling_receiver():
     assert took < 30  # the body alone would take a minute
 
 
+class Streamed(BaseHTTPRequestHandler):
+    """Answers 200 with a 64 MB body written in 64 KB chunks, and records how many bytes it managed to write before
+    the client hung up."""
+
+    TOTAL, CHUNK = 64 * 2**20, 64 * 2**10
+    written: ClassVar[list[int]] = []
+    done: ClassVar[threading.Event] = threading.Event()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-length", str(self.TOTAL))
+        self.end_headers()
+        sent = 0
+        try:
+            while sent < self.TOTAL:
+                self.wfile.write(b"y" * self.CHUNK)
+                sent += self.CHUNK
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            Streamed.written.append(sent)
+            Streamed.done.set()
+
+    def log_message(self, *args):
+        pass
+
+
 def test_the_answer_is_read_only_up_to_the_cap():
-    with Receiver([Answer(200, body=b"y" * 2_000_000)]) as receiver:
-        result = send(Sender(settings("redis://127.0.0.1:1/0", webhook_max_response_bytes=1024)), receiver.url())
+    """The receiver could write 64 MB; the attempt reads 1 KB and hangs up, so the receiver's writes stop once the
+    kernel's socket buffers (a few MB at most) are full."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Streamed)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sender = Sender(settings("redis://127.0.0.1:1/0", webhook_max_response_bytes=1024, webhook_timeout_s=60))
+        result = send(sender, f"http://127.0.0.1:{server.server_address[1]}/hook")
+        assert Streamed.done.wait(60)
+    finally:
+        server.shutdown()
+        server.server_close()
     assert result.status_code == 200
+    [written] = Streamed.written
+    assert written < 16 * 2**20 < Streamed.TOTAL  # without the cap the whole 64 MB would have been read
 
 
 def test_one_host_has_at_most_per_host_attempts_at_once():
@@ -210,6 +251,62 @@ def test_one_host_has_at_most_per_host_attempts_at_once():
         release.set()
         server.shutdown()
         server.server_close()
+
+
+def test_a_busy_host_does_not_hold_a_slot_of_every_host():
+    """Two slots in all, one per host: while one host's attempt runs and a second waits for that host, an attempt to
+    another host goes at once (the waiting one holds no global slot)."""
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            release.wait(10)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    slow.daemon_threads = True
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    slow_url = f"http://127.0.0.1:{slow.server_address[1]}/hook"
+    sender = Sender(settings("redis://127.0.0.1:1/0", webhook_per_host=1, webhook_concurrency=2, webhook_timeout_s=60))
+
+    async def go(other_url: str):
+        first = asyncio.create_task(sender.send(slow_url, {}, BODY))
+        while not sender.hosts:
+            await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(sender.send(slow_url, {}, BODY, host_wait_s=60))
+        await asyncio.sleep(0)
+        other = await sender.send(other_url, {}, BODY)  # would wait for `waiting` if it held the second slot
+        still_waiting = not first.done() and not waiting.done()
+        release.set()
+        results = await asyncio.gather(first, waiting)
+        await sender.close()
+        return other, still_waiting, results
+
+    try:
+        with Receiver([200]) as receiver:
+            other_url = f"http://localhost:{receiver.port}/hook"  # another host (name), the same machine
+            sender.resolve = Stub(["127.0.0.1"])
+            other, still_waiting, results = asyncio.run(go(other_url))
+    finally:
+        release.set()
+        slow.shutdown()
+        slow.server_close()
+    assert other.status_code == 200 and still_waiting
+    assert [r.status_code for r in results] == [200, 200]
+
+
+def test_a_link_local_ipv6_answer_is_refused_even_when_allowed():
+    """A link-local address needs a zone to be dialled, and a URL cannot carry one: refused, allowed or not."""
+    stub = Stub(["fe80::1%eth0"])
+    sender = Sender(settings("redis://127.0.0.1:1/0", webhook_allow_nets="fe80::/10"), resolve=stub)
+    result = send(sender, "https://hooks.test/hook")
+    assert result.error.startswith("refused: a link-local IPv6 address") and not result.retried
 
 
 def certificate(tmp_path, name: str) -> tuple[str, str]:
