@@ -449,7 +449,10 @@ class DeliveryAttempt(BaseModel):
 class Delivery(BaseModel):
     id: str = Field(description="the webhook-id its requests carry (stable across retries; a progress event's is new)")
     type: str = Field(description="job.started, job.progress or job.completed")
-    state: Literal["pending", "delivered", "failed"]
+    state: Literal["pending", "delivered", "failed", "dropped"] = Field(
+        description="pending (to be tried), delivered, failed (no more tries), or dropped (a progress report that the "
+        "job's end or a busy receiver made moot; never retried)"
+    )
     url: str = Field(description="the job's webhook, as it was sent")
     created_at: str = Field(description="when the event was enqueued (the envelope's timestamp)")
     next_attempt_at: str | None = Field(None, description="when a notifier may send it next, while pending")

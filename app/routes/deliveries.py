@@ -14,7 +14,7 @@ from app.routes.jobs import load_record
 from app.views import iso
 
 router = APIRouter(tags=["jobs"], responses=schemas.error_responses(401, 429, 503))
-FINAL_STATES = ("delivered", "failed")
+FINAL_STATES = ("delivered", "failed", "dropped")  # dropped: a progress report superseded or never sent
 
 
 @router.get("/jobs/{job_id}/deliveries", response_model=schemas.DeliveryList, responses=schemas.error_responses(404))

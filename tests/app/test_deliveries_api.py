@@ -156,6 +156,20 @@ def test_a_progress_event_is_due_when_its_throttle_allows(setup):
     assert d["next_attempt_at"] == iso(repr(due)) and d["attempts"] == []
 
 
+def test_a_progress_report_the_end_made_moot_shows_dropped(setup):
+    client, conn, settings = setup
+    job_id = new_job(conn, settings, "9" * 32, events=("progress", "completed"))
+    transition(conn, job_id, (JobStatus.QUEUED,), {"status": JobStatus.RUNNING})
+    pipe = conn.pipeline(transaction=False)
+    hooks.progress(pipe, job_id)
+    pipe.execute()
+    transition(conn, job_id, (JobStatus.RUNNING,), {"status": JobStatus.CANCELED})
+    listed = client.get(f"/jobs/{job_id}/deliveries", headers=bearer(KEY_A)).json()["deliveries"]
+    states = [(d["type"], d["state"], d["next_attempt_at"]) for d in listed]
+    assert states == [("job.progress", "dropped", None), ("job.completed", "pending", states[1][2])]
+    assert states[1][2] is not None
+
+
 def test_the_schema_declares_the_route(setup):
     client, _, _ = setup
     schema = client.get("/openapi.json").json()
