@@ -10,13 +10,10 @@ prints the bytes of the delivery's hash, its attempts and its place in the due a
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
-import redis
+from bench.scratch_redis import scratch_redis
 
 URL = "https://hooks.example/diffusetv/done"
 
@@ -28,18 +25,9 @@ def main() -> int:
     from app.core.settings import Settings
     from app.core.signing import new_secret
     from app.main import create_app
-    from diffusetv.launch import free_port, redis_server_binary, wait_redis
 
-    port, workdir = free_port(), tempfile.mkdtemp(prefix="diffusetv-delivery-bytes-")
-    binary = redis_server_binary(prefer_path=True)
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        wait_redis(port, server)
-        conn = redis.Redis(port=port)
-        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", heartbeat_s=300, webhook_secret=new_secret())
+    with scratch_redis("diffusetv-delivery-bytes-") as (conn, url):
+        settings = Settings(redis_url=url, heartbeat_s=300, webhook_secret=new_secret())
         with TestClient(create_app(settings)) as client:
             model = client.get("/models").json()["models"][0]
             conn.set(keys.engine(model["ref"]), "cpu/fp32/bench")  # a live worker, as far as the API can tell
@@ -80,10 +68,6 @@ def main() -> int:
         [claim], _ = deliveries.claim(conn, 1, 60.0, "bench", 0.0)
         deliveries.finish(conn, claim, deliveries.DELIVERED, time.time(), 200)
         usage("delivered after two attempts")
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

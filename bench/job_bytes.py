@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
-import redis
+
+from bench.scratch_redis import scratch_redis
 
 
 def main() -> int:
@@ -29,18 +27,9 @@ def main() -> int:
     from app.core.spec import GenerateSpec
     from app.core.submit import RECORD_BYTES, result_cost
     from app.main import create_app
-    from diffusetv.launch import free_port, redis_server_binary, wait_redis
 
-    port, workdir = free_port(), tempfile.mkdtemp(prefix="diffusetv-job-bytes-")
-    binary = redis_server_binary(prefer_path=True)
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        wait_redis(port, server)
-        conn = redis.Redis(port=port)
-        with TestClient(create_app(Settings(redis_url=f"redis://127.0.0.1:{port}/0", heartbeat_s=300))) as client:
+    with scratch_redis("diffusetv-job-bytes-") as (conn, url):
+        with TestClient(create_app(Settings(redis_url=url, heartbeat_s=300))) as client:
             model = client.get("/models").json()["models"][0]
             engine = "cpu/fp32/bench"
             conn.set(keys.engine(model["ref"]), engine)
@@ -66,10 +55,6 @@ def main() -> int:
             print(f"{label:18} {total:6d} bytes  {sizes}")
         print(f"charged: cache hit {len(png) + RECORD_BYTES}, new job (50 steps) {result_cost(32, 3, 50, False)}, "
               f"with previews {result_cost(32, 3, 50, True)}")  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
