@@ -29,8 +29,13 @@ HEADER_LOC = ("header", "idempotency-key")
 GONE = "the receiver answered 410 Gone for this URL; it gets no more webhooks"
 
 
-def invalid(loc: tuple[str, ...], msg: str, given: object = None) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": msg, "input": given}])
+NOT_GIVEN = object()
+
+
+def invalid(loc: tuple[str, ...], msg: str, given: object = NOT_GIVEN) -> RequestValidationError:
+    """A 422 naming one field or header, with the value refused (none for a refusal of the whole request)."""
+    error = {"type": "value_error", "loc": loc, "msg": msg}
+    return RequestValidationError([error if given is NOT_GIVEN else {**error, "input": given}])
 
 
 def idempotency(client: str, route: str, body: BaseModel, key: str | None) -> Idempotency | None:
