@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import redis as redis_lib
 
 from app.core import deliveries, signing
-from app.core.deliveries import DELIVERED, DROPPED, FAILED, GONE, RELEASE, RETRY, Claim
+from app.core.deliveries import DELIVERED, DROPPED, FAILED, GONE, RELEASE, RETRY, Attempt, Claim
 from app.core.logs import configure_logging
 from app.core.redis import connect_sync, wait_for_redis
 from notifier.schedule import Schedule
@@ -119,7 +119,7 @@ class Notifier:
             result = await self.sender.send(url, headers, body, host_wait_s=HOST_WAIT_S)
         except HostBusy:  # a regular delivery is put back; a progress report is dropped (a newer one will come)
             outcome = DROPPED if claim.progress else RELEASE
-            await asyncio.to_thread(deliveries.finish, self.redis, claim, outcome, at, None, None, RELEASE_DELAY_S)
+            await asyncio.to_thread(deliveries.finish, self.redis, claim, outcome, Attempt(at), RELEASE_DELAY_S)
             log.info("%s: its host is busy; put back", claim.message_id)
             return
         if result.delivered:
@@ -134,10 +134,10 @@ class Notifier:
 
     async def record(self, claim: Claim, attempt: int, outcome: str, at: float, result: Result) -> None:
         delay = self.schedule.delay(attempt, result.retry_after, time.time()) if outcome == RETRY else 0.0
+        done = Attempt(at, result.status_code, result.error)
         written = await asyncio.to_thread(
-            deliveries.finish, self.redis, claim, outcome, at, result.status_code, result.error, delay,
-            self.settings.result_ttl,
-        )  # fmt: skip
+            deliveries.finish, self.redis, claim, outcome, done, delay, self.settings.result_ttl
+        )
         answer = result.status_code if result.status_code is not None else result.error
         then = f", again in {delay:.1f} s" if outcome == RETRY else ""
         stale = "" if written else " (its claim had passed to another notifier: not recorded)"

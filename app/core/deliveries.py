@@ -221,18 +221,18 @@ def body(redis, claim: Claim) -> bytes:
     return stored if stored is not None else rendered
 
 
-def finish(
-    redis,
-    claim: Claim,
-    outcome: str,
-    at: float,
-    status_code: int | None = None,
-    error: str | None = None,
-    delay_s: float = 0.0,
-    keep_s: float = 0.0,
-) -> bool:
-    """Record one attempt (`at`, its status code or error) and what follows: DELIVERED, FAILED or GONE (final), RETRY
-    after `delay_s` (the delivery then kept `keep_s` past it at least), RELEASE (not attempted: due again after
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt as it is recorded: when it was made, and the receiver's status code or an error in general words."""
+
+    at: float
+    status_code: int | None = None
+    error: str | None = None
+
+
+def finish(redis, claim: Claim, outcome: str, attempt: Attempt, delay_s: float = 0.0, keep_s: float = 0.0) -> bool:
+    """Record one attempt (its time, its status code or error) and what follows: DELIVERED, FAILED or GONE (final),
+    RETRY after `delay_s` (the delivery then kept `keep_s` past it at least), RELEASE (not attempted: due again after
     `delay_s`, no attempt recorded) or DROPPED (a progress report not sent). False when the claim had passed to
     another notifier (nothing written)."""
     gone = gone_key(claim.fields.get("owner", ""), claim.fields.get("url", ""))
@@ -245,9 +245,9 @@ def finish(
         claim.id,
         claim.token,
         outcome,
-        repr(at),
-        "" if status_code is None else status_code,
-        error or "",
+        repr(attempt.at),
+        "" if attempt.status_code is None else attempt.status_code,
+        attempt.error or "",
         delay_s,
         GONE_TTL_S,
         PROGRESS_ATTEMPTS_KEPT,

@@ -11,7 +11,7 @@ import redis as redis_lib
 from webhooks import attempts, delivery, enqueue, report_progress
 
 from app.core import deliveries, keys
-from app.core.deliveries import DELIVERED, DROPPED, FAILED, GONE, RELEASE, RETRY
+from app.core.deliveries import DELIVERED, DROPPED, FAILED, GONE, RELEASE, RETRY, Attempt
 from app.views import job_view
 
 JOB = "a" * 32
@@ -93,7 +93,7 @@ def test_finish_delivered_records_the_attempt_and_ends_the_delivery(each_redis_s
     did = enqueue(redis, JOB, URL)
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
     at = time.time()
-    assert deliveries.finish(redis, claim, DELIVERED, at, 204)
+    assert deliveries.finish(redis, claim, DELIVERED, Attempt(at, 204))
     assert due_score(redis, did) is None and redis.zscore(keys.DELIVERIES_PENDING, did) is None
     stored = delivery(redis, did)
     assert stored["state"] == "delivered" and "claim" not in stored and "next_at" not in stored
@@ -111,7 +111,7 @@ def test_a_retry_is_due_after_its_delay_then_fails_for_good(each_redis_server):
     did = enqueue(redis, JOB, URL)
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
     before = redis_now(redis)
-    assert deliveries.finish(redis, claim, RETRY, time.time(), 503, None, 120.0)
+    assert deliveries.finish(redis, claim, RETRY, Attempt(time.time(), 503), 120.0)
     after = redis_now(redis)
     assert before + 120 <= due_score(redis, did) <= after + 120
     stored = delivery(redis, did)
@@ -124,7 +124,7 @@ def test_a_retry_is_due_after_its_delay_then_fails_for_good(each_redis_server):
     redis.zadd(keys.DELIVERIES_DUE, {did: 0})  # its time has come
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
     assert claim.attempts == 1
-    assert deliveries.finish(redis, claim, FAILED, time.time(), None, "connection refused")
+    assert deliveries.finish(redis, claim, FAILED, Attempt(time.time(), None, "connection refused"))
     assert delivery(redis, did)["state"] == "failed"
     assert [a["error"] for a in attempts(redis, did)] == [None, "connection refused"]
     assert due_score(redis, did) is None and redis.zscore(keys.DELIVERIES_PENDING, did) is None
@@ -138,11 +138,11 @@ def test_a_stale_claim_writes_nothing(redis):
     time.sleep(0.1)  # the lease runs out
     [new], _ = deliveries.claim(redis, 10, 30.0, "n2")
     assert new.id == did and new.token != old.token
-    assert not deliveries.finish(redis, old, DELIVERED, time.time(), 200)
+    assert not deliveries.finish(redis, old, DELIVERED, Attempt(time.time(), 200))
     assert attempts(redis, did) == [] and delivery(redis, did)["state"] == "pending"
-    assert deliveries.finish(redis, new, DELIVERED, time.time(), 200)
+    assert deliveries.finish(redis, new, DELIVERED, Attempt(time.time(), 200))
     assert delivery(redis, did)["state"] == "delivered"
-    assert not deliveries.finish(redis, new, DELIVERED, time.time(), 200)  # and only once
+    assert not deliveries.finish(redis, new, DELIVERED, Attempt(time.time(), 200))  # and only once
     assert len(attempts(redis, did)) == 1
 
 
@@ -150,7 +150,7 @@ def test_a_410_is_remembered_for_the_owner_and_url(redis):
     did = enqueue(redis, JOB, URL, owner="o" * 32)
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
     assert not deliveries.is_gone(redis, "o" * 32, URL)
-    assert deliveries.finish(redis, claim, GONE, time.time(), 410)
+    assert deliveries.finish(redis, claim, GONE, Attempt(time.time(), 410))
     assert delivery(redis, did)["state"] == "failed"
     assert deliveries.is_gone(redis, "o" * 32, URL)
     assert not deliveries.is_gone(redis, "", URL) and not deliveries.is_gone(redis, "o" * 32, URL + "x")
@@ -162,7 +162,7 @@ def test_release_puts_a_delivery_back_without_an_attempt(redis):
     did = enqueue(redis, JOB, URL)
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
     before = redis_now(redis)
-    assert deliveries.finish(redis, claim, RELEASE, time.time(), None, None, 2.0)
+    assert deliveries.finish(redis, claim, RELEASE, Attempt(time.time()), 2.0)
     assert before + 2 <= due_score(redis, did) <= redis_now(redis) + 2
     assert attempts(redis, did) == [] and "claim" not in delivery(redis, did)
 
@@ -176,7 +176,7 @@ def test_a_progress_slot_is_claimed_once_and_never_retried(redis):
     assert claim.progress and claim.token == claim.message_id == f"msg_{JOB}_1"
     assert due_score(redis, slot) is None  # out of DUE: no lease, no retry
     assert json.loads(deliveries.body(redis, claim))["data"]["progress"] == {"step": 1, "steps": 5}
-    assert deliveries.finish(redis, claim, FAILED, time.time(), 503)
+    assert deliveries.finish(redis, claim, FAILED, Attempt(time.time(), 503))
     assert delivery(redis, slot)["state"] == "failed" and due_score(redis, slot) is None
     assert redis.zscore(keys.DELIVERIES_PENDING, slot) is None
 
@@ -184,7 +184,7 @@ def test_a_progress_slot_is_claimed_once_and_never_retried(redis):
     report_progress(redis, JOB, 2, 5)
     redis.zadd(keys.DELIVERIES_DUE, {slot: 0})
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
-    assert deliveries.finish(redis, claim, GONE, time.time(), 410)
+    assert deliveries.finish(redis, claim, GONE, Attempt(time.time(), 410))
     assert deliveries.is_gone(redis, "", URL)
 
     # The next report is due no sooner than PROGRESS_EVERY_S after the one sent.
@@ -209,7 +209,7 @@ def test_a_claim_and_a_retry_keep_the_delivery_past_its_schedule(redis):
     redis.expire(keys.delivery(did), 10)  # as if the API had computed a short window
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1", keep_s=100)
     assert 129 <= redis.ttl(keys.delivery(did)) <= 130
-    assert deliveries.finish(redis, claim, RETRY, time.time(), 503, None, 500.0, 100)
+    assert deliveries.finish(redis, claim, RETRY, Attempt(time.time(), 503), 500.0, 100)
     assert 599 <= redis.ttl(keys.delivery(did)) <= 600
     assert 599 <= redis.ttl(keys.delivery_attempts(did)) <= 600
     redis.zadd(keys.DELIVERIES_DUE, {did: 0})
@@ -232,7 +232,7 @@ def test_a_progress_slot_not_sent_is_marked_dropped(redis):
     report_progress(redis, JOB, 1, 5)
     slot = f"progress_{JOB}"
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
-    assert deliveries.finish(redis, claim, DROPPED, time.time())
+    assert deliveries.finish(redis, claim, DROPPED, Attempt(time.time()))
     assert delivery(redis, slot)["state"] == "dropped" and attempts(redis, slot) == []
 
     report_progress(redis, JOB, 2, 5)

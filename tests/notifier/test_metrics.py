@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from webhooks import enqueue
 
 from app.core import deliveries, keys
-from app.core.deliveries import DELIVERED, GONE, RETRY
+from app.core.deliveries import DELIVERED, GONE, RETRY, Attempt
 from app.metrics import render_metrics
 
 
@@ -33,9 +33,9 @@ def test_deliveries_by_outcome_attempts_and_the_oldest_pending(redis, tiny_store
     enqueue(redis, "3" * 32, "https://hooks.example/c")
     claims, _ = deliveries.claim(redis, 10, 30, "n1")
     by_job = {c.fields["job"]: c for c in claims}
-    deliveries.finish(redis, by_job["2" * 32], DELIVERED, time.time(), 200)
-    deliveries.finish(redis, by_job["3" * 32], GONE, time.time(), 410)
-    deliveries.finish(redis, by_job["1" * 32], RETRY, time.time(), 503, None, 60)
+    deliveries.finish(redis, by_job["2" * 32], DELIVERED, Attempt(time.time(), 200))
+    deliveries.finish(redis, by_job["3" * 32], GONE, Attempt(time.time(), 410))
+    deliveries.finish(redis, by_job["1" * 32], RETRY, Attempt(time.time(), 503), 60)
 
     got = samples(redis, tiny_store)
     assert got[("diffusetv_webhook_deliveries_total", (("outcome", "delivered"),))] == 1
