@@ -174,6 +174,42 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="the API's public base URL (e.g. https://tv.example.com): absolute URLs in /v1 answers"
     )
+    results: str = Field(
+        "redis",
+        description="where results (PNGs, strips, latents, previews, inputs) are kept: `redis`, `file:///dir` or "
+        "`s3://bucket/prefix` (app.core.results)",
+    )
+    results_redirect: bool = Field(
+        False, description="s3: GET image.png and strip.png answer 307 to a presigned URL instead of the bytes"
+    )
+    results_presign_s: int = Field(300, ge=1, le=7 * 86_400, description="s3: how long a presigned URL is valid")
+    results_retry_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="how long a worker keeps trying to store a result (backoff) before it fails the job with "
+        "'result store unavailable'; at most half of JOB_TIMEOUT (results_retry_window_s)",
+    )
+    results_sweep_s: float = Field(
+        60.0, gt=0, le=86_400, description="how often the reaper sweeps objects that no live job uses any more"
+    )
+    results_sweep_batch: int = Field(200, ge=1, le=100_000, description="objects deleted per sweep, at most")
+    s3_endpoint_url: str | None = Field(
+        None, description="the S3 endpoint (e.g. http://seaweedfs:8333); unset: AWS_ENDPOINT_URL or AWS's own"
+    )
+    s3_public_url: str | None = Field(
+        None, description="the endpoint that clients reach, for which presigned URLs are signed; unset: the endpoint"
+    )
+    s3_region: str | None = Field(None, description="unset: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="path style (http://host/bucket/key) for MinIO, SeaweedFS, Garage or moto"
+    )
+    s3_access_key_id: str | None = Field(None, description="unset: boto3's chain (AWS_ACCESS_KEY_ID, files, roles)")
+    s3_secret_access_key: str | None = Field(None, description="unset: boto3's chain")
+    s3_secret_access_key_file: Path | None = Field(None, description="a file holding S3_SECRET_ACCESS_KEY")
+    s3_connect_timeout_s: float = Field(3.0, gt=0, le=120, description="one S3 connection attempt")
+    s3_read_timeout_s: float = Field(10.0, gt=0, le=600, description="one S3 read")
+    s3_max_attempts: int = Field(3, ge=1, le=10, description="botocore's attempts per S3 call (standard retries)")
     log_format: Literal["text", "json"] = Field("text", description="log lines as text, or one JSON object a line")
     health_file: Path = Field(
         Path(tempfile.gettempdir()) / "diffusetv-worker.health",
@@ -237,16 +273,20 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _secret_files(cls, values):
-        """WEBHOOK_SECRET_FILE: its content becomes WEBHOOK_SECRET (API_KEYS_FILE and REDIS_PASSWORD_FILE are the
-        other secrets' files)."""
-        if not isinstance(values, dict) or not values.get("webhook_secret_file"):
+        """WEBHOOK_SECRET_FILE and S3_SECRET_ACCESS_KEY_FILE: their content becomes WEBHOOK_SECRET and
+        S3_SECRET_ACCESS_KEY (API_KEYS_FILE and REDIS_PASSWORD_FILE are the other secrets' files)."""
+        if not isinstance(values, dict):
             return values
-        path = Path(values["webhook_secret_file"])
-        try:
-            text = path.read_text().strip()
-        except OSError:
-            raise ValueError(f"DIFFUSETV_WEBHOOK_SECRET_FILE: {path} is not a readable file") from None
-        return {**values, "webhook_secret": text}
+        for name in ("webhook_secret", "s3_secret_access_key"):
+            if not values.get(f"{name}_file"):
+                continue
+            path = Path(values[f"{name}_file"])
+            try:
+                text = path.read_text().strip()
+            except OSError:
+                raise ValueError(f"DIFFUSETV_{name.upper()}_FILE: {path} is not a readable file") from None
+            values = {**values, name: text}
+        return values
 
     @model_validator(mode="after")
     def _webhook_secrets(self) -> Settings:
@@ -276,6 +316,22 @@ class Settings(BaseSettings):
                 f"DIFFUSETV_MAX_JOB_TIMEOUT ({self.max_job_timeout}) must be at least DIFFUSETV_JOB_TIMEOUT "
                 f"({self.job_timeout})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _results(self) -> Settings:
+        from app.core.results import location
+
+        try:
+            scheme, _ = location(self.results)
+        except ValueError as exc:
+            raise ValueError(f"DIFFUSETV_RESULTS: {exc}") from None
+        if self.results_redirect and scheme != "s3":
+            raise ValueError("DIFFUSETV_RESULTS_REDIRECT needs an s3:// result store (DIFFUSETV_RESULTS)")
+        for name in ("s3_endpoint_url", "s3_public_url"):
+            value = getattr(self, name)
+            if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+                raise ValueError(f"DIFFUSETV_{name.upper()}: {value!r} is not an http(s) URL")
         return self
 
     @model_validator(mode="after")
@@ -319,6 +375,12 @@ class Settings(BaseSettings):
     @property
     def extra_kind_modules(self) -> list[str]:
         return (self.kind_modules or "").split(",") if self.kind_modules else []
+
+    @property
+    def results_retry_window_s(self) -> float:
+        """How long a worker tries to store a result: RESULTS_RETRY_S, kept below JOB_TIMEOUT (at most half of it), so
+        that the job fails with the store's error rather than a timeout."""
+        return min(self.results_retry_s, self.job_timeout / 2)
 
     @property
     def heartbeat_ttl(self) -> int:
