@@ -18,6 +18,20 @@ def png(job_id: str) -> str:
     return f"{PREFIX}png:{job_id}"
 
 
+def object_entry(name: str) -> str:
+    """Hash: one stored object's entry in the registry (app.core.objects): its state (pending, live, deleting), size,
+    and while it is being deleted the sweeper's lease (until, token). Its expiry is its score in OBJECTS."""
+    return f"{PREFIX}object:{name}"
+
+
+def blob(name: str) -> str:
+    """String: an object's bytes in a `redis` result store (app.core.results.redis_store)."""
+    return f"{PREFIX}blob:{name}"
+
+
+OBJECTS = f"{PREFIX}objects"  # sorted set: object name -> when no live job uses it any more (epoch s, Redis TIME)
+
+
 def events(job_id: str) -> str:
     """Stream: the job's events (status, progress, preview), replayable from the start while the job exists."""
     return f"{PREFIX}events:{job_id}"
@@ -142,6 +156,7 @@ LUA_KEYS = "".join(
         ("strip_key", strip, "id"),
         ("latent_key", latent, "id"),
         ("input_key", job_input, "digest"),
+        ("object_key", object_entry, "name"),
         ("run_key", run, "id"),
         ("jobs_key", run_jobs, "id"),
         ("open_key", open_run, "ek"),
