@@ -90,8 +90,8 @@ def test_the_api_lock_has_no_torch():
 
 
 def test_every_image_can_reach_an_s3_result_store():
-    """DIFFUSETV_RESULTS=s3://... needs boto3 in the API and in the workers; 1.36 brought the checksum setting that
-    the store sets (request_checksum_calculation), so the bound excludes anything older."""
+    """DIFFUSETV_RESULTS=s3://... needs boto3 in the API and in the workers; 1.36 brought the checksum setting
+    (request_checksum_calculation) that S3-compatible servers may need, so the bound excludes anything older."""
     (boto3,) = [r for r in project_requirements(["s3"]) if r.name == "boto3"]
     assert not boto3.specifier.contains("1.35.99") and boto3.specifier.contains("1.36.0"), boto3
     for image in IMAGES:
