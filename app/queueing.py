@@ -17,8 +17,9 @@ from fastapi import HTTPException
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from app.core import keys, runs
+from app.core import keys, objects, runs
 from app.core.jobs import new_record
+from app.core.results import StoreUnavailable, open_store
 from app.core.settings import Settings
 from app.core.spec import Spec
 from app.core.submission import NONE, Submission
@@ -29,6 +30,8 @@ from app.submissions import HEADER_LOC, invalid
 from model_store import Manifest
 
 QUEUE_FULL_RETRY_S = 5
+STORE_RETRY_S = 5
+INPUT_WINDOW_S = 5.0  # how long a submit tries to store its inputs before it answers 503
 MISMATCH = "this Idempotency-Key was used with another request body"
 FOLLOWERS_RETRY_S = 2
 
@@ -104,12 +107,29 @@ def submit_many(
         cache_key = key if engine != runs.PENDING_ENGINE else ""
         queue = queue_for(redis, spec.model_ref)
         record = {**job.record, **fields}
-        entries.append(Entry(spec.job_id, record, job.cost, queue.key, key, cache_key, spec.compute(), job.inputs))
+        inputs = {digest: len(blob) for digest, blob in job.inputs.items()}
+        entries.append(Entry(spec.job_id, record, job.cost, queue.key, key, cache_key, spec.compute(), inputs))
         commands.append(rq_commands(redis, queue, spec, settings, job.timeout))
     bounds = Bounds.of(settings, client, now, max(job.timeout for job in jobs))
+    store_inputs(redis, settings, jobs, bounds.ttl)
     admission = admit(redis, entries, bounds, commands, now, submission.idempotency)
     refuse(admission, settings)
     return list(admission.job_ids)
+
+
+def store_inputs(redis, settings: Settings, jobs: Sequence[NewJob], ttl: int) -> None:
+    """The jobs' inputs into the result store (app.core.objects), before the submit script publishes them with the
+    jobs: reserved for `ttl`, so that a submission refused or abandoned here leaves nothing the sweeper misses. 503
+    when the store does not take them."""
+    blobs = {digest: blob for job in jobs for digest, blob in job.inputs.items()}
+    if not blobs:
+        return
+    store = open_store(settings, redis)
+    try:
+        for digest, blob in blobs.items():
+            objects.put(redis, store, objects.name(objects.INPUT, digest), blob, ttl, INPUT_WINDOW_S)
+    except StoreUnavailable as exc:
+        raise HTTPException(503, f"{exc}; retry later", headers={"Retry-After": str(STORE_RETRY_S)}) from None
 
 
 def refuse(admission: Admission, settings: Settings) -> None:
@@ -119,6 +139,8 @@ def refuse(admission: Admission, settings: Settings) -> None:
         return
     if admission.outcome == "mismatch":
         raise invalid(HEADER_LOC, MISMATCH)
+    if admission.outcome == "inputs":
+        raise HTTPException(503, "an input was swept while it was stored; retry", headers={"Retry-After": "1"})
     if admission.outcome == "queue_full":
         raise too_many("the queue is full; retry later", QUEUE_FULL_RETRY_S)
     if admission.outcome == "followers":

@@ -20,8 +20,9 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from app.core import keys, runs
+from app.core import keys, objects, runs
 from app.core.jobs import JobStatus, read_record, transition
+from app.core.results import open_store
 from app.core.settings import Settings
 
 log = logging.getLogger("diffusetv.reaper")
@@ -88,7 +89,9 @@ def reap_once(redis, settings: Settings) -> list[str]:
 
 
 class Reaper(threading.Thread):
-    """Reaps every HEARTBEAT_S seconds while holding the reaper lock (TTL 2 x HEARTBEAT_S)."""
+    """Reaps every HEARTBEAT_S seconds while holding the reaper lock (TTL 2 x HEARTBEAT_S), and every RESULTS_SWEEP_S
+    sweeps the result store of the objects no live job uses any more, RESULTS_SWEEP_BATCH at most a pass
+    (app.core.objects.sweep)."""
 
     def __init__(self, redis, settings: Settings) -> None:
         super().__init__(name="reaper", daemon=True)
@@ -101,10 +104,16 @@ class Reaper(threading.Thread):
         return bool(self.redis.eval(_LOCK, 1, keys.REAPER_LOCK, self.instance, self.settings.heartbeat_ttl))
 
     def run(self) -> None:
-        while not self.stopped.wait(self.settings.heartbeat_s):
+        s = self.settings
+        swept = time.monotonic()
+        while not self.stopped.wait(min(s.heartbeat_s, s.results_sweep_s)):
             try:
-                if self.holds_lock():
-                    reap_once(self.redis, self.settings)
+                if not self.holds_lock():
+                    continue
+                reap_once(self.redis, s)
+                if time.monotonic() - swept >= s.results_sweep_s:
+                    swept = time.monotonic()
+                    objects.sweep(self.redis, open_store(s, self.redis), s.results_sweep_batch)
             except Exception as exc:  # Redis away or a transient error: try again next period
                 log.warning("reaper pass failed: %s", exc)
 

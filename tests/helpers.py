@@ -270,3 +270,18 @@ def final_job(client, job_id: str, deadline_s: float = 300) -> dict:
         job = client.get(f"/jobs/{job_id}", params={"wait": 30}).json()
         if job["status"] not in ("queued", "running") or time.monotonic() > end:
             return job
+
+
+def store_result(conn, kind: str, data: bytes, ttl: int = 600, store=None) -> str:
+    """An object as a worker leaves it (app.core.objects): in `store` (default: the redis store on `conn`), registered
+    live for `ttl` seconds. Returns its digest (what a job record names it by: sha256, strip_sha256, latent_sha256)."""
+    import hashlib
+
+    from app.core import objects
+    from app.core.results.redis_store import RedisStore
+
+    digest = hashlib.sha256(data).hexdigest()
+    name = objects.name(kind, digest)
+    objects.put(conn, store or RedisStore(conn), name, data, hold_s=ttl, window_s=1)
+    assert objects.publish(conn, name, len(data), ttl)
+    return digest

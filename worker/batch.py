@@ -22,10 +22,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from app.core import events, hooks, keys, runs
-from app.core.jobs import JobStatus, deliver, transition
+from app.core import events, hooks, keys, objects, runs
+from app.core.jobs import DELIVERED, UNSTORED, JobStatus, deliver, transition
 from app.core.png import encode_png
 from app.core.redis import skip_when_full, while_full
+from app.core.results import ResultStore, StoreUnavailable, open_store
 from app.core.settings import get_settings
 from app.core.spec import GenerateSpec, Spec
 from worker import inputs, registry
@@ -80,10 +81,8 @@ def take(redis, run_ids: Sequence[str], timeout: int, inputs: Sequence[str] = ()
 
 
 def keep_input(redis, digest: str, ttl: int) -> None:
-    """An input's TTL raised to `ttl` (never lowered: another job may need it longer). EXPIRE's GT is Redis 7's."""
-    key = keys.job_input(digest)
-    if redis.ttl(key) < ttl:
-        redis.expire(key, ttl)
+    """A stored input kept `ttl` more seconds (never fewer: another job may need it longer)."""
+    objects.keep(redis, objects.name(objects.INPUT, digest), ttl)
 
 
 def active_jobs(redis, batch: list[Run]) -> list[list[str]]:
@@ -143,41 +142,78 @@ def report_progress(redis, batch: list[Run], waiting: list[list[str]], step: int
             run.last_progress = now + FULL_PAUSE_S
 
 
-def preview_url(pixels) -> str:
-    """A small PNG data URL of one x0 prediction (no metadata: it is not a result)."""
-    return "data:image/png;base64," + base64.b64encode(encode_png(pixels)).decode()
+PREVIEW_WINDOW_S = 1.0  # a preview that the result store does not take at once is skipped, as a full Redis skips it
+
+
+def preview_urls(redis, store: ResultStore, png: bytes, job_ids: list[str], ttl: int) -> dict[str, str] | None:
+    """Each job's URL of one preview: a data URL where the store keeps previews inline (redis), else the API's route
+    to the stored object (app.core.objects), kept as long as the jobs' event streams; None when the store does not
+    take it."""
+    if store.inline_previews:
+        url = "data:image/png;base64," + base64.b64encode(png).decode()
+        return dict.fromkeys(job_ids, url)
+    sha256 = hashlib.sha256(png).hexdigest()
+    name = objects.name(objects.PNG, sha256)
+    try:
+        objects.put(redis, store, name, png, ttl, PREVIEW_WINDOW_S)
+    except StoreUnavailable as exc:
+        log.warning("preview skipped: %s", exc)
+        return None
+    objects.publish(redis, name, len(png), ttl)
+    return {job_id: f"/jobs/{job_id}/previews/{sha256}.png" for job_id in job_ids}
 
 
 def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int) -> None:
-    """The step's x0 of each run, to the jobs that asked for previews (a full Redis skips them). Reads only: the bytes
-    stay the same."""
+    """The step's x0 of each run, to the jobs that asked for previews (a full Redis, or a result store that does not
+    answer, skips them). Reads only: the bytes stay the same."""
     pipe = redis.pipeline(transaction=False)
     for job_ids in waiting:
         for job_id in job_ids:
             pipe.hget(keys.job(job_id), "params")
     wants = iter(pipe.execute())
     pipe = redis.pipeline(transaction=False)
+    store = open_store(get_settings(), redis)
     for i, job_ids in enumerate(waiting):
         asking = [j for j in job_ids if json.loads(next(wants) or b"{}").get("previews")]
-        if asking:
-            url = preview_url(engine.pixels(x0[i : i + 1])[0])
+        urls = asking and preview_urls(redis, store, encode_png(engine.pixels(x0[i : i + 1])[0]), asking, ttl)
+        if urls:
             progress = {"step": batch[i].ran(step), "steps": batch[i].steps}
             for job_id in asking:
-                events.emit(pipe, job_id, events.PREVIEW, {**progress, "url": url}, ttl)
+                events.emit(pipe, job_id, events.PREVIEW, {**progress, "url": urls[job_id]}, ttl)
     skip_when_full(log, f"previews at step {step}", pipe.execute)
 
 
-EXTRAS = {"strip": keys.strip, "latent": keys.latent}  # a result's other files: an interpolation's, an inversion's
+EXTRAS = {"strip": objects.PNG, "latent": objects.LATENT}  # a result's other objects: interpolation's, inversion's
+STORE_TRIES = 3  # deliveries that find an object swept (app.core.jobs.UNSTORED) before the run fails
+
+
+def store_results(redis, blobs: dict[str, bytes], ttl: int) -> dict[str, int]:
+    """The result's objects into the result store (app.core.objects.put: reserved first, retried with backoff for
+    RESULTS_RETRY_S); returns name -> size. Raises StoreUnavailable("result store unavailable: ...")."""
+    settings = get_settings()
+    store, window = open_store(settings, redis), settings.results_retry_window_s
+    for name, data in blobs.items():
+        while_full(log, f"storing {name}", objects.put, redis, store, name, data, ttl + window, window)
+    return {name: len(data) for name, data in blobs.items()}
 
 
 def finish(
     redis, run: Run, png: bytes, batch_size: int, engine: Engine, ttl: int, extras: dict[str, bytes] | None = None
-) -> int:
-    """Close the run (no job can join it now), then give every job still waiting the PNG and the `extras` (EXTRAS: an
-    interpolation's strip, an inversion's latent). Returns how many got it. A full Redis delays it: each write is
-    tried again until Redis takes it (or the job's time is up)."""
+) -> str:
+    """Store the result (the PNG and the `extras`, EXTRAS: an interpolation's strip, an inversion's latent), close the
+    run (no job can join it now), then give every job still waiting the stored objects. Returns the run's outcome:
+    succeeded (some job got it), canceled (none waited), or failed (the result store did not take it: the run's jobs
+    fail with that error; a job is never succeeded without its objects). A full Redis delays it: each write is tried
+    again until Redis takes it (or the job's time is up)."""
     extras = extras or {}
     sha256 = hashlib.sha256(png).hexdigest()
+    blobs = {objects.name(objects.PNG, sha256): png}
+    blobs.update({objects.name(EXTRAS[n], hashlib.sha256(data).hexdigest()): data for n, data in extras.items()})
+    try:
+        stored = store_results(redis, blobs, ttl)
+    except StoreUnavailable as exc:
+        fail(redis, [run.id], str(exc), ttl)
+        return JobStatus.FAILED.value
     now = repr(time.time())
     fields = {
         "finished_at": now,
@@ -189,18 +225,30 @@ def finish(
     }
     delivered = []
     for job_id in while_full(log, f"closing run {run.id}", runs.close, redis, run.id, "done"):
-        for name, data in extras.items():  # first: a succeeded job always has its strip or latent
-            while_full(log, f"the {name} of job {job_id}", redis.set, EXTRAS[name](job_id), data, ttl)
         # the first job to get the PNG also becomes the cache entry, in the same atomic step
         entry = None if delivered else (keys.cache(run.cache_key), json.dumps({"job": job_id, "sha256": sha256}))
-        if while_full(log, f"delivering job {job_id}", deliver, redis, job_id, png, ttl, fields, entry):
+        try:
+            outcome = deliver_stored(redis, job_id, ttl, fields, blobs, stored, entry)
+        except StoreUnavailable as exc:
+            while_full(log, f"failing job {job_id}", runs.fail_jobs, redis, [job_id], str(exc), ttl)
+            continue
+        if outcome == DELIVERED:
             delivered.append(job_id)
             # a job that joined in the last moment
             while_full(log, f"finishing job {job_id}", redis.hsetnx, keys.job(job_id), "started_at", now)
-        elif extras:
-            redis.delete(*(EXTRAS[name](job_id) for name in extras))
     runs.forget(redis, run.id)
-    return len(delivered)
+    return JobStatus.SUCCEEDED.value if delivered else JobStatus.CANCELED.value
+
+
+def deliver_stored(redis, job_id: str, ttl: int, fields, blobs: dict[str, bytes], stored: dict[str, int], entry) -> int:
+    """Deliver one job its stored objects; an object swept between its upload and the delivery (its hold passed) is
+    stored again, at most STORE_TRIES times. Returns app.core.jobs' DELIVERED or ENDED."""
+    for _ in range(STORE_TRIES):
+        outcome = while_full(log, f"delivering job {job_id}", deliver, redis, job_id, ttl, fields, stored, entry)
+        if outcome != UNSTORED:
+            return outcome
+        store_results(redis, blobs, ttl)
+    raise StoreUnavailable(f"result store unavailable: the objects of job {job_id} were swept {STORE_TRIES} times")
 
 
 def withdraw(redis, run: Run, ttl: int) -> None:
@@ -257,7 +305,7 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
         pixels = engine.images(last, pictures)
         for i, run in enumerate(live):
             png = encode_png(pixels[i], engine.parameters(run.spec))
-            outcome[run.id] = "succeeded" if finish(redis, run, png, size, engine, result_ttl) else "canceled"
+            outcome[run.id] = finish(redis, run, png, size, engine, result_ttl)
     for run in batch:
         if not run.active:  # every job of it was canceled
             withdraw(redis, run, result_ttl)

@@ -1,5 +1,6 @@
-"""A job's inputs, read by digest from where the submit script stored them (app.core.keys.job_input): the pixels the
-API converted (app.core.pictures; the worker never decodes a user's file) and inversions' latents (safetensors)."""
+"""A job's inputs, read by digest from the result store, where the API stored them (app.core.objects, INPUT): the
+pixels the API converted (app.core.pictures; the worker never decodes a user's file) and inversions' latents
+(safetensors)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 
-from app.core import keys, pictures
+from app.core import objects, pictures
+from app.core.results import open_store
+from app.core.settings import get_settings
 from app.core.spec import Spec
 from worker.engine import PictureIn
 
 
 class InputGone(RuntimeError):
-    """A job's input is no longer in Redis (it outlived its TTL): the job fails with this reason."""
+    """A job's input is no longer stored (it outlived its jobs): the job fails with this reason."""
 
 
 def blob(redis, digest: str) -> bytes:
-    data = redis.get(keys.job_input(digest))
+    """An input's bytes; a store that does not answer raises app.core.results.StoreUnavailable (the job fails)."""
+    data = open_store(get_settings(), redis).get(objects.name(objects.INPUT, digest))
     if data is None:
         raise InputGone(f"the job's input {digest[:12]}… has expired; submit the job again")
     return data

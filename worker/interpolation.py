@@ -126,8 +126,9 @@ def run_interpolation(redis, engine: Engine, spec: InterpolateSpec, ttl: int) ->
     params = engine.parameters(spec)
     apng = animated_png(frames, params)
     strip = encode_png(make_grid(frames, cols=spec.frames), params)
-    if not finish(redis, run, apng, 1, engine, ttl, {"strip": strip}):
-        return JobStatus.CANCELED.value
+    outcome = finish(redis, run, apng, 1, engine, ttl, {"strip": strip})
+    if outcome != JobStatus.SUCCEEDED.value:
+        return outcome
     # /metrics: a batch of one run, whose image steps are its frames' steps
     count(redis, 1, spec.steps * spec.frames, {spec.job_id: "succeeded"}, time.monotonic() - run_started)
     return JobStatus.SUCCEEDED.value

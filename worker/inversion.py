@@ -84,8 +84,7 @@ def run_inversions(redis, engine: Engine, specs: Sequence[InvertSpec], result_tt
                 continue
             png = encode_png(images[i], engine.parameters(run.spec))
             blob = latent_blob(engine, run.spec, latent[i])
-            delivered = finish(redis, run, png, rows, engine, result_ttl, {"latent": blob})
-            outcome[run.id] = "succeeded" if delivered else "canceled"
+            outcome[run.id] = finish(redis, run, png, rows, engine, result_ttl, {"latent": blob})
     for run in batch:
         if not run.active:  # every job of it was canceled
             withdraw(redis, run, result_ttl)

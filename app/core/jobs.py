@@ -13,7 +13,7 @@ import uuid
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from app.core import hooks, keys
+from app.core import hooks, keys, objects
 
 if TYPE_CHECKING:
     from app.core.spec import Spec
@@ -62,31 +62,43 @@ return current
 MAX_EVENTS = 20_000  # per job: progress (<= ~10/s) for JOB_TIMEOUT's default 600 s, statuses and previews fit
 
 
-# KEYS: job hash, its events, its PNG key[, a cache key]. ARGV: the job id, PNG bytes, ttl, max events, status event
-# JSON, the cache entry (or ""), then field/value pairs. Only a queued or running job takes the result: the PNG, the
-# fields, the cache entry, the event, the TTLs and the job's `completed` webhook delivery (app.core.hooks) at once.
+# KEYS: job hash, its events[, a cache key]. ARGV: the job id, ttl, max events, status event JSON, the cache entry (or
+# ""), the result's objects as JSON [[name, size], ...], then field/value pairs. Only a queued or running job takes the
+# result, and only when every object is stored (pending or live in app.core.objects; -1 when one is being swept or
+# unknown: store it again): the objects published for as long as the job lives, the fields, the cache entry, the
+# event, the TTLs and the job's `completed` webhook delivery (app.core.hooks) at once.
 _DELIVER = (
     keys.LUA_KEYS
     + hooks.LUA_HOOK
+    + objects.LUA_OBJECTS
     + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if current ~= 'queued' and current ~= 'running' then return 0 end
+local results = cjson.decode(ARGV[6])
+for _, r in ipairs(results) do
+  local state = object_state(r[1])
+  if state ~= 'pending' and state ~= 'live' then return -1 end
+end
+local expires_at = redis_now() + tonumber(ARGV[2])
+for _, r in ipairs(results) do object_publish(r[1], r[2], expires_at) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
-if #KEYS == 4 then redis.call('SET', KEYS[4], ARGV[6], 'EX', ARGV[3]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'event', 'status', 'data', ARGV[5])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+if #KEYS == 3 then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 hook(ARGV[1], 'succeeded')
 return 1
 """
 )
+DELIVERED, ENDED, UNSTORED = 1, 0, -1
 
 
 def deliver(
-    redis, job_id: str, png: bytes, ttl: int, fields: dict[str, str], cache: tuple[str, str] | None = None
-) -> bool:
-    """Give a waiting job its PNG and mark it succeeded, atomically; False if it had ended (e.g. canceled).
+    redis, job_id: str, ttl: int, fields: dict[str, str], results: dict[str, int], cache: tuple[str, str] | None = None
+) -> int:
+    """Give a waiting job its stored `results` (object name -> size: app.core.objects) and mark it succeeded,
+    atomically: DELIVERED; ENDED if the job had ended (e.g. canceled); UNSTORED if an object is being swept or unknown
+    (store it again, then deliver).
 
     `cache` = (key, value) is written in the same step, before the job's clients can see it succeed:
     a client that repeats its request at once is answered from the cache.
@@ -95,9 +107,10 @@ def deliver(
     for k, v in {**fields, "status": JobStatus.SUCCEEDED.value}.items():
         flat += [k, v]
     event = json.dumps({"status": JobStatus.SUCCEEDED.value})
-    job_keys = [keys.job(job_id), keys.events(job_id), keys.png(job_id), *([cache[0]] if cache else [])]
+    job_keys = [keys.job(job_id), keys.events(job_id), *([cache[0]] if cache else [])]
     value = cache[1] if cache else ""
-    return bool(redis.eval(_DELIVER, len(job_keys), *job_keys, job_id, png, ttl, MAX_EVENTS, event, value, *flat))
+    stored = json.dumps([[name, size] for name, size in results.items()])
+    return int(redis.eval(_DELIVER, len(job_keys), *job_keys, job_id, ttl, MAX_EVENTS, event, value, stored, *flat))
 
 
 def new_job_id() -> str:

@@ -38,7 +38,12 @@ DELETE_LEASE_S = 120
 MAX_BACKOFF_S = 5.0
 
 # Lua: the registry for the submit and deliver scripts. `expires_at` is on Redis's clock (hooks.LUA_NOW).
-LUA_OBJECTS = f"""
+LUA_OBJECTS = (
+    "local object_suffix = {"
+    + ", ".join(f"{kind} = '{suffix}'" for kind, suffix in _SUFFIX.items())
+    + "}\n"
+    + f"""
+local function object_name(kind, digest) return kind .. '/' .. digest .. object_suffix[kind] end
 local function object_state(name) return redis.call('HGET', object_key(name), 'state') end
 local function object_size(name) return tonumber(redis.call('HGET', object_key(name), 'size') or '0') end
 local function object_keep(name, expires_at)
@@ -52,6 +57,7 @@ local function object_publish(name, size, expires_at)
   return true
 end
 """
+)
 _PRELUDE = keys.LUA_KEYS + hooks.LUA_NOW + LUA_OBJECTS
 
 # ARGV: name, hold_s. 0 while a sweeper holds it; else pending (a live object stays live), scored hold_s ahead.

@@ -4,11 +4,13 @@ Admission plans every job of the submission first (the client's quota of jobs, b
 them; the run's followers; the model's queue length, growing with each new run) and only then writes: the job
 records, their event streams, their runs, the runs' open-run entries, the RQ jobs and their queue entries appear
 together or not at all, each with a TTL from the moment it exists. Redis runs a script alone, and refuses its first
-write (and so the whole script) when it is out of memory.
+write (and so the whole script) when it is out of memory. A job's inputs were stored before the script
+(app.queueing): it publishes them with the job, or refuses the submission (`inputs`) if a sweep took one meanwhile.
 
 A job is answered one of three ways, tried in order:
-- `cached`: the engine key's result exists; the job is a new, already succeeded job with a copy of the PNG (and
-  of an interpolation's strip, an inversion's latent);
+- `cached`: the engine key's result exists; the job is a new, already succeeded job that points at the same stored
+  objects (its PNG, an interpolation's strip, an inversion's latent: app.core.objects), whose expiry it extends to
+  its own; a result whose objects are not all live (expired, or being swept) is a miss;
 - `follow`: a run of the same engine key is queued or running, or an earlier job of the same submission leads one;
   the job joins it (at most MAX_FOLLOWERS do);
 - `lead`: a new run, queued on the model's RQ queue (at most MAX_QUEUE runs wait there). Only a new run is
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from app.core import hooks, keys
+from app.core import hooks, keys, objects
 from app.core.events import preview_steps
 from app.core.jobs import MAX_EVENTS
 from app.core.settings import Settings
@@ -50,6 +52,7 @@ UNBOUNDED = 2**53  # a quota with no bound (Lua numbers are doubles: exact up to
 _LUA = (
     keys.LUA_KEYS
     + hooks.LUA_HOOK
+    + objects.LUA_OBJECTS
     + f"""
 local spec = cjson.decode(ARGV[1])
 local q = spec.quota
@@ -75,13 +78,29 @@ local function charge(cost, compute)
   if compute > 0 then redis.call('HINCRBY', q.key, 'compute', compute) end
   if redis.call('TTL', q.key) < 0 then redis.call('EXPIRE', q.key, q.expire) end
 end
-local function write_inputs(e, ttl)  -- ARGV[e.blobs ...]: the blobs of e.inputs' digests
-  for i, digest in ipairs(e.inputs) do
-    local key = input_key(digest)
-    if not redis.call('SET', key, ARGV[e.blobs + i - 1], 'NX', 'EX', ttl) and redis.call('TTL', key) < ttl then
-      redis.call('EXPIRE', key, ttl)
-    end
+local function write_inputs(e, ttl)  -- the inputs the API stored (app.core.objects): live as long as the job
+  local expires_at = redis_now() + ttl
+  for digest, size in pairs(e.inputs) do object_publish(object_name('input', digest), size, expires_at) end
+end
+local function inputs_gone(e)  -- an input that a sweeper took since the API stored it: refuse, nothing written
+  for digest, _ in pairs(e.inputs) do
+    local state = object_state(object_name('input', digest))
+    if state ~= 'pending' and state ~= 'live' then return {{'inputs', digest, ''}} end
   end
+  return nil
+end
+-- a finished job's objects (its PNG, an interpolation's strip, an inversion's latent) when every one is live:
+-- (names, their bytes); nil when one is not (never stored, expired, or being deleted: a miss)
+local function results_of(record)
+  local names = {{object_name('png', record[1])}}
+  if record[2] and record[2] ~= '' then names[#names + 1] = object_name('png', record[2]) end
+  if record[3] and record[3] ~= '' then names[#names + 1] = object_name('latent', record[3]) end
+  local size = 0
+  for _, name in ipairs(names) do
+    if object_state(name) ~= 'live' then return nil end
+    size = size + object_size(name)
+  end
+  return names, size
 end
 local function write_job(id, fields, status_events, ttl)
   local jk, ek = job_key(id), events_key(id)
@@ -114,19 +133,23 @@ local planned_runs = {{}}  -- engine key -> the run an entry of this submission 
 local members = {{}}  -- run id -> its jobs, with the ones this submission adds
 local queued = {{}}  -- queue -> the runs this submission adds to it
 local function plan(e)
-  -- 1. a cached result: a copy of its PNG (and an interpolation's strip), already succeeded; no model work
+  local gone = inputs_gone(e)
+  if gone then return gone end
+  -- 1. a cached result: the same objects as its job's (PNG, an interpolation's strip, an inversion's latent), kept
+  -- as long as this job; already succeeded; no model work. The stored bytes are charged.
   if e.cache_key ~= '' then
     local raw = redis.call('GET', cache_key(e.cache_key))
     if raw then
       local entry = cjson.decode(raw)
-      local size = redis.call('STRLEN', png_key(entry.job))
-      if size > 0 then
-        local strip = redis.call('STRLEN', strip_key(entry.job))
-        local latent = redis.call('STRLEN', latent_key(entry.job))
-        local cost = size + strip + latent + spec.record_bytes
+      local from = redis.call('HMGET', job_key(entry.job), 'sha256', 'strip_sha256', 'latent_sha256', 'engine',
+        'batch_size', 'progress')
+      local names, size = nil, 0
+      if from[1] == entry.sha256 then names, size = results_of(from) end
+      if names then
+        local cost = size + spec.record_bytes
         local refused = over(cost, 0)
         if refused then return refused end
-        return {{'cached', entry.job, 'succeeded', cost = cost, entry = entry, strip = strip, latent = latent}}
+        return {{'cached', entry.job, 'succeeded', cost = cost, entry = entry, from = from, names = names}}
       end
     end
   end
@@ -167,25 +190,16 @@ end
 
 -- Then write them all.
 local function write_cached(e, p)
-  local source = p.entry.job
+  local from = p.from
   charge(p.cost, 0)
-  redis.call('COPY', png_key(source), png_key(e.job), 'REPLACE')
-  redis.call('EXPIRE', png_key(e.job), spec.result_ttl)
-  local from = redis.call('HMGET', job_key(source), 'engine', 'batch_size', 'progress', 'strip_sha256', 'latent_sha256')
+  local expires_at = redis_now() + spec.result_ttl
+  for _, name in ipairs(p.names) do object_keep(name, expires_at) end
   local fields = e.record
-  if p.strip > 0 then
-    redis.call('COPY', strip_key(source), strip_key(e.job), 'REPLACE')
-    redis.call('EXPIRE', strip_key(e.job), spec.result_ttl)
-    fields.strip_sha256 = from[4] or ''
-  end
-  if p.latent > 0 then
-    redis.call('COPY', latent_key(source), latent_key(e.job), 'REPLACE')
-    redis.call('EXPIRE', latent_key(e.job), spec.result_ttl)
-    fields.latent_sha256 = from[5] or ''
-  end
+  if from[2] and from[2] ~= '' then fields.strip_sha256 = from[2] end
+  if from[3] and from[3] ~= '' then fields.latent_sha256 = from[3] end
   fields.status, fields.started_at, fields.finished_at = 'succeeded', spec.now, spec.now
   fields.cached, fields.sha256 = '1', p.entry.sha256
-  fields.engine, fields.batch_size, fields.progress = from[1] or '', from[2] or '', from[3] or ''
+  fields.engine, fields.batch_size, fields.progress = from[4] or '', from[5] or '', from[6] or ''
   write_job(e.job, fields, {{spec.events.succeeded}}, spec.result_ttl)
   hook(e.job, 'succeeded')
   redis.call('HINCRBY', '{keys.METRICS}', 'cache_hits', 1)
@@ -274,7 +288,7 @@ class Entry:
     engine_key: str = ""
     cache_key: str = ""
     compute: int = 0  # the image-steps of model work a new run takes (cache hits and joins take none)
-    inputs: dict[str, bytes] = dataclasses.field(default_factory=dict)  # digest -> blob (app.inputs)
+    inputs: dict[str, int] = dataclasses.field(default_factory=dict)  # digest -> size, stored (app.core.objects)
 
 
 @dataclass(frozen=True)
@@ -297,7 +311,7 @@ class Bounds:
         return cls(quota, s.pending_ttl(timeout), s.result_ttl, s.max_queue, s.max_followers, s.idempotency_window_s)
 
 
-REFUSALS = frozenset({"quota", "followers", "queue_full", "mismatch"})
+REFUSALS = frozenset({"quota", "followers", "queue_full", "mismatch", "inputs"})
 
 
 @dataclass(frozen=True)
@@ -347,12 +361,10 @@ def admit(
     argv: list[Any] = []
     specs = []
     for entry, commands in zip(entries, rq_commands, strict=True):
-        blobs_at = 2 + len(argv)  # ARGV[1] is the spec
-        argv += entry.inputs.values()
-        rq_from = 2 + len(argv)
+        rq_from = 2 + len(argv)  # ARGV[1] is the spec
         for command in commands:
             argv += [len(command), *(c.value if isinstance(c, Enum) else c for c in command)]
-        specs.append(_entry_spec(entry, blobs_at, rq_from, 2 + len(argv)))
+        specs.append(_entry_spec(entry, rq_from, 2 + len(argv)))
     spec = {
         "entries": specs,
         "quota": dataclasses.asdict(bounds.quota),
@@ -377,9 +389,8 @@ def admit(
     return Admission(*jobs[0], jobs=jobs, job_ids=tuple(e.job_id for e in entries))
 
 
-def _entry_spec(entry: Entry, blobs_at: int, rq_from: int, rq_to: int) -> dict[str, Any]:
-    """An entry as the script reads it: its inputs' blobs at ARGV[blobs_at ...], its RQ commands in ARGV[rq_from,
-    rq_to)."""
+def _entry_spec(entry: Entry, rq_from: int, rq_to: int) -> dict[str, Any]:
+    """An entry as the script reads it: its RQ commands in ARGV[rq_from, rq_to)."""
     return {
         "job": entry.job_id,
         "record": entry.record,
@@ -388,9 +399,8 @@ def _entry_spec(entry: Entry, blobs_at: int, rq_from: int, rq_to: int) -> dict[s
         "queue": entry.queue_key,
         "cost": entry.cost,
         "compute": entry.compute,
-        "inputs": list(entry.inputs),
-        "input_bytes": sum(len(blob) for blob in entry.inputs.values()),
-        "blobs": blobs_at,
+        "inputs": entry.inputs,
+        "input_bytes": sum(entry.inputs.values()),
         "rq_from": rq_from,
         "rq_to": rq_to,
     }
