@@ -11,6 +11,7 @@ import redis as redis_lib
 from fastapi.testclient import TestClient
 
 from app.core import keys
+from app.core.results.redis_store import RedisStore
 from app.core.settings import Settings
 from app.main import create_app
 from helpers import claim_as_worker
@@ -315,7 +316,7 @@ def test_a_job_that_ends_without_an_image_ends_the_wait_naming_the_jobs(tiny_sto
     ("broken", "status", "says"),
     [
         ("xrevrange", 503, "could not reach Redis"),  # in the wait
-        ("mget", 404, "the result has expired"),  # reading the images
+        ("store", 410, "is missing from the result store"),  # reading the images
     ],
 )
 def test_an_error_after_admission_names_the_jobs_and_says_not_to_retry(
@@ -329,7 +330,7 @@ def test_an_error_after_admission_names_the_jobs_and_says_not_to_retry(
 
         monkeypatch.setattr(redis_lib.Redis, "xrevrange", fail)
     else:
-        monkeypatch.setattr(keys, "png", lambda job_id: f"gone:{job_id}")  # the images expired ...
+        monkeypatch.setattr(RedisStore, "get", lambda self, name: None)  # the images deleted from the store ...
         monkeypatch.setattr("app.routes.openai.ended_badly", lambda records, job_ids, wait_s: None)  # ... once done
     sdk = openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client, max_retries=2)
     with pytest.raises(openai.APIStatusError) as caught:
