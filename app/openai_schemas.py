@@ -97,7 +97,7 @@ class OpenAIError(BaseModel):
 ERROR_DESCRIPTIONS = {
     400: "a field is invalid (`param` names it): OpenAI's answer where the other routes answer 422",
     401: "API keys are configured and the bearer key is missing or wrong",
-    404: "the images' results expired before they were read",
+    404: "a job's record expired before its image was read",
     408: "the images were not ready within DIFFUSETV_OPENAI_WAIT_S (`jobs` names them; x-should-retry: false), or "
     "the request body did not arrive within DIFFUSETV_BODY_TIMEOUT_S",
     409: "a job was canceled (x-should-retry: false)",
