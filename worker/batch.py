@@ -193,7 +193,9 @@ def store_results(redis, blobs: dict[str, bytes], ttl: int) -> dict[str, int]:
     settings = get_settings()
     store, window = open_store(settings, redis), settings.results_retry_window_s
     for name, data in blobs.items():
-        while_full(log, f"storing {name}", objects.put, redis, store, name, data, ttl + window, window)
+        # held long enough to reach the deliver script, which keeps it as long as its jobs (deliver_stored stores it
+        # again if the hold ran out first); never longer, or it would outlive them
+        while_full(log, f"storing {name}", objects.put, redis, store, name, data, 2 * window, window)
     return {name: len(data) for name, data in blobs.items()}
 
 
