@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from contextlib import contextmanager
 
 from app.core.results import StoreUnavailable
@@ -58,12 +59,20 @@ def _config(settings, **extra):
     return Config(
         connect_timeout=settings.s3_connect_timeout_s,  # botocore: connect_timeout, one connection attempt
         read_timeout=settings.s3_read_timeout_s,  # botocore: read_timeout, one socket read
-        retries={"max_attempts": settings.s3_max_attempts, "mode": "standard"},  # botocore: retries
+        # botocore: retries.total_max_attempts counts the first attempt (AWS_MAX_ATTEMPTS' meaning), where
+        # retries.max_attempts would count the retries only (1 would be 2 attempts)
+        retries={"total_max_attempts": settings.s3_max_attempts, "mode": "standard"},
         s3={"addressing_style": settings.s3_addressing_style},  # botocore: s3.addressing_style (path for MinIO...)
         request_checksum_calculation="when_required",  # botocore: no CRC32 trailer of its own (we send SHA-256)
         response_checksum_validation="when_required",  # botocore: no checksum mode on reads unless asked
         **extra,
     )
+
+
+def _region(settings, session) -> str:
+    """settings.s3_region, else AWS_REGION (which botocore does not read), else AWS_DEFAULT_REGION or the profile's
+    region (which it does), else us-east-1."""
+    return settings.s3_region or os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
 
 
 def _session(settings):
@@ -92,7 +101,7 @@ class S3Store:
         """The store at `where` ("bucket" or "bucket/prefix", from app.core.results.location) with the s3_* settings."""
         bucket, _, prefix = where.partition("/")
         session = _session(settings)
-        region = session.region_name or "us-east-1"  # settings.s3_region, else AWS_REGION / AWS_DEFAULT_REGION / ~/.aws
+        region = _region(settings, session)
         endpoint = settings.s3_endpoint_url  # None: boto3's AWS_ENDPOINT_URL(_S3), else AWS's own
         client = session.client("s3", endpoint_url=endpoint, region_name=region, config=_config(settings))
         public = session.client(
