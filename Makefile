@@ -41,7 +41,7 @@ $(BIN)/python: | deps-run
 # torch first, from TORCH_SPEC (a CPU or CUDA build of the user's choice), then the project.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) '$(TORCH_SPEC)'
-	$(BIN)/pip install -e '.[worker,dev,embedded,bench]' -e clients/python
+	$(BIN)/pip install -e '.[worker,dev,embedded,bench,s3]' -e clients/python
 	touch $@
 
 install: $(STAMP)

@@ -26,6 +26,9 @@ from helpers import API_COMMAND, REPO, WORKER_COMMAND, require, torch_build_chec
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
 STORE_OVERRIDE = REPO / "deploy" / "compose" / "model-store.yml"
+S3_OVERRIDE = REPO / "deploy" / "compose" / "s3.yml"
+S3_START = REPO / "deploy" / "compose" / "s3-start.sh"
+S3_INIT = REPO / "deploy" / "compose" / "s3-init.py"
 REDIS_START = REPO / "deploy" / "compose" / "redis-start.sh"
 ENV_EXAMPLE = REPO / ".env.example"
 PREFIX = "DIFFUSETV_"
@@ -50,7 +53,9 @@ SECRET_VALUES = {
     "api_keys": "k" * 12 + "0123456789abcdef",
     "webhook_secret": "whsec_" + "Z2xvYmFs" * 4,
     "webhook_secrets": '{"' + "0" * 32 + '": "whsec_' + "b3duZXJz" * 4 + '"}',
+    "s3_secret_access_key": "s" * 12 + "0123456789abcdef",
 }
+S3_SECRETS = {"s3_secret_access_key"}  # mounted only with the s3 profile and deploy/compose/s3.yml
 NOTIFIER_COMMAND = ["diffusetv", "notifier"]
 BASE_SERVICES = {"redis", "api", "notifier"}  # what every profile runs
 WEBHOOK_SETTINGS = ("WEBHOOK_SECRET_FILE", "WEBHOOK_SECRETS_FILE", "WEBHOOK_ALLOW_NETS")  # the API's and notifier's
@@ -398,7 +403,15 @@ def test_env_settings_reach_the_containers(tmp_path, secrets_dir):
 def test_every_diffusetv_variable_named_is_a_setting():
     from app.core.settings import Settings
 
-    paths = [COMPOSE, DOCKERFILE, ENV_EXAMPLE, STORE_OVERRIDE, *sorted((REPO / "deploy" / "k8s").rglob("*.yaml"))]
+    paths = [
+        COMPOSE,
+        DOCKERFILE,
+        ENV_EXAMPLE,
+        STORE_OVERRIDE,
+        S3_OVERRIDE,
+        S3_INIT,
+        *sorted((REPO / "deploy" / "k8s").rglob("*.yaml")),
+    ]
     for path in paths:
         names = set(re.findall(rf"\b{PREFIX}([A-Z0-9_]+)", path.read_text()))
         assert names or path not in (COMPOSE, ENV_EXAMPLE)
@@ -430,7 +443,7 @@ def test_no_secret_is_in_an_environment_or_a_command(profiles):
         assert {s["source"] for s in services["redis"]["secrets"]} == {"redis_password", "redis_admin_password"}
         for worker in workers(project).values():
             assert {s["source"] for s in worker["secrets"]} == {"redis_password"}, "workers get no API keys"
-        assert set(project["secrets"]) == set(SECRET_VALUES)
+        assert set(project["secrets"]) == set(SECRET_VALUES) - S3_SECRETS, "no S3 key without the s3 profile"
 
 
 def test_redis_runs_with_acl_users_and_durable_settings(profiles):
@@ -722,3 +735,216 @@ def test_the_build_time_torch_check_refuses_the_wrong_build():
     assert check(version, "none") == 0
     assert check(version, "13.0") != 0, "a CPU build must not pass for a CUDA image"
     assert check("2.12.0", "none") != 0, "another torch version must not pass"
+
+
+# ------------------------------------------------------------------- compose: the S3 result store
+
+S3_RESULTS = "s3://diffusetv/results"
+S3_PROFILES = ("cpu,s3", "gpu,gpu1,gpu2,gpu3,s3")
+
+
+@pytest.fixture(scope="module")
+def s3_profiles(tmp_path_factory, secrets_dir) -> dict[str, dict]:
+    """The resolved project with the s3 profile and deploy/compose/s3.yml (both named in .env, as documented)."""
+    tmp = tmp_path_factory.mktemp("compose-s3")
+    return {p: config(tmp, secrets_dir, files=(COMPOSE, S3_OVERRIDE), COMPOSE_PROFILES=p) for p in S3_PROFILES}
+
+
+def test_without_s3_the_results_stay_in_redis(profiles):
+    for name, project in profiles.items():
+        assert not {"s3", "s3-init"} & set(project["services"]), name
+        for service, definition in diffusetv_services(project).items():
+            env = definition.get("environment") or {}
+            assert env.get(f"{PREFIX}RESULTS", "redis") == "redis", (name, service)
+            assert not [k for k in env if k.startswith(f"{PREFIX}S3_")], (name, service)
+            assert "s3-init" not in definition.get("depends_on", {}), (name, service)
+        assert "s3-data" not in project.get("volumes", {}), name
+
+
+def test_the_s3_profile_points_the_api_and_the_workers_at_its_server(s3_profiles):
+    for name, project in s3_profiles.items():
+        services = project["services"]
+        assert {"s3", "s3-init"} <= set(services), name
+        server, init = services["s3"], services["s3-init"]
+        port = next(a.split("=")[1] for a in server["command"] if a.startswith("-s3.port="))
+        endpoint = f"http://s3:{port}"
+        assert endpoint == "http://s3:8333" and "-s3" in server["command"] and server["command"][0] == "server"
+        access_key = server["environment"]["S3_ACCESS_KEY_ID"]
+        readers = {"api": services["api"], **workers(project)}
+        assert len(readers) >= 2, name
+        for service, definition in {**readers, "s3-init": init}.items():
+            env = definition["environment"]
+            assert env[f"{PREFIX}RESULTS"] == S3_RESULTS, (name, service)
+            assert env[f"{PREFIX}S3_ENDPOINT_URL"] == endpoint, (name, service)
+            assert env[f"{PREFIX}S3_ADDRESSING_STYLE"] == "path", (name, service)
+            assert env[f"{PREFIX}S3_ACCESS_KEY_ID"] == access_key, (name, service)
+            assert env[f"{PREFIX}S3_SECRET_ACCESS_KEY_FILE"] == "/run/secrets/s3_secret_access_key", (name, service)
+            assert "s3_secret_access_key" in {s["source"] for s in definition["secrets"]}, (name, service)
+        for service, definition in readers.items():
+            # The bucket is made, with this key, before the API or a worker starts.
+            assert definition["depends_on"]["s3-init"]["condition"] == "service_completed_successfully", service
+            assert definition["depends_on"]["s3-init"].get("required", True) is True, service
+            assert definition["depends_on"]["redis"]["condition"] == "service_healthy", service
+        assert init["depends_on"]["s3"]["condition"] == "service_healthy"
+        assert init["image"] == services["api"]["image"], "s3-init runs the API image (boto3, no torch)"
+        assert init["restart"] == "no", "a one-shot: unless-stopped would run it again and again"
+        # The notifier never reads results: no S3 key for it.
+        assert "s3_secret_access_key" not in {s["source"] for s in services["notifier"]["secrets"]}
+        assert set(project["secrets"]) == set(SECRET_VALUES), name
+
+
+def test_the_s3_settings_are_valid_settings(s3_profiles, tmp_path):
+    """What compose gives the API is accepted by Settings, and names the bucket and prefix it means."""
+    from app.core.results import location
+    from app.core.settings import Settings
+
+    env = s3_profiles["cpu,s3"]["services"]["api"]["environment"]
+    key = tmp_path / "s3_secret_access_key"
+    key.write_text(SECRET_VALUES["s3_secret_access_key"] + "\n")
+    settings = Settings(
+        results=env[f"{PREFIX}RESULTS"],
+        s3_endpoint_url=env[f"{PREFIX}S3_ENDPOINT_URL"],
+        s3_addressing_style=env[f"{PREFIX}S3_ADDRESSING_STYLE"],
+        s3_access_key_id=env[f"{PREFIX}S3_ACCESS_KEY_ID"],
+        s3_secret_access_key_file=key,
+    )
+    assert location(settings.results) == ("s3", "diffusetv/results")
+    assert settings.s3_secret_access_key == SECRET_VALUES["s3_secret_access_key"]
+
+
+def test_the_s3_env_lines_of_env_example_select_it(tmp_path, secrets_dir):
+    """The commented lines of .env.example, uncommented, are all it takes: a plain `docker compose config`."""
+    example = ENV_EXAMPLE.read_text()
+    lines = [m.group(1) for m in re.finditer(r"^# ((?:COMPOSE_PROFILES|COMPOSE_FILE)=\S*s3\S*)$", example, re.M)]
+    assert len(lines) == 2, lines
+    project = config(tmp_path, secrets_dir, env_lines="\n".join(lines) + "\n", files=())
+    assert {"s3", "s3-init", "worker"} <= set(project["services"])
+    for name in ("api", "worker"):
+        assert project["services"][name]["environment"][f"{PREFIX}RESULTS"] == S3_RESULTS, name
+    bucket = config(tmp_path, secrets_dir, env_lines="\n".join(lines) + "\nS3_BUCKET=results-b\n", files=())
+    for name in ("api", "worker", "s3-init"):
+        assert bucket["services"][name]["environment"][f"{PREFIX}RESULTS"] == "s3://results-b/results", name
+
+
+def test_s3_yml_without_the_profile_stops_compose(tmp_path, secrets_dir):
+    proc = compose_run(tmp_path, secrets_dir, files=(COMPOSE, S3_OVERRIDE), COMPOSE_PROFILES="cpu")
+    assert proc.returncode != 0 and "s3-init" in proc.stderr, proc.stderr
+
+
+def test_the_s3_server_is_pinned_hardened_and_private(s3_profiles):
+    for project in s3_profiles.values():
+        server, init = project["services"]["s3"], project["services"]["s3-init"]
+        assert re.fullmatch(r"chrislusf/seaweedfs:[0-9.]+@sha256:[0-9a-f]{64}", server["image"]), server["image"]
+        assert server["user"] == "1000:1000", "the image's seaweed user, never root"
+        assert server["entrypoint"] == ["/bin/sh", "/usr/local/etc/diffusetv/s3-start.sh"]
+        assert not [a for a in server["command"] if "secret" in a.lower() or "s3.config" in a], server["command"]
+        assert [(v["type"], v["target"]) for v in server["volumes"]] == [("volume", "/data")]
+        assert "/healthz" in " ".join(server["healthcheck"]["test"])
+        assert not server.get("ports") and not init.get("ports"), "reached on the compose network alone"
+        for service, definition in project["services"].items():
+            assert float(definition["cpus"]) > 0 and size_bytes(definition["mem_limit"]) > 0, service
+            assert definition["read_only"] is True and definition["cap_drop"] == ["ALL"], service
+            assert "no-new-privileges:true" in definition["security_opt"], service
+            assert 0 < definition["pids_limit"] <= 1024, service
+            assert any(t.startswith("/tmp:") for t in definition["tmpfs"]), service
+            assert definition["restart"] == ("no" if service == "s3-init" else "unless-stopped"), service
+        ports = project["services"]["api"]["ports"]
+        assert [(p["host_ip"], p["published"]) for p in ports] == [("127.0.0.1", "8000")]
+        text = json.dumps(project["services"])
+        assert SECRET_VALUES["s3_secret_access_key"] not in text
+
+
+def run_s3_start(
+    tmp_path: Path, secret: str, access_key: str = "diffusetv"
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """deploy/compose/s3-start.sh with a stand-in `weed` that prints its arguments."""
+    folder = tmp_path / "secrets"
+    folder.mkdir(exist_ok=True)
+    (folder / "s3_secret_access_key").write_text(secret + "\n")
+    weed = tmp_path / "weed"
+    weed.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    weed.chmod(0o755)
+    config_file = tmp_path / "s3.json"
+    env = {
+        **os.environ,
+        "SECRETS_DIR": str(folder),
+        "S3_CONFIG_FILE": str(config_file),
+        "WEED": str(weed),
+        "S3_ACCESS_KEY_ID": access_key,
+    }
+    proc = subprocess.run(
+        ["sh", str(S3_START), "server", "-dir=/data", "-s3"], capture_output=True, text=True, env=env, timeout=30
+    )
+    return proc, config_file
+
+
+def test_the_s3_start_script_writes_the_identities_from_the_secret(tmp_path):
+    secret = SECRET_VALUES["s3_secret_access_key"]
+    proc, config_file = run_s3_start(tmp_path, secret)
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.split()
+    assert args == ["-logtostderr=true", "server", "-dir=/data", "-s3", f"-s3.config={config_file}"]
+    assert secret not in proc.stdout
+    identities = json.loads(config_file.read_text())["identities"]
+    assert [i["credentials"] for i in identities] == [[{"accessKey": "diffusetv", "secretKey": secret}]]
+    assert "anonymous" not in {i["name"] for i in identities}, "every request is signed"
+    assert oct(config_file.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("secret", "access_key", "message"),
+    [
+        ("change-me-to-a-long-random-hex-string", "diffusetv", "placeholder"),
+        ("short", "diffusetv", "shorter than 16"),
+        ('0123456789abcdef"}]', "diffusetv", "must be letters"),
+        ("0123456789abcdef0123", 'a"b', "S3_ACCESS_KEY_ID"),
+    ],
+)
+def test_the_s3_start_script_refuses_bad_keys(tmp_path, secret, access_key, message):
+    proc, config_file = run_s3_start(tmp_path, secret, access_key)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert not config_file.exists()
+
+
+def test_s3_init_makes_the_bucket_and_writes_under_the_prefix(tmp_path):
+    """deploy/compose/s3-init.py against moto's standalone S3 server: it makes the bucket, a second run finds it
+    there, and a server that never answers fails it within S3_INIT_WAIT_S."""
+    from diffusetv.launch import free_port
+
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    require(server is not None, "moto's server is not installed: pip install -e '.[dev]' (moto[server])")
+    import boto3
+
+    port = free_port()
+    log = (tmp_path / "moto.log").open("wb")
+    moto = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        key = tmp_path / "s3_secret_access_key"
+        key.write_text(SECRET_VALUES["s3_secret_access_key"] + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith((PREFIX, "AWS_"))} | {
+            f"{PREFIX}RESULTS": "s3://made-here/results",
+            f"{PREFIX}S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            f"{PREFIX}S3_ADDRESSING_STYLE": "path",
+            f"{PREFIX}S3_ACCESS_KEY_ID": "diffusetv",
+            f"{PREFIX}S3_SECRET_ACCESS_KEY_FILE": str(key),
+            "S3_INIT_WAIT_S": "30",
+        }
+        for _ in range(2):
+            proc = subprocess.run([sys.executable, str(S3_INIT)], capture_output=True, text=True, env=env, timeout=60)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "s3://made-here/results is ready" in proc.stdout
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id="diffusetv",
+            aws_secret_access_key="x",
+        )
+        assert "made-here" in {b["Name"] for b in s3.list_buckets()["Buckets"]}
+        assert s3.list_objects_v2(Bucket="made-here").get("KeyCount", 0) == 0, "its probe object is deleted"
+        env |= {f"{PREFIX}S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "S3_INIT_WAIT_S": "1"}
+        proc = subprocess.run([sys.executable, str(S3_INIT)], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 1 and "did not answer in time" in proc.stderr, proc.stderr
+    finally:
+        moto.kill()
+        moto.wait()

@@ -25,6 +25,8 @@ except ImportError:  # pragma: no cover - pyyaml comes with the dev extra
 K8S = REPO / "deploy" / "k8s"
 VARIANTS = ("cpu", "gpu")
 PREFIX = "DIFFUSETV_"
+SECRET = "diffusetv-secrets"
+S3 = K8S / "s3"  # the result store's overlay, applied after cpu/ or gpu/
 
 
 def documents(path: Path) -> list[dict]:
@@ -220,7 +222,7 @@ def test_the_notifier_runs_the_api_image_with_the_webhook_secrets_as_files():
         assert secret["secretName"] == "diffusetv-secrets"
         assert {i["key"] for i in secret["items"]} == {"redis_password", "webhook_secret", "webhook_secrets"}
         api_pod = resources[("Deployment", "diffusetv-api")]["spec"]["template"]["spec"]
-        (api_secret,) = [v["secret"] for v in api_pod["volumes"] if "secret" in v]
+        (api_secret,) = [v["secret"] for v in api_pod["volumes"] if v.get("secret", {}).get("secretName") == SECRET]
         assert {"webhook_secret", "webhook_secrets"} <= {i["key"] for i in api_secret["items"]}
         settings = resources[("ConfigMap", "diffusetv-settings")]["data"]
         assert settings[f"{PREFIX}WEBHOOK_ALLOW_NETS"] == "", "public receivers only, by default"
@@ -260,3 +262,48 @@ def test_the_notifiers_egress_is_dns_redis_and_public_receivers_only():
         assert refusal(ipaddress.ip_address(address), []) is not None and not reachable(address), address
     for address in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"):
         assert refusal(ipaddress.ip_address(address), []) is None and reachable(address), address
+
+
+def test_the_s3_overlay_is_optional_for_the_api_and_the_workers():
+    """deploy/k8s/s3 adds one ConfigMap; the API and the workers read it (and the Secret diffusetv-s3) when it is
+    there and start without it, keeping results in Redis."""
+    listed = documents(S3 / "kustomization.yaml")[0]["resources"]
+    assert listed == ["results.yaml"] and "../common" not in listed, "applied beside cpu/ or gpu/, not instead"
+    (results,) = documents(S3 / "results.yaml")
+    assert (results["kind"], results["metadata"]["name"]) == ("ConfigMap", "diffusetv-results")
+    assert results["metadata"]["namespace"] == "diffusetv"
+    data = results["data"]
+    key_file = Path(data[f"{PREFIX}S3_SECRET_ACCESS_KEY_FILE"])
+    for name in VARIANTS:
+        resources = variant(name)
+        assert f"{PREFIX}RESULTS" not in resources[("ConfigMap", "diffusetv-settings")]["data"], "redis by default"
+        for deployment, container in containers(resources).items():
+            refs = [e["configMapRef"] for e in container.get("envFrom", [])]
+            if deployment != "diffusetv-api" and not deployment.startswith("diffusetv-worker"):
+                assert "diffusetv-results" not in {r["name"] for r in refs}, f"{deployment} reads no results"
+                continue
+            pod = resources[("Deployment", deployment)]["spec"]["template"]["spec"]
+            # Last, so that its values win over the shared settings; optional, so that the pod starts without it.
+            assert refs[-1] == {"name": "diffusetv-results", "optional": True}, deployment
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(key_file.parent)]
+            assert mount["readOnly"] is True
+            assert volumes[mount["name"]]["secret"] == {"secretName": "diffusetv-s3", "optional": True}, deployment
+            secrets = [v["secret"] for v in volumes.values() if v.get("secret", {}).get("secretName") == SECRET]
+            assert all("s3" not in i["key"] for s in secrets for i in s["items"]), "not in diffusetv-secrets"
+
+
+def test_the_s3_overlay_names_valid_settings(tmp_path):
+    from app.core.results import location
+    from app.core.settings import Settings
+
+    (results,) = documents(S3 / "results.yaml")
+    data = dict(results["data"])
+    key = tmp_path / "secret_access_key"
+    key.write_text("0123456789abcdef0123\n")
+    data[f"{PREFIX}S3_SECRET_ACCESS_KEY_FILE"] = str(key)
+    fields = {k.removeprefix(PREFIX).lower(): v for k, v in data.items()}
+    assert set(fields) <= Settings.model_fields.keys(), sorted(set(fields) - Settings.model_fields.keys())
+    settings = Settings(**fields)
+    assert location(settings.results)[0] == "s3"
+    assert settings.s3_secret_access_key == "0123456789abcdef0123"

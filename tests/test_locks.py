@@ -24,7 +24,8 @@ from packaging.version import Version
 from helpers import REPO, torch_build_check
 
 LOCKS = REPO / "deploy" / "locks"
-IMAGES = {"api": [], "worker-cpu": ["worker"], "worker-cuda": ["worker"]}
+# Each image's extras (deploy/locks/generate.sh): [s3] in all, as the API and the workers both read and write results.
+IMAGES = {"api": ["s3"], "worker-cpu": ["worker", "s3"], "worker-cuda": ["worker", "s3"]}
 # The platform the locks are resolved for (deploy/locks/generate.sh): the images' Python on Linux x86_64.
 IMAGE_PLATFORM = {
     **default_environment(),
@@ -86,6 +87,22 @@ def test_the_api_lock_has_no_torch():
     for path in (REPO / "app").rglob("*.py"):
         text = path.read_text()
         assert not re.search(r"^\s*(import|from)\s+(torch|safetensors\.torch)\b", text, flags=re.MULTILINE), path
+
+
+def test_every_image_can_reach_an_s3_result_store():
+    """DIFFUSETV_RESULTS=s3://... needs boto3 in the API and in the workers; 1.36 brought the checksum setting
+    (request_checksum_calculation) that S3-compatible servers may need, so the bound excludes anything older."""
+    (boto3,) = [r for r in project_requirements(["s3"]) if r.name == "boto3"]
+    assert not boto3.specifier.contains("1.35.99") and boto3.specifier.contains("1.36.0"), boto3
+    for image in IMAGES:
+        pins = lock_pins(image)
+        assert {"boto3", "botocore", "s3transfer"} <= pins.keys(), image
+        assert pins["boto3"][0] >= Version("1.36"), image
+    dev = [r.name for r in project_requirements(["dev"])]
+    assert "moto" in dev, "the tests start moto's standalone S3 server"
+    makefile = (REPO / "Makefile").read_text()
+    (install,) = re.findall(r"pip install -e '\.\[([a-z0-9,]+)\]'", makefile)
+    assert {"worker", "dev", "embedded", "s3"} <= set(install.split(",")), install
 
 
 def test_rq_is_bounded_to_the_release_whose_api_the_worker_calls():

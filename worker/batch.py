@@ -68,7 +68,7 @@ def log_line(**fields) -> None:
 
 def take(redis, run_ids: Sequence[str], timeout: int, inputs: Sequence[str] = ()) -> None:
     """Record that this worker holds these runs, before anything else: if it dies, the reaper re-queues them.
-    Their records, and the `inputs` they read (app.core.keys.job_input), get a fresh TTL for the time the runs may
+    Their records, and the `inputs` they read (app.core.objects: INPUT), get a fresh TTL for the time the runs may
     take, each `timeout` seconds (Settings.pending_ttl), so that a re-run after a reap still finds its inputs.
 
     A run's id is its leading job's id, which is also its RQ job's id."""

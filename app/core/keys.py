@@ -13,11 +13,6 @@ def job(job_id: str) -> str:
     return f"{PREFIX}job:{job_id}"
 
 
-def png(job_id: str) -> str:
-    """String: the result's PNG bytes, kept RESULT_TTL seconds."""
-    return f"{PREFIX}png:{job_id}"
-
-
 def object_entry(name: str) -> str:
     """Hash: one stored object's entry in the registry (app.core.objects): its state (pending, live, deleting), size,
     and while it is being deleted the sweeper's lease (until, token). Its expiry is its score in OBJECTS."""
@@ -35,22 +30,6 @@ OBJECTS = f"{PREFIX}objects"  # sorted set: object name -> when no live job uses
 def events(job_id: str) -> str:
     """Stream: the job's events (status, progress, preview), replayable from the start while the job exists."""
     return f"{PREFIX}events:{job_id}"
-
-
-def strip(job_id: str) -> str:
-    """String: an interpolation's frames side by side as one PNG, kept RESULT_TTL seconds."""
-    return f"{PREFIX}strip:{job_id}"
-
-
-def latent(job_id: str) -> str:
-    """String: an inversion's latent (safetensors: a tensor `latent` and its metadata), kept RESULT_TTL seconds."""
-    return f"{PREFIX}latent:{job_id}"
-
-
-def job_input(digest: str) -> str:
-    """String with the TTL of the jobs that need it: a job's input by its digest (app.core.pictures: converted pixels,
-    or an inversion's latent), written with the job by the submit script and read by the worker that runs it."""
-    return f"{PREFIX}input:{digest}"
 
 
 def queue_name(model_ref: str) -> str:
@@ -152,10 +131,6 @@ LUA_KEYS = "".join(
     for name, key, argument in (
         ("job_key", job, "id"),
         ("events_key", events, "id"),
-        ("png_key", png, "id"),
-        ("strip_key", strip, "id"),
-        ("latent_key", latent, "id"),
-        ("input_key", job_input, "digest"),
         ("object_key", object_entry, "name"),
         ("run_key", run, "id"),
         ("jobs_key", run_jobs, "id"),

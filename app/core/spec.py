@@ -113,7 +113,7 @@ class Spec:
         raise NotImplementedError
 
     def inputs(self) -> tuple[str, ...]:
-        """The digests of the inputs its worker reads (app.core.keys.job_input): pictures, masks and latents."""
+        """The digests of the inputs its worker reads (app.core.objects: INPUT): pictures, masks and latents."""
         return ()
 
     def to_kwargs(self) -> dict[str, Any]:
@@ -206,7 +206,7 @@ class GenerateSpec(Spec):
     strength: float | None = None  # with `image`: the share of the steps that run (start_step); else None
     mask: str | None = None  # inpainting: the mask's digest (white: repaint)
     harmonize: int = 0  # inpainting: RePaint's back-and-forth jumps per step
-    latent: str | None = None  # start from an inversion's latent: its blob's digest (app.core.keys.job_input)
+    latent: str | None = None  # start from an inversion's latent: its blob's digest (app.core.objects: INPUT)
     sampler: str = DEFAULT_SAMPLER  # model_store.samplers.SAMPLERS
 
     def __post_init__(self) -> None:

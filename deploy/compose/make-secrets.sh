@@ -3,7 +3,8 @@
 # kept, so that running it again changes nothing. To rotate one, delete its file, run this again, and restart what
 # reads it (docs/OPERATIONS.md: "Rotating secrets").
 #
-#   redis_password, redis_admin_password, api_keys   a random hex string each
+#   redis_password, redis_admin_password, api_keys, s3_secret_access_key   a random hex string each (the last
+#                     is the key of the `s3` profile's server: docs/OPERATIONS.md, "Choosing a result store")
 #   webhook_secret    a Standard Webhooks secret (whsec_ + base64 of 32 random bytes): signs every webhook when
 #                     the API runs without keys
 #   webhook_secrets   JSON {owner id: secret}: one secret per key of api_keys, by its owner id (the first 32 hex
@@ -12,7 +13,7 @@ set -eu
 cd "$(dirname "$0")/../.."
 mkdir -p secrets
 chmod 0700 secrets
-for name in redis_password redis_admin_password api_keys; do
+for name in redis_password redis_admin_password api_keys s3_secret_access_key; do
     if [ ! -s "secrets/$name" ]; then
         python3 -c "import secrets; print(secrets.token_hex(24))" > "secrets/$name"
         echo "wrote secrets/$name"
@@ -37,7 +38,7 @@ print(json.dumps(table, indent=2))
 PY
     echo "wrote secrets/webhook_secrets"
 fi
-for name in redis_password redis_admin_password api_keys webhook_secret webhook_secrets; do
-    # Readable by the containers' users (uid 10001, and 999 for Redis); the folder keeps others out.
+for name in redis_password redis_admin_password api_keys webhook_secret webhook_secrets s3_secret_access_key; do
+    # Readable by the containers' users (uid 10001, 999 for Redis, 1000 for SeaweedFS); the folder keeps others out.
     chmod 0644 "secrets/$name"
 done
