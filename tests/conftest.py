@@ -83,3 +83,44 @@ def stack(tiny_store, redis_server, tmp_path):
         yield s
     finally:
         s.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_tiny_store(tmp_path_factory):
+    """A store holding `tiny@1` (the same model as `tiny_store`'s), for the tests of one module."""
+    from model_store import Store
+    from model_store.weights import save_model
+
+    store = Store(tmp_path_factory.mktemp("models"))
+    save_model(store, "tiny", make_tiny_net(), "offset_cosine", [0.5, 0.45, 0.4], [0.25, 0.2, 0.3], {"steps": 0})
+    return store
+
+
+@pytest.fixture(scope="module", params=["redis", "file", "s3"])
+def results_backend(request, tmp_path_factory):
+    """Each result store in turn (DIFFUSETV_RESULTS): Redis, a fresh directory, a bucket in a moto S3 of its own
+    (signatures checked); a stack.ResultsBackend whose `env` the stack's processes get."""
+    from stack import ResultsBackend
+
+    if request.param == "s3":
+        pytest.importorskip("boto3")
+        pytest.importorskip("moto")
+    backend = ResultsBackend.open(request.param, tmp_path_factory.mktemp(f"results-{request.param}"))
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def results_stack(results_backend, module_tiny_store, tmp_path_factory):
+    """Redis, `diffusetv worker` and `diffusetv api` as real processes, serving `tiny@1`, their results in
+    `results_backend` (as `stack.backend`); ready. One for the module's tests of each backend."""
+    from stack import RedisServer, running_stack
+
+    server = RedisServer().start()
+    logs = tmp_path_factory.mktemp(f"stack-{results_backend.name}")
+    try:
+        with running_stack(server, module_tiny_store.root, logs, **results_backend.env) as s:
+            s.backend = results_backend
+            yield s
+    finally:
+        server.cleanup()

@@ -100,6 +100,22 @@ class Stack:
     def start_api(self, **env: str) -> subprocess.Popen:
         return self.start("api", API_COMMAND, **env)
 
+    def start_second_api(self, name: str, timeout: float = 60, **env: str) -> str:
+        """Another `diffusetv api` beside the stack's (the same Redis and workers) on a port of its own, with `env`
+        besides the stack's; its base URL once it answers /healthz."""
+        port = free_port()
+        proc = self.start(name, API_COMMAND, **{**env, "DIFFUSETV_PORT": str(port)})
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.log(name)[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    return base
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not answer:\n{self.log(name)[-3000:]}")
+
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -182,3 +198,69 @@ def running_stack(redis_server, store: Path, tmp_path: Path, timeout: float = 90
         yield s
     finally:
         s.stop_all()
+
+
+@dataclass
+class ResultsBackend:
+    """Where a stack's results go (DIFFUSETV_RESULTS), and what a test reads of it: `env` for the stack's processes,
+    and the objects it holds, by name (app.core.objects.name)."""
+
+    name: str  # redis, file or s3
+    env: dict[str, str]
+    root: Path | None = None  # file: the directory
+    s3: object | None = None  # s3: the s3_server.MotoS3 that holds the bucket
+
+    @classmethod
+    def open(cls, name: str, tmp: Path, **s3_env: str) -> ResultsBackend:
+        """A backend of its own: redis (the stack's Redis), a fresh directory under `tmp`, or a moto S3 with a bucket
+        (started here: `close` stops it), whose clients get `s3_env` besides."""
+        if name == "redis":
+            return cls(name, {"DIFFUSETV_RESULTS": "redis"})
+        if name == "file":
+            root = tmp / "results"
+            return cls(name, {"DIFFUSETV_RESULTS": f"file://{root}"}, root=root)
+        if name == "s3":
+            from s3_server import MotoS3
+
+            server = MotoS3().start()
+            return cls(name, {**server.env(), **s3_env}, s3=server)
+        raise ValueError(f"no results backend {name!r}")
+
+    def close(self) -> None:
+        if self.s3 is not None:
+            self.s3.stop()
+
+    def names(self, redis_url: str) -> set[str]:
+        """The names of the objects the store holds now (previews, inputs and latents included)."""
+        if self.name == "redis":
+            import redis
+
+            from app.core import keys
+
+            prefix = keys.blob("")
+            conn = redis.Redis.from_url(redis_url)
+            return {k.decode().removeprefix(prefix) for k in conn.scan_iter(match=prefix + "*")}
+        if self.name == "file":
+            if not self.root.exists():
+                return set()
+            found = (p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
+            return {p.relative_to(self.root).as_posix() for p in found}
+        prefix = self.s3.prefix + "/" if self.s3.prefix else ""
+        return {key.removeprefix(prefix) for key in self.s3.objects() if key.startswith(prefix)}
+
+    def read(self, redis_url: str, name: str) -> bytes | None:
+        """An object's bytes as the store holds them, read around the service (None when it has none)."""
+        if self.name == "redis":
+            import redis
+
+            from app.core import keys
+
+            return redis.Redis.from_url(redis_url).get(keys.blob(name))
+        if self.name == "file":
+            path = self.root / name
+            return path.read_bytes() if path.exists() else None
+        key = f"{self.s3.prefix}/{name}" if self.s3.prefix else name
+        try:
+            return self.s3.client().get_object(Bucket=self.s3.bucket, Key=key)["Body"].read()
+        except self.s3.client().exceptions.NoSuchKey:
+            return None
