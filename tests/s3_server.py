@@ -52,6 +52,7 @@ class MotoS3:
     access_key_id: str = ""
     secret_access_key: str = ""
     proc: subprocess.Popen | None = None
+    owner: bool = True  # False for a with_bucket view: stop() leaves the server to its owner
     log: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="moto-s3-", suffix=".log")[1]))
 
     @property
@@ -69,6 +70,7 @@ class MotoS3:
         return self
 
     def _wait(self, timeout: float) -> None:
+        """Until moto's own API answers; RuntimeError with the end of its log if it exits or takes `timeout`."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -93,7 +95,7 @@ class MotoS3:
     def with_bucket(self, bucket: str) -> MotoS3:
         """This server with another bucket, made now (stop() belongs to the server's owner, not to such a view)."""
         self.client().create_bucket(Bucket=bucket)
-        return replace(self, bucket=bucket)
+        return replace(self, bucket=bucket, owner=False)
 
     def client(self, service: str = "s3", key_id: str | None = None, secret: str | None = None):
         """A boto3 client of this server (path-style), with the user's credentials unless others are given."""
@@ -103,10 +105,10 @@ class MotoS3:
         return boto3.client(
             service,
             endpoint_url=self.endpoint,
-            region_name=REGION,
+            region_name=self.region,
             aws_access_key_id=key_id or self.access_key_id,
             aws_secret_access_key=secret or self.secret_access_key,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+            config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
         )
 
     def env(self, prefix: str | None = None) -> dict[str, str]:
@@ -116,13 +118,13 @@ class MotoS3:
             "DIFFUSETV_RESULTS": f"s3://{where}",
             "DIFFUSETV_S3_ENDPOINT_URL": self.endpoint,
             "DIFFUSETV_S3_ADDRESSING_STYLE": "path",
-            "DIFFUSETV_S3_REGION": REGION,
+            "DIFFUSETV_S3_REGION": self.region,
             "DIFFUSETV_S3_ACCESS_KEY_ID": self.access_key_id,
             "DIFFUSETV_S3_SECRET_ACCESS_KEY": self.secret_access_key,
             "AWS_ACCESS_KEY_ID": self.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
             "AWS_EC2_METADATA_DISABLED": "true",  # no instance-role probe when a credential is missing
         }
 
@@ -136,9 +138,13 @@ class MotoS3:
         self.proc.send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        """SIGCONT: the server answers again, the requests it held first."""
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
+        """The server killed (resumed first, if paused), its log removed; nothing for a with_bucket view."""
+        if not self.owner:
+            return
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()

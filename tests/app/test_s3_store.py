@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -78,6 +79,19 @@ def test_missing_and_deleted_objects_read_as_none(moto_s3):
     assert moto_s3.objects() == []
 
 
+def test_one_store_shared_by_threads(moto_s3):
+    store = store_for(moto_s3)
+    blobs = {png_name(bytes([i]) * 5000): bytes([i]) * 5000 for i in range(16)}
+
+    def round_trip(item):
+        store.put(*item)
+        return store.get(item[0]) == item[1]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(round_trip, blobs.items()))
+    assert moto_s3.objects() == sorted(f"results/{name}" for name in blobs)
+
+
 def test_prefix_is_honoured(moto_s3):
     store_for(moto_s3, prefix="deep/er").put("png/a.png", b"a")
     store_for(moto_s3, prefix="").put("png/b.png", b"b")
@@ -123,13 +137,13 @@ def test_max_attempts_counts_the_first_attempt(moto_s3):
 def test_read_timeout_mid_body_is_unavailable(moto_s3):
     """The server stops after the headers of a large object: the body's read times out (botocore's ReadTimeoutError
     from StreamingBody.read), which is StoreUnavailable too, not a short object."""
-    store = store_for(moto_s3, s3_read_timeout_s=1)
     data = os.urandom(32 << 20)  # far more than the socket buffers hold
-    store.put("latent/big.safetensors", data)
+    store_for(moto_s3).put("latent/big.safetensors", data)  # moto may take more than a second to take it in
+    store = store_for(moto_s3, s3_read_timeout_s=1)
     store.client.meta.events.register("after-call.s3.GetObject", lambda **_: moto_s3.pause())
     started = time.monotonic()
     try:
-        with pytest.raises(StoreUnavailable, match=moto_s3.bucket):
+        with pytest.raises(StoreUnavailable, match=f"s3://{moto_s3.bucket}: get .*Read timeout"):
             store.get("latent/big.safetensors")
     finally:
         moto_s3.resume()

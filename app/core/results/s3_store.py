@@ -48,7 +48,8 @@ def _content_type(name: str) -> str:
 
 
 def _checksum(data: bytes) -> str:
-    """x-amz-checksum-sha256 of `data`: the base64 of its SHA-256 digest, which the store checks before it keeps it."""
+    """x-amz-checksum-sha256 of `data`: the base64 of its SHA-256 digest (S3 refuses the upload
+    when the bytes it received do not match)."""
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
@@ -173,7 +174,7 @@ def _refusal(exc) -> str:
     code, status = _code(exc), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     hints = {
         "NoSuchBucket": "no such bucket (create it, or fix DIFFUSETV_RESULTS)",
-        "AccessDenied": "access denied (check the credentials and the bucket's policy)",
+        "AccessDenied": "access denied (credentials, bucket policy; without s3:ListBucket a missing key is 403)",
         "InvalidAccessKeyId": "unknown access key id",
         "SignatureDoesNotMatch": "signature refused (check the secret access key)",
     }
