@@ -323,3 +323,44 @@ def test_v1_with_the_store_down_is_a_503_in_openais_shape_naming_the_jobs(v1):
     error = caught.value.body
     assert UNAVAILABLE in error["message"] and len(error["jobs"]) == 2 and error["type"] == "server_error"
     assert json.loads(caught.value.response.text)["error"]["code"] == "service_unavailable"
+
+
+def test_v1_with_an_image_gone_from_the_store_is_a_410_naming_the_jobs(v1):
+    c = v1
+
+    class Emptied(Signing):  # answers, but has lost every object
+        def get(self, name: str) -> bytes | None:
+            return None
+
+    c.app.state.results = Emptied()
+    r = c.post("/v1/images/generations", json={"prompt": "", "n": 2, "response_format": "b64_json", "seed": 5})
+    assert r.status_code == 410 and r.headers["x-should-retry"] == "false", r.text
+    error = r.json()["error"]
+    assert MISSING in error["message"] and len(error["jobs"]) == 2 and error["jobs"][0] in error["message"]
+    url = c.post("/v1/images/generations", json={"prompt": "", "n": 1, "response_format": "url", "seed": 6})
+    assert url.status_code == 200 and url.json()["data"][0]["url"].endswith("/image.png")  # no store read for a URL
+
+
+@pytest.mark.slow
+def test_a_file_store_end_to_end_previews_are_urls_served_to_the_jobs_owner(tiny_store, redis_server, tmp_path):
+    """Real processes with DIFFUSETV_RESULTS=file://: the previews' `url`s are the API's, and answer their PNGs; the
+    image is the stored file's bytes, and a HEAD gives its length."""
+    from helpers import read_events
+    from stack import running_stack
+
+    root = tmp_path / "results"
+    env = {"DIFFUSETV_RESULTS": f"file://{root}"}
+    with running_stack(redis_server, tiny_store.root, tmp_path, **env) as s, s.client() as c:
+        job = c.post("/generate", json={"seed": 7, "steps": 8, "previews": True}).json()["id"]
+        previews = [d for _, e, d in read_events(c, job) if e == "preview"]
+        assert previews and all(p["url"].startswith(f"/jobs/{job}/previews/") for p in previews), previews
+        for p in previews:
+            r = c.get(p["url"])
+            assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), r.text
+            assert r.headers["etag"] == f'"{p["url"].rsplit("/", 1)[1].removesuffix(".png")}"'
+        image = c.get(f"/jobs/{job}/image.png")
+        sha = hashlib.sha256(image.content).hexdigest()
+        assert image.status_code == 200 and image.headers["etag"] == f'"{sha}"'
+        assert (root / "png" / f"{sha}.png").read_bytes() == image.content
+        head = c.head(f"/jobs/{job}/image.png")
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(image.content))
