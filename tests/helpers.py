@@ -285,3 +285,25 @@ def store_result(conn, kind: str, data: bytes, ttl: int = 600, store=None) -> st
     objects.put(conn, store or RedisStore(conn), name, data, hold_s=ttl, window_s=1)
     assert objects.publish(conn, name, len(data), ttl)
     return digest
+
+
+def registered(conn, kind: str) -> list[str]:
+    """The names of the objects of `kind` (app.core.objects: PNG, LATENT, INPUT) that the registry knows."""
+    from app.core import keys
+
+    prefix = keys.object_entry("")
+    return sorted(k.decode().removeprefix(prefix) for k in conn.scan_iter(match=keys.object_entry(f"{kind}/*")))
+
+
+def expiry(conn, name: str) -> float | None:
+    """When the registry may sweep an object (epoch s), or None for an object it does not know."""
+    from app.core import keys
+
+    return conn.zscore(keys.OBJECTS, name)
+
+
+def stored_bytes(conn, name: str) -> bytes | None:
+    """An object's bytes in the redis result store (the default)."""
+    from app.core.results.redis_store import RedisStore
+
+    return RedisStore(conn).get(name)

@@ -13,8 +13,8 @@ import time
 import pytest
 import redis as redis_lib
 
-from app.core import keys
-from helpers import claim_as_worker, fill_redis, release_claim
+from app.core import keys, objects
+from helpers import claim_as_worker, fill_redis, registered, release_claim
 from stack import RedisServer, Stack, free_port, running_stack, stack_env
 
 pytestmark = pytest.mark.slow
@@ -223,7 +223,7 @@ def test_sigkill_mid_image_to_image_reruns_with_its_input_and_the_same_bytes(sta
         png = c.get(f"/jobs/{source['id']}/image.png", params={"wait": 30}).content
         body = {"seed": 41, "steps": 1000, "eta": 0.5, "image": base64.b64encode(png).decode(), "strength": 0.9}
         job = c.post("/generate", json=body).json()
-        (stored,) = conn.keys(keys.job_input("*"))
+        (stored,) = registered(conn, objects.INPUT)
         wait_for(lambda: status(c, job["id"])["status"] == "running", 20, "running")
         os.kill(busy_worker_pid(conn, job["id"]), signal.SIGKILL)
         deadline = time.monotonic() + 180
@@ -231,7 +231,7 @@ def test_sigkill_mid_image_to_image_reruns_with_its_input_and_the_same_bytes(sta
             assert time.monotonic() < deadline, done
             c.get(f"/jobs/{job['id']}", params={"wait": 30})
         assert done["status"] == "succeeded", done
-        assert conn.exists(stored)
+        assert objects.state(conn, stored) == "live" and conn.exists(keys.blob(stored))
         png = c.get(f"/jobs/{job['id']}/image.png").content
     assert png == undisturbed_png(stack, body)
     assert float(conn.hget(keys.METRICS, "requeued")) == 1

@@ -4,6 +4,7 @@ pixel digest, with the job, counted in the client's bytes. In process against a 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import resource
 import struct
@@ -15,11 +16,11 @@ import pytest
 import redis as redis_lib
 from fastapi.testclient import TestClient
 
-from app.core import keys, pictures
+from app.core import keys, objects, pictures
 from app.core.jobs import JobStatus
 from app.core.settings import Settings
 from app.main import create_app
-from helpers import claim_as_worker
+from helpers import claim_as_worker, expiry, registered, store_result, stored_bytes
 
 BODY_LIMIT = 256 * 1024  # the image routes' body limit in these tests (DIFFUSETV_IMAGE_BODY_BYTES)
 
@@ -72,13 +73,22 @@ def field_of(response) -> list:
     return [tuple(err["loc"]) for err in response.json()["detail"]]
 
 
-def succeeded_job(conn, owner: str = "", kind: str = "generate", png: bytes | None = None) -> str:
-    """A finished job written straight into Redis, as a worker leaves it."""
+GONE = b"an object that the sweep removed"
+
+
+def succeeded_job(
+    conn, owner: str = "", kind: str = "generate", png: bytes | None = None, latent: bytes | None = None
+) -> str:
+    """A finished job written straight into Redis, as a worker leaves it: its PNG (and an inversion's latent) stored
+    and live; without `png` (or `latent`), a job whose object has expired: its record names a digest that is stored
+    no more."""
     job_id = f"{np.random.default_rng().integers(2**62):032x}"
     record = {"id": job_id, "kind": kind, "status": JobStatus.SUCCEEDED.value, "owner": owner, "params": "{}"}
+    gone = hashlib.sha256(GONE).hexdigest()
+    record["sha256"] = store_result(conn, objects.PNG, png) if png is not None else gone
+    if kind == "invert":
+        record["latent_sha256"] = store_result(conn, objects.LATENT, latent) if latent is not None else gone
     conn.hset(keys.job(job_id), mapping=record)
-    if png is not None:
-        conn.set(keys.png(job_id), png)
     return job_id
 
 
@@ -104,7 +114,7 @@ def test_bad_picture_inputs_are_422_naming_the_field(setup, body, field):
     r = c.post("/generate", json=body)
     assert r.status_code == 422, r.text
     assert any(field in loc for loc in field_of(r)), r.json()
-    assert not conn.keys(keys.job_input("*"))  # nothing half-made
+    assert not registered(conn, objects.INPUT) and not conn.keys(keys.blob("*"))  # nothing half-made
 
 
 def test_each_end_of_an_interpolation_is_one_of_seed_picture_latent(setup):
@@ -129,7 +139,7 @@ def test_a_decompression_bomb_is_refused_fast_without_growing_memory(setup):
     assert "pixels" in r.json()["detail"][0]["msg"]
     assert elapsed < 1.0, elapsed
     assert grown_mb < 50, grown_mb  # decoded in full it would be 50 MB at 1 bit, 400 MB as 8-bit grey
-    assert not conn.keys(keys.job_input("*"))
+    assert not registered(conn, objects.INPUT) and not conn.keys(keys.blob("*"))
 
 
 def test_a_body_over_the_image_limit_is_413_and_other_routes_keep_64_kib(setup):
@@ -171,13 +181,13 @@ def test_a_latent_must_be_a_succeeded_inversion_of_this_model_steps_and_size(set
     assert r.status_code == 422 and ("body", "latent") in field_of(r)
     manifest = c.app.state.store.resolve("tiny")
     latent = np.zeros((3, 16, 16), np.float32)
-    inversion = succeeded_job(conn, kind="invert")
     meta = {"identity": manifest.identity, "model": manifest.ref, "steps": "20"}
-    conn.set(keys.latent(inversion), save({"latent": latent}, metadata=meta))
+    blob = save({"latent": latent}, metadata=meta)
+    inversion = succeeded_job(conn, kind="invert", png=png_file(glyph()), latent=blob)
     r = c.post("/generate", json={"latent": {"job": inversion}, "steps": 10})
     assert r.status_code == 422 and "steps" in r.json()["detail"][0]["msg"]
-    other = succeeded_job(conn, kind="invert")
-    conn.set(keys.latent(other), save({"latent": latent}, metadata={**meta, "identity": "0" * 64}))
+    other_latent = save({"latent": latent}, metadata={**meta, "identity": "0" * 64})
+    other = succeeded_job(conn, kind="invert", png=png_file(glyph()), latent=other_latent)
     assert c.post("/generate", json={"latent": {"job": other}, "steps": 20}).status_code == 422
     ok = c.post("/generate", json={"latent": {"job": inversion}, "steps": 20})
     assert ok.status_code == 202, ok.text
@@ -195,9 +205,9 @@ def test_a_latent_is_refused_by_a_sampler_other_than_the_one_it_was_inverted_wit
     latent = np.zeros((3, 16, 16), np.float32)
     by = {}
     for sampler in ("ddim", "dpmpp_2m"):
-        by[sampler] = succeeded_job(conn, kind="invert")
         named = {} if sampler == "ddim" else {"sampler": sampler}  # a DDIM inversion's file names no sampler
-        conn.set(keys.latent(by[sampler]), save({"latent": latent}, metadata={**meta, **named}))
+        blob = save({"latent": latent}, metadata={**meta, **named})
+        by[sampler] = succeeded_job(conn, kind="invert", png=png_file(glyph()), latent=blob)
     for inverted, asked, status in [("ddim", "ddim", 202), ("ddim", "dpmpp_2m", 422), ("dpmpp_2m", "ddim", 422),
                                     ("dpmpp_2m", "dpmpp_2m", 202), ("dpmpp_2m", "unipc", 422)]:  # fmt: skip
         r = c.post("/generate", json={"latent": {"job": by[inverted]}, "steps": 20, "sampler": asked})
@@ -215,10 +225,11 @@ def test_the_same_picture_in_other_files_is_one_digest_stored_once_and_counted(s
     third = c.post("/generate", json={"seed": 3, "image": uri, "strength": 0.5})
     digests = {r.json()["params"]["image"] for r in (first, again, third)}
     assert len(digests) == 1 and digests == {pictures.digest(pixels)}
-    stored = conn.keys(keys.job_input("*"))
-    assert len(stored) == 1
-    assert np.array_equal(pictures.from_blob(conn.get(stored[0])), pixels)
-    assert conn.ttl(stored[0]) > 0
+    stored = registered(conn, objects.INPUT)
+    assert stored == [objects.name(objects.INPUT, pictures.digest(pixels))]
+    assert np.array_equal(pictures.from_blob(stored_bytes(conn, stored[0])), pixels)
+    assert objects.state(conn, stored[0]) == "live"  # published with the jobs, kept as long as the last of them
+    assert expiry(conn, stored[0]) > time.time() + c.app.state.settings.result_ttl
 
 
 def test_an_input_counts_towards_the_clients_bytes(setup):
@@ -233,8 +244,8 @@ def test_an_input_counts_towards_the_clients_bytes(setup):
     plain = used() - start
     body = {"seed": 2, "steps": 10, "image": b64(png_file(glyph(4))), "strength": 1.0}  # all 10 steps run
     assert c.post("/generate", json=body).status_code == 202
-    (stored,) = conn.keys(keys.job_input("*"))
-    assert used() - start - plain == plain + len(conn.get(stored))
+    (stored,) = registered(conn, objects.INPUT)
+    assert used() - start - plain == plain + len(stored_bytes(conn, stored)) == plain + objects.size(conn, stored)
 
 
 def test_strength_defaults_and_the_picture_is_in_the_params(setup):

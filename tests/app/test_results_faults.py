@@ -149,6 +149,23 @@ def test_a_store_back_within_the_retry_window_lets_the_job_succeed(s3_stack, slo
         assert c.get(job["image_url"]).content == slow_png
 
 
+def test_previews_that_a_stopped_store_does_not_take_stall_the_run_at_most_once(s3_stack):
+    """A preview that the store does not take is skipped (worker.batch.PREVIEW_WINDOW_S): a store that does not
+    answer may cost a run one call's timeouts, not one for every previewed step."""
+    body = {"seed": 65, "steps": 6, "previews": True}  # a preview at each step
+    with s3_stack.client() as c:
+        s3_stack.backend.s3.pause()
+        try:
+            started = time.monotonic()
+            job = c.post("/generate", json=body).json()
+            job = until(c, job["id"], lambda j: j["status"] not in ("queued", "running"), timeout=60)
+            took = time.monotonic() - started
+        finally:
+            s3_stack.backend.s3.resume()
+        assert job["status"] == "failed" and UNAVAILABLE in job["error"], job
+        assert took <= CALL_S + RETRY_S + CALL_S + SLACK_S, took  # one stalled preview, then the result's window
+
+
 def test_a_store_down_while_a_client_reads_is_503_with_retry_after_then_200(s3_stack):
     with s3_stack.client() as c:
         job = final_job(c, c.post("/generate", json={"seed": 61, "steps": 8}).json()["id"], deadline_s=60)

@@ -13,10 +13,10 @@ import pytest
 import redis as redis_lib
 from fastapi.testclient import TestClient
 
-from app.core import keys
+from app.core import keys, objects
 from app.core.settings import Settings
 from app.main import create_app
-from helpers import claim_as_worker
+from helpers import claim_as_worker, registered
 from model_store import kinds
 from model_store.samplers import SAMPLERS
 
@@ -86,7 +86,7 @@ def test_a_bad_sampler_or_combination_is_422_naming_the_field_and_queues_nothing
     assert r.status_code == 422, r.text
     (error,) = r.json()["detail"]
     assert error["loc"] == ["body", field] and message in error["msg"], error
-    assert not conn.keys(keys.job("*")) and not conn.keys(keys.job_input("*"))
+    assert not conn.keys(keys.job("*")) and not registered(conn, objects.INPUT) and not conn.keys(keys.blob("*"))
 
 
 def test_a_multistep_sampler_at_eta_0_is_queued_and_named_in_the_params(setup):

@@ -8,6 +8,7 @@ the concurrent cases.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -19,33 +20,43 @@ import redis as redis_lib
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
-from app.core import keys, runs
+from app.core import keys, objects, runs
 from app.core.jobs import new_job_id
 from app.core.png import encode_png
+from app.core.results.redis_store import RedisStore
 from app.core.settings import Settings
 from app.core.submission import Idempotency
-from app.core.submit import Admission, Bounds, Entry, admit, quota_for, replayed
+from app.core.submit import RECORD_BYTES, Admission, Bounds, Entry, admit, quota_for, replayed
 from app.main import create_app
-from helpers import claim_as_worker, generate_spec
+from helpers import claim_as_worker, expiry, generate_spec, registered, store_result, stored_bytes
 from stack import Stack, free_port, stack_env
 
 ENGINE = "cpu/fp32/aaaa"
 ENGINE_RECORD = json.dumps({"device": "cpu", "precision": "fp32", "kernels": "aaaa"})
 QUEUE = "rq:queue:" + keys.queue_name("tiny@1")
-PERMANENT = {keys.METRICS, "diffusetv:workers", keys.RUNNING, "rq:queues", QUEUE}  # the service's own structures
+PERMANENT = {keys.METRICS, "diffusetv:workers", keys.RUNNING, "rq:queues", QUEUE, keys.OBJECTS}  # the service's own
+SWEPT = (keys.object_entry(""), keys.blob(""))  # no TTL: the registry's sweep removes them (app.core.objects)
 
 
 def half_made(conn) -> list[str]:
-    """Every way the stored state can be half made: a key without TTL, a waiting job no queue entry leads to,
-    an open-run entry or an RQ job without its counterpart."""
+    """Every way the stored state can be half made: a key without TTL (but the objects, which the sweep removes), an
+    object the sweep would never find, a succeeded job without its live object or whose object may go before it, a
+    waiting job no queue entry leads to, an open-run entry or an RQ job without its counterpart."""
     problems = []
     queued = {i.decode() for i in conn.lrange(QUEUE, 0, -1)}
     for raw in conn.scan_iter(count=1000):
         key = raw.decode()
-        if key not in PERMANENT and conn.ttl(key) < 0:
+        if key not in PERMANENT and not key.startswith(SWEPT) and conn.ttl(key) < 0:
             problems.append(f"no TTL: {key}")
+        if key.startswith(SWEPT) and expiry(conn, key.removeprefix(SWEPT[0]).removeprefix(SWEPT[1])) is None:
+            problems.append(f"an object the sweep never finds: {key}")
     for raw in conn.scan_iter(match=keys.job("*"), count=1000):
         record = {k.decode(): v.decode() for k, v in conn.hgetall(raw).items()}
+        if record.get("status") == "succeeded":
+            name = objects.name(objects.PNG, record["sha256"])
+            lives = time.time() + conn.ttl(raw) - 2
+            if objects.state(conn, name) != "live" or (expiry(conn, name) or 0) < lives:
+                problems.append(f"job {record['id']} outlives its object {name} ({objects.state(conn, name)})")
         if record.get("status") in ("queued", "running"):
             run_id = record.get("run", "")
             run = conn.hget(keys.run(run_id), "status")
@@ -69,17 +80,17 @@ def settings_for(tiny_store, redis_server, **overrides) -> Settings:
 
 
 def cached_result(conn, client, seed: int, steps: int = 5, png: bytes | None = None) -> bytes:
-    """A finished run's result for (seed, steps), as a worker leaves it: its PNG, its job and the cache entry."""
+    """A finished run's result for (seed, steps), as a worker leaves it: its PNG (a live object), its job and the cache
+    entry."""
     model = client.get("/models").json()["models"][0]
     conn.set(keys.engine("tiny@1"), ENGINE, ex=600)
     png = png or encode_png(__import__("numpy").zeros((16, 16, 3), "uint8"), {"seed": seed})
     source = "f" * 32
-    conn.set(keys.png(source), png, ex=600)
-    conn.hset(
-        keys.job(source), mapping={"id": source, "status": "succeeded", "engine": ENGINE_RECORD, "batch_size": "1"}
-    )
+    sha256 = store_result(conn, objects.PNG, png)
+    record = {"id": source, "status": "succeeded", "sha256": sha256, "engine": ENGINE_RECORD, "batch_size": "1"}
+    conn.hset(keys.job(source), mapping=record)
     conn.expire(keys.job(source), 600)
-    entry = {"job": source, "sha256": hashlib.sha256(png).hexdigest()}
+    entry = {"job": source, "sha256": sha256}
     key = runs.engine_key(generate_spec(types.SimpleNamespace(**model), seed, steps, 0.0), ENGINE)
     conn.set(keys.cache(key), json.dumps(entry), ex=600)
     return png
@@ -188,11 +199,11 @@ def test_cache_hits_and_joins_count_against_the_clients_quota(tiny_store, redis_
     a, b = "quota-key-a-" + "a" * 12, "quota-key-b-" + "b" * 12
     settings = settings_for(tiny_store, redis_server, api_keys=f"{a},{b}", client_jobs=5)
     with TestClient(create_app(settings)) as client:
-        cached_result(conn, client, 3)
+        png = cached_result(conn, client, 3)
         as_a = {"Authorization": f"Bearer {a}"}
         hits = [client.post("/generate", json={"seed": 3, "steps": 5}, headers=as_a) for _ in range(8)]
         assert [r.status_code for r in hits] == [202] * 5 + [429] * 3
-        assert all(r.json()["status"] == "succeeded" for r in hits[:5])  # cache hits, each a copy of the PNG
+        assert all(r.json()["status"] == "succeeded" for r in hits[:5])  # cache hits, each charged the PNG's bytes
         refused = hits[-1]
         assert 0 < int(refused.headers["Retry-After"]) <= settings.quota_window_s
         assert "quota" in refused.json()["detail"]
@@ -200,7 +211,13 @@ def test_cache_hits_and_joins_count_against_the_clients_quota(tiny_store, redis_
         assert client.post("/generate", json={"seed": 4, "steps": 5}, headers=as_a).status_code == 429
         as_b = {"Authorization": f"Bearer {b}"}
         assert client.post("/generate", json={"seed": 3, "steps": 5}, headers=as_b).status_code == 202
-    assert len([k for k in conn.scan_iter(match=keys.png("*"))]) == 1 + 5 + 1  # the source and 6 copies
+    # no copy: the 6 hits point at the source's one object, live, kept as long as the last of them
+    assert registered(conn, objects.PNG) == [objects.name(objects.PNG, hashlib.sha256(png).hexdigest())]
+    (name,) = registered(conn, objects.PNG)
+    assert objects.state(conn, name) == "live" and objects.size(conn, name) == len(png)
+    assert expiry(conn, name) >= time.time() + settings.result_ttl - 5
+    charged = sorted(int(conn.hget(k, "bytes")) for k in conn.scan_iter(match=keys.quota("*", "*")))
+    assert charged == [len(png) + RECORD_BYTES, 5 * (len(png) + RECORD_BYTES)]  # still the object's bytes, per hit
 
 
 def test_result_bytes_per_client_are_bounded(tiny_store, redis_server):
@@ -377,9 +394,9 @@ def deliveries_of(conn, job_id: str) -> list[dict[str, str]]:
 def test_a_cache_hit_and_a_join_of_a_running_run_enqueue_their_webhook_deliveries(each_redis_server):
     conn = redis_lib.Redis.from_url(each_redis_server.url)
     source = "f" * 32
-    conn.set(keys.png(source), b"\x89PNG", ex=600)
-    conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded"})
-    conn.set(keys.cache("ck"), json.dumps({"job": source, "sha256": "ab" * 32}), ex=600)
+    sha256 = store_result(conn, objects.PNG, b"\x89PNG")
+    conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded", "sha256": sha256})
+    conn.set(keys.cache("ck"), json.dumps({"job": source, "sha256": sha256}), ex=600)
     hit, quiet = entry_for("ck", "ck", **WEBHOOK), entry_for("ck", "ck")
     assert admit_all(conn, [hit, quiet]).jobs == (("cached", source, "succeeded"),) * 2
     (delivery,) = deliveries_of(conn, hit.job_id)
@@ -422,3 +439,222 @@ def test_submit_many_queues_every_job_or_none(tiny_store, redis_server):
     assert refused.value.status_code == 429 and "queue is full" in refused.value.detail
     assert conn.llen(QUEUE) == 2 and len(list(conn.scan_iter(match=keys.job("*")))) == 3
     assert half_made(conn) == []
+
+
+# The result store (app.core.objects): a cache hit points at live objects, inputs are published with their jobs, and
+# the deliver script gives a job only objects that are stored.
+
+
+def snapshot(conn) -> dict[str, bytes]:
+    """Every key and its serialized value: equal snapshots mean that nothing was written."""
+    return {k.decode(): conn.dump(k) for k in conn.scan_iter(count=1000)}
+
+
+def pending(conn, kind: str, data: bytes) -> str:
+    """An object as an upload leaves it before a script publishes it: stored and reserved (pending). Its name."""
+    name = objects.name(kind, hashlib.sha256(data).hexdigest())
+    objects.put(conn, RedisStore(conn), name, data, hold_s=600, window_s=1)
+    assert objects.state(conn, name) == "pending"
+    return name
+
+
+def claimed(conn, name: str) -> str:
+    """The object taken by a sweep, as if its expiry had passed: `deleting`, its bytes not yet removed."""
+    conn.zadd(keys.OBJECTS, {name: time.time() - 60})  # no GT: the score is lowered, as time passing would
+    assert objects.claim(conn, name) is not None and objects.state(conn, name) == "deleting"
+    return name
+
+
+def swept(conn, name: str) -> None:
+    """The object swept, as if its expiry had passed: deleted from the store and forgotten by the registry."""
+    conn.zadd(keys.OBJECTS, {name: time.time() - 60})
+    assert objects.sweep(conn, RedisStore(conn), 10) >= 1 and objects.state(conn, name) is None
+    assert stored_bytes(conn, name) is None
+
+
+RESULT = {"sha256": (objects.PNG, b"\x89PNG image"), "strip_sha256": (objects.PNG, b"\x89PNG strip")}
+RESULT["latent_sha256"] = (objects.LATENT, b"safetensors latent")
+
+
+def finished_source(conn, cache_key: str) -> tuple[str, dict[str, str]]:
+    """A finished job with a PNG, a strip and a latent, all live, and the cache entry that names it: its id, and the
+    names of its objects by record field."""
+    source = new_job_id()
+    digests = {f: store_result(conn, kind, data) for f, (kind, data) in RESULT.items()}
+    conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded", **digests})
+    conn.expire(keys.job(source), 600)
+    conn.set(keys.cache(cache_key), json.dumps({"job": source, "sha256": digests["sha256"]}), ex=600)
+    return source, {f: objects.name(RESULT[f][0], d) for f, d in digests.items()}
+
+
+def test_a_cache_hit_points_at_the_live_objects_keeps_them_as_long_as_itself_and_charges_their_bytes(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    source, names = finished_source(conn, "ck")
+    hit = entry_for("ck", "ck")
+    assert admit_all(conn, [hit]).jobs == (("cached", source, "succeeded"),)
+    record = {k.decode(): v.decode() for k, v in conn.hgetall(keys.job(hit.job_id)).items()}
+    assert record["status"] == "succeeded" and record["cached"] == "1"
+    assert {f: objects.name(RESULT[f][0], record[f]) for f in RESULT} == names  # the same objects, no copy
+    for name in names.values():
+        assert objects.state(conn, name) == "live" and expiry(conn, name) >= time.time() + bounds_for().result_ttl - 5
+    assert len(registered(conn, objects.PNG)) == 2 and len(registered(conn, objects.LATENT)) == 1
+    used = conn.hgetall(keys.quota("test", int(time.time() // 3600)))
+    assert int(used[b"bytes"]) == sum(len(data) for _, data in RESULT.values()) + RECORD_BYTES
+    assert b"compute" not in used and conn.llen(QUEUE) == 0
+
+
+@pytest.mark.parametrize("field", list(RESULT))
+@pytest.mark.parametrize("how", ["deleting", "unregistered", "pending"])
+def test_a_cache_hit_whose_object_is_not_live_is_a_miss_that_queues_a_new_run(redis_server, field, how):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    _, names = finished_source(conn, "ck")
+    name = names[field]
+    if how == "deleting":  # a sweep claimed it: it is going, whatever the cache entry says
+        claimed(conn, name)
+    elif how == "unregistered":  # the registry forgot it (swept), the record and the cache entry outlived it
+        conn.delete(keys.object_entry(name))
+        conn.zrem(keys.OBJECTS, name)
+    else:  # reserved again by an upload that has not published it
+        conn.hset(keys.object_entry(name), "state", "pending")
+    before = {n: (objects.state(conn, n), expiry(conn, n)) for n in names.values()}
+    miss = entry_for("ck", "ck")
+    admission = admit_all(conn, [miss])
+    assert admission.jobs == (("lead", miss.job_id, "queued"),)
+    assert [i.decode() for i in conn.lrange(QUEUE, 0, -1)] == [miss.job_id]
+    assert conn.hget(keys.job(miss.job_id), "status") == b"queued" and not conn.hexists(keys.job(miss.job_id), "cached")
+    assert {n: (objects.state(conn, n), expiry(conn, n)) for n in names.values()} == before  # none kept by a miss
+    assert conn.hget(keys.METRICS, "cache_hits") is None
+
+
+def test_a_cache_hit_whose_object_a_sweep_holds_is_queued_again_never_410(tiny_store, redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    with TestClient(create_app(settings_for(tiny_store, redis_server))) as client:
+        png = cached_result(conn, client, 3)
+        claimed(conn, objects.name(objects.PNG, hashlib.sha256(png).hexdigest()))
+        r = client.post("/generate", json={"seed": 3, "steps": 5})
+        assert r.status_code == 202 and r.json()["status"] == "queued", r.text
+        job = client.get(f"/jobs/{r.json()['id']}").json()
+        assert job["status"] == "queued"
+        assert client.get(f"/jobs/{r.json()['id']}/image.png").status_code == 409  # not done yet: never 410
+    assert [i.decode() for i in conn.lrange(QUEUE, 0, -1)] == [r.json()["id"]]
+
+
+def with_input(engine_key: str, data: bytes) -> Entry:
+    """A job that reads one input (its digest and size in Entry.inputs, as app.queueing stored it)."""
+    entry = entry_for(engine_key)
+    return dataclasses.replace(entry, inputs={hashlib.sha256(data).hexdigest(): len(data)})
+
+
+@pytest.mark.parametrize("how", ["deleting", "swept"])
+def test_an_input_swept_after_the_api_stored_it_refuses_the_whole_submission_and_writes_nothing(redis_server, how):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    kept, lost = b"an input that stays", b"an input the sweep takes"
+    kept_name, lost_name = pending(conn, objects.INPUT, kept), pending(conn, objects.INPUT, lost)
+    claimed(conn, lost_name) if how == "deleting" else swept(conn, lost_name)
+    before = snapshot(conn)
+    entries = [entry_for("plain"), with_input("a", kept), with_input("b", lost)]
+    admission = admit_all(conn, entries, idempotency=idempotency())
+    assert not admission.admitted and admission.outcome == "inputs" and admission.job_ids == ()
+    assert admission.detail == hashlib.sha256(lost).hexdigest()
+    assert snapshot(conn) == before  # no job, run, charge, queue entry or key; the kept input is still pending
+    assert objects.state(conn, kept_name) == "pending"
+
+
+def test_inputs_are_published_with_their_jobs_and_kept_as_long_as_the_longest(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    data = b"an input two jobs read"
+    name = pending(conn, objects.INPUT, data)
+    held = expiry(conn, name)
+    a, b = with_input("a", data), with_input("a", data)  # the second joins the first's run
+    assert admit_all(conn, [a, b]).admitted
+    assert objects.state(conn, name) == "live" and objects.size(conn, name) == len(data)
+    assert expiry(conn, name) >= max(held, time.time() + bounds_for().ttl - 5)
+    used = conn.hgetall(keys.quota("test", int(time.time() // 3600)))
+    assert int(used[b"bytes"]) == 2 * (100 + len(data))  # each job is charged the input it reads
+
+
+def test_a_route_whose_input_is_swept_before_the_script_answers_503_and_writes_nothing(
+    tiny_store, redis_server, monkeypatch
+):
+    import base64
+
+    import numpy as np
+
+    import app.queueing
+
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    real = app.queueing.admit
+
+    def swept_first(redis, *args, **kwargs):  # a sweep between the API's store and the submit script
+        for name in registered(redis, objects.INPUT):
+            swept(redis, name)
+        return real(redis, *args, **kwargs)
+
+    monkeypatch.setattr(app.queueing, "admit", swept_first)
+    image = base64.b64encode(encode_png(np.full((16, 16, 3), 120, "uint8"), {})).decode()
+    with TestClient(create_app(settings_for(tiny_store, redis_server))) as client:
+        conn.set(keys.engine("tiny@1"), ENGINE, ex=600)
+        r = client.post("/generate", json={"seed": 1, "steps": 5, "image": image, "strength": 0.5})
+    assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0, r.text
+    assert "swept" in r.json()["detail"]
+    assert not conn.keys(keys.job("*")) and not conn.keys(keys.quota("*", "*")) and conn.llen(QUEUE) == 0
+    assert registered(conn, objects.INPUT) == [] and not conn.keys(keys.blob("*"))
+    assert half_made(conn) == []
+
+
+def waiting_job(conn, status: str = "running") -> str:
+    job_id = new_job_id()
+    conn.hset(keys.job(job_id), mapping={"id": job_id, "status": status, "webhook": WEBHOOK["webhook"]})
+    conn.hset(keys.job(job_id), mapping={k: v for k, v in WEBHOOK.items() if k != "webhook"})
+    conn.expire(keys.job(job_id), 600)
+    return job_id
+
+
+def delivery_of(conn, png: bytes, latent: bytes) -> tuple[dict[str, str], dict[str, int]]:
+    """The fields and the objects (name -> size) a worker delivers for an inversion's PNG and latent."""
+    fields = {"sha256": hashlib.sha256(png).hexdigest(), "latent_sha256": hashlib.sha256(latent).hexdigest()}
+    stored = {pending(conn, objects.PNG, png): len(png), pending(conn, objects.LATENT, latent): len(latent)}
+    return fields, stored
+
+
+@pytest.mark.parametrize("how", ["deleting", "unregistered"])
+def test_deliver_refuses_an_object_that_is_not_stored_and_writes_nothing(redis_server, how):
+    from app.core.jobs import UNSTORED, deliver
+
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    job_id = waiting_job(conn)
+    fields, stored = delivery_of(conn, b"\x89PNG delivered", b"a latent")
+    latent = next(n for n in stored if n.startswith(objects.LATENT))
+    if how == "deleting":
+        claimed(conn, latent)
+    else:
+        conn.delete(keys.object_entry(latent))
+        conn.zrem(keys.OBJECTS, latent)
+    before = snapshot(conn)
+    entry = (keys.cache("ck"), json.dumps({"job": job_id, "sha256": fields["sha256"]}))
+    assert deliver(conn, job_id, 600, fields, stored, entry) == UNSTORED
+    assert snapshot(conn) == before  # still running: no fields, event, cache entry, webhook or object published
+
+
+def test_deliver_publishes_the_objects_for_as_long_as_the_job_lives(redis_server):
+    from app.core.jobs import DELIVERED, ENDED, deliver
+
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    job_id = waiting_job(conn)
+    fields, stored = delivery_of(conn, b"\x89PNG delivered", b"a latent")
+    entry = (keys.cache("ck"), json.dumps({"job": job_id, "sha256": fields["sha256"]}))
+    ttl = 3600  # longer than the objects' hold: their expiry is raised to the job's
+    assert deliver(conn, job_id, ttl, fields, stored, entry) == DELIVERED
+    record = {k.decode(): v.decode() for k, v in conn.hgetall(keys.job(job_id)).items()}
+    assert record["status"] == "succeeded" and {f: record[f] for f in fields} == fields
+    assert ttl - 5 <= conn.ttl(keys.job(job_id)) <= ttl and conn.get(keys.cache("ck")) is not None
+    for name, size in stored.items():
+        assert objects.state(conn, name) == "live" and objects.size(conn, name) == size
+        assert expiry(conn, name) >= time.time() + ttl - 5
+    assert [d["type"] for d in deliveries_of(conn, job_id)] == ["job.completed"]
+    # a job that ended meanwhile takes nothing: its objects are not published for it
+    canceled = waiting_job(conn, "canceled")
+    others, more = delivery_of(conn, b"\x89PNG for nobody", b"another latent")
+    before = snapshot(conn)
+    assert deliver(conn, canceled, ttl, others, more) == ENDED
+    assert snapshot(conn) == before and all(objects.state(conn, n) == "pending" for n in more)

@@ -14,11 +14,11 @@ import redis as redis_lib
 from fastapi.testclient import TestClient
 
 from app.auth import owner_id
-from app.core import keys, runs
+from app.core import keys, objects, runs
 from app.core.settings import Settings
 from app.core.signing import new_secret
 from app.main import create_app
-from helpers import claim_as_worker, generate_spec
+from helpers import claim_as_worker, generate_spec, store_result
 
 HOOK = "https://example.com/hooks/diffusetv"
 
@@ -130,10 +130,10 @@ def test_a_cache_hit_enqueues_its_completed_delivery_at_submit(client, redis_ser
     conn.set(keys.engine("tiny@1"), engine, ex=600)
     model = client.get("/models").json()["models"][0]
     source, png = "f" * 32, b"\x89PNG cached"
-    conn.set(keys.png(source), png, ex=600)
-    conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded"})
+    sha256 = store_result(conn, objects.PNG, png)
+    conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded", "sha256": sha256})
     key = runs.engine_key(generate_spec(types.SimpleNamespace(**model), 3, 5, 0.0), engine)
-    conn.set(keys.cache(key), json.dumps({"job": source, "sha256": hashlib.sha256(png).hexdigest()}), ex=600)
+    conn.set(keys.cache(key), json.dumps({"job": source, "sha256": sha256}), ex=600)
     hit = client.post("/generate", json={"seed": 3, "steps": 5, "webhook": HOOK})
     assert hit.status_code == 202 and hit.json()["status"] == "succeeded"
     job_id = hit.json()["id"]
