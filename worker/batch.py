@@ -45,6 +45,7 @@ class Run:
     cache_key: str
     active: bool = True
     last_progress: float = field(default=0.0)
+    previews: bool = True  # False once the result store did not take a preview: no more for its batch (a stall each)
 
     @property
     def id(self) -> str:
@@ -164,8 +165,8 @@ def preview_urls(redis, store: ResultStore, png: bytes, job_ids: list[str], ttl:
 
 
 def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[str]], x0, step: int, ttl: int) -> None:
-    """The step's x0 of each run, to the jobs that asked for previews (a full Redis, or a result store that does not
-    answer, skips them). Reads only: the bytes stay the same."""
+    """The step's x0 of each run, to the jobs that asked for previews (a full Redis skips them; a result store that
+    does not take one stops them for the rest of the batch). Reads only: the bytes stay the same."""
     pipe = redis.pipeline(transaction=False)
     for job_ids in waiting:
         for job_id in job_ids:
@@ -174,8 +175,11 @@ def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[st
     pipe = redis.pipeline(transaction=False)
     store = open_store(get_settings(), redis)
     for i, job_ids in enumerate(waiting):
-        asking = [j for j in job_ids if json.loads(next(wants) or b"{}").get("previews")]
+        asking = [j for j in job_ids if json.loads(next(wants) or b"{}").get("previews") and batch[i].previews]
         urls = asking and preview_urls(redis, store, encode_png(engine.pixels(x0[i : i + 1])[0]), asking, ttl)
+        if asking and urls is None:  # the store stalled once: the batch's previews stop, its result is what matters
+            for run in batch:
+                run.previews = False
         if urls:
             progress = {"step": batch[i].ran(step), "steps": batch[i].steps}
             for job_id in asking:

@@ -7,6 +7,7 @@ after its file is on disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import uuid
@@ -45,7 +46,8 @@ class FileStore:
             os.replace(temporary, path)  # atomic: a reader sees the old file or the whole new one
             _fsync_directory(path.parent)  # the rename itself survives a crash
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a parent that is not a directory fails here too
+                temporary.unlink(missing_ok=True)
             raise StoreUnavailable(f"{path.parent}: {exc.strerror or exc}") from None
 
     def get(self, name: str) -> bytes | None:
