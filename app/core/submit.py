@@ -40,8 +40,9 @@ from app.core.jobs import MAX_EVENTS
 from app.core.settings import Settings
 from app.core.submission import Idempotency
 
-# A job's hash (MEMORY USAGE: 1.0 to 1.5 kB), its event stream, whose first entry takes a whole stream node
-# (4.8 kB), and the allocator's share of its PNG (about 0.4 kB): `python -m bench.job_bytes` measures them.
+# A job's hash (MEMORY USAGE: about 1.5 kB), its event stream, whose first entry takes a whole stream node (4.8 kB),
+# and the allocator's share of a PNG: `python -m bench.job_bytes` measures them (RQ's own job hash, 6.7 kB, is not
+# counted: docs/RELIABILITY.md).
 RECORD_BYTES = 7168
 PROGRESS_EVENT_BYTES = 128  # one progress entry of a job's stream (about 70 bytes of fields, plus the entry)
 PNG_OVERHEAD_BYTES = 1024  # PNG chunks and the tEXt parameters
