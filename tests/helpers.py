@@ -307,3 +307,12 @@ def stored_bytes(conn, name: str) -> bytes | None:
     from app.core.results.redis_store import RedisStore
 
     return RedisStore(conn).get(name)
+
+
+def cli_sample(store_root, out: Path, request: dict, model: str = "tiny") -> bytes:
+    """`diffusetv sample` of a request's seed, steps and eta from the store at `store_root` (its models alone): the
+    bytes the API must serve for it."""
+    env = {"DIFFUSETV_MODEL_STORE": str(store_root), "DIFFUSETV_BUNDLED_MODELS": "0"}
+    args = ["--seed", str(request["seed"]), "--steps", str(request["steps"]), "--eta", str(request["eta"])]
+    run_cli("sample", "--model", model, *args, "--out", str(out), env=env)
+    return out.read_bytes()

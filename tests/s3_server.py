@@ -18,6 +18,7 @@ user's policy and answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -152,14 +153,28 @@ class MotoS3:
         self.log.unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def moto_s3_server():
-    """One moto server for a test module (it takes a second or two to start), stopped after the module."""
+@contextlib.contextmanager
+def moto_server():
+    """A moto server, started, and stopped on exit."""
     server = MotoS3().start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_s3_server():
+    """One moto server for a test module (it takes a second or two to start), stopped after the module."""
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def own_moto_s3():
+    """A moto server of this test's own (a test that counts everything in it, or that outlives a module's server)."""
+    with moto_server() as server:
+        yield server
 
 
 @pytest.fixture

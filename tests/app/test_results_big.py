@@ -16,11 +16,8 @@ import pytest
 import redis as redis_lib
 
 pytest.importorskip("diffusers")
-pytest.importorskip("boto3")
-pytest.importorskip("moto")
 
 from diffusers_models import save_pipeline
-from s3_server import MotoS3
 
 from app.core import keys, objects
 from app.core.png import decode_png
@@ -29,6 +26,7 @@ from model_store.importers.diffusers import import_diffusers
 from stack import running_stack
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["s3_server"]  # own_moto_s3
 STEPS = 3
 SEED = 7
 SIZES = {"big": 256, "small": 32}
@@ -58,16 +56,8 @@ def quick_unet(seed: int, sample_size: int):
 
 
 @pytest.fixture
-def s3():
-    server = MotoS3().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def big_stack(tiny_store, redis_server, tmp_path, s3):
+def big_stack(tiny_store, redis_server, tmp_path, own_moto_s3):
+    s3 = own_moto_s3
     from diffusers import DDPMScheduler
 
     for name, size in SIZES.items():

@@ -16,7 +16,7 @@ import redis as redis_lib
 
 from app.core import keys, objects
 from app.core.png import decode_png
-from helpers import final_job, read_events, run_cli
+from helpers import cli_sample, final_job, read_events
 
 pytestmark = pytest.mark.slow
 REQUEST = {"seed": 1234, "steps": 20, "eta": 0.3}  # what the CLI samples too
@@ -26,11 +26,7 @@ SIGSTOP, SIGCONT = 19, 18
 @pytest.fixture(scope="module")
 def cli_png(module_tiny_store, tmp_path_factory) -> bytes:
     """`diffusetv sample` of REQUEST: the bytes every backend must serve."""
-    out = tmp_path_factory.mktemp("cli") / "cli.png"
-    env = {"DIFFUSETV_MODEL_STORE": str(module_tiny_store.root), "DIFFUSETV_BUNDLED_MODELS": "0"}
-    args = ["--seed", str(REQUEST["seed"]), "--steps", str(REQUEST["steps"]), "--eta", str(REQUEST["eta"])]
-    run_cli("sample", "--model", "tiny", *args, "--out", str(out), env=env)
-    return out.read_bytes()
+    return cli_sample(module_tiny_store.root, tmp_path_factory.mktemp("cli") / "cli.png", REQUEST)
 
 
 def succeeded(c: httpx.Client, job: dict) -> dict:

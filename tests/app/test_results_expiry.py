@@ -23,10 +23,8 @@ from helpers import final_job
 from stack import running_stack
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("boto3")
-pytest.importorskip("moto")
+pytest_plugins = ["s3_server"]  # own_moto_s3
 
-from s3_server import MotoS3  # noqa: E402 (needs moto)
 
 RESULT_TTL_S = 60  # DIFFUSETV_RESULT_TTL's minimum
 SWEEP_S = 1  # DIFFUSETV_RESULTS_SWEEP_S
@@ -38,16 +36,8 @@ REQUEST = {"steps": 4, "eta": 0.0}
 
 
 @pytest.fixture
-def s3():
-    server = MotoS3().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def expiring_stack(tiny_store, redis_server, tmp_path, s3):
+def expiring_stack(tiny_store, redis_server, tmp_path, own_moto_s3):
+    s3 = own_moto_s3
     env = {
         **s3.env(),
         "DIFFUSETV_RESULT_TTL": str(RESULT_TTL_S),
@@ -58,7 +48,7 @@ def expiring_stack(tiny_store, redis_server, tmp_path, s3):
         yield s
 
 
-def s3_store(s3: MotoS3):
+def s3_store(s3):
     """The stack's result store, opened in this process (as a worker opens it)."""
     from app.core.results import open_store
     from app.core.settings import Settings
@@ -84,7 +74,8 @@ def wait_until(deadline: float, done, what: str, explain=lambda: "") -> float:
         time.sleep(0.25)
 
 
-def test_objects_expire_with_the_last_job_that_uses_them(expiring_stack, s3):
+def test_objects_expire_with_the_last_job_that_uses_them(expiring_stack, own_moto_s3):
+    s3 = own_moto_s3
     conn = redis_lib.Redis.from_url(expiring_stack.redis.url)
     store = s3_store(s3)
 

@@ -16,7 +16,7 @@ import pytest
 import redis as redis_lib
 
 from app.core import keys, objects
-from helpers import final_job, run_cli
+from helpers import cli_sample, final_job
 
 pytestmark = pytest.mark.slow
 RETRY_S = 4  # DIFFUSETV_RESULTS_RETRY_S
@@ -35,11 +35,7 @@ UNAVAILABLE = "result store unavailable"
 @pytest.fixture(scope="module")
 def slow_png(module_tiny_store, tmp_path_factory) -> bytes:
     """`diffusetv sample` of SLOW: the bytes its job must end with."""
-    out = tmp_path_factory.mktemp("cli") / "slow.png"
-    env = {"DIFFUSETV_MODEL_STORE": str(module_tiny_store.root), "DIFFUSETV_BUNDLED_MODELS": "0"}
-    args = ["--seed", str(SLOW["seed"]), "--steps", str(SLOW["steps"]), "--eta", str(SLOW["eta"])]
-    run_cli("sample", "--model", "tiny", *args, "--out", str(out), env=env)
-    return out.read_bytes()
+    return cli_sample(module_tiny_store.root, tmp_path_factory.mktemp("cli") / "slow.png", SLOW)
 
 
 def fault_stack(backend_name: str, store, tmp_path_factory):
