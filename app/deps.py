@@ -7,6 +7,7 @@ from typing import Annotated
 import redis as redis_lib
 from fastapi import Depends, Request
 
+from app.core.results import ResultStore
 from app.core.settings import Settings
 from model_store import Store
 
@@ -23,6 +24,11 @@ def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
+def get_results(request: Request) -> ResultStore:
+    return request.app.state.results
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[redis_lib.Redis, Depends(get_redis)]
 StoreDep = Annotated[Store, Depends(get_store)]
+ResultsDep = Annotated[ResultStore, Depends(get_results)]

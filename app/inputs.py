@@ -7,9 +7,10 @@ key and cache entry, and the submit script stores the pixels by that digest besi
 worker reads them by digest and never decodes a user's file. A latent input is a succeeded inversion of the same
 model, steps and size (`{"job": id}`): its latent is stored the same way, by the digest of its bytes.
 
-Every refusal names the request field: 422 for a bad input, 404 for a job that is unknown, another owner's or whose
-result expired, 409 for one that has not succeeded, 503 with Retry-After when this API is already decoding as many
-pictures as it may at once (DIFFUSETV_IMAGE_DECODES).
+Every refusal names the request field: 422 for a bad input, 404 for a job that is unknown, expired or another
+owner's, 409 for one that has not succeeded, 410 for one whose result is missing from the result store, 503 with
+Retry-After when this API is already decoding as many pictures as it may at once (DIFFUSETV_IMAGE_DECODES) or the
+result store does not answer.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 
-from app import schemas
-from app.core import keys, pictures
+from app import results_http, schemas
+from app.core import objects, pictures
 from app.core.jobs import JobStatus, owned_record
+from app.core.results import ResultStore
 from app.core.settings import Settings
 from model_store import Manifest, kinds, samplers
 
@@ -61,11 +63,12 @@ def finished_job(redis, ref: schemas.JobRef, owner: str, name: str) -> dict[str,
 @dataclass
 class Reader:
     """Reads one request's inputs for the model of `manifest` at the request's `size` (width, height; None, None for
-    a model of one size), as `owner`, into `inputs`."""
+    a model of one size), as `owner`, into `inputs`; a finished job's image or latent from the result store."""
 
     gate: pictures.DecodeGate
     settings: Settings
     redis: object
+    results: ResultStore  # where a job named as an input keeps its image or latent
     owner: str
     manifest: Manifest
     size: tuple[int | None, int | None]
@@ -81,9 +84,7 @@ class Reader:
             record = finished_job(self.redis, value, self.owner, name)
             if record.get("kind", "generate") not in IMAGE_KINDS:
                 raise refuse(name, f"job {value.job} is an {record['kind']} job: name a job with one image", value.job)
-            png = self.redis.get(keys.png(value.job))
-            if png is None:
-                raise HTTPException(404, f"{name}: the image of job {value.job} has expired")
+            png = self.result(objects.PNG, record.get("sha256"), f"{name}: the image of job {value.job}")
             value = "data:image/png;base64," + base64.b64encode(png).decode()
         try:
             with self.gate:
@@ -92,6 +93,11 @@ class Reader:
             raise HTTPException(503, str(exc), headers={"Retry-After": str(DECODE_RETRY_S)}) from None
         except pictures.PictureError as exc:
             raise refuse(exc.field, exc.message) from None
+
+    def result(self, kind: str, digest: str | None, what: str) -> bytes:
+        """A finished job's result by its record's digest, from the result store: 410 naming `what` when its object is
+        missing, 503 with Retry-After while the store does not answer (app.results_http)."""
+        return results_http.read(self.results, results_http.object_name(kind, digest), what)
 
     def picture(self, value: str | schemas.JobRef, name: str) -> None:
         """An image input, converted to the model's size and channels, under `name`."""
@@ -119,9 +125,7 @@ class Reader:
         record = finished_job(self.redis, ref, self.owner, name)
         if record.get("kind") != "invert":
             raise refuse(name, f"job {ref.job} is not an inversion (POST /invert)", ref.job)
-        blob = self.redis.get(keys.latent(ref.job))
-        if blob is None:
-            raise HTTPException(404, f"{name}: the latent of job {ref.job} has expired")
+        blob = self.result(objects.LATENT, record.get("latent_sha256"), f"{name}: the latent of job {ref.job}")
         try:
             meta = pictures.latent_metadata(blob)
         except pictures.PictureError as exc:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.content_type import JsonBodies
 from app.core.pictures import DecodeGate
 from app.core.redis import PoolExhausted, connect_sync, is_oom
+from app.core.results import open_store
 from app.core.settings import Settings, get_settings
 from app.headers import SecurityHeaders
 from app.limits import BodySizeLimit
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # One bounded pool for every request and the reaper: a request that waits longer than
         # REDIS_POOL_WAIT_S for a connection is a 429 (the API is busy), never a 503 (Redis is fine).
         app.state.redis = connect_sync(url, pool_size=settings.redis_pool_size, pool_wait_s=settings.redis_pool_wait_s)
+        app.state.results = open_store(settings, app.state.redis)  # results by name (a redis store: on this pool)
         app.state.waker = Waker(url)  # one more connection: every idle long poll and event stream waits on it
         app.state.waker.start()
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS

@@ -18,8 +18,9 @@ COUNTERS = {
     "cache_hits": ("diffusetv_cache_hits", "Requests answered from the result cache"),
     "joined": ("diffusetv_joined", "Requests that joined an identical run already queued or running"),
     "jobs_failed": ("diffusetv_jobs_failed", "Jobs failed by workers"),
+    "objects_swept": ("diffusetv_objects_swept", "Stored objects deleted by the sweeper once no live job used them"),
 }
-RUN_OUTCOMES = ("succeeded", "canceled")
+RUN_OUTCOMES = ("succeeded", "canceled", "failed")  # failed: the result store did not take the result
 WEBHOOK_OUTCOMES = (
     "delivered",
     "failed",
@@ -53,6 +54,9 @@ class RedisCollector:
         for m in offered(self.store):
             queued.add_metric([m.ref], queue_for(self.redis, m.ref).count)
         yield queued
+        stored = GaugeMetricFamily("diffusetv_objects", "Objects in the result store's registry (app.core.objects)")
+        stored.add_metric([], self.redis.zcard(keys.OBJECTS))
+        yield stored
         live = GaugeMetricFamily("diffusetv_workers", "Live workers (heartbeat not expired)")
         live.add_metric([], len(self.workers))
         yield live

@@ -424,13 +424,20 @@ ERROR_DESCRIPTIONS = {
     404: "no such job: unknown, malformed, expired, or another key's",
     408: "the request body did not arrive in full within DIFFUSETV_BODY_TIMEOUT_S",
     409: "the job has not succeeded (image, latent, or a job named as an input) or has already ended (cancel)",
+    410: (
+        "the result's object is missing from the result store (deleted by hand, or a lifecycle rule shorter than "
+        "RESULT_TTL): the job's record outlived it"
+    ),
     413: "request body over 64 KiB (over DIFFUSETV_IMAGE_BODY_BYTES on the routes that take pictures)",
     415: "the body is not declared as JSON (send Content-Type: application/json)",
     429: (
         "a bound was reached (the model's queue, the followers of one run, this client's quota of jobs or bytes, "
         "or of open streams and long polls) or the API is at capacity; retry after Retry-After seconds"
     ),
-    503: "Redis is unreachable or full, or no live worker serves the model; retry after Retry-After seconds",
+    503: (
+        "Redis or the result store is unreachable, Redis is full, or no live worker serves the model; retry after "
+        "Retry-After seconds"
+    ),
 }
 
 

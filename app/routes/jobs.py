@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated
 
@@ -13,16 +14,17 @@ from app import schemas
 from app.auth import OwnerDep
 from app.cancel import cancel
 from app.clients import ClientDep
-from app.core import keys, leases
+from app.core import keys, leases, objects
 from app.core.jobs import FINAL, JobStatus, owned_record, read_record
 from app.core.spec import GenerateSpec, InterpolateSpec, InvertSpec
 from app.core.submission import NONE, Submission
 from app.core.submit import replayed
-from app.deps import RedisDep, SettingsDep, StoreDep
+from app.deps import RedisDep, ResultsDep, SettingsDep, StoreDep
 from app.inputs import Reader, check_generate, check_interpolate, check_invert, read_generate, read_interpolate
 from app.models import check_request, check_time, prompted, require_served, resolve_model, sized
 from app.queueing import new_job, queue_position, submit
 from app.reaper import reconcile
+from app.results_http import Result, immutable, object_name, serve
 from app.seeds import draw_seeds
 from app.submissions import IdempotencyKey, idempotency, submission
 from app.views import job_view
@@ -36,8 +38,18 @@ STREAMS_RETRY_S = 2
 PNG_RESPONSES = {  # the two PNG routes (image and strip) answer alike
     200: {"content": {"image/png": {}}},
     304: {"description": "not modified"},
-    **schemas.error_responses(404, 409),
+    307: {
+        "description": "with DIFFUSETV_RESULTS_REDIRECT (s3): the PNG is at `Location`, a presigned URL valid "
+        "DIFFUSETV_RESULTS_PRESIGN_S seconds"
+    },
+    **schemas.error_responses(404, 409, 410, 503),
 }
+HEAD_RESPONSES = {  # a HEAD of either: its headers (ETag, Content-Length once known), answered by the API itself
+    200: {"content": {"image/png": {}}, "description": "the PNG's headers, without the PNG"},
+    304: {"description": "not modified"},
+    **schemas.error_responses(404, 409, 410, 503),
+}
+PREVIEW_RE = re.compile(r"[0-9a-f]{64}")
 MAX_WAIT_S = 30.0
 Wait = Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="block up to this many seconds until the job ends")]
 
@@ -97,12 +109,6 @@ def streams_full(settings) -> HTTPException:
     )
 
 
-def etag_matches(if_none_match: str, etag: str) -> bool:
-    """RFC 9110 weak comparison for If-None-Match."""
-    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
-    return "*" in tags or etag in tags
-
-
 def view(redis, record: dict[str, str]) -> schemas.Job:
     position = queue_position(redis, record) if record["status"] == JobStatus.QUEUED.value else None
     return job_view(record, position)
@@ -132,7 +138,7 @@ def reader(request: Request, redis, owner: str, manifest, size: dict[str, int]) 
     """The request's reader of pictures and latents (app.inputs), for its model at its size."""
     settings = request.app.state.settings
     where = (size.get("width"), size.get("height"))
-    return Reader(request.app.state.decodes, settings, redis, owner, manifest, where)
+    return Reader(request.app.state.decodes, settings, redis, request.app.state.results, owner, manifest, where)
 
 
 def offered_model(store, settings, body: schemas.GenerateRequest | schemas.InterpolateRequest | schemas.InvertRequest):
@@ -143,7 +149,7 @@ def offered_model(store, settings, body: schemas.GenerateRequest | schemas.Inter
     return manifest
 
 
-PICTURE_ERRORS = schemas.error_responses(404, 408, 409, 413, 415)  # 404, 409: a job named as an input (app.inputs)
+PICTURE_ERRORS = schemas.error_responses(404, 408, 409, 410, 413, 415)  # 404, 409, 410: a job named as an input
 
 
 @router.post("/generate", status_code=202, response_model=schemas.Job, responses=PICTURE_ERRORS)
@@ -256,13 +262,14 @@ def invert(
 @router.get(
     "/jobs/{job_id}/latent",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, **schemas.error_responses(404, 409)},
+    responses={200: {"content": {"application/octet-stream": {}}}, **schemas.error_responses(404, 409, 410, 503)},
 )
 async def get_latent(
     job_id: str,
     request: Request,
     redis: RedisDep,
     settings: SettingsDep,
+    results: ResultsDep,
     owner: OwnerDep,
     client: ClientDep,
     wait: Wait = 0,
@@ -275,12 +282,11 @@ async def get_latent(
         raise HTTPException(404, "not an inversion job")
     if record["status"] != JobStatus.SUCCEEDED.value:
         raise HTTPException(409, f"job is {record['status']}; the latent exists once it has succeeded")
-    blob = await run_in_threadpool(redis.get, keys.latent(job_id))
-    if blob is None:
-        raise HTTPException(404, "the result has expired")
-    name = f"diffusetv-{job_id}.safetensors"
-    headers = {"Content-Disposition": f'attachment; filename="{name}"', "ETag": f'"{record.get("latent_sha256", "")}"'}
-    return Response(blob, media_type="application/octet-stream", headers=headers)
+    digest = record.get("latent_sha256", "")
+    attachment = {"Content-Disposition": f'attachment; filename="diffusetv-{job_id}.safetensors"'}
+    what = f"the latent of job {job_id}"
+    result = Result(object_name(objects.LATENT, digest), digest, what, "application/octet-stream", attachment)
+    return await run_in_threadpool(serve, results, redis, settings, result, "GET", None)
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job, responses=schemas.error_responses(404))
@@ -293,51 +299,43 @@ async def get_job(
     return await run_in_threadpool(view, redis, record)
 
 
-@router.get(
-    "/jobs/{job_id}/image.png",
-    response_class=Response,
-    responses=PNG_RESPONSES,
-)
+@router.head("/jobs/{job_id}/image.png", response_class=Response, responses=HEAD_RESPONSES, name="head_image")
+@router.get("/jobs/{job_id}/image.png", response_class=Response, responses=PNG_RESPONSES)
 async def get_image(
     job_id: str,
     request: Request,
     redis: RedisDep,
     settings: SettingsDep,
+    results: ResultsDep,
     owner: OwnerDep,
     client: ClientDep,
     wait: Wait = 0,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The PNG of a succeeded job; ETag is its sha256. 409 while it has not succeeded."""
+    """The PNG of a succeeded job; ETag is its sha256. 409 while it has not succeeded. With
+    DIFFUSETV_RESULTS_REDIRECT (s3) a GET is a 307 to the PNG's presigned URL; a HEAD is always answered here."""
     record = await wait_for_end(request, redis, job_id, owner, client, wait, settings.result_ttl)
-    sha256 = record.get("sha256", "")
-    return await run_in_threadpool(png_response, redis, record, keys.png(job_id), sha256, settings, if_none_match)
+    result = png_result(record, "sha256", f"the image of job {job_id}", settings)
+    return await run_in_threadpool(serve, results, redis, settings, result, request.method, if_none_match)
 
 
-def png_response(redis, record: dict[str, str], key: str, sha256: str, settings, if_none_match: str | None) -> Response:
-    """200 with the PNG (ETag = its sha256, immutable), 304 on a matching If-None-Match, 409 while not succeeded."""
+def png_result(record: dict[str, str], field: str, what: str, settings) -> Result:
+    """A succeeded job's PNG named by the record's `field` (its digest): immutable, and a GET may redirect to it.
+    409 while the job has not succeeded."""
     if record["status"] != JobStatus.SUCCEEDED.value:
         raise HTTPException(409, f"job is {record['status']}; the image exists once it has succeeded")
-    etag = f'"{sha256}"'
-    headers = {"ETag": etag, "Cache-Control": f"public, max-age={settings.result_ttl}, immutable"}
-    if if_none_match and etag_matches(if_none_match, etag):
-        return Response(status_code=304, headers=headers)
-    png = redis.get(key)
-    if png is None:
-        raise HTTPException(404, "the result has expired")
-    return Response(png, media_type="image/png", headers=headers)
+    digest = record.get(field, "")
+    return Result(object_name(objects.PNG, digest), digest, what, "image/png", immutable(settings), redirect=True)
 
 
-@router.get(
-    "/jobs/{job_id}/strip.png",
-    response_class=Response,
-    responses=PNG_RESPONSES,
-)
+@router.head("/jobs/{job_id}/strip.png", response_class=Response, responses=HEAD_RESPONSES, name="head_strip")
+@router.get("/jobs/{job_id}/strip.png", response_class=Response, responses=PNG_RESPONSES)
 async def get_strip(
     job_id: str,
     request: Request,
     redis: RedisDep,
     settings: SettingsDep,
+    results: ResultsDep,
     owner: OwnerDep,
     client: ClientDep,
     wait: Wait = 0,
@@ -347,8 +345,43 @@ async def get_strip(
     record = await wait_for_end(request, redis, job_id, owner, client, wait, settings.result_ttl)
     if record.get("kind") != "interpolate":
         raise HTTPException(404, "not an interpolation job")
-    sha256 = record.get("strip_sha256", "")
-    return await run_in_threadpool(png_response, redis, record, keys.strip(job_id), sha256, settings, if_none_match)
+    result = png_result(record, "strip_sha256", f"the strip of job {job_id}", settings)
+    return await run_in_threadpool(serve, results, redis, settings, result, request.method, if_none_match)
+
+
+@router.get(
+    "/jobs/{job_id}/previews/{sha256}.png",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/png": {}}},
+        304: {"description": "not modified"},
+        **schemas.error_responses(404, 410, 503),
+    },
+)
+async def get_preview(
+    job_id: str,
+    sha256: str,
+    redis: RedisDep,
+    settings: SettingsDep,
+    results: ResultsDep,
+    owner: OwnerDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """One preview of the job (a `preview` event's `url` where the result store is not Redis): a PNG named by its
+    sha256, which is its ETag. 404 for another key's job, or a preview there is not (or no longer)."""
+    if PREVIEW_RE.fullmatch(sha256) is None:
+        raise HTTPException(404, "no such preview")  # before any Redis call, as for a malformed job id
+    return await run_in_threadpool(preview, results, redis, settings, job_id, sha256, owner, if_none_match)
+
+
+def preview(results, redis, settings, job_id: str, sha256: str, owner: str, if_none_match: str | None) -> Response:
+    """The answer for preview `sha256` of job `job_id`, as `owner`."""
+    load_record(redis, job_id, owner)
+    name = objects.name(objects.PNG, sha256)
+    if objects.state(redis, name) is None:
+        raise HTTPException(404, "no such preview")
+    result = Result(name, sha256, f"preview {sha256} of job {job_id}", "image/png", immutable(settings))
+    return serve(results, redis, settings, result, "GET", if_none_match)
 
 
 @router.delete(

@@ -5,8 +5,8 @@ fields (the same engine key: the same cache entry and the same bytes), admitted 
 for them, as a long poll does (app.routes.jobs.wait_for_end: the waker, no pooled connection while idle, one stream
 lease taken before anything is queued), at most DIFFUSETV_OPENAI_WAIT_S. Past that it answers a 408 naming the jobs,
 with `x-should-retry: false`: the SDKs retry a 408, and each retry would queue `n` more jobs. So does any error
-once the jobs are admitted (Redis gone, the pool exhausted, an image expired): it names them, and is not retried.
-Errors are in OpenAI's shape (app.openai_errors).
+once the jobs are admitted (Redis or the result store gone, the pool exhausted, an image missing from the store):
+it names them, and is not retried. Errors are in OpenAI's shape (app.openai_errors).
 """
 
 from __future__ import annotations
@@ -25,15 +25,17 @@ from redis.exceptions import RedisError
 from app import openai_schemas as schemas
 from app.auth import OwnerDep
 from app.clients import ClientDep
-from app.core import keys, leases
+from app.core import keys, leases, objects
 from app.core.jobs import FINAL, JobStatus
+from app.core.results import ResultStore
 from app.core.settings import Settings
 from app.core.spec import GenerateSpec
 from app.core.submit import replayed
-from app.deps import RedisDep, SettingsDep, StoreDep
+from app.deps import RedisDep, ResultsDep, SettingsDep, StoreDep
 from app.models import check_request, check_time, prompted, require_served, resolve_model
 from app.openai_errors import error_body
 from app.queueing import NewJob, new_job, submit_many
+from app.results_http import MISSING, object_name, read
 from app.routes.jobs import WAKE_S, current_record, streams_full
 from app.seeds import draw_seed
 from app.submissions import IdempotencyKey, idempotency, invalid, submission
@@ -46,6 +48,18 @@ ROUTE = "/v1/images/generations"  # the Idempotency-Key's fingerprint names it
 SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 TEXT_FIELDS = ("prompt", "guidance", "negative_prompt")  # a prompt-free model takes none of them
 NO_RETRY = {"x-should-retry": "false"}
+RESPONSES = {
+    **schemas.error_responses(400, 401, 404, 408, 409, 413, 415, 429, 500, 503),
+    410: {
+        "model": schemas.OpenAIError,
+        "description": f"an image's object {MISSING} (x-should-retry: false)",
+    },
+    503: {
+        "model": schemas.OpenAIError,
+        "description": f"{schemas.ERROR_DESCRIPTIONS[503]}; or, once the jobs are admitted, Redis or the result "
+        "store is unavailable (x-should-retry: false)",
+    },
+}
 
 
 def refuse(name: str, message: str, given: object = None):
@@ -147,19 +161,20 @@ def image_url(settings: Settings, job_id: str) -> str:
     return f"{settings.public_url or ''}/jobs/{job_id}/image.png"
 
 
-def images(redis, settings: Settings, body: schemas.ImageGenerationRequest, job_ids: list[str], prompt: str) -> list:
+def images(results: ResultStore, settings: Settings, body: schemas.ImageGenerationRequest, records: list[dict]) -> list:
+    """The response's images: their URLs, or their PNGs in base64 read from the result store (410 for one missing
+    from it, 503 while it does not answer)."""
+    prompt = json.loads(records[0]["params"]).get("prompt") or ""
     if body.response_format == "url":
-        return [schemas.ImageData(url=image_url(settings, i), revised_prompt=prompt) for i in job_ids]
-    pngs = redis.mget([keys.png(i) for i in job_ids])
-    if any(png is None for png in pngs):
-        raise HTTPException(404, "the result has expired")
+        return [schemas.ImageData(url=image_url(settings, r["id"]), revised_prompt=prompt) for r in records]
+    pngs = [read(results, object_name(objects.PNG, r.get("sha256")), f"the image of job {r['id']}") for r in records]
     return [schemas.ImageData(b64_json=base64.b64encode(png).decode(), revised_prompt=prompt) for png in pngs]
 
 
 @router.post(
     "/images/generations",
     response_model=schemas.ImagesResponse,
-    responses=schemas.error_responses(400, 401, 404, 408, 409, 413, 415, 429, 500, 503),
+    responses=RESPONSES,
 )
 async def create_images(
     body: schemas.ImageGenerationRequest,
@@ -167,6 +182,7 @@ async def create_images(
     redis: RedisDep,
     settings: SettingsDep,
     store: StoreDep,
+    results: ResultsDep,
     owner: OwnerDep,
     client: ClientDep,
     idempotency_key: IdempotencyKey = None,
@@ -192,7 +208,7 @@ async def create_images(
         if (refused := ended_badly(records, job_ids, settings.openai_wait_s)) is not None:
             return refused
         params = json.loads(records[0]["params"])  # a replayed key's jobs have the seed drawn for them then
-        data = await run_in_threadpool(images, redis, settings, body, job_ids, params.get("prompt") or "")
+        data = await run_in_threadpool(images, results, settings, body, records)
         return schemas.ImagesResponse(created=int(time.time()), data=data, seed=params["seed"], jobs=job_ids)
     except Exception as error:
         if not job_ids:  # nothing was queued: the app's handlers answer it, and a retry is safe
@@ -205,12 +221,14 @@ def after_admission(error: Exception, job_ids: list[str]) -> JSONResponse:
     each retry (with no Idempotency-Key) would queue `n` more jobs. An HTTPException keeps its status; Redis's errors
     are a 503, anything else a 500."""
     ids = ", ".join(job_ids)
+    headers = NO_RETRY
     if isinstance(error, HTTPException):
         code, why = error.status_code, str(error.detail)
+        headers = {**(error.headers or {}), **NO_RETRY}  # a 503's Retry-After, for a retry with its Idempotency-Key
     elif isinstance(error, RedisError):
         code, why = 503, "the service could not reach Redis"
     else:
         log.exception("error after admitting jobs %s", ids)
         code, why = 500, "internal error"
     message = f"{why}; the jobs were queued and go on: GET /jobs/{{id}} (jobs: {ids})"
-    return JSONResponse(error_body(code, message, jobs=job_ids), code, headers=NO_RETRY)
+    return JSONResponse(error_body(code, message, jobs=job_ids), code, headers=headers)

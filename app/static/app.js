@@ -121,7 +121,7 @@ function tvFor(step, steps, url, inverting = false) {
   const li = document.createElement("li");
   li.className = "tv";
   const img = document.createElement("img");
-  img.src = url;
+  showPreview(img, url);
   const half = steps / 2;
   img.alt = !inverting ? `the model's guess at the clean picture after step ${step} of ${steps}`
     : step <= half ? `the picture run backwards towards static, step ${step} of ${half}`
@@ -130,6 +130,17 @@ function tvFor(step, steps, url, inverting = false) {
   label.textContent = `${step}/${steps}`;
   li.append(img, label);
   return li;
+}
+
+// A preview is a data: URL where results are kept in Redis, else the API's URL of its PNG (/jobs/{id}/previews/…),
+// which is fetched with the key as a result is (blobUrl: an <img> cannot send it). Its television is already in the
+// row, so the previews stay in step order whatever order they arrive in.
+function showPreview(img, url) {
+  if (url.startsWith("data:")) {
+    img.src = url;
+    return;
+  }
+  blobUrl(url).then((blob) => { img.src = blob; }, () => { img.alt += " (not available)"; });
 }
 
 // The first television of a job from a picture shows the picture.
