@@ -163,8 +163,13 @@ def test_a_job_input_must_be_the_owners_finished_single_image(setup):
     strip = succeeded_job(conn, kind="interpolate", png=png_file(glyph()))
     r = c.post("/generate", json={"seed": 1, "image": {"job": strip}})
     assert r.status_code == 422 and ("body", "image") in field_of(r)
-    expired = succeeded_job(conn)
+    expired = succeeded_job(conn, png=png_file(glyph()))
+    conn.delete(keys.job(expired))  # RESULT_TTL passed: the record went (its object no sooner)
     assert c.post("/generate", json={"seed": 1, "image": {"job": expired}}).status_code == 404
+    missing = succeeded_job(conn)  # a live record whose object is gone (deleted by hand): 410, never a 500
+    r = c.post("/generate", json={"seed": 1, "image": {"job": missing}})
+    assert r.status_code == 410 and r.json()["detail"].startswith("image:"), r.text
+    assert "missing from the result store" in r.json()["detail"]
     running = c.post("/generate", json={"seed": 5}).json()["id"]  # queued: no worker here
     r = c.post("/generate", json={"seed": 1, "image": {"job": running}})
     assert r.status_code == 409 and "queued" in r.json()["detail"]
@@ -192,8 +197,13 @@ def test_a_latent_must_be_a_succeeded_inversion_of_this_model_steps_and_size(set
     ok = c.post("/generate", json={"latent": {"job": inversion}, "steps": 20})
     assert ok.status_code == 202, ok.text
     assert ok.json()["params"]["seed"] is None and len(ok.json()["params"]["latent"]) == 64
-    expired = succeeded_job(conn, kind="invert")
+    expired = succeeded_job(conn, kind="invert", png=png_file(glyph()), latent=blob)
+    conn.delete(keys.job(expired))  # RESULT_TTL passed: the record went
     assert c.post("/generate", json={"latent": {"job": expired}, "steps": 20}).status_code == 404
+    missing = succeeded_job(conn, kind="invert", png=png_file(glyph()))  # its latent gone behind a live record
+    r = c.post("/generate", json={"latent": {"job": missing}, "steps": 20})
+    assert r.status_code == 410 and r.json()["detail"].startswith("latent:"), r.text
+    assert "missing from the result store" in r.json()["detail"]
 
 
 def test_a_latent_is_refused_by_a_sampler_other_than_the_one_it_was_inverted_with(setup):

@@ -1,10 +1,11 @@
 """Dynamic batching, the result cache and shared runs, with a real Redis and a worker run in process."""
 
+import hashlib
 import json
 
 from rq.serializers import JSONSerializer
 
-from app.core import keys
+from app.core import keys, objects
 from app.core.png import encode_png
 from app.core.settings import get_settings
 from helpers import generate_spec
@@ -117,16 +118,21 @@ def test_claimed_jobs_finish_their_rq_lifecycle(service):
 
 def test_the_cache_entry_is_written_with_the_first_delivery(service):
     """A client that sees `succeeded` and repeats its request at once must hit the cache: no window between."""
-    from app.core.jobs import deliver
+    from app.core.jobs import DELIVERED, ENDED, deliver
+    from app.core.results.redis_store import RedisStore
 
     conn = service.redis
     job = service.post("/generate", json={"seed": 5, "steps": 4}).json()
+    png = b"\x89PNG delivered"
+    sha256 = hashlib.sha256(png).hexdigest()
+    name = objects.name(objects.PNG, sha256)
+    objects.put(conn, RedisStore(conn), name, png, hold_s=60, window_s=1)  # stored, as a worker does before it delivers
     entry = ("diffusetv:test:cache-entry", '{"job": "x"}')
-    assert deliver(conn, job["id"], b"png", 60, {"sha256": "s"}, cache=entry)
+    assert deliver(conn, job["id"], 60, {"sha256": sha256}, {name: len(png)}, cache=entry) == DELIVERED
     assert conn.get(entry[0]) == entry[1].encode() and conn.hget(keys.job(job["id"]), "status") == b"succeeded"
     conn.delete(entry[0])
-    assert not deliver(conn, job["id"], b"png", 60, {"sha256": "s"}, cache=entry)  # already final: nothing written
-    assert conn.get(entry[0]) is None
+    again = deliver(conn, job["id"], 60, {"sha256": sha256}, {name: len(png)}, cache=entry)
+    assert again == ENDED and conn.get(entry[0]) is None  # already final: nothing written
 
 
 def test_identical_interpolations_share_one_run_then_the_cache(service):
