@@ -92,7 +92,8 @@ def redis_bytes(conn, job_id: str) -> dict[str, int]:
     return used
 
 
-def test_a_256x256_result_through_s3_costs_redis_what_a_32x32_one_does(big_stack, s3, tiny_store, tmp_path):
+def test_a_256x256_result_through_s3_costs_redis_what_a_32x32_one_does(big_stack, own_moto_s3, tiny_store, tmp_path):
+    s3 = own_moto_s3
     conn = redis_lib.Redis.from_url(big_stack.redis.url)
     started = time.monotonic()
     with big_stack.client() as c:
