@@ -32,6 +32,8 @@ from model_store import Manifest
 QUEUE_FULL_RETRY_S = 5
 STORE_RETRY_S = 5
 INPUT_WINDOW_S = 5.0  # how long a submit tries to store its inputs before it answers 503
+INPUT_HOLD_S = 600  # an input stored for a submission that the script refuses is swept after this (the script keeps
+# the admitted ones as long as their jobs)
 MISMATCH = "this Idempotency-Key was used with another request body"
 FOLLOWERS_RETRY_S = 2
 
@@ -111,23 +113,23 @@ def submit_many(
         entries.append(Entry(spec.job_id, record, job.cost, queue.key, key, cache_key, spec.compute(), inputs))
         commands.append(rq_commands(redis, queue, spec, settings, job.timeout))
     bounds = Bounds.of(settings, client, now, max(job.timeout for job in jobs))
-    store_inputs(redis, settings, jobs, bounds.ttl)
+    store_inputs(redis, settings, jobs)
     admission = admit(redis, entries, bounds, commands, now, submission.idempotency)
     refuse(admission, settings)
     return list(admission.job_ids)
 
 
-def store_inputs(redis, settings: Settings, jobs: Sequence[NewJob], ttl: int) -> None:
+def store_inputs(redis, settings: Settings, jobs: Sequence[NewJob]) -> None:
     """The jobs' inputs into the result store (app.core.objects), before the submit script publishes them with the
-    jobs: reserved for `ttl`, so that a submission refused or abandoned here leaves nothing the sweeper misses. 503
-    when the store does not take them."""
+    jobs: reserved for INPUT_HOLD_S, so that what a refused or abandoned submission stored is swept soon. 503 when the
+    store does not take them."""
     blobs = {digest: blob for job in jobs for digest, blob in job.inputs.items()}
     if not blobs:
         return
     store = open_store(settings, redis)
     try:
         for digest, blob in blobs.items():
-            objects.put(redis, store, objects.name(objects.INPUT, digest), blob, ttl, INPUT_WINDOW_S)
+            objects.put(redis, store, objects.name(objects.INPUT, digest), blob, INPUT_HOLD_S, INPUT_WINDOW_S)
     except StoreUnavailable as exc:
         raise HTTPException(503, f"{exc}; retry later", headers={"Retry-After": str(STORE_RETRY_S)}) from None
 

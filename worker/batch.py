@@ -46,6 +46,7 @@ class Run:
     active: bool = True
     last_progress: float = field(default=0.0)
     previews: bool = True  # False once the result store did not take a preview: no more for its batch (a stall each)
+    previewed: list[str] = field(default_factory=list)  # its stored previews' objects, kept as long as its jobs
 
     @property
     def id(self) -> str:
@@ -146,21 +147,23 @@ def report_progress(redis, batch: list[Run], waiting: list[list[str]], step: int
 PREVIEW_WINDOW_S = 1.0  # a preview that the result store does not take at once is skipped, as a full Redis skips it
 
 
-def preview_urls(redis, store: ResultStore, png: bytes, job_ids: list[str], ttl: int) -> dict[str, str] | None:
-    """Each job's URL of one preview: a data URL where the store keeps previews inline (redis), else the API's route
-    to the stored object (app.core.objects), kept as long as the jobs' event streams; None when the store does not
-    take it."""
+def preview_urls(redis, store: ResultStore, png: bytes, job_ids: list[str], ttl: int, run: Run) -> dict | None:
+    """Each job's URL of one of `run`'s previews: a data URL where the store keeps previews inline (redis), else the
+    API's route to the stored object (app.core.objects), kept `ttl` seconds and again when the run finishes (as long as
+    the jobs' event streams: Run.previewed); None when the store does not take it."""
     if store.inline_previews:
         url = "data:image/png;base64," + base64.b64encode(png).decode()
         return dict.fromkeys(job_ids, url)
     sha256 = hashlib.sha256(png).hexdigest()
     name = objects.name(objects.PNG, sha256)
     try:
-        objects.put(redis, store, name, png, ttl, PREVIEW_WINDOW_S)
+        gen = objects.put(redis, store, name, png, ttl, PREVIEW_WINDOW_S)
     except StoreUnavailable as exc:
         log.warning("preview skipped: %s", exc)
         return None
-    objects.publish(redis, name, len(png), ttl)
+    if not objects.publish(redis, name, len(png), ttl, gen):
+        return None
+    run.previewed.append(name)
     return {job_id: f"/jobs/{job_id}/previews/{sha256}.png" for job_id in job_ids}
 
 
@@ -176,7 +179,8 @@ def send_previews(redis, engine: Engine, batch: list[Run], waiting: list[list[st
     store = open_store(get_settings(), redis)
     for i, job_ids in enumerate(waiting):
         asking = [j for j in job_ids if json.loads(next(wants) or b"{}").get("previews") and batch[i].previews]
-        urls = asking and preview_urls(redis, store, encode_png(engine.pixels(x0[i : i + 1])[0]), asking, ttl)
+        png = encode_png(engine.pixels(x0[i : i + 1])[0]) if asking else b""
+        urls = asking and preview_urls(redis, store, png, asking, ttl, batch[i])
         if asking and urls is None:  # the store stalled once: the batch's previews stop, its result is what matters
             for run in batch:
                 run.previews = False
@@ -191,16 +195,18 @@ EXTRAS = {"strip": objects.PNG, "latent": objects.LATENT}  # a result's other ob
 STORE_TRIES = 3  # deliveries that find an object swept (app.core.jobs.UNSTORED) before the run fails
 
 
-def store_results(redis, blobs: dict[str, bytes], ttl: int) -> dict[str, int]:
+def store_results(redis, blobs: dict[str, bytes], ttl: int) -> dict[str, str]:
     """The result's objects into the result store (app.core.objects.put: reserved first, retried with backoff for
-    RESULTS_RETRY_S); returns name -> size. Raises StoreUnavailable("result store unavailable: ...")."""
+    RESULTS_RETRY_S); returns name -> the reservation it was uploaded under, which the deliver script checks. Raises
+    StoreUnavailable("result store unavailable: ...")."""
     settings = get_settings()
     store, window = open_store(settings, redis), settings.results_retry_window_s
-    for name, data in blobs.items():
-        # held long enough to reach the deliver script, which keeps it as long as its jobs (deliver_stored stores it
-        # again if the hold ran out first); never longer, or it would outlive them
-        while_full(log, f"storing {name}", objects.put, redis, store, name, data, 2 * window, window)
-    return {name: len(data) for name, data in blobs.items()}
+    # held long enough to reach the deliver script, which keeps it as long as its jobs (deliver_stored stores it again
+    # if the hold ran out first); never longer, or it would outlive them
+    return {
+        name: while_full(log, f"storing {name}", objects.put, redis, store, name, data, 2 * window, window)
+        for name, data in blobs.items()
+    }
 
 
 def finish(
@@ -216,7 +222,7 @@ def finish(
     blobs = {objects.name(objects.PNG, sha256): png}
     blobs.update({objects.name(EXTRAS[n], hashlib.sha256(data).hexdigest()): data for n, data in extras.items()})
     try:
-        stored = store_results(redis, blobs, ttl)
+        gens = store_results(redis, blobs, ttl)
     except StoreUnavailable as exc:
         fail(redis, [run.id], str(exc), ttl)
         return JobStatus.FAILED.value
@@ -234,7 +240,7 @@ def finish(
         # the first job to get the PNG also becomes the cache entry, in the same atomic step
         entry = None if delivered else (keys.cache(run.cache_key), json.dumps({"job": job_id, "sha256": sha256}))
         try:
-            outcome = deliver_stored(redis, job_id, ttl, fields, blobs, stored, entry)
+            outcome = deliver_stored(redis, job_id, ttl, fields, blobs, gens, entry)
         except StoreUnavailable as exc:
             while_full(log, f"failing job {job_id}", runs.fail_jobs, redis, [job_id], str(exc), ttl)
             continue
@@ -243,17 +249,21 @@ def finish(
             # a job that joined in the last moment
             while_full(log, f"finishing job {job_id}", redis.hsetnx, keys.job(job_id), "started_at", now)
     runs.forget(redis, run.id)
+    for name in run.previewed:  # its previews, as long as the event streams that show them
+        skip_when_full(log, f"keeping {name}", objects.keep, redis, name, ttl)
     return JobStatus.SUCCEEDED.value if delivered else JobStatus.CANCELED.value
 
 
-def deliver_stored(redis, job_id: str, ttl: int, fields, blobs: dict[str, bytes], stored: dict[str, int], entry) -> int:
+def deliver_stored(redis, job_id: str, ttl: int, fields, blobs: dict[str, bytes], gens: dict[str, str], entry) -> int:
     """Deliver one job its stored objects; an object swept between its upload and the delivery (its hold passed) is
     stored again, at most STORE_TRIES times. Returns app.core.jobs' DELIVERED or ENDED."""
+    sizes = {name: len(data) for name, data in blobs.items()}
     for _ in range(STORE_TRIES):
-        outcome = while_full(log, f"delivering job {job_id}", deliver, redis, job_id, ttl, fields, stored, entry)
+        what = f"delivering job {job_id}"
+        outcome = while_full(log, what, deliver, redis, job_id, ttl, fields, sizes, entry, gens)
         if outcome != UNSTORED:
             return outcome
-        store_results(redis, blobs, ttl)
+        gens = store_results(redis, blobs, ttl)
     raise StoreUnavailable(f"result store unavailable: the objects of job {job_id} were swept {STORE_TRIES} times")
 
 
@@ -266,6 +276,25 @@ def withdraw(redis, run: Run, ttl: int) -> None:
     runs.forget(redis, run.id)
 
 
+def read_inputs(redis, batch: list[Run], outcome: dict[str, str], ttl: int) -> tuple[list[Run], list, list]:
+    """Each run's picture (image-to-image and inpainting rows) and latent, read from the result store. A run whose
+    input is gone, or that the store does not give, fails alone (its outcome `failed`) and leaves the batch: the
+    others run. Returns the runs kept, their pictures and their latents."""
+    kept, pictures, latents = [], [], []
+    for run in batch:
+        try:
+            picture = inputs.picture_in(redis, run.spec)
+            latent = inputs.latent(redis, run.spec.latent) if run.spec.latent else None
+        except (inputs.InputGone, StoreUnavailable) as exc:
+            fail(redis, [run.id], str(exc), ttl)
+            outcome[run.id] = JobStatus.FAILED.value
+            continue
+        kept.append(run)
+        pictures.append(picture)
+        latents.append(latent)
+    return kept, pictures, latents
+
+
 def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: int) -> dict[str, str]:
     """Run the runs led by `specs` together (already taken, see `take`); returns each run's outcome."""
     if len({engine.batch_key(s) for s in specs}) > 1:
@@ -274,15 +303,13 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
     started = time.monotonic()
     batch = [Run(s, runs.engine_key(s, engine.id)) for s in specs]
     outcome = {s.job_id: "canceled" for s in specs}
-    batch = start(redis, batch, engine)
+    batch, pictures, latents = read_inputs(redis, start(redis, batch, engine), outcome, result_ttl)
     if not batch:
         return outcome
     size = len(batch)
     # text models: each run's own condition; else prompt-free
     conditions = [engine.condition(r.spec.prompt, r.spec.guidance, r.spec.negative_prompt) for r in batch]
     seeds, etas = [0 if r.spec.seed is None else r.spec.seed for r in batch], [r.spec.eta for r in batch]
-    pictures = [inputs.picture_in(redis, r.spec) for r in batch]  # image-to-image and inpainting rows
-    latents = [inputs.latent(redis, r.spec.latent) if r.spec.latent else None for r in batch]
     starts = [p if p is not None else x for p, x in zip(pictures, latents, strict=True)]  # a job has one or neither
     samplers = [r.spec.sampler for r in batch]  # each row's own (model_store.samplers), on the batch's one grid
     sampler = engine.run(seeds, steps, etas, starts, conditions=conditions, size=specs[0].size, samplers=samplers)

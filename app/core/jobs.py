@@ -63,10 +63,11 @@ MAX_EVENTS = 20_000  # per job: progress (<= ~10/s) for JOB_TIMEOUT's default 60
 
 
 # KEYS: job hash, its events[, a cache key]. ARGV: the job id, ttl, max events, status event JSON, the cache entry (or
-# ""), the result's objects as JSON [[name, size], ...], then field/value pairs. Only a queued or running job takes the
-# result, and only when every object is stored (pending or live in app.core.objects; -1 when one is being swept or
-# unknown: store it again): the objects published for as long as the job lives, the fields, the cache entry, the
-# event, the TTLs and the job's `completed` webhook delivery (app.core.hooks) at once.
+# ""), the result's objects as JSON [[name, size, reservation], ...], then field/value pairs. Only a queued or running
+# job takes the result, and only when every object is stored (live, or pending under the reservation its upload was
+# made under: app.core.objects.put; -1 when one is being swept, unknown, or another's: store it again): the objects
+# published for as long as the job lives, the fields, the cache entry, the event, the TTLs and the job's `completed`
+# webhook delivery (app.core.hooks) at once.
 _DELIVER = (
     keys.LUA_KEYS
     + hooks.LUA_HOOK
@@ -76,11 +77,10 @@ local current = redis.call('HGET', KEYS[1], 'status')
 if current ~= 'queued' and current ~= 'running' then return 0 end
 local results = cjson.decode(ARGV[6])
 for _, r in ipairs(results) do
-  local state = object_state(r[1])
-  if state ~= 'pending' and state ~= 'live' then return -1 end
+  if not object_stored(r[1], r[3]) then return -1 end
 end
 local expires_at = redis_now() + tonumber(ARGV[2])
-for _, r in ipairs(results) do object_publish(r[1], r[2], expires_at) end
+for _, r in ipairs(results) do object_publish(r[1], r[2], expires_at, r[3]) end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 if #KEYS == 3 then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[2]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'event', 'status', 'data', ARGV[4])
@@ -94,11 +94,18 @@ DELIVERED, ENDED, UNSTORED = 1, 0, -1
 
 
 def deliver(
-    redis, job_id: str, ttl: int, fields: dict[str, str], results: dict[str, int], cache: tuple[str, str] | None = None
+    redis,
+    job_id: str,
+    ttl: int,
+    fields: dict[str, str],
+    results: dict[str, int],
+    cache: tuple[str, str] | None = None,
+    gens: dict[str, str] | None = None,
 ) -> int:
     """Give a waiting job its stored `results` (object name -> size: app.core.objects) and mark it succeeded,
-    atomically: DELIVERED; ENDED if the job had ended (e.g. canceled); UNSTORED if an object is being swept or unknown
-    (store it again, then deliver).
+    atomically: DELIVERED; ENDED if the job had ended (e.g. canceled); UNSTORED if an object is being swept, unknown,
+    or pending under another reservation than its `gens` entry (app.core.objects.put's): store it again, then
+    deliver.
 
     `cache` = (key, value) is written in the same step, before the job's clients can see it succeed:
     a client that repeats its request at once is answered from the cache.
@@ -109,7 +116,7 @@ def deliver(
     event = json.dumps({"status": JobStatus.SUCCEEDED.value})
     job_keys = [keys.job(job_id), keys.events(job_id), *([cache[0]] if cache else [])]
     value = cache[1] if cache else ""
-    stored = json.dumps([[name, size] for name, size in results.items()])
+    stored = json.dumps([[name, size, (gens or {}).get(name, "")] for name, size in results.items()])
     return int(redis.eval(_DELIVER, len(job_keys), *job_keys, job_id, ttl, MAX_EVENTS, event, value, stored, *flat))
 
 

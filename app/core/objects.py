@@ -49,9 +49,13 @@ local function object_size(name) return tonumber(redis.call('HGET', object_key(n
 local function object_keep(name, expires_at)
   if redis.call('EXISTS', object_key(name)) == 1 then redis.call('ZADD', '{keys.OBJECTS}', 'GT', expires_at, name) end
 end
-local function object_publish(name, size, expires_at)
-  local state = object_state(name)
-  if state ~= 'pending' and state ~= 'live' then return false end
+-- stored and not being deleted: live, or pending under the reservation `gen` its writer got (any, without one)
+local function object_stored(name, gen)
+  local h = redis.call('HMGET', object_key(name), 'state', 'gen')
+  return h[1] == 'live' or (h[1] == 'pending' and (not gen or gen == '' or gen == h[2]))
+end
+local function object_publish(name, size, expires_at, gen)
+  if not object_stored(name, gen) then return false end
   redis.call('HSET', object_key(name), 'state', 'live', 'size', size)
   redis.call('ZADD', '{keys.OBJECTS}', 'GT', expires_at, name)
   return true
@@ -60,30 +64,32 @@ end
 )
 _PRELUDE = keys.LUA_KEYS + hooks.LUA_NOW + LUA_OBJECTS
 
-# ARGV: name, hold_s. 0 while a sweeper holds it; else pending (a live object stays live), scored hold_s ahead.
+# ARGV: name, hold_s, gen. False while a sweeper holds it, even past its lease (the sweeper's next pass finishes the
+# delete: a delete still under way must not land on a new upload). Else scored hold_s ahead, and its reservation:
+# a new entry is pending under `gen`; a pending or live one keeps its own (identical bytes: one upload serves all).
 _RESERVE = (
     _PRELUDE
     + f"""
 local now, k = redis_now(), object_key(ARGV[1])
-local h = redis.call('HMGET', k, 'state', 'until')
-if h[1] == 'deleting' and tonumber(h[2] or '0') > now then return 0 end
-if h[1] ~= 'live' then
-  redis.call('HSET', k, 'state', 'pending')
-  redis.call('HDEL', k, 'until', 'token')
-end
+local h = redis.call('HMGET', k, 'state', 'gen')
+if h[1] == 'deleting' then return false end
 redis.call('ZADD', '{keys.OBJECTS}', 'GT', now + tonumber(ARGV[2]), ARGV[1])
-return 1
+if h[1] == 'live' or h[1] == 'pending' then return h[2] or '' end
+redis.call('HSET', k, 'state', 'pending', 'gen', ARGV[3])
+redis.call('HDEL', k, 'until', 'token')
+return ARGV[3]
 """
 )
 
-# ARGV: name, size, ttl. 1 when the object is live now, scored ttl ahead; 0 if it is being deleted or unknown.
-_PUBLISH = _PRELUDE + "return object_publish(ARGV[1], ARGV[2], redis_now() + tonumber(ARGV[3])) and 1 or 0\n"
+# ARGV: name, size, ttl, gen. 1 when the object is live now, scored ttl ahead; 0 if it is being deleted, unknown, or
+# pending under another reservation than `gen` ('' for any).
+_PUBLISH = _PRELUDE + "return object_publish(ARGV[1], ARGV[2], redis_now() + tonumber(ARGV[3]), ARGV[4]) and 1 or 0\n"
 
 # ARGV: name, ttl.
 _KEEP = _PRELUDE + "object_keep(ARGV[1], redis_now() + tonumber(ARGV[2]))\nreturn 1\n"
 
 # ARGV: name, lease_s, token. 1 when this sweeper now holds the object (its score has passed, and no other sweeper's
-# lease runs); an entry with no score (only half there) is dropped.
+# lease runs: a lapsed claim is taken over, and its delete done again).
 _CLAIM = (
     _PRELUDE
     + f"""
@@ -110,6 +116,18 @@ return 1
 )
 
 
+# ARGV: name, token. A claim given back: its lease ends now (the object stays `deleting`).
+_RELEASE = (
+    _PRELUDE
+    + """
+local k = object_key(ARGV[1])
+if redis.call('HGET', k, 'token') == ARGV[2] then redis.call('HSET', k, 'until', 0) end
+return 1
+"""
+)
+MAX_FAILS = 3  # deletes that fail in a row before a sweep pass ends
+
+
 def name(kind: str, digest: str) -> str:
     """An object's name from its kind and its digest (sha256 hex): `png/<d>.png`, `latent/<d>.safetensors`,
     `input/<d>`."""
@@ -118,21 +136,29 @@ def name(kind: str, digest: str) -> str:
     return f"{kind}/{digest}{_SUFFIX[kind]}"
 
 
-def reserve(redis, name: str, hold_s: float) -> bool:
-    """Register `name` before its upload: pending (a live object stays live), not swept for `hold_s` seconds. False
-    while a sweeper deletes it: upload only once that has ended."""
-    return bool(redis.eval(_RESERVE, 0, name, hold_s))
+def reserve(redis, name: str, hold_s: float, gen: str = "") -> str | None:
+    """Register `name` before its upload, not swept for `hold_s` seconds: its reservation (a new entry is pending
+    under `gen`, or a fresh one; a pending or live entry keeps its own). None while a sweeper deletes it: upload only
+    once that has ended."""
+    got = redis.eval(_RESERVE, 0, name, hold_s, gen or uuid.uuid4().hex)
+    return got.decode() if isinstance(got, bytes) else got
 
 
-def put(redis, store: ResultStore, name: str, data: bytes, hold_s: float, window_s: float, sleep=time.sleep) -> None:
-    """Reserve and upload `data` as `name`, trying again with backoff (a delete under way, a store that does not
-    answer) for `window_s` seconds; then StoreUnavailable("result store unavailable: ...")."""
-    deadline, delay = time.monotonic() + window_s, 0.1
+def put(redis, store: ResultStore, name: str, data: bytes, hold_s: float, window_s: float, sleep=time.sleep) -> str:
+    """Reserve and upload `data` as `name`, then reserve again: the reservation the upload is under (a sweep that took
+    the object while it uploaded makes a new one, and the upload is done again). Tries again with backoff (a delete
+    under way, a store that does not answer) for `window_s` seconds; then StoreUnavailable("result store
+    unavailable: ..."). Returns the reservation, for the script that publishes the object (app.core.jobs.deliver)."""
+    deadline, delay, uploaded = time.monotonic() + window_s, 0.1, None
     while True:
         try:
-            if reserve(redis, name, hold_s):
+            got = reserve(redis, name, hold_s)  # a new entry gets a new reservation each time
+            if got is not None and got == uploaded:
+                return got  # still the reservation the upload was made under
+            if got is not None:
                 store.put(name, data)
-                return
+                uploaded = got
+                continue
             detail = f"{name} is being deleted"
         except StoreUnavailable as exc:
             detail = str(exc)
@@ -144,9 +170,10 @@ def put(redis, store: ResultStore, name: str, data: bytes, hold_s: float, window
         delay = min(delay * 2, MAX_BACKOFF_S)
 
 
-def publish(redis, name: str, size: int, ttl: int) -> bool:
-    """Mark a reserved, uploaded object live and keep it `ttl` seconds more; False if it is being deleted or unknown."""
-    return bool(redis.eval(_PUBLISH, 0, name, size, ttl))
+def publish(redis, name: str, size: int, ttl: int, gen: str = "") -> bool:
+    """Mark a reserved, uploaded object live and keep it `ttl` seconds more; False if it is being deleted, unknown, or
+    pending under another reservation than `gen` (put's; '' for any)."""
+    return bool(redis.eval(_PUBLISH, 0, name, size, ttl, gen))
 
 
 def keep(redis, name: str, ttl: int) -> None:
@@ -185,9 +212,10 @@ def due(redis, limit: int) -> list[str]:
 
 
 def sweep(redis, store: ResultStore, limit: int) -> int:
-    """One bounded pass: claim, delete and forget up to `limit` expired objects; returns how many went. A store that
-    does not answer ends the pass (the claims lapse, and the next pass takes them again)."""
-    deleted = 0
+    """One bounded pass: claim, delete and forget up to `limit` expired objects; returns how many went. A delete that
+    fails gives its claim back at once (the object stays `deleting`, a miss, until the next pass deletes it); MAX_FAILS
+    in a row end the pass."""
+    deleted, failed = 0, 0
     for object_name in due(redis, limit):
         token = claim(redis, object_name)
         if token is None:
@@ -195,9 +223,20 @@ def sweep(redis, store: ResultStore, limit: int) -> int:
         try:
             store.delete(object_name)
         except StoreUnavailable as exc:
-            log.warning("sweep stopped at %s: %s", object_name, exc)
-            break
+            log.warning("could not delete %s: %s", object_name, exc)
+            release(redis, object_name, token)
+            failed += 1
+            if failed >= MAX_FAILS:
+                break
+            continue
+        failed = 0
         deleted += forget(redis, object_name, token)
     if deleted:
         redis.hincrby(keys.METRICS, "objects_swept", deleted)
     return deleted
+
+
+def release(redis, name: str, token: str) -> None:
+    """Give back a claim whose delete failed (the call has returned: nothing of it lands later), so that the next
+    pass takes the object again at once."""
+    redis.eval(_RELEASE, 0, name, token)

@@ -134,8 +134,6 @@ local planned_runs = {{}}  -- engine key -> the run an entry of this submission 
 local members = {{}}  -- run id -> its jobs, with the ones this submission adds
 local queued = {{}}  -- queue -> the runs this submission adds to it
 local function plan(e)
-  local gone = inputs_gone(e)
-  if gone then return gone end
   -- 1. a cached result: the same objects as its job's (PNG, an interpolation's strip, an inversion's latent), kept
   -- as long as this job; already succeeded; no model work. The stored bytes are charged.
   if e.cache_key ~= '' then
@@ -154,6 +152,8 @@ local function plan(e)
       end
     end
   end
+  local gone = inputs_gone(e)  -- a job that runs needs its inputs
+  if gone then return gone end
   -- 2. an identical run, queued or running (or led by an entry before this one): join it, up to max_followers jobs
   -- besides its leader
   if e.engine_key ~= '' then

@@ -104,13 +104,57 @@ def test_a_reuse_before_the_claim_keeps_the_object(conn, store):
     assert objects.sweep(conn, store, 10) == 0 and store.get(NAME) == DATA
 
 
-def test_a_lapsed_claim_is_taken_over(conn, store):
+def test_a_lapsed_claim_is_finished_by_the_next_sweep_never_taken_over_by_an_upload(conn, store):
+    """A sweeper whose delete outlives its lease: its delete may still land, so an upload waits for the next pass,
+    which claims the object again, deletes it and forgets it; the late sweeper's forget then does nothing."""
     objects.put(conn, store, NAME, DATA, hold_s=60, window_s=1)
     expire_now(conn, NAME)
     stale = objects.claim(conn, NAME, lease_s=0.2)
     time.sleep(0.3)
-    assert objects.reserve(conn, NAME, 60)  # the sweeper died: the object is someone's again
-    assert not objects.forget(conn, NAME, stale)  # and the late sweeper does not drop its entry
+    assert objects.reserve(conn, NAME, 60) is None
+    assert objects.sweep(conn, store, 10) == 1 and store.get(NAME) is None
+    assert not objects.forget(conn, NAME, stale)
+    assert objects.reserve(conn, NAME, 60)  # now a new upload may go
+
+
+def test_a_reservation_that_a_sweep_took_is_not_published_for_its_old_writer(conn, store):
+    """A writer whose hold ran out before it delivered: the sweep deleted its object and another writer reserved the
+    name again, its upload not yet done. The first writer's reservation no longer publishes it (deliver: UNSTORED)."""
+    first = objects.put(conn, store, NAME, DATA, hold_s=60, window_s=1)
+    expire_now(conn, NAME)
+    assert objects.sweep(conn, store, 10) == 1
+    second = objects.reserve(conn, NAME, 60)  # pending, its bytes not uploaded yet
+    assert second and second != first
+    assert not objects.publish(conn, NAME, len(DATA), 60, first)
+    assert objects.state(conn, NAME) == "pending"
+    assert objects.publish(conn, NAME, len(DATA), 60, second)
+
+
+def test_writers_of_the_same_bytes_share_one_reservation(conn, store):
+    first = objects.put(conn, store, NAME, DATA, hold_s=60, window_s=1)
+    assert objects.put(conn, store, NAME, DATA, hold_s=60, window_s=1) == first
+    assert objects.publish(conn, NAME, len(DATA), 60, first)
+
+
+def test_an_upload_that_a_sweep_overtook_is_done_again(conn, store):
+    """The sweep takes the object while it uploads (the hold ran out): the re-reservation after the upload differs,
+    so put uploads again, and the object is there when put returns."""
+
+    class Swept:
+        def __init__(self):
+            self.puts = 0
+
+        def put(self, name, data):
+            store.put(name, data)
+            self.puts += 1
+            if self.puts == 1:  # a sweep lands after the first upload
+                expire_now(conn, name)
+                assert objects.sweep(conn, store, 10) == 1
+
+    swept = Swept()
+    gen = objects.put(conn, swept, NAME, DATA, hold_s=60, window_s=5)
+    assert swept.puts == 2 and store.get(NAME) == DATA
+    assert objects.publish(conn, NAME, len(DATA), 60, gen)
 
 
 def test_put_gives_up_after_its_window_with_the_stores_error(conn):
@@ -139,7 +183,9 @@ def test_the_sweep_is_bounded_and_stops_at_a_store_that_does_not_answer(conn, tm
 
     assert objects.sweep(conn, Down(tmp_path), 10) == 0
     states = sorted(objects.state(conn, n) for n in objects.due(conn, 10))
-    assert states == ["deleting", "pending", "pending"]  # the pass ended at the first that failed
+    assert states == ["deleting"] * 3  # each failed delete gave its claim back; MAX_FAILS in a row ended the pass
+    assert objects.sweep(conn, store, 10) == 3  # the next pass takes them again at once
+    assert objects.due(conn, 10) == []
 
 
 def test_the_file_store_writes_whole_files_and_leaves_no_temporary(tmp_path):
