@@ -63,7 +63,7 @@ def test_the_owner_sees_every_delivery_and_attempt(setup):
     client, conn, settings = setup
     job_id = new_job(conn, settings, "a" * 32)
     transition(conn, job_id, (JobStatus.QUEUED,), {"status": JobStatus.RUNNING})
-    assert deliver(conn, job_id, b"png", 600, {"sha256": "0" * 64})
+    assert deliver(conn, job_id, 600, {"sha256": "0" * 64}, {})
     started, completed = f"msg_{job_id}_1", f"msg_{job_id}_2"
     attempt(conn, started, 1_700_000_000.25, status_code=200)
     conn.hset(keys.delivery(started), "state", "delivered")

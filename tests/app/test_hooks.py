@@ -93,7 +93,7 @@ def test_the_workers_start_and_finish_hook_every_job_of_the_run(conn):
     started = assert_one_delivery(conn, leader, "job.started", "running")
     assert started["record"]["engine"] == json.dumps({"device": "cpu"})
     assert deliveries(conn, follower) == []  # it did not ask for `start`
-    assert batch.finish(conn, run, PNG, 1, engine, 600) == 2
+    assert batch.finish(conn, run, PNG, 1, engine, 600) == "succeeded"
     for job_id, n in ((leader, 2), (follower, 1)):  # each job its own delivery, the follower's through the leader
         done = assert_one_delivery(conn, job_id, "job.completed", "succeeded", n)
         assert done["record"]["sha256"] == hashlib.sha256(PNG).hexdigest()
@@ -102,10 +102,10 @@ def test_the_workers_start_and_finish_hook_every_job_of_the_run(conn):
 
 def test_deliver_snapshots_the_succeeded_record(conn):
     job_id = new_job(conn, "c" * 32)
-    assert deliver(conn, job_id, b"png", 600, {"sha256": "f" * 64, "finished_at": "12.5"})
+    assert deliver(conn, job_id, 600, {"sha256": "f" * 64, "finished_at": "12.5"}, {})
     d = assert_one_delivery(conn, job_id, "job.completed", "succeeded")
     assert (d["record"]["sha256"], d["record"]["finished_at"]) == ("f" * 64, "12.5")
-    assert not deliver(conn, job_id, b"png", 600, {})  # already ended: no second delivery
+    assert not deliver(conn, job_id, 600, {}, {})  # already ended: no second delivery
     assert len(deliveries(conn, job_id)) == 1
 
 
@@ -163,7 +163,7 @@ def test_a_job_without_a_webhook_or_the_event_writes_nothing(conn):
         pipe = conn.pipeline(transaction=False)
         hooks.progress(pipe, job_id)
         pipe.execute()
-        deliver(conn, job_id, b"png", 600, {})
+        deliver(conn, job_id, 600, {}, {})
     assert deliveries(conn, plain) == [] and conn.exists(keys.job_deliveries(plain)) == 0
     assert [d["type"] for d in deliveries(conn, only_start)] == ["job.started"]
     assert conn.hget(keys.job(plain), "webhook_seq") is None
