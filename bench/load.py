@@ -2,6 +2,7 @@
 
     python -m bench.load --clients N --minutes M [--keys K] [--max-queue Q] [--store DIR --model REF]
                          [--steps S] [--threads T] [--json FILE]
+    python -m bench.load --chaos ...     # the same load while processes are killed: bench.chaos
 
 Starts redis-server, `diffusetv worker` and `diffusetv api` on 127.0.0.1 (bench.stack), serving a small
 random-weights U-Net from a temporary store unless --store is given, with K API keys (default: one per 4
@@ -586,6 +587,10 @@ def resolved_ref(store: Path, model: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--chaos" in argv:  # the same load, with faults (bench.chaos)
+        from bench import chaos
+
+        return chaos.main(argv)
     args = parser().parse_args(argv)
     problem = validate(args)
     if problem:
