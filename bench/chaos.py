@@ -338,9 +338,11 @@ class ChaosTally(Tally):
     resent_posts: int = 0
     in_window_503: Counter[str] = field(default_factory=Counter)
     requests_by_key: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> the job id it was answered
-    answered_twice: list[str] = field(default_factory=list)  # a key answered with two different jobs
-    images: dict[str, str] = field(default_factory=dict)  # job id -> sha256 of the PNG served
     seeds: dict[str, int] = field(default_factory=dict)  # job id -> its seed
+
+    def record(self, kind: str, status: int, seconds: float) -> None:
+        super().record(kind, status, seconds)
+        self.timeline.append((time.monotonic() - self.began - seconds, kind, status, seconds))
 
 
 class ChaosClient(Client):
@@ -353,7 +355,7 @@ class ChaosClient(Client):
 
     def in_window(self, t: float) -> str | None:
         """The fault whose window (Redis down, the store paused, and SETTLE_S after) holds load time `t`."""
-        for w in self.windows:
+        for w in reversed(self.windows):  # the latest fault first, where two windows meet
             if w.action in ("kill_redis", "pause_store") and w.start <= t <= (w.end if w.back else t):
                 return w.action
         return None
@@ -385,7 +387,6 @@ class ChaosClient(Client):
                 await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), MAX_BACKOFF_S))
                 continue
             self.tally.record(kind, r.status_code, seconds)
-            tally.timeline.append((t0, kind, r.status_code, seconds))
             return r
 
     async def submit(self, kind: str, body: dict) -> dict | None:
@@ -573,7 +574,7 @@ def records(redis_url: str) -> dict[str, dict[str, str]]:
     conn = redis.Redis.from_url(redis_url)
     out = {}
     try:
-        for key in conn.scan_iter(match=keys.job("*"), count=1000):
+        for key in conn.scan_iter(match=keys.job("*"), count=1000, _type="hash"):  # not the idempotency keys
             record = {k.decode(): v.decode() for k, v in conn.hgetall(key).items()}
             if record.get("id"):
                 out[record["id"]] = record
@@ -660,6 +661,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
     not_final = sorted(j for j in accepted if held.get(j, {}).get("status") not in FINAL)
     final_states = Counter(held[j]["status"] for j in accepted if j in held)
     succeeded = sorted(j for j in accepted if held.get(j, {}).get("status") == "succeeded")
+    errors = Counter(held[j].get("error", "")[:120] for j in accepted if held.get(j, {}).get("status") == "failed")
     retries = Counter(int(held[j].get("retries") or 0) for j in accepted if j in held)
     rerun = sorted(j for j in succeeded if int(held[j].get("retries") or 0) > 0)
     twice = {run: n for run, n in completions(stack.logs("worker")).items() if n > 1}
@@ -683,7 +685,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
     rss_ok = all(r["growth_pct"] is not None and r["growth_pct"] < RSS_LIMIT_PCT for r in (api, worker))
     failures = {
         "lost": len(lost) + len(not_final),
-        "second jobs for one request": len(orphans) + len(tally.answered_twice),
+        "second jobs for one request": len(orphans),
         "runs completed twice": len(twice),
         "succeeded without an image": len(missing),
         "byte mismatches": len(mismatched),
@@ -716,6 +718,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
             "rerun_after_a_kill": len(rerun),
         },
         "retries": {str(k): v for k, v in sorted(retries.items())},
+        "failed_errors": dict(errors),
         "bytes": {
             "checked": len(checked),
             "rerun_checked": len([j for j in checked if j in rerun]),
@@ -782,6 +785,7 @@ def format_report(s: dict) -> str:
         f"jobs: accepted {jobs['accepted']} (Redis holds {jobs['held']}), final states {jobs['final_states']}, "
         f"re-run after a kill and succeeded: {jobs['rerun_after_a_kill']}",
         f"re-runs per job (count of jobs): {s['retries']}",
+        f"errors of failed jobs: {s['failed_errors'] or 'none'}",
         f"bytes checked against an in-process reference: {s['bytes']['checked']} "
         f"({s['bytes']['rerun_checked']} of them re-run after a kill)",
         f"webhooks: {s['webhooks']['arrivals']} arrivals for {s['webhooks']['ended_jobs']} ended jobs",
