@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, as `python -m diffusetv.cli` finds it
 
-from app import reaper  # noqa: E402
+from app import reaper
 
 reaper.Reaper.run = lambda self: None  # the thread starts, and does nothing: no run is ever re-queued
 
