@@ -189,6 +189,7 @@ class ChaosStack:
         self.s3_port = free_port()
         self.procs: dict[str, subprocess.Popen] = {}
         self.hook = ""  # the webhook receiver's URL, which every POST subscribes
+        self.keep = False  # keep workdir (the logs) when the stack stops: a failed check
         self.commands: dict[str, list[str]] = {}
         self.api_command = list(api_command or [sys.executable, "-m", "diffusetv.cli", "api"])
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("DIFFUSETV_")}
@@ -323,7 +324,9 @@ class ChaosStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-        if not os.environ.get("DIFFUSETV_CHAOS_KEEP_LOGS"):
+        if self.keep or exc[0] is not None:
+            print(f"the stack's logs and Redis files are kept in {self.workdir}", flush=True)
+        else:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -583,6 +586,42 @@ def records(redis_url: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def where(redis_url: str, job_id: str) -> dict:
+    """Where a lost job is: its status, its run's record, and its run's RQ job (status, and which of the queue, the
+    intermediate queue that a worker moves it to as it takes it, and the started registry hold it)."""
+    import redis
+    from rq import Queue
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from app.core import keys
+
+    conn = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        record = conn.hgetall(keys.job(job_id))
+        run_id = record.get("run") or job_id
+        run = conn.hgetall(keys.run(run_id))
+        out = {
+            "status": record.get("status"),
+            "run": run_id,
+            "run_record": run,
+            "running": conn.sismember(keys.RUNNING, run_id),
+        }
+        rq_id = run.get("rq_job") or run_id
+        if conn.exists(Job.key_for(rq_id)):
+            job = Job.fetch(rq_id, connection=redis.Redis.from_url(redis_url), serializer=JSONSerializer)
+            queue = Queue(job.origin, connection=job.connection)
+            out["rq"] = {
+                "status": str(job.get_status(refresh=False)),
+                "in_queue": rq_id in conn.lrange(queue.key, 0, -1),
+                "in_intermediate": rq_id in conn.lrange(queue.intermediate_queue_key, 0, -1),
+                "in_started": rq_id in queue.started_job_registry,
+            }
+        return out
+    finally:
+        conn.close()
+
+
 def completions(worker_logs: str) -> Counter[str]:
     """Run id -> how many times a worker logged it ended `succeeded` (worker.batch.log_line)."""
     done: Counter[str] = Counter()
@@ -656,7 +695,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
     windows: list[Window] = observed["windows"]
     held = records(stack.redis_url)
     accepted = set(tally.accepted)
-    lost = sorted(j for j, s in tally.accepted.items() if s is None)
+    lost = {j for j, s in tally.accepted.items() if s is None}
     orphans = sorted(set(held) - accepted)  # jobs no request was answered with: a resend that made a second job
     not_final = sorted(j for j in accepted if held.get(j, {}).get("status") not in FINAL)
     final_states = Counter(held[j]["status"] for j in accepted if j in held)
@@ -684,7 +723,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
     }
     rss_ok = all(r["growth_pct"] is not None and r["growth_pct"] < RSS_LIMIT_PCT for r in (api, worker))
     failures = {
-        "lost": len(lost) + len(not_final),
+        "lost": len(lost | set(not_final)),
         "second jobs for one request": len(orphans),
         "runs completed twice": len(twice),
         "succeeded without an image": len(missing),
@@ -730,7 +769,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
             "missing": no_hook[:20],
             "two_ids": two_ids[:20],
         },
-        "lost": (lost + not_final)[:20],
+        "lost": sorted(lost | set(not_final))[:20],
         "orphans": orphans[:20],
         "completed_twice": dict(list(twice.items())[:20]),
         "missing_images": {j: served[j] for j in missing[:20]},
@@ -795,7 +834,7 @@ def format_report(s: dict) -> str:
         f"RSS of API 1 (never killed): {growth(api)}; of worker 0 (never killed): {growth(worker)}",
         table("Checks", ["check", "count", ""], checks),
     ]
-    for name in ("lost", "orphans", "completed_twice", "missing_images", "unexpected"):
+    for name in ("lost_detail", "orphans", "completed_twice", "missing_images", "unexpected"):
         if s[name]:
             lines.append(f"{name}: {s[name]}")
     if s["bytes"]["mismatched"] or s["webhooks"]["missing"]:
@@ -863,6 +902,8 @@ def run(cfg: Config, command: str, api_command: Sequence[str] | None = None, sto
                 observed = asyncio.run(load(stack, cfg, api_keys, faults))
                 wait_for_webhooks(receiver, observed["tally"], cfg.webhook_drain)
                 summary = check(stack, cfg, observed, root, resolved_ref(root, model), receiver)
+                stack.keep = not summary["ok"]
+                summary["lost_detail"] = {job: where(stack.redis_url, job) for job in summary["lost"]}
         finally:
             receiver.close()
     return {**info, **summary, "schedule": [vars(f) for f in faults]}

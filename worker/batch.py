@@ -315,27 +315,29 @@ def run_batch(redis, engine: Engine, specs: Sequence[GenerateSpec], result_ttl: 
     sampler = engine.run(seeds, steps, etas, starts, conditions=conditions, size=specs[0].size, samplers=samplers)
     live = list(batch)  # the runs still in the sampler, in its row order
     preview_at = events.preview_steps(steps, get_settings().preview_every_steps)
-    last = None
+    last, rows, step_pictures = None, [], pictures
     for last in sampler:
+        # `last` holds a row for each run of `live`; `rows`: those rows still waited for, which stay in `live`
         waiting = active_jobs(redis, live)
-        gone = [i for i, job_ids in enumerate(waiting) if not job_ids]
-        for i in gone:
-            live[i].active = False
-        if gone and len(gone) < len(live):
-            sampler.drop(gone)  # nobody waits for these any more: they leave the batch
-            kept = [i for i in range(len(live)) if i not in set(gone)]
-            pictures = [pictures[i] for i in kept]
-        live, waiting = [r for r in live if r.active], [w for w in waiting if w]
-        if not live:
+        rows = [i for i, job_ids in enumerate(waiting) if job_ids]
+        for i, job_ids in enumerate(waiting):
+            live[i].active = bool(job_ids)
+        if not rows:
+            live = []
             break
+        if len(rows) < len(live):
+            sampler.drop([i for i in range(len(live)) if not waiting[i]])  # nobody waits: they leave the batch
+        step_pictures = pictures  # `last`'s rows' pictures
+        live, waiting, pictures = [live[i] for i in rows], [waiting[i] for i in rows], [pictures[i] for i in rows]
         preview = last.step in preview_at
         report_progress(redis, live, waiting, last.step, preview, result_ttl)
         if preview:
-            shown = [i for i, ran in enumerate(last.active) if ran]  # the rows that ran this step
-            runs_, waits = [live[i] for i in shown], [waiting[i] for i in shown]
-            send_previews(redis, engine, runs_, waits, last.x0_pred[shown], last.step, result_ttl)
+            shown = [j for j, i in enumerate(rows) if last.active[i]]  # the runs whose rows ran this step
+            runs_, waits = [live[j] for j in shown], [waiting[j] for j in shown]
+            x0 = last.x0_pred[[rows[j] for j in shown]]
+            send_previews(redis, engine, runs_, waits, x0, last.step, result_ttl)
     if last is not None and last.step == steps and live:
-        pixels = engine.images(last, pictures)
+        pixels = engine.images(last, step_pictures)[rows]  # the rows of `last` that `live` holds, in its order
         for i, run in enumerate(live):
             png = encode_png(pixels[i], engine.parameters(run.spec))
             outcome[run.id] = finish(redis, run, png, size, engine, result_ttl)

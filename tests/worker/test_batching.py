@@ -3,9 +3,10 @@
 import hashlib
 import json
 
+import pytest
 from rq.serializers import JSONSerializer
 
-from app.core import keys, objects
+from app.core import events, keys, objects
 from app.core.png import encode_png
 from app.core.settings import get_settings
 from helpers import generate_spec
@@ -153,3 +154,46 @@ def test_identical_interpolations_share_one_run_then_the_cache(service):
     assert other["status"] == "queued"  # another walk: another key
     m = metrics(service.redis)
     assert m["runs"] == 1 and m["cache_hits"] == 1 and m["joined"] == 1
+
+
+class CancelAt:
+    """An engine's `run` whose sampler, as it yields step `step`, has the API cancel `job_id` first: the worker sees the
+    cancel right after that step, as a client's DELETE that lands then."""
+
+    def __init__(self, service, job_id: str, step: int) -> None:
+        self.service, self.job_id, self.step, self.run = service, job_id, step, service.engine.run
+
+    def __call__(self, *args, **kw):
+        sampler = self.run(*args, **kw)
+        outer = self
+
+        class Sampler:
+            def __iter__(self):
+                for step in sampler:
+                    if step.step == outer.step:
+                        assert outer.service.delete(f"/jobs/{outer.job_id}").status_code == 202
+                    yield step
+
+            def drop(self, rows):
+                sampler.drop(rows)
+
+        return Sampler()
+
+
+@pytest.mark.parametrize("when", ["a step before the last", "the last step"])
+def test_a_run_canceled_mid_batch_leaves_its_mates_their_own_bytes(service, monkeypatch, when):
+    steps = 10
+    assert events.preview_steps(steps) == set(range(1, steps + 1))  # every step of 10 is a preview step
+    seeds = [11, 12, 13, 14]
+    ids = [service.post("/generate", json={"seed": s, "steps": steps}).json()["id"] for s in seeds]
+    alone = {seed: alone_png(service.engine, seed, steps, 0.0) for seed in seeds}
+    step = 4 if when == "a step before the last" else steps
+    monkeypatch.setattr(service.engine, "run", CancelAt(service, ids[1], step))  # the second row of the batch
+    service.work()
+    jobs = [service.get(f"/jobs/{i}").json() for i in ids]
+    assert jobs[1]["status"] == "canceled", jobs[1]
+    for job, seed in zip(jobs, seeds, strict=True):
+        if job["id"] == ids[1]:
+            continue
+        assert job["status"] == "succeeded" and job["batch_size"] == 4, job
+        assert service.get(f"/jobs/{job['id']}/image.png").content == alone[seed], seed
