@@ -4,6 +4,11 @@ A worker's heartbeat key lives 2 x HEARTBEAT_S. A run whose worker's key is gone
 front of its queue, with its jobs `queued` again, up to MAX_RETRIES times; then its jobs fail with a
 clear error. A re-run gives the same bytes, since the output is a function of the engine key.
 
+A worker that dies after RQ moved a run's job off its queue (into RQ's intermediate queue, then its started
+registry) but before it marked the run running leaves a run that nothing watches: the reaper puts such a job back
+at the front of its queue once it has seen it so for STRANDED_AFTER_S (`rescue_stranded`). Runs that join a batch
+are taken off the queue and marked running in one step (app.core.runs.claim), so they never strand.
+
 Any API instance also repairs, as it reads a job, a run that RQ ended without it (`reconcile`).
 """
 
@@ -27,6 +32,9 @@ from app.core.settings import Settings
 
 log = logging.getLogger("diffusetv.reaper")
 LOST_AFTER_S = 30  # a job whose run has no RQ job this long after it was made will never run
+# a live worker marks a run running (worker.batch.take) milliseconds after RQ hands it the job, or up to RQ's patience
+# with a full Redis (worker.main.RQ_PATIENCE_S, 30 s): a job seen taken but not marked this long was left by a dead one
+STRANDED_AFTER_S = 60
 _LOCK = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
@@ -46,6 +54,7 @@ def requeue_rq_job(redis, job_id: str) -> bool:
         if member.decode().split(":")[0] == job_id:
             redis.zrem(started, member)
     redis.lrem(queue.key, 0, job_id)  # never twice in the queue (one reaper at a time holds the lock)
+    redis.lrem(queue.intermediate_queue_key, 0, job_id)
     queue.enqueue_job(job, at_front=True)
     return True
 
@@ -88,6 +97,41 @@ def reap_once(redis, settings: Settings) -> list[str]:
     return reaped
 
 
+def stranded(redis) -> set[str]:
+    """RQ jobs that a worker has taken off their queue (RQ's intermediate queue or started registry hold them) whose
+    run is still `queued`, and not marked running: their worker has not reached `take` yet, or never will."""
+    found = set()
+    for raw in redis.smembers(Queue.redis_queues_keys):
+        queue = Queue.from_queue_key(raw.decode(), connection=redis, serializer=JSONSerializer)
+        ids = [i.decode() for i in redis.lrange(queue.intermediate_queue_key, 0, -1)]
+        ids += [m.decode().split(":")[0] for m in redis.zrange(queue.started_job_registry.key, 0, -1)]
+        for rq_id in ids:  # a run's RQ job id is the run's id
+            if redis.hget(keys.run(rq_id), "status") == b"queued" and not redis.sismember(keys.RUNNING, rq_id):
+                found.add(rq_id)
+    return found
+
+
+def rescue_stranded(redis, seen: dict[str, float], after_s: float = STRANDED_AFTER_S) -> list[str]:
+    """Put back at the front of their queue the jobs `stranded` in every pass for `after_s` (`seen`: job id -> when a
+    pass first saw it so, kept by the caller between passes); their runs' jobs stay `queued` throughout. Returns
+    their ids."""
+    now, current = time.monotonic(), stranded(redis)
+    for rq_id in set(seen) - current:
+        del seen[rq_id]
+    rescued = []
+    for rq_id in sorted(current):
+        if now - seen.setdefault(rq_id, now) < after_s:
+            continue
+        del seen[rq_id]
+        if redis.sismember(keys.RUNNING, rq_id):  # its worker took it after all
+            continue
+        if requeue_rq_job(redis, rq_id):
+            rescued.append(rq_id)
+            redis.hincrby(keys.METRICS, "requeued", 1)
+            log.warning("re-queued run %s: a worker took it off its queue and died before it started it", rq_id[:12])
+    return rescued
+
+
 class Reaper(threading.Thread):
     """Reaps every HEARTBEAT_S seconds while holding the reaper lock (TTL 2 x HEARTBEAT_S), and every RESULTS_SWEEP_S
     sweeps the result store of the objects no live job uses any more, RESULTS_SWEEP_BATCH at most a pass
@@ -98,6 +142,7 @@ class Reaper(threading.Thread):
         self.redis, self.settings = redis, settings
         self.instance = uuid.uuid4().hex
         self.stopped = threading.Event()
+        self.stranded: dict[str, float] = {}  # rescue_stranded's, between passes
 
     def holds_lock(self) -> bool:
         """Take the lock, or renew it if it is ours (compare and renew in one step)."""
@@ -109,8 +154,10 @@ class Reaper(threading.Thread):
         while not self.stopped.wait(min(s.heartbeat_s, s.results_sweep_s)):
             try:
                 if not self.holds_lock():
+                    self.stranded.clear()  # another instance watches them; its own clock counts
                     continue
                 reap_once(self.redis, s)
+                rescue_stranded(self.redis, self.stranded)
                 if time.monotonic() - swept >= s.results_sweep_s:
                     swept = time.monotonic()
                     objects.sweep(self.redis, open_store(s, self.redis), s.results_sweep_batch)

@@ -22,10 +22,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import redis as redis_lib
+
 from app.core import events, hooks, keys, objects, runs
 from app.core.jobs import DELIVERED, UNSTORED, JobStatus, deliver, transition
 from app.core.png import encode_png
-from app.core.redis import skip_when_full, while_full
+from app.core.redis import is_oom, skip_when_full, while_full
 from app.core.results import ResultStore, StoreUnavailable, open_store
 from app.core.settings import get_settings
 from app.core.spec import GenerateSpec, Spec
@@ -78,7 +80,27 @@ def take(redis, run_ids: Sequence[str], timeout: int, inputs: Sequence[str] = ()
     for run_id in run_ids:
         what = f"taking run {run_id}"
         while_full(log, what, runs.mark_running, redis, run_id, registry.WORKER_ID, run_id, [run_id], ttl)
-    for digest in inputs:
+    keep_inputs(redis, inputs, timeout)
+
+
+def claim_run(redis, queue_key: str, spec: Spec, timeout: int) -> bool:
+    """Take a queued run to join this worker's batch: off its queue and recorded as this worker's in one step
+    (app.core.runs.claim), so that a worker killed in between leaves nothing that neither the queue nor the reaper
+    holds. False when another worker had it, or Redis is full (the batch goes without it)."""
+    ttl = get_settings().pending_ttl(timeout)
+    try:
+        return runs.claim(redis, queue_key, spec.job_id, registry.WORKER_ID, ttl)
+    except redis_lib.RedisError as exc:
+        if not is_oom(exc):
+            raise
+        log.warning("Redis is full (maxmemory): run %s not claimed for the batch", spec.job_id)
+        return False
+
+
+def keep_inputs(redis, digests: Sequence[str], timeout: int) -> None:
+    """The stored inputs a run reads (app.core.objects: INPUT) kept for the time the run may take."""
+    ttl = get_settings().pending_ttl(timeout)
+    for digest in digests:
         keep_input(redis, digest, ttl)
 
 

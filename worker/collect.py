@@ -23,7 +23,7 @@ from app.core import timeouts
 from app.core.redis import while_full
 from app.core.settings import Settings
 from app.core.spec import GenerateSpec, InvertSpec, Spec
-from worker.batch import take
+from worker.batch import claim_run, keep_inputs
 
 if TYPE_CHECKING:
     from worker.engine import Engine
@@ -67,9 +67,9 @@ def batch_room(settings: Settings, engine: Engine, spec: GenerateSpec | InvertSp
 
 def claim(redis, queue: Queue, joins: Joins, room: int, taken: list[tuple[Job, Spec]], timeout: int) -> None:
     """Take jobs that may join the batch (`joins`: those of its batch key, Engine.batch_key) off the queue (oldest
-    first) into `taken` until it holds `room`, each recorded as this worker's, for the batch's time (`timeout`, its
-    leader's) or the job's own where longer. A job is in `taken` from the moment it leaves the queue: should recording
-    it fail (Redis full until the job's time is up), the caller fails it with the others."""
+    first) into `taken` until it holds `room`, each recorded as this worker's in the same step (worker.batch.claim_run),
+    for the batch's time (`timeout`, its leader's) or the job's own where longer. A job is in `taken` from the moment
+    it leaves the queue: should a later write fail, the caller fails it with the others."""
     ids = [i.decode() for i in redis.lrange(queue.key, 0, SCAN - 1)]
     if not ids or len(taken) >= room:
         return
@@ -77,10 +77,11 @@ def claim(redis, queue: Queue, joins: Joins, room: int, taken: list[tuple[Job, S
         if len(taken) >= room:
             break
         spec = spec_of(job)
-        if spec is not None and joins(spec) and redis.lrem(queue.key, 1, job.id) == 1:  # 1: ours alone
-            taken.append((job, spec))
-            take(redis, [spec.job_id], max(timeout, job.timeout or 0), spec.inputs())
-            while_full(log, f"starting RQ job {job.id}", job.set_status, RQStatus.STARTED)
+        if spec is None or not joins(spec) or not claim_run(redis, queue.key, spec, max(timeout, job.timeout or 0)):
+            continue  # not of the batch, or another worker's now (or Redis is full: the batch goes without it)
+        taken.append((job, spec))
+        keep_inputs(redis, spec.inputs(), max(timeout, job.timeout or 0))
+        while_full(log, f"starting RQ job {job.id}", job.set_status, RQStatus.STARTED)
 
 
 def gather(

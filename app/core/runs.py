@@ -116,9 +116,7 @@ def cancel_job(redis, job_id: str, finished_at: str, ttl: int) -> tuple[str | No
 
 # ARGV: run id, worker id, RQ job id, ttl, members... Mark the run running, and give it and every job waiting for
 # it a fresh TTL (app.core.settings.Settings.pending_ttl): a run that starts has the whole of its time ahead.
-_TAKE = (
-    _LUA_KEYS
-    + """
+_TAKE_RUN = """
 local rid, ttl = ARGV[1], ARGV[4]
 redis.call('HSET', run_key(rid), 'status', 'running', 'worker', ARGV[2], 'rq_job', ARGV[3])
 if #ARGV > 4 then redis.call('SADD', jobs_key(rid), unpack(ARGV, 5)) end
@@ -134,7 +132,9 @@ end
 local ek = redis.call('HGET', run_key(rid), 'engine_key')
 if ek and redis.call('GET', open_key(ek)) == rid then redis.call('EXPIRE', open_key(ek), ttl) end
 """.replace("{running}", keys.RUNNING)
-)
+_TAKE = _LUA_KEYS + _TAKE_RUN
+# KEYS[1]: the run's RQ queue; ARGV as _TAKE's. Off the queue and taken in one step, or neither (another worker had it)
+_CLAIM = _LUA_KEYS + "if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n" + _TAKE_RUN + "return 1\n"
 
 
 def mark_running(
@@ -143,6 +143,13 @@ def mark_running(
     """A worker has taken the run: the reaper re-queues it if that worker's heartbeat stops. The run, its open-run
     entry and its jobs live `ttl` more seconds from now."""
     redis.eval(_TAKE, 0, run_id, worker_id, rq_job_id, ttl, *(members or []))
+
+
+def claim(redis, queue_key: str, run_id: str, worker_id: str, ttl: int = 86_400) -> bool:
+    """Take a queued run off its RQ queue list and mark it running (`mark_running`), in one step: whenever its worker
+    dies, the run is either still queued or watched by the reaper, never in neither. False (and nothing written) when
+    the queue no longer holds it: another worker took it. Its RQ job id is the run's id."""
+    return bool(redis.eval(_CLAIM, 1, queue_key, run_id, worker_id, run_id, ttl, run_id))
 
 
 def fail_jobs(redis, job_ids: list[str], error: str, ttl: int) -> None:
