@@ -93,7 +93,7 @@ class MemoryCgroup:
             if "memory" not in (parent / "cgroup.controllers").read_text().split():
                 raise CgroupUnavailable("cgroup v2 without the memory controller")
             if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
-                (parent / "cgroup.subtree_control").write_text("+memory")  # refused in a cgroup holding processes
+                raise CgroupUnavailable("cgroup v2 whose subtree_control does not enable memory")
         path = parent / self.name
         path.mkdir()
         if not (path / FILES[version]["limit"]).exists():
