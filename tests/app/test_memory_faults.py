@@ -2,7 +2,7 @@
 and refused an allocation under an address-space limit (`ulimit -v`).
 
 The jobs that run out of memory are of `wide@1`: a U-Net of few channels at 1024x1024, whose one network call takes
-some 270 MB above what the worker holds idle for 3 GFLOP (under a second on one thread here). Each limit is made
+some 500 MB above what the worker holds at rest for 5 GFLOP (about a second on one thread here). Each limit is made
 from the worker's own measure once it is ready (its resident set, its address space) plus a margin well below that.
 """
 
@@ -79,7 +79,7 @@ def wide_store(tiny_store):
     from model_store.weights import save_model
 
     torch.manual_seed(0)
-    net = UNet(UNetConfig(1024, widths=(4, 8), block_depth=1, embedding_dims=8))
+    net = UNet(UNetConfig(1024, widths=(4, 8), block_depth=1))
     torch.nn.init.normal_(net.head.weight, std=0.1)
     save_model(tiny_store, "wide", net, "offset_cosine", [0.5] * 3, [0.25] * 3, {})
     return tiny_store
