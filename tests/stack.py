@@ -81,7 +81,11 @@ class Stack:
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.base, timeout=kw.pop("timeout", 40), **kw)
 
-    def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen:
+    def start(
+        self, name: str, command: list[str], preexec_fn: Callable[[], None] | None = None, **env: str
+    ) -> subprocess.Popen:
+        """`command` as process `name`, with the stack's environment and `env`; `preexec_fn` runs in the child before
+        it execs (to enter a cgroup, say, or set a resource limit)."""
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
             cli(command),
@@ -90,12 +94,15 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=preexec_fn,
         )
         self.procs[name] = proc
         return proc
 
-    def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen:
-        return self.start(name, WORKER_COMMAND, **env)
+    def start_worker(
+        self, name: str = "worker", preexec_fn: Callable[[], None] | None = None, **env: str
+    ) -> subprocess.Popen:
+        return self.start(name, WORKER_COMMAND, preexec_fn, **env)
 
     def start_api(self, **env: str) -> subprocess.Popen:
         return self.start("api", API_COMMAND, **env)

@@ -90,18 +90,25 @@ class Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(self.period_s):
-            if not self.alive():
-                log.error("main loop past its deadline: no heartbeat, so that its jobs are re-queued")
-                continue
-            try:
-                self.beat()
-            except Exception as exc:  # Redis away: keep trying, the TTL tells the API we are gone
-                if not is_oom(exc):
-                    log.warning("heartbeat failed: %s", exc)
-                    continue
-                log.warning("Redis is full (maxmemory): heartbeat refused; holding this worker's key")
-                with contextlib.suppress(Exception):
-                    self.hold()
+            # Nothing ends the thread but `stop`: not even a failure to report a failure (memory exhausted in the
+            # process, a MemoryError in the log line), which would leave a live worker taken for dead.
+            with contextlib.suppress(Exception):
+                self.tick()
+
+    def tick(self) -> None:
+        """One period's beat; a failure is logged, and the next period tries again."""
+        if not self.alive():
+            log.error("main loop past its deadline: no heartbeat, so that its jobs are re-queued")
+            return
+        try:
+            self.beat()
+        except Exception as exc:  # Redis away: keep trying, the TTL tells the API we are gone
+            if not is_oom(exc):
+                log.warning("heartbeat failed: %s", exc)
+                return
+            log.warning("Redis is full (maxmemory): heartbeat refused; holding this worker's key")
+            with contextlib.suppress(Exception):
+                self.hold()
 
     def stop(self) -> None:
         self.stopped.set()

@@ -29,6 +29,13 @@ def check_identity(engine, spec: Spec) -> None:
         raise RuntimeError(f"model {spec.model_ref} changed on this worker (identity mismatch)")
 
 
+def error_of(exc: Exception) -> str:
+    """A failed job's error: the exception's type and message. A MemoryError (memory exhausted under an address-space
+    limit, `ulimit -v`), which most often has no message, says so."""
+    text = str(exc) or ("out of memory" if isinstance(exc, MemoryError) else "")
+    return f"{type(exc).__name__}: {text}"
+
+
 def decode(cls: type[Spec], redis, kwargs: dict) -> Spec:
     """The job's spec (app.core.spec.Spec.from_kwargs); a job this worker cannot run as asked fails at once, with
     the reason, before RQ records the exception."""
@@ -37,7 +44,7 @@ def decode(cls: type[Spec], redis, kwargs: dict) -> Spec:
     except SpecError as exc:
         job_id = kwargs.get("job_id")
         if isinstance(job_id, str):
-            fail(redis, [job_id], f"{type(exc).__name__}: {exc}", get_settings().result_ttl)
+            fail(redis, [job_id], error_of(exc), get_settings().result_ttl)
         raise
 
 
@@ -95,7 +102,7 @@ def batched(cls: type[Spec], runner, kwargs: dict) -> dict:
         give_up(redis, spec, claimed, timed_out(timeout))
         raise
     except Exception as exc:
-        give_up(redis, spec, claimed, f"{type(exc).__name__}: {exc}")
+        give_up(redis, spec, claimed, error_of(exc))
         raise
     jobs = [j for j, _ in claimed]
     while_full(log, "settling the claimed RQ jobs", settle, redis, jobs, True, "", settings.result_ttl)
@@ -132,7 +139,7 @@ def interpolate(**kwargs) -> dict:
         fail(job.connection, [spec.job_id], timed_out(timeout), settings.result_ttl)
         raise
     except Exception as exc:
-        fail(job.connection, [spec.job_id], f"{type(exc).__name__}: {exc}", settings.result_ttl)
+        fail(job.connection, [spec.job_id], error_of(exc), settings.result_ttl)
         raise
     return {"status": status}
 

@@ -49,3 +49,35 @@ def test_a_full_redis_refuses_the_heartbeat_but_its_keys_stay_alive(each_redis_s
     finally:
         conn.config_set("maxmemory", 0)
         beat.stop()
+
+
+def test_memory_exhausted_while_a_failed_beat_is_reported_does_not_end_the_heartbeat(redis_server, monkeypatch):
+    """A MemoryError in a beat, and another in the log line that reports it (memory is exhausted for both): the
+    thread goes on, and beats once memory returns. Had it ended, the worker would live on taken for dead: the reaper
+    would re-queue the runs it is computing, and its models would go unserved."""
+    from worker import heartbeat
+
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    beat = Heartbeat(conn, "w1", {"m@1": "cpu/fp32/aaaa"}, period_s=1)
+    real_beat, failing = beat.beat, [1, 2]
+
+    def beat_in_exhausted_memory():
+        if failing:
+            failing.pop()
+            raise MemoryError
+        real_beat()
+
+    def warning(*args, **kwargs):
+        raise MemoryError  # the report needs memory too
+
+    monkeypatch.setattr(beat, "beat", beat_in_exhausted_memory)
+    monkeypatch.setattr(heartbeat.log, "warning", warning)
+    beat.start()
+    try:
+        deadline = time.monotonic() + 6
+        while conn.get(keys.worker("w1")) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not failing and beat.is_alive()
+        assert conn.get(keys.worker("w1")) is not None
+    finally:
+        beat.stop()

@@ -48,3 +48,24 @@ def test_a_loaded_model_reports_its_memory_and_a_small_budget_refuses_it(tiny_st
     assert small.memory.budget == 64 * MB
     with pytest.raises(ModelStoreError, match="over the memory budget"):
         load_engine("tiny", tiny_store, device="cpu", memory_budget_mb=0)
+
+
+def test_a_memory_error_in_a_batch_fails_its_jobs_saying_so_and_the_worker_serves_on(service, monkeypatch):
+    """Memory exhausted under an address-space limit (`ulimit -v`) is an exception, not a kill: a MemoryError (most
+    often without a message) fails the batch's jobs with an error that says what happened, and the next job runs."""
+    from worker import jobs
+
+    real, failures = jobs.run_batch, [MemoryError()]
+
+    def out_of_memory_once(*args):
+        if failures:
+            raise failures.pop()
+        return real(*args)
+
+    monkeypatch.setattr(jobs, "run_batch", out_of_memory_once)
+    first = service.post("/generate", json={"seed": 1, "steps": 4}).json()["id"]
+    second = service.post("/generate", json={"seed": 2, "steps": 5}).json()["id"]  # other steps: another batch
+    service.work()
+    failed = service.get(f"/jobs/{first}").json()
+    assert failed["status"] == "failed" and failed["error"] == "MemoryError: out of memory", failed
+    assert service.get(f"/jobs/{second}").json()["status"] == "succeeded"
