@@ -82,6 +82,7 @@ SAMPLE_JOBS = 50
 RSS_LIMIT_PCT = 10.0
 RESEND_FOR_S = 60.0  # a request is sent again (failover, a 503 in a fault window) for at most this long
 FAILOVER_PAUSE_S = 0.2
+LOST_ANSWER_RATE = 0.05  # of the 202s: acted on as lost, the POST sent again to the other API with the same key
 READY_TIMEOUT_S = 180
 BUSY_WAIT_S = 3.0  # a worker kill waits this long for a busy worker, then kills an idle one
 HOOK_PATH = "/hook"
@@ -342,6 +343,8 @@ class ChaosTally(Tally):
     in_window_503: Counter[str] = field(default_factory=Counter)
     requests_by_key: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> the job id it was answered
     seeds: dict[str, int] = field(default_factory=dict)  # job id -> its seed
+    lost_answers: int = 0  # 202s the client acted as if it never got, and sent again with the same key
+    second_jobs: list[str] = field(default_factory=list)  # a resend answered with another job than the first
 
     def record(self, kind: str, status: int, seconds: float) -> None:
         super().record(kind, status, seconds)
@@ -395,12 +398,21 @@ class ChaosClient(Client):
     async def submit(self, kind: str, body: dict) -> dict | None:
         key = str(uuid.uuid4())
         headers = {"Idempotency-Key": key}
-        r = await self.call(kind, "POST", "/generate", json={**body, "webhook": self.hook}, headers=headers)
+        body = {**body, "webhook": self.hook}
+        r = await self.call(kind, "POST", "/generate", json=body, headers=headers)
+        tally: ChaosTally = self.tally  # type: ignore[assignment]
+        if r is not None and r.status_code == 202 and self.rng.random() < LOST_ANSWER_RATE:
+            # the answer "lost" (a timeout, a dropped connection): sent again, to the other API, with the same key
+            first = r.json()["id"]
+            self.current = 1 - self.current
+            tally.lost_answers += 1
+            r = await self.call(f"{kind}_resent", "POST", "/generate", json=body, headers=headers)
+            if r is not None and r.status_code == 202 and r.json()["id"] != first:
+                tally.second_jobs.append(first)
         if r is None:
             return None
         if r.status_code == 202:
             job = r.json()
-            tally: ChaosTally = self.tally  # type: ignore[assignment]
             tally.requests_by_key[key] = job["id"]
             tally.seeds[job["id"]] = body["seed"]
             tally.accept(job, self.http.headers.get("authorization", ""))
@@ -724,7 +736,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
     rss_ok = all(r["growth_pct"] is not None and r["growth_pct"] < RSS_LIMIT_PCT for r in (api, worker))
     failures = {
         "lost": len(lost | set(not_final)),
-        "second jobs for one request": len(orphans),
+        "second jobs for one request": len(orphans) + len(tally.second_jobs),
         "runs completed twice": len(twice),
         "succeeded without an image": len(missing),
         "byte mismatches": len(mismatched),
@@ -746,6 +758,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
         "transport_errors": dict(tally.transport_errors),
         "failovers": tally.failovers,
         "resent_posts": tally.resent_posts,
+        "lost_answers": tally.lost_answers,
         "in_window_503": dict(tally.in_window_503),
         "windows": [vars(w) | {"end": w.end} for w in windows],
         "latency": latency_rows(tally, windows),
@@ -828,7 +841,8 @@ def format_report(s: dict) -> str:
         f"bytes checked against an in-process reference: {s['bytes']['checked']} "
         f"({s['bytes']['rerun_checked']} of them re-run after a kill)",
         f"webhooks: {s['webhooks']['arrivals']} arrivals for {s['webhooks']['ended_jobs']} ended jobs",
-        f"failovers: {s['failovers']}; POSTs sent again (same Idempotency-Key): {s['resent_posts']}; "
+        f"202s acted on as lost and sent again to the other API (same Idempotency-Key): {s['lost_answers']}",
+        f"failovers: {s['failovers']}; POSTs sent again after a failover or a 503: {s['resent_posts']}; "
         f"503 in fault windows (documented, retried): {s['in_window_503'] or 'none'}",
         f"transport errors: {s['transport_errors'] or 'none'}; 429s: {s['refusals'] or 'none'}",
         f"RSS of API 1 (never killed): {growth(api)}; of worker 0 (never killed): {growth(worker)}",
@@ -867,6 +881,7 @@ def run(cfg: Config, command: str, api_command: Sequence[str] | None = None, sto
     from diffusion.unet import UNetConfig
 
     info = {"command": command, "machine": machine()}
+    info["machine"]["torch_threads"] = cfg.threads  # each worker's
     print(f"command: {command}\n{format_machine(info['machine'])}", flush=True)
     faults = schedule(cfg.seed, 60 * cfg.minutes, cfg.kill_every, cfg.results == "s3")
     print(table(f"Fault schedule (seed {cfg.seed})", ["at s", "fault"], [[f.at, f.action] for f in faults]), flush=True)

@@ -35,6 +35,7 @@ def test_a_chaos_run_loses_no_job_and_keeps_every_byte():
     # every job re-run after a kill is among those whose bytes were compared with the reference
     assert checked["rerun_checked"] == jobs["rerun_after_a_kill"] and checked["checked"] > 0, report
     assert summary["webhooks"]["ended_jobs"] == jobs["accepted"], report
+    assert summary["lost_answers"] > 0, report  # resends with the same Idempotency-Key were made, and checked
 
 
 def test_the_chaos_run_fails_when_the_reaper_is_off():
