@@ -9,6 +9,8 @@ from app.core.settings import Settings
 from app.main import create_app
 from helpers import claim_as_worker
 
+pytestmark = pytest.mark.each_redis
+
 
 @pytest.fixture
 def client(tiny_store, redis_server):
