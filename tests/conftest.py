@@ -49,11 +49,15 @@ def tiny_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def pytest_generate_tests(metafunc):
     """A test marked `each_redis` (or in a module so marked) runs once on each Redis, `redis7` and `redis6.2`: its
-    `redis_server` (through the fixtures it uses) is started from each binary in turn."""
-    if metafunc.definition.get_closest_marker("each_redis") is None:
+    `redis_server` (through the fixtures it uses) is started from each binary in turn. A test of such a module that
+    starts no Redis, or is marked `each_redis(False)`, runs once."""
+    marker = metafunc.definition.get_closest_marker("each_redis")
+    if marker is None or marker.args[:1] == (False,):
         return
-    if "redis_binary" not in metafunc.fixturenames:
-        raise pytest.UsageError(f"{metafunc.definition.nodeid} is marked each_redis but starts no redis_server")
+    if "redis_binary" not in metafunc.fixturenames:  # a test of a marked module that needs no Redis runs once
+        if any(m.name == "each_redis" for m in metafunc.definition.own_markers):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid} is marked each_redis but starts no redis_server")
+        return
     from stack import REDIS_VERSIONS
 
     metafunc.parametrize("redis_binary", REDIS_VERSIONS, indirect=True)

@@ -131,7 +131,6 @@ def test_sigterm_of_a_busy_worker_loses_nothing(stack):
             assert c.get(f"/jobs/{job_id}", params={"wait": 30}).json()["status"] == "succeeded"
 
 
-@pytest.mark.each_redis
 def test_a_full_queue_refuses_with_429_and_every_accepted_job_finishes(tiny_store, redis_server, tmp_path):
     s = Stack(stack_env(redis_server.url, tiny_store.root, DIFFUSETV_MAX_QUEUE="3"), free_port(), tmp_path)
     s.redis = redis_server
