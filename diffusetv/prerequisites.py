@@ -60,10 +60,15 @@ def redis_server_version(binary: str) -> str | None:
     return match.group(1) if match else None
 
 
+def redis_server_on_path() -> str | None:
+    """The redis-server on PATH, if any: the one search for it (diffusetv.launch asks it too)."""
+    return shutil.which("redis-server")
+
+
 def redis_server_path() -> str | None:
     """A redis-server of Redis 7 or newer: Debian's, else the one on PATH (not the embedded 6.2 of an activated
     virtualenv); None when there is none."""
-    for candidate in (DEBIAN_REDIS, shutil.which("redis-server")):
+    for candidate in (DEBIAN_REDIS, redis_server_on_path()):
         version = candidate and redis_server_version(candidate)
         if version and int(version.split(".")[0]) >= REDIS_MAJOR:
             return candidate
