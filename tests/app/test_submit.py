@@ -31,6 +31,8 @@ from app.main import create_app
 from helpers import claim_as_worker, expiry, generate_spec, registered, store_result, stored_bytes
 from stack import Stack, free_port, stack_env
 
+pytestmark = pytest.mark.each_redis
+
 ENGINE = "cpu/fp32/aaaa"
 ENGINE_RECORD = json.dumps({"device": "cpu", "precision": "fp32", "kernels": "aaaa"})
 QUEUE = "rq:queue:" + keys.queue_name("tiny@1")
@@ -391,8 +393,8 @@ def deliveries_of(conn, job_id: str) -> list[dict[str, str]]:
     return [{k.decode(): v.decode() for k, v in conn.hgetall(keys.delivery(i)).items()} for i in ids]
 
 
-def test_a_cache_hit_and_a_join_of_a_running_run_enqueue_their_webhook_deliveries(each_redis_server):
-    conn = redis_lib.Redis.from_url(each_redis_server.url)
+def test_a_cache_hit_and_a_join_of_a_running_run_enqueue_their_webhook_deliveries(redis_server):
+    conn = redis_lib.Redis.from_url(redis_server.url)
     source = "f" * 32
     sha256 = store_result(conn, objects.PNG, b"\x89PNG")
     conn.hset(keys.job(source), mapping={"id": source, "status": "succeeded", "sha256": sha256})

@@ -9,6 +9,8 @@ from app.core.settings import Settings
 from app.main import create_app
 from helpers import claim_as_worker
 
+pytestmark = pytest.mark.each_redis
+
 
 @pytest.fixture
 def client(tiny_store, redis_server):
@@ -248,6 +250,7 @@ def waited_for(answer: bytes) -> bool:
     return bool(length) and len(body) >= length[0]
 
 
+@pytest.mark.each_redis(False)  # the API process's own answer: no Redis difference
 def test_a_body_that_never_finishes_is_408_within_the_body_timeout(tiny_store, redis_server, tmp_path):
     import socket
     import time
@@ -322,6 +325,7 @@ def test_a_lone_surrogate_is_a_json_422_naming_the_field(lenient_client, caplog,
     assert [rec for rec in caplog.records if rec.levelname in ("ERROR", "CRITICAL")] == []
 
 
+@pytest.mark.each_redis(False)  # the API process's own answer: no Redis difference
 def test_a_lone_surrogate_is_a_json_422_from_the_api_process(tiny_store, redis_server, tmp_path):
     from stack import Stack, free_port, stack_env
 

@@ -53,9 +53,20 @@ def chromium_missing(tmp_path, monkeypatch):
 
 def test_the_table_names_each_package_and_what_proves_it():
     names = {p.name: p for p in prerequisites.PREREQUISITES}
-    assert set(names) == {"python3-venv", "chromium", "emoji-font", "libatomic1", "curl", "g++", "python3-dev"}
+    assert set(names) == {
+        "python3-venv",
+        "chromium",
+        "emoji-font",
+        "libatomic1",
+        "curl",
+        "g++",
+        "python3-dev",
+        "redis-server",
+    }
     assert names["chromium"].package == "chromium" and prerequisites.DEBIAN_CHROMIUM in names["chromium"].proof
     assert names["emoji-font"].proof.endswith("NotoColorEmoji.ttf")
+    assert names["redis-server"].package == "redis-server" and "/usr/bin/redis-server" in names["redis-server"].proof
+    assert names["redis-server"].needed_for == ("test",)
     assert [p.name for p in prerequisites.PREREQUISITES if "run" in p.needed_for] == ["python3-venv"]
 
 
@@ -115,6 +126,37 @@ def test_a_package_that_installs_but_gives_no_file_is_still_missing(tmp_path, mo
 def test_the_skip_reason_names_the_package_and_the_install_command():
     reason = prerequisites.skip_reason("emoji-font")
     assert "fonts-noto-color-emoji" in reason and "apt-get install" in reason
+
+
+def test_the_skip_reason_of_redis_7_names_debians_redis_server():
+    reason = prerequisites.skip_reason("redis-server")
+    assert "redis-server" in reason and "7 or newer" in reason
+    assert reason.endswith("apt-get install --no-install-recommends redis-server`")
+
+
+def fake_redis_server(path: Path, version: str) -> Path:
+    path.write_text(f'#!/bin/sh\necho "Redis server v={version} sha=00000000:0 malloc=libc bits=64"\n')
+    path.chmod(0o755)
+    return path
+
+
+def test_redis_7_is_debians_else_one_on_path_that_says_7_or_newer(tmp_path, monkeypatch):
+    debian = tmp_path / "debian" / "redis-server"
+    debian.parent.mkdir()
+    on_path = tmp_path / "bin" / "redis-server"
+    on_path.parent.mkdir()
+    monkeypatch.setattr(prerequisites, "DEBIAN_REDIS", str(debian))
+    monkeypatch.setenv("PATH", str(on_path.parent))
+    assert prerequisites.redis_server_path() is None and not prerequisites.get("redis-server").present()
+    fake_redis_server(on_path, "6.2.14")  # the embedded one, on an activated virtualenv's PATH
+    assert prerequisites.redis_server_version(str(on_path)) == "6.2.14"
+    assert prerequisites.redis_server_path() is None
+    fake_redis_server(on_path, "7.2.4")
+    assert prerequisites.redis_server_path() == str(on_path) and prerequisites.get("redis-server").present()
+    fake_redis_server(debian, "7.0.15")
+    assert prerequisites.redis_server_path() == str(debian)
+    debian.write_text("#!/bin/sh\nexit 1\n")  # says no version: not a proof
+    assert prerequisites.redis_server_path() == str(on_path)
 
 
 def test_chromium_can_be_named_by_a_setting(tmp_path, monkeypatch):

@@ -7,12 +7,15 @@ import json
 import threading
 import time
 
+import pytest
 import redis as redis_lib
 from webhooks import attempts, delivery, enqueue, report_progress
 
 from app.core import deliveries, keys
 from app.core.deliveries import DELIVERED, DROPPED, FAILED, GONE, RELEASE, RETRY, Attempt
 from app.views import job_view
+
+pytestmark = pytest.mark.each_redis
 
 JOB = "a" * 32
 URL = "https://hooks.example/done"
@@ -27,8 +30,8 @@ def redis_now(redis) -> float:
     return seconds + micros / 1e6
 
 
-def test_a_claim_leases_a_due_delivery_and_a_second_claim_gets_nothing(each_redis_server):
-    redis = redis_lib.Redis.from_url(each_redis_server.url)
+def test_a_claim_leases_a_due_delivery_and_a_second_claim_gets_nothing(redis_server):
+    redis = redis_lib.Redis.from_url(redis_server.url)
     did = enqueue(redis, JOB, URL)
     assert did == f"msg_{JOB}_1"
     assert delivery(redis, did)["state"] == "pending"
@@ -88,8 +91,8 @@ def test_two_notifiers_claim_disjoint_deliveries(redis, redis_server):
     assert len(got["n1"]) + len(got["n2"]) == 60
 
 
-def test_finish_delivered_records_the_attempt_and_ends_the_delivery(each_redis_server):
-    redis = redis_lib.Redis.from_url(each_redis_server.url)
+def test_finish_delivered_records_the_attempt_and_ends_the_delivery(redis_server):
+    redis = redis_lib.Redis.from_url(redis_server.url)
     did = enqueue(redis, JOB, URL)
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
     at = time.time()
@@ -106,8 +109,8 @@ def test_finish_delivered_records_the_attempt_and_ends_the_delivery(each_redis_s
     assert metrics[b"webhook_delivered"] == b"1" and metrics[b"webhook_attempts"] == b"1"
 
 
-def test_a_retry_is_due_after_its_delay_then_fails_for_good(each_redis_server):
-    redis = redis_lib.Redis.from_url(each_redis_server.url)
+def test_a_retry_is_due_after_its_delay_then_fails_for_good(redis_server):
+    redis = redis_lib.Redis.from_url(redis_server.url)
     did = enqueue(redis, JOB, URL)
     [claim], _ = deliveries.claim(redis, 10, 30.0, "n1")
     before = redis_now(redis)

