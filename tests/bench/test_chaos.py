@@ -41,7 +41,7 @@ def test_a_chaos_run_loses_no_job_and_keeps_every_byte():
 def test_the_chaos_run_fails_when_the_reaper_is_off():
     pytest.importorskip("moto")
     without_reaper = [sys.executable, str(REPO / "tests" / "api_without_reaper.py")]
-    summary = chaos.run(ci_config(drain=30.0, webhook_drain=5.0), "reaper off", api_command=without_reaper)
+    summary = chaos.run(ci_config(minutes=0.5, drain=20.0, webhook_drain=2.0), "reaper off", api_command=without_reaper)
     report = chaos.format_report(summary)
     assert not summary["ok"], report
     held = [run for w in summary["windows"] if w["action"] == "kill_worker" for run in w["runs"]]
