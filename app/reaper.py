@@ -25,16 +25,17 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
-from app.core import keys, objects, runs
+from app.core import keys, objects, runs, workers
 from app.core.jobs import JobStatus, read_record, transition
 from app.core.results import open_store
 from app.core.settings import Settings
 
 log = logging.getLogger("diffusetv.reaper")
 LOST_AFTER_S = 30  # a job whose run has no RQ job this long after it was made will never run
-# a live worker marks a run running (worker.batch.take) milliseconds after RQ hands it the job, or up to RQ's patience
-# with a full Redis (worker.main.RQ_PATIENCE_S, 30 s): a job seen taken but not marked this long was left by a dead one
-STRANDED_AFTER_S = 60
+# a live worker marks a run running (worker.batch.take) milliseconds after RQ hands it the job; with a full Redis, RQ's
+# records of the start wait up to twice its patience (worker.main.RQ_PATIENCE_S, 30 s). A job in RQ's intermediate
+# queue this long, not marked, was left by a dead worker (one in the started registry names its worker: see `stranded`)
+STRANDED_AFTER_S = 120
 _LOCK = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
@@ -50,12 +51,15 @@ def requeue_rq_job(redis, job_id: str) -> bool:
         return False
     queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
     started = queue.started_job_registry.key
-    for member in redis.zrange(started, 0, -1):
-        if member.decode().split(":")[0] == job_id:
-            redis.zrem(started, member)
-    redis.lrem(queue.key, 0, job_id)  # never twice in the queue (one reaper at a time holds the lock)
-    redis.lrem(queue.intermediate_queue_key, 0, job_id)
-    queue.enqueue_job(job, at_front=True)
+    members = [m for m in redis.zrange(started, 0, -1) if m.decode().split(":")[0] == job_id]
+    pipe = redis.pipeline(transaction=True)  # all or nothing: a full Redis refuses the whole, and the job stays found
+    pipe.multi()  # before the first command: RQ's enqueue_job asks for a transaction of its own otherwise
+    if members:
+        pipe.zrem(started, *members)
+    pipe.lrem(queue.key, 0, job_id)  # never twice in the queue (one reaper at a time holds the lock)
+    pipe.lrem(queue.intermediate_queue_key, 0, job_id)
+    queue.enqueue_job(job, pipeline=pipe, at_front=True)
+    pipe.execute()
     return True
 
 
@@ -99,15 +103,21 @@ def reap_once(redis, settings: Settings) -> list[str]:
 
 def stranded(redis) -> set[str]:
     """RQ jobs that a worker has taken off their queue (RQ's intermediate queue or started registry hold them) whose
-    run is still `queued`, and not marked running: their worker has not reached `take` yet, or never will."""
+    run is still `queued`, and not marked running: their worker has not reached `take` yet, or never will. A job in the
+    started registry whose worker (RQ's record of the job names it) still beats is that worker's, however long it
+    takes: it is left out."""
     found = set()
     for raw in redis.smembers(Queue.redis_queues_keys):
         queue = Queue.from_queue_key(raw.decode(), connection=redis, serializer=JSONSerializer)
-        ids = [i.decode() for i in redis.lrange(queue.intermediate_queue_key, 0, -1)]
-        ids += [m.decode().split(":")[0] for m in redis.zrange(queue.started_job_registry.key, 0, -1)]
-        for rq_id in ids:  # a run's RQ job id is the run's id
-            if redis.hget(keys.run(rq_id), "status") == b"queued" and not redis.sismember(keys.RUNNING, rq_id):
-                found.add(rq_id)
+        taken = [i.decode() for i in redis.lrange(queue.intermediate_queue_key, 0, -1)]
+        started = [m.decode().split(":")[0] for m in redis.zrange(queue.started_job_registry.key, 0, -1)]
+        for rq_id in taken + started:  # a run's RQ job id is the run's id
+            if redis.hget(keys.run(rq_id), "status") != b"queued" or redis.sismember(keys.RUNNING, rq_id):
+                continue
+            holder = workers.id_of_rq_name((redis.hget(Job.key_for(rq_id), "worker_name") or b"").decode())
+            if holder and redis.exists(keys.worker(holder)):
+                continue
+            found.add(rq_id)
     return found
 
 

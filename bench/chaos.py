@@ -361,12 +361,19 @@ class ChaosClient(Client):
         super().__init__(https[first], **kw)
         self.https, self.current, self.windows, self.hook = https, first, windows, hook
 
-    def in_window(self, t: float) -> str | None:
-        """The fault whose window (Redis down, the store paused, and SETTLE_S after) holds load time `t`."""
+    def in_window(self, t: float, until: float) -> str | None:
+        """The fault whose window (Redis down, the store paused, and SETTLE_S after) meets load times `t` to `until`."""
         for w in reversed(self.windows):  # the latest fault first, where two windows meet
-            if w.action in ("kill_redis", "pause_store") and w.start <= t <= (w.end if w.back else t):
+            if w.action in ("kill_redis", "pause_store") and w.start <= until and t <= (w.end if w.back else t):
                 return w.action
         return None
+
+    def accept(self, key: str, job: dict, seed: int) -> dict:
+        tally: ChaosTally = self.tally  # type: ignore[assignment]
+        tally.requests_by_key.setdefault(key, job["id"])
+        tally.seeds[job["id"]] = seed
+        tally.accept(job, self.http.headers.get("authorization", ""))
+        return job
 
     async def call(self, kind: str, method: str, url: str, **kw) -> httpx.Response | None:
         tally: ChaosTally = self.tally  # type: ignore[assignment]
@@ -387,7 +394,7 @@ class ChaosClient(Client):
                 await asyncio.sleep(FAILOVER_PAUSE_S)
                 continue
             seconds = time.perf_counter() - started
-            fault = self.in_window(t0) or self.in_window(t0 + seconds)
+            fault = self.in_window(t0, t0 + seconds)
             if r.status_code == 503 and fault and time.monotonic() < deadline:
                 tally.in_window_503[f"{kind} ({fault})"] += 1
                 tally.timeline.append((t0, kind, 503, seconds))
@@ -404,21 +411,20 @@ class ChaosClient(Client):
         r = await self.call(kind, "POST", "/generate", json=body, headers=headers)
         tally: ChaosTally = self.tally  # type: ignore[assignment]
         if r is not None and r.status_code == 202 and self.rng.random() < LOST_ANSWER_RATE:
-            # the answer "lost" (a timeout, a dropped connection): sent again, to the other API, with the same key
-            first = r.json()["id"]
+            # the answer "lost" (a timeout, a dropped connection): sent again, to the other API, with the same key;
+            # its job is followed whatever the resend gets, and must be what the resend names
+            self.accept(key, r.json(), body["seed"])
             self.current = 1 - self.current
             tally.lost_answers += 1
-            r = await self.call(f"{kind}_resent", "POST", "/generate", json=body, headers=headers)
-            if r is not None and r.status_code == 202 and r.json()["id"] != first:
-                tally.second_jobs.append(first)
+            again = await self.call(f"{kind}_resent", "POST", "/generate", json=body, headers=headers)
+            self.tally.expect(f"POST /generate sent again ({kind})", again.status_code if again else 0, (202,))
+            if again is not None and again.status_code == 202 and again.json()["id"] != r.json()["id"]:
+                tally.second_jobs.append(again.json()["id"])
+                self.accept(key, again.json(), body["seed"])  # followed too: it is one request's second job
         if r is None:
             return None
         if r.status_code == 202:
-            job = r.json()
-            tally.requests_by_key[key] = job["id"]
-            tally.seeds[job["id"]] = body["seed"]
-            tally.accept(job, self.http.headers.get("authorization", ""))
-            return job
+            return self.accept(key, r.json(), body["seed"])
         self.tally.expect(f"POST /generate ({kind})", r.status_code, (202, 429))
         if r.status_code == 429:
             self.tally.refusals[refusal(r)] += 1
@@ -637,7 +643,9 @@ def where(redis_url: str, job_id: str) -> dict:
 
 
 def completions(worker_logs: str) -> Counter[str]:
-    """Run id -> how many times a worker logged it ended `succeeded` (worker.batch.log_line)."""
+    """Run id -> how many times a worker ran it to its end (worker.batch.log_line: the line of a run's end, whatever
+    its outcome, a second run's is `canceled` since its jobs had ended; not a run skipped before it started). A run
+    whose worker was killed logged nothing."""
     done: Counter[str] = Counter()
     for line in worker_logs.splitlines():
         start = line.find('{"')
@@ -645,7 +653,7 @@ def completions(worker_logs: str) -> Counter[str]:
             continue
         with contextlib.suppress(ValueError):
             fields = json.loads(line[start:])
-            if fields.get("status") == "succeeded":
+            if not fields.get("skipped"):
                 done[fields["id"]] += 1
     return done
 
@@ -739,7 +747,7 @@ def check(stack: ChaosStack, cfg: Config, observed: dict, store: Path, model: st
     rss_ok = all(r["growth_pct"] is not None and r["growth_pct"] < RSS_LIMIT_PCT for r in (api, worker))
     failures = {
         "lost": len(lost | set(not_final)),
-        "second jobs for one request": len(orphans) + len(tally.second_jobs),
+        "second jobs for one request": len(set(orphans) | set(tally.second_jobs)),
         "runs completed twice": len(twice),
         "succeeded without an image": len(missing),
         "byte mismatches": len(mismatched),

@@ -70,16 +70,16 @@ def log_line(**fields) -> None:
     log.info(json.dumps({"event": "job", **fields}, sort_keys=True))
 
 
-def take(redis, run_ids: Sequence[str], timeout: int, inputs: Sequence[str] = ()) -> None:
-    """Record that this worker holds these runs, before anything else: if it dies, the reaper re-queues them.
-    Their records, and the `inputs` they read (app.core.objects: INPUT), get a fresh TTL for the time the runs may
-    take, each `timeout` seconds (Settings.pending_ttl), so that a re-run after a reap still finds its inputs.
+def take(redis, run_id: str, queue_key: str, timeout: int, inputs: Sequence[str] = ()) -> None:
+    """Record that this worker holds the run RQ handed it from `queue_key`, before anything else: if it dies, the
+    reaper re-queues it; and the queue keeps no copy of it. Its record, and the `inputs` it reads (app.core.objects:
+    INPUT), get a fresh TTL for the time it may take, `timeout` seconds (Settings.pending_ttl), so that a re-run after
+    a reap still finds its inputs.
 
     A run's id is its leading job's id, which is also its RQ job's id."""
     ttl = get_settings().pending_ttl(timeout)
-    for run_id in run_ids:
-        what = f"taking run {run_id}"
-        while_full(log, what, runs.mark_running, redis, run_id, registry.WORKER_ID, run_id, [run_id], ttl)
+    what = f"taking run {run_id}"
+    while_full(log, what, runs.mark_running, redis, run_id, registry.WORKER_ID, run_id, [run_id], ttl, queue_key)
     keep_inputs(redis, inputs, timeout)
 
 

@@ -82,13 +82,13 @@ def batched(cls: type[Spec], runner, kwargs: dict) -> dict:
     spec = decode(cls, redis, kwargs)
     settings = get_settings()
     timeout = timeout_of(job)
-    take(redis, [spec.job_id], timeout, spec.inputs())
+    queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
+    take(redis, spec.job_id, queue.key, timeout, spec.inputs())
     claimed: list = []
     specs = [spec]
     try:
         engine = registry.get(spec.model_ref)
         check_identity(engine, spec)
-        queue = Queue(job.origin, connection=redis, serializer=JSONSerializer)
         room = batch_room(settings, engine, spec, timeout)
         key = engine.batch_key(spec)  # the spec's, and the grid its sampler calls the network on
 
@@ -130,7 +130,7 @@ def interpolate(**kwargs) -> dict:
     spec = decode(InterpolateSpec, job.connection, kwargs)
     settings = get_settings()
     timeout = timeout_of(job)
-    take(job.connection, [spec.job_id], timeout, spec.inputs())
+    take(job.connection, spec.job_id, Queue(job.origin, connection=job.connection).key, timeout, spec.inputs())
     try:
         engine = registry.get(spec.model_ref)
         check_identity(engine, spec)

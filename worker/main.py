@@ -19,7 +19,7 @@ from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
-from app.core import keys
+from app.core import keys, workers
 from app.core.logs import configure_logging
 from app.core.redis import connect_sync, is_oom, skip_when_full, wait_for_redis, while_full
 from app.core.runs import fail_jobs
@@ -217,7 +217,7 @@ def run(settings: Settings | None = None, models: list[str] | None = None, burst
         while True:
             worker = DiffuseWorker(
                 queues,
-                name=f"diffusetv-{registry.WORKER_ID}",
+                name=workers.rq_name(registry.WORKER_ID),
                 connection=conn,
                 serializer=JSONSerializer,
                 worker_ttl=health.DEQUEUE_TIMEOUT_S + 15,  # RQ waits worker_ttl - 15 s for a job, then loops

@@ -133,16 +133,30 @@ local ek = redis.call('HGET', run_key(rid), 'engine_key')
 if ek and redis.call('GET', open_key(ek)) == rid then redis.call('EXPIRE', open_key(ek), ttl) end
 """.replace("{running}", keys.RUNNING)
 _TAKE = _LUA_KEYS + _TAKE_RUN
+# KEYS[1]: the run's RQ queue; ARGV as _TAKE's. Taken, and no copy of its RQ job left in the queue (the reaper may have
+# put one back while RQ handed it to this worker slowly: app.reaper.rescue_stranded)
+_TAKE_LEADER = _LUA_KEYS + "redis.call('LREM', KEYS[1], 0, ARGV[3])\n" + _TAKE_RUN
 # KEYS[1]: the run's RQ queue; ARGV as _TAKE's. Off the queue and taken in one step, or neither (another worker had it)
 _CLAIM = _LUA_KEYS + "if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n" + _TAKE_RUN + "return 1\n"
 
 
 def mark_running(
-    redis, run_id: str, worker_id: str, rq_job_id: str, members: list[str] | None = None, ttl: int = 86_400
+    redis,
+    run_id: str,
+    worker_id: str,
+    rq_job_id: str,
+    members: list[str] | None = None,
+    ttl: int = 86_400,
+    queue_key: str | None = None,
 ) -> None:
     """A worker has taken the run: the reaper re-queues it if that worker's heartbeat stops. The run, its open-run
-    entry and its jobs live `ttl` more seconds from now."""
-    redis.eval(_TAKE, 0, run_id, worker_id, rq_job_id, ttl, *(members or []))
+    entry and its jobs live `ttl` more seconds from now. `queue_key`: the RQ queue that handed it the run, which keeps
+    no copy of it (in the same step)."""
+    args = (run_id, worker_id, rq_job_id, ttl, *(members or []))
+    if queue_key is None:
+        redis.eval(_TAKE, 0, *args)
+    else:
+        redis.eval(_TAKE_LEADER, 1, queue_key, *args)
 
 
 def claim(redis, queue_key: str, run_id: str, worker_id: str, ttl: int = 86_400) -> bool:

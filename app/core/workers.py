@@ -10,6 +10,17 @@ import time
 
 from app.core import keys
 
+RQ_NAME_PREFIX = "diffusetv-"  # RQ's name of a worker (worker.main), which RQ records on the jobs it takes: + its id
+
+
+def rq_name(worker_id: str) -> str:
+    return RQ_NAME_PREFIX + worker_id
+
+
+def id_of_rq_name(name: str) -> str | None:
+    """The worker id in RQ's name of one of our workers; None for another name."""
+    return name.removeprefix(RQ_NAME_PREFIX) if name.startswith(RQ_NAME_PREFIX) else None
+
 
 def register(pipe, worker_id: str, info: dict, ttl: int, now: float | None = None) -> None:
     """One heartbeat (on a pipeline): the worker's key, its expiry in the set, and the pruning of expired entries."""

@@ -6,8 +6,9 @@ import time
 import pytest
 import redis as redis_lib
 from fastapi.testclient import TestClient
+from rq.job import Job
 
-from app.core import keys, runs
+from app.core import keys, runs, workers
 from app.core.jobs import JobStatus, transition
 from app.core.settings import Settings
 from app.main import create_app
@@ -126,3 +127,25 @@ def test_a_claimed_run_leaves_the_queue_and_is_marked_running_in_one_step(setup)
     assert conn.hget(keys.run(job_id), "worker") == b"w1"
     assert not runs.claim(conn, QUEUE_KEY, job_id, "w2", 600)  # another worker had it: nothing written
     assert conn.hget(keys.run(job_id), "worker") == b"w1"
+
+
+def test_a_started_job_whose_worker_still_beats_is_its_own_however_long_it_takes(setup):
+    client, conn, _ = setup
+    job_id = client.post("/generate", json={"seed": 7, "steps": 5}).json()["id"]
+    conn.lrem(QUEUE_KEY, 1, job_id)  # RQ handed it to a worker whose records wait for a full Redis, say
+    conn.zadd("rq:wip:" + keys.queue_name("tiny@1"), {f"{job_id}:execution": time.time() + 600})
+    conn.hset(Job.key_for(job_id), "worker_name", workers.rq_name("slow"))
+    conn.set(keys.worker("slow"), "{}", ex=60)
+    seen: dict[str, float] = {}
+    assert rescue_stranded(conn, seen, after_s=0) == [] and seen == {}
+    conn.delete(keys.worker("slow"))  # it died
+    assert rescue_stranded(conn, seen, after_s=0) == [job_id]
+    assert conn.lrange(QUEUE_KEY, 0, -1) == [job_id.encode()]
+
+
+def test_the_leaders_take_leaves_no_copy_of_its_run_in_the_queue(setup):
+    client, conn, _ = setup
+    job_id = client.post("/generate", json={"seed": 8, "steps": 5}).json()["id"]
+    assert conn.lrange(QUEUE_KEY, 0, -1) == [job_id.encode()]  # a copy the reaper put back, say
+    runs.mark_running(conn, job_id, "w1", job_id, [job_id], 600, QUEUE_KEY)
+    assert conn.llen(QUEUE_KEY) == 0 and conn.sismember(keys.RUNNING, job_id)
