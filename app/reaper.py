@@ -101,38 +101,39 @@ def reap_once(redis, settings: Settings) -> list[str]:
     return reaped
 
 
-def stranded(redis) -> set[str]:
+def stranded(redis) -> dict[str, bool]:
     """RQ jobs that a worker has taken off their queue (RQ's intermediate queue or started registry hold them) whose
-    run is still `queued`, and not marked running: their worker has not reached `take` yet, or never will. A job in the
-    started registry whose worker (RQ's record of the job names it) still beats is that worker's, however long it
-    takes: it is left out."""
-    found = set()
+    run is still `queued`, not marked running: their worker has not reached `take` yet, or never will. Each maps to
+    whether its worker is known dead. In the started registry, RQ's record of the job names its worker: one that still
+    beats holds it, however long it takes (left out); one whose heartbeat is gone is dead. The intermediate queue names
+    no worker (the record may still name an earlier execution's): only time tells."""
+    found: dict[str, bool] = {}
     for raw in redis.smembers(Queue.redis_queues_keys):
         queue = Queue.from_queue_key(raw.decode(), connection=redis, serializer=JSONSerializer)
         taken = [i.decode() for i in redis.lrange(queue.intermediate_queue_key, 0, -1)]
         started = [m.decode().split(":")[0] for m in redis.zrange(queue.started_job_registry.key, 0, -1)]
-        for rq_id in taken + started:  # a run's RQ job id is the run's id
+        for rq_id, named in [(i, False) for i in taken] + [(i, True) for i in started]:  # RQ job id = run id
             if redis.hget(keys.run(rq_id), "status") != b"queued" or redis.sismember(keys.RUNNING, rq_id):
                 continue
             holder = workers.id_of_rq_name((redis.hget(Job.key_for(rq_id), "worker_name") or b"").decode())
-            if holder and redis.exists(keys.worker(holder)):
+            if named and holder and redis.exists(keys.worker(holder)):
                 continue
-            found.add(rq_id)
+            found[rq_id] = found.get(rq_id, False) or bool(named and holder)
     return found
 
 
 def rescue_stranded(redis, seen: dict[str, float], after_s: float = STRANDED_AFTER_S) -> list[str]:
-    """Put back at the front of their queue the jobs `stranded` in every pass for `after_s` (`seen`: job id -> when a
-    pass first saw it so, kept by the caller between passes); their runs' jobs stay `queued` throughout. Returns
-    their ids."""
+    """Put back at the front of their queue the jobs `stranded` with a dead worker, and the others once every pass
+    for `after_s` has seen them so (`seen`: job id -> when a pass first did, kept by the caller between passes); their
+    runs' jobs stay `queued` throughout. Returns their ids."""
     now, current = time.monotonic(), stranded(redis)
-    for rq_id in set(seen) - current:
+    for rq_id in set(seen) - set(current):
         del seen[rq_id]
     rescued = []
-    for rq_id in sorted(current):
-        if now - seen.setdefault(rq_id, now) < after_s:
+    for rq_id, dead in sorted(current.items()):
+        if not dead and now - seen.setdefault(rq_id, now) < after_s:
             continue
-        del seen[rq_id]
+        seen.pop(rq_id, None)
         if redis.sismember(keys.RUNNING, rq_id):  # its worker took it after all
             continue
         if requeue_rq_job(redis, rq_id):
