@@ -316,3 +316,14 @@ def cli_sample(store_root, out: Path, request: dict, model: str = "tiny") -> byt
     args = ["--seed", str(request["seed"]), "--steps", str(request["steps"]), "--eta", str(request["eta"])]
     run_cli("sample", "--model", model, *args, "--out", str(out), env=env)
     return out.read_bytes()
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """The first truthy value of `predicate()`, polled every 20 ms; AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

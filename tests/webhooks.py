@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from app.core import hooks, keys
 from app.core.settings import Settings
 from app.core.signing import new_secret
+from helpers import wait_for
 
 SECRET = new_secret()
 _HOOK = keys.LUA_KEYS + hooks.LUA_HOOK + "hook(ARGV[1], ARGV[2])\n"
@@ -76,13 +77,7 @@ def attempts(redis, delivery_id: str) -> list[dict]:
 
 
 def wait_until(predicate, timeout: float = 60, what: str = "the condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
+    return wait_for(predicate, timeout, what)
 
 
 class Running:

@@ -14,22 +14,12 @@ import pytest
 import redis as redis_lib
 
 from app.core import keys, objects
-from helpers import claim_as_worker, fill_redis, registered, release_claim
+from helpers import claim_as_worker, fill_redis, registered, release_claim, wait_for
 from stack import RedisServer, Stack, free_port, running_stack, stack_env
 
 pytestmark = pytest.mark.slow
 HEARTBEAT_TTL_S = 2
 SLACK_S = 3.0  # reaper period (1 s) + polling + process scheduling on a loaded 2-core machine
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def status(c, job_id):

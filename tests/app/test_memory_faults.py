@@ -19,7 +19,7 @@ import redis as redis_lib
 from cgroups import CgroupUnavailable, MemoryCgroup
 
 from app.core import keys, workers
-from helpers import final_job
+from helpers import final_job, wait_for
 from stack import Stack, free_port, stack_env
 
 pytestmark = pytest.mark.slow
@@ -28,16 +28,6 @@ HEARTBEAT_TTL_S = 2  # DIFFUSETV_HEARTBEAT_S=1 (stack_env)
 SLACK_S = 3.0  # reaper period (1 s) + polling + process scheduling on a loaded 2-core machine
 MARGIN = 64 * MB  # above the worker's idle measure: what a small job needs, not what a `wide` network call does
 WIDE = "wide@1"
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def proc_status(pid: int) -> dict[str, int]:
