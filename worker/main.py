@@ -68,6 +68,15 @@ class DiffuseWorker(SimpleWorker):
     def run_maintenance_tasks(self):
         skip_when_full(log, "RQ's registry cleaning", super().run_maintenance_tasks)
 
+    def unsubscribe(self):
+        """RQ's, without its unbounded wait for the listener thread: redis-py's PubSubWorkerThread.stop() waits for the
+        thread's get_message, which blocks for its whole sleep_time (RQ's 60 s) when the thread had already read the
+        reply to the UNSUBSCRIBE. A daemon thread, it ends with the process; the stop waits 1 s at most."""
+        if self.pubsub_thread:
+            self.pubsub.unsubscribe()
+            self.pubsub_thread.stop(timeout=1)
+            self.pubsub.close()
+
     def register_death(self):
         skip_when_full(log, "RQ's record of this worker's end", super().register_death)
 

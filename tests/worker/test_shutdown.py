@@ -174,3 +174,25 @@ def test_the_heartbeat_stops_when_the_main_loop_is_late(redis_server):
         assert not conn.exists(keys.worker("w-late"))
     finally:
         beat.stop()
+
+
+def test_a_stopping_worker_does_not_wait_out_its_listeners_sixty_seconds(redis_server):
+    """RQ subscribes each worker to a channel of commands, read by a thread in 60 s waits; as the worker stops, RQ's
+    unsubscribe waited for that thread. When the thread has already read the UNSUBSCRIBE's reply, it was 60 s."""
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from worker.main import DiffuseWorker
+
+    conn = redis_lib.Redis.from_url(redis_server.url)
+    worker = DiffuseWorker([Queue("q", connection=conn, serializer=JSONSerializer)], connection=conn)
+    worker.subscribe()
+    deadline = time.monotonic() + 10
+    while not worker.pubsub.subscribed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.pubsub.unsubscribe()  # the thread reads the reply, and waits again: the stop below finds it waiting
+    while worker.pubsub.subscribed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 5
