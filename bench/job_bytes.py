@@ -119,7 +119,7 @@ def bench_generate(size: int, seed: int):
     random-pixel PNG of `size`, one progress event every step, previews where a worker sends them."""
 
     def generate(**kwargs) -> dict:
-        from rq import get_current_job
+        from rq import Queue, get_current_job
 
         from app.core import runs
         from app.core.events import preview_steps
@@ -132,7 +132,7 @@ def bench_generate(size: int, seed: int):
         redis, settings = job.connection, get_settings()
         spec = GenerateSpec.from_kwargs(kwargs)
         engine = BenchEngine(size, seed)
-        batch.take(redis, [spec.job_id], timeout_of(job), spec.inputs())
+        batch.take(redis, spec.job_id, Queue(job.origin, connection=redis).key, timeout_of(job), spec.inputs())
         live = batch.start(redis, [batch.Run(spec, runs.engine_key(spec, engine.id))], engine)
         ttl, waiting = settings.result_ttl, [[spec.job_id]]
         shown = preview_steps(spec.steps, settings.preview_every_steps)
